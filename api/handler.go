@@ -1,0 +1,186 @@
+// Package api serves the OCI Distribution API (/v2/) and a node's
+// operational endpoints over HTTP. It knows nothing of storage or
+// clustering: it validates requests, calls a Registry, and writes responses
+// and the spec's error bodies.
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/meshreg/meshreg/api/oci"
+)
+
+// Config holds the HTTP layer's limits.
+type Config struct {
+	// MaxManifestSize is the largest manifest accepted, in bytes.
+	MaxManifestSize int64
+	// BodyIdleTimeout closes a request whose body sends nothing for this
+	// long, so a stalled client cannot hold an upload open forever.
+	BodyIdleTimeout time.Duration
+	// MaxListPage bounds the n of tag and catalog listings.
+	MaxListPage int
+}
+
+// DefaultConfig returns the limits a registry operator would expect.
+func DefaultConfig() Config {
+	return Config{
+		MaxManifestSize: 4 << 20,
+		BodyIdleTimeout: 60 * time.Second,
+		MaxListPage:     10000,
+	}
+}
+
+// Validate reports the first limit that makes no sense.
+func (c Config) Validate() error {
+	switch {
+	case c.MaxManifestSize <= 0:
+		return fmt.Errorf("api: max manifest size must be positive, got %d", c.MaxManifestSize)
+	case c.BodyIdleTimeout <= 0:
+		return fmt.Errorf("api: body idle timeout must be positive, got %s", c.BodyIdleTimeout)
+	case c.MaxListPage <= 0:
+		return fmt.Errorf("api: max list page must be positive, got %d", c.MaxListPage)
+	}
+	return nil
+}
+
+// Handler serves /v2/ and the operational endpoints.
+type Handler struct {
+	cfg     Config
+	reg     Registry
+	node    Node
+	metrics *Metrics
+	log     *slog.Logger
+	mux     *http.ServeMux
+}
+
+// New returns the HTTP handler of a node. metrics may be nil.
+func New(cfg Config, reg Registry, node Node, metrics *Metrics, log *slog.Logger) (*Handler, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	h := &Handler{cfg: cfg, reg: reg, node: node, metrics: metrics, log: log}
+	h.mux = http.NewServeMux()
+	h.mux.HandleFunc("GET /healthz", h.healthz)
+	h.mux.HandleFunc("GET /readyz", h.readyz)
+	h.mux.HandleFunc("GET /_meshreg/v1/status", h.status)
+	if metrics != nil {
+		h.mux.Handle("GET /metrics", metrics.handler())
+	}
+	return h, nil
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rt := parseRoute(r.URL.Path)
+	if rt.kind == routeUnknown && !isV2(r.URL.Path) {
+		h.mux.ServeHTTP(w, r)
+		return
+	}
+	if h.metrics != nil {
+		h.metrics.serve(rt.kind.String(), w, r, h.serveV2Route(rt))
+		return
+	}
+	h.serveV2Route(rt)(w, r)
+}
+
+func isV2(path string) bool { return path == "/v2" || len(path) >= 4 && path[:4] == "/v2/" }
+
+// serveV2Route returns the handler of one /v2/ route.
+func (h *Handler) serveV2Route(rt route) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+		if err := h.dispatch(w, r, rt); err != nil {
+			h.writeError(w, r, err)
+		}
+	}
+}
+
+// handlerFunc is a handler that returns its error for writeError.
+type handlerFunc func(http.ResponseWriter, *http.Request, route) error
+
+func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rt route) error {
+	methods := h.methods(rt.kind)
+	if methods == nil {
+		return oci.Errorf(oci.Unsupported, "no such endpoint %s: see the OCI distribution spec for the /v2/ routes", truncate(r.URL.Path)).WithStatus(http.StatusNotFound)
+	}
+	if rt.kind != routeBase && rt.kind != routeCatalog {
+		if err := validateName(rt.name); err != nil {
+			return err
+		}
+	}
+	fn, ok := methods[r.Method]
+	if !ok && r.Method == http.MethodHead {
+		fn, ok = methods[http.MethodGet]
+	}
+	if !ok {
+		return oci.Errorf(oci.Unsupported, "method %s is not supported on %s", r.Method, rt.kind)
+	}
+	return fn(w, r, rt)
+}
+
+func (h *Handler) methods(k routeKind) map[string]handlerFunc {
+	switch k {
+	case routeBase:
+		return map[string]handlerFunc{http.MethodGet: h.base}
+	case routeCatalog:
+		return map[string]handlerFunc{http.MethodGet: h.catalog}
+	case routeManifest:
+		return map[string]handlerFunc{http.MethodGet: h.getManifest, http.MethodPut: h.putManifest, http.MethodDelete: h.deleteManifest}
+	case routeBlob:
+		return map[string]handlerFunc{http.MethodGet: h.getBlob, http.MethodDelete: h.deleteBlob}
+	case routeUploads:
+		return map[string]handlerFunc{http.MethodPost: h.startUpload}
+	case routeUpload:
+		return map[string]handlerFunc{http.MethodGet: h.uploadStatus, http.MethodPatch: h.patchUpload, http.MethodPut: h.putUpload, http.MethodDelete: h.cancelUpload}
+	case routeTags:
+		return map[string]handlerFunc{http.MethodGet: h.tags}
+	case routeReferrers:
+		return map[string]handlerFunc{http.MethodGet: h.referrers}
+	}
+	return nil
+}
+
+func (h *Handler) base(w http.ResponseWriter, r *http.Request, _ route) error {
+	writeJSON(w, r, http.StatusOK, "application/json", struct{}{})
+	return nil
+}
+
+func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if err := h.node.Ready(r.Context()); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = fmt.Fprintf(w, "not ready: %v\n", err)
+		return
+	}
+	_, _ = w.Write([]byte("ready\n"))
+}
+
+func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, r, http.StatusOK, "application/json", h.node.Status(r.Context()))
+}
+
+// writeJSON writes v as a JSON response with an exact Content-Length.
+func writeJSON(w http.ResponseWriter, r *http.Request, status int, contentType string, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		http.Error(w, "encoding response: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", contentType)
+	w.Header().Set("Content-Length", itoa(int64(len(body))))
+	w.WriteHeader(status)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(body)
+	}
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }

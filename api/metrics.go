@@ -1,0 +1,116 @@
+package api
+
+import (
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics are the HTTP layer's Prometheus metrics.
+type Metrics struct {
+	gatherer prometheus.Gatherer
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	bytesIn  prometheus.Counter
+	bytesOut prometheus.Counter
+	inFlight prometheus.Gauge
+}
+
+// NewMetrics registers the HTTP metrics in reg and serves everything reg
+// gathers at /metrics.
+func NewMetrics(reg *prometheus.Registry) *Metrics {
+	m := &Metrics{
+		gatherer: reg,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshreg_http_requests_total",
+			Help: "HTTP requests served, by route, method and status.",
+		}, []string{"route", "method", "status"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "meshreg_http_request_duration_seconds",
+			Help:    "Time to serve an HTTP request, by route, method and status.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
+		}, []string{"route", "method", "status"}),
+		bytesIn: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshreg_http_received_bytes_total",
+			Help: "Request body bytes received.",
+		}),
+		bytesOut: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshreg_http_sent_bytes_total",
+			Help: "Response body bytes sent.",
+		}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "meshreg_http_requests_in_flight",
+			Help: "HTTP requests being served.",
+		}),
+	}
+	reg.MustRegister(m.requests, m.latency, m.bytesIn, m.bytesOut, m.inFlight)
+	return m
+}
+
+func (m *Metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.gatherer, promhttp.HandlerOpts{})
+}
+
+// serve runs next, counting the request, its latency and its bytes.
+func (m *Metrics) serve(route string, w http.ResponseWriter, r *http.Request, next http.HandlerFunc) {
+	start := time.Now()
+	m.inFlight.Inc()
+	defer m.inFlight.Dec()
+	cw := &countingWriter{ResponseWriter: w, status: http.StatusOK}
+	body := &countingBody{ReadCloser: r.Body}
+	r.Body = body
+	next(cw, r)
+	status := strconv.Itoa(cw.status)
+	m.requests.WithLabelValues(route, r.Method, status).Inc()
+	m.latency.WithLabelValues(route, r.Method, status).Observe(time.Since(start).Seconds())
+	m.bytesIn.Add(float64(body.n))
+	m.bytesOut.Add(float64(cw.n))
+}
+
+// countingWriter records the status and counts the bytes of a response. It
+// keeps io.ReaderFrom, so sendfile still applies, and Unwrap, so
+// http.ResponseController reaches the connection.
+type countingWriter struct {
+	http.ResponseWriter
+	status      int
+	wroteHeader bool
+	n           int64
+}
+
+func (c *countingWriter) WriteHeader(status int) {
+	if !c.wroteHeader {
+		c.status, c.wroteHeader = status, true
+	}
+	c.ResponseWriter.WriteHeader(status)
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	c.wroteHeader = true
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
+	c.wroteHeader = true
+	n, err := io.Copy(c.ResponseWriter, r)
+	c.n += n
+	return n, err
+}
+
+func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
+
+type countingBody struct {
+	io.ReadCloser
+	n int64
+}
+
+func (c *countingBody) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	c.n += int64(n)
+	return n, err
+}

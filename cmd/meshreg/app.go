@@ -1,0 +1,67 @@
+package main
+
+import (
+	"fmt"
+	"runtime"
+
+	"github.com/urfave/cli/v2"
+	"github.com/urfave/cli/v2/altsrc"
+
+	"github.com/meshreg/meshreg/api"
+	"github.com/meshreg/meshreg/node"
+)
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:  "meshreg",
+		Usage: "a peer-to-peer distributed OCI container registry",
+		Commands: []*cli.Command{
+			serveCommand(),
+			{
+				Name:  "version",
+				Usage: "print the version",
+				Action: func(c *cli.Context) error {
+					fmt.Fprintf(c.App.Writer, "meshreg %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+					return nil
+				},
+			},
+		},
+	}
+}
+
+// serveFlags are the flags of `meshreg serve`. Each one is also a MESHREG_*
+// environment variable and a key of the YAML file given by --config; a flag
+// on the command line wins over the environment, which wins over the file.
+func serveFlags() []cli.Flag {
+	nd, ad := node.DefaultConfig(), api.DefaultConfig()
+	return []cli.Flag{
+		&cli.StringFlag{Name: "config", Usage: "YAML `FILE` whose keys are these flags' names", EnvVars: []string{"MESHREG_CONFIG"}},
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "data-dir", Value: nd.DataDir, Usage: "`DIR` holding blobs and metadata", EnvVars: []string{"MESHREG_DATA_DIR"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "listen", Value: "127.0.0.1:5000", Usage: "`HOST:PORT` of the registry API", EnvVars: []string{"MESHREG_LISTEN"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"MESHREG_LOG_LEVEL"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json", EnvVars: []string{"MESHREG_LOG_FORMAT"}}),
+		altsrc.NewInt64Flag(&cli.Int64Flag{Name: "max-manifest-size", Value: ad.MaxManifestSize, Usage: "largest manifest accepted, in `BYTES`", EnvVars: []string{"MESHREG_MAX_MANIFEST_SIZE"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "upload-idle-timeout", Value: nd.UploadIdleTimeout, Usage: "expire upload sessions idle this long", EnvVars: []string{"MESHREG_UPLOAD_IDLE_TIMEOUT"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "body-idle-timeout", Value: ad.BodyIdleTimeout, Usage: "cut off a request whose body sends nothing this long", EnvVars: []string{"MESHREG_BODY_IDLE_TIMEOUT"}}),
+		altsrc.NewUint64Flag(&cli.Uint64Flag{Name: "snapshot-threshold", Value: nd.Consensus.SnapshotThreshold, Usage: "Raft log entries between metadata snapshots", EnvVars: []string{"MESHREG_SNAPSHOT_THRESHOLD"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "snapshot-interval", Value: nd.Consensus.SnapshotInterval, Usage: "how often to check whether a snapshot is due", EnvVars: []string{"MESHREG_SNAPSHOT_INTERVAL"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "shutdown-timeout", Value: defaultShutdownTimeout, Usage: "how long in-flight requests may run after SIGTERM", EnvVars: []string{"MESHREG_SHUTDOWN_TIMEOUT"}}),
+	}
+}
+
+func serveCommand() *cli.Command {
+	flags := serveFlags()
+	return &cli.Command{
+		Name:   "serve",
+		Usage:  "run a registry node (with no flags: 127.0.0.1:5000, data in ./meshreg-data)",
+		Flags:  flags,
+		Before: altsrc.InitInputSourceWithContext(flags, altsrc.NewYamlSourceFromFlagFunc("config")),
+		Action: func(c *cli.Context) error {
+			cfg, err := configFromFlags(c)
+			if err != nil {
+				return err
+			}
+			return serve(c.Context, cfg)
+		},
+	}
+}

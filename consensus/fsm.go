@@ -1,0 +1,555 @@
+package consensus
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/hashicorp/raft"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// op names a command. The set is closed: a node that meets an op it does not
+// know fails that entry (the same way on every node) and moves on.
+type op byte
+
+const (
+	opPutManifest op = iota + 1
+	opDeleteManifest
+	opDeleteTag
+	opLinkBlob
+	opUnlinkBlob
+)
+
+// command is one replicated write. Each op uses a subset of the fields.
+//
+// Encoding: the op byte, then the JSON of the struct. encoding/json writes
+// fields in declaration order and map keys sorted, so a command always
+// encodes to the same bytes.
+type command struct {
+	Op           op                `json:"-"`
+	Repo         string            `json:"repo"`
+	Digest       digest.Digest     `json:"digest"`
+	Tag          string            `json:"tag,omitempty"`  // opDeleteTag
+	Tags         []string          `json:"tags,omitempty"` // opPutManifest
+	Size         int64             `json:"size,omitempty"`
+	MediaType    string            `json:"mediaType,omitempty"`
+	ArtifactType string            `json:"artifactType,omitempty"`
+	Subject      digest.Digest     `json:"subject,omitempty"`
+	Annotations  map[string]string `json:"annotations,omitempty"`
+	Body         []byte            `json:"body,omitempty"`
+}
+
+func (c command) encode() ([]byte, error) {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("consensus: encoding command: %w", err)
+	}
+	return append([]byte{byte(c.Op)}, b...), nil
+}
+
+func decodeCommand(b []byte) (command, error) {
+	var c command
+	if len(b) == 0 {
+		return c, errors.New("consensus: empty command")
+	}
+	if err := json.Unmarshal(b[1:], &c); err != nil {
+		return c, fmt.Errorf("consensus: decoding command: %w", err)
+	}
+	c.Op = op(b[0])
+	return c, nil
+}
+
+// manifestMeta is what a repository knows of a manifest it holds
+// (m<repo>·<digest>); the bytes are shared (b<digest>).
+type manifestMeta struct {
+	MediaType    string            `json:"mediaType,omitempty"`
+	Subject      digest.Digest     `json:"subject,omitempty"`
+	ArtifactType string            `json:"artifactType,omitempty"`
+	Annotations  map[string]string `json:"annotations,omitempty"`
+	Size         int64             `json:"size"`
+}
+
+// fsm is the registry metadata as a raft.FSM over a badger database (see
+// keys.go for the layout).
+//
+// Concurrency: raft calls Apply, Snapshot and Restore from its FSM goroutine,
+// one at a time. Persist and Release of a snapshot run on raft's snapshot
+// goroutine, concurrently with Apply. Readers (the Store's read methods) run
+// on any goroutine, concurrently with all of these; badger transactions give
+// them consistent views.
+type fsm struct {
+	db  *badger.DB
+	log *slog.Logger
+
+	// mu keeps readers and snapshot writers out while Restore drops and
+	// reloads the database: they hold it shared, Restore exclusively.
+	mu sync.RWMutex
+	// gen counts restores (guarded by mu), so that a snapshot opened before
+	// a restore refuses to persist a view the restore dropped.
+	gen uint64
+}
+
+var _ raft.FSM = (*fsm)(nil)
+
+// Apply applies a committed log entry. It must be deterministic: the same
+// entries in the same order leave every node with the same bytes.
+//
+// The entry's effect and its index are written in one transaction, and an
+// entry whose index is not above the stored index is skipped, so replaying
+// the log after a restart (or applying an entry twice) changes nothing.
+//
+// The response is the command's error (wrapping ErrNotFound, say) or nil. A
+// failing command leaves no trace but the applied index. A storage failure
+// panics: the state could no longer follow the log, and a restart replays it.
+func (f *fsm) Apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand {
+		return nil
+	}
+	resp, err := f.apply(l.Index, l.Data)
+	if err != nil {
+		panic(fmt.Sprintf("consensus: applying log entry %d to the FSM: %v", l.Index, err))
+	}
+	return resp
+}
+
+// apply returns the command's result and, separately, any storage error.
+func (f *fsm) apply(index uint64, data []byte) (resp, err error) {
+	txn := f.db.NewTransaction(true)
+	defer func() { txn.Discard() }()
+	t := tx{txn}
+	v, _, err := t.get([]byte(keyApplied))
+	if err != nil {
+		return nil, err
+	}
+	if index <= decodeUint64(v) {
+		return nil, nil // already applied: a replay
+	}
+	resp, err = t.execute(data)
+	if err != nil {
+		return nil, err
+	}
+	if resp != nil {
+		txn.Discard()
+		txn = f.db.NewTransaction(true)
+	}
+	if err := txn.Set([]byte(keyApplied), encodeUint64(index)); err != nil {
+		return nil, err
+	}
+	return resp, txn.Commit()
+}
+
+// appliedIndex is the index of the last command entry applied (0 if none).
+func (f *fsm) appliedIndex() (uint64, error) {
+	var idx uint64
+	err := f.view(func(t tx) error {
+		v, _, err := t.get([]byte(keyApplied))
+		idx = decodeUint64(v)
+		return err
+	})
+	return idx, err
+}
+
+// view runs fn in a read-only transaction, excluded from Restore.
+func (f *fsm) view(fn func(t tx) error) error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.db.View(func(txn *badger.Txn) error { return fn(tx{txn}) })
+}
+
+// tx adds the FSM's reads and writes to a badger transaction.
+type tx struct{ *badger.Txn }
+
+// get returns the value at k; ok is false when there is none.
+func (t tx) get(k []byte) (v []byte, ok bool, err error) {
+	item, err := t.Get(k)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	v, err = item.ValueCopy(nil)
+	return v, err == nil, err
+}
+
+// hasPrefix reports whether any key starts with prefix.
+func (t tx) hasPrefix(prefix []byte) bool {
+	it := t.NewIterator(badger.IteratorOptions{Prefix: prefix})
+	defer it.Close()
+	it.Rewind()
+	return it.Valid()
+}
+
+// keysAfter returns the keys starting with prefix, in byte order, without the
+// prefix: those strictly after `after` when it is not empty, at most n of
+// them (all when n < 0). The result is never nil.
+func (t tx) keysAfter(prefix []byte, after string, n int) []string {
+	out := []string{}
+	if n == 0 {
+		return out
+	}
+	it := t.NewIterator(badger.IteratorOptions{Prefix: prefix})
+	defer it.Close()
+	for it.Seek(append(append([]byte{}, prefix...), after...)); it.Valid(); it.Next() {
+		name := string(it.Item().Key()[len(prefix):])
+		if after != "" && name <= after {
+			continue
+		}
+		out = append(out, name)
+		if len(out) == n {
+			break
+		}
+	}
+	return out
+}
+
+func (t tx) setJSON(k []byte, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return t.Set(k, b)
+}
+
+// execute runs one encoded command in the transaction. A malformed or
+// unknown command is a command error (resp), like ErrNotFound.
+func (t tx) execute(data []byte) (resp, err error) {
+	c, derr := decodeCommand(data)
+	if derr != nil {
+		return derr, nil
+	}
+	switch c.Op {
+	case opPutManifest:
+		return nil, t.putManifest(c)
+	case opDeleteManifest:
+		return t.deleteManifest(c.Repo, c.Digest)
+	case opDeleteTag:
+		return t.deleteTag(c.Repo, c.Tag)
+	case opLinkBlob:
+		return nil, t.linkBlob(c.Repo, c.Digest, c.Size)
+	case opUnlinkBlob:
+		return t.unlinkBlob(c.Repo, c.Digest)
+	}
+	return fmt.Errorf("consensus: unknown command %d", c.Op), nil
+}
+
+// putManifest adds the manifest to the repository unless it is there
+// already, then points each tag at it.
+func (t tx) putManifest(c command) error {
+	mk := manifestKey(c.Repo, c.Digest)
+	_, present, err := t.get(mk)
+	if err != nil {
+		return err
+	}
+	if !present {
+		meta := manifestMeta{MediaType: c.MediaType, Subject: c.Subject, ArtifactType: c.ArtifactType,
+			Annotations: c.Annotations, Size: int64(len(c.Body))}
+		if err := t.setJSON(mk, meta); err != nil {
+			return err
+		}
+		if err := t.addRef(c.Digest, c.Body); err != nil {
+			return err
+		}
+		if c.Subject != "" {
+			desc := ocispec.Descriptor{MediaType: c.MediaType, Digest: c.Digest, Size: meta.Size,
+				ArtifactType: c.ArtifactType, Annotations: c.Annotations}
+			if err := t.setJSON(referrerKey(c.Repo, c.Subject, c.Digest), desc); err != nil {
+				return err
+			}
+		}
+		if err := t.Set(repoKey(c.Repo), nil); err != nil {
+			return err
+		}
+	}
+	for _, tag := range c.Tags {
+		if err := t.setTag(c.Repo, tag, c.Digest); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addRef counts one more repository holding the manifest, storing its bytes
+// with the first.
+func (t tx) addRef(d digest.Digest, body []byte) error {
+	v, _, err := t.get(refCountKey(d))
+	if err != nil {
+		return err
+	}
+	n := decodeUint64(v)
+	if n == 0 {
+		if err := t.Set(bodyKey(d), body); err != nil {
+			return err
+		}
+	}
+	return t.Set(refCountKey(d), encodeUint64(n+1))
+}
+
+// dropRef counts one repository fewer, dropping the bytes with the last.
+func (t tx) dropRef(d digest.Digest) error {
+	v, _, err := t.get(refCountKey(d))
+	if err != nil {
+		return err
+	}
+	if n := decodeUint64(v); n > 1 {
+		return t.Set(refCountKey(d), encodeUint64(n-1))
+	}
+	if err := t.Delete(bodyKey(d)); err != nil {
+		return err
+	}
+	return t.Delete(refCountKey(d))
+}
+
+func (t tx) setTag(repo, tag string, d digest.Digest) error {
+	old, ok, err := t.get(tagKey(repo, tag))
+	if err != nil {
+		return err
+	}
+	if ok && digest.Digest(old) == d {
+		return nil
+	}
+	if ok {
+		if err := t.Delete(tagByDigestKey(repo, digest.Digest(old), tag)); err != nil {
+			return err
+		}
+	}
+	if err := t.Set(tagKey(repo, tag), []byte(d)); err != nil {
+		return err
+	}
+	return t.Set(tagByDigestKey(repo, d, tag), nil)
+}
+
+// deleteManifest removes the manifest from the repository with the tags
+// pointing at it and its referrer entry.
+func (t tx) deleteManifest(repo string, d digest.Digest) (resp, err error) {
+	mk := manifestKey(repo, d)
+	v, ok, err := t.get(mk)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return fmt.Errorf("consensus: manifest %s is not in repository %s: %w", d, repo, ErrNotFound), nil
+	}
+	var meta manifestMeta
+	if err := json.Unmarshal(v, &meta); err != nil {
+		return nil, fmt.Errorf("decoding %q: %w", mk, err)
+	}
+	for _, tag := range t.keysAfter(keyPrefix(prefixTagByDig, repo, string(d)), "", -1) {
+		if err := t.Delete(tagKey(repo, tag)); err != nil {
+			return nil, err
+		}
+		if err := t.Delete(tagByDigestKey(repo, d, tag)); err != nil {
+			return nil, err
+		}
+	}
+	if meta.Subject != "" {
+		if err := t.Delete(referrerKey(repo, meta.Subject, d)); err != nil {
+			return nil, err
+		}
+	}
+	if err := t.Delete(mk); err != nil {
+		return nil, err
+	}
+	if err := t.dropRef(d); err != nil {
+		return nil, err
+	}
+	return nil, t.forgetRepoIfEmpty(repo)
+}
+
+func (t tx) deleteTag(repo, tag string) (resp, err error) {
+	v, ok, err := t.get(tagKey(repo, tag))
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return fmt.Errorf("consensus: tag %s is not in repository %s: %w", tag, repo, ErrNotFound), nil
+	}
+	if err := t.Delete(tagKey(repo, tag)); err != nil {
+		return nil, err
+	}
+	return nil, t.Delete(tagByDigestKey(repo, digest.Digest(v), tag))
+}
+
+func (t tx) linkBlob(repo string, d digest.Digest, size int64) error {
+	if err := t.Set(blobLinkKey(repo, d), encodeUint64(uint64(size))); err != nil {
+		return err
+	}
+	return t.Set(repoKey(repo), nil)
+}
+
+func (t tx) unlinkBlob(repo string, d digest.Digest) (resp, err error) {
+	_, ok, err := t.get(blobLinkKey(repo, d))
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return fmt.Errorf("consensus: blob %s is not linked to repository %s: %w", d, repo, ErrNotFound), nil
+	}
+	if err := t.Delete(blobLinkKey(repo, d)); err != nil {
+		return nil, err
+	}
+	return nil, t.forgetRepoIfEmpty(repo)
+}
+
+// forgetRepoIfEmpty drops the repository from the list once it holds no
+// manifest, tag or blob link.
+func (t tx) forgetRepoIfEmpty(repo string) error {
+	for _, p := range []byte{prefixManifest, prefixTag, prefixBlobLink} {
+		if t.hasPrefix(keyPrefix(p, repo)) {
+			return nil
+		}
+	}
+	return t.Delete(repoKey(repo))
+}
+
+// Snapshot opens a read-only transaction (a consistent view of the state as
+// of the last applied entry) and returns at once; Persist does the I/O.
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return &fsmSnapshot{f: f, gen: f.gen, txn: f.db.NewTransaction(false)}, nil
+}
+
+// Snapshot stream: snapshotMagic, then for each key in byte order
+// uvarint(len key), key, uvarint(len value), value; then uvarint(0). Keys are
+// never empty, so the zero marks the end and a truncated stream is detected.
+const (
+	snapshotMagic    = "meshreg-fsm-snapshot-v1\n"
+	maxSnapshotKey   = 1 << 16
+	maxSnapshotValue = 1 << 30
+)
+
+// fsmSnapshot streams the view it holds. Persist runs on raft's snapshot
+// goroutine, concurrently with Apply; raft always calls Release.
+type fsmSnapshot struct {
+	f    *fsm
+	gen  uint64
+	txn  *badger.Txn
+	once sync.Once
+}
+
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	if err := s.write(sink); err != nil {
+		_ = sink.Cancel()
+		return fmt.Errorf("consensus: persisting FSM snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (s *fsmSnapshot) write(w io.Writer) error {
+	s.f.mu.RLock()
+	defer s.f.mu.RUnlock()
+	if s.gen != s.f.gen {
+		return errors.New("the FSM was restored after this snapshot began")
+	}
+	bw := bufio.NewWriterSize(w, 1<<20)
+	if _, err := bw.WriteString(snapshotMagic); err != nil {
+		return err
+	}
+	var lenBuf [binary.MaxVarintLen64]byte
+	writeBytes := func(b []byte) error {
+		if _, err := bw.Write(binary.AppendUvarint(lenBuf[:0], uint64(len(b)))); err != nil {
+			return err
+		}
+		_, err := bw.Write(b)
+		return err
+	}
+	// Values are read one at a time (no prefetch): manifests can be large.
+	it := s.txn.NewIterator(badger.IteratorOptions{})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		item := it.Item()
+		if err := writeBytes(item.Key()); err != nil {
+			return err
+		}
+		if err := item.Value(writeBytes); err != nil {
+			return err
+		}
+	}
+	if err := writeBytes(nil); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+func (s *fsmSnapshot) Release() { s.once.Do(s.txn.Discard) }
+
+// Restore replaces the whole state with a snapshot stream. It runs on the FSM
+// goroutine with no Apply in flight; readers wait until it is done. The
+// stream is loaded in batches, never whole into memory.
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.gen++
+	if err := f.db.DropAll(); err != nil {
+		return fmt.Errorf("consensus: dropping FSM state before restore: %w", err)
+	}
+	wb := f.db.NewWriteBatch()
+	defer wb.Cancel()
+	n, err := readSnapshot(bufio.NewReaderSize(rc, 1<<20), wb.Set)
+	if err == nil {
+		err = wb.Flush()
+	}
+	if err != nil {
+		return fmt.Errorf("consensus: restoring FSM snapshot (after %d keys): %w", n, err)
+	}
+	f.log.Info("restored FSM from snapshot", "keys", n)
+	return nil
+}
+
+// readSnapshot reads a snapshot stream, calling set for each pair with
+// freshly allocated slices.
+func readSnapshot(r *bufio.Reader, set func(k, v []byte) error) (n int, err error) {
+	magic := make([]byte, len(snapshotMagic))
+	if _, err := io.ReadFull(r, magic); err != nil {
+		return 0, fmt.Errorf("reading snapshot header: %w", unexpectedEOF(err))
+	}
+	if string(magic) != snapshotMagic {
+		return 0, fmt.Errorf("not a meshreg FSM snapshot: header %q", magic)
+	}
+	readBytes := func(limit uint64) ([]byte, error) {
+		l, err := binary.ReadUvarint(r)
+		if err != nil {
+			return nil, unexpectedEOF(err)
+		}
+		if l > limit {
+			return nil, fmt.Errorf("length %d above limit %d: corrupt snapshot", l, limit)
+		}
+		b := make([]byte, l)
+		_, err = io.ReadFull(r, b)
+		return b, unexpectedEOF(err)
+	}
+	for {
+		k, err := readBytes(maxSnapshotKey)
+		if err != nil {
+			return n, err
+		}
+		if len(k) == 0 {
+			return n, nil
+		}
+		v, err := readBytes(maxSnapshotValue)
+		if err != nil {
+			return n, err
+		}
+		if err := set(k, v); err != nil {
+			return n, err
+		}
+		n++
+	}
+}
+
+func unexpectedEOF(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}

@@ -1,0 +1,213 @@
+package consensus
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"maps"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/raft"
+	"github.com/opencontainers/go-digest"
+)
+
+// applyCmd applies c as the command entry at index.
+func applyCmd(t testing.TB, f *fsm, index uint64, c command) error {
+	t.Helper()
+	data, err := c.encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp := f.Apply(&raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: data})
+	if resp == nil {
+		return nil
+	}
+	return resp.(error)
+}
+
+func putCmd(m ManifestRecord, tag string) command {
+	return command{Op: opPutManifest, Repo: m.Repo, Digest: m.Digest, Tag: tag, MediaType: m.MediaType,
+		ArtifactType: m.ArtifactType, Subject: m.Subject, Annotations: m.Annotations, Body: m.Body}
+}
+
+func TestCommandEncodingIsDeterministic(t *testing.T) {
+	t.Parallel()
+	m := manifest("r", "x", digest.FromString("s"))
+	m.Annotations = map[string]string{}
+	for i := range 50 {
+		m.Annotations[fmt.Sprintf("k%02d", i)] = "v"
+	}
+	c := putCmd(m, "latest")
+	first, err := c.encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		again, _ := c.encode()
+		if !bytes.Equal(first, again) {
+			t.Fatal("the same command encoded to different bytes")
+		}
+	}
+	back, err := decodeCommand(first)
+	if err != nil || !reflect.DeepEqual(back, c) {
+		t.Fatalf("decode(encode(c)) = %+v, %v; want %+v", back, err, c)
+	}
+}
+
+func TestFSMReplayIsIdempotent(t *testing.T) {
+	t.Parallel()
+	f := openFSM(t)
+	m := manifest("repo", "a", "")
+	if err := applyCmd(t, f, 5, putCmd(m, "v1")); err != nil {
+		t.Fatal(err)
+	}
+	before := dump(t, f)
+	if before["c"+string(m.Digest)] != string(encodeUint64(1)) {
+		t.Fatalf("reference count after one put: %q", before["c"+string(m.Digest)])
+	}
+
+	// The same entry again (a replay after restart), and an older one that
+	// would change state if it were applied: both are skipped.
+	if err := applyCmd(t, f, 5, putCmd(m, "v1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyCmd(t, f, 4, command{Op: opDeleteTag, Repo: "repo", Tag: "v1"}); err != nil {
+		t.Fatalf("replayed entry returned %v", err)
+	}
+	if after := dump(t, f); !maps.Equal(before, after) {
+		t.Fatalf("replay changed the state:\nbefore %q\nafter  %q", before, after)
+	}
+
+	// A failing command changes nothing but the applied index.
+	err := applyCmd(t, f, 6, command{Op: opUnlinkBlob, Repo: "repo", Digest: m.Digest})
+	wantNotFound(t, "UnlinkBlob of a blob never linked", err)
+	if err := applyCmd(t, f, 7, command{Op: 99, Repo: "repo"}); err == nil {
+		t.Error("an unknown command applied without error")
+	}
+	if err := f.Apply(&raft.Log{Index: 8, Type: raft.LogCommand, Data: []byte{1, '{'}}); err == nil {
+		t.Error("a malformed command applied without error")
+	}
+	after := dump(t, f)
+	if idx, _ := f.appliedIndex(); idx != 8 {
+		t.Errorf("applied index = %d, want 8", idx)
+	}
+	delete(after, keyApplied)
+	delete(before, keyApplied)
+	if !maps.Equal(before, after) {
+		t.Fatalf("failed commands changed the state:\nbefore %q\nafter  %q", before, after)
+	}
+}
+
+// memSink is a raft.SnapshotSink in memory.
+type memSink struct {
+	bytes.Buffer
+	closed, cancelled bool
+}
+
+func (s *memSink) ID() string    { return "mem" }
+func (s *memSink) Close() error  { s.closed = true; return nil }
+func (s *memSink) Cancel() error { s.cancelled = true; return nil }
+
+func TestFSMSnapshotRestore(t *testing.T) {
+	t.Parallel()
+	src := openFSM(t)
+	index := uint64(0)
+	apply := func(c command) {
+		index++
+		if err := applyCmd(t, src, index, c); err != nil {
+			t.Fatalf("apply %d: %v", index, err)
+		}
+	}
+	subject := manifest("repo-0", "subject", "")
+	for i := range 300 {
+		repo := fmt.Sprintf("repo-%d", i%7)
+		m := manifest(repo, fmt.Sprint(i%40), subject.Digest)
+		apply(putCmd(m, fmt.Sprintf("t%d", i)))
+		apply(command{Op: opLinkBlob, Repo: repo, Digest: digest.FromString(fmt.Sprint("blob", i)), Size: int64(i)})
+	}
+	apply(command{Op: opDeleteManifest, Repo: "repo-1", Digest: manifest("repo-1", "1", subject.Digest).Digest})
+	want := dump(t, src)
+
+	snap, err := src.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Writes after Snapshot returns are not in it.
+	apply(command{Op: opLinkBlob, Repo: "late", Digest: digest.FromString("late"), Size: 1})
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil || !sink.closed {
+		t.Fatalf("Persist: %v (sink closed: %v)", err, sink.closed)
+	}
+	snap.Release()
+
+	dst := openFSM(t)
+	if err := applyCmd(t, dst, 1, command{Op: opLinkBlob, Repo: "stale", Digest: digest.FromString("x"), Size: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	if got := dump(t, dst); !maps.Equal(got, want) {
+		t.Fatalf("restored state differs: %d keys, want %d", len(got), len(want))
+	}
+	if idx, _ := dst.appliedIndex(); idx != index-1 {
+		t.Errorf("restored applied index = %d, want %d", idx, index-1)
+	}
+}
+
+func TestFSMRestoreRejectsCorruptStreams(t *testing.T) {
+	t.Parallel()
+	src := openFSM(t)
+	if err := applyCmd(t, src, 1, putCmd(manifest("r", "a", ""), "v1")); err != nil {
+		t.Fatal(err)
+	}
+	snap, _ := src.Snapshot()
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	snap.Release()
+	good := sink.Bytes()
+
+	for name, b := range map[string][]byte{
+		"empty":           nil,
+		"bad header":      append([]byte("not-a-snapshot-at-all!!!"), good[len(snapshotMagic):]...),
+		"truncated":       good[:len(good)-5],
+		"no end marker":   good[:len(good)-1],
+		"oversized entry": append([]byte(snapshotMagic), 0xff, 0xff, 0xff, 0xff, 0x0f),
+	} {
+		err := openFSM(t).Restore(io.NopCloser(bytes.NewReader(b)))
+		if err == nil {
+			t.Errorf("%s: Restore accepted a corrupt stream", name)
+		}
+	}
+}
+
+func TestFSMSnapshotOpenedBeforeRestoreRefusesToPersist(t *testing.T) {
+	t.Parallel()
+	f := openFSM(t)
+	snap, _ := f.Snapshot()
+	defer snap.Release()
+	if err := f.Restore(io.NopCloser(strings.NewReader(snapshotMagic + "\x00"))); err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := snap.Persist(&sink); err == nil || !sink.cancelled {
+		t.Fatalf("Persist after Restore = %v (cancelled %v), want an error and a cancelled sink", err, sink.cancelled)
+	}
+}
+
+func TestFSMSkipsNonCommandEntries(t *testing.T) {
+	t.Parallel()
+	f := openFSM(t)
+	for _, typ := range []raft.LogType{raft.LogNoop, raft.LogConfiguration, raft.LogBarrier} {
+		if resp := f.Apply(&raft.Log{Index: 1, Type: typ, Data: []byte("x")}); resp != nil {
+			t.Errorf("Apply(%s) = %v", typ, resp)
+		}
+	}
+	if idx, err := f.appliedIndex(); idx != 0 || err != nil {
+		t.Errorf("applied index = %d, %v; want 0", idx, err)
+	}
+}

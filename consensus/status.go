@@ -1,0 +1,62 @@
+package consensus
+
+import (
+	"time"
+)
+
+// Status is a node's view of the Raft cluster.
+type Status struct {
+	// State is Follower, Candidate, Leader or Shutdown.
+	State         string `json:"state"`
+	LeaderID      string `json:"leader_id"`
+	LeaderAddress string `json:"leader_address"`
+	Term          uint64 `json:"term"`
+	CommitIndex   uint64 `json:"commit_index"`
+	AppliedIndex  uint64 `json:"applied_index"`
+	LastIndex     uint64 `json:"last_index"`
+	// LastContact is when a follower last heard from the leader (zero on the
+	// leader itself).
+	LastContact time.Time `json:"last_contact,omitzero"`
+	Members     []Member  `json:"members"`
+}
+
+// Member is a server in the Raft configuration.
+type Member struct {
+	ID      string `json:"id"`
+	Address string `json:"address"`
+	// Suffrage is Voter, Nonvoter or Staging.
+	Suffrage string `json:"suffrage"`
+}
+
+// Status reports the node's Raft state. It does not block on Raft's main
+// loop and works after Close (State is then Shutdown).
+func (s *Store) Status() Status {
+	addr, id := s.raft.LeaderWithID()
+	st := Status{
+		State:         s.raft.State().String(),
+		LeaderID:      string(id),
+		LeaderAddress: string(addr),
+		Term:          s.raft.CurrentTerm(),
+		CommitIndex:   s.raft.CommitIndex(),
+		AppliedIndex:  s.raft.AppliedIndex(),
+		LastIndex:     s.raft.LastIndex(),
+		LastContact:   s.raft.LastContact(),
+		Members:       []Member{},
+	}
+	if f := s.raft.GetConfiguration(); f.Error() == nil {
+		for _, srv := range f.Configuration().Servers {
+			st.Members = append(st.Members, Member{ID: string(srv.ID), Address: string(srv.Address), Suffrage: srv.Suffrage.String()})
+		}
+	}
+	return st
+}
+
+// Ready reports whether the store is open and Raft has a leader, i.e.
+// whether writes can be committed.
+func (s *Store) Ready() bool {
+	s.mu.RLock()
+	closed := s.closed
+	s.mu.RUnlock()
+	_, id := s.raft.LeaderWithID()
+	return !closed && id != ""
+}

@@ -1,0 +1,582 @@
+// Package consensus keeps the registry's metadata (manifests, tags, blob
+// links, referrers, the repository list) as a hashicorp/raft state machine
+// persisted in badger. Writes go through the Raft log and return once
+// committed and applied; reads are served from the local state.
+//
+// The Raft log and stable store are on badger too (logstore.go,
+// stablestore.go); keys.go draws the storage layout.
+package consensus
+
+import (
+	"context"
+	_ "crypto/sha256" // digest algorithms PutManifest verifies bodies with
+	_ "crypto/sha512"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/hashicorp/raft"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+var (
+	// ErrNotFound: the manifest, tag, blob link or repository does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrNotLeader: the write could not be committed because this node is
+	// not (or stopped being) the Raft leader, or no leader took it in time.
+	ErrNotLeader = errors.New("not the raft leader")
+	// ErrClosed: the store is closed.
+	ErrClosed = errors.New("metadata store closed")
+)
+
+// ManifestRecord is a manifest as a repository holds it.
+type ManifestRecord struct {
+	Repo      string
+	Digest    digest.Digest
+	MediaType string
+	Body      []byte
+	// Subject is the digest of the manifest this one refers to, "" if none.
+	Subject digest.Digest
+	// ArtifactType is resolved: the manifest's artifactType, else its
+	// config's media type.
+	ArtifactType string
+	Annotations  map[string]string
+}
+
+// Config configures a Store. Start from DefaultConfig.
+type Config struct {
+	// Dir holds the Raft log, snapshots and state (layout in keys.go).
+	Dir string
+	// NodeID is the Raft server id.
+	NodeID string
+	// Logger receives the store's, raft's and badger's logs; nil discards them.
+	Logger *slog.Logger
+	// SnapshotThreshold is how many log entries since the last snapshot make
+	// the next one due; SnapshotInterval is how often that is checked.
+	SnapshotThreshold uint64
+	SnapshotInterval  time.Duration
+	// TrailingLogs is how many entries stay in the log after a snapshot, so
+	// a follower a little behind catches up from the log, not a snapshot.
+	TrailingLogs uint64
+	// ApplyTimeout bounds how long a write waits to be taken by Raft.
+	ApplyTimeout time.Duration
+	// LeaderTimeout bounds how long Open waits for a leader.
+	LeaderTimeout time.Duration
+
+	// Transport carries Raft RPCs. nil means an in-memory transport whose
+	// address is NodeID: enough for a one-node cluster. Open takes ownership:
+	// raft closes it when the store closes.
+	Transport raft.Transport
+	// NoBootstrap keeps a node with no Raft state from bootstrapping a
+	// one-node cluster of itself (for a node that will be added to an
+	// existing cluster); Open then does not wait for a leader either.
+	NoBootstrap bool
+}
+
+// DefaultConfig returns the configuration of a one-node cluster; Dir and
+// NodeID are left to the caller.
+func DefaultConfig() Config {
+	return Config{
+		SnapshotThreshold: 8192,
+		SnapshotInterval:  2 * time.Minute,
+		TrailingLogs:      10240,
+		ApplyTimeout:      10 * time.Second,
+		LeaderTimeout:     10 * time.Second,
+	}
+}
+
+// Validate reports the first setting that cannot work.
+func (c Config) Validate() error {
+	switch {
+	case c.Dir == "":
+		return errors.New("consensus: Dir is empty")
+	case c.NodeID == "":
+		return errors.New("consensus: NodeID is empty")
+	case c.SnapshotThreshold == 0:
+		return errors.New("consensus: SnapshotThreshold must be positive")
+	case c.SnapshotInterval < 5*time.Millisecond:
+		return fmt.Errorf("consensus: SnapshotInterval must be at least 5ms, got %s", c.SnapshotInterval)
+	case c.ApplyTimeout <= 0:
+		return fmt.Errorf("consensus: ApplyTimeout must be positive, got %s", c.ApplyTimeout)
+	case c.LeaderTimeout <= 0:
+		return fmt.Errorf("consensus: LeaderTimeout must be positive, got %s", c.LeaderTimeout)
+	}
+	return nil
+}
+
+// raftConfig holds the Raft timing. The timeouts are short so that a
+// one-node cluster elects itself within a second of starting, and still
+// safe: the lease is below the heartbeat timeout, as raft requires.
+func raftConfig(c Config, logger *hclogAdapter) *raft.Config {
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(c.NodeID)
+	rc.Logger = logger
+	rc.HeartbeatTimeout = 500 * time.Millisecond
+	rc.ElectionTimeout = 500 * time.Millisecond
+	rc.LeaderLeaseTimeout = 250 * time.Millisecond
+	rc.SnapshotThreshold = c.SnapshotThreshold
+	rc.SnapshotInterval = c.SnapshotInterval
+	rc.TrailingLogs = c.TrailingLogs
+	return rc
+}
+
+// gcInterval is how often the badger value logs are garbage collected.
+const gcInterval = 10 * time.Minute
+
+// Store is the replicated metadata store. Its methods are safe for
+// concurrent use. It owns one goroutine (value-log GC) besides raft's and
+// badger's; Close stops them all.
+type Store struct {
+	cfg    Config
+	log    *slog.Logger
+	raft   *raft.Raft
+	fsm    *fsm
+	raftDB *badger.DB
+
+	// mu guards closed; reads hold it shared while they use the FSM
+	// database, so Close never closes it under them.
+	mu     sync.RWMutex
+	closed bool
+
+	stop      chan struct{} // closed by Close
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open opens (creating if needed) the store in cfg.Dir and starts Raft. A
+// node without Raft state bootstraps a one-node cluster of itself, unless
+// cfg.NoBootstrap. Open then waits, at most cfg.LeaderTimeout, until the
+// cluster has a leader (for a one-node cluster: this node).
+func Open(cfg Config) (s *Store, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	trans := cfg.Transport
+	if trans == nil {
+		_, trans = raft.NewInmemTransport(raft.ServerAddress(cfg.NodeID))
+	}
+	var undo []func() // on failure, in reverse
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	undo = append(undo, func() {
+		if c, ok := trans.(raft.WithClose); ok {
+			_ = c.Close()
+		}
+	})
+
+	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
+		return nil, fmt.Errorf("consensus: creating %s: %w", cfg.Dir, err)
+	}
+	raftDB, err := openBadger(filepath.Join(cfg.Dir, "raft"), true, log)
+	if err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { _ = raftDB.Close() })
+	// The FSM need not sync: its applied index commits with its state, and
+	// on start raft restores the newest snapshot and replays the (synced)
+	// log after it, so whatever a crash loses is applied again.
+	fsmDB, err := openBadger(filepath.Join(cfg.Dir, "fsm"), false, log)
+	if err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { _ = fsmDB.Close() })
+
+	hlog := newHclog(log, "raft")
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, hlog.Named("snapshots"))
+	if err != nil {
+		return nil, fmt.Errorf("consensus: opening snapshot store in %s: %w", cfg.Dir, err)
+	}
+	logs, stable := &logStore{db: raftDB}, &stableStore{db: raftDB}
+	rc := raftConfig(cfg, hlog)
+
+	if !cfg.NoBootstrap {
+		if err := bootstrap(rc, logs, stable, snaps, trans); err != nil {
+			return nil, err
+		}
+	}
+	f := &fsm{db: fsmDB, log: log}
+	cached, err := raft.NewLogCache(512, logs)
+	if err != nil {
+		return nil, fmt.Errorf("consensus: %w", err)
+	}
+	r, err := raft.NewRaft(rc, f, cached, stable, snaps, trans)
+	if err != nil {
+		return nil, fmt.Errorf("consensus: starting raft: %w", err)
+	}
+	undo[0] = func() {} // raft owns the transport now: Shutdown closes it
+	undo = append(undo, func() { _ = r.Shutdown().Error() })
+
+	s = &Store{cfg: cfg, log: log, raft: r, fsm: f, raftDB: raftDB, stop: make(chan struct{})}
+	if !cfg.NoBootstrap {
+		if err := s.waitForLeader(cfg.LeaderTimeout); err != nil {
+			return nil, err
+		}
+	}
+	s.wg.Add(1)
+	go s.gcLoop()
+	return s, nil
+}
+
+// bootstrap writes a configuration of this node alone if there is no Raft
+// state yet.
+func bootstrap(rc *raft.Config, logs raft.LogStore, stable raft.StableStore, snaps raft.SnapshotStore, trans raft.Transport) error {
+	existing, err := raft.HasExistingState(logs, stable, snaps)
+	if err != nil {
+		return fmt.Errorf("consensus: checking for raft state: %w", err)
+	}
+	if existing {
+		return nil
+	}
+	conf := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: trans.LocalAddr(), Suffrage: raft.Voter}}}
+	err = raft.BootstrapCluster(rc, logs, stable, snaps, trans, conf)
+	if err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+		return fmt.Errorf("consensus: bootstrapping a one-node cluster: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) waitForLeader(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if _, id := s.raft.LeaderWithID(); id != "" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("consensus: no raft leader %s after start (node %s is %s): %w",
+				timeout, s.cfg.NodeID, s.raft.State(), ErrNotLeader)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// gcLoop reclaims value-log space now and then (badger does not on its own).
+func (s *Store) gcLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(gcInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			for s.raftDB.RunValueLogGC(0.5) == nil {
+			}
+			s.fsm.mu.RLock() // not during a Restore
+			for s.fsm.db.RunValueLogGC(0.5) == nil {
+			}
+			s.fsm.mu.RUnlock()
+		}
+	}
+}
+
+// Close stops Raft and closes the databases. Writes in flight fail with
+// ErrClosed; reads in flight finish first. Calling it again returns nil.
+func (s *Store) Close() error {
+	err := ErrClosed
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		close(s.stop)
+		s.wg.Wait()
+		// Shutdown waits for raft's goroutines, the FSM and snapshot ones
+		// included, so nothing touches the databases after it.
+		s.closeErr = errors.Join(
+			s.raft.Shutdown().Error(),
+			s.raftDB.Close(),
+			s.fsm.db.Close(),
+		)
+		err = s.closeErr
+	})
+	if errors.Is(err, ErrClosed) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("consensus: closing store: %w", err)
+	}
+	return nil
+}
+
+// --- writes ---
+
+// PutManifest adds the manifest to m.Repo (a no-op if it is there) and, if
+// tag is not empty, points the tag at it (last writer wins).
+func (s *Store) PutManifest(ctx context.Context, m ManifestRecord, tags ...string) error {
+	switch {
+	case !validName(m.Repo):
+		return fmt.Errorf("consensus: invalid repository name %q", m.Repo)
+	case m.Subject != "" && m.Subject.Validate() != nil:
+		return fmt.Errorf("consensus: invalid subject: %w", m.Subject.Validate())
+	}
+	for _, tag := range tags {
+		if !validName(tag) {
+			return fmt.Errorf("consensus: invalid tag %q", tag)
+		}
+	}
+	if err := m.Digest.Validate(); err != nil {
+		return fmt.Errorf("consensus: invalid manifest digest: %w", err)
+	}
+	if m.Digest.Algorithm().FromBytes(m.Body) != m.Digest {
+		return fmt.Errorf("consensus: manifest body does not match digest %s", m.Digest)
+	}
+	return s.apply(ctx, command{Op: opPutManifest, Repo: m.Repo, Digest: m.Digest, Tags: tags,
+		MediaType: m.MediaType, ArtifactType: m.ArtifactType, Subject: m.Subject,
+		Annotations: m.Annotations, Body: m.Body})
+}
+
+// DeleteManifest removes the manifest from the repository, with every tag in
+// it that points at the manifest and its referrer entry. ErrNotFound if the
+// repository does not hold it.
+func (s *Store) DeleteManifest(ctx context.Context, repo string, d digest.Digest) error {
+	if err := checkRepoDigest(repo, d); err != nil {
+		return err
+	}
+	return s.apply(ctx, command{Op: opDeleteManifest, Repo: repo, Digest: d})
+}
+
+// DeleteTag removes the tag; ErrNotFound if there is none.
+func (s *Store) DeleteTag(ctx context.Context, repo, tag string) error {
+	if !validName(repo) || !validName(tag) {
+		return fmt.Errorf("consensus: invalid repository %q or tag %q", repo, tag)
+	}
+	return s.apply(ctx, command{Op: opDeleteTag, Repo: repo, Tag: tag})
+}
+
+// LinkBlob makes the blob pullable from the repository.
+func (s *Store) LinkBlob(ctx context.Context, repo string, d digest.Digest, size int64) error {
+	if err := checkRepoDigest(repo, d); err != nil {
+		return err
+	}
+	if size < 0 {
+		return fmt.Errorf("consensus: negative blob size %d", size)
+	}
+	return s.apply(ctx, command{Op: opLinkBlob, Repo: repo, Digest: d, Size: size})
+}
+
+// UnlinkBlob removes the blob from the repository; ErrNotFound if it is not
+// linked.
+func (s *Store) UnlinkBlob(ctx context.Context, repo string, d digest.Digest) error {
+	if err := checkRepoDigest(repo, d); err != nil {
+		return err
+	}
+	return s.apply(ctx, command{Op: opUnlinkBlob, Repo: repo, Digest: d})
+}
+
+func checkRepoDigest(repo string, d digest.Digest) error {
+	if !validName(repo) {
+		return fmt.Errorf("consensus: invalid repository name %q", repo)
+	}
+	if err := d.Validate(); err != nil {
+		return fmt.Errorf("consensus: invalid digest: %w", err)
+	}
+	return nil
+}
+
+// apply commits the command through Raft and returns the FSM's result. When
+// ctx ends first it returns ctx's error at once; the write may still commit.
+func (s *Store) apply(ctx context.Context, c command) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.RLock()
+	closed := s.closed
+	s.mu.RUnlock()
+	if closed {
+		return fmt.Errorf("consensus: %w", ErrClosed)
+	}
+	data, err := c.encode()
+	if err != nil {
+		return err
+	}
+	timeout := s.cfg.ApplyTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(dl))
+	}
+	f := s.raft.Apply(data, timeout)
+	// The future is not safe for concurrent use: one goroutine owns it and
+	// finishes when raft resolves it (commit, leadership loss or shutdown).
+	res := make(chan error, 1)
+	go func() { res <- result(f) }()
+	select {
+	case err := <-res:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("consensus: waiting for commit: %w (the write may still be applied)", ctx.Err())
+	}
+}
+
+func result(f raft.ApplyFuture) error {
+	err := f.Error()
+	switch {
+	case err == nil:
+		if resp, ok := f.Response().(error); ok {
+			return resp
+		}
+		return nil
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return fmt.Errorf("consensus: %w (raft: %w)", ErrClosed, err)
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost),
+		errors.Is(err, raft.ErrAbortedByRestore), errors.Is(err, raft.ErrEnqueueTimeout),
+		errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		return fmt.Errorf("consensus: %w (raft: %w)", ErrNotLeader, err)
+	}
+	return fmt.Errorf("consensus: committing write: %w", err)
+}
+
+// --- reads: local state, no network ---
+
+// view runs fn on the FSM's state unless the store is closed.
+func (s *Store) view(fn func(t tx) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return fmt.Errorf("consensus: %w", ErrClosed)
+	}
+	return s.fsm.view(fn)
+}
+
+// Manifest returns the manifest as the repository holds it.
+func (s *Store) Manifest(repo string, d digest.Digest) (ManifestRecord, error) {
+	notFound := fmt.Errorf("consensus: manifest %s is not in repository %s: %w", d, repo, ErrNotFound)
+	if !validName(repo) || !validName(string(d)) {
+		return ManifestRecord{}, notFound
+	}
+	var rec ManifestRecord
+	err := s.view(func(t tx) error {
+		v, ok, err := t.get(manifestKey(repo, d))
+		if err != nil || !ok {
+			return errors.Join(err, notFound)
+		}
+		var meta manifestMeta
+		if err := json.Unmarshal(v, &meta); err != nil {
+			return fmt.Errorf("consensus: decoding manifest %s in %s: %w", d, repo, err)
+		}
+		body, ok, err := t.get(bodyKey(d))
+		if err != nil || !ok {
+			return errors.Join(err, fmt.Errorf("consensus: bytes of manifest %s are missing", d))
+		}
+		rec = ManifestRecord{Repo: repo, Digest: d, MediaType: meta.MediaType, Body: body,
+			Subject: meta.Subject, ArtifactType: meta.ArtifactType, Annotations: meta.Annotations}
+		return nil
+	})
+	return rec, err
+}
+
+// ResolveTag returns the digest the tag points at.
+func (s *Store) ResolveTag(repo, tag string) (digest.Digest, error) {
+	notFound := fmt.Errorf("consensus: tag %s is not in repository %s: %w", tag, repo, ErrNotFound)
+	if !validName(repo) || !validName(tag) {
+		return "", notFound
+	}
+	var d digest.Digest
+	err := s.view(func(t tx) error {
+		v, ok, err := t.get(tagKey(repo, tag))
+		if err != nil || !ok {
+			return errors.Join(err, notFound)
+		}
+		d = digest.Digest(v)
+		return nil
+	})
+	return d, err
+}
+
+// Tags lists the repository's tags in byte order: those strictly after last
+// (all if last is ""), at most n (all if n < 0). ErrNotFound if the
+// repository does not exist; a repository without tags gives an empty slice.
+func (s *Store) Tags(repo, last string, n int) ([]string, error) {
+	notFound := fmt.Errorf("consensus: repository %s: %w", repo, ErrNotFound)
+	if !validName(repo) {
+		return nil, notFound
+	}
+	var tags []string
+	err := s.view(func(t tx) error {
+		_, ok, err := t.get(repoKey(repo))
+		if err != nil || !ok {
+			return errors.Join(err, notFound)
+		}
+		tags = t.keysAfter(keyPrefix(prefixTag, repo), last, n)
+		return nil
+	})
+	return tags, err
+}
+
+// Repositories lists repository names like Tags lists tags.
+func (s *Store) Repositories(last string, n int) ([]string, error) {
+	var repos []string
+	err := s.view(func(t tx) error {
+		repos = t.keysAfter([]byte{prefixRepo}, last, n)
+		return nil
+	})
+	return repos, err
+}
+
+// RepositoryExists reports whether the repository holds any manifest, tag
+// or blob link.
+func (s *Store) RepositoryExists(repo string) (bool, error) {
+	if !validName(repo) {
+		return false, nil
+	}
+	var ok bool
+	err := s.view(func(t tx) (err error) {
+		_, ok, err = t.get(repoKey(repo))
+		return err
+	})
+	return ok, err
+}
+
+// BlobLink returns the size of a blob linked to the repository.
+func (s *Store) BlobLink(repo string, d digest.Digest) (int64, error) {
+	notFound := fmt.Errorf("consensus: blob %s is not linked to repository %s: %w", d, repo, ErrNotFound)
+	if !validName(repo) || !validName(string(d)) {
+		return 0, notFound
+	}
+	var size int64
+	err := s.view(func(t tx) error {
+		v, ok, err := t.get(blobLinkKey(repo, d))
+		if err != nil || !ok {
+			return errors.Join(err, notFound)
+		}
+		size = int64(decodeUint64(v))
+		return nil
+	})
+	return size, err
+}
+
+// Referrers returns the descriptors of the repository's manifests whose
+// subject is subject, sorted by digest; an empty slice when there are none.
+func (s *Store) Referrers(repo string, subject digest.Digest) ([]ocispec.Descriptor, error) {
+	descs := []ocispec.Descriptor{}
+	if !validName(repo) || !validName(string(subject)) {
+		return descs, nil
+	}
+	err := s.view(func(t tx) error {
+		it := t.NewIterator(badger.IteratorOptions{Prefix: keyPrefix(prefixReferrer, repo, string(subject))})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var d ocispec.Descriptor
+			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &d) }); err != nil {
+				return fmt.Errorf("consensus: decoding referrer %q: %w", it.Item().Key(), err)
+			}
+			descs = append(descs, d)
+		}
+		return nil
+	})
+	return descs, err
+}

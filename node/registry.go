@@ -1,0 +1,278 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/meshreg/meshreg/api"
+	"github.com/meshreg/meshreg/api/oci"
+	"github.com/meshreg/meshreg/blobstore"
+	"github.com/meshreg/meshreg/consensus"
+)
+
+func (n *Node) GetManifest(ctx context.Context, repo, reference string) (api.Manifest, error) {
+	d, err := n.resolve(repo, reference)
+	if err != nil {
+		return api.Manifest{}, err
+	}
+	m, err := n.meta.Manifest(repo, d)
+	if err != nil {
+		return api.Manifest{}, metaError(err, oci.ManifestUnknown, "manifest "+d.String()+" is not in repository "+repo)
+	}
+	return api.Manifest{Digest: m.Digest, MediaType: m.MediaType, Body: m.Body}, nil
+}
+
+// resolve turns a reference into a digest, looking tags up.
+func (n *Node) resolve(repo, reference string) (digest.Digest, error) {
+	if isDigest(reference) {
+		return digest.Digest(reference), nil
+	}
+	d, err := n.meta.ResolveTag(repo, reference)
+	return d, metaError(err, oci.ManifestUnknown, "tag "+reference+" is not in repository "+repo)
+}
+
+func (n *Node) PutManifest(ctx context.Context, repo, reference, contentType string, body []byte, tags []string) (digest.Digest, digest.Digest, error) {
+	p, err := parseManifest(contentType, body)
+	if err != nil {
+		return "", "", err
+	}
+	d, err := manifestDigest(reference, body)
+	if err != nil {
+		return "", "", err
+	}
+	if err := n.checkReferences(repo, p); err != nil {
+		return "", "", err
+	}
+	rec := consensus.ManifestRecord{
+		Repo:         repo,
+		Digest:       d,
+		MediaType:    p.mediaType,
+		Body:         body,
+		ArtifactType: p.artifactType,
+		Annotations:  p.annotations,
+	}
+	if p.subject != nil {
+		rec.Subject = p.subject.Digest
+	}
+	if !isDigest(reference) {
+		tags = append([]string{reference}, tags...)
+	}
+	if err := n.meta.PutManifest(ctx, rec, tags...); err != nil {
+		return "", "", metaError(err, oci.ManifestUnknown, "storing manifest "+d.String())
+	}
+	return d, rec.Subject, nil
+}
+
+// checkReferences accepts a manifest only when every blob and child
+// manifest it names is in the repository. The subject is exempt: a
+// referrer may be pushed before its subject.
+func (n *Node) checkReferences(repo string, p parsedManifest) error {
+	for _, b := range p.blobs {
+		size, err := n.meta.BlobLink(repo, b.Digest)
+		if errors.Is(err, consensus.ErrNotFound) {
+			return oci.Errorf(oci.ManifestBlobUnknown, "blob %s is not in repository %s: push it before the manifest", b.Digest, repo).
+				WithDetail(map[string]string{"digest": b.Digest.String()})
+		}
+		if err != nil {
+			return metaError(err, oci.BlobUnknown, "")
+		}
+		if size != b.Size {
+			return oci.Errorf(oci.ManifestInvalid, "descriptor of blob %s says %d bytes but the blob has %d", b.Digest, b.Size, size)
+		}
+	}
+	for _, c := range p.children {
+		_, err := n.meta.Manifest(repo, c.Digest)
+		if errors.Is(err, consensus.ErrNotFound) {
+			return oci.Errorf(oci.ManifestBlobUnknown, "manifest %s is not in repository %s: push it before the index", c.Digest, repo).
+				WithDetail(map[string]string{"digest": c.Digest.String()})
+		}
+		if err != nil {
+			return metaError(err, oci.ManifestUnknown, "")
+		}
+	}
+	return nil
+}
+
+func (n *Node) DeleteManifest(ctx context.Context, repo, reference string) error {
+	if isDigest(reference) {
+		err := n.meta.DeleteManifest(ctx, repo, digest.Digest(reference))
+		return metaError(err, oci.ManifestUnknown, "manifest "+reference+" is not in repository "+repo)
+	}
+	err := n.meta.DeleteTag(ctx, repo, reference)
+	return metaError(err, oci.ManifestUnknown, "tag "+reference+" is not in repository "+repo)
+}
+
+func (n *Node) Tags(ctx context.Context, repo, last string, limit int) ([]string, error) {
+	tags, err := n.meta.Tags(repo, last, limit)
+	return tags, metaError(err, oci.NameUnknown, "repository "+repo+" is not known to this registry")
+}
+
+func (n *Node) Repositories(ctx context.Context, last string, limit int) ([]string, error) {
+	repos, err := n.meta.Repositories(last, limit)
+	return repos, metaError(err, oci.NameUnknown, "listing repositories")
+}
+
+func (n *Node) Referrers(ctx context.Context, repo string, subject digest.Digest) ([]ocispec.Descriptor, error) {
+	descs, err := n.meta.Referrers(repo, subject)
+	if errors.Is(err, consensus.ErrNotFound) {
+		return []ocispec.Descriptor{}, nil
+	}
+	return descs, metaError(err, oci.Unknown, "")
+}
+
+func (n *Node) StatBlob(ctx context.Context, repo string, d digest.Digest) (int64, error) {
+	if _, err := n.meta.BlobLink(repo, d); err != nil {
+		if m, merr := n.meta.Manifest(repo, d); merr == nil {
+			return int64(len(m.Body)), nil
+		}
+		return 0, metaError(err, oci.BlobUnknown, "blob "+d.String()+" is not in repository "+repo)
+	}
+	size, err := n.blobs.Stat(d)
+	return size, blobError(err, d)
+}
+
+func (n *Node) OpenBlob(ctx context.Context, repo string, d digest.Digest) (io.ReadSeekCloser, int64, error) {
+	if _, err := n.meta.BlobLink(repo, d); err != nil {
+		// Manifests are content too: serve one that is asked for as a blob,
+		// as CNCF Distribution does.
+		if m, merr := n.meta.Manifest(repo, d); merr == nil {
+			return nopCloser{bytes.NewReader(m.Body)}, int64(len(m.Body)), nil
+		}
+		return nil, 0, metaError(err, oci.BlobUnknown, "blob "+d.String()+" is not in repository "+repo)
+	}
+	f, size, err := n.blobs.Open(d)
+	if err != nil {
+		return nil, 0, blobError(err, d)
+	}
+	return f, size, nil
+}
+
+type nopCloser struct{ *bytes.Reader }
+
+func (nopCloser) Close() error { return nil }
+
+// DeleteBlob unlinks the blob from the repository. The bytes stay on disk,
+// since other repositories may link them.
+func (n *Node) DeleteBlob(ctx context.Context, repo string, d digest.Digest) error {
+	err := n.meta.UnlinkBlob(ctx, repo, d)
+	return metaError(err, oci.BlobUnknown, "blob "+d.String()+" is not in repository "+repo)
+}
+
+func (n *Node) PutBlob(ctx context.Context, repo string, d digest.Digest, r io.Reader) (int64, error) {
+	size, err := n.blobs.Put(d, r)
+	if err != nil {
+		return 0, blobError(err, d)
+	}
+	return size, n.link(ctx, repo, d, size)
+}
+
+func (n *Node) link(ctx context.Context, repo string, d digest.Digest, size int64) error {
+	err := n.meta.LinkBlob(ctx, repo, d, size)
+	return metaError(err, oci.BlobUnknown, "linking blob "+d.String()+" to repository "+repo)
+}
+
+func (n *Node) MountBlob(ctx context.Context, repo, from string, d digest.Digest) (bool, error) {
+	if from != "" {
+		if _, err := n.meta.BlobLink(from, d); err != nil {
+			if errors.Is(err, consensus.ErrNotFound) {
+				return false, nil
+			}
+			return false, metaError(err, oci.BlobUnknown, "")
+		}
+	}
+	size, err := n.blobs.Stat(d)
+	if errors.Is(err, blobstore.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, blobError(err, d)
+	}
+	return true, n.link(ctx, repo, d, size)
+}
+
+func (n *Node) StartUpload(ctx context.Context, repo string) (string, error) {
+	u, err := n.blobs.NewUpload()
+	if err != nil {
+		return "", fmt.Errorf("starting upload: %w", err)
+	}
+	n.mu.Lock()
+	n.uploads[u.ID()] = repo
+	n.mu.Unlock()
+	return u.ID(), nil
+}
+
+// upload finds a session opened for repo.
+func (n *Node) upload(repo, id string) (*blobstore.Upload, error) {
+	n.mu.Lock()
+	owner, ok := n.uploads[id]
+	n.mu.Unlock()
+	if !ok || owner != repo {
+		return nil, oci.Errorf(oci.BlobUploadUnknown, "upload %s is not open for repository %s: start a new upload", truncateID(id), repo)
+	}
+	u, err := n.blobs.Upload(id)
+	if err != nil {
+		n.forget(id)
+		return nil, blobError(err, "")
+	}
+	return u, nil
+}
+
+func (n *Node) forget(id string) {
+	n.mu.Lock()
+	delete(n.uploads, id)
+	n.mu.Unlock()
+}
+
+func (n *Node) UploadSize(ctx context.Context, repo, id string) (int64, error) {
+	u, err := n.upload(repo, id)
+	if err != nil {
+		return 0, err
+	}
+	return u.Size(), nil
+}
+
+func (n *Node) AppendUpload(ctx context.Context, repo, id string, r io.Reader) (int64, error) {
+	u, err := n.upload(repo, id)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := u.Append(r); err != nil {
+		return 0, oci.Wrap(oci.BlobUploadInvalid, err, "appending to upload "+id+" failed; the session is unchanged, resume it")
+	}
+	return u.Size(), nil
+}
+
+func (n *Node) FinishUpload(ctx context.Context, repo, id string, d digest.Digest) (int64, error) {
+	u, err := n.upload(repo, id)
+	if err != nil {
+		return 0, err
+	}
+	size, err := u.Commit(d)
+	if err != nil {
+		return 0, blobError(err, d)
+	}
+	n.forget(id)
+	return size, n.link(ctx, repo, d, size)
+}
+
+func (n *Node) CancelUpload(ctx context.Context, repo, id string) error {
+	u, err := n.upload(repo, id)
+	if err != nil {
+		return err
+	}
+	n.forget(id)
+	return blobError(u.Cancel(), "")
+}
+
+func truncateID(id string) string {
+	if len(id) > 64 {
+		return id[:64] + "…"
+	}
+	return id
+}
