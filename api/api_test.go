@@ -73,7 +73,10 @@ func (r *registry) close() {
 
 type testWriter struct{ t *testing.T }
 
-func (w testWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
 
 // do sends a request and returns the response with its body read.
 func (r *registry) do(method, path string, body []byte, hdr ...string) (*http.Response, []byte) {
@@ -531,4 +534,3 @@ func TestStalledAndAbortedUploads(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
-

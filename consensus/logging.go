@@ -20,6 +20,16 @@ func openBadger(dir string, sync bool, logger *slog.Logger) (*badger.DB, error) 
 		WithSyncWrites(sync).
 		WithLogger(badgerLogger{logger}).
 		WithNumCompactors(2).
+		// Registry metadata is small (manifests are at most a few MiB, and
+		// most entries are tens of bytes), while badger's defaults are sized
+		// for large stores: 64 MiB memtables, five of them, a 256 MiB block
+		// cache. Smaller ones keep an idle node's memory low; compaction
+		// and reads stay fast at this scale.
+		WithMemTableSize(16 << 20).
+		WithNumMemtables(2).
+		WithBlockCacheSize(16 << 20).
+		WithIndexCacheSize(8 << 20).
+		WithValueLogFileSize(256 << 20).
 		// One writer per database (raft's goroutines for the log, the FSM
 		// goroutine for the state), so conflict detection buys nothing.
 		WithDetectConflicts(false)

@@ -1,0 +1,210 @@
+// Command bench measures meshreg and CNCF Distribution v3 side by side, in
+// one run, on loopback, and prints a Markdown table with their ratios.
+//
+// It installs nothing: `make bench` builds bin/meshreg and installs
+// Distribution's `registry` into .tools/bin, then runs
+//
+//	go run ./testnet/bench -meshreg bin/meshreg -distribution .tools/bin/registry
+//
+// Both servers run at once, each with its own empty data dir. Every metric
+// is measured on both, alternating which goes first, -runs times, and the
+// median is reported:
+//
+//   - push and pull of one -blob-size blob (MB/s; the pushed bytes are
+//     generated while they are sent, never held in memory);
+//   - push and pull of an image of -layers layers of -layer-size (seconds);
+//   - manifest GET by tag and blob HEAD from -conns concurrent connections
+//     for -duration each (requests/s);
+//   - peak RSS of each server process (VmHWM).
+//
+// A quick run: -blob-size 64MiB -layers 5 -layer-size 1MiB -duration 1s -runs 1.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/meshreg/meshreg/testnet"
+)
+
+type config struct {
+	meshreg, distribution string
+	blobSize, layerSize   byteSize
+	layers, layerJobs     int
+	duration              time.Duration
+	conns, runs           int
+	timeout               time.Duration
+	keep                  bool
+	out                   string
+}
+
+func main() {
+	var c config
+	c.blobSize, c.layerSize = 512<<20, 8<<20
+	flag.StringVar(&c.meshreg, "meshreg", "bin/meshreg", "meshreg binary (make build)")
+	flag.StringVar(&c.distribution, "distribution", "", "CNCF Distribution `registry` binary (default: from PATH, else .tools/bin/registry)")
+	flag.Var(&c.blobSize, "blob-size", "size of the single blob pushed and pulled")
+	flag.IntVar(&c.layers, "layers", 20, "layers of the image pushed and pulled")
+	flag.Var(&c.layerSize, "layer-size", "size of each image layer")
+	flag.IntVar(&c.layerJobs, "layer-jobs", 4, "layers transferred at once during image push and pull")
+	flag.DurationVar(&c.duration, "duration", 5*time.Second, "how long each requests/s measurement runs")
+	flag.IntVar(&c.conns, "conns", 32, "concurrent connections for the requests/s measurements")
+	flag.IntVar(&c.runs, "runs", 3, "measurements of each metric per server (the median is reported)")
+	flag.DurationVar(&c.timeout, "timeout", 20*time.Minute, "give up after this long")
+	flag.BoolVar(&c.keep, "keep", false, "keep the servers' data dirs and logs")
+	flag.StringVar(&c.out, "out", "", "also write the Markdown table to this file")
+	flag.Parse()
+	if err := run(c); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(c config) error {
+	if c.runs < 1 || c.layers < 1 || c.conns < 1 || c.layerJobs < 1 || c.blobSize < 1 || c.layerSize < 1 {
+		return errors.New("sizes, counts and -runs must be positive")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+
+	meshregBin, err := filepath.Abs(c.meshreg)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(meshregBin); err != nil {
+		return fmt.Errorf("meshreg binary: %w (run `make build`)", err)
+	}
+	distBin, err := findDistribution(c.distribution)
+	if err != nil {
+		return err
+	}
+
+	root, err := os.MkdirTemp("", "meshreg-bench-")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if c.keep {
+			fmt.Fprintf(os.Stderr, "kept %s\n", root)
+		} else {
+			os.RemoveAll(root)
+		}
+	}()
+
+	mesh, err := startMeshreg(ctx, meshregBin, filepath.Join(root, "meshreg"))
+	if err != nil {
+		return err
+	}
+	defer mesh.stop()
+	dist, err := startDistribution(ctx, distBin, filepath.Join(root, "distribution"))
+	if err != nil {
+		return err
+	}
+	defer dist.stop()
+	servers := []*server{mesh, dist}
+
+	logf("meshreg %s (pid %d) and %s (pid %d); %d CPUs, %s", mesh.addr, mesh.proc.PID(), dist.version, dist.proc.PID(), runtime.NumCPU(), runtime.Version())
+	logf("blob %s; image %d × %s; %d conns × %v; %d runs", c.blobSize, c.layers, c.layerSize, c.conns, c.duration, c.runs)
+
+	res := newResults(servers)
+	for run := range c.runs {
+		order := servers
+		if run%2 == 1 {
+			order = []*server{dist, mesh}
+		}
+		w := newWorkload(c, run)
+		for _, m := range metrics {
+			for _, s := range order {
+				v, note, err := m.measure(ctx, s, w)
+				if err != nil {
+					return fmt.Errorf("run %d, %s, %s: %w", run+1, m.name, s.name, err)
+				}
+				res.add(m.name, s, v, note)
+				logf("run %d  %-28s %-13s %10.2f %s %s", run+1, m.name, s.name, v, m.unit, note)
+			}
+		}
+	}
+	// Correctness, untimed: each server serves back what it was given.
+	w := newWorkload(c, c.runs-1)
+	for _, s := range servers {
+		if err := w.verify(ctx, s); err != nil {
+			return fmt.Errorf("%s served wrong content: %w", s.name, err)
+		}
+		rss, err := testnet.PeakRSS(s.proc.PID())
+		if err != nil {
+			return err
+		}
+		res.add("peak RSS", s, float64(rss)/(1<<20), "")
+	}
+
+	table := res.table(c, mesh, dist)
+	fmt.Print(table)
+	if c.out != "" {
+		return os.WriteFile(c.out, []byte(table), 0o644)
+	}
+	return nil
+}
+
+func findDistribution(flagPath string) (string, error) {
+	if flagPath != "" {
+		return filepath.Abs(flagPath)
+	}
+	if p, err := exec.LookPath("registry"); err == nil {
+		return p, nil
+	}
+	if root, err := testnet.ModuleRoot(); err == nil {
+		p := filepath.Join(root, ".tools", "bin", "registry")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", errors.New("CNCF Distribution's registry binary not found: pass -distribution or run `make bench`, which installs it into .tools/bin")
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05 ")+format+"\n", args...)
+}
+
+// byteSize is a flag value like 512MiB, 8MiB, 64KiB, 1GiB or a plain count.
+type byteSize int64
+
+func (b byteSize) String() string {
+	switch {
+	case b >= 1<<30 && b%(1<<30) == 0:
+		return fmt.Sprintf("%dGiB", b>>30)
+	case b >= 1<<20 && b%(1<<20) == 0:
+		return fmt.Sprintf("%dMiB", b>>20)
+	case b >= 1<<10 && b%(1<<10) == 0:
+		return fmt.Sprintf("%dKiB", b>>10)
+	}
+	return fmt.Sprintf("%dB", int64(b))
+}
+
+func (b *byteSize) Set(s string) error {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}, {"B", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSuffix(s, u.suffix), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil || n < 0 {
+		return fmt.Errorf("bad size %q: want e.g. 512MiB", s)
+	}
+	*b = byteSize(n * mult)
+	return nil
+}
