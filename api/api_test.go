@@ -28,14 +28,14 @@ import (
 // registry is a real node (blob store and Raft metadata on disk) served by
 // the real handler over HTTP.
 type registry struct {
-	t    *testing.T
+	t    testing.TB
 	url  string
 	dir  string
 	node *node.Node
 	srv  *httptest.Server
 }
 
-func newRegistry(t *testing.T, dir string, tweak func(*api.Config)) *registry {
+func newRegistry(t testing.TB, dir string, tweak func(*api.Config)) *registry {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cfg := node.DefaultConfig()
@@ -71,7 +71,7 @@ func (r *registry) close() {
 	r.srv = nil
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
@@ -105,7 +105,7 @@ func (r *registry) do(method, path string, body []byte, hdr ...string) (*http.Re
 }
 
 // expect checks a response's status and, for errors, its OCI code.
-func expect(t *testing.T, resp *http.Response, body []byte, status int, code string) {
+func expect(t testing.TB, resp *http.Response, body []byte, status int, code string) {
 	t.Helper()
 	if resp.StatusCode != status {
 		t.Fatalf("%s %s: status %d, want %d; body %s", resp.Request.Method, resp.Request.URL.Path, resp.StatusCode, status, body)
@@ -155,7 +155,7 @@ func (r *registry) image(repo string, extra string) []byte {
 	return b
 }
 
-func randomBytes(t *testing.T, n int) []byte {
+func randomBytes(t testing.TB, n int) []byte {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
 		t.Fatal(err)
@@ -532,5 +532,46 @@ func TestStalledAndAbortedUploads(t *testing.T) {
 			t.Fatalf("upload files left behind: %v", left)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// BenchmarkManifestGet measures GET of a manifest by tag through the real
+// handler and node.
+func BenchmarkManifestGet(b *testing.B) {
+	r := newRegistry(b, b.TempDir(), nil)
+	m := r.image("bench/app", "get")
+	resp, body := r.pushManifest("bench/app", "v1", ocispec.MediaTypeImageManifest, m)
+	expect(b, resp, body, 201, "")
+	b.SetBytes(int64(len(m)))
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			resp, err := http.Get(r.url + "/v2/bench/app/manifests/v1")
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				b.Errorf("status %d", resp.StatusCode)
+				return
+			}
+		}
+	})
+}
+
+// BenchmarkManifestPut measures validating and committing a manifest (one
+// Raft entry each) under a new tag per iteration.
+func BenchmarkManifestPut(b *testing.B) {
+	r := newRegistry(b, b.TempDir(), nil)
+	m := r.image("bench/app", "put")
+	b.SetBytes(int64(len(m)))
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		resp, body := r.pushManifest("bench/app", fmt.Sprintf("t%d", i), ocispec.MediaTypeImageManifest, m)
+		if resp.StatusCode != 201 {
+			b.Fatalf("status %d: %s", resp.StatusCode, body)
+		}
 	}
 }
