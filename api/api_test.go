@@ -40,6 +40,7 @@ func newRegistry(t testing.TB, dir string, tweak func(*api.Config)) *registry {
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	cfg := node.DefaultConfig()
 	cfg.DataDir = dir
+	cfg.P2P.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
 	n, err := node.Open(cfg, log)
 	if err != nil {
 		t.Fatal(err)

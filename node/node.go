@@ -13,11 +13,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshreg/meshreg/api"
 	"github.com/meshreg/meshreg/blobstore"
 	"github.com/meshreg/meshreg/consensus"
+	"github.com/meshreg/meshreg/p2p"
 )
 
 // Config is what a node needs to know to run.
@@ -27,10 +29,17 @@ type Config struct {
 	//	<DataDir>/
 	//	├── blobs/<alg>/<2 hex>/<hex>   blob contents (package blobstore)
 	//	├── uploads/<id>                upload sessions in progress
+	//	├── p2p/identity.key            the libp2p identity: peer id = Raft server id
 	//	└── meta/                       Raft log, snapshots and FSM (package consensus)
 	DataDir string
-	// NodeID names this node in the Raft configuration.
-	NodeID string
+	// P2P configures the libp2p host; its DataDir is filled in.
+	P2P p2p.Config
+	// Join names members of an existing cluster to join (multiaddrs with
+	// /p2p/<id>, or http(s) URLs of their API). Without it a node with no
+	// state bootstraps a one-node cluster of itself.
+	Join []string
+	// Voters is how many voters the leader keeps, promoting non-voters.
+	Voters int
 	// UploadIdleTimeout expires upload sessions that received nothing for
 	// this long.
 	UploadIdleTimeout time.Duration
@@ -44,7 +53,8 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		DataDir:           "meshreg-data",
-		NodeID:            "local",
+		P2P:               p2p.DefaultConfig(),
+		Voters:            3,
 		UploadIdleTimeout: time.Hour,
 		Version:           "dev",
 		Consensus:         consensus.DefaultConfig(),
@@ -56,8 +66,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.DataDir == "":
 		return errors.New("node: data dir is empty: pass --data-dir")
-	case c.NodeID == "":
-		return errors.New("node: node id is empty")
+	case c.Voters < 1:
+		return fmt.Errorf("node: voters must be at least 1, got %d", c.Voters)
 	case c.UploadIdleTimeout <= 0:
 		return fmt.Errorf("node: upload idle timeout must be positive, got %s", c.UploadIdleTimeout)
 	}
@@ -69,6 +79,7 @@ type Node struct {
 	cfg     Config
 	blobs   *blobstore.Store
 	meta    *consensus.Store
+	host    *p2p.Host
 	log     *slog.Logger
 	started time.Time
 
@@ -81,9 +92,9 @@ var (
 	_ api.Node     = (*Node)(nil)
 )
 
-// Open opens the blob store and the metadata store under cfg.DataDir and
-// returns a node over them.
-func Open(cfg Config, log *slog.Logger) (*Node, error) {
+// Open opens the blob store, starts the libp2p host, opens the metadata
+// store with Raft over libp2p, and returns a node over them.
+func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -91,25 +102,53 @@ func Open(cfg Config, log *slog.Logger) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: opening blob store in %s: %w", cfg.DataDir, err)
 	}
+	pc := cfg.P2P
+	pc.DataDir = cfg.DataDir
+	pc.Logger = log.With("component", "p2p")
+	host, err := p2p.NewHost(pc)
+	if err != nil {
+		return nil, fmt.Errorf("node: starting the libp2p host: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = host.Close()
+		}
+	}()
 	cc := cfg.Consensus
 	cc.Dir = filepath.Join(cfg.DataDir, "meta")
-	cc.NodeID = cfg.NodeID
+	cc.NodeID = host.ID().String()
 	cc.Logger = log.With("component", "consensus")
+	cc.Transport = raft.NewNetworkTransport(p2p.NewRaftStreamLayer(host), 3, 10*time.Second, slogWriter{log.With("component", "raft-transport")})
+	fw := &forwarder{host: host}
+	cc.Forwarder = fw
+	// A joiner waits to be added; a restarted joiner has Raft state and
+	// would not bootstrap anyway.
+	cc.NoBootstrap = len(cfg.Join) > 0
 	meta, err := consensus.Open(cc)
 	if err != nil {
 		return nil, fmt.Errorf("node: opening metadata in %s: %w", cc.Dir, err)
 	}
-	return New(cfg, blobs, meta, log), nil
+	fw.applied = meta.AppliedIndex
+	n = New(cfg, blobs, meta, host, log)
+	host.HandleRequests(forwardProtocol, maxForwardLen, rpcTimeout, n.serveForwarded)
+	host.HandleRequests(joinProtocol, maxControlLen, rpcTimeout, n.serveJoin)
+	return n, nil
 }
 
-// New returns a node over an open blob store and metadata store; Close
-// closes them.
-func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, log *slog.Logger) *Node {
-	return &Node{cfg: cfg, blobs: blobs, meta: meta, log: log, started: time.Now(), uploads: map[string]string{}}
+// New returns a node over an open blob store, metadata store and libp2p
+// host; Close closes the last two.
+func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Host, log *slog.Logger) *Node {
+	return &Node{cfg: cfg, blobs: blobs, meta: meta, host: host, log: log, started: time.Now(), uploads: map[string]string{}}
 }
 
-// Run runs the node's background loops until ctx ends.
+// Run runs the node's background loops until ctx ends: joining the
+// cluster, promoting non-voters (on the leader), expiring idle uploads.
 func (n *Node) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(2)
+	go func() { defer wg.Done(); n.joinLoop(ctx) }()
+	go func() { defer wg.Done(); n.promoteLoop(ctx) }()
 	every := min(n.cfg.UploadIdleTimeout/4, time.Minute)
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -139,12 +178,42 @@ func (n *Node) expireUploads() {
 	n.log.Info("expired idle uploads", "count", removed, "idle", n.cfg.UploadIdleTimeout)
 }
 
-// Close closes the metadata store. Callers stop serving requests first.
+// Close hands leadership to another voter if this node leads one, then
+// closes the metadata store and the libp2p host. Callers stop serving
+// requests first.
 func (n *Node) Close() error {
-	if err := n.meta.Close(); err != nil {
-		return fmt.Errorf("node: closing metadata: %w", err)
+	if n.meta.Status().State == "Leader" && !n.alone() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := n.meta.TransferLeadership(ctx); err != nil {
+			n.log.Warn("leadership transfer before stopping failed; the others will elect a leader", "err", err)
+		} else {
+			n.log.Info("handed leadership over before stopping")
+		}
+		cancel()
 	}
-	return nil
+	return errors.Join(wrapErr("closing metadata", n.meta.Close()), wrapErr("closing the libp2p host", n.host.Close()))
+}
+
+// alone reports whether this node is the only voter.
+func (n *Node) alone() bool {
+	members, err := n.meta.Members()
+	if err != nil {
+		return true
+	}
+	voters := 0
+	for _, m := range members {
+		if m.Suffrage == "Voter" {
+			voters++
+		}
+	}
+	return voters <= 1
+}
+
+func wrapErr(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("node: %s: %w", what, err)
 }
 
 // Ready returns nil when the node can take writes.
@@ -157,13 +226,15 @@ func (n *Node) Ready(ctx context.Context) error {
 
 // Status is the document served at /_meshreg/v1/status.
 type Status struct {
-	NodeID  string           `json:"node_id"`
-	Version string           `json:"version"`
-	DataDir string           `json:"data_dir"`
-	Uptime  string           `json:"uptime"`
-	Blobs   BlobStatus       `json:"blobs"`
-	Raft    consensus.Status `json:"raft"`
-	Uploads int              `json:"uploads_in_progress"`
+	NodeID      string           `json:"node_id"` // the peer id, also the Raft server id
+	RaftAddress string           `json:"raft_address"`
+	P2PAddrs    []string         `json:"p2p_addrs"`
+	Version     string           `json:"version"`
+	DataDir     string           `json:"data_dir"`
+	Uptime      string           `json:"uptime"`
+	Blobs       BlobStatus       `json:"blobs"`
+	Raft        consensus.Status `json:"raft"`
+	Uploads     int              `json:"uploads_in_progress"`
 }
 
 // BlobStatus counts the blobs this node holds.
@@ -177,14 +248,20 @@ func (n *Node) Status(ctx context.Context) any {
 	n.mu.Lock()
 	uploads := len(n.uploads)
 	n.mu.Unlock()
+	var addrs []string
+	for _, a := range n.host.Addrs() {
+		addrs = append(addrs, a.String())
+	}
 	return Status{
-		NodeID:  n.cfg.NodeID,
-		Version: n.cfg.Version,
-		DataDir: n.cfg.DataDir,
-		Uptime:  time.Since(n.started).Round(time.Second).String(),
-		Blobs:   BlobStatus{Count: count, Bytes: bytes},
-		Raft:    n.meta.Status(),
-		Uploads: uploads,
+		NodeID:      n.host.ID().String(),
+		RaftAddress: n.host.RaftAddress(),
+		P2PAddrs:    addrs,
+		Version:     n.cfg.Version,
+		DataDir:     n.cfg.DataDir,
+		Uptime:      time.Since(n.started).Round(time.Second).String(),
+		Blobs:       BlobStatus{Count: count, Bytes: bytes},
+		Raft:        n.meta.Status(),
+		Uploads:     uploads,
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 
@@ -367,3 +368,39 @@ func tcpOnly(addrs []string) []string {
 }
 
 var _ io.Closer = (*Host)(nil)
+
+// RaftAddress is the address other members use to reach this host: its
+// first TCP listen address that is not loopback (loopback only if it has
+// nothing else, as in tests on one machine), with /p2p/<id>. TCP is
+// preferred because it works with and without a private-network key.
+func (h *Host) RaftAddress() string {
+	var pick ma.Multiaddr
+	for _, a := range h.h.Addrs() {
+		if _, err := a.ValueForProtocol(ma.P_TCP); err != nil {
+			continue
+		}
+		if pick == nil || (isLoopback(pick) && !isLoopback(a)) {
+			pick = a
+		}
+	}
+	if pick == nil {
+		if addrs := h.h.Addrs(); len(addrs) > 0 {
+			pick = addrs[0]
+		} else {
+			return h.h.ID().String()
+		}
+	}
+	return pick.String() + "/p2p/" + h.h.ID().String()
+}
+
+func isLoopback(a ma.Multiaddr) bool {
+	ip, err := a.ValueForProtocol(ma.P_IP4)
+	if err != nil {
+		ip, err = a.ValueForProtocol(ma.P_IP6)
+	}
+	if err != nil {
+		return false
+	}
+	parsed := net.ParseIP(ip)
+	return parsed != nil && parsed.IsLoopback()
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -12,7 +13,9 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
 )
 
 // RaftProtocol is the libp2p protocol id of Raft RPC streams.
@@ -28,16 +31,19 @@ var ErrStreamLayerClosed = fmt.Errorf("p2p: raft stream layer closed: %w", net.E
 // RaftStreamLayer carries hashicorp/raft's NetworkTransport over libp2p
 // streams: raft.NewNetworkTransport(layer, maxPool, timeout, logOutput).
 //
-// A raft.ServerAddress is a peer id string (Raft server id = peer id). Dial
-// finds the peer's addresses in the peerstore (learned from Host.Connect and
-// identify), so connect to a peer once before adding it to the
-// configuration. Each Raft connection is one libp2p stream.
+// A raft.ServerAddress is either a full multiaddr ending in /p2p/<peer id>
+// (what Addr returns, so every member of a configuration can dial every
+// other one after a leader change) or a bare peer id string, which Dial
+// resolves through the peerstore (addresses learned from Host.Connect and
+// identify). The Raft server id is the peer id. Each Raft connection is one
+// libp2p stream.
 //
 // Accept returns streams opened by peers; Close removes the protocol handler
 // and makes Accept and Dial fail with ErrStreamLayerClosed. All methods are
 // safe for concurrent use.
 type RaftStreamLayer struct {
 	h        host.Host
+	addr     string
 	incoming chan network.Stream
 	done     chan struct{}
 	once     sync.Once
@@ -50,6 +56,7 @@ var _ raft.StreamLayer = (*RaftStreamLayer)(nil)
 func NewRaftStreamLayer(h *Host) *RaftStreamLayer {
 	l := &RaftStreamLayer{
 		h:        h.LibP2P(),
+		addr:     h.RaftAddress(),
 		incoming: make(chan network.Stream),
 		done:     make(chan struct{}),
 	}
@@ -88,8 +95,15 @@ func (l *RaftStreamLayer) Close() error {
 	return nil
 }
 
-// Addr is this host's peer id.
-func (l *RaftStreamLayer) Addr() net.Addr { return peerAddr(l.h.ID()) }
+// Addr is this host's Raft address: its preferred multiaddr with /p2p/<id>
+// (see Host.RaftAddress).
+func (l *RaftStreamLayer) Addr() net.Addr { return raftAddr(l.addr) }
+
+// raftAddr is a Raft address as a net.Addr.
+type raftAddr string
+
+func (a raftAddr) Network() string { return "libp2p" }
+func (a raftAddr) String() string  { return string(a) }
 
 // Dial opens a Raft stream to the peer whose id is address, connecting to it
 // first if needed, within timeout.
@@ -99,9 +113,9 @@ func (l *RaftStreamLayer) Dial(address raft.ServerAddress, timeout time.Duration
 		return nil, ErrStreamLayerClosed
 	default:
 	}
-	id, err := peer.Decode(string(address))
+	id, err := l.resolve(string(address))
 	if err != nil {
-		return nil, fmt.Errorf("p2p: raft address %q is not a peer id: %w", address, err)
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -139,3 +153,25 @@ type peerAddr peer.ID
 
 func (a peerAddr) Network() string { return "libp2p" }
 func (a peerAddr) String() string  { return peer.ID(a).String() }
+
+// resolve turns a Raft address into a peer id, recording the addresses of a
+// multiaddr form in the peerstore for good.
+func (l *RaftStreamLayer) resolve(address string) (peer.ID, error) {
+	if !strings.HasPrefix(address, "/") {
+		id, err := peer.Decode(address)
+		if err != nil {
+			return "", fmt.Errorf("p2p: raft address %q is neither a multiaddr nor a peer id: %w", address, err)
+		}
+		return id, nil
+	}
+	m, err := ma.NewMultiaddr(address)
+	if err != nil {
+		return "", fmt.Errorf("p2p: raft address %q: %w", address, err)
+	}
+	info, err := peer.AddrInfoFromP2pAddr(m)
+	if err != nil {
+		return "", fmt.Errorf("p2p: raft address %q has no /p2p/<id>: %w", address, err)
+	}
+	l.h.Peerstore().AddAddrs(info.ID, info.Addrs, peerstore.PermanentAddrTTL)
+	return info.ID, nil
+}

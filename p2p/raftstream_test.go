@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -52,23 +53,14 @@ type raftCluster struct {
 	fsms  []*countFSM
 }
 
-// startRaftCluster connects the hosts pairwise and starts a bootstrapped
-// Raft on each, shut down when the test ends.
+// startRaftCluster starts a bootstrapped Raft on each host, shut down when
+// the test ends. The hosts are not connected first: the Raft addresses are
+// multiaddrs, enough to dial.
 func startRaftCluster(t *testing.T, hosts []*Host) *raftCluster {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	for i := range hosts {
-		for j := i + 1; j < len(hosts); j++ {
-			if err := hosts[i].Connect(ctx, addrOf(t, hosts[j], ma.P_TCP)); err != nil {
-				t.Fatalf("Connect %d->%d: %v", i, j, err)
-			}
-		}
-	}
 	var servers []raft.Server
 	for _, h := range hosts {
-		id := h.ID().String()
-		servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(id), Address: raft.ServerAddress(id)})
+		servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(h.ID().String()), Address: raft.ServerAddress(h.RaftAddress())})
 	}
 	c := &raftCluster{}
 	for i, h := range hosts {
@@ -80,8 +72,8 @@ func startRaftCluster(t *testing.T, hosts []*Host) *raftCluster {
 		conf.CommitTimeout = 5 * time.Millisecond
 		conf.Logger = hclog.New(&hclog.LoggerOptions{Name: fmt.Sprintf("raft-%d", i), Output: tWriter{t}, Level: hclog.Info})
 		layer := NewRaftStreamLayer(h)
-		if got, want := layer.Addr().String(), h.ID().String(); got != want {
-			t.Errorf("layer Addr %s, want %s", got, want)
+		if got, want := layer.Addr().String(), h.RaftAddress(); got != want || !strings.HasSuffix(got, "/p2p/"+h.ID().String()) || !strings.Contains(got, "/tcp/") {
+			t.Errorf("layer Addr %s, want %s: a TCP multiaddr ending in /p2p/<id>", got, want)
 		}
 		trans := raft.NewNetworkTransport(layer, 3, 2*time.Second, tWriter{t})
 		logs, stable, snaps := raft.NewInmemStore(), raft.NewInmemStore(), raft.NewInmemSnapshotStore()

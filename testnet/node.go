@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -49,6 +50,7 @@ type Node struct {
 	t        testing.TB
 	opts     Options
 	host     string // host:port
+	p2pPort  string // libp2p TCP port on 127.0.0.1
 	external bool
 
 	mu      sync.Mutex
@@ -94,6 +96,11 @@ func StartNode(t testing.TB, opts Options) *Node {
 		if err != nil {
 			t.Fatal(err)
 		}
+		p2pAddr, err := FreeAddr()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, n.p2pPort, _ = net.SplitHostPort(p2pAddr)
 		if err = n.start(bin); err == nil {
 			return n
 		}
@@ -142,7 +149,13 @@ func (n *Node) PID() int {
 }
 
 func (n *Node) start(bin string) error {
-	args := append([]string{"serve", "--listen", n.host, "--data-dir", n.dataDir, "--log-format", "json"}, n.opts.Args...)
+	args := []string{"serve", "--listen", n.host, "--data-dir", n.dataDir, "--log-format", "json"}
+	if !slices.Contains(n.opts.Args, "--p2p-listen") {
+		// The same libp2p port on every start, so that peers that know this
+		// node's Raft address reach it again after a restart.
+		args = append(args, "--p2p-listen", "/ip4/127.0.0.1/tcp/"+n.p2pPort)
+	}
+	args = append(args, n.opts.Args...)
 	p, err := StartProcess(ProcessConfig{
 		Name: "meshreg " + n.host, Path: bin, Args: args, Env: n.opts.Env,
 		Dir: n.dir, LogPath: n.logPath, StripEnv: []string{"MESHREG_"},

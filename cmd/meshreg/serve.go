@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshreg/meshreg/api"
 	"github.com/meshreg/meshreg/node"
+	"github.com/meshreg/meshreg/p2p"
 )
 
 const defaultShutdownTimeout = 30 * time.Second
@@ -24,8 +25,10 @@ const defaultShutdownTimeout = 30 * time.Second
 type flagGetter interface {
 	String(name string) string
 	Duration(name string) time.Duration
+	Int(name string) int
 	Int64(name string) int64
 	Uint64(name string) uint64
+	StringSlice(name string) []string
 }
 
 // serveConfig is everything `meshreg serve` was told.
@@ -54,6 +57,16 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 	}
 	cfg.Node.DataDir = c.String("data-dir")
 	cfg.Node.UploadIdleTimeout = c.Duration("upload-idle-timeout")
+	cfg.Node.P2P.ListenAddrs = c.StringSlice("p2p-listen")
+	cfg.Node.Join = c.StringSlice("join")
+	cfg.Node.Voters = c.Int("voters")
+	if path := c.String("cluster-key"); path != "" {
+		key, err := p2p.LoadPrivateNetworkKey(path)
+		if err != nil {
+			return cfg, fmt.Errorf("--cluster-key: %w", err)
+		}
+		cfg.Node.P2P.PrivateNetworkKey = key
+	}
 	cfg.Node.Version = version
 	cfg.Node.Consensus.SnapshotThreshold = c.Uint64("snapshot-threshold")
 	cfg.Node.Consensus.SnapshotInterval = c.Duration("snapshot-interval")

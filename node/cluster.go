@@ -1,0 +1,324 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/meshreg/meshreg/consensus"
+	"github.com/meshreg/meshreg/p2p"
+)
+
+// The node-to-node control protocols, carried by p2p's request/response
+// exchange. Raft itself has its own protocol (p2p.RaftProtocol).
+const (
+	// forwardProtocol carries a write from a follower to the leader: the
+	// request is an encoded consensus command, the answer a forwardResult.
+	forwardProtocol = "/meshreg/forward/1.0.0"
+	// joinProtocol asks a member to add the sender to the cluster: the
+	// request and answer are a joinRequest and a joinResult.
+	joinProtocol = "/meshreg/join/1.0.0"
+
+	maxForwardLen = 32 << 20 // a command carries a manifest (4 MiB by default) as base64 JSON
+	maxControlLen = 64 << 10
+	rpcTimeout    = 30 * time.Second
+)
+
+type forwardResult struct {
+	Code string `json:"code,omitempty"` // consensus.ErrorCode of the leader's error
+	Msg  string `json:"msg,omitempty"`
+	// Index is the leader's applied index once the write was applied: the
+	// follower waits to apply as far before answering its client, so that
+	// a client reads its own writes on the node it wrote through.
+	Index uint64 `json:"index,omitempty"`
+}
+
+// forwarder sends a follower's writes to the leader over libp2p.
+type forwarder struct {
+	host *p2p.Host
+	// applied is the local applied index; set once the store is open.
+	applied func() uint64
+}
+
+var _ consensus.Forwarder = (*forwarder)(nil)
+
+func (f *forwarder) Forward(ctx context.Context, leader consensus.Server, cmd []byte) error {
+	id, err := peerOf(f.host, leader)
+	if err != nil {
+		return err
+	}
+	resp, err := f.host.Request(ctx, id, forwardProtocol, cmd, maxControlLen)
+	if err != nil {
+		return err
+	}
+	var res forwardResult
+	if err := json.Unmarshal(resp, &res); err != nil {
+		return fmt.Errorf("forwarding a write to leader %s: bad answer: %w", id, err)
+	}
+	if res.Code != "" {
+		return &consensus.ForwardError{Code: res.Code, Msg: res.Msg}
+	}
+	return f.waitApplied(ctx, res.Index)
+}
+
+// waitApplied waits until this node has applied the log up to index, so the
+// write it forwarded is visible here too.
+func (f *forwarder) waitApplied(ctx context.Context, index uint64) error {
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	for f.applied() < index {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the leader committed the write, but this node has not applied it yet: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// peerOf is the peer id of a Raft server, whose address it records when it
+// is a multiaddr.
+func peerOf(h *p2p.Host, s consensus.Server) (peer.ID, error) {
+	if m, err := ma.NewMultiaddr(s.Address); err == nil {
+		if info, err := peer.AddrInfoFromP2pAddr(m); err == nil {
+			h.LibP2P().Peerstore().AddAddrs(info.ID, info.Addrs, peerstore.PermanentAddrTTL)
+			return info.ID, nil
+		}
+	}
+	id, err := peer.Decode(s.ID)
+	if err != nil {
+		return "", fmt.Errorf("raft server id %q is not a peer id: %w", s.ID, err)
+	}
+	return id, nil
+}
+
+// serveForwarded is the leader's side of forwardProtocol.
+func (n *Node) serveForwarded(ctx context.Context, from peer.ID, cmd []byte) []byte {
+	err := n.meta.ApplyForwarded(ctx, cmd)
+	res := forwardResult{Code: consensus.ErrorCode(err)}
+	if err != nil {
+		res.Msg = err.Error()
+	} else {
+		res.Index = n.meta.AppliedIndex()
+	}
+	b, _ := json.Marshal(res)
+	return b
+}
+
+type joinRequest struct {
+	ID      string `json:"id"`      // the joiner's peer id, its Raft server id
+	Address string `json:"address"` // its Raft address
+}
+
+type joinResult struct {
+	Error string `json:"error,omitempty"`
+}
+
+// serveJoin adds the sender as a non-voter when this node leads, or passes
+// the request on to the leader.
+func (n *Node) serveJoin(ctx context.Context, from peer.ID, b []byte) []byte {
+	// Anyone who can open a stream here is on the cluster's private
+	// network (--cluster-key), so any member may relay a joiner's request.
+	var req joinRequest
+	err := json.Unmarshal(b, &req)
+	if err == nil && (req.ID == "" || req.Address == "") {
+		err = errors.New("join request without id or address")
+	}
+	if err == nil {
+		err = n.addMember(ctx, req, b)
+	}
+	res := joinResult{}
+	if err != nil {
+		res.Error = err.Error()
+	}
+	out, _ := json.Marshal(res)
+	return out
+}
+
+func (n *Node) addMember(ctx context.Context, req joinRequest, raw []byte) error {
+	err := n.meta.AddNonvoter(ctx, req.ID, req.Address)
+	if !errors.Is(err, consensus.ErrNotLeader) {
+		return err
+	}
+	st := n.meta.Status()
+	leader := consensus.Server{ID: st.LeaderID, Address: st.LeaderAddress}
+	if leader.ID == "" || leader.ID == n.host.ID().String() {
+		return fmt.Errorf("no leader to add %s: retry shortly", req.ID)
+	}
+	id, err := peerOf(n.host, leader)
+	if err != nil {
+		return err
+	}
+	resp, err := n.host.Request(ctx, id, joinProtocol, raw, maxControlLen)
+	if err != nil {
+		return fmt.Errorf("passing the join of %s on to leader %s: %w", req.ID, id, err)
+	}
+	var res joinResult
+	if err := json.Unmarshal(resp, &res); err != nil {
+		return fmt.Errorf("leader %s: bad join answer: %w", id, err)
+	}
+	if res.Error != "" {
+		return errors.New("leader: " + res.Error)
+	}
+	return nil
+}
+
+// isMember reports whether this node is in the Raft configuration it knows.
+func (n *Node) isMember() bool {
+	members, err := n.meta.Members()
+	if err != nil {
+		return false
+	}
+	for _, m := range members {
+		if m.ID == n.host.ID().String() {
+			return true
+		}
+	}
+	return false
+}
+
+// joinLoop asks the --join targets, in turn, to add this node until one
+// does or ctx ends. A node that already is a member (a restart) does not ask
+// again.
+func (n *Node) joinLoop(ctx context.Context) {
+	if len(n.cfg.Join) == 0 || n.isMember() {
+		return
+	}
+	for attempt := 1; ; attempt++ {
+		for _, target := range n.cfg.Join {
+			err := n.joinVia(ctx, target)
+			if err == nil {
+				n.log.Info("joined the cluster", "via", target)
+				return
+			}
+			n.log.Warn("join failed; will retry", "via", target, "attempt", attempt, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// joinVia sends a join request to target: a multiaddr with /p2p/<id>, or an
+// http(s) URL of a node's API, whose status names its Raft address.
+func (n *Node) joinVia(ctx context.Context, target string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	addr := target
+	if strings.HasPrefix(target, "http://") || strings.HasPrefix(target, "https://") {
+		var err error
+		if addr, err = raftAddressOf(ctx, target); err != nil {
+			return err
+		}
+	}
+	if err := n.host.Connect(ctx, addr); err != nil {
+		return err
+	}
+	id, err := peerOf(n.host, consensus.Server{Address: addr})
+	if err != nil {
+		return err
+	}
+	if id == n.host.ID() {
+		return errors.New("the join target is this node itself")
+	}
+	req, _ := json.Marshal(joinRequest{ID: n.host.ID().String(), Address: n.host.RaftAddress()})
+	resp, err := n.host.Request(ctx, id, joinProtocol, req, maxControlLen)
+	if err != nil {
+		return err
+	}
+	var res joinResult
+	if err := json.Unmarshal(resp, &res); err != nil {
+		return fmt.Errorf("bad join answer from %s: %w", id, err)
+	}
+	if res.Error != "" {
+		return errors.New(res.Error)
+	}
+	return nil
+}
+
+// raftAddressOf reads a node's Raft address from its status document.
+func raftAddressOf(ctx context.Context, base string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+"/_meshreg/v1/status", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET %s: %s", req.URL, resp.Status)
+	}
+	var st struct {
+		RaftAddress string `json:"raft_address"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxControlLen)).Decode(&st); err != nil || st.RaftAddress == "" {
+		return "", fmt.Errorf("GET %s: no raft_address in the status (is it a meshreg node?): %v", req.URL, err)
+	}
+	return st.RaftAddress, nil
+}
+
+// promoteLoop runs on every node; on the leader it makes connected
+// non-voters voters until the cluster has cfg.Voters of them, so a cluster
+// built by joins survives the loss of its first node.
+func (n *Node) promoteLoop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if n.meta.Status().State != "Leader" {
+			continue
+		}
+		members, err := n.meta.Members()
+		if err != nil {
+			continue
+		}
+		voters := 0
+		for _, m := range members {
+			if m.Suffrage == "Voter" {
+				voters++
+			}
+		}
+		for _, m := range members {
+			if voters >= n.cfg.Voters || m.Suffrage == "Voter" {
+				continue
+			}
+			id, err := peer.Decode(m.ID)
+			if err != nil || n.host.LibP2P().Network().Connectedness(id) != network.Connected {
+				continue
+			}
+			if err := n.meta.Promote(ctx, m.ID); err != nil {
+				n.log.Warn("promoting a non-voter failed", "peer", m.ID, "err", err)
+				continue
+			}
+			voters++
+			n.log.Info("promoted a non-voter", "peer", m.ID, "voters", voters)
+		}
+	}
+}
+
+// slogWriter turns raft's transport log lines into debug records.
+type slogWriter struct{ log *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	w.log.Debug(strings.TrimSpace(string(p)))
+	return len(p), nil
+}

@@ -1,0 +1,92 @@
+package p2p
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// A request/response exchange on a stream of its own: the caller writes one
+// length-prefixed message and closes its side, the handler answers with one
+// length-prefixed message. Messages are small control messages (a Raft
+// command of at most a few MiB, a join request); blobs never travel this way.
+
+// HandlerFunc answers one request from peer from.
+type HandlerFunc func(ctx context.Context, from peer.ID, req []byte) []byte
+
+// HandleRequests answers requests on proto with fn, refusing requests over
+// maxLen bytes. Each request runs on its own goroutine, bounded by timeout.
+func (h *Host) HandleRequests(proto protocol.ID, maxLen int, timeout time.Duration, fn HandlerFunc) {
+	h.h.SetStreamHandler(proto, func(s network.Stream) {
+		defer s.Close()
+		_ = s.SetDeadline(time.Now().Add(timeout))
+		req, err := readMessage(s, maxLen)
+		if err != nil {
+			_ = s.Reset()
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		if err := writeMessage(s, fn(ctx, s.Conn().RemotePeer(), req)); err != nil {
+			_ = s.Reset()
+		}
+	})
+}
+
+// Request sends req to peer to on proto and returns the answer, at most
+// maxLen bytes. ctx bounds the whole exchange.
+func (h *Host) Request(ctx context.Context, to peer.ID, proto protocol.ID, req []byte, maxLen int) ([]byte, error) {
+	s, err := h.h.NewStream(ctx, to, proto)
+	if err != nil {
+		return nil, fmt.Errorf("p2p: request %s to %s: %w", proto, to, err)
+	}
+	defer s.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = s.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = s.Reset() })
+	defer stop()
+	if err := writeMessage(s, req); err != nil {
+		return nil, fmt.Errorf("p2p: request %s to %s: sending: %w", proto, to, err)
+	}
+	if err := s.CloseWrite(); err != nil {
+		return nil, fmt.Errorf("p2p: request %s to %s: %w", proto, to, err)
+	}
+	resp, err := readMessage(s, maxLen)
+	if err != nil {
+		return nil, fmt.Errorf("p2p: request %s to %s: reading the answer: %w", proto, to, err)
+	}
+	return resp, nil
+}
+
+func writeMessage(w io.Writer, msg []byte) error {
+	var n [4]byte
+	binary.BigEndian.PutUint32(n[:], uint32(len(msg)))
+	if _, err := w.Write(n[:]); err != nil {
+		return err
+	}
+	_, err := w.Write(msg)
+	return err
+}
+
+func readMessage(r io.Reader, maxLen int) ([]byte, error) {
+	var n [4]byte
+	if _, err := io.ReadFull(r, n[:]); err != nil {
+		return nil, err
+	}
+	size := binary.BigEndian.Uint32(n[:])
+	if int64(size) > int64(maxLen) {
+		return nil, fmt.Errorf("message of %d bytes exceeds the limit of %d", size, maxLen)
+	}
+	msg := make([]byte, size)
+	if _, err := io.ReadFull(r, msg); err != nil {
+		return nil, err
+	}
+	return msg, nil
+}

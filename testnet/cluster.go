@@ -1,0 +1,137 @@
+package testnet
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// NodeStatus is the part of /_meshreg/v1/status the harness reads.
+type NodeStatus struct {
+	NodeID      string `json:"node_id"`
+	RaftAddress string `json:"raft_address"`
+	Raft        struct {
+		State        string `json:"state"`
+		LeaderID     string `json:"leader_id"`
+		Term         uint64 `json:"term"`
+		CommitIndex  uint64 `json:"commit_index"`
+		AppliedIndex uint64 `json:"applied_index"`
+		Members      []struct {
+			ID       string `json:"id"`
+			Suffrage string `json:"suffrage"`
+		} `json:"members"`
+	} `json:"raft"`
+}
+
+// Voters counts the voters in the node's view of the configuration.
+func (s NodeStatus) Voters() int {
+	v := 0
+	for _, m := range s.Raft.Members {
+		if m.Suffrage == "Voter" {
+			v++
+		}
+	}
+	return v
+}
+
+// Status reads the node's status document.
+func (n *Node) Status(ctx context.Context) (NodeStatus, error) {
+	var st NodeStatus
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.URL()+"/_meshreg/v1/status", nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("GET %s: %s", req.URL, resp.Status)
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// StartCluster starts size nodes: the first bootstraps, the others join it
+// through its API URL. It returns once every node agrees on one leader and
+// the configuration has every node, with min(size, 3) voters.
+func StartCluster(t testing.TB, size int, opts Options) []*Node {
+	t.Helper()
+	first := StartNode(t, opts)
+	nodes := []*Node{first}
+	for i := 1; i < size; i++ {
+		o := opts
+		o.Args = append(append([]string{}, opts.Args...), "--join", first.URL())
+		nodes = append(nodes, StartNode(t, o))
+	}
+	WaitConverged(t, nodes, size, min(size, 3), 60*time.Second)
+	return nodes
+}
+
+// WaitConverged waits until every node in nodes names the same leader and
+// sees members servers of which voters vote, failing the test after timeout.
+func WaitConverged(t testing.TB, nodes []*Node, members, voters int, timeout time.Duration) {
+	t.Helper()
+	var last string
+	ok := Eventually(timeout, func() bool {
+		leader := ""
+		for _, n := range nodes {
+			st, err := n.Status(context.Background())
+			if err != nil {
+				last = err.Error()
+				return false
+			}
+			if st.Raft.LeaderID == "" || (leader != "" && st.Raft.LeaderID != leader) || len(st.Raft.Members) != members || st.Voters() != voters {
+				last = fmt.Sprintf("%s: leader %q, %d members, %d voters", n.Host(), st.Raft.LeaderID, len(st.Raft.Members), st.Voters())
+				return false
+			}
+			leader = st.Raft.LeaderID
+		}
+		return true
+	})
+	if !ok {
+		t.Fatalf("testnet: cluster did not converge to %d members, %d voters and one leader in %v; last: %s", members, voters, timeout, last)
+	}
+}
+
+// Leader returns the node that leads, and the others, in the view of the
+// live nodes given; it fails the test if there is none within timeout.
+func Leader(t testing.TB, nodes []*Node, timeout time.Duration) (leader *Node, followers []*Node) {
+	t.Helper()
+	Eventually(timeout, func() bool {
+		leader, followers = nil, nil
+		for _, n := range nodes {
+			st, err := n.Status(context.Background())
+			if err != nil {
+				return false
+			}
+			if st.Raft.State == "Leader" {
+				leader = n
+			} else {
+				followers = append(followers, n)
+			}
+		}
+		return leader != nil
+	})
+	if leader == nil {
+		t.Fatalf("testnet: no leader among %d nodes after %v", len(nodes), timeout)
+	}
+	return leader, followers
+}
+
+// Eventually polls cond every 50 ms until it holds or timeout passes.
+func Eventually(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -1,0 +1,223 @@
+package testnet_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/meshreg/meshreg/testnet"
+)
+
+// smallImage pushes a config blob through c and returns a function making
+// distinct manifests over it (the annotation varies).
+func smallImage(t *testing.T, c *testnet.Client, repo string) func(v string) []byte {
+	t.Helper()
+	cfg := []byte(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}`)
+	d, err := c.PushBytes(t.Context(), repo, cfg)
+	if err != nil {
+		t.Fatalf("push config: %v", err)
+	}
+	return func(v string) []byte {
+		m, _ := json.Marshal(ocispec.Manifest{
+			Versioned:   specs.Versioned{SchemaVersion: 2},
+			MediaType:   ocispec.MediaTypeImageManifest,
+			Config:      ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: d, Size: int64(len(cfg))},
+			Layers:      []ocispec.Descriptor{},
+			Annotations: map[string]string{"v": v},
+		})
+		return m
+	}
+}
+
+// tagOn reads the digest a tag points at on node n ("" if absent).
+func tagOn(ctx context.Context, n *testnet.Node, repo, tag string) string {
+	_, _, d, err := testnet.NewClient(n.URL()).GetManifest(ctx, repo, tag)
+	if err != nil {
+		return ""
+	}
+	return d
+}
+
+// TestClusterWritesThroughAFollower pushes to a follower of a three-node
+// cluster: the follower itself serves the tag as soon as the push returns,
+// the others within the replication delay; a tag overwrite and a tag
+// delete replicate the same way.
+func TestClusterWritesThroughAFollower(t *testing.T) {
+	testnet.RequireProcess(t)
+	nodes := testnet.StartCluster(t, 3, testnet.Options{})
+	_, followers := testnet.Leader(t, nodes, 10*time.Second)
+	f := followers[0]
+	c := testnet.NewClient(f.URL())
+	ctx := t.Context()
+	const repo = "e2e/cluster"
+	manifest := smallImage(t, c, repo)
+
+	d1, err := c.PutManifest(ctx, repo, "v1", ocispec.MediaTypeImageManifest, manifest("1"))
+	if err != nil {
+		t.Fatalf("push through follower %s: %v", f.Host(), err)
+	}
+	if got := tagOn(ctx, f, repo, "v1"); got != d1.String() {
+		t.Fatalf("the follower that took the push serves v1 as %q right after it returned, want %s", got, d1)
+	}
+	agree := func(tag, want string) {
+		t.Helper()
+		for _, n := range nodes {
+			if !testnet.Eventually(5*time.Second, func() bool { return tagOn(ctx, n, repo, tag) == want }) {
+				t.Errorf("node %s: %s:%s is %q, want %q", n.Host(), repo, tag, tagOn(ctx, n, repo, tag), want)
+			}
+		}
+	}
+	agree("v1", d1.String())
+
+	d2, err := testnet.NewClient(followers[1].URL()).PutManifest(ctx, repo, "v1", ocispec.MediaTypeImageManifest, manifest("2"))
+	if err != nil {
+		t.Fatalf("overwrite through the other follower: %v", err)
+	}
+	agree("v1", d2.String())
+
+	status, _, body, err := c.Get(ctx, "/v2/"+repo+"/manifests/v1", nil)
+	if err != nil || status != 200 {
+		t.Fatalf("GET before delete: %d %v %s", status, err, body)
+	}
+	if err := deleteRef(ctx, f.URL(), repo, "v1"); err != nil {
+		t.Fatal(err)
+	}
+	agree("v1", "")
+	// The manifest itself stays: only the tag was deleted.
+	for _, n := range nodes {
+		if got := tagOn(ctx, n, repo, d2.String()); got != d2.String() {
+			t.Errorf("node %s lost manifest %s when its tag was deleted", n.Host(), d2)
+		}
+	}
+}
+
+// TestClusterConformanceOnAFollower runs the OCI conformance suite against a
+// follower of a three-node cluster, every write forwarded to the leader.
+func TestClusterConformanceOnAFollower(t *testing.T) {
+	testnet.RequireProcess(t)
+	nodes := testnet.StartCluster(t, 3, testnet.Options{})
+	_, followers := testnet.Leader(t, nodes, 10*time.Second)
+	res, err := testnet.RunConformance(t.Context(), testnet.ConformanceConfig{
+		Program:    testnet.Tool(t, "conformance"),
+		Registry:   followers[0].Host(),
+		Version:    "1.1",
+		Repo1:      "conformance/repo1",
+		Repo2:      "conformance/repo2",
+		ResultsDir: testnet.KeepDir(t, "conformance-follower"),
+		Timeout:    8 * time.Minute,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range res.NotPassed {
+		t.Logf("%-8s %s\n\t%s", c.Status, c.Name, c.Message)
+	}
+	t.Logf("OCI conformance against follower %s: %s", followers[0].Host(), res.Summary())
+	if res.Tests.Bad() > 0 || res.Tests.Passed == 0 {
+		t.Fatalf("conformance on a follower: %s", res.Tests)
+	}
+}
+
+// TestClusterLeaderKilledDuringPushes kills the leader with SIGKILL while
+// every node takes a stream of pushes. After a new leader is elected, every
+// push that got a 2xx is present, with its digest, on every live node.
+func TestClusterLeaderKilledDuringPushes(t *testing.T) {
+	testnet.RequireProcess(t)
+	nodes := testnet.StartCluster(t, 3, testnet.Options{})
+	leader, followers := testnet.Leader(t, nodes, 10*time.Second)
+	const repo = "e2e/failover"
+	manifest := smallImage(t, testnet.NewClient(followers[0].URL()), repo)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+
+	var (
+		mu    sync.Mutex
+		acked = map[string]digest.Digest{} // tag → digest of every 2xx push
+		fails int
+		wg    sync.WaitGroup
+	)
+	// Each node takes pushes until it has had perNode attempts and the
+	// stream has run for a while past the kill: bounded in count and time.
+	const perNode = 150
+	killed := make(chan struct{})
+	var killedAt time.Time
+	for i, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := testnet.NewClient(n.URL())
+			for j := range perNode {
+				if ctx.Err() != nil {
+					return
+				}
+				tag := fmt.Sprintf("n%d-%d", i, j)
+				d, err := c.PutManifest(ctx, repo, tag, ocispec.MediaTypeImageManifest, manifest(tag))
+				mu.Lock()
+				if err == nil {
+					acked[tag] = d
+				} else {
+					fails++
+				}
+				mu.Unlock()
+				if i == 0 && j == 20 {
+					close(killed)
+				}
+				pause := 10 * time.Millisecond
+				if err != nil {
+					pause = 100 * time.Millisecond // a dead node or no leader: slow down
+				}
+				time.Sleep(pause)
+			}
+		}()
+	}
+	<-killed
+	leader.Kill()
+	killedAt = time.Now()
+	wg.Wait()
+	t.Logf("the push stream ran %v past the kill", time.Since(killedAt).Round(time.Millisecond))
+
+	live := followers
+	testnet.Leader(t, live, 15*time.Second)
+	t.Logf("%d pushes acknowledged, %d failed around the kill", len(acked), fails)
+	// The survivors' writers keep going after the kill; most of their
+	// pushes must succeed once a new leader is elected.
+	if len(acked) < perNode {
+		t.Fatalf("only %d of %d pushes acknowledged: the survivors did not take writes after the kill", len(acked), 3*perNode)
+	}
+	for _, n := range live {
+		for tag, d := range acked {
+			if !testnet.Eventually(10*time.Second, func() bool { return tagOn(ctx, n, repo, tag) == d.String() }) {
+				t.Errorf("node %s: acknowledged push %s:%s (%s) is missing or different: %q", n.Host(), repo, tag, d, tagOn(ctx, n, repo, tag))
+			}
+		}
+	}
+	// The survivors still take writes.
+	if _, err := testnet.NewClient(live[0].URL()).PutManifest(ctx, repo, "after", ocispec.MediaTypeImageManifest, manifest("after")); err != nil {
+		t.Errorf("push after failover: %v", err)
+	}
+}
+
+// deleteRef deletes a manifest reference (a tag or a digest) through the API.
+func deleteRef(ctx context.Context, base, repo, ref string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, base+"/v2/"+repo+"/manifests/"+ref, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		return fmt.Errorf("DELETE %s: %s, want 202", req.URL, resp.Status)
+	}
+	return nil
+}
