@@ -272,12 +272,18 @@ func raftAddressOf(ctx context.Context, base string) (string, error) {
 	return st.RaftAddress, nil
 }
 
-// promoteLoop runs on every node; on the leader it makes connected
-// non-voters voters until the cluster has cfg.Voters of them, so a cluster
-// built by joins survives the loss of its first node.
-func (n *Node) promoteLoop(ctx context.Context) {
+// membershipLoop runs on every node; on the leader it keeps cfg.Voters
+// healthy voters: it removes voters that stayed unreachable for
+// cfg.DeadServerTimeout and promotes connected non-voters in their place,
+// so a cluster built by joins survives the loss of any minority.
+//
+// Removing a dead voter never costs the quorum: this node leads, so a
+// majority of the voters is alive, and it stays a majority of the smaller
+// set.
+func (n *Node) membershipLoop(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	unreachableSince := map[string]time.Time{}
 	for {
 		select {
 		case <-ctx.Done():
@@ -285,6 +291,7 @@ func (n *Node) promoteLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		if n.meta.Status().State != "Leader" {
+			clear(unreachableSince)
 			continue
 		}
 		members, err := n.meta.Members()
@@ -297,12 +304,36 @@ func (n *Node) promoteLoop(ctx context.Context) {
 				voters++
 			}
 		}
+		now := time.Now()
 		for _, m := range members {
-			if voters >= n.cfg.Voters || m.Suffrage == "Voter" {
+			if m.ID == n.host.ID().String() {
 				continue
 			}
-			id, err := peer.Decode(m.ID)
-			if err != nil || n.host.LibP2P().Network().Connectedness(id) != network.Connected {
+			if n.connected(m.ID) {
+				delete(unreachableSince, m.ID)
+				continue
+			}
+			since, seen := unreachableSince[m.ID]
+			if !seen {
+				unreachableSince[m.ID] = now
+				continue
+			}
+			if now.Sub(since) < n.cfg.DeadServerTimeout {
+				continue
+			}
+			if err := n.meta.RemoveServer(ctx, m.ID); err != nil {
+				n.log.Warn("removing an unreachable member failed", "peer", m.ID, "err", err)
+				continue
+			}
+			delete(unreachableSince, m.ID)
+			if m.Suffrage == "Voter" {
+				voters--
+			}
+			n.log.Warn("removed a member unreachable for too long", "peer", m.ID, "suffrage", m.Suffrage,
+				"unreachable_for", now.Sub(since).Round(time.Second))
+		}
+		for _, m := range members {
+			if voters >= n.cfg.Voters || m.Suffrage == "Voter" || !n.connected(m.ID) {
 				continue
 			}
 			if err := n.meta.Promote(ctx, m.ID); err != nil {
@@ -313,6 +344,12 @@ func (n *Node) promoteLoop(ctx context.Context) {
 			n.log.Info("promoted a non-voter", "peer", m.ID, "voters", voters)
 		}
 	}
+}
+
+// connected reports whether this node has a live connection to the peer.
+func (n *Node) connected(id string) bool {
+	pid, err := peer.Decode(id)
+	return err == nil && n.host.LibP2P().Network().Connectedness(pid) == network.Connected
 }
 
 // slogWriter turns raft's transport log lines into debug records.

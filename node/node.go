@@ -40,6 +40,9 @@ type Config struct {
 	Join []string
 	// Voters is how many voters the leader keeps, promoting non-voters.
 	Voters int
+	// DeadServerTimeout is how long a member may stay unreachable before
+	// the leader removes it from the cluster for good.
+	DeadServerTimeout time.Duration
 	// UploadIdleTimeout expires upload sessions that received nothing for
 	// this long.
 	UploadIdleTimeout time.Duration
@@ -55,6 +58,7 @@ func DefaultConfig() Config {
 		DataDir:           "meshreg-data",
 		P2P:               p2p.DefaultConfig(),
 		Voters:            3,
+		DeadServerTimeout: time.Minute,
 		UploadIdleTimeout: time.Hour,
 		Version:           "dev",
 		Consensus:         consensus.DefaultConfig(),
@@ -68,6 +72,8 @@ func (c Config) Validate() error {
 		return errors.New("node: data dir is empty: pass --data-dir")
 	case c.Voters < 1:
 		return fmt.Errorf("node: voters must be at least 1, got %d", c.Voters)
+	case c.DeadServerTimeout <= 0:
+		return fmt.Errorf("node: dead server timeout must be positive, got %s", c.DeadServerTimeout)
 	case c.UploadIdleTimeout <= 0:
 		return fmt.Errorf("node: upload idle timeout must be positive, got %s", c.UploadIdleTimeout)
 	}
@@ -148,7 +154,7 @@ func (n *Node) Run(ctx context.Context) error {
 	defer wg.Wait()
 	wg.Add(2)
 	go func() { defer wg.Done(); n.joinLoop(ctx) }()
-	go func() { defer wg.Done(); n.promoteLoop(ctx) }()
+	go func() { defer wg.Done(); n.membershipLoop(ctx) }()
 	every := min(n.cfg.UploadIdleTimeout/4, time.Minute)
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -276,3 +282,7 @@ func (n *Node) RegisterMetrics(reg prometheus.Registerer) {
 			func() float64 { return float64(n.meta.Status().AppliedIndex) }),
 	)
 }
+
+// Host is the node's libp2p host; the testnet harness partitions nodes
+// through it.
+func (n *Node) Host() *p2p.Host { return n.host }

@@ -221,3 +221,57 @@ func deleteRef(ctx context.Context, base, repo, ref string) error {
 	}
 	return nil
 }
+
+// TestClusterReplacesADeadVoter starts four nodes (three voters and a
+// non-voter), kills a voter for good, and checks that the leader removes it
+// and promotes the non-voter, while writes go on succeeding throughout.
+func TestClusterReplacesADeadVoter(t *testing.T) {
+	testnet.RequireProcess(t)
+	nodes := testnet.StartCluster(t, 4, testnet.Options{Args: []string{"--dead-server-timeout", "2s"}})
+	leader, followers := testnet.Leader(t, nodes, 10*time.Second)
+	st, err := leader.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	suffrage := map[string]string{}
+	for _, m := range st.Raft.Members {
+		suffrage[m.ID] = m.Suffrage
+	}
+	var victim *testnet.Node
+	var live []*testnet.Node
+	for _, f := range followers {
+		fs, err := f.Status(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if victim == nil && suffrage[fs.NodeID] == "Voter" {
+			victim = f
+			continue
+		}
+		live = append(live, f)
+	}
+	if victim == nil {
+		t.Fatalf("no follower is a voter: %+v", st.Raft.Members)
+	}
+	live = append(live, leader)
+
+	const repo = "e2e/membership"
+	c := testnet.NewClient(leader.URL())
+	manifest := smallImage(t, c, repo)
+	victim.Kill()
+	// Writes every 200 ms while the dead voter is replaced: the quorum is
+	// never lost, so every one must succeed.
+	deadline := time.Now().Add(15 * time.Second)
+	for i := 0; time.Now().Before(deadline); i++ {
+		if _, err := c.PutManifest(t.Context(), repo, fmt.Sprintf("t%d", i), ocispec.MediaTypeImageManifest, manifest(fmt.Sprint(i))); err != nil {
+			t.Fatalf("write %d while a dead voter is replaced: %v", i, err)
+		}
+		if i%10 == 9 {
+			if s, err := leader.Status(t.Context()); err == nil && len(s.Raft.Members) == 3 && s.Voters() == 3 {
+				break
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	testnet.WaitConverged(t, live, 3, 3, 20*time.Second)
+}

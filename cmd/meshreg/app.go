@@ -42,6 +42,7 @@ func serveFlags() []cli.Flag {
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "join", Usage: "join the cluster of this node: a multiaddr with /p2p/<id> or an http(s) URL of its API (repeatable)", EnvVars: []string{"MESHREG_JOIN"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "cluster-key", Usage: "libp2p private-network key `FILE` (swarm.key format); nodes without it cannot connect", EnvVars: []string{"MESHREG_CLUSTER_KEY"}}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "voters", Value: nd.Voters, Usage: "how many Raft voters the leader keeps", EnvVars: []string{"MESHREG_VOTERS"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "dead-server-timeout", Value: nd.DeadServerTimeout, Usage: "remove a member unreachable this long from the cluster for good", EnvVars: []string{"MESHREG_DEAD_SERVER_TIMEOUT"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"MESHREG_LOG_LEVEL"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json", EnvVars: []string{"MESHREG_LOG_FORMAT"}}),
 		altsrc.NewInt64Flag(&cli.Int64Flag{Name: "max-manifest-size", Value: ad.MaxManifestSize, Usage: "largest manifest accepted, in `BYTES`", EnvVars: []string{"MESHREG_MAX_MANIFEST_SIZE"}}),

@@ -1,0 +1,128 @@
+package testnet
+
+import (
+	"context"
+	"log/slog"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshreg/meshreg/api"
+	"github.com/meshreg/meshreg/node"
+	"github.com/meshreg/meshreg/p2p"
+)
+
+// InProcessNode is a real node (badger, Raft over libp2p, HTTP API) running
+// inside the test process, so that the harness can cut its libp2p links
+// with a connection gater: what a partition between hosts looks like to
+// meshreg.
+type InProcessNode struct {
+	*Node // Host, URL and Status work as for a process; Kill/Stop do not
+	N     *node.Node
+	srv   *httptest.Server
+	stop  context.CancelFunc
+	done  sync.WaitGroup
+}
+
+// StartInProcessCluster starts size in-process nodes on loopback: the first
+// bootstraps, the others join it. It returns once they agree on a leader
+// and have min(size, voters) voters (--voters, 3 unless tweak changes it);
+// the nodes close when the test ends.
+func StartInProcessCluster(t testing.TB, size int, tweak func(*node.Config)) []*InProcessNode {
+	t.Helper()
+	var nodes []*InProcessNode
+	voters := 0
+	for i := range size {
+		cfg := node.DefaultConfig()
+		cfg.DataDir = KeepDir(t, "inproc")
+		cfg.P2P.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
+		cfg.P2P.Gater = p2p.NewPartitionGater()
+		if i > 0 {
+			cfg.Join = []string{nodes[0].URL()}
+		}
+		if tweak != nil {
+			tweak(&cfg)
+		}
+		voters = cfg.Voters
+		nodes = append(nodes, startInProcess(t, cfg))
+	}
+	plain := make([]*Node, len(nodes))
+	for i, n := range nodes {
+		plain[i] = n.Node
+	}
+	WaitConverged(t, plain, size, min(size, voters), 60*time.Second)
+	return nodes
+}
+
+func startInProcess(t testing.TB, cfg node.Config) *InProcessNode {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(tLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	n, err := node.Open(cfg, log)
+	if err != nil {
+		t.Fatalf("testnet: in-process node: %v", err)
+	}
+	h, err := api.New(api.DefaultConfig(), n, n, api.NewMetrics(prometheus.NewRegistry()), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	ctx, cancel := context.WithCancel(context.Background())
+	ip := &InProcessNode{Node: &Node{t: t, host: strings.TrimPrefix(srv.URL, "http://"), external: true}, N: n, srv: srv, stop: cancel}
+	ip.done.Add(1)
+	go func() { defer ip.done.Done(); _ = n.Run(ctx) }()
+	t.Cleanup(func() {
+		srv.Close()
+		cancel()
+		ip.done.Wait()
+		if err := n.Close(); err != nil {
+			t.Logf("testnet: closing in-process node: %v", err)
+		}
+	})
+	return ip
+}
+
+// PeerID is the node's libp2p peer id.
+func (n *InProcessNode) PeerID() peer.ID { return n.N.Host().ID() }
+
+// Partition cuts every libp2p link between the nodes of a and those of b,
+// both ways; Heal restores them.
+func Partition(t testing.TB, a, b []*InProcessNode) { t.Helper(); cut(t, a, b, true) }
+
+// Heal undoes Partition.
+func Heal(t testing.TB, a, b []*InProcessNode) { t.Helper(); cut(t, a, b, false) }
+
+func cut(t testing.TB, a, b []*InProcessNode, block bool) {
+	t.Helper()
+	ids := func(ns []*InProcessNode) []peer.ID {
+		var out []peer.ID
+		for _, n := range ns {
+			out = append(out, n.PeerID())
+		}
+		return out
+	}
+	for _, pair := range [][2][]*InProcessNode{{a, b}, {b, a}} {
+		for _, n := range pair[0] {
+			var err error
+			if block {
+				err = n.N.Host().Partition(ids(pair[1])...)
+			} else {
+				err = n.N.Host().Heal(ids(pair[1])...)
+			}
+			if err != nil {
+				t.Fatalf("testnet: partition: %v", err)
+			}
+		}
+	}
+}
+
+type tLogWriter struct{ t testing.TB }
+
+func (w tLogWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}

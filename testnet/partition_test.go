@@ -1,0 +1,119 @@
+package testnet_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/meshreg/meshreg/node"
+	"github.com/meshreg/meshreg/testnet"
+)
+
+// TestClusterPartitionMinorityRefusesWrites splits five voters into two and
+// three: the two answer reads and refuse writes with 503 UNAVAILABLE, the
+// three elect a leader and take writes, and after the heal all five agree
+// with the majority.
+func TestClusterPartitionMinorityRefusesWrites(t *testing.T) {
+	nodes := testnet.StartInProcessCluster(t, 5, func(c *node.Config) { c.Voters = 5 })
+	ctx := t.Context()
+	const repo = "e2e/partition"
+	c0 := testnet.NewClient(nodes[0].URL())
+	manifest := smallImage(t, c0, repo)
+	before, err := c0.PutManifest(ctx, repo, "before", ocispec.MediaTypeImageManifest, manifest("before"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if !testnet.Eventually(5*time.Second, func() bool { return tagOn(ctx, n.Node, repo, "before") == before.String() }) {
+			t.Fatalf("node %s never saw the tag written before the partition", n.Host())
+		}
+	}
+
+	// Put the current leader in the minority, the harder case: it must
+	// step down and the majority must elect another.
+	leaderIdx := 0
+	for i, n := range nodes {
+		if st, err := n.Status(ctx); err == nil && st.Raft.State == "Leader" {
+			leaderIdx = i
+		}
+	}
+	var minority, majority []*testnet.InProcessNode
+	minority = append(minority, nodes[leaderIdx])
+	for i, n := range nodes {
+		if i == leaderIdx {
+			continue
+		}
+		if len(minority) < 2 {
+			minority = append(minority, n)
+		} else {
+			majority = append(majority, n)
+		}
+	}
+	testnet.Partition(t, minority, majority)
+
+	// The minority: reads from local state, writes refused with 503.
+	for _, n := range minority {
+		if got := tagOn(ctx, n.Node, repo, "before"); got != before.String() {
+			t.Errorf("minority node %s: read of an old tag = %q, want %s", n.Host(), got, before)
+		}
+		var status int
+		var body string
+		ok := testnet.Eventually(20*time.Second, func() bool {
+			status, body = put(t, n.URL(), repo, "minority", manifest("minority"))
+			return status == http.StatusServiceUnavailable
+		})
+		if !ok {
+			t.Fatalf("minority node %s: write answered %d %s, want 503", n.Host(), status, body)
+		}
+		var e struct {
+			Errors []struct{ Code, Message string }
+		}
+		if json.Unmarshal([]byte(body), &e) != nil || len(e.Errors) == 0 || e.Errors[0].Code != "UNAVAILABLE" || e.Errors[0].Message == "" {
+			t.Errorf("minority node %s: 503 body %s, want an OCI error UNAVAILABLE with a message", n.Host(), body)
+		}
+	}
+
+	// The majority elects a leader and takes writes.
+	var after string
+	ok := testnet.Eventually(20*time.Second, func() bool {
+		status, _ := put(t, majority[0].URL(), repo, "after", manifest("after"))
+		return status == http.StatusCreated
+	})
+	if !ok {
+		t.Fatal("the majority never took a write")
+	}
+	after = tagOn(ctx, majority[0].Node, repo, "after")
+
+	testnet.Heal(t, minority, majority)
+	for _, n := range nodes {
+		if !testnet.Eventually(20*time.Second, func() bool { return tagOn(ctx, n.Node, repo, "after") == after }) {
+			t.Errorf("node %s did not converge to the majority's state after the heal: after = %q", n.Host(), tagOn(ctx, n.Node, repo, "after"))
+		}
+		if got := tagOn(ctx, n.Node, repo, "minority"); got != "" {
+			t.Errorf("node %s serves a write the minority refused: %s", n.Host(), got)
+		}
+	}
+}
+
+// put pushes a manifest and returns the status and body.
+func put(t *testing.T, base, repo, tag string, body []byte) (int, string) {
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPut, base+"/v2/"+repo+"/manifests/"+tag, strings.NewReader(string(body)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", ocispec.MediaTypeImageManifest)
+	client := &http.Client{Timeout: 30 * time.Second}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, fmt.Sprint(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	return resp.StatusCode, string(b)
+}
