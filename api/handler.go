@@ -68,6 +68,7 @@ func New(cfg Config, reg Registry, node Node, metrics *Metrics, log *slog.Logger
 	h.mux.HandleFunc("GET /healthz", h.healthz)
 	h.mux.HandleFunc("GET /readyz", h.readyz)
 	h.mux.HandleFunc("GET /_meshreg/v1/status", h.status)
+	h.mux.HandleFunc("DELETE /_meshreg/v1/members/{id}", h.removeMember)
 	if metrics != nil {
 		h.mux.Handle("GET /metrics", metrics.handler())
 	}
@@ -166,6 +167,18 @@ func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
 
 func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, r, http.StatusOK, "application/json", h.node.Status(r.Context()))
+}
+
+// removeMember removes a cluster member for good (`meshreg cluster remove`).
+func (h *Handler) removeMember(w http.ResponseWriter, r *http.Request) {
+	if err := h.node.RemoveMember(r.Context(), r.PathValue("id")); err != nil {
+		h.log.Warn("removing a cluster member failed", "member", r.PathValue("id"), "err", err)
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusConflict)
+		_, _ = fmt.Fprintf(w, "removing member %s: %v\n", r.PathValue("id"), err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 // writeJSON writes v as a JSON response with an exact Content-Length.

@@ -26,9 +26,10 @@ const (
 	// forwardProtocol carries a write from a follower to the leader: the
 	// request is an encoded consensus command, the answer a forwardResult.
 	forwardProtocol = "/meshreg/forward/1.0.0"
-	// joinProtocol asks a member to add the sender to the cluster: the
-	// request and answer are a joinRequest and a joinResult.
-	joinProtocol = "/meshreg/join/1.0.0"
+	// memberProtocol asks a member to change the membership (add a joiner,
+	// remove a member for good), passing the request on to the leader: the
+	// request and answer are a memberRequest and a memberResult.
+	memberProtocol = "/meshreg/member/1.0.0"
 
 	maxForwardLen = 32 << 20 // a command carries a manifest (4 MiB by default) as base64 JSON
 	maxControlLen = 64 << 10
@@ -116,29 +117,27 @@ func (n *Node) serveForwarded(ctx context.Context, from peer.ID, cmd []byte) []b
 	return b
 }
 
-type joinRequest struct {
-	ID      string `json:"id"`      // the joiner's peer id, its Raft server id
-	Address string `json:"address"` // its Raft address
+type memberRequest struct {
+	Op      string `json:"op"`                // "join" or "remove"
+	ID      string `json:"id"`                // the member's peer id, its Raft server id
+	Address string `json:"address,omitempty"` // its Raft address (join)
 }
 
-type joinResult struct {
+type memberResult struct {
 	Error string `json:"error,omitempty"`
 }
 
-// serveJoin adds the sender as a non-voter when this node leads, or passes
-// the request on to the leader.
-func (n *Node) serveJoin(ctx context.Context, from peer.ID, b []byte) []byte {
+// serveMember applies a membership request when this node leads, or
+// passes it on to the leader.
+func (n *Node) serveMember(ctx context.Context, from peer.ID, b []byte) []byte {
 	// Anyone who can open a stream here is on the cluster's private
-	// network (--cluster-key), so any member may relay a joiner's request.
-	var req joinRequest
+	// network (--cluster-key), so any member may relay a request.
+	var req memberRequest
 	err := json.Unmarshal(b, &req)
-	if err == nil && (req.ID == "" || req.Address == "") {
-		err = errors.New("join request without id or address")
-	}
 	if err == nil {
-		err = n.addMember(ctx, req, b)
+		err = n.changeMembership(ctx, req)
 	}
-	res := joinResult{}
+	res := memberResult{}
 	if err != nil {
 		res.Error = err.Error()
 	}
@@ -146,27 +145,47 @@ func (n *Node) serveJoin(ctx context.Context, from peer.ID, b []byte) []byte {
 	return out
 }
 
-func (n *Node) addMember(ctx context.Context, req joinRequest, raw []byte) error {
-	err := n.meta.AddNonvoter(ctx, req.ID, req.Address)
+// RemoveMember removes a member from the cluster for good, through the
+// leader wherever it is asked.
+func (n *Node) RemoveMember(ctx context.Context, id string) error {
+	if _, err := peer.Decode(id); err != nil {
+		return fmt.Errorf("member id %q is not a peer id: %w", id, err)
+	}
+	return n.changeMembership(ctx, memberRequest{Op: "remove", ID: id})
+}
+
+func (n *Node) changeMembership(ctx context.Context, req memberRequest) error {
+	var err error
+	switch {
+	case req.ID == "":
+		return errors.New("membership request without a member id")
+	case req.Op == "join" && req.Address != "":
+		err = n.meta.AddNonvoter(ctx, req.ID, req.Address)
+	case req.Op == "remove":
+		err = n.meta.RemoveServer(ctx, req.ID)
+	default:
+		return fmt.Errorf("unknown membership request %q (join needs an address)", req.Op)
+	}
 	if !errors.Is(err, consensus.ErrNotLeader) {
 		return err
 	}
 	st := n.meta.Status()
 	leader := consensus.Server{ID: st.LeaderID, Address: st.LeaderAddress}
 	if leader.ID == "" || leader.ID == n.host.ID().String() {
-		return fmt.Errorf("no leader to add %s: retry shortly", req.ID)
+		return fmt.Errorf("no leader to %s %s: retry shortly", req.Op, req.ID)
 	}
 	id, err := peerOf(n.host, leader)
 	if err != nil {
 		return err
 	}
-	resp, err := n.host.Request(ctx, id, joinProtocol, raw, maxControlLen)
+	raw, _ := json.Marshal(req)
+	resp, err := n.host.Request(ctx, id, memberProtocol, raw, maxControlLen)
 	if err != nil {
-		return fmt.Errorf("passing the join of %s on to leader %s: %w", req.ID, id, err)
+		return fmt.Errorf("passing the %s of %s on to leader %s: %w", req.Op, req.ID, id, err)
 	}
-	var res joinResult
+	var res memberResult
 	if err := json.Unmarshal(resp, &res); err != nil {
-		return fmt.Errorf("leader %s: bad join answer: %w", id, err)
+		return fmt.Errorf("leader %s: bad membership answer: %w", id, err)
 	}
 	if res.Error != "" {
 		return errors.New("leader: " + res.Error)
@@ -234,12 +253,12 @@ func (n *Node) joinVia(ctx context.Context, target string) error {
 	if id == n.host.ID() {
 		return errors.New("the join target is this node itself")
 	}
-	req, _ := json.Marshal(joinRequest{ID: n.host.ID().String(), Address: n.host.RaftAddress()})
-	resp, err := n.host.Request(ctx, id, joinProtocol, req, maxControlLen)
+	req, _ := json.Marshal(memberRequest{Op: "join", ID: n.host.ID().String(), Address: n.host.RaftAddress()})
+	resp, err := n.host.Request(ctx, id, memberProtocol, req, maxControlLen)
 	if err != nil {
 		return err
 	}
-	var res joinResult
+	var res memberResult
 	if err := json.Unmarshal(resp, &res); err != nil {
 		return fmt.Errorf("bad join answer from %s: %w", id, err)
 	}

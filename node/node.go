@@ -137,7 +137,7 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 	fw.applied = meta.AppliedIndex
 	n = New(cfg, blobs, meta, host, log)
 	host.HandleRequests(forwardProtocol, maxForwardLen, rpcTimeout, n.serveForwarded)
-	host.HandleRequests(joinProtocol, maxControlLen, rpcTimeout, n.serveJoin)
+	host.HandleRequests(memberProtocol, maxControlLen, rpcTimeout, n.serveMember)
 	return n, nil
 }
 

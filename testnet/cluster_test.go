@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -274,4 +275,43 @@ func TestClusterReplacesADeadVoter(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	testnet.WaitConverged(t, live, 3, 3, 20*time.Second)
+}
+
+// TestClusterCommand lists the members with `meshreg cluster members` and
+// removes a dead one for good with `meshreg cluster remove`, asking a
+// follower (which passes the request on to the leader).
+func TestClusterCommand(t *testing.T) {
+	testnet.RequireProcess(t)
+	nodes := testnet.StartCluster(t, 3, testnet.Options{})
+	leader, followers := testnet.Leader(t, nodes, 10*time.Second)
+	cli := testnet.Runner{T: t, Path: testnet.Binary(t), Dir: t.TempDir()}
+
+	out := string(cli.Run("cluster", "members", "--node", followers[0].URL()))
+	for _, n := range nodes {
+		st, err := n.Status(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out, st.NodeID) {
+			t.Errorf("cluster members does not list %s:\n%s", st.NodeID, out)
+		}
+	}
+	if strings.Count(out, "Voter") != 3 || strings.Count(out, " yes ") != 1 {
+		t.Errorf("cluster members: want 3 voters and one leader:\n%s", out)
+	}
+
+	victim := followers[1]
+	vs, err := victim.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim.Kill()
+	cli.Run("cluster", "remove", "--node", followers[0].URL(), vs.NodeID)
+	testnet.WaitConverged(t, []*testnet.Node{leader, followers[0]}, 2, 2, 10*time.Second)
+	if out := string(cli.Run("cluster", "members", "--node", leader.URL())); strings.Contains(out, vs.NodeID) {
+		t.Errorf("removed member still listed:\n%s", out)
+	}
+	if res := cli.Try("cluster", "remove", "--node", leader.URL(), "not-a-peer-id"); res.Err == nil {
+		t.Error("cluster remove of a malformed id succeeded")
+	}
 }

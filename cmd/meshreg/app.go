@@ -17,6 +17,7 @@ func newApp() *cli.App {
 		Usage: "a peer-to-peer distributed OCI container registry",
 		Commands: []*cli.Command{
 			serveCommand(),
+			clusterCommand(),
 			{
 				Name:  "version",
 				Usage: "print the version",

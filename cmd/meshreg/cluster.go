@@ -1,0 +1,98 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+)
+
+// clusterCommand shows and changes cluster membership through any node's
+// API.
+func clusterCommand() *cli.Command {
+	nodeFlag := &cli.StringFlag{Name: "node", Value: "http://127.0.0.1:5000", Usage: "`URL` of any node's API", EnvVars: []string{"MESHREG_NODE"}}
+	return &cli.Command{
+		Name:  "cluster",
+		Usage: "show the cluster's members, or remove one for good",
+		Subcommands: []*cli.Command{
+			{
+				Name:   "members",
+				Usage:  "list the members: peer id, Raft address, suffrage, leader",
+				Flags:  []cli.Flag{nodeFlag},
+				Action: clusterMembers,
+			},
+			{
+				Name:      "remove",
+				Usage:     "remove a member (by peer id) from the cluster for good",
+				ArgsUsage: "PEER_ID",
+				Flags:     []cli.Flag{nodeFlag},
+				Action:    clusterRemove,
+			},
+		},
+	}
+}
+
+var httpClient = &http.Client{Timeout: 30 * time.Second}
+
+func clusterMembers(c *cli.Context) error {
+	url := strings.TrimSuffix(c.String("node"), "/") + "/_meshreg/v1/status"
+	resp, err := httpClient.Get(url)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w (is a node running there? pass --node)", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("reading %s: %s", url, resp.Status)
+	}
+	var st struct {
+		Raft struct {
+			State    string `json:"state"`
+			LeaderID string `json:"leader_id"`
+			Term     uint64 `json:"term"`
+			Members  []struct {
+				ID, Address, Suffrage string
+			} `json:"members"`
+		} `json:"raft"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return fmt.Errorf("reading %s: %w", url, err)
+	}
+	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER ID\tSUFFRAGE\tLEADER\tRAFT ADDRESS")
+	for _, m := range st.Raft.Members {
+		leader := ""
+		if m.ID == st.Raft.LeaderID {
+			leader = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.ID, m.Suffrage, leader, m.Address)
+	}
+	return tw.Flush()
+}
+
+func clusterRemove(c *cli.Context) error {
+	id := c.Args().First()
+	if id == "" || c.Args().Len() != 1 {
+		return fmt.Errorf("usage: meshreg cluster remove [--node URL] PEER_ID")
+	}
+	url := strings.TrimSuffix(c.String("node"), "/") + "/_meshreg/v1/members/" + id
+	req, err := http.NewRequestWithContext(c.Context, http.MethodDelete, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("DELETE %s: %w (is a node running there? pass --node)", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("removing %s: %s: %s", id, resp.Status, strings.TrimSpace(string(msg)))
+	}
+	fmt.Fprintf(c.App.Writer, "removed %s from the cluster\n", id)
+	return nil
+}
