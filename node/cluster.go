@@ -378,3 +378,50 @@ func (w slogWriter) Write(p []byte) (int, error) {
 	w.log.Debug(strings.TrimSpace(string(p)))
 	return len(p), nil
 }
+
+// indexProtocol asks the leader for its applied index: a follower that
+// waits until it has applied as far has seen every write acknowledged
+// before it asked (a read barrier). The request is empty, the answer the
+// index as JSON.
+const indexProtocol = "/meshreg/index/1.0.0"
+
+func (n *Node) serveIndex(ctx context.Context, from peer.ID, _ []byte) []byte {
+	if n.meta.Status().State != "Leader" {
+		return []byte(`{"error":"not the leader"}`)
+	}
+	out, _ := json.Marshal(map[string]uint64{"index": n.meta.AppliedIndex()})
+	return out
+}
+
+// catchUp waits until this node has applied every write the leader had
+// applied when asked; a no-op on the leader. Reads are local and may lag;
+// catchUp is for the few places that must not (a manifest whose blobs were
+// just pushed through another node).
+func (n *Node) catchUp(ctx context.Context) error {
+	st := n.meta.Status()
+	if st.State == "Leader" {
+		return nil
+	}
+	if st.LeaderID == "" {
+		return fmt.Errorf("no leader to catch up with: %w", consensus.ErrNotLeader)
+	}
+	id, err := peerOf(n.host, consensus.Server{ID: st.LeaderID, Address: st.LeaderAddress})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := n.host.Request(ctx, id, indexProtocol, nil, maxControlLen)
+	if err != nil {
+		return fmt.Errorf("asking leader %s for its index: %w", id, err)
+	}
+	var res struct {
+		Index uint64 `json:"index"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(resp, &res); err != nil || res.Error != "" {
+		return fmt.Errorf("asking leader %s for its index: %v %s", id, err, res.Error)
+	}
+	fw := forwarder{applied: n.meta.AppliedIndex}
+	return fw.waitApplied(ctx, res.Index)
+}

@@ -38,6 +38,10 @@ type Config struct {
 	// /p2p/<id>, or http(s) URLs of their API). Without it a node with no
 	// state bootstraps a one-node cluster of itself.
 	Join []string
+	// BootstrapExpect, when above 1, makes a node with no state wait until
+	// it has seen that many nodes (itself included) through Join before one
+	// of them bootstraps a cluster of all (see bootstrap.go).
+	BootstrapExpect int
 	// Voters is how many voters the leader keeps, promoting non-voters.
 	Voters int
 	// DeadServerTimeout is how long a member may stay unreachable before
@@ -70,6 +74,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.DataDir == "":
 		return errors.New("node: data dir is empty: pass --data-dir")
+	case c.BootstrapExpect > 1 && len(c.Join) == 0:
+		return errors.New("node: --bootstrap-expect needs --join to name the other nodes")
 	case c.Voters < 1:
 		return fmt.Errorf("node: voters must be at least 1, got %d", c.Voters)
 	case c.DeadServerTimeout <= 0:
@@ -91,6 +97,7 @@ type Node struct {
 
 	mu      sync.Mutex
 	uploads map[string]string // upload id → repository it was opened for
+	seen    map[string]string // peer id → Raft address, for --bootstrap-expect
 }
 
 var (
@@ -129,7 +136,7 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 	cc.Forwarder = fw
 	// A joiner waits to be added; a restarted joiner has Raft state and
 	// would not bootstrap anyway.
-	cc.NoBootstrap = len(cfg.Join) > 0
+	cc.NoBootstrap = len(cfg.Join) > 0 || cfg.BootstrapExpect > 1
 	meta, err := consensus.Open(cc)
 	if err != nil {
 		return nil, fmt.Errorf("node: opening metadata in %s: %w", cc.Dir, err)
@@ -138,13 +145,15 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 	n = New(cfg, blobs, meta, host, log)
 	host.HandleRequests(forwardProtocol, maxForwardLen, rpcTimeout, n.serveForwarded)
 	host.HandleRequests(memberProtocol, maxControlLen, rpcTimeout, n.serveMember)
+	host.HandleRequests(helloProtocol, maxControlLen, rpcTimeout, n.serveHello)
+	host.HandleRequests(indexProtocol, maxControlLen, rpcTimeout, n.serveIndex)
 	return n, nil
 }
 
 // New returns a node over an open blob store, metadata store and libp2p
 // host; Close closes the last two.
 func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Host, log *slog.Logger) *Node {
-	return &Node{cfg: cfg, blobs: blobs, meta: meta, host: host, log: log, started: time.Now(), uploads: map[string]string{}}
+	return &Node{cfg: cfg, blobs: blobs, meta: meta, host: host, log: log, started: time.Now(), uploads: map[string]string{}, seen: map[string]string{}}
 }
 
 // Run runs the node's background loops until ctx ends: joining the
@@ -153,7 +162,14 @@ func (n *Node) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Add(2)
-	go func() { defer wg.Done(); n.joinLoop(ctx) }()
+	go func() {
+		defer wg.Done()
+		if n.cfg.BootstrapExpect > 1 {
+			n.expectLoop(ctx)
+		} else {
+			n.joinLoop(ctx)
+		}
+	}()
 	go func() { defer wg.Done(); n.membershipLoop(ctx) }()
 	every := min(n.cfg.UploadIdleTimeout/4, time.Minute)
 	t := time.NewTicker(every)

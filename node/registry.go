@@ -47,7 +47,15 @@ func (n *Node) PutManifest(ctx context.Context, repo, reference, contentType str
 		return "", "", err
 	}
 	if err := n.checkReferences(repo, p); err != nil {
-		return "", "", err
+		// This node's state may lag the leader's: the blobs may have been
+		// pushed through another node a moment ago. Catch up, then check
+		// again.
+		if !errors.Is(err, oci.ManifestBlobUnknown) || n.catchUp(ctx) != nil {
+			return "", "", err
+		}
+		if err := n.checkReferences(repo, p); err != nil {
+			return "", "", err
+		}
 	}
 	rec := consensus.ManifestRecord{
 		Repo:         repo,

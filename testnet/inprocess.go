@@ -3,6 +3,7 @@ package testnet
 import (
 	"context"
 	"log/slog"
+	"net"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -49,7 +50,7 @@ func StartInProcessCluster(t testing.TB, size int, tweak func(*node.Config)) []*
 			tweak(&cfg)
 		}
 		voters = cfg.Voters
-		nodes = append(nodes, startInProcess(t, cfg))
+		nodes = append(nodes, startInProcess(t, cfg, nil))
 	}
 	plain := make([]*Node, len(nodes))
 	for i, n := range nodes {
@@ -59,7 +60,42 @@ func StartInProcessCluster(t testing.TB, size int, tweak func(*node.Config)) []*
 	return nodes
 }
 
-func startInProcess(t testing.TB, cfg node.Config) *InProcessNode {
+// StartInProcessTogether starts size in-process nodes at the same moment,
+// each told about every node (--join with all their URLs) and to expect
+// size nodes before bootstrapping (--bootstrap-expect), as a DaemonSet
+// rollout with a headless Service does. It returns once they form one
+// cluster: every node sees the same leader and size voters.
+func StartInProcessTogether(t testing.TB, size int) []*InProcessNode {
+	t.Helper()
+	var lns []net.Listener
+	var urls []string
+	for range size {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns = append(lns, ln)
+		urls = append(urls, "http://"+ln.Addr().String())
+	}
+	var nodes []*InProcessNode
+	plain := make([]*Node, size)
+	for i := range size {
+		cfg := node.DefaultConfig()
+		cfg.DataDir = KeepDir(t, "inproc")
+		cfg.P2P.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
+		cfg.P2P.Gater = p2p.NewPartitionGater()
+		cfg.Join = urls
+		cfg.BootstrapExpect = size
+		nodes = append(nodes, startInProcess(t, cfg, lns[i]))
+		plain[i] = nodes[i].Node
+	}
+	WaitConverged(t, plain, size, size, 60*time.Second)
+	return nodes
+}
+
+// startInProcess opens a node and serves its API on ln (a new loopback
+// listener if nil).
+func startInProcess(t testing.TB, cfg node.Config, ln net.Listener) *InProcessNode {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(tLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	n, err := node.Open(cfg, log)
@@ -70,7 +106,12 @@ func startInProcess(t testing.TB, cfg node.Config) *InProcessNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(h)
+	srv := httptest.NewUnstartedServer(h)
+	if ln != nil {
+		srv.Listener.Close()
+		srv.Listener = ln
+	}
+	srv.Start()
 	ctx, cancel := context.WithCancel(context.Background())
 	ip := &InProcessNode{Node: &Node{t: t, host: strings.TrimPrefix(srv.URL, "http://"), external: true}, N: n, srv: srv, stop: cancel}
 	ip.done.Add(1)

@@ -117,3 +117,22 @@ func put(t *testing.T, base, repo, tag string, body []byte) (int, string) {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	return resp.StatusCode, string(b)
 }
+
+// TestClusterNodesStartedTogetherFormOneCluster starts five nodes at once,
+// each naming all five and expecting five: they form exactly one cluster.
+func TestClusterNodesStartedTogetherFormOneCluster(t *testing.T) {
+	nodes := testnet.StartInProcessTogether(t, 5)
+	// One cluster takes a write through any node and shows it on all.
+	ctx := t.Context()
+	const repo = "e2e/together"
+	manifest := smallImage(t, testnet.NewClient(nodes[4].URL()), repo)
+	d, err := testnet.NewClient(nodes[2].URL()).PutManifest(ctx, repo, "v1", ocispec.MediaTypeImageManifest, manifest("1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if !testnet.Eventually(5*time.Second, func() bool { return tagOn(ctx, n.Node, repo, "v1") == d.String() }) {
+			t.Errorf("node %s does not serve the tag written through another node", n.Host())
+		}
+	}
+}

@@ -41,6 +41,7 @@ func serveFlags() []cli.Flag {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "listen", Value: "127.0.0.1:5000", Usage: "`HOST:PORT` of the registry API", EnvVars: []string{"MESHREG_LISTEN"}}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "p2p-listen", Value: cli.NewStringSlice(nd.P2P.ListenAddrs...), Usage: "libp2p listen `MULTIADDR` (repeatable)", EnvVars: []string{"MESHREG_P2P_LISTEN"}}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "join", Usage: "join the cluster of this node: a multiaddr with /p2p/<id> or an http(s) URL of its API (repeatable)", EnvVars: []string{"MESHREG_JOIN"}}),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "bootstrap-expect", Usage: "with --join: wait until `N` nodes (this one included) see each other, then the lowest peer id bootstraps them all", EnvVars: []string{"MESHREG_BOOTSTRAP_EXPECT"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "cluster-key", Usage: "libp2p private-network key `FILE` (swarm.key format); nodes without it cannot connect", EnvVars: []string{"MESHREG_CLUSTER_KEY"}}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "voters", Value: nd.Voters, Usage: "how many Raft voters the leader keeps", EnvVars: []string{"MESHREG_VOTERS"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "dead-server-timeout", Value: nd.DeadServerTimeout, Usage: "remove a member unreachable this long from the cluster for good", EnvVars: []string{"MESHREG_DEAD_SERVER_TIMEOUT"}}),

@@ -60,6 +60,7 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 	cfg.Node.P2P.ListenAddrs = c.StringSlice("p2p-listen")
 	cfg.Node.Join = c.StringSlice("join")
 	cfg.Node.Voters = c.Int("voters")
+	cfg.Node.BootstrapExpect = c.Int("bootstrap-expect")
 	cfg.Node.DeadServerTimeout = c.Duration("dead-server-timeout")
 	if path := c.String("cluster-key"); path != "" {
 		key, err := p2p.LoadPrivateNetworkKey(path)
