@@ -315,3 +315,60 @@ func TestClusterCommand(t *testing.T) {
 		t.Error("cluster remove of a malformed id succeeded")
 	}
 }
+
+// TestClusterLaggingNodeCatchesUpBySnapshot stops a follower while 10,000
+// tag writes go through the others and the log is compacted past what it
+// has; restarted, it catches up through a snapshot the leader sends.
+func TestClusterLaggingNodeCatchesUpBySnapshot(t *testing.T) {
+	testnet.RequireProcess(t)
+	nodes := testnet.StartCluster(t, 3, testnet.Options{Args: []string{
+		"--snapshot-threshold", "1000", "--trailing-logs", "200", "--snapshot-interval", "500ms"}})
+	leader, followers := testnet.Leader(t, nodes, 10*time.Second)
+	lagging := followers[0]
+	ctx := t.Context()
+	const repo = "e2e/snapshot"
+	manifest := smallImage(t, testnet.NewClient(leader.URL()), repo)
+	lagging.Stop()
+
+	const writes, workers = 10000, 16
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := testnet.NewClient(leader.URL())
+			for i := w; i < writes; i += workers {
+				if _, err := c.PutManifest(ctx, repo, fmt.Sprintf("t%d", i), ocispec.MediaTypeImageManifest, manifest(fmt.Sprint(i%50))); err != nil {
+					errs <- fmt.Errorf("write %d: %w", i, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+
+	lagging.Restart()
+	last := fmt.Sprintf("t%d", writes-1)
+	want := tagOn(ctx, leader, repo, last)
+	if !testnet.Eventually(60*time.Second, func() bool { return tagOn(ctx, lagging, repo, last) == want }) {
+		t.Fatalf("the restarted node never caught up: %s is %q, want %q", last, tagOn(ctx, lagging, repo, last), want)
+	}
+	for _, i := range []int{0, 1, 4999, 9998} {
+		tag := fmt.Sprintf("t%d", i)
+		if got, want := tagOn(ctx, lagging, repo, tag), tagOn(ctx, leader, repo, tag); got != want || got == "" {
+			t.Errorf("after catching up, %s is %q on the restarted node, %q on the leader", tag, got, want)
+		}
+	}
+	log, _, err := testnet.TailFile(lagging.LogPath(), 100000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.ToLower(log), "installed remote snapshot") {
+		t.Errorf("the restarted node caught up without installing a snapshot (log compacted? trailing logs too large?)")
+	}
+}

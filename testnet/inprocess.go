@@ -93,6 +93,20 @@ func StartInProcessTogether(t testing.TB, size int) []*InProcessNode {
 	return nodes
 }
 
+// StartInProcessNode starts one in-process node with cfg (its data dir,
+// libp2p listen address and gater are filled in when empty).
+func StartInProcessNode(t testing.TB, cfg node.Config) *InProcessNode {
+	t.Helper()
+	if cfg.DataDir == "" || cfg.DataDir == node.DefaultConfig().DataDir {
+		cfg.DataDir = KeepDir(t, "inproc")
+	}
+	cfg.P2P.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
+	if cfg.P2P.Gater == nil {
+		cfg.P2P.Gater = p2p.NewPartitionGater()
+	}
+	return startInProcess(t, cfg, nil)
+}
+
 // startInProcess opens a node and serves its API on ln (a new loopback
 // listener if nil).
 func startInProcess(t testing.TB, cfg node.Config, ln net.Listener) *InProcessNode {

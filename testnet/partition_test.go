@@ -1,6 +1,7 @@
 package testnet_test
 
 import (
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -135,4 +136,46 @@ func TestClusterNodesStartedTogetherFormOneCluster(t *testing.T) {
 			t.Errorf("node %s does not serve the tag written through another node", n.Host())
 		}
 	}
+}
+
+// TestClusterKeyKeepsStrangersOut: two nodes share a private-network key; a
+// node without it (or with another one) cannot join them.
+func TestClusterKeyKeepsStrangersOut(t *testing.T) {
+	key := func() []byte {
+		k := make([]byte, 32)
+		if _, err := rand.Read(k); err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	clusterKey := key()
+	nodes := testnet.StartInProcessCluster(t, 2, func(c *node.Config) { c.P2P.PrivateNetworkKey = clusterKey })
+
+	for name, k := range map[string][]byte{"no key": nil, "another key": key()} {
+		cfg := node.DefaultConfig()
+		cfg.P2P.PrivateNetworkKey = k
+		cfg.Join = []string{nodes[0].URL()}
+		stranger := testnet.StartInProcessNode(t, cfg)
+		time.Sleep(3 * time.Second) // several join attempts
+		st, err := stranger.Status(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Raft.LeaderID != "" || len(st.Raft.Members) != 0 {
+			t.Errorf("%s: the stranger joined: leader %q, members %+v", name, st.Raft.LeaderID, st.Raft.Members)
+		}
+		ls, err := nodes[0].Status(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ls.Raft.Members) != 2 {
+			t.Errorf("%s: the cluster has %d members, want its 2", name, len(ls.Raft.Members))
+		}
+	}
+	// A third node with the key joins.
+	cfg := node.DefaultConfig()
+	cfg.P2P.PrivateNetworkKey = clusterKey
+	cfg.Join = []string{nodes[0].URL()}
+	member := testnet.StartInProcessNode(t, cfg)
+	testnet.WaitConverged(t, []*testnet.Node{nodes[0].Node, nodes[1].Node, member.Node}, 3, 3, 30*time.Second)
 }

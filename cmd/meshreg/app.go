@@ -51,6 +51,7 @@ func serveFlags() []cli.Flag {
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "upload-idle-timeout", Value: nd.UploadIdleTimeout, Usage: "expire upload sessions idle this long", EnvVars: []string{"MESHREG_UPLOAD_IDLE_TIMEOUT"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "body-idle-timeout", Value: ad.BodyIdleTimeout, Usage: "cut off a request whose body sends nothing this long", EnvVars: []string{"MESHREG_BODY_IDLE_TIMEOUT"}}),
 		altsrc.NewUint64Flag(&cli.Uint64Flag{Name: "snapshot-threshold", Value: nd.Consensus.SnapshotThreshold, Usage: "Raft log entries between metadata snapshots", EnvVars: []string{"MESHREG_SNAPSHOT_THRESHOLD"}}),
+		altsrc.NewUint64Flag(&cli.Uint64Flag{Name: "trailing-logs", Value: nd.Consensus.TrailingLogs, Usage: "Raft log entries kept after a snapshot, for followers that lag a little", EnvVars: []string{"MESHREG_TRAILING_LOGS"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "snapshot-interval", Value: nd.Consensus.SnapshotInterval, Usage: "how often to check whether a snapshot is due", EnvVars: []string{"MESHREG_SNAPSHOT_INTERVAL"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "shutdown-timeout", Value: defaultShutdownTimeout, Usage: "how long in-flight requests may run after SIGTERM", EnvVars: []string{"MESHREG_SHUTDOWN_TIMEOUT"}}),
 	}

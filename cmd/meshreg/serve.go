@@ -72,6 +72,7 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 	cfg.Node.Version = version
 	cfg.Node.Consensus.SnapshotThreshold = c.Uint64("snapshot-threshold")
 	cfg.Node.Consensus.SnapshotInterval = c.Duration("snapshot-interval")
+	cfg.Node.Consensus.TrailingLogs = c.Uint64("trailing-logs")
 	cfg.API.MaxManifestSize = c.Int64("max-manifest-size")
 	cfg.API.BodyIdleTimeout = c.Duration("body-idle-timeout")
 	if err := errors.Join(cfg.Node.Validate(), cfg.API.Validate()); err != nil {
