@@ -82,3 +82,10 @@ type Node interface {
 	// RemoveMember removes a member (by peer id) from the cluster for good.
 	RemoveMember(ctx context.Context, id string) error
 }
+
+// Barrier is an optional ability of a Registry whose reads are local and may
+// lag: Barrier returns once the local state holds every write acknowledged
+// before the call. A read with ?consistent=1 calls it first.
+type Barrier interface {
+	Barrier(ctx context.Context) error
+}

@@ -393,6 +393,10 @@ func (n *Node) serveIndex(ctx context.Context, from peer.ID, _ []byte) []byte {
 	return out
 }
 
+// Barrier waits until this node's state holds every write acknowledged
+// before the call (reads with ?consistent=1).
+func (n *Node) Barrier(ctx context.Context) error { return n.catchUp(ctx) }
+
 // catchUp waits until this node has applied every write the leader had
 // applied when asked; a no-op on the leader. Reads are local and may lag;
 // catchUp is for the few places that must not (a manifest whose blobs were

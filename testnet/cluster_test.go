@@ -78,6 +78,18 @@ func TestClusterWritesThroughAFollower(t *testing.T) {
 	}
 	agree("v1", d1.String())
 
+	// ?consistent=1 reads on the other follower right after a write see it.
+	for i := range 20 {
+		tag := fmt.Sprintf("c%d", i)
+		if _, err := c.PutManifest(ctx, repo, tag, ocispec.MediaTypeImageManifest, manifest(tag)); err != nil {
+			t.Fatal(err)
+		}
+		status, _, body, err := testnet.NewClient(followers[1].URL()).Get(ctx, "/v2/"+repo+"/manifests/"+tag+"?consistent=1", nil)
+		if err != nil || status != 200 {
+			t.Fatalf("consistent read of %s on the other follower right after the write: %d %v %s", tag, status, err, body)
+		}
+	}
+
 	d2, err := testnet.NewClient(followers[1].URL()).PutManifest(ctx, repo, "v1", ocispec.MediaTypeImageManifest, manifest("2"))
 	if err != nil {
 		t.Fatalf("overwrite through the other follower: %v", err)

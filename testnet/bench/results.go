@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"runtime"
 	"slices"
@@ -41,6 +42,24 @@ func median(v []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
+// percentile is the p-th percentile (0 < p <= 100) of v by the
+// nearest-rank method: the smallest sample with at least p% of the samples
+// at or below it. It is 0 for no samples.
+func percentile(v []float64, p float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	rank := int(math.Ceil(p / 100 * float64(len(s))))
+	return s[min(max(rank, 1), len(s))-1]
+}
+
+// commandLine names the command that produced a table.
+func commandLine() string {
+	return fmt.Sprintf("Command: `go run ./testnet/bench %s` (or `make bench`).\n", strings.Join(os.Args[1:], " "))
+}
+
 // table renders the medians as Markdown, with the meshreg/Distribution
 // ratio and the command that produced it.
 func (r *results) table(c config, mesh, dist *server) string {
@@ -69,7 +88,7 @@ func (r *results) table(c config, mesh, dist *server) string {
 	}
 	fmt.Fprintf(&b, "\n%s; %d CPUs; %s; loopback; both servers running, alternating; meshreg %s.\n",
 		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), mesh.version)
-	fmt.Fprintf(&b, "Command: `go run ./testnet/bench %s` (or `make bench`).\n", strings.Join(os.Args[1:], " "))
+	b.WriteString(commandLine())
 	var notes []string
 	for _, row := range rows {
 		for _, n := range r.notes[row.key] {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -25,10 +26,11 @@ type server struct {
 
 func (s *server) url() string { return "http://" + s.addr }
 
-// stop ends the server with SIGTERM. meshreg must exit cleanly;
+// stop ends the server with SIGTERM. meshreg (and each node of the
+// cluster) must exit cleanly;
 // Distribution's exit status is not its concern here.
 func (s *server) stop() {
-	if err := s.proc.Stop(30 * time.Second); err != nil && s.name == "meshreg" {
+	if err := s.proc.Stop(30 * time.Second); err != nil && strings.HasPrefix(s.name, "meshreg") {
 		logf("%s: %v", s.name, err)
 	}
 }
@@ -57,6 +59,13 @@ func start(ctx context.Context, s *server, cfg testnet.ProcessConfig, readyPath 
 // startMeshreg starts `meshreg serve` with an empty data dir under dir,
 // logging at warn level like the Distribution it is compared with.
 func startMeshreg(ctx context.Context, bin, dir string) (*server, error) {
+	return startMeshregNode(ctx, bin, dir, "meshreg")
+}
+
+// startMeshregNode starts `meshreg serve` as name, with an empty data dir
+// under dir, the API and libp2p (TCP only) on free loopback ports, and the
+// extra serve flags given (e.g. --join), and waits until it is ready.
+func startMeshregNode(ctx context.Context, bin, dir, name string, extra ...string) (*server, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -64,10 +73,17 @@ func startMeshreg(ctx context.Context, bin, dir string) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &server{name: "meshreg", addr: addr, dir: dir, version: versionOf(bin, "version")}
+	p2p, err := testnet.FreeAddr()
+	if err != nil {
+		return nil, err
+	}
+	_, p2pPort, _ := net.SplitHostPort(p2p)
+	s := &server{name: name, addr: addr, dir: dir, version: versionOf(bin, "version")}
+	args := []string{"serve", "--listen", addr, "--data-dir", filepath.Join(dir, "data"),
+		"--p2p-listen", "/ip4/127.0.0.1/tcp/" + p2pPort, "--log-format", "json", "--log-level", "warn"}
 	return start(ctx, s, testnet.ProcessConfig{
-		Name: "meshreg", Path: bin, Dir: dir, LogPath: filepath.Join(dir, "server.log"),
-		Args:     []string{"serve", "--listen", addr, "--data-dir", filepath.Join(dir, "data"), "--log-format", "json", "--log-level", "warn"},
+		Name: name, Path: bin, Dir: dir, LogPath: filepath.Join(dir, "server.log"),
+		Args:     append(args, extra...),
 		StripEnv: []string{"MESHREG_"},
 	}, readyPath())
 }
