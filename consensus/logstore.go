@@ -54,7 +54,11 @@ func (s *logStore) GetLog(index uint64, l *raft.Log) error {
 		if err != nil {
 			return err
 		}
-		return item.Value(func(v []byte) error { return decodeLog(v, l) })
+		err = item.Value(func(v []byte) error { return decodeLog(v, l) })
+		if err == nil && l.Index != index {
+			err = fmt.Errorf("%w: key %d holds entry %d", errCorruptLog, index, l.Index)
+		}
+		return err
 	})
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return raft.ErrLogNotFound

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dgraph-io/badger/v4"
 	"github.com/hashicorp/raft"
 )
 
@@ -199,6 +200,43 @@ func TestDecodeLogRejectsCorrupt(t *testing.T) {
 		if err := decodeLog(b, &l); err == nil {
 			t.Errorf("%s: decodeLog accepted corrupt input", name)
 		}
+	}
+}
+
+// TestGetLogOfCorruptEntry: a stored entry that does not decode, or is not
+// the entry its key names, is an error from GetLog, not a panic and not
+// ErrLogNotFound (which raft would take as a hole it may fill).
+func TestGetLogOfCorruptEntry(t *testing.T) {
+	t.Parallel()
+	db, err := openBadger(t.TempDir(), true, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	logs := &logStore{db: db}
+	if err := logs.StoreLogs([]*raft.Log{sampleLog(1), sampleLog(2)}); err != nil {
+		t.Fatal(err)
+	}
+	good := encodeLog(sampleLog(3))
+	for name, v := range map[string][]byte{
+		"torn":        good[:len(good)/2],
+		"garbage":     []byte("\xff\x00garbage"),
+		"empty":       {},
+		"other index": encodeLog(sampleLog(7)),
+	} {
+		err := db.Update(func(txn *badger.Txn) error { return txn.Set(logKey(3), v) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		var l raft.Log
+		err = logs.GetLog(3, &l)
+		if !errors.Is(err, errCorruptLog) || errors.Is(err, raft.ErrLogNotFound) {
+			t.Errorf("%s: GetLog = %v, want errCorruptLog", name, err)
+		}
+	}
+	var l raft.Log
+	if err := logs.GetLog(2, &l); err != nil || l.Index != 2 {
+		t.Errorf("GetLog(2) next to a corrupt entry = %+v, %v", l, err)
 	}
 }
 

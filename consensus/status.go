@@ -43,10 +43,8 @@ func (s *Store) Status() Status {
 		LastContact:   s.raft.LastContact(),
 		Members:       []Member{},
 	}
-	if f := s.raft.GetConfiguration(); f.Error() == nil {
-		for _, srv := range f.Configuration().Servers {
-			st.Members = append(st.Members, Member{ID: string(srv.ID), Address: string(srv.Address), Suffrage: srv.Suffrage.String()})
-		}
+	if members, err := s.Members(); err == nil {
+		st.Members = members
 	}
 	return st
 }

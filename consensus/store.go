@@ -34,6 +34,9 @@ var (
 	ErrNotLeader = errors.New("not the raft leader")
 	// ErrClosed: the store is closed.
 	ErrClosed = errors.New("metadata store closed")
+	// ErrInvalidCommand: ApplyForwarded was given bytes that are not a valid
+	// write.
+	ErrInvalidCommand = errors.New("invalid command")
 )
 
 // ManifestRecord is a manifest as a repository holds it.
@@ -74,10 +77,24 @@ type Config struct {
 	// address is NodeID: enough for a one-node cluster. Open takes ownership:
 	// raft closes it when the store closes.
 	Transport raft.Transport
-	// NoBootstrap keeps a node with no Raft state from bootstrapping a
-	// one-node cluster of itself (for a node that will be added to an
-	// existing cluster); Open then does not wait for a leader either.
+	// NoBootstrap keeps a node with no Raft state from bootstrapping (for a
+	// node that will be added to an existing cluster); Open then does not
+	// wait for a leader either.
 	NoBootstrap bool
+	// Bootstrap, when not empty, is the server set a node with no Raft state
+	// bootstraps as voters, instead of a one-node cluster of itself. It must
+	// include NodeID. The caller decides which node bootstraps (e.g. the
+	// lowest id once --bootstrap-expect peers are seen; nodes that do
+	// bootstrap must all be given the same set). A node with Raft state
+	// never bootstraps again, whatever Bootstrap says.
+	Bootstrap []Server
+	// Forwarder, if set, carries writes made on a follower to the leader
+	// (see Forwarder). Without one, a follower's writes fail with
+	// ErrNotLeader.
+	Forwarder Forwarder
+
+	// tune, set by tests only, adjusts the Raft configuration.
+	tune func(*raft.Config)
 }
 
 // DefaultConfig returns the configuration of a one-node cluster; Dir and
@@ -107,6 +124,24 @@ func (c Config) Validate() error {
 		return fmt.Errorf("consensus: ApplyTimeout must be positive, got %s", c.ApplyTimeout)
 	case c.LeaderTimeout <= 0:
 		return fmt.Errorf("consensus: LeaderTimeout must be positive, got %s", c.LeaderTimeout)
+	case c.NoBootstrap && len(c.Bootstrap) > 0:
+		return errors.New("consensus: NoBootstrap and Bootstrap are both set")
+	}
+	if len(c.Bootstrap) == 0 {
+		return nil
+	}
+	ids, addrs := map[string]bool{}, map[string]bool{}
+	for _, srv := range c.Bootstrap {
+		if srv.ID == "" || srv.Address == "" || ids[srv.ID] || addrs[srv.Address] {
+			return fmt.Errorf("consensus: Bootstrap server %+v: empty or repeated id or address", srv)
+		}
+		ids[srv.ID], addrs[srv.Address] = true, true
+	}
+	if len(c.Bootstrap) > 1 && c.Transport == nil {
+		return errors.New("consensus: Bootstrap names other servers but there is no Transport to reach them")
+	}
+	if !ids[c.NodeID] {
+		return fmt.Errorf("consensus: Bootstrap does not include this node (%s)", c.NodeID)
 	}
 	return nil
 }
@@ -121,9 +156,20 @@ func raftConfig(c Config, logger *hclogAdapter) *raft.Config {
 	rc.HeartbeatTimeout = 500 * time.Millisecond
 	rc.ElectionTimeout = 500 * time.Millisecond
 	rc.LeaderLeaseTimeout = 250 * time.Millisecond
+	// Followers learn that an entry is committed only from the leader's
+	// next AppendEntries, which comes with new entries or, when idle, every
+	// CommitTimeout (randomised up to twice that). A follower answers a
+	// forwarded write once it has applied it, so this bounds the latency
+	// of writes through followers and how stale their reads are. Raft's
+	// default (50 ms) made follower writes ~80 ms; 10 ms costs an empty
+	// AppendEntries per follower every 10–20 ms when idle.
+	rc.CommitTimeout = 10 * time.Millisecond
 	rc.SnapshotThreshold = c.SnapshotThreshold
 	rc.SnapshotInterval = c.SnapshotInterval
 	rc.TrailingLogs = c.TrailingLogs
+	if c.tune != nil {
+		c.tune(rc)
+	}
 	return rc
 }
 
@@ -152,9 +198,11 @@ type Store struct {
 }
 
 // Open opens (creating if needed) the store in cfg.Dir and starts Raft. A
-// node without Raft state bootstraps a one-node cluster of itself, unless
-// cfg.NoBootstrap. Open then waits, at most cfg.LeaderTimeout, until the
-// cluster has a leader (for a one-node cluster: this node).
+// node without Raft state bootstraps cfg.Bootstrap, or a one-node cluster of
+// itself if that is empty, unless cfg.NoBootstrap. When the cluster is this
+// node alone (and not cfg.NoBootstrap), Open then waits, at most
+// cfg.LeaderTimeout, until it leads; a member of a larger cluster returns at
+// once, since its peers may not be up yet (Ready tells when a leader is).
 func Open(cfg Config) (s *Store, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -207,7 +255,7 @@ func Open(cfg Config) (s *Store, err error) {
 	rc := raftConfig(cfg, hlog)
 
 	if !cfg.NoBootstrap {
-		if err := bootstrap(rc, logs, stable, snaps, trans); err != nil {
+		if err := bootstrap(rc, logs, stable, snaps, trans, cfg.Bootstrap); err != nil {
 			return nil, err
 		}
 	}
@@ -224,7 +272,7 @@ func Open(cfg Config) (s *Store, err error) {
 	undo = append(undo, func() { _ = r.Shutdown().Error() })
 
 	s = &Store{cfg: cfg, log: log, raft: r, fsm: f, raftDB: raftDB, stop: make(chan struct{})}
-	if !cfg.NoBootstrap {
+	if !cfg.NoBootstrap && s.alone() {
 		if err := s.waitForLeader(cfg.LeaderTimeout); err != nil {
 			return nil, err
 		}
@@ -234,9 +282,9 @@ func Open(cfg Config) (s *Store, err error) {
 	return s, nil
 }
 
-// bootstrap writes a configuration of this node alone if there is no Raft
-// state yet.
-func bootstrap(rc *raft.Config, logs raft.LogStore, stable raft.StableStore, snaps raft.SnapshotStore, trans raft.Transport) error {
+// bootstrap writes the configuration of servers as voters (of this node
+// alone if servers is empty) if there is no Raft state yet.
+func bootstrap(rc *raft.Config, logs raft.LogStore, stable raft.StableStore, snaps raft.SnapshotStore, trans raft.Transport, servers []Server) error {
 	existing, err := raft.HasExistingState(logs, stable, snaps)
 	if err != nil {
 		return fmt.Errorf("consensus: checking for raft state: %w", err)
@@ -245,11 +293,28 @@ func bootstrap(rc *raft.Config, logs raft.LogStore, stable raft.StableStore, sna
 		return nil
 	}
 	conf := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: trans.LocalAddr(), Suffrage: raft.Voter}}}
+	if len(servers) > 0 {
+		conf.Servers = nil
+		for _, srv := range servers {
+			conf.Servers = append(conf.Servers, raft.Server{ID: raft.ServerID(srv.ID), Address: raft.ServerAddress(srv.Address), Suffrage: raft.Voter})
+		}
+	}
 	err = raft.BootstrapCluster(rc, logs, stable, snaps, trans, conf)
 	if err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
-		return fmt.Errorf("consensus: bootstrapping a one-node cluster: %w", err)
+		return fmt.Errorf("consensus: bootstrapping a cluster of %d: %w", len(conf.Servers), err)
 	}
 	return nil
+}
+
+// alone reports whether the latest configuration is this node as the only
+// voter.
+func (s *Store) alone() bool {
+	f := s.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	srvs := f.Configuration().Servers
+	return len(srvs) == 1 && srvs[0].ID == raft.ServerID(s.cfg.NodeID) && srvs[0].Suffrage == raft.Voter
 }
 
 func (s *Store) waitForLeader(timeout time.Duration) error {
@@ -319,24 +384,7 @@ func (s *Store) Close() error {
 // PutManifest adds the manifest to m.Repo (a no-op if it is there) and, if
 // tag is not empty, points the tag at it (last writer wins).
 func (s *Store) PutManifest(ctx context.Context, m ManifestRecord, tags ...string) error {
-	switch {
-	case !validName(m.Repo):
-		return fmt.Errorf("consensus: invalid repository name %q", m.Repo)
-	case m.Subject != "" && m.Subject.Validate() != nil:
-		return fmt.Errorf("consensus: invalid subject: %w", m.Subject.Validate())
-	}
-	for _, tag := range tags {
-		if !validName(tag) {
-			return fmt.Errorf("consensus: invalid tag %q", tag)
-		}
-	}
-	if err := m.Digest.Validate(); err != nil {
-		return fmt.Errorf("consensus: invalid manifest digest: %w", err)
-	}
-	if m.Digest.Algorithm().FromBytes(m.Body) != m.Digest {
-		return fmt.Errorf("consensus: manifest body does not match digest %s", m.Digest)
-	}
-	return s.apply(ctx, command{Op: opPutManifest, Repo: m.Repo, Digest: m.Digest, Tags: tags,
+	return s.write(ctx, command{Op: opPutManifest, Repo: m.Repo, Digest: m.Digest, Tags: tags,
 		MediaType: m.MediaType, ArtifactType: m.ArtifactType, Subject: m.Subject,
 		Annotations: m.Annotations, Body: m.Body})
 }
@@ -345,38 +393,62 @@ func (s *Store) PutManifest(ctx context.Context, m ManifestRecord, tags ...strin
 // it that points at the manifest and its referrer entry. ErrNotFound if the
 // repository does not hold it.
 func (s *Store) DeleteManifest(ctx context.Context, repo string, d digest.Digest) error {
-	if err := checkRepoDigest(repo, d); err != nil {
-		return err
-	}
-	return s.apply(ctx, command{Op: opDeleteManifest, Repo: repo, Digest: d})
+	return s.write(ctx, command{Op: opDeleteManifest, Repo: repo, Digest: d})
 }
 
 // DeleteTag removes the tag; ErrNotFound if there is none.
 func (s *Store) DeleteTag(ctx context.Context, repo, tag string) error {
-	if !validName(repo) || !validName(tag) {
-		return fmt.Errorf("consensus: invalid repository %q or tag %q", repo, tag)
-	}
-	return s.apply(ctx, command{Op: opDeleteTag, Repo: repo, Tag: tag})
+	return s.write(ctx, command{Op: opDeleteTag, Repo: repo, Tag: tag})
 }
 
 // LinkBlob makes the blob pullable from the repository.
 func (s *Store) LinkBlob(ctx context.Context, repo string, d digest.Digest, size int64) error {
-	if err := checkRepoDigest(repo, d); err != nil {
-		return err
-	}
-	if size < 0 {
-		return fmt.Errorf("consensus: negative blob size %d", size)
-	}
-	return s.apply(ctx, command{Op: opLinkBlob, Repo: repo, Digest: d, Size: size})
+	return s.write(ctx, command{Op: opLinkBlob, Repo: repo, Digest: d, Size: size})
 }
 
 // UnlinkBlob removes the blob from the repository; ErrNotFound if it is not
 // linked.
 func (s *Store) UnlinkBlob(ctx context.Context, repo string, d digest.Digest) error {
-	if err := checkRepoDigest(repo, d); err != nil {
-		return err
+	return s.write(ctx, command{Op: opUnlinkBlob, Repo: repo, Digest: d})
+}
+
+// validate checks a write before it is committed: on the node it is made
+// on, and again on the leader when it was forwarded.
+func (c command) validate() error {
+	switch c.Op {
+	case opPutManifest:
+		switch {
+		case !validName(c.Repo):
+			return fmt.Errorf("consensus: invalid repository name %q", c.Repo)
+		case c.Subject != "" && c.Subject.Validate() != nil:
+			return fmt.Errorf("consensus: invalid subject: %w", c.Subject.Validate())
+		}
+		for _, tag := range c.Tags {
+			if !validName(tag) {
+				return fmt.Errorf("consensus: invalid tag %q", tag)
+			}
+		}
+		if err := c.Digest.Validate(); err != nil {
+			return fmt.Errorf("consensus: invalid manifest digest: %w", err)
+		}
+		if c.Digest.Algorithm().FromBytes(c.Body) != c.Digest {
+			return fmt.Errorf("consensus: manifest body does not match digest %s", c.Digest)
+		}
+	case opDeleteTag:
+		if !validName(c.Repo) || !validName(c.Tag) {
+			return fmt.Errorf("consensus: invalid repository %q or tag %q", c.Repo, c.Tag)
+		}
+	case opLinkBlob:
+		if c.Size < 0 {
+			return fmt.Errorf("consensus: negative blob size %d", c.Size)
+		}
+		return checkRepoDigest(c.Repo, c.Digest)
+	case opDeleteManifest, opUnlinkBlob:
+		return checkRepoDigest(c.Repo, c.Digest)
+	default:
+		return fmt.Errorf("consensus: unknown command %d", c.Op)
 	}
-	return s.apply(ctx, command{Op: opUnlinkBlob, Repo: repo, Digest: d})
+	return nil
 }
 
 func checkRepoDigest(repo string, d digest.Digest) error {
@@ -389,9 +461,31 @@ func checkRepoDigest(repo string, d digest.Digest) error {
 	return nil
 }
 
-// apply commits the command through Raft and returns the FSM's result. When
-// ctx ends first it returns ctx's error at once; the write may still commit.
-func (s *Store) apply(ctx context.Context, c command) error {
+// write validates the command and commits it: through Raft on the leader,
+// through the Forwarder elsewhere (see forward).
+func (s *Store) write(ctx context.Context, c command) error {
+	if err := c.validate(); err != nil {
+		return err
+	}
+	data, err := c.encode()
+	if err != nil {
+		return err
+	}
+	if s.cfg.Forwarder == nil || s.raft.State() == raft.Leader {
+		err = s.apply(ctx, data)
+		// raft.ErrNotLeader means the entry was never taken, so trying
+		// the leader instead cannot apply it twice.
+		if s.cfg.Forwarder == nil || !errors.Is(err, raft.ErrNotLeader) {
+			return err
+		}
+	}
+	return s.forward(ctx, data)
+}
+
+// apply commits an encoded command through Raft and returns the FSM's
+// result. When ctx ends first it returns ctx's error at once; the write may
+// still commit.
+func (s *Store) apply(ctx context.Context, data []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -401,34 +495,43 @@ func (s *Store) apply(ctx context.Context, c command) error {
 	if closed {
 		return fmt.Errorf("consensus: %w", ErrClosed)
 	}
-	data, err := c.encode()
-	if err != nil {
-		return err
+	f := s.raft.Apply(data, s.timeout(ctx))
+	err := wait(ctx, func() error { return result(f) })
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return fmt.Errorf("consensus: waiting for commit: %w (the write may still be applied)", err)
 	}
-	timeout := s.cfg.ApplyTimeout
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = min(timeout, time.Until(dl))
-	}
-	f := s.raft.Apply(data, timeout)
-	// The future is not safe for concurrent use: one goroutine owns it and
-	// finishes when raft resolves it (commit, leadership loss or shutdown).
+	return err
+}
+
+// wait runs resolve (which waits on a raft future) and returns its error,
+// or ctx's error as soon as ctx ends. A raft future is not safe for
+// concurrent use: the goroutine running resolve owns it, and finishes when
+// raft resolves it (commit, leadership loss or shutdown).
+func wait(ctx context.Context, resolve func() error) error {
 	res := make(chan error, 1)
-	go func() { res <- result(f) }()
+	go func() { res <- resolve() }()
 	select {
 	case err := <-res:
 		return err
 	case <-ctx.Done():
-		return fmt.Errorf("consensus: waiting for commit: %w (the write may still be applied)", ctx.Err())
+		return ctx.Err()
 	}
 }
 
 func result(f raft.ApplyFuture) error {
-	err := f.Error()
+	if err := f.Error(); err != nil {
+		return raftError(err)
+	}
+	if resp, ok := f.Response().(error); ok {
+		return resp
+	}
+	return nil
+}
+
+// raftError maps an error of a raft future to the package's errors.
+func raftError(err error) error {
 	switch {
 	case err == nil:
-		if resp, ok := f.Response().(error); ok {
-			return resp
-		}
 		return nil
 	case errors.Is(err, raft.ErrRaftShutdown):
 		return fmt.Errorf("consensus: %w (raft: %w)", ErrClosed, err)
@@ -437,7 +540,7 @@ func result(f raft.ApplyFuture) error {
 		errors.Is(err, raft.ErrLeadershipTransferInProgress):
 		return fmt.Errorf("consensus: %w (raft: %w)", ErrNotLeader, err)
 	}
-	return fmt.Errorf("consensus: committing write: %w", err)
+	return fmt.Errorf("consensus: raft: %w", err)
 }
 
 // --- reads: local state, no network ---

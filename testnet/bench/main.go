@@ -17,7 +17,14 @@
 //     for -duration each (requests/s);
 //   - peak RSS of each server process (VmHWM).
 //
-// A quick run: -blob-size 64MiB -layers 5 -layer-size 1MiB -duration 1s -runs 1.
+// Then, unless -cluster=false, it starts a 3-node meshreg cluster and
+// measures tag writes through followers and the time from a write's
+// return to its visibility on the other nodes (see cluster.go), printed as
+// a second table.
+//
+// A quick run: -quick, short for -blob-size 64MiB -layers 5 -layer-size
+// 1MiB -duration 1s -runs 1 -cluster-writes 100 (flags given explicitly
+// win).
 package main
 
 import (
@@ -29,6 +36,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -45,6 +53,15 @@ type config struct {
 	timeout               time.Duration
 	keep                  bool
 	out                   string
+
+	cluster                       bool
+	clusterWrites, clusterWorkers int
+	clusterPoll, clusterMaxTime   time.Duration
+}
+
+// quickFlags are the values -quick sets, unless the flag is given.
+var quickFlags = map[string]string{
+	"blob-size": "64MiB", "layers": "5", "layer-size": "1MiB", "duration": "1s", "runs": "1", "cluster-writes": "100",
 }
 
 func main() {
@@ -61,17 +78,46 @@ func main() {
 	flag.IntVar(&c.runs, "runs", 3, "measurements of each metric per server (the median is reported)")
 	flag.DurationVar(&c.timeout, "timeout", 20*time.Minute, "give up after this long")
 	flag.BoolVar(&c.keep, "keep", false, "keep the servers' data dirs and logs")
-	flag.StringVar(&c.out, "out", "", "also write the Markdown table to this file")
+	flag.StringVar(&c.out, "out", "", "also write the Markdown tables to this file")
+	flag.BoolVar(&c.cluster, "cluster", true, "also benchmark tag writes and their visibility on a 3-node meshreg cluster")
+	flag.IntVar(&c.clusterWrites, "cluster-writes", 500, "tag writes in each cluster measurement (sequential, concurrent, visibility)")
+	flag.IntVar(&c.clusterWorkers, "cluster-workers", 16, "concurrent writers in the concurrent cluster measurement")
+	flag.DurationVar(&c.clusterPoll, "cluster-poll", time.Millisecond, "how often the other nodes are polled for a write's visibility")
+	flag.DurationVar(&c.clusterMaxTime, "cluster-max-time", 60*time.Second, "stop each cluster measurement after this long, even short of -cluster-writes")
+	quick := flag.Bool("quick", false, "a quick run: "+quickSummary())
 	flag.Parse()
+	if *quick {
+		given := map[string]bool{}
+		flag.Visit(func(f *flag.Flag) { given[f.Name] = true })
+		for name, v := range quickFlags {
+			if !given[name] {
+				if err := flag.Set(name, v); err != nil {
+					panic(err)
+				}
+			}
+		}
+	}
 	if err := run(c); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
+func quickSummary() string {
+	var parts []string
+	for name, v := range quickFlags {
+		parts = append(parts, "-"+name+" "+v)
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, " ")
+}
+
 func run(c config) error {
 	if c.runs < 1 || c.layers < 1 || c.conns < 1 || c.layerJobs < 1 || c.blobSize < 1 || c.layerSize < 1 {
 		return errors.New("sizes, counts and -runs must be positive")
+	}
+	if c.cluster && (c.clusterWrites < 1 || c.clusterWorkers < 1 || c.clusterPoll <= 0 || c.clusterMaxTime <= 0) {
+		return errors.New("-cluster-writes, -cluster-workers, -cluster-poll and -cluster-max-time must be positive")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
@@ -100,14 +146,36 @@ func run(c config) error {
 		}
 	}()
 
-	mesh, err := startMeshreg(ctx, meshregBin, filepath.Join(root, "meshreg"))
+	table, err := sideBySide(ctx, c, meshregBin, distBin, root)
 	if err != nil {
 		return err
+	}
+	fmt.Print(table)
+	if c.cluster {
+		t, err := runCluster(ctx, c, meshregBin, filepath.Join(root, "cluster"))
+		if err != nil {
+			return err
+		}
+		table += "\n" + t
+		fmt.Print("\n" + t)
+	}
+	if c.out != "" {
+		return os.WriteFile(c.out, []byte(table), 0o644)
+	}
+	return nil
+}
+
+// sideBySide measures meshreg and Distribution, one server each under
+// root, and returns the table. Both servers are stopped when it returns.
+func sideBySide(ctx context.Context, c config, meshregBin, distBin, root string) (string, error) {
+	mesh, err := startMeshreg(ctx, meshregBin, filepath.Join(root, "meshreg"))
+	if err != nil {
+		return "", err
 	}
 	defer mesh.stop()
 	dist, err := startDistribution(ctx, distBin, filepath.Join(root, "distribution"))
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer dist.stop()
 	servers := []*server{mesh, dist}
@@ -126,7 +194,7 @@ func run(c config) error {
 			for _, s := range order {
 				v, note, err := m.measure(ctx, s, w)
 				if err != nil {
-					return fmt.Errorf("run %d, %s, %s: %w", run+1, m.name, s.name, err)
+					return "", fmt.Errorf("run %d, %s, %s: %w", run+1, m.name, s.name, err)
 				}
 				res.add(m.name, s, v, note)
 				logf("run %d  %-28s %-13s %10.2f %s %s", run+1, m.name, s.name, v, m.unit, note)
@@ -137,21 +205,16 @@ func run(c config) error {
 	w := newWorkload(c, c.runs-1)
 	for _, s := range servers {
 		if err := w.verify(ctx, s); err != nil {
-			return fmt.Errorf("%s served wrong content: %w", s.name, err)
+			return "", fmt.Errorf("%s served wrong content: %w", s.name, err)
 		}
 		rss, err := testnet.PeakRSS(s.proc.PID())
 		if err != nil {
-			return err
+			return "", err
 		}
 		res.add("peak RSS", s, float64(rss)/(1<<20), "")
 	}
 
-	table := res.table(c, mesh, dist)
-	fmt.Print(table)
-	if c.out != "" {
-		return os.WriteFile(c.out, []byte(table), 0o644)
-	}
-	return nil
+	return res.table(c, mesh, dist), nil
 }
 
 func findDistribution(flagPath string) (string, error) {

@@ -41,3 +41,28 @@ func TestMedian(t *testing.T) {
 		}
 	}
 }
+
+func TestPercentile(t *testing.T) {
+	hundred := make([]float64, 100)
+	for i := range hundred {
+		hundred[i] = float64(100 - i) // 100..1, unsorted
+	}
+	for _, tt := range []struct {
+		in   []float64
+		p    float64
+		want float64
+	}{
+		{nil, 50, 0},
+		{[]float64{7}, 99, 7},
+		{[]float64{3, 1, 2}, 50, 2},
+		{[]float64{4, 1, 3, 2}, 50, 2},
+		{hundred, 50, 50},
+		{hundred, 99, 99},
+		{hundred, 100, 100},
+		{hundred, 0.1, 1},
+	} {
+		if got := percentile(tt.in, tt.p); got != tt.want {
+			t.Errorf("percentile(%d samples, %v) = %v, want %v", len(tt.in), tt.p, got, tt.want)
+		}
+	}
+}
