@@ -309,6 +309,7 @@ func (n *Node) membershipLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		n.noteContacts()
 		if n.meta.Status().State != "Leader" {
 			clear(unreachableSince)
 			continue
@@ -361,6 +362,23 @@ func (n *Node) membershipLoop(ctx context.Context) {
 			}
 			voters++
 			n.log.Info("promoted a non-voter", "peer", m.ID, "voters", voters)
+		}
+	}
+}
+
+// noteContacts records when this node last had a connection to each
+// member, for the status document.
+func (n *Node) noteContacts() {
+	members, err := n.meta.Members()
+	if err != nil {
+		return
+	}
+	now := time.Now()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, m := range members {
+		if m.ID == n.host.ID().String() || n.connected(m.ID) {
+			n.lastContact[m.ID] = now
 		}
 	}
 }

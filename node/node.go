@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"path/filepath"
 	"sync"
 	"time"
@@ -98,6 +99,8 @@ type Node struct {
 	mu      sync.Mutex
 	uploads map[string]string // upload id → repository it was opened for
 	seen    map[string]string // peer id → Raft address, for --bootstrap-expect
+	// lastContact is when this node last had a connection to each member.
+	lastContact map[string]time.Time
 }
 
 var (
@@ -153,7 +156,7 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 // New returns a node over an open blob store, metadata store and libp2p
 // host; Close closes the last two.
 func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Host, log *slog.Logger) *Node {
-	return &Node{cfg: cfg, blobs: blobs, meta: meta, host: host, log: log, started: time.Now(), uploads: map[string]string{}, seen: map[string]string{}}
+	return &Node{cfg: cfg, blobs: blobs, meta: meta, host: host, log: log, started: time.Now(), uploads: map[string]string{}, seen: map[string]string{}, lastContact: map[string]time.Time{}}
 }
 
 // Run runs the node's background loops until ctx ends: joining the
@@ -257,6 +260,9 @@ type Status struct {
 	Blobs       BlobStatus       `json:"blobs"`
 	Raft        consensus.Status `json:"raft"`
 	Uploads     int              `json:"uploads_in_progress"`
+	// MemberLastContact is when this node last had a libp2p connection to
+	// each member (checked every second).
+	MemberLastContact map[string]time.Time `json:"member_last_contact"`
 }
 
 // BlobStatus counts the blobs this node holds.
@@ -269,6 +275,7 @@ func (n *Node) Status(ctx context.Context) any {
 	count, bytes := n.blobs.Stats()
 	n.mu.Lock()
 	uploads := len(n.uploads)
+	contacts := maps.Clone(n.lastContact)
 	n.mu.Unlock()
 	var addrs []string
 	for _, a := range n.host.Addrs() {
@@ -284,6 +291,8 @@ func (n *Node) Status(ctx context.Context) any {
 		Blobs:       BlobStatus{Count: count, Bytes: bytes},
 		Raft:        n.meta.Status(),
 		Uploads:     uploads,
+
+		MemberLastContact: contacts,
 	}
 }
 

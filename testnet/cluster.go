@@ -135,3 +135,62 @@ func Eventually(timeout time.Duration, cond func() bool) bool {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// AssertAgree checks the cluster invariants on repos through the public API
+// of every node given, waiting up to timeout for replication: all nodes
+// list the same tags, every tag points at the same digest everywhere, and
+// no node serves a tag whose manifest it cannot serve by digest.
+func AssertAgree(t testing.TB, nodes []*Node, timeout time.Duration, repos ...string) {
+	t.Helper()
+	var problem string
+	ok := Eventually(timeout, func() bool {
+		problem = agreement(nodes, repos)
+		return problem == ""
+	})
+	if !ok {
+		t.Errorf("testnet: nodes disagree after %v: %s", timeout, problem)
+	}
+}
+
+// agreement returns the first broken invariant, or "".
+func agreement(nodes []*Node, repos []string) string {
+	ctx := context.Background()
+	for _, repo := range repos {
+		var want map[string]string // tag → digest on the first node
+		for i, n := range nodes {
+			c := NewClient(n.URL())
+			status, _, body, err := c.Get(ctx, "/v2/"+repo+"/tags/list", nil)
+			if err != nil || status != http.StatusOK {
+				return fmt.Sprintf("%s: tags of %s: %d %v", n.Host(), repo, status, err)
+			}
+			var list struct{ Tags []string }
+			if err := json.Unmarshal(body, &list); err != nil {
+				return fmt.Sprintf("%s: tags of %s: %v", n.Host(), repo, err)
+			}
+			got := map[string]string{}
+			for _, tag := range list.Tags {
+				_, _, d, err := c.GetManifest(ctx, repo, tag)
+				if err != nil {
+					return fmt.Sprintf("%s: %s:%s is listed but not served: %v", n.Host(), repo, tag, err)
+				}
+				if _, _, _, err := c.GetManifest(ctx, repo, d); err != nil {
+					return fmt.Sprintf("%s: %s:%s points at %s, which it does not serve: %v", n.Host(), repo, tag, d, err)
+				}
+				got[tag] = d
+			}
+			if i == 0 {
+				want = got
+				continue
+			}
+			if len(got) != len(want) {
+				return fmt.Sprintf("%s lists %d tags in %s, %s lists %d", n.Host(), len(got), repo, nodes[0].Host(), len(want))
+			}
+			for tag, d := range want {
+				if got[tag] != d {
+					return fmt.Sprintf("%s:%s is %q on %s but %q on %s", repo, tag, got[tag], n.Host(), d, nodes[0].Host())
+				}
+			}
+		}
+	}
+	return ""
+}

@@ -212,10 +212,11 @@ func TestClusterLeaderKilledDuringPushes(t *testing.T) {
 			}
 		}
 	}
-	// The survivors still take writes.
+	// The survivors still take writes, and agree on every tag.
 	if _, err := testnet.NewClient(live[0].URL()).PutManifest(ctx, repo, "after", ocispec.MediaTypeImageManifest, manifest("after")); err != nil {
 		t.Errorf("push after failover: %v", err)
 	}
+	testnet.AssertAgree(t, live, 10*time.Second, repo)
 }
 
 // deleteRef deletes a manifest reference (a tag or a digest) through the API.
@@ -365,22 +366,43 @@ func TestClusterLaggingNodeCatchesUpBySnapshot(t *testing.T) {
 	}
 
 	lagging.Restart()
-	last := fmt.Sprintf("t%d", writes-1)
-	want := tagOn(ctx, leader, repo, last)
-	if !testnet.Eventually(60*time.Second, func() bool { return tagOn(ctx, lagging, repo, last) == want }) {
-		t.Fatalf("the restarted node never caught up: %s is %q, want %q", last, tagOn(ctx, lagging, repo, last), want)
-	}
-	for _, i := range []int{0, 1, 4999, 9998} {
+	// The writes went in concurrently, so the tags' log order is not their
+	// numbering: wait for several.
+	for _, i := range []int{0, 1, 4999, 9998, writes - 1} {
 		tag := fmt.Sprintf("t%d", i)
-		if got, want := tagOn(ctx, lagging, repo, tag), tagOn(ctx, leader, repo, tag); got != want || got == "" {
-			t.Errorf("after catching up, %s is %q on the restarted node, %q on the leader", tag, got, want)
+		want := tagOn(ctx, leader, repo, tag)
+		if !testnet.Eventually(60*time.Second, func() bool { return tagOn(ctx, lagging, repo, tag) == want }) || want == "" {
+			t.Fatalf("the restarted node never caught up: %s is %q, want %q", tag, tagOn(ctx, lagging, repo, tag), want)
 		}
 	}
+	testnet.AssertAgree(t, nodes, 30*time.Second, repo)
 	log, _, err := testnet.TailFile(lagging.LogPath(), 100000)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(strings.ToLower(log), "installed remote snapshot") {
 		t.Errorf("the restarted node caught up without installing a snapshot (log compacted? trailing logs too large?)")
+	}
+}
+
+// TestClusterLeaderStopHandsOver stops the leader with SIGTERM: it hands
+// leadership to another voter before it exits, and writes go on.
+func TestClusterLeaderStopHandsOver(t *testing.T) {
+	testnet.RequireProcess(t)
+	nodes := testnet.StartCluster(t, 3, testnet.Options{})
+	leader, followers := testnet.Leader(t, nodes, 10*time.Second)
+	leader.Stop()
+	log, _, err := testnet.TailFile(leader.LogPath(), 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(log, "handed leadership over before stopping") {
+		t.Errorf("the stopped leader did not hand leadership over; its log ends:\n%s", log)
+	}
+	testnet.Leader(t, followers, 5*time.Second)
+	c := testnet.NewClient(followers[0].URL())
+	manifest := smallImage(t, c, "e2e/handover")
+	if _, err := c.PutManifest(t.Context(), "e2e/handover", "v1", ocispec.MediaTypeImageManifest, manifest("1")); err != nil {
+		t.Fatalf("write after the leader stopped: %v", err)
 	}
 }

@@ -100,6 +100,11 @@ func TestClusterPartitionMinorityRefusesWrites(t *testing.T) {
 			t.Errorf("node %s serves a write the minority refused: %s", n.Host(), got)
 		}
 	}
+	var all []*testnet.Node
+	for _, n := range nodes {
+		all = append(all, n.Node)
+	}
+	testnet.AssertAgree(t, all, 20*time.Second, repo)
 }
 
 // put pushes a manifest and returns the status and body.
