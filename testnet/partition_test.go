@@ -177,10 +177,15 @@ func TestClusterKeyKeepsStrangersOut(t *testing.T) {
 			t.Errorf("%s: the cluster has %d members, want its 2", name, len(ls.Raft.Members))
 		}
 	}
-	// A third node with the key joins.
+	// A third node with the key joins, naming a member by its multiaddr
+	// this time rather than its API URL.
+	st, err := nodes[1].Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg := node.DefaultConfig()
 	cfg.P2P.PrivateNetworkKey = clusterKey
-	cfg.Join = []string{nodes[0].URL()}
+	cfg.Join = []string{st.RaftAddress}
 	member := testnet.StartInProcessNode(t, cfg)
 	testnet.WaitConverged(t, []*testnet.Node{nodes[0].Node, nodes[1].Node, member.Node}, 3, 3, 30*time.Second)
 }
