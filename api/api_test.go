@@ -23,6 +23,7 @@ import (
 
 	"github.com/meshreg/meshreg/api"
 	"github.com/meshreg/meshreg/node"
+	"github.com/meshreg/meshreg/testnet/tlog"
 )
 
 // registry is a real node (blob store and Raft metadata on disk) served by
@@ -37,7 +38,7 @@ type registry struct {
 
 func newRegistry(t testing.TB, dir string, tweak func(*api.Config)) *registry {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	log := tlog.Logger(t, slog.LevelWarn)
 	cfg := node.DefaultConfig()
 	cfg.DataDir = dir
 	cfg.P2P.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
@@ -70,13 +71,6 @@ func (r *registry) close() {
 		r.t.Errorf("closing node: %v", err)
 	}
 	r.srv = nil
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
 }
 
 // do sends a request and returns the response with its body read.

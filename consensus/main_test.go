@@ -5,12 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"testing"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
 	"go.uber.org/goleak"
+
+	"github.com/meshreg/meshreg/testnet/tlog"
 )
 
 func TestMain(m *testing.M) {
@@ -18,17 +19,7 @@ func TestMain(m *testing.M) {
 }
 
 // testLogger sends logs to t.Log, so they show only when a test fails.
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
+func testLogger(t testing.TB) *slog.Logger { return tlog.Logger(t, slog.LevelInfo) }
 
 func testConfig(t testing.TB, dir string) Config {
 	cfg := DefaultConfig()

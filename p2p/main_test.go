@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -16,6 +15,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"go.uber.org/goleak"
+
+	"github.com/meshreg/meshreg/testnet/tlog"
 )
 
 func TestMain(m *testing.M) {
@@ -23,17 +24,7 @@ func TestMain(m *testing.M) {
 }
 
 // testLogger sends logs to t.Log, so they show only when a test fails.
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
+func testLogger(t testing.TB) *slog.Logger { return tlog.Logger(t, slog.LevelDebug) }
 
 // testConfig listens on loopback TCP and QUIC with ephemeral ports.
 func testConfig(t testing.TB, dir string) Config {

@@ -16,6 +16,8 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/meshreg/meshreg/testnet/tlog"
 )
 
 // countFSM adds each command's uint64 to a counter. Test-only.
@@ -70,12 +72,12 @@ func startRaftCluster(t *testing.T, hosts []*Host) *raftCluster {
 		conf.ElectionTimeout = 300 * time.Millisecond
 		conf.LeaderLeaseTimeout = 150 * time.Millisecond
 		conf.CommitTimeout = 5 * time.Millisecond
-		conf.Logger = hclog.New(&hclog.LoggerOptions{Name: fmt.Sprintf("raft-%d", i), Output: tWriter{t}, Level: hclog.Info})
+		conf.Logger = hclog.New(&hclog.LoggerOptions{Name: fmt.Sprintf("raft-%d", i), Output: tlog.Writer{T: t}, Level: hclog.Info})
 		layer := NewRaftStreamLayer(h)
 		if got, want := layer.Addr().String(), h.RaftAddress(); got != want || !strings.HasSuffix(got, "/p2p/"+h.ID().String()) || !strings.Contains(got, "/tcp/") {
 			t.Errorf("layer Addr %s, want %s: a TCP multiaddr ending in /p2p/<id>", got, want)
 		}
-		trans := raft.NewNetworkTransport(layer, 3, 2*time.Second, tWriter{t})
+		trans := raft.NewNetworkTransport(layer, 3, 2*time.Second, tlog.Writer{T: t})
 		logs, stable, snaps := raft.NewInmemStore(), raft.NewInmemStore(), raft.NewInmemSnapshotStore()
 		if err := raft.BootstrapCluster(conf, logs, stable, snaps, trans, raft.Configuration{Servers: servers}); err != nil {
 			t.Fatalf("BootstrapCluster %d: %v", i, err)

@@ -16,6 +16,7 @@ import (
 	"github.com/meshreg/meshreg/api"
 	"github.com/meshreg/meshreg/node"
 	"github.com/meshreg/meshreg/p2p"
+	"github.com/meshreg/meshreg/testnet/tlog"
 )
 
 // InProcessNode is a real node (badger, Raft over libp2p, HTTP API) running
@@ -111,7 +112,7 @@ func StartInProcessNode(t testing.TB, cfg node.Config) *InProcessNode {
 // listener if nil).
 func startInProcess(t testing.TB, cfg node.Config, ln net.Listener) *InProcessNode {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(tLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	log := tlog.Logger(t, slog.LevelWarn)
 	n, err := node.Open(cfg, log)
 	if err != nil {
 		t.Fatalf("testnet: in-process node: %v", err)
@@ -173,11 +174,4 @@ func cut(t testing.TB, a, b []*InProcessNode, block bool) {
 			}
 		}
 	}
-}
-
-type tLogWriter struct{ t testing.TB }
-
-func (w tLogWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
 }
