@@ -195,24 +195,40 @@ func (n *Node) changeMembership(ctx context.Context, req memberRequest) error {
 
 // isMember reports whether this node is in the Raft configuration it knows.
 func (n *Node) isMember() bool {
+	_, ok := n.memberAddress()
+	return ok
+}
+
+// memberAddress is this node's Raft address in the configuration it knows,
+// ok false if it is not a member.
+func (n *Node) memberAddress() (string, bool) {
 	members, err := n.meta.Members()
 	if err != nil {
-		return false
+		return "", false
 	}
 	for _, m := range members {
 		if m.ID == n.host.ID().String() {
-			return true
+			return m.Address, true
 		}
 	}
-	return false
+	return "", false
 }
 
 // joinLoop asks the --join targets, in turn, to add this node until one
-// does or ctx ends. A node that already is a member (a restart) does not ask
+// does or ctx ends. A restarted member asks again only if its Raft address
+// changed (a new IP or port): the leader then records the new address and
+// keeps its suffrage. Otherwise a node that already is a member does not ask
 // again.
 func (n *Node) joinLoop(ctx context.Context) {
-	if len(n.cfg.Join) == 0 || n.isMember() {
+	if len(n.cfg.Join) == 0 {
 		return
+	}
+	if addr, ok := n.memberAddress(); ok {
+		if addr == n.host.RaftAddress() {
+			return
+		}
+		n.log.Info("this node's Raft address changed since it joined; asking the leader to record the new one",
+			"old", addr, "new", n.host.RaftAddress())
 	}
 	for attempt := 1; ; attempt++ {
 		for _, target := range n.cfg.Join {

@@ -21,6 +21,7 @@ type NodeStatus struct {
 		AppliedIndex uint64 `json:"applied_index"`
 		Members      []struct {
 			ID       string `json:"id"`
+			Address  string `json:"address"`
 			Suffrage string `json:"suffrage"`
 		} `json:"members"`
 	} `json:"raft"`

@@ -406,3 +406,56 @@ func TestClusterLeaderStopHandsOver(t *testing.T) {
 		t.Fatalf("write after the leader stopped: %v", err)
 	}
 }
+
+// TestClusterMemberComesBackOnANewAddress restarts a follower on another
+// libp2p port: it tells the leader its new address and takes part again.
+func TestClusterMemberComesBackOnANewAddress(t *testing.T) {
+	testnet.RequireProcess(t)
+	nodes := testnet.StartCluster(t, 3, testnet.Options{})
+	leader, followers := testnet.Leader(t, nodes, 10*time.Second)
+	moved := followers[0]
+	before, err := moved.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved.RestartOnNewP2PPort()
+	after, err := moved.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.RaftAddress == before.RaftAddress {
+		t.Fatalf("the node kept its address %s", after.RaftAddress)
+	}
+	// The leader records the new address, and the node is a voter still.
+	ok := testnet.Eventually(20*time.Second, func() bool {
+		st, err := leader.Status(t.Context())
+		if err != nil {
+			return false
+		}
+		for _, m := range st.Raft.Members {
+			if m.ID == after.NodeID {
+				return m.Suffrage == "Voter" && m.Address == after.RaftAddress
+			}
+		}
+		return false
+	})
+	if !ok {
+		st, _ := leader.Status(t.Context())
+		t.Fatalf("the leader did not record %s for %s: %+v", after.RaftAddress, after.NodeID, st.Raft.Members)
+	}
+	// Writes through the moved node work, and it sees writes made elsewhere.
+	const repo = "e2e/moved"
+	c := testnet.NewClient(moved.URL())
+	manifest := smallImage(t, c, repo)
+	if _, err := c.PutManifest(t.Context(), repo, "v1", ocispec.MediaTypeImageManifest, manifest("1")); err != nil {
+		t.Fatalf("write through the moved node: %v", err)
+	}
+	d, err := testnet.NewClient(leader.URL()).PutManifest(t.Context(), repo, "v2", ocispec.MediaTypeImageManifest, manifest("2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !testnet.Eventually(10*time.Second, func() bool { return tagOn(t.Context(), moved, repo, "v2") == d.String() }) {
+		t.Error("the moved node does not receive new writes")
+	}
+	testnet.AssertAgree(t, nodes, 10*time.Second, repo)
+}

@@ -299,3 +299,19 @@ func FreeAddr() (string, error) {
 	l.Close()
 	return addr, nil
 }
+
+// RestartOnNewP2PPort restarts the node (SIGTERM, then start) on a new
+// libp2p port, as a pod that comes back with a new address does.
+func (n *Node) RestartOnNewP2PPort() {
+	n.t.Helper()
+	n.requireProcess("restart")
+	n.Stop()
+	addr, err := FreeAddr()
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.mu.Lock()
+	_, n.p2pPort, _ = net.SplitHostPort(addr)
+	n.mu.Unlock()
+	n.Restart()
+}
