@@ -70,15 +70,15 @@ func (f *forwarder) Forward(ctx context.Context, leader consensus.Server, cmd []
 	if res.Code != "" {
 		return &consensus.ForwardError{Code: res.Code, Msg: res.Msg}
 	}
-	return f.waitApplied(ctx, res.Index)
+	return waitApplied(ctx, f.applied, res.Index)
 }
 
-// waitApplied waits until this node has applied the log up to index, so the
-// write it forwarded is visible here too.
-func (f *forwarder) waitApplied(ctx context.Context, index uint64) error {
+// waitApplied waits until applied (this node's applied index) reaches
+// index: a write the leader applied at index is then visible here too.
+func waitApplied(ctx context.Context, applied func() uint64, index uint64) error {
 	t := time.NewTicker(2 * time.Millisecond)
 	defer t.Stop()
-	for f.applied() < index {
+	for applied() < index {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("the leader committed the write, but this node has not applied it yet: %w", ctx.Err())
@@ -460,6 +460,5 @@ func (n *Node) catchUp(ctx context.Context) error {
 	if err := json.Unmarshal(resp, &res); err != nil || res.Error != "" {
 		return fmt.Errorf("asking leader %s for its index: %v %s", id, err, res.Error)
 	}
-	fw := forwarder{applied: n.meta.AppliedIndex}
-	return fw.waitApplied(ctx, res.Index)
+	return waitApplied(ctx, n.meta.AppliedIndex, res.Index)
 }
