@@ -285,3 +285,44 @@ func syncDir(dir string) error {
 	}
 	return nil
 }
+
+// errStopWalk ends a Walk early without an error.
+var errStopWalk = errors.New("stop walk")
+
+// Walk calls fn for every blob the store holds, in no particular order,
+// until fn returns false. Blobs committed or deleted during the walk may or
+// may not be seen.
+func (s *Store) Walk(fn func(d digest.Digest, size int64) bool) error {
+	for _, alg := range []digest.Algorithm{digest.SHA256, digest.SHA512} {
+		err := filepath.WalkDir(filepath.Join(s.root, "blobs", string(alg)), func(path string, e fs.DirEntry, err error) error {
+			if err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					return nil // removed while walking
+				}
+				return err
+			}
+			if !e.Type().IsRegular() {
+				return nil
+			}
+			d := digest.NewDigestFromEncoded(alg, e.Name())
+			if validate(d) != nil {
+				return nil // not a blob of ours
+			}
+			fi, err := e.Info()
+			if err != nil {
+				return nil // deleted since listed
+			}
+			if !fn(d, fi.Size()) {
+				return errStopWalk
+			}
+			return nil
+		})
+		if errors.Is(err, errStopWalk) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("blobstore: walk: %w", err)
+		}
+	}
+	return nil
+}

@@ -8,13 +8,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshreg/meshreg/api"
@@ -55,6 +59,23 @@ type Config struct {
 	Version string
 	// Consensus tunes the metadata store; Dir and NodeID are filled in.
 	Consensus consensus.Config
+
+	// Region and Zone say where the node runs; a node fetches blobs from
+	// peers in its own zone first, then its own region.
+	Region, Zone string
+	// Replicas is how many nodes must hold every blob of a manifest before
+	// the manifest PUT is acknowledged (fewer when fewer nodes are live).
+	Replicas int
+	// RepairInterval is how often the node checks that the blobs it holds
+	// still have Replicas live copies, and has missing ones made.
+	RepairInterval time.Duration
+	// ReprovideInterval is how often the node announces every blob it
+	// holds in the DHT again (records expire after 48 h).
+	ReprovideInterval time.Duration
+	// ServeFault, when set, wraps the bytes this node sends to peers. The
+	// testnet harness uses it to make a corrupt or slow peer; it is nil in
+	// production.
+	ServeFault func(d digest.Digest, r io.Reader) io.Reader
 }
 
 // DefaultConfig returns the configuration of `meshreg serve` with no flags.
@@ -67,6 +88,9 @@ func DefaultConfig() Config {
 		UploadIdleTimeout: time.Hour,
 		Version:           "dev",
 		Consensus:         consensus.DefaultConfig(),
+		Replicas:          2,
+		RepairInterval:    time.Minute,
+		ReprovideInterval: 12 * time.Hour,
 	}
 }
 
@@ -83,6 +107,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("node: dead server timeout must be positive, got %s", c.DeadServerTimeout)
 	case c.UploadIdleTimeout <= 0:
 		return fmt.Errorf("node: upload idle timeout must be positive, got %s", c.UploadIdleTimeout)
+	case c.Replicas < 1:
+		return fmt.Errorf("node: replicas must be at least 1, got %d", c.Replicas)
+	case c.RepairInterval <= 0:
+		return fmt.Errorf("node: repair interval must be positive, got %s", c.RepairInterval)
+	case c.ReprovideInterval <= 0:
+		return fmt.Errorf("node: reprovide interval must be positive, got %s", c.ReprovideInterval)
 	}
 	return nil
 }
@@ -93,8 +123,23 @@ type Node struct {
 	blobs   *blobstore.Store
 	meta    *consensus.Store
 	host    *p2p.Host
+	routing *p2p.Routing
 	log     *slog.Logger
 	started time.Time
+	metrics *nodeMetrics
+	peers   *peerBook
+
+	// ctx ends at Close; background work started by requests (fetches,
+	// announcements) runs under it and is tracked by bg.
+	ctx    context.Context
+	cancel context.CancelFunc
+	bg     sync.WaitGroup
+
+	fetchMu         sync.Mutex
+	fetches         map[digest.Digest]*fetch          // in progress
+	providerCache   map[digest.Digest]providerEntry   // recent DHT lookups
+	serving         map[digest.Digest]map[peer.ID]int // peers this node sends each blob to
+	underReplicated atomic.Int64                      // after the last repair sweep
 
 	mu      sync.Mutex
 	uploads map[string]string // upload id → repository it was opened for
@@ -145,18 +190,34 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 		return nil, fmt.Errorf("node: opening metadata in %s: %w", cc.Dir, err)
 	}
 	fw.applied = meta.AppliedIndex
-	n = New(cfg, blobs, meta, host, log)
+	routing, err := p2p.NewRouting(host, log.With("component", "dht"))
+	if err != nil {
+		_ = meta.Close()
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	n = New(cfg, blobs, meta, host, routing, log)
 	host.HandleRequests(forwardProtocol, maxForwardLen, rpcTimeout, n.serveForwarded)
 	host.HandleRequests(memberProtocol, maxControlLen, rpcTimeout, n.serveMember)
 	host.HandleRequests(helloProtocol, maxControlLen, rpcTimeout, n.serveHello)
 	host.HandleRequests(indexProtocol, maxControlLen, rpcTimeout, n.serveIndex)
+	host.HandleRequests(infoProtocol, maxControlLen, rpcTimeout, n.serveInfo)
+	host.HandleRequests(hasProtocol, maxControlLen, rpcTimeout, n.serveHas)
+	host.HandleRequests(replicateProtocol, maxControlLen, replicateTimeout, n.serveReplicate)
+	host.ServeBlobs(peerIdle, n.serveBlob)
 	return n, nil
 }
 
-// New returns a node over an open blob store, metadata store and libp2p
-// host; Close closes the last two.
-func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Host, log *slog.Logger) *Node {
-	return &Node{cfg: cfg, blobs: blobs, meta: meta, host: host, log: log, started: time.Now(), uploads: map[string]string{}, seen: map[string]string{}, lastContact: map[string]time.Time{}}
+// New returns a node over an open blob store, metadata store, libp2p host
+// and DHT; Close closes the last three.
+func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Host, routing *p2p.Routing, log *slog.Logger) *Node {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Node{
+		cfg: cfg, blobs: blobs, meta: meta, host: host, routing: routing, log: log,
+		started: time.Now(), metrics: newNodeMetrics(), peers: newPeerBook(peerLabels{Region: cfg.Region, Zone: cfg.Zone}),
+		ctx: ctx, cancel: cancel,
+		fetches: map[digest.Digest]*fetch{}, providerCache: map[digest.Digest]providerEntry{}, serving: map[digest.Digest]map[peer.ID]int{},
+		uploads: map[string]string{}, seen: map[string]string{}, lastContact: map[string]time.Time{},
+	}
 }
 
 // Run runs the node's background loops until ctx ends: joining the
@@ -164,7 +225,10 @@ func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Ho
 func (n *Node) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Add(2)
+	wg.Add(5)
+	go func() { defer wg.Done(); n.meshLoop(ctx) }()
+	go func() { defer wg.Done(); n.repairLoop(ctx) }()
+	go func() { defer wg.Done(); n.provideLoop(ctx) }()
 	go func() {
 		defer wg.Done()
 		if n.cfg.BootstrapExpect > 1 {
@@ -216,7 +280,10 @@ func (n *Node) Close() error {
 		}
 		cancel()
 	}
-	return errors.Join(wrapErr("closing metadata", n.meta.Close()), wrapErr("closing the libp2p host", n.host.Close()))
+	n.cancel()
+	n.bg.Wait()
+	return errors.Join(wrapErr("closing metadata", n.meta.Close()), wrapErr("closing the DHT", n.routing.Close()),
+		wrapErr("closing the libp2p host", n.host.Close()))
 }
 
 // alone reports whether this node is the only voter.
@@ -260,6 +327,13 @@ type Status struct {
 	Blobs       BlobStatus       `json:"blobs"`
 	Raft        consensus.Status `json:"raft"`
 	Uploads     int              `json:"uploads_in_progress"`
+	Region      string           `json:"region,omitempty"`
+	Zone        string           `json:"zone,omitempty"`
+	Replicas    int              `json:"replicas"`
+	// DHTPeers is the size of the DHT routing table.
+	DHTPeers int `json:"dht_peers"`
+	// PenalisedPeers sent blob bytes that failed the digest recently.
+	PenalisedPeers []string `json:"penalised_peers"`
 	// MemberLastContact is when this node last had a libp2p connection to
 	// each member (checked every second).
 	MemberLastContact map[string]time.Time `json:"member_last_contact"`
@@ -269,10 +343,19 @@ type Status struct {
 type BlobStatus struct {
 	Count int64 `json:"count"`
 	Bytes int64 `json:"bytes"`
+	// Fetching is how many blobs are being fetched from peers now.
+	Fetching int `json:"fetching"`
+	// UnderReplicated is how many of the blobs this node holds had fewer
+	// than min(replicas, live nodes) live copies at the last repair sweep
+	// (-1: no sweep yet).
+	UnderReplicated int64 `json:"under_replicated"`
 }
 
 func (n *Node) Status(ctx context.Context) any {
 	count, bytes := n.blobs.Stats()
+	n.fetchMu.Lock()
+	fetching := len(n.fetches)
+	n.fetchMu.Unlock()
 	n.mu.Lock()
 	uploads := len(n.uploads)
 	contacts := maps.Clone(n.lastContact)
@@ -288,9 +371,15 @@ func (n *Node) Status(ctx context.Context) any {
 		Version:     n.cfg.Version,
 		DataDir:     n.cfg.DataDir,
 		Uptime:      time.Since(n.started).Round(time.Second).String(),
-		Blobs:       BlobStatus{Count: count, Bytes: bytes},
+		Blobs:       BlobStatus{Count: count, Bytes: bytes, Fetching: fetching, UnderReplicated: n.underReplicated.Load()},
 		Raft:        n.meta.Status(),
 		Uploads:     uploads,
+		Region:      n.cfg.Region,
+		Zone:        n.cfg.Zone,
+		Replicas:    n.cfg.Replicas,
+		DHTPeers:    n.routing.RoutingTableSize(),
+
+		PenalisedPeers: n.peers.penalisedPeers(),
 
 		MemberLastContact: contacts,
 	}
@@ -305,7 +394,12 @@ func (n *Node) RegisterMetrics(reg prometheus.Registerer) {
 			func() float64 { _, b := n.blobs.Stats(); return float64(b) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_raft_applied_index", Help: "Last Raft log index applied to the metadata store."},
 			func() float64 { return float64(n.meta.Status().AppliedIndex) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_dht_routing_table_peers", Help: "Peers in this node's DHT routing table."},
+			func() float64 { return float64(n.routing.RoutingTableSize()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_blobs_under_replicated", Help: "Blobs held here with fewer live copies than min(replicas, live nodes) at the last repair sweep (-1: none yet)."},
+			func() float64 { return float64(n.underReplicated.Load()) }),
 	)
+	reg.MustRegister(n.metrics.collectors()...)
 }
 
 // Host is the node's libp2p host; the testnet harness partitions nodes

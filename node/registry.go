@@ -57,6 +57,13 @@ func (n *Node) PutManifest(ctx context.Context, repo, reference, contentType str
 			return "", "", err
 		}
 	}
+	refs := make([]blobRef, len(p.blobs))
+	for i, b := range p.blobs {
+		refs[i] = blobRef{d: b.Digest, size: b.Size}
+	}
+	if err := n.ensureReplicas(ctx, refs); err != nil {
+		return "", "", err
+	}
 	rec := consensus.ManifestRecord{
 		Repo:         repo,
 		Digest:       d,
@@ -134,19 +141,24 @@ func (n *Node) Referrers(ctx context.Context, repo string, subject digest.Digest
 	return descs, metaError(err, oci.Unknown, "")
 }
 
+// StatBlob answers from the metadata: a blob linked to the repository
+// exists in the registry, on this node or on peers.
 func (n *Node) StatBlob(ctx context.Context, repo string, d digest.Digest) (int64, error) {
-	if _, err := n.meta.BlobLink(repo, d); err != nil {
+	size, err := n.meta.BlobLink(repo, d)
+	if err != nil {
 		if m, merr := n.meta.Manifest(repo, d); merr == nil {
 			return int64(len(m.Body)), nil
 		}
 		return 0, metaError(err, oci.BlobUnknown, "blob "+d.String()+" is not in repository "+repo)
 	}
-	size, err := n.blobs.Stat(d)
-	return size, blobError(err, d)
+	return size, nil
 }
 
+// OpenBlob reads a blob from this node's disk, or else from peers: the
+// client's response streams while the fetch writes the blob here.
 func (n *Node) OpenBlob(ctx context.Context, repo string, d digest.Digest) (io.ReadSeekCloser, int64, error) {
-	if _, err := n.meta.BlobLink(repo, d); err != nil {
+	linked, err := n.meta.BlobLink(repo, d)
+	if err != nil {
 		// Manifests are content too: serve one that is asked for as a blob,
 		// as CNCF Distribution does.
 		if m, merr := n.meta.Manifest(repo, d); merr == nil {
@@ -155,9 +167,17 @@ func (n *Node) OpenBlob(ctx context.Context, repo string, d digest.Digest) (io.R
 		return nil, 0, metaError(err, oci.BlobUnknown, "blob "+d.String()+" is not in repository "+repo)
 	}
 	f, size, err := n.blobs.Open(d)
+	if errors.Is(err, blobstore.ErrNotFound) {
+		r, err := n.openFetched(ctx, d, linked)
+		if err != nil {
+			return nil, 0, err
+		}
+		return r, linked, nil
+	}
 	if err != nil {
 		return nil, 0, blobError(err, d)
 	}
+	n.metrics.reads.WithLabelValues("local").Inc()
 	return f, size, nil
 }
 
@@ -177,7 +197,13 @@ func (n *Node) PutBlob(ctx context.Context, repo string, d digest.Digest, r io.R
 	if err != nil {
 		return 0, blobError(err, d)
 	}
+	n.announce(d)
 	return size, n.link(ctx, repo, d, size)
+}
+
+// announce tells the DHT, in the background, that this node holds d.
+func (n *Node) announce(d digest.Digest) {
+	n.bg.Go(func() { n.provide(d) })
 }
 
 func (n *Node) link(ctx context.Context, repo string, d digest.Digest, size int64) error {
@@ -185,14 +211,18 @@ func (n *Node) link(ctx context.Context, repo string, d digest.Digest, size int6
 	return metaError(err, oci.BlobUnknown, "linking blob "+d.String()+" to repository "+repo)
 }
 
+// MountBlob links d into repo when repository from links it (the bytes
+// may be on peers), or, with no from, when this node holds it.
 func (n *Node) MountBlob(ctx context.Context, repo, from string, d digest.Digest) (bool, error) {
 	if from != "" {
-		if _, err := n.meta.BlobLink(from, d); err != nil {
-			if errors.Is(err, consensus.ErrNotFound) {
-				return false, nil
-			}
+		size, err := n.meta.BlobLink(from, d)
+		if errors.Is(err, consensus.ErrNotFound) {
+			return false, nil
+		}
+		if err != nil {
 			return false, metaError(err, oci.BlobUnknown, "")
 		}
+		return true, n.link(ctx, repo, d, size)
 	}
 	size, err := n.blobs.Stat(d)
 	if errors.Is(err, blobstore.ErrNotFound) {
@@ -265,6 +295,7 @@ func (n *Node) FinishUpload(ctx context.Context, repo, id string, d digest.Diges
 	if err != nil {
 		return 0, blobError(err, d)
 	}
+	n.announce(d)
 	n.forget(id)
 	return size, n.link(ctx, repo, d, size)
 }

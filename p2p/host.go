@@ -155,8 +155,12 @@ func NewHost(cfg Config) (*Host, error) {
 	opts := []libp2p.Option{
 		libp2p.Identity(key),
 		libp2p.Transport(tcp.NewTCPTransport),
-		libp2p.Security(noise.ID, noise.New),
+		// TLS first: it moved blob bytes 10-25% faster than Noise with less
+		// CPU on these machines (AES-GCM in hardware; see the data path
+		// benchmark in datapath_bench_test.go). Noise stays for peers that
+		// prefer it.
 		libp2p.Security(libp2ptls.ID, libp2ptls.New),
+		libp2p.Security(noise.ID, noise.New),
 		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
 		libp2p.ConnectionManager(cm),
 		libp2p.ResourceManager(rm),

@@ -32,10 +32,11 @@ type InProcessNode struct {
 }
 
 // StartInProcessCluster starts size in-process nodes on loopback: the first
-// bootstraps, the others join it. It returns once they agree on a leader
-// and have min(size, voters) voters (--voters, 3 unless tweak changes it);
-// the nodes close when the test ends.
-func StartInProcessCluster(t testing.TB, size int, tweak func(*node.Config)) []*InProcessNode {
+// bootstraps, the others join it. tweak, if set, edits node i's config.
+// It returns once they agree on a leader and have min(size, voters) voters
+// (--voters, 3 unless tweak changes it); the nodes close when the test
+// ends.
+func StartInProcessCluster(t testing.TB, size int, tweak func(i int, c *node.Config)) []*InProcessNode {
 	t.Helper()
 	var nodes []*InProcessNode
 	voters := 0
@@ -48,7 +49,7 @@ func StartInProcessCluster(t testing.TB, size int, tweak func(*node.Config)) []*
 			cfg.Join = []string{nodes[0].URL()}
 		}
 		if tweak != nil {
-			tweak(&cfg)
+			tweak(i, &cfg)
 		}
 		voters = cfg.Voters
 		nodes = append(nodes, startInProcess(t, cfg, nil))
@@ -117,7 +118,9 @@ func startInProcess(t testing.TB, cfg node.Config, ln net.Listener) *InProcessNo
 	if err != nil {
 		t.Fatalf("testnet: in-process node: %v", err)
 	}
-	h, err := api.New(api.DefaultConfig(), n, n, api.NewMetrics(prometheus.NewRegistry()), log)
+	reg := prometheus.NewRegistry()
+	n.RegisterMetrics(reg)
+	h, err := api.New(api.DefaultConfig(), n, n, api.NewMetrics(reg), log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,7 +21,7 @@ import (
 // three elect a leader and take writes, and after the heal all five agree
 // with the majority.
 func TestClusterPartitionMinorityRefusesWrites(t *testing.T) {
-	nodes := testnet.StartInProcessCluster(t, 5, func(c *node.Config) { c.Voters = 5 })
+	nodes := testnet.StartInProcessCluster(t, 5, func(_ int, c *node.Config) { c.Voters = 5 })
 	ctx := t.Context()
 	const repo = "e2e/partition"
 	c0 := testnet.NewClient(nodes[0].URL())
@@ -154,7 +154,7 @@ func TestClusterKeyKeepsStrangersOut(t *testing.T) {
 		return k
 	}
 	clusterKey := key()
-	nodes := testnet.StartInProcessCluster(t, 2, func(c *node.Config) { c.P2P.PrivateNetworkKey = clusterKey })
+	nodes := testnet.StartInProcessCluster(t, 2, func(_ int, c *node.Config) { c.P2P.PrivateNetworkKey = clusterKey })
 
 	for name, k := range map[string][]byte{"no key": nil, "another key": key()} {
 		cfg := node.DefaultConfig()

@@ -62,6 +62,11 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 	cfg.Node.Voters = c.Int("voters")
 	cfg.Node.BootstrapExpect = c.Int("bootstrap-expect")
 	cfg.Node.DeadServerTimeout = c.Duration("dead-server-timeout")
+	cfg.Node.Replicas = c.Int("replicas")
+	cfg.Node.Region = c.String("region")
+	cfg.Node.Zone = c.String("zone")
+	cfg.Node.RepairInterval = c.Duration("repair-interval")
+	cfg.Node.ReprovideInterval = c.Duration("reprovide-interval")
 	if path := c.String("cluster-key"); path != "" {
 		key, err := p2p.LoadPrivateNetworkKey(path)
 		if err != nil {

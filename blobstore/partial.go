@@ -1,0 +1,251 @@
+package blobstore
+
+import (
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// ErrPartialFailed is what readers of a Partial get once its writer gave up
+// (the fetch failed or its bytes did not match the digest).
+var ErrPartialFailed = errors.New("blob fetch failed")
+
+// Partial is a blob of known digest and size being written by one writer (a
+// fetch from a peer) while any number of readers read it (the client that
+// asked for it, other peers fetching it from this node). A reader behind the
+// writer waits for more bytes instead of failing, which is what lets nodes
+// that fetch the same new blob at once feed each other.
+//
+// The last byte is released to readers only after Commit has verified the
+// digest, so no reader ever sees a complete blob that is wrong: when the
+// bytes turn out not to match, readers get ErrPartialFailed before the end.
+type Partial struct {
+	s    *Store
+	d    digest.Digest
+	size int64
+	f    *os.File
+	h    hash.Hash
+
+	mu      sync.Mutex
+	grown   *sync.Cond // broadcast when written or state changes
+	written int64
+	flushed int64 // bytes handed to startWriteback
+	done    bool  // committed or failed
+	err     error // why it failed; nil once committed
+	refs    int   // the writer until done, plus open readers; f closes at 0
+}
+
+// NewPartial starts writing blob d of the given size into a temp file.
+func (s *Store) NewPartial(d digest.Digest, size int64) (*Partial, error) {
+	if err := validate(d); err != nil {
+		return nil, err
+	}
+	if size < 0 {
+		return nil, fmt.Errorf("blobstore: partial %s: negative size %d", d, size)
+	}
+	f, err := os.CreateTemp(s.uploads, "fetch-*")
+	if err != nil {
+		return nil, fmt.Errorf("blobstore: partial %s: %w", d, err)
+	}
+	p := &Partial{s: s, d: d, size: size, f: f, h: d.Algorithm().Hash(), refs: 1}
+	p.grown = sync.NewCond(&p.mu)
+	return p, nil
+}
+
+// Digest is the digest the bytes must match.
+func (p *Partial) Digest() digest.Digest { return p.d }
+
+// Size is the blob's full size.
+func (p *Partial) Size() int64 { return p.size }
+
+// Written is how many bytes the writer has stored so far.
+func (p *Partial) Written() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.written
+}
+
+// Write appends b. Writing past the announced size is an error: the sender
+// is not sending this blob.
+func (p *Partial) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	off, done := p.written, p.done
+	p.mu.Unlock()
+	if done {
+		return 0, fmt.Errorf("blobstore: partial %s: write after the fetch ended", p.d)
+	}
+	if off+int64(len(b)) > p.size {
+		return 0, fmt.Errorf("blobstore: partial %s: %w: more than the %d bytes announced", p.d, ErrDigestMismatch, p.size)
+	}
+	n, err := p.f.WriteAt(b, off)
+	p.h.Write(b[:n])
+	p.mu.Lock()
+	p.written += int64(n)
+	if p.written-p.flushed >= writebackEvery {
+		startWriteback(p.f, p.flushed, p.written-p.flushed)
+		p.flushed = p.written
+	}
+	p.grown.Broadcast()
+	p.mu.Unlock()
+	if err != nil {
+		return n, fmt.Errorf("blobstore: partial %s: %w", p.d, err)
+	}
+	return n, nil
+}
+
+// Commit verifies that all size bytes arrived and match the digest, makes
+// the file durable and moves it into place as the blob. If they do not
+// match, the partial fails (see Fail) and Commit returns an error wrapping
+// ErrDigestMismatch.
+func (p *Partial) Commit() error {
+	p.mu.Lock()
+	written := p.written
+	p.mu.Unlock()
+	var err error
+	switch got := digest.NewDigest(p.d.Algorithm(), p.h); {
+	case written != p.size:
+		err = fmt.Errorf("%w: %d of %d bytes arrived", ErrDigestMismatch, written, p.size)
+	case got != p.d:
+		err = fmt.Errorf("%w: expected %s, got %s", ErrDigestMismatch, p.d, got)
+	default:
+		err = p.f.Sync()
+		if err == nil {
+			err = p.s.commit(p.f.Name(), p.d, p.size)
+		}
+	}
+	if err != nil {
+		err = fmt.Errorf("blobstore: commit fetched %s: %w", p.d, err)
+		p.Fail(err)
+		return err
+	}
+	p.finish(nil)
+	return nil
+}
+
+// Fail ends the write without a blob: the temp file is removed and readers
+// get ErrPartialFailed (wrapping cause) instead of the bytes they wait for.
+func (p *Partial) Fail(cause error) {
+	p.mu.Lock()
+	done := p.done
+	p.mu.Unlock()
+	if done {
+		return
+	}
+	if err := os.Remove(p.f.Name()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		p.s.logger.Warn("blobstore: remove failed fetch", "digest", p.d, "err", err)
+	}
+	p.finish(fmt.Errorf("%w: %w", ErrPartialFailed, cause))
+}
+
+func (p *Partial) finish(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.done {
+		return
+	}
+	p.done, p.err = true, err
+	p.grown.Broadcast()
+	p.release()
+}
+
+// release drops one reference; p.mu is held.
+func (p *Partial) release() {
+	p.refs--
+	if p.refs == 0 {
+		p.f.Close()
+	}
+}
+
+// Err is nil while writing and after a commit, the failure otherwise.
+func (p *Partial) Err() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.err
+}
+
+// NewReader returns a reader of the blob from its first byte. It can seek;
+// reads past what has been written wait for the writer. The reader must be
+// closed. It reports false when the partial has ended and its last reader
+// is gone: then the committed blob is read from the store instead.
+func (p *Partial) NewReader() (io.ReadSeekCloser, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.refs == 0 {
+		return nil, false
+	}
+	p.refs++
+	return &partialReader{p: p}, true
+}
+
+type partialReader struct {
+	p      *Partial
+	off    int64
+	closed bool
+}
+
+func (r *partialReader) Read(b []byte) (int, error) {
+	p := r.p
+	if r.closed {
+		return 0, os.ErrClosed
+	}
+	if r.off >= p.size {
+		return 0, io.EOF
+	}
+	p.mu.Lock()
+	for {
+		// Hold the last byte back until the digest is verified.
+		avail := min(p.written, p.size-1)
+		if p.done && p.err == nil {
+			avail = p.size
+		}
+		if p.err != nil {
+			err := p.err
+			p.mu.Unlock()
+			return 0, err
+		}
+		if r.off < avail {
+			n := min(int64(len(b)), avail-r.off)
+			p.mu.Unlock()
+			m, err := p.f.ReadAt(b[:n], r.off)
+			r.off += int64(m)
+			if err == io.EOF && m > 0 {
+				err = nil
+			}
+			return m, err
+		}
+		p.grown.Wait()
+	}
+}
+
+func (r *partialReader) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += r.off
+	case io.SeekEnd:
+		offset += r.p.size
+	default:
+		return 0, fmt.Errorf("blobstore: seek: bad whence %d", whence)
+	}
+	if offset < 0 {
+		return 0, fmt.Errorf("blobstore: seek to negative offset %d", offset)
+	}
+	r.off = offset
+	return offset, nil
+}
+
+func (r *partialReader) Close() error {
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	r.p.mu.Lock()
+	r.p.release()
+	r.p.mu.Unlock()
+	return nil
+}

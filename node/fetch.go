@@ -1,0 +1,379 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/meshreg/meshreg/api/oci"
+	"github.com/meshreg/meshreg/blobstore"
+	"github.com/meshreg/meshreg/p2p"
+)
+
+const (
+	// peerIdle is how long a peer may send nothing before the fetch
+	// moves on to the next one.
+	peerIdle = 30 * time.Second
+	// fetchTimeout bounds a whole fetch of one blob.
+	fetchTimeout = time.Hour
+	// maxProviders is how many providers one lookup asks the DHT for.
+	maxProviders = 20
+	// providerTTL is how long a lookup's answer is reused.
+	providerTTL = 30 * time.Second
+	// lookupRounds is how many times a fetch looks for providers before it
+	// gives up; provider records of a blob committed a moment ago may not
+	// have reached the DHT yet.
+	lookupRounds = 3
+)
+
+// errNoProvider is a fetch's failure when no peer served the blob.
+var errNoProvider = errors.New("no peer holds it")
+
+// A fetch copies one blob from peers to this node's disk, once, however
+// many clients and peers wait for it. Its bytes go to a blobstore.Partial
+// that those readers follow while it grows.
+type fetch struct {
+	d    digest.Digest
+	size int64
+
+	flowing     chan struct{} // closed when the first bytes arrive, or at done
+	flowingOnce sync.Once
+	done        chan struct{} // closed when the fetch ended
+	err         error         // why it failed; read after done
+
+	mu     sync.Mutex
+	part   *blobstore.Partial // the attempt in progress
+	source peer.ID            // where the bytes come from now
+	depth  int                // hops from a complete copy; 0: no source yet
+}
+
+func (f *fetch) current() *blobstore.Partial {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.part
+}
+
+func (f *fetch) setSource(p peer.ID, depth int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.source, f.depth = p, depth
+}
+
+func (f *fetch) markFlowing() { f.flowingOnce.Do(func() { close(f.flowing) }) }
+
+// startFetch returns the fetch of d in progress, or starts one that tries
+// the peers in hint first, then the providers the DHT names.
+func (n *Node) startFetch(d digest.Digest, size int64, hint []peer.ID) (*fetch, error) {
+	n.fetchMu.Lock()
+	defer n.fetchMu.Unlock()
+	if f := n.fetches[d]; f != nil {
+		return f, nil
+	}
+	part, err := n.blobs.NewPartial(d, size)
+	if err != nil {
+		return nil, err
+	}
+	f := &fetch{d: d, size: size, part: part, flowing: make(chan struct{}), done: make(chan struct{})}
+	n.fetches[d] = f
+	n.bg.Go(func() { n.runFetch(f, hint) })
+	return f, nil
+}
+
+// runFetch fills f from peers until the bytes are verified and committed,
+// or no peer is left to try.
+func (n *Node) runFetch(f *fetch, hint []peer.ID) {
+	ctx, cancel := context.WithTimeout(n.ctx, fetchTimeout)
+	defer cancel()
+	start := time.Now()
+	// Announce at once: peers that start fetching the same blob now find
+	// this node and read what it already has (cut-through).
+	n.bg.Go(func() { n.provide(f.d) })
+
+	err := errNoProvider
+	for round := range lookupRounds {
+		if round > 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Duration(round) * 300 * time.Millisecond):
+			}
+		}
+		if ctx.Err() != nil {
+			err = ctx.Err()
+			break
+		}
+		var done bool
+		done, err = n.fetchFrom(ctx, f, n.candidates(ctx, f.d, hint))
+		if done {
+			break
+		}
+	}
+	n.fetchMu.Lock()
+	delete(n.fetches, f.d)
+	n.fetchMu.Unlock()
+	if err != nil {
+		f.current().Fail(err)
+		f.err = fmt.Errorf("fetching blob %s (%d bytes) from peers: %w", f.d, f.size, err)
+		n.log.Warn("blob fetch failed", "digest", f.d, "size", f.size, "err", err)
+	} else {
+		took := time.Since(start)
+		n.metrics.fetchSeconds.Observe(took.Seconds())
+		n.metrics.fetchRate.Observe(float64(f.size) / max(took.Seconds(), 1e-6))
+		n.log.Info("fetched blob from peers", "digest", f.d, "size", f.size, "took", took.Round(time.Millisecond))
+	}
+	f.markFlowing()
+	close(f.done)
+}
+
+// fetchFrom tries candidates in order, following redirects from busy
+// peers, until the blob is committed (done) or every candidate failed.
+// Bytes from a peer that stops early are kept and the next peer resumes
+// after them; bytes that fail the digest are all dropped, and every peer
+// that sent some is penalised.
+func (n *Node) fetchFrom(ctx context.Context, f *fetch, queue []peer.ID) (done bool, err error) {
+	err = errNoProvider
+	tried := map[peer.ID]bool{n.host.ID(): true}
+	var busy []peer.ID
+	noRedirect := false
+	sent := map[peer.ID]bool{} // peers whose bytes are in the current attempt
+	buf := make([]byte, 1<<20)
+	for {
+		if len(queue) == 0 {
+			if noRedirect || len(busy) == 0 {
+				return false, err
+			}
+			// Everyone was busy: ask them again, insisting.
+			queue, busy, noRedirect = busy, nil, true
+			clear(tried)
+			tried[n.host.ID()] = true
+		}
+		p := queue[0]
+		queue = queue[1:]
+		if tried[p] {
+			continue
+		}
+		tried[p] = true
+		part := f.current()
+		written := part.Written()
+		req := p2p.BlobRequest{Digest: f.d, Offset: written, NoRedirect: noRedirect,
+			// Resuming mid-blob: only a complete copy can continue it
+			// without risking a cycle of peers waiting on one another.
+			CompleteOnly: written > 0}
+		answer, body, ferr := n.host.FetchBlob(ctx, p, req, peerIdle)
+		switch {
+		case ferr != nil:
+			n.dropProvider(f.d, p)
+			err = ferr
+			continue
+		case answer.Status == p2p.BlobBusy:
+			busy = append(busy, p)
+			var redirect []peer.ID
+			for _, s := range answer.Redirect {
+				if id, derr := peer.Decode(s); derr == nil && !tried[id] {
+					redirect = append(redirect, id)
+				}
+			}
+			queue = append(redirect, queue...)
+			continue
+		case answer.Status != p2p.BlobOK:
+			n.dropProvider(f.d, p)
+			err = fmt.Errorf("peer %s: %s %s", p, answer.Status, answer.Message)
+			continue
+		case answer.Size != f.size:
+			body.Close()
+			n.penalise(p, fmt.Sprintf("announced %d bytes, the blob has %d", answer.Size, f.size))
+			continue
+		}
+		f.setSource(p, answer.Depth+1)
+		sent[p] = true
+		_, cerr := io.CopyBuffer(&fetchWriter{f: f, part: part, n: n}, body, buf)
+		body.Close()
+		f.setSource("", 0)
+		if cerr != nil {
+			err = fmt.Errorf("peer %s: %w", p, cerr)
+			if errors.Is(cerr, blobstore.ErrDigestMismatch) { // sent more than the size
+				n.penalise(p, cerr.Error())
+			}
+			n.log.Info("blob fetch from a peer stopped; trying the next", "digest", f.d, "peer", p,
+				"have", part.Written(), "size", f.size, "err", cerr)
+			continue
+		}
+		if part.Written() < f.size {
+			err = fmt.Errorf("peer %s: stream ended at %d of %d bytes", p, part.Written(), f.size)
+			continue
+		}
+		cerr = part.Commit()
+		if cerr == nil {
+			return true, nil
+		}
+		if !errors.Is(cerr, blobstore.ErrDigestMismatch) {
+			return false, cerr // the disk failed, not a peer
+		}
+		for s := range sent {
+			n.penalise(s, cerr.Error())
+		}
+		clear(sent)
+		next, nerr := n.blobs.NewPartial(f.d, f.size)
+		if nerr != nil {
+			return false, nerr
+		}
+		f.mu.Lock()
+		f.part = next
+		f.mu.Unlock()
+		err = cerr
+	}
+}
+
+// fetchWriter writes fetched bytes into the current attempt and counts
+// them.
+type fetchWriter struct {
+	f    *fetch
+	part *blobstore.Partial
+	n    *Node
+}
+
+func (w *fetchWriter) Write(b []byte) (int, error) {
+	m, err := w.part.Write(b)
+	w.n.metrics.bytesFetched.Add(float64(m))
+	if m > 0 {
+		w.f.markFlowing()
+	}
+	return m, err
+}
+
+func (n *Node) penalise(p peer.ID, why string) {
+	n.peers.penalise(p)
+	n.metrics.penalties.Inc()
+	n.log.Warn("penalised a peer that sent wrong blob bytes", "peer", p, "for", penaltyTime, "why", why)
+}
+
+// candidates lists the peers to ask for d: hint first, then the DHT's
+// providers nearest first. When the DHT knows none, the connected members
+// are asked directly whether they hold it, so a blob committed a moment
+// ago (not yet announced) is still found in a small cluster.
+func (n *Node) candidates(ctx context.Context, d digest.Digest, hint []peer.ID) []peer.ID {
+	found := n.providers(ctx, d)
+	if len(found) == 0 {
+		live := n.livePeers()
+		has := n.holders(ctx, live, []digest.Digest{d})
+		found = has[d]
+	}
+	n.peers.nearestFirst(found)
+	out := append([]peer.ID{}, hint...)
+	for _, p := range found {
+		if !contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func contains(ps []peer.ID, p peer.ID) bool {
+	for _, q := range ps {
+		if q == p {
+			return true
+		}
+	}
+	return false
+}
+
+type providerEntry struct {
+	peers   []peer.ID
+	expires time.Time
+}
+
+// providers returns the DHT's providers of d, from a short-lived cache.
+func (n *Node) providers(ctx context.Context, d digest.Digest) []peer.ID {
+	n.fetchMu.Lock()
+	e, ok := n.providerCache[d]
+	n.fetchMu.Unlock()
+	if ok && time.Now().Before(e.expires) && len(e.peers) > 0 {
+		return append([]peer.ID{}, e.peers...)
+	}
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	found, err := n.routing.FindProviders(lctx, d, maxProviders)
+	n.metrics.lookup.Observe(time.Since(start).Seconds())
+	if err != nil {
+		n.log.Debug("provider lookup failed", "digest", d, "err", err)
+	}
+	n.fetchMu.Lock()
+	defer n.fetchMu.Unlock()
+	if len(n.providerCache) > 10000 { // bounded: drop all rather than track age
+		clear(n.providerCache)
+	}
+	n.providerCache[d] = providerEntry{peers: found, expires: time.Now().Add(providerTTL)}
+	return append([]peer.ID{}, found...)
+}
+
+// dropProvider forgets a cached provider that failed to serve d.
+func (n *Node) dropProvider(d digest.Digest, p peer.ID) {
+	n.fetchMu.Lock()
+	defer n.fetchMu.Unlock()
+	e, ok := n.providerCache[d]
+	if !ok {
+		return
+	}
+	kept := e.peers[:0:0]
+	for _, q := range e.peers {
+		if q != p {
+			kept = append(kept, q)
+		}
+	}
+	e.peers = kept
+	n.providerCache[d] = e
+}
+
+// provide announces in the DHT that this node holds d. Failures only cost
+// findability until the next sweep (see provideLoop), so they are logged.
+func (n *Node) provide(d digest.Digest) {
+	ctx, cancel := context.WithTimeout(n.ctx, time.Minute)
+	defer cancel()
+	if n.routing.RoutingTableSize() == 0 {
+		return // alone: nobody to tell; the sweep announces it later
+	}
+	if err := n.routing.Provide(ctx, d); err != nil && n.ctx.Err() == nil {
+		n.log.Debug("announcing a blob in the DHT failed", "digest", d, "err", err)
+	}
+}
+
+// openFetched serves blob d (of the given size) to a client from peers:
+// it joins or starts the fetch and returns a reader that follows it. It
+// waits until the first bytes arrive, so that a blob no peer has is a
+// BLOB_UNKNOWN error rather than a response cut short.
+func (n *Node) openFetched(ctx context.Context, d digest.Digest, size int64) (io.ReadSeekCloser, error) {
+	f, err := n.startFetch(d, size, nil)
+	if err != nil {
+		return nil, blobError(err, d)
+	}
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-f.flowing:
+	}
+	select {
+	case <-f.done:
+		if f.err != nil {
+			n.metrics.reads.WithLabelValues("failed").Inc()
+			return nil, oci.Errorf(oci.BlobUnknown, "blob %s is linked in the registry but no node could serve it: %v", d, f.err)
+		}
+	default:
+		if r, ok := f.current().NewReader(); ok {
+			n.metrics.reads.WithLabelValues("peer").Inc()
+			return r, nil
+		}
+	}
+	// Committed already: read it from disk.
+	file, _, err := n.blobs.Open(d)
+	if err != nil {
+		return nil, blobError(err, d)
+	}
+	n.metrics.reads.WithLabelValues("peer").Inc()
+	return file, nil
+}

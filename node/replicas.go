@@ -1,0 +1,363 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/meshreg/meshreg/api/oci"
+)
+
+const (
+	// hasProtocol asks a peer which of a list of blobs it holds complete;
+	// the request is a hasRequest, the answer a hasResult.
+	hasProtocol = "/meshreg/has/1.0.0"
+	// replicateProtocol asks a peer to fetch a blob and answers once the
+	// peer holds it: the request is a replicateRequest, the answer a
+	// replicateResult.
+	replicateProtocol = "/meshreg/replicate/1.0.0"
+
+	// hasBatch digests fit in one control message (about 75 bytes each).
+	hasBatch = 512
+	// replicateTimeout bounds one copy made for --replicas.
+	replicateTimeout = 30 * time.Minute
+)
+
+type hasRequest struct {
+	Digests []digest.Digest `json:"digests"`
+}
+
+type hasResult struct {
+	Has []bool `json:"has"`
+}
+
+type replicateRequest struct {
+	Digest digest.Digest `json:"digest"`
+	Size   int64         `json:"size"`
+	// From names peers known to hold the blob, tried before the DHT.
+	From []string `json:"from,omitempty"`
+}
+
+type replicateResult struct {
+	Error string `json:"error,omitempty"`
+}
+
+func (n *Node) serveHas(ctx context.Context, from peer.ID, b []byte) []byte {
+	var req hasRequest
+	if json.Unmarshal(b, &req) != nil || !n.isMemberPeer(from) {
+		return nil
+	}
+	res := hasResult{Has: make([]bool, len(req.Digests))}
+	for i, d := range req.Digests {
+		_, err := n.blobs.Stat(d)
+		res.Has[i] = err == nil
+	}
+	out, _ := json.Marshal(res)
+	return out
+}
+
+// holders asks peers which of digests they hold complete, in parallel,
+// and returns the holders of each. A peer that does not answer holds
+// nothing as far as the caller can rely on.
+func (n *Node) holders(ctx context.Context, peers []peer.ID, digests []digest.Digest) map[digest.Digest][]peer.ID {
+	out := map[digest.Digest][]peer.ID{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, p := range peers {
+		wg.Go(func() {
+			for batch := range slices.Chunk(digests, hasBatch) {
+				req, _ := json.Marshal(hasRequest{Digests: batch})
+				rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				resp, err := n.host.Request(rctx, p, hasProtocol, req, maxControlLen)
+				cancel()
+				var res hasResult
+				if err != nil || json.Unmarshal(resp, &res) != nil || len(res.Has) != len(batch) {
+					n.log.Debug("asking a peer which blobs it holds failed", "peer", p, "err", err)
+					return
+				}
+				mu.Lock()
+				for i, d := range batch {
+					if res.Has[i] {
+						out[d] = append(out[d], p)
+					}
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return out
+}
+
+func (n *Node) serveReplicate(ctx context.Context, from peer.ID, b []byte) []byte {
+	var req replicateRequest
+	res := replicateResult{}
+	switch {
+	case json.Unmarshal(b, &req) != nil:
+		res.Error = "bad request"
+	case !n.isMemberPeer(from):
+		res.Error = "not a member of this cluster"
+	default:
+		res.Error = errString(n.replicate(ctx, req))
+	}
+	out, _ := json.Marshal(res)
+	return out
+}
+
+// replicate fetches a blob a peer asked this node to hold.
+func (n *Node) replicate(ctx context.Context, req replicateRequest) error {
+	if _, err := n.blobs.Stat(req.Digest); err == nil {
+		return nil
+	}
+	var hint []peer.ID
+	for _, s := range req.From {
+		if id, err := peer.Decode(s); err == nil {
+			hint = append(hint, id)
+		}
+	}
+	f, err := n.startFetch(req.Digest, req.Size, hint)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-f.done:
+		return f.err
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// replicaTarget is how many nodes should hold each blob now:
+// min(--replicas, live nodes), this one included.
+func (n *Node) replicaTarget(live []peer.ID) int {
+	return min(n.cfg.Replicas, 1+len(live))
+}
+
+// blobRef is a blob a manifest names.
+type blobRef struct {
+	d    digest.Digest
+	size int64
+}
+
+// ensureReplicas returns once every blob in refs is held by
+// min(--replicas, live nodes) nodes, asking peers that lack a blob to
+// fetch it. It is what makes a pushed image survive the loss of the node
+// it was pushed to.
+func (n *Node) ensureReplicas(ctx context.Context, refs []blobRef) error {
+	live := n.livePeers()
+	target := n.replicaTarget(live)
+	if target <= 1 || len(refs) == 0 {
+		return nil
+	}
+	digests := make([]digest.Digest, len(refs))
+	for i, r := range refs {
+		digests[i] = r.d
+	}
+	has := n.holders(ctx, live, digests)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4)
+	for _, r := range refs {
+		g.Go(func() error {
+			held := has[r.d]
+			if _, err := n.blobs.Stat(r.d); err == nil {
+				held = append([]peer.ID{n.host.ID()}, held...)
+			}
+			return n.copyBlob(gctx, r, held, live, target)
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return oci.Wrap(oci.Unavailable, err, "the manifest is not stored: its blobs could not be copied to enough nodes (--replicas); retry the push")
+	}
+	return nil
+}
+
+// copyBlob asks live peers that lack blob r to fetch it until target nodes
+// hold it, spreading copies over zones first.
+func (n *Node) copyBlob(ctx context.Context, r blobRef, held, live []peer.ID, target int) error {
+	if len(held) >= target {
+		return nil
+	}
+	if len(held) == 0 {
+		return fmt.Errorf("blob %s: no live node holds it", r.d)
+	}
+	from := make([]string, len(held))
+	for i, p := range held {
+		from[i] = p.String()
+	}
+	var lacking []peer.ID
+	for _, p := range live {
+		if !contains(held, p) {
+			lacking = append(lacking, p)
+		}
+	}
+	n.peers.spreadFirst(lacking)
+	count := len(held)
+	var errs []error
+	for _, p := range lacking {
+		if count >= target {
+			break
+		}
+		req, _ := json.Marshal(replicateRequest{Digest: r.d, Size: r.size, From: from})
+		rctx, cancel := context.WithTimeout(ctx, replicateTimeout)
+		resp, err := n.host.Request(rctx, p, replicateProtocol, req, maxControlLen)
+		cancel()
+		var res replicateResult
+		if err == nil {
+			err = json.Unmarshal(resp, &res)
+		}
+		if err == nil && res.Error != "" {
+			err = errors.New(res.Error)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("peer %s: %w", p, err))
+			continue
+		}
+		n.metrics.replicated.Inc()
+		count++
+	}
+	if count < target {
+		return fmt.Errorf("blob %s is held by %d of %d nodes: %w", r.d, count, target, errors.Join(errs...))
+	}
+	return nil
+}
+
+// repairLoop keeps --replicas copies of the blobs this node holds: every
+// interval it counts the live copies of each, and for a blob with too few,
+// the lowest-id holder asks other nodes to copy it. A node that left for
+// good thus has its blobs re-replicated by the survivors.
+func (n *Node) repairLoop(ctx context.Context) {
+	t := time.NewTicker(n.cfg.RepairInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		under, repaired, err := n.repairSweep(ctx)
+		n.underReplicated.Store(int64(under))
+		if err != nil && ctx.Err() == nil {
+			n.log.Warn("replica repair sweep failed", "err", err)
+		}
+		if repaired > 0 || under > 0 {
+			n.log.Info("replica repair sweep", "copied", repaired, "still_under_replicated", under)
+		}
+	}
+}
+
+// repairSweep checks every local blob once; it returns how many are still
+// under-replicated and how many it copied.
+func (n *Node) repairSweep(ctx context.Context) (under, repaired int, err error) {
+	var batch []blobRef
+	sweep := func() {
+		live := n.livePeers()
+		target := n.replicaTarget(live)
+		digests := make([]digest.Digest, len(batch))
+		for i, r := range batch {
+			digests[i] = r.d
+		}
+		var has map[digest.Digest][]peer.ID
+		if target > 1 {
+			has = n.holders(ctx, live, digests)
+		}
+		for _, r := range batch {
+			held := append([]peer.ID{n.host.ID()}, has[r.d]...)
+			if len(held) >= target {
+				continue
+			}
+			// One holder repairs, the others leave it: the lowest id.
+			if slices.MinFunc(held, func(a, b peer.ID) int { return cmpID(a, b) }) != n.host.ID() {
+				under++
+				continue
+			}
+			if err := n.copyBlob(ctx, r, held, live, target); err != nil {
+				n.log.Warn("re-replicating a blob failed", "digest", r.d, "err", err)
+				under++
+				continue
+			}
+			repaired++
+		}
+		batch = batch[:0]
+	}
+	err = n.blobs.Walk(func(d digest.Digest, size int64) bool {
+		batch = append(batch, blobRef{d: d, size: size})
+		if len(batch) == hasBatch {
+			sweep()
+		}
+		return ctx.Err() == nil
+	})
+	if len(batch) > 0 && ctx.Err() == nil {
+		sweep()
+	}
+	return under, repaired, err
+}
+
+func cmpID(a, b peer.ID) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// provideLoop announces every local blob in the DHT: once the routing
+// table has peers after start, then every interval. Blobs committed in
+// between are announced at commit; the sweep renews records before they
+// expire (48 h) and covers announcements that failed. It is rate-limited
+// so that 100,000 blobs do not flood the cluster.
+func (n *Node) provideLoop(ctx context.Context) {
+	for n.routing.RoutingTableSize() == 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+	for {
+		start := time.Now()
+		count := 0
+		limiter := time.NewTicker(time.Second / provideRate)
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(8)
+		_ = n.blobs.Walk(func(d digest.Digest, _ int64) bool {
+			select {
+			case <-gctx.Done():
+				return false
+			case <-limiter.C:
+			}
+			count++
+			g.Go(func() error { n.provide(d); return nil })
+			return true
+		})
+		_ = g.Wait()
+		limiter.Stop()
+		if count > 0 {
+			n.log.Info("announced the blobs held in the DHT", "count", count, "took", time.Since(start).Round(time.Millisecond))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(n.cfg.ReprovideInterval):
+		}
+	}
+}
+
+// provideRate bounds announcements per second in a sweep.
+const provideRate = 200

@@ -1,0 +1,145 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/meshreg/meshreg/p2p"
+)
+
+// servePerBlob is how many peers this node sends one blob to at a time.
+// A further peer is redirected to those already fetching it, which serve it
+// on as it arrives: simultaneous first pulls form a chain instead of all
+// pulling from the one node that has the blob.
+const servePerBlob = 1
+
+// serveBlob is this node's side of p2p.BlobProtocol: it serves a complete
+// blob from disk, or the part of a blob it is itself fetching.
+func (n *Node) serveBlob(ctx context.Context, from peer.ID, req p2p.BlobRequest) (p2p.BlobAnswer, io.ReadCloser) {
+	if !n.isMemberPeer(from) {
+		return p2p.BlobAnswer{Status: p2p.BlobRefused, Message: "not a member of this cluster"}, nil
+	}
+	d := req.Digest
+	if d.Validate() != nil || req.Offset < 0 {
+		return p2p.BlobAnswer{Status: p2p.BlobRefused, Message: "bad digest or offset"}, nil
+	}
+	if !req.NoRedirect {
+		if others := n.servingTo(d, from); len(others) >= servePerBlob {
+			return p2p.BlobAnswer{Status: p2p.BlobBusy, Redirect: others}, nil
+		}
+	}
+	var (
+		body  io.ReadSeekCloser
+		size  int64
+		depth int
+	)
+	if file, sz, err := n.blobs.Open(d); err == nil {
+		body, size = file, sz
+	} else if r, sz, dep := n.inFlight(d, from, req.CompleteOnly); r != nil {
+		body, size, depth = r, sz, dep
+	} else {
+		return p2p.BlobAnswer{Status: p2p.BlobNotFound}, nil
+	}
+	if req.Offset > size {
+		body.Close()
+		return p2p.BlobAnswer{Status: p2p.BlobRefused, Message: "offset past the end"}, nil
+	}
+	if _, err := body.Seek(req.Offset, io.SeekStart); err != nil {
+		body.Close()
+		return p2p.BlobAnswer{Status: p2p.BlobNotFound, Message: err.Error()}, nil
+	}
+	release := n.startServing(d, from)
+	var r io.Reader = body
+	if n.cfg.ServeFault != nil {
+		r = n.cfg.ServeFault(d, r)
+	}
+	return p2p.BlobAnswer{Status: p2p.BlobOK, Size: size, Depth: depth},
+		&servedBlob{Reader: r, c: body, n: n, release: release}
+}
+
+// inFlight returns a reader of the part of d this node is fetching, when
+// it can serve it: it has a source already (so a depth), that source is not
+// the asker (two nodes must not wait on each other), and the asker takes
+// partial copies.
+func (n *Node) inFlight(d digest.Digest, from peer.ID, completeOnly bool) (io.ReadSeekCloser, int64, int) {
+	if completeOnly {
+		return nil, 0, 0
+	}
+	n.fetchMu.Lock()
+	f := n.fetches[d]
+	n.fetchMu.Unlock()
+	if f == nil {
+		return nil, 0, 0
+	}
+	f.mu.Lock()
+	part, source, depth := f.part, f.source, f.depth
+	f.mu.Unlock()
+	if depth == 0 || source == from {
+		return nil, 0, 0
+	}
+	r, ok := part.NewReader()
+	if !ok {
+		return nil, 0, 0
+	}
+	return r, f.size, depth
+}
+
+// servingTo lists the peers other than asker that this node is sending d to.
+func (n *Node) servingTo(d digest.Digest, asker peer.ID) []string {
+	n.fetchMu.Lock()
+	defer n.fetchMu.Unlock()
+	var out []string
+	for p := range n.serving[d] {
+		if p != asker {
+			out = append(out, p.String())
+		}
+	}
+	return out
+}
+
+func (n *Node) startServing(d digest.Digest, to peer.ID) (release func()) {
+	n.fetchMu.Lock()
+	defer n.fetchMu.Unlock()
+	if n.serving[d] == nil {
+		n.serving[d] = map[peer.ID]int{}
+	}
+	n.serving[d][to]++
+	return func() {
+		n.fetchMu.Lock()
+		defer n.fetchMu.Unlock()
+		if n.serving[d][to]--; n.serving[d][to] == 0 {
+			delete(n.serving[d], to)
+		}
+		if len(n.serving[d]) == 0 {
+			delete(n.serving, d)
+		}
+	}
+}
+
+// servedBlob counts the bytes sent and ends the serving record on Close.
+type servedBlob struct {
+	io.Reader
+	c       io.Closer
+	n       *Node
+	release func()
+}
+
+func (s *servedBlob) Read(p []byte) (int, error) {
+	m, err := s.Reader.Read(p)
+	s.n.metrics.bytesServed.Add(float64(m))
+	return m, err
+}
+
+func (s *servedBlob) Close() error {
+	s.release()
+	err := s.c.Close()
+	if errors.Is(err, os.ErrClosed) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,109 @@
+package p2p
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+
+	"github.com/ipfs/go-cid"
+	dht "github.com/libp2p/go-libp2p-kad-dht"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/multiformats/go-multihash"
+	"github.com/opencontainers/go-digest"
+)
+
+// DHTProtocolPrefix keeps meshreg's Kademlia DHT apart from the public IPFS
+// one: peers speak /meshreg/kad/1.0.0, so a meshreg node never answers or
+// pollutes the Amino DHT even on a public network.
+const DHTProtocolPrefix = "/meshreg"
+
+// Routing finds which peers hold a blob: a Kademlia DHT (go-libp2p-kad-dht)
+// in server mode whose keys are blob digests as CIDs. Every node is a DHT
+// server: the cluster is small and its members are reachable, so each one
+// stores a share of the provider records.
+//
+// The routing table fills by itself: the DHT adds every connected peer that
+// speaks its protocol, and cluster members are connected (Raft, the
+// node's connect loop).
+type Routing struct {
+	dht *dht.IpfsDHT
+	log *slog.Logger
+}
+
+// NewRouting starts the DHT on h. Close it before the host.
+func NewRouting(h *Host, log *slog.Logger) (*Routing, error) {
+	d, err := dht.New(h.h,
+		dht.Mode(dht.ModeServer),
+		dht.ProtocolPrefix(DHTProtocolPrefix),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("p2p: start the DHT: %w", err)
+	}
+	return &Routing{dht: d, log: log}, nil
+}
+
+// DigestCID is the DHT key of a blob: a CIDv1 (raw codec) wrapping the
+// digest's own multihash, so nothing is hashed again.
+func DigestCID(d digest.Digest) (cid.Cid, error) {
+	var code uint64
+	switch d.Algorithm() {
+	case digest.SHA256:
+		code = multihash.SHA2_256
+	case digest.SHA512:
+		code = multihash.SHA2_512
+	default:
+		return cid.Undef, fmt.Errorf("p2p: no multihash for digest algorithm %q", d.Algorithm())
+	}
+	raw, err := hex.DecodeString(d.Encoded())
+	if err != nil {
+		return cid.Undef, fmt.Errorf("p2p: digest %.80q: %w", d, err)
+	}
+	mh, err := multihash.Encode(raw, code)
+	if err != nil {
+		return cid.Undef, fmt.Errorf("p2p: digest %.80q: %w", d, err)
+	}
+	return cid.NewCidV1(cid.Raw, mh), nil
+}
+
+// Provide announces that this node holds (or is fetching) blob d: it stores
+// a provider record at the peers closest to d's key. It fails when the
+// routing table is empty (no peer to store the record at).
+func (r *Routing) Provide(ctx context.Context, d digest.Digest) error {
+	c, err := DigestCID(d)
+	if err != nil {
+		return err
+	}
+	if err := r.dht.Provide(ctx, c, true); err != nil {
+		return fmt.Errorf("p2p: provide %s: %w", d, err)
+	}
+	return nil
+}
+
+// FindProviders returns up to limit peers other than this one that
+// announced blob d, as soon as the DHT lookup has found them or ctx ends.
+func (r *Routing) FindProviders(ctx context.Context, d digest.Digest, limit int) ([]peer.ID, error) {
+	c, err := DigestCID(d)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var found []peer.ID
+	for ai := range r.dht.FindProvidersAsync(ctx, c, limit+1) {
+		if ai.ID == r.dht.PeerID() {
+			continue
+		}
+		found = append(found, ai.ID)
+		if len(found) == limit {
+			break
+		}
+	}
+	return found, nil
+}
+
+// RoutingTableSize is how many peers the DHT's routing table holds.
+func (r *Routing) RoutingTableSize() int { return r.dht.RoutingTable().Size() }
+
+// Close stops the DHT.
+func (r *Routing) Close() error { return r.dht.Close() }
