@@ -211,13 +211,15 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 // and DHT; Close closes the last three.
 func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Host, routing *p2p.Routing, log *slog.Logger) *Node {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Node{
+	n := &Node{
 		cfg: cfg, blobs: blobs, meta: meta, host: host, routing: routing, log: log,
 		started: time.Now(), metrics: newNodeMetrics(), peers: newPeerBook(peerLabels{Region: cfg.Region, Zone: cfg.Zone}),
 		ctx: ctx, cancel: cancel,
 		fetches: map[digest.Digest]*fetch{}, providerCache: map[digest.Digest]providerEntry{}, serving: map[digest.Digest]map[peer.ID]int{},
 		uploads: map[string]string{}, seen: map[string]string{}, lastContact: map[string]time.Time{},
 	}
+	n.underReplicated.Store(-1) // no sweep yet
+	return n
 }
 
 // Run runs the node's background loops until ctx ends: joining the
@@ -332,8 +334,8 @@ type Status struct {
 	Replicas    int              `json:"replicas"`
 	// DHTPeers is the size of the DHT routing table.
 	DHTPeers int `json:"dht_peers"`
-	// PenalisedPeers sent blob bytes that failed the digest recently.
-	PenalisedPeers []string `json:"penalised_peers"`
+	// Peers are the nodes this one knows as sources of blobs.
+	Peers []PeerStatus `json:"peers"`
 	// MemberLastContact is when this node last had a libp2p connection to
 	// each member (checked every second).
 	MemberLastContact map[string]time.Time `json:"member_last_contact"`
@@ -379,7 +381,7 @@ func (n *Node) Status(ctx context.Context) any {
 		Replicas:    n.cfg.Replicas,
 		DHTPeers:    n.routing.RoutingTableSize(),
 
-		PenalisedPeers: n.peers.penalisedPeers(),
+		Peers: n.peers.snapshot(),
 
 		MemberLastContact: contacts,
 	}

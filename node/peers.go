@@ -65,18 +65,40 @@ func (b *peerBook) penalise(p peer.ID) {
 	b.penalised[p] = time.Now().Add(penaltyTime)
 }
 
-// penalisedPeers lists the peers currently penalised, for the status.
-func (b *peerBook) penalisedPeers() []string {
+// PeerStatus is what a node knows of another node as a source of blobs.
+type PeerStatus struct {
+	ID     string  `json:"id"`
+	Region string  `json:"region,omitempty"`
+	Zone   string  `json:"zone,omitempty"`
+	RTTMs  float64 `json:"rtt_ms"` // smoothed round trip of control requests
+	// PenalisedUntil is set while the peer is tried last for having sent
+	// bytes that did not match a digest.
+	PenalisedUntil *time.Time `json:"penalised_until,omitempty"`
+}
+
+// snapshot lists what the book knows, by peer id, for the status.
+func (b *peerBook) snapshot() []PeerStatus {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	var out []string
 	now := time.Now()
-	for p, until := range b.penalised {
-		if now.Before(until) {
-			out = append(out, p.String())
-		}
+	ids := map[peer.ID]bool{}
+	for p := range b.labels {
+		ids[p] = true
 	}
-	slices.Sort(out)
+	for p := range b.penalised {
+		ids[p] = true
+	}
+	out := []PeerStatus{}
+	for p := range ids {
+		l := b.labels[p]
+		ps := PeerStatus{ID: p.String(), Region: l.Region, Zone: l.Zone,
+			RTTMs: float64(b.rtt[p].Microseconds()) / 1000}
+		if until, ok := b.penalised[p]; ok && now.Before(until) {
+			ps.PenalisedUntil = &until
+		}
+		out = append(out, ps)
+	}
+	slices.SortFunc(out, func(x, y PeerStatus) int { return cmp.Compare(x.ID, y.ID) })
 	return out
 }
 

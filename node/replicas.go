@@ -193,7 +193,13 @@ func (n *Node) copyBlob(ctx context.Context, r blobRef, held, live []peer.ID, ta
 		return nil
 	}
 	if len(held) == 0 {
-		return fmt.Errorf("blob %s: no live node holds it", r.d)
+		// Its holders are unreachable (down, or across a partition). The
+		// blob was committed on some node when it was pushed; refusing the
+		// manifest would not bring it back, and the holders' repair loops
+		// restore its copies once they return.
+		n.log.Warn("no live node holds a blob the manifest names; storing the manifest anyway",
+			"digest", r.d, "live_nodes", len(live)+1)
+		return nil
 	}
 	from := make([]string, len(held))
 	for i, p := range held {

@@ -25,6 +25,39 @@ type NodeStatus struct {
 			Suffrage string `json:"suffrage"`
 		} `json:"members"`
 	} `json:"raft"`
+	Blobs struct {
+		Count           int64 `json:"count"`
+		Bytes           int64 `json:"bytes"`
+		Fetching        int   `json:"fetching"`
+		UnderReplicated int64 `json:"under_replicated"`
+	} `json:"blobs"`
+	Peers []struct {
+		ID             string  `json:"id"`
+		Zone           string  `json:"zone"`
+		Region         string  `json:"region"`
+		RTTMs          float64 `json:"rtt_ms"`
+		PenalisedUntil *string `json:"penalised_until"`
+	} `json:"peers"`
+}
+
+// KnowsZone reports whether the node has learned peer id's zone.
+func (s NodeStatus) KnowsZone(id, zone string) bool {
+	for _, p := range s.Peers {
+		if p.ID == id && p.Zone == zone {
+			return true
+		}
+	}
+	return false
+}
+
+// Penalised reports whether the node currently penalises peer id.
+func (s NodeStatus) Penalised(id string) bool {
+	for _, p := range s.Peers {
+		if p.ID == id && p.PenalisedUntil != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // Voters counts the voters in the node's view of the configuration.

@@ -29,6 +29,8 @@ type InProcessNode struct {
 	srv   *httptest.Server
 	stop  context.CancelFunc
 	done  sync.WaitGroup
+
+	stopOnce sync.Once
 }
 
 // StartInProcessCluster starts size in-process nodes on loopback: the first
@@ -134,15 +136,22 @@ func startInProcess(t testing.TB, cfg node.Config, ln net.Listener) *InProcessNo
 	ip := &InProcessNode{Node: &Node{t: t, host: strings.TrimPrefix(srv.URL, "http://"), external: true}, N: n, srv: srv, stop: cancel}
 	ip.done.Add(1)
 	go func() { defer ip.done.Done(); _ = n.Run(ctx) }()
-	t.Cleanup(func() {
-		srv.Close()
-		cancel()
-		ip.done.Wait()
-		if err := n.Close(); err != nil {
-			t.Logf("testnet: closing in-process node: %v", err)
+	t.Cleanup(ip.Stop)
+	return ip
+}
+
+// Stop stops the node for good: its API, its loops, its stores and its
+// libp2p host, as a host that went away would. Calling it again does
+// nothing.
+func (n *InProcessNode) Stop() {
+	n.stopOnce.Do(func() {
+		n.srv.Close()
+		n.stop()
+		n.done.Wait()
+		if err := n.N.Close(); err != nil {
+			n.t.Logf("testnet: closing in-process node: %v", err)
 		}
 	})
-	return ip
 }
 
 // PeerID is the node's libp2p peer id.

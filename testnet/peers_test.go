@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/meshreg/meshreg/node"
 	"github.com/meshreg/meshreg/testnet"
 )
 
@@ -63,6 +66,7 @@ func metric(t *testing.T, n *testnet.Node, name string, match ...string) float64
 // crane, bit for bit, and see in node 3's metrics that its bytes came
 // from peers.
 func TestPeersServeAnImagePushedToAnotherNode(t *testing.T) {
+	testnet.RequireProcess(t)
 	t.Parallel()
 	nodes := testnet.StartCluster(t, 3, testnet.Options{})
 	r := testnet.Runner{T: t, Path: testnet.Tool(t, "crane"), Dir: t.TempDir()}
@@ -72,28 +76,30 @@ func TestPeersServeAnImagePushedToAnotherNode(t *testing.T) {
 	for _, n := range nodes[1:] {
 		cranePull(t, r, n.Host()+"/"+repo+":v1", want, m)
 	}
-	fetched := metric(t, nodes[2], "meshreg_peer_bytes_fetched_total")
-	local := metric(t, nodes[2], "meshreg_blob_reads_total", `source="local"`)
-	peerReads := metric(t, nodes[2], "meshreg_blob_reads_total", `source="peer"`)
-	t.Logf("node 3: %.0f bytes fetched from peers, %.0f blob reads from peers, %.0f local", fetched, peerReads, local)
-	// With --replicas 2 one of nodes 2 and 3 got a copy at push time and
-	// serves it locally; node 3 either fetched, or holds the replica.
-	served := metric(t, nodes[0], "meshreg_peer_bytes_served_total")
-	if served < 64<<20 {
+	// With --replicas 2 each blob was copied to node 2 or node 3 during
+	// the push (read locally at pull time); the other node fetched it from
+	// a peer when crane asked for it. Either way both hold the whole image
+	// now, and every byte of it reached them from peers.
+	blobs := float64(len(m.Layers) + 1)
+	peerReads := 0.0
+	for i, n := range nodes[1:] {
+		fetched := metric(t, n, "meshreg_peer_bytes_fetched_total")
+		local := metric(t, n, "meshreg_blob_reads_total", `source="local"`)
+		fromPeers := metric(t, n, "meshreg_blob_reads_total", `source="peer"`)
+		t.Logf("node %d: %.0f bytes fetched from peers; blob reads: %.0f from peers, %.0f local", i+2, fetched, fromPeers, local)
+		if fetched < 64<<20 {
+			t.Errorf("node %d fetched %.0f bytes from peers, want the 64 MiB image", i+2, fetched)
+		}
+		if local+fromPeers < blobs {
+			t.Errorf("node %d counted %.0f blob reads, want at least the image's %.0f", i+2, local+fromPeers, blobs)
+		}
+		peerReads += fromPeers
+	}
+	if peerReads < blobs {
+		t.Errorf("nodes 2 and 3 served %.0f blob reads from peers together, want at least %.0f (each blob has a copy on one of them only)", peerReads, blobs)
+	}
+	if served := metric(t, nodes[0], "meshreg_peer_bytes_served_total"); served < 64<<20 {
 		t.Errorf("node 1 served %.0f bytes to peers, want at least the 64 MiB image once", served)
-	}
-	if fetched == 0 && local == 0 {
-		t.Errorf("node 3 served the image but counted no blob read, local or from peers")
-	}
-	if fetched > 0 && peerReads == 0 {
-		t.Errorf("node 3 fetched %.0f bytes but counted no blob read from peers", fetched)
-	}
-	total := 0.0
-	for _, n := range nodes[1:] {
-		total += metric(t, n, "meshreg_peer_bytes_fetched_total")
-	}
-	if total < 2*64<<20 {
-		t.Errorf("nodes 2 and 3 fetched %.0f bytes from peers together, want the image on each (at least %d)", total, 2*64<<20)
 	}
 }
 
@@ -101,6 +107,7 @@ func TestPeersServeAnImagePushedToAnotherNode(t *testing.T) {
 // once a second node holds every blob, so killing the node it was pushed
 // to right after the push leaves the image whole on the others.
 func TestPeersKeepAnImageWhenItsPusherDies(t *testing.T) {
+	testnet.RequireProcess(t)
 	t.Parallel()
 	nodes := testnet.StartCluster(t, 3, testnet.Options{})
 	r := testnet.Runner{T: t, Path: testnet.Tool(t, "crane"), Dir: t.TempDir()}
@@ -108,6 +115,215 @@ func TestPeersKeepAnImageWhenItsPusherDies(t *testing.T) {
 	want, m := craneImage(t, r, nodes[0].Host()+"/"+repo+":v1", 3, 2, 2<<20)
 	nodes[0].Kill()
 	for _, n := range nodes[1:] {
+		// The tag is committed; a follower that had not applied it when
+		// the leader died applies it once the survivors elect a leader.
+		if !testnet.Eventually(30*time.Second, func() bool { return tagOn(t.Context(), n, repo, "v1") == want.String() }) {
+			t.Fatalf("tag v1 never appeared on %s after the pusher died", n.Host())
+		}
 		cranePull(t, r, n.Host()+"/"+repo+":v1", want, m)
+	}
+}
+
+// randomBlob is n reproducible random bytes and their digest.
+func randomBlob(seed uint64, n int64) ([]byte, digest.Digest) {
+	b, err := io.ReadAll(testnet.NewStream(seed, n))
+	if err != nil {
+		panic(err)
+	}
+	return b, digest.FromBytes(b)
+}
+
+// getBlob reads blob d of repo through n: the bytes received and the error
+// that ended the body, if any.
+func getBlob(ctx context.Context, n *testnet.Node, repo string, d digest.Digest) ([]byte, error) {
+	body, _, err := testnet.NewClient(n.URL()).GetBlob(ctx, repo, d)
+	if err != nil {
+		return nil, err
+	}
+	defer body.Close()
+	return io.ReadAll(body)
+}
+
+// waitLinked waits until n's metadata has blob d in repo.
+func waitLinked(t *testing.T, n *testnet.Node, repo string, d digest.Digest) {
+	t.Helper()
+	c := testnet.NewClient(n.URL())
+	if !testnet.Eventually(10*time.Second, func() bool {
+		code, _, err := c.HeadBlob(t.Context(), repo, d)
+		return err == nil && code == http.StatusOK
+	}) {
+		t.Fatalf("blob %s never became visible on %s", d, n.Host())
+	}
+}
+
+// waitKnows waits until n has learned the zone of every node in peers.
+func waitKnows(t *testing.T, n *testnet.InProcessNode, peers ...*testnet.InProcessNode) {
+	t.Helper()
+	if !testnet.Eventually(15*time.Second, func() bool {
+		st, err := n.Status(t.Context())
+		if err != nil {
+			return false
+		}
+		for _, p := range peers {
+			if !st.KnowsZone(p.PeerID().String(), p.N.Status(t.Context()).(node.Status).Zone) {
+				return false
+			}
+		}
+		return true
+	}) {
+		t.Fatalf("%s never learned the zones of its peers", n.Host())
+	}
+}
+
+// TestPeersCorruptProviderIsPenalised: the nearest provider of a blob
+// sends wrong bytes. The client is never handed a complete wrong blob, the
+// node gets the right bytes from another provider, and it penalises the
+// liar.
+func TestPeersCorruptProviderIsPenalised(t *testing.T) {
+	t.Parallel()
+	zones := []string{"a", "b", "b"}
+	nodes := testnet.StartInProcessCluster(t, 3, func(i int, c *node.Config) {
+		c.Zone = zones[i]
+		c.Replicas = 1
+		if i == 1 {
+			c.ServeFault = testnet.CorruptPeer
+		}
+	})
+	origin, liar, puller := nodes[0], nodes[1], nodes[2]
+	repo := testnet.UniqueRepo("e2e/corrupt")
+	blob, d := randomBlob(41, 8<<20)
+	if _, err := testnet.NewClient(origin.URL()).PushBytes(t.Context(), repo, blob); err != nil {
+		t.Fatal(err)
+	}
+	// The liar gets an honest copy from the origin, so it is a provider.
+	waitLinked(t, liar.Node, repo, d)
+	if got, err := getBlob(t.Context(), liar.Node, repo, d); err != nil || digest.FromBytes(got) != d {
+		t.Fatalf("pull through the liar: %d bytes, %v", len(got), err)
+	}
+	waitLinked(t, puller.Node, repo, d)
+	waitKnows(t, puller, origin, liar)
+
+	// The puller asks the liar first: same zone.
+	got, err := getBlob(t.Context(), puller.Node, repo, d)
+	if err == nil && len(got) == len(blob) && digest.FromBytes(got) != d {
+		t.Fatalf("the client received a complete blob of %d bytes that does not match %s", len(got), d)
+	}
+	t.Logf("first pull through the puller: %d of %d bytes, err %v", len(got), len(blob), err)
+	// A client retries a cut-short download, as docker and containerd do.
+	if !testnet.Eventually(30*time.Second, func() bool {
+		got, err = getBlob(t.Context(), puller.Node, repo, d)
+		return err == nil && digest.FromBytes(got) == d
+	}) {
+		t.Fatalf("the puller never served the right bytes: %d bytes, %v", len(got), err)
+	}
+	if served := metric(t, liar.Node, "meshreg_peer_bytes_served_total"); served == 0 {
+		t.Errorf("the liar served nothing: it was not tried first")
+	}
+	if p := metric(t, puller.Node, "meshreg_peer_penalties_total"); p < 1 {
+		t.Errorf("meshreg_peer_penalties_total on the puller = %v, want at least 1", p)
+	}
+	st, err := puller.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Penalised(liar.PeerID().String()) {
+		t.Errorf("the puller's status does not show the liar %s as penalised: %+v", liar.PeerID(), st.Peers)
+	}
+	if st.Penalised(origin.PeerID().String()) {
+		t.Errorf("the puller penalised the honest origin too")
+	}
+}
+
+// TestPeersFetchFromTheirOwnZone: with the blob in both zones, a node
+// fetches it from the holder in its own zone.
+func TestPeersFetchFromTheirOwnZone(t *testing.T) {
+	t.Parallel()
+	zones := []string{"a", "a", "b", "b", "b"}
+	nodes := testnet.StartInProcessCluster(t, 5, func(i int, c *node.Config) {
+		c.Zone = zones[i]
+		c.Replicas = 1
+	})
+	repo := testnet.UniqueRepo("e2e/zones")
+	blob, d := randomBlob(42, 4<<20)
+	size := float64(len(blob))
+	if _, err := testnet.NewClient(nodes[0].URL()).PushBytes(t.Context(), repo, blob); err != nil {
+		t.Fatal(err)
+	}
+	pull := func(n *testnet.InProcessNode) {
+		t.Helper()
+		waitLinked(t, n.Node, repo, d)
+		if got, err := getBlob(t.Context(), n.Node, repo, d); err != nil || digest.FromBytes(got) != d {
+			t.Fatalf("pull through %s: %d bytes, %v", n.Host(), len(got), err)
+		}
+	}
+	served := func(n *testnet.InProcessNode) float64 { return metric(t, n.Node, "meshreg_peer_bytes_served_total") }
+
+	// Zone b's first copy has to cross from zone a.
+	pull(nodes[2])
+	waitKnows(t, nodes[3], nodes[0], nodes[2])
+	waitKnows(t, nodes[1], nodes[0], nodes[2])
+	a0, b2 := served(nodes[0]), served(nodes[2])
+	// The next pull in zone b comes from zone b.
+	pull(nodes[3])
+	if got := served(nodes[2]) - b2; got != size {
+		t.Errorf("zone b's holder served %.0f bytes for the second pull in zone b, want the blob's %.0f", got, size)
+	}
+	if got := served(nodes[0]) - a0; got != 0 {
+		t.Errorf("zone a's holder served %.0f bytes for a pull in zone b that zone b could serve", got)
+	}
+	// And a pull in zone a comes from zone a.
+	a0, b2 = served(nodes[0]), served(nodes[2])
+	pull(nodes[1])
+	if got := served(nodes[0]) - a0; got != size {
+		t.Errorf("zone a's holder served %.0f bytes for a pull in zone a, want %.0f", got, size)
+	}
+	if got := served(nodes[2]) - b2; got != 0 {
+		t.Errorf("zone b's holder served %.0f bytes for a pull in zone a", got)
+	}
+}
+
+// TestPeersRepairCopiesAfterANodeLeaves: with --replicas 2, a node that
+// holds one of two copies dies for good; the survivors copy its blobs
+// again and report nothing under-replicated.
+func TestPeersRepairCopiesAfterANodeLeaves(t *testing.T) {
+	testnet.RequireProcess(t)
+	t.Parallel()
+	nodes := testnet.StartCluster(t, 3, testnet.Options{Args: []string{"--repair-interval", "500ms", "--dead-server-timeout", "5s"}})
+	c := testnet.NewClient(nodes[0].URL())
+	repo := testnet.UniqueRepo("e2e/repair")
+	manifest := smallImage(t, c, repo)
+	if _, err := c.PutManifest(t.Context(), repo, "v1", ocispec.MediaTypeImageManifest, manifest("v1")); err != nil {
+		t.Fatal(err)
+	}
+	count := func(n *testnet.Node) (blobs, under int64) {
+		st, err := n.Status(t.Context())
+		if err != nil {
+			return -1, -1
+		}
+		return st.Blobs.Count, st.Blobs.UnderReplicated
+	}
+	// The push made one copy of the config blob on node 2 or 3.
+	var copyHolder, other *testnet.Node
+	for i, n := range nodes[1:] {
+		if b, _ := count(n); b == 1 {
+			copyHolder, other = n, nodes[1+(1-i)]
+		}
+	}
+	if copyHolder == nil {
+		t.Fatal("after the push no other node holds a copy of the blob")
+	}
+	copyHolder.Kill()
+	if !testnet.Eventually(60*time.Second, func() bool {
+		b, _ := count(other)
+		_, under0 := count(nodes[0])
+		_, under := count(other)
+		return b == 1 && under0 == 0 && under == 0
+	}) {
+		b, under := count(other)
+		_, under0 := count(nodes[0])
+		t.Fatalf("after the copy holder died: the third node holds %d blobs (want 1); under-replicated: %d on node 1, %d on the third (want 0)", b, under0, under)
+	}
+	if n := metric(t, nodes[0], "meshreg_blob_copies_made_total"); n < 2 {
+		t.Errorf("node 1 made %v copies, want 2 (one at push, one in repair)", n)
 	}
 }
