@@ -30,6 +30,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -48,31 +49,36 @@ const (
 	visibilityTimeout = 10 * time.Second
 	// writeTimeout bounds one tag write.
 	writeTimeout = 30 * time.Second
+	// defaultVoters is meshreg's default --voters: in a larger cluster the
+	// other members stay non-voters.
+	defaultVoters = 3
 )
 
 // cluster is a running set of meshreg nodes that agree on a leader.
 type cluster struct {
 	nodes     []*server
+	voters    int // how many of them vote once converged
 	leader    *server
 	followers []*server
 }
 
 // startCluster starts size nodes under dir: the first bootstraps, the
-// others join it through its API URL. It returns once they all name the
-// same leader and count size voters. On error it stops what it started.
-func startCluster(ctx context.Context, bin, dir string, size int) (cl *cluster, err error) {
-	cl = &cluster{}
+// others join it through its API URL; every node also gets the serve flags
+// in extra. It returns once they all name the same leader and count size
+// voters (at most defaultVoters). On error it stops what it started.
+func startCluster(ctx context.Context, bin, dir string, size int, extra ...string) (cl *cluster, err error) {
+	cl = &cluster{voters: min(size, defaultVoters)}
 	defer func() {
 		if err != nil {
 			cl.stop()
 		}
 	}()
 	for i := range size {
-		var extra []string
+		args := slices.Clone(extra)
 		if i > 0 {
-			extra = []string{"--join", cl.nodes[0].url()}
+			args = append(args, "--join", cl.nodes[0].url())
 		}
-		s, err := startMeshregNode(ctx, bin, filepath.Join(dir, fmt.Sprintf("node%d", i+1)), fmt.Sprintf("meshreg node %d", i+1), extra...)
+		s, err := startMeshregNode(ctx, bin, filepath.Join(dir, fmt.Sprintf("node%d", i+1)), fmt.Sprintf("meshreg node %d", i+1), args...)
 		if err != nil {
 			return cl, err
 		}
@@ -106,7 +112,7 @@ func nodeStatus(ctx context.Context, s *server) (testnet.NodeStatus, error) {
 }
 
 // waitConverged waits until every node reports the same leader and
-// len(cl.nodes) members that all vote, then sets cl.leader and
+// len(cl.nodes) members of which cl.voters vote, then sets cl.leader and
 // cl.followers.
 func (cl *cluster) waitConverged(ctx context.Context, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -118,7 +124,7 @@ func (cl *cluster) waitConverged(ctx context.Context, timeout time.Duration) err
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("the %d nodes did not agree on a leader and %d voters within %v; last: %s", len(cl.nodes), len(cl.nodes), timeout, last)
+			return fmt.Errorf("the %d nodes did not agree on a leader and %d voters within %v; last: %s", len(cl.nodes), cl.voters, timeout, last)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -139,7 +145,7 @@ func (cl *cluster) converged(ctx context.Context, last *string) bool {
 			return false
 		}
 		r := st.Raft
-		if r.LeaderID == "" || (leaderID != "" && r.LeaderID != leaderID) || len(r.Members) != len(cl.nodes) || st.Voters() != len(cl.nodes) {
+		if r.LeaderID == "" || (leaderID != "" && r.LeaderID != leaderID) || len(r.Members) != len(cl.nodes) || st.Voters() != cl.voters {
 			*last = fmt.Sprintf("%s: state %s, leader %q, %d members, %d voters", s.name, r.State, r.LeaderID, len(r.Members), st.Voters())
 			return false
 		}

@@ -22,9 +22,19 @@
 // return to its visibility on the other nodes (see cluster.go), printed as
 // a second table.
 //
+// Then, unless -peers=false, it measures blob transfers between meshreg
+// nodes over libp2p (see peers.go): a peer pull of a -peer-blob-size blob
+// against the same blob from the holder's disk, the time to first byte of
+// a -peer-ttfb-size blob fetched from a peer, and a fan-out of an image of
+// -fanout-layers × -fanout-layer-size to 4 nodes of a 5-node cluster at
+// once, with each node's peer egress; printed as a third table. Giving
+// -peers explicitly runs that section alone (plus the cluster section if
+// -cluster is given explicitly too): `go run ./testnet/bench -peers`.
+//
 // A quick run: -quick, short for -blob-size 64MiB -layers 5 -layer-size
-// 1MiB -duration 1s -runs 1 -cluster-writes 100 (flags given explicitly
-// win).
+// 1MiB -duration 1s -runs 1 -cluster-writes 100 -peer-blob-size 64MiB
+// -peer-ttfb-size 8MiB -peer-ttfb-runs 3 -fanout-layer-size 8MiB (flags
+// given explicitly win).
 package main
 
 import (
@@ -57,16 +67,26 @@ type config struct {
 	cluster                       bool
 	clusterWrites, clusterWorkers int
 	clusterPoll, clusterMaxTime   time.Duration
+
+	sideBySide                 bool // the meshreg/Distribution table; off when -peers is given alone
+	peers                      bool
+	peerBlobSize, peerTTFBSize byteSize
+	peerTTFBRuns               int
+	fanoutLayers               int
+	fanoutLayerSize            byteSize
+	peerGetTimeout             time.Duration
 }
 
 // quickFlags are the values -quick sets, unless the flag is given.
 var quickFlags = map[string]string{
 	"blob-size": "64MiB", "layers": "5", "layer-size": "1MiB", "duration": "1s", "runs": "1", "cluster-writes": "100",
+	"peer-blob-size": "64MiB", "peer-ttfb-size": "8MiB", "peer-ttfb-runs": "3", "fanout-layer-size": "8MiB",
 }
 
 func main() {
 	var c config
 	c.blobSize, c.layerSize = 512<<20, 8<<20
+	c.peerBlobSize, c.peerTTFBSize, c.fanoutLayerSize = 512<<20, 64<<20, 64<<20
 	flag.StringVar(&c.meshreg, "meshreg", "bin/meshreg", "meshreg binary (make build)")
 	flag.StringVar(&c.distribution, "distribution", "", "CNCF Distribution `registry` binary (default: from PATH, else .tools/bin/registry)")
 	flag.Var(&c.blobSize, "blob-size", "size of the single blob pushed and pulled")
@@ -84,11 +104,23 @@ func main() {
 	flag.IntVar(&c.clusterWorkers, "cluster-workers", 16, "concurrent writers in the concurrent cluster measurement")
 	flag.DurationVar(&c.clusterPoll, "cluster-poll", time.Millisecond, "how often the other nodes are polled for a write's visibility")
 	flag.DurationVar(&c.clusterMaxTime, "cluster-max-time", 60*time.Second, "stop each cluster measurement after this long, even short of -cluster-writes")
+	flag.BoolVar(&c.peers, "peers", true, "also benchmark blob transfers between meshreg nodes (peer pull, time to first byte, fan-out to a 5-node cluster); given explicitly, run only this section (and -cluster if given explicitly too)")
+	flag.Var(&c.peerBlobSize, "peer-blob-size", "size of the blob pulled through a node that fetches it from a peer")
+	flag.Var(&c.peerTTFBSize, "peer-ttfb-size", "size of each blob whose time to first byte from a peer is measured")
+	flag.IntVar(&c.peerTTFBRuns, "peer-ttfb-runs", 9, "time-to-first-byte measurements (a fresh blob each; p50 reported)")
+	flag.IntVar(&c.fanoutLayers, "fanout-layers", 4, "layers of the image pulled by 4 nodes at once in the fan-out measurement")
+	flag.Var(&c.fanoutLayerSize, "fanout-layer-size", "size of each layer of the fan-out image")
+	flag.DurationVar(&c.peerGetTimeout, "peer-get-timeout", 5*time.Minute, "give up on one blob GET or push in the peer section after this long")
 	quick := flag.Bool("quick", false, "a quick run: "+quickSummary())
 	flag.Parse()
+	given := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	c.sideBySide = true
+	if given["peers"] && c.peers {
+		c.sideBySide = false
+		c.cluster = c.cluster && given["cluster"]
+	}
 	if *quick {
-		given := map[string]bool{}
-		flag.Visit(func(f *flag.Flag) { given[f.Name] = true })
 		for name, v := range quickFlags {
 			if !given[name] {
 				if err := flag.Set(name, v); err != nil {
@@ -116,6 +148,9 @@ func run(c config) error {
 	if c.runs < 1 || c.layers < 1 || c.conns < 1 || c.layerJobs < 1 || c.blobSize < 1 || c.layerSize < 1 {
 		return errors.New("sizes, counts and -runs must be positive")
 	}
+	if c.peers && (c.peerBlobSize < 1 || c.peerTTFBSize < 1 || c.peerTTFBRuns < 1 || c.fanoutLayers < 1 || c.fanoutLayerSize < 1 || c.peerGetTimeout <= 0) {
+		return errors.New("-peer-blob-size, -peer-ttfb-size, -peer-ttfb-runs, -fanout-layers, -fanout-layer-size and -peer-get-timeout must be positive")
+	}
 	if c.cluster && (c.clusterWrites < 1 || c.clusterWorkers < 1 || c.clusterPoll <= 0 || c.clusterMaxTime <= 0) {
 		return errors.New("-cluster-writes, -cluster-workers, -cluster-poll and -cluster-max-time must be positive")
 	}
@@ -129,9 +164,11 @@ func run(c config) error {
 	if _, err := os.Stat(meshregBin); err != nil {
 		return fmt.Errorf("meshreg binary: %w (run `make build`)", err)
 	}
-	distBin, err := findDistribution(c.distribution)
-	if err != nil {
-		return err
+	var distBin string
+	if c.sideBySide {
+		if distBin, err = findDistribution(c.distribution); err != nil {
+			return err
+		}
 	}
 
 	root, err := os.MkdirTemp("", "meshreg-bench-")
@@ -146,19 +183,36 @@ func run(c config) error {
 		}
 	}()
 
-	table, err := sideBySide(ctx, c, meshregBin, distBin, root)
-	if err != nil {
-		return err
+	var tables []string
+	add := func(t string) {
+		if len(tables) > 0 {
+			fmt.Println()
+		}
+		fmt.Print(t)
+		tables = append(tables, t)
 	}
-	fmt.Print(table)
+	if c.sideBySide {
+		t, err := sideBySide(ctx, c, meshregBin, distBin, root)
+		if err != nil {
+			return err
+		}
+		add(t)
+	}
 	if c.cluster {
 		t, err := runCluster(ctx, c, meshregBin, filepath.Join(root, "cluster"))
 		if err != nil {
 			return err
 		}
-		table += "\n" + t
-		fmt.Print("\n" + t)
+		add(t)
 	}
+	if c.peers {
+		t, err := runPeers(ctx, c, meshregBin, filepath.Join(root, "peers"))
+		if err != nil {
+			return err
+		}
+		add(t)
+	}
+	table := strings.Join(tables, "\n")
 	if c.out != "" {
 		return os.WriteFile(c.out, []byte(table), 0o644)
 	}
