@@ -24,6 +24,13 @@ var ErrPartialFailed = errors.New("blob fetch failed")
 // The last byte is released to readers only after Commit has verified the
 // digest, so no reader ever sees a complete blob that is wrong: when the
 // bytes turn out not to match, readers get ErrPartialFailed before the end.
+// It is released before the file is made durable: the bytes are right, and
+// the reader need not wait for this node's disk.
+//
+// Unlike Put and Upload, a Partial does not push its bytes to disk while it
+// grows (no early writeback): the reader streaming the blob to a client is
+// right behind the writer, and throttling the writer to the disk's speed
+// would throttle the client too. Commit's fsync pays for it at the end.
 type Partial struct {
 	s    *Store
 	d    digest.Digest
@@ -33,9 +40,9 @@ type Partial struct {
 
 	mu      sync.Mutex
 	grown   *sync.Cond // broadcast when written or state changes
-	written int64
-	flushed int64 // bytes handed to startWriteback
-	done    bool  // committed or failed
+	written  int64
+	verified bool  // all bytes arrived and match the digest
+	done     bool  // committed or failed
 	err     error // why it failed; nil once committed
 	refs    int   // the writer until done, plus open readers; f closes at 0
 }
@@ -86,10 +93,6 @@ func (p *Partial) Write(b []byte) (int, error) {
 	p.h.Write(b[:n])
 	p.mu.Lock()
 	p.written += int64(n)
-	if p.written-p.flushed >= writebackEvery {
-		startWriteback(p.f, p.flushed, p.written-p.flushed)
-		p.flushed = p.written
-	}
 	p.grown.Broadcast()
 	p.mu.Unlock()
 	if err != nil {
@@ -113,6 +116,10 @@ func (p *Partial) Commit() error {
 	case got != p.d:
 		err = fmt.Errorf("%w: expected %s, got %s", ErrDigestMismatch, p.d, got)
 	default:
+		p.mu.Lock()
+		p.verified = true
+		p.grown.Broadcast()
+		p.mu.Unlock()
 		err = p.f.Sync()
 		if err == nil {
 			err = p.s.commit(p.f.Name(), p.d, p.size)
@@ -200,10 +207,9 @@ func (r *partialReader) Read(b []byte) (int, error) {
 	for {
 		// Hold the last byte back until the digest is verified.
 		avail := min(p.written, p.size-1)
-		if p.done && p.err == nil {
+		if p.verified {
 			avail = p.size
-		}
-		if p.err != nil {
+		} else if p.err != nil {
 			err := p.err
 			p.mu.Unlock()
 			return 0, err

@@ -264,6 +264,7 @@ func (n *Node) candidates(ctx context.Context, d digest.Digest, hint []peer.ID) 
 		found = has[d]
 	}
 	n.peers.nearestFirst(found)
+	n.leastLoadedFirst(ctx, found)
 	out := append([]peer.ID{}, hint...)
 	for _, p := range found {
 		if !contains(out, p) {

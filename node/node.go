@@ -128,6 +128,7 @@ type Node struct {
 	started time.Time
 	metrics *nodeMetrics
 	peers   *peerBook
+	load    uploadLoad // recent bytes sent to peers
 
 	// ctx ends at Close; background work started by requests (fetches,
 	// announcements) runs under it and is tracked by bg.

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -25,6 +26,13 @@ const penaltyTime = 10 * time.Minute
 type peerLabels struct {
 	Region string `json:"region,omitempty"`
 	Zone   string `json:"zone,omitempty"`
+}
+
+// infoAnswer is the answer on infoProtocol.
+type infoAnswer struct {
+	peerLabels
+	// Load is the node's recent upload to peers (see uploadLoad).
+	Load float64 `json:"load"`
 }
 
 // peerBook is what this node knows about other nodes as sources of blobs:
@@ -127,6 +135,24 @@ func (b *peerBook) distance(p peer.ID, now time.Time) (rank int, rtt time.Durati
 	return rank, rtt
 }
 
+// nearestGroup is how many peers at the front of peers (sorted by
+// nearestFirst) share the first one's rank.
+func (b *peerBook) nearestGroup(peers []peer.ID) int {
+	if len(peers) == 0 {
+		return 0
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := time.Now()
+	first, _ := b.distance(peers[0], now)
+	for i, p := range peers {
+		if r, _ := b.distance(p, now); r != first {
+			return i
+		}
+	}
+	return len(peers)
+}
+
 // nearestFirst sorts peers by distance, keeping the given order among
 // equals.
 func (b *peerBook) nearestFirst(peers []peer.ID) {
@@ -140,25 +166,55 @@ func (b *peerBook) nearestFirst(peers []peer.ID) {
 	})
 }
 
-// serveInfo answers infoProtocol with this node's labels.
+// serveInfo answers infoProtocol with this node's labels and load.
 func (n *Node) serveInfo(ctx context.Context, from peer.ID, _ []byte) []byte {
-	b, _ := json.Marshal(n.peers.self)
+	b, _ := json.Marshal(infoAnswer{peerLabels: n.peers.self, Load: n.load.value(time.Now())})
 	return b
 }
 
-// askInfo learns a peer's labels and measures the round trip.
-func (n *Node) askInfo(ctx context.Context, p peer.ID) error {
+// askInfo learns a peer's labels and measures the round trip; it returns
+// the peer's load.
+func (n *Node) askInfo(ctx context.Context, p peer.ID) (float64, error) {
 	start := time.Now()
 	resp, err := n.host.Request(ctx, p, infoProtocol, nil, maxControlLen)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	var l peerLabels
-	if err := json.Unmarshal(resp, &l); err != nil {
-		return err
+	var a infoAnswer
+	if err := json.Unmarshal(resp, &a); err != nil {
+		return 0, err
 	}
-	n.peers.learn(p, l, time.Since(start))
-	return nil
+	n.peers.learn(p, a.peerLabels, time.Since(start))
+	return a.Load, nil
+}
+
+// leastLoadedFirst reorders the nearest group of peers (those as near as
+// the first, which nearestFirst put in front) by how much each sent to
+// peers lately, asking them; the rest keep their order. It costs one round
+// trip to the nearest peers, bounded by a short timeout.
+func (n *Node) leastLoadedFirst(ctx context.Context, peers []peer.ID) {
+	group := n.peers.nearestGroup(peers)
+	if group < 2 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	loads := make(map[peer.ID]float64, group)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, p := range peers[:group] {
+		wg.Go(func() {
+			load, err := n.askInfo(ctx, p)
+			if err != nil {
+				load = math.Inf(1) // did not answer: try it last in the group
+			}
+			mu.Lock()
+			loads[p] = load
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	slices.SortStableFunc(peers[:group], func(x, y peer.ID) int { return cmp.Compare(loads[x], loads[y]) })
 }
 
 // livePeers are the other cluster members this node is connected to: the
@@ -234,7 +290,7 @@ func (n *Node) meshLoop(ctx context.Context) {
 					}
 				}
 				if refresh || !n.peers.known(id) {
-					if err := n.askInfo(ctx, id); err != nil {
+					if _, err := n.askInfo(ctx, id); err != nil {
 						n.log.Debug("asking a member for its labels failed", "peer", id, "err", err)
 					}
 				}

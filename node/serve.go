@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/opencontainers/go-digest"
@@ -132,6 +133,7 @@ type servedBlob struct {
 func (s *servedBlob) Read(p []byte) (int, error) {
 	m, err := s.Reader.Read(p)
 	s.n.metrics.bytesServed.Add(float64(m))
+	s.n.load.add(m, time.Now())
 	return m, err
 }
 

@@ -144,7 +144,8 @@ func TestClusterNodesStartedTogetherFormOneCluster(t *testing.T) {
 }
 
 // TestClusterKeyKeepsStrangersOut: two nodes share a private-network key; a
-// node without it (or with another one) cannot join them.
+// node without it (or with another one) can neither join them nor fetch
+// their blobs, while a node with the key joins and pulls through peers.
 func TestClusterKeyKeepsStrangersOut(t *testing.T) {
 	key := func() []byte {
 		k := make([]byte, 32)
@@ -155,6 +156,15 @@ func TestClusterKeyKeepsStrangersOut(t *testing.T) {
 	}
 	clusterKey := key()
 	nodes := testnet.StartInProcessCluster(t, 2, func(_ int, c *node.Config) { c.P2P.PrivateNetworkKey = clusterKey })
+	repo := testnet.UniqueRepo("e2e/keyed")
+	blob, d := randomBlob(43, 1<<20)
+	if _, err := testnet.NewClient(nodes[0].URL()).PushBytes(t.Context(), repo, blob); err != nil {
+		t.Fatal(err)
+	}
+	holder, err := nodes[0].Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	for name, k := range map[string][]byte{"no key": nil, "another key": key()} {
 		cfg := node.DefaultConfig()
@@ -176,6 +186,15 @@ func TestClusterKeyKeepsStrangersOut(t *testing.T) {
 		if len(ls.Raft.Members) != 2 {
 			t.Errorf("%s: the cluster has %d members, want its 2", name, len(ls.Raft.Members))
 		}
+		// Nor can it fetch a blob from a member over the blob protocol.
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		_ = stranger.N.Host().Connect(ctx, holder.RaftAddress)
+		answer, body, err := stranger.N.Host().FetchBlob(ctx, nodes[0].PeerID(), p2p.BlobRequest{Digest: d}, 2*time.Second)
+		cancel()
+		if err == nil {
+			body.Close()
+			t.Errorf("%s: the stranger fetched blob %s from a member: answer %+v", name, d, answer)
+		}
 	}
 	// A third node with the key joins, naming a member by its multiaddr
 	// this time rather than its API URL.
@@ -188,4 +207,8 @@ func TestClusterKeyKeepsStrangersOut(t *testing.T) {
 	cfg.Join = []string{st.RaftAddress}
 	member := testnet.StartInProcessNode(t, cfg)
 	testnet.WaitConverged(t, []*testnet.Node{nodes[0].Node, nodes[1].Node, member.Node}, 3, 3, 30*time.Second)
+	waitLinked(t, member.Node, repo, d)
+	if got, err := getBlob(t.Context(), member.Node, repo, d); err != nil || digest.FromBytes(got) != d {
+		t.Fatalf("the keyed member pulled %d bytes of %s through peers: %v", len(got), d, err)
+	}
 }
