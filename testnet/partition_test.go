@@ -1,6 +1,7 @@
 package testnet_test
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -10,9 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/meshreg/meshreg/node"
+	"github.com/meshreg/meshreg/p2p"
 	"github.com/meshreg/meshreg/testnet"
 )
 
