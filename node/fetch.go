@@ -17,9 +17,6 @@ import (
 )
 
 const (
-	// peerIdle is how long a peer may send nothing before the fetch
-	// moves on to the next one.
-	peerIdle = 30 * time.Second
 	// fetchTimeout bounds a whole fetch of one blob.
 	fetchTimeout = time.Hour
 	// maxProviders is how many providers one lookup asks the DHT for.
@@ -164,7 +161,7 @@ func (n *Node) fetchFrom(ctx context.Context, f *fetch, queue []peer.ID) (done b
 			// Resuming mid-blob: only a complete copy can continue it
 			// without risking a cycle of peers waiting on one another.
 			CompleteOnly: written > 0}
-		answer, body, ferr := n.host.FetchBlob(ctx, p, req, peerIdle)
+		answer, body, ferr := n.host.FetchBlob(ctx, p, req, n.cfg.PeerIdleTimeout)
 		switch {
 		case ferr != nil:
 			n.dropProvider(f.d, p)

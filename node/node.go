@@ -72,6 +72,9 @@ type Config struct {
 	// ReprovideInterval is how often the node announces every blob it
 	// holds in the DHT again (records expire after 48 h).
 	ReprovideInterval time.Duration
+	// PeerIdleTimeout is how long a blob transfer between peers may move
+	// no bytes before it is abandoned (the fetcher tries the next holder).
+	PeerIdleTimeout time.Duration
 	// ServeFault, when set, wraps the bytes this node sends to peers. The
 	// testnet harness uses it to make a corrupt or slow peer; it is nil in
 	// production.
@@ -91,6 +94,7 @@ func DefaultConfig() Config {
 		Replicas:          2,
 		RepairInterval:    time.Minute,
 		ReprovideInterval: 12 * time.Hour,
+		PeerIdleTimeout:   30 * time.Second,
 	}
 }
 
@@ -111,6 +115,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("node: replicas must be at least 1, got %d", c.Replicas)
 	case c.RepairInterval <= 0:
 		return fmt.Errorf("node: repair interval must be positive, got %s", c.RepairInterval)
+	case c.PeerIdleTimeout <= 0:
+		return fmt.Errorf("node: peer idle timeout must be positive, got %s", c.PeerIdleTimeout)
 	case c.ReprovideInterval <= 0:
 		return fmt.Errorf("node: reprovide interval must be positive, got %s", c.ReprovideInterval)
 	}
@@ -204,7 +210,7 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 	host.HandleRequests(infoProtocol, maxControlLen, rpcTimeout, n.serveInfo)
 	host.HandleRequests(hasProtocol, maxControlLen, rpcTimeout, n.serveHas)
 	host.HandleRequests(replicateProtocol, maxControlLen, replicateTimeout, n.serveReplicate)
-	host.ServeBlobs(peerIdle, n.serveBlob)
+	host.ServeBlobs(cfg.PeerIdleTimeout, n.serveBlob)
 	return n, nil
 }
 

@@ -327,3 +327,46 @@ func TestPeersRepairCopiesAfterANodeLeaves(t *testing.T) {
 		t.Errorf("node 1 made %v copies, want 2 (one at push, one in repair)", n)
 	}
 }
+
+// TestPeersAbandonAStalledHolder: the nearest holder stops sending mid
+// blob; after --peer-idle-timeout the node resumes from another holder and
+// the client still gets the right bytes.
+func TestPeersAbandonAStalledHolder(t *testing.T) {
+	t.Parallel()
+	zones := []string{"a", "b", "b"}
+	nodes := testnet.StartInProcessCluster(t, 3, func(i int, c *node.Config) {
+		c.Zone = zones[i]
+		c.Replicas = 1
+		c.PeerIdleTimeout = time.Second
+		if i == 1 {
+			// 1 MiB/s after a 5 s pause: stalled for the fetcher.
+			c.ServeFault = testnet.SlowPeer(1<<20, 5*time.Second)
+		}
+	})
+	origin, stalled, puller := nodes[0], nodes[1], nodes[2]
+	repo := testnet.UniqueRepo("e2e/stalled")
+	blob, d := randomBlob(44, 4<<20)
+	if _, err := testnet.NewClient(origin.URL()).PushBytes(t.Context(), repo, blob); err != nil {
+		t.Fatal(err)
+	}
+	waitLinked(t, stalled.Node, repo, d)
+	if got, err := getBlob(t.Context(), stalled.Node, repo, d); err != nil || digest.FromBytes(got) != d {
+		t.Fatalf("pull through the slow node: %d bytes, %v", len(got), err)
+	}
+	waitLinked(t, puller.Node, repo, d)
+	waitKnows(t, puller, origin, stalled)
+
+	start := time.Now()
+	got, err := getBlob(t.Context(), puller.Node, repo, d)
+	took := time.Since(start)
+	if err != nil || digest.FromBytes(got) != d {
+		t.Fatalf("pull through the puller: %d bytes, %v", len(got), err)
+	}
+	t.Logf("pulled %d bytes in %v past a stalled nearest holder", len(got), took.Round(time.Millisecond))
+	if took > 5*time.Second {
+		t.Errorf("the pull took %v: it waited for the stalled holder instead of moving on after 1 s", took)
+	}
+	if served := metric(t, origin.Node, "meshreg_peer_bytes_served_total"); served < float64(len(blob)) {
+		t.Errorf("the origin served %.0f bytes, want the blob (%d) for the stalled node and the rest for the puller", served, len(blob))
+	}
+}

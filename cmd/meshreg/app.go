@@ -48,6 +48,7 @@ func serveFlags() []cli.Flag {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "region", Usage: "`REGION` this node runs in; blobs are fetched from peers in the same zone, then region, first", EnvVars: []string{"MESHREG_REGION"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "zone", Usage: "`ZONE` (within --region) this node runs in", EnvVars: []string{"MESHREG_ZONE"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "repair-interval", Value: nd.RepairInterval, Usage: "how often to check that held blobs have --replicas live copies and make missing ones", EnvVars: []string{"MESHREG_REPAIR_INTERVAL"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "peer-idle-timeout", Value: nd.PeerIdleTimeout, Usage: "abandon a blob transfer from a peer that sends nothing this long, and try the next holder", EnvVars: []string{"MESHREG_PEER_IDLE_TIMEOUT"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "reprovide-interval", Value: nd.ReprovideInterval, Usage: "how often to announce every held blob in the DHT again", EnvVars: []string{"MESHREG_REPROVIDE_INTERVAL"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "dead-server-timeout", Value: nd.DeadServerTimeout, Usage: "remove a member unreachable this long from the cluster for good", EnvVars: []string{"MESHREG_DEAD_SERVER_TIMEOUT"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error", EnvVars: []string{"MESHREG_LOG_LEVEL"}}),

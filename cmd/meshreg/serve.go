@@ -67,6 +67,7 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 	cfg.Node.Zone = c.String("zone")
 	cfg.Node.RepairInterval = c.Duration("repair-interval")
 	cfg.Node.ReprovideInterval = c.Duration("reprovide-interval")
+	cfg.Node.PeerIdleTimeout = c.Duration("peer-idle-timeout")
 	if path := c.String("cluster-key"); path != "" {
 		key, err := p2p.LoadPrivateNetworkKey(path)
 		if err != nil {
