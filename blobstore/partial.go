@@ -38,13 +38,13 @@ type Partial struct {
 	f    *os.File
 	h    hash.Hash
 
-	mu      sync.Mutex
-	grown   *sync.Cond // broadcast when written or state changes
+	mu       sync.Mutex
+	grown    *sync.Cond // broadcast when written or state changes
 	written  int64
 	verified bool  // all bytes arrived and match the digest
 	done     bool  // committed or failed
-	err     error // why it failed; nil once committed
-	refs    int   // the writer until done, plus open readers; f closes at 0
+	err      error // why it failed; nil once committed
+	refs     int   // the writer until done, plus open readers; f closes at 0
 }
 
 // NewPartial starts writing blob d of the given size into a temp file.
