@@ -287,7 +287,7 @@ func (n *Node) repairSweep(ctx context.Context) (under, repaired int, err error)
 				continue
 			}
 			// One holder repairs, the others leave it: the lowest id.
-			if slices.MinFunc(held, func(a, b peer.ID) int { return cmpID(a, b) }) != n.host.ID() {
+			if slices.Min(held) != n.host.ID() {
 				under++
 				continue
 			}
@@ -311,16 +311,6 @@ func (n *Node) repairSweep(ctx context.Context) (under, repaired int, err error)
 		sweep()
 	}
 	return under, repaired, err
-}
-
-func cmpID(a, b peer.ID) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // provideLoop announces every local blob in the DHT: once the routing
