@@ -370,3 +370,60 @@ func TestPeersAbandonAStalledHolder(t *testing.T) {
 		t.Errorf("the origin served %.0f bytes, want the blob (%d) for the stalled node and the rest for the puller", served, len(blob))
 	}
 }
+
+// TestPeersShareOneFetch: several clients ask one node at once for a blob
+// it does not hold, one of them for a byte range. The node fetches the blob
+// from its holder once, every client gets its bytes while the fetch is
+// still running, and the range is served from the part already written.
+func TestPeersShareOneFetch(t *testing.T) {
+	t.Parallel()
+	nodes := testnet.StartInProcessCluster(t, 2, func(i int, c *node.Config) {
+		c.Replicas = 1
+		if i == 0 {
+			c.ServeFault = testnet.SlowPeer(16<<20, 0) // a fetch of 32 MiB takes 2 s
+		}
+	})
+	origin, puller := nodes[0], nodes[1]
+	repo := testnet.UniqueRepo("e2e/share")
+	blob, d := randomBlob(45, 32<<20)
+	if _, err := testnet.NewClient(origin.URL()).PushBytes(t.Context(), repo, blob); err != nil {
+		t.Fatal(err)
+	}
+	waitLinked(t, puller.Node, repo, d)
+
+	const clients = 4
+	errs := make(chan error, clients+1)
+	for range clients {
+		go func() {
+			got, err := getBlob(t.Context(), puller.Node, repo, d)
+			if err == nil && digest.FromBytes(got) != d {
+				err = fmt.Errorf("got %d bytes hashing to %s", len(got), digest.FromBytes(got))
+			}
+			errs <- err
+		}()
+	}
+	go func() {
+		from, to := 20<<20, 20<<20+999
+		code, _, got, err := testnet.NewClient(puller.URL()).Get(t.Context(), "/v2/"+repo+"/blobs/"+d.String(),
+			http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", from, to)}})
+		switch {
+		case err != nil:
+		case code != http.StatusPartialContent:
+			err = fmt.Errorf("range GET answered %d", code)
+		case string(got) != string(blob[from:to+1]):
+			err = fmt.Errorf("range GET returned %d bytes that differ from the blob's", len(got))
+		}
+		errs <- err
+	}()
+	for range clients + 1 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if got := metric(t, puller.Node, "meshreg_peer_bytes_fetched_total"); got != float64(len(blob)) {
+		t.Errorf("the node fetched %.0f bytes for %d concurrent clients, want the blob once (%d)", got, clients+1, len(blob))
+	}
+	if got := metric(t, puller.Node, "meshreg_blob_reads_total", `source="peer"`); got != clients+1 {
+		t.Errorf("reads from peers = %.0f, want %d", got, clients+1)
+	}
+}
