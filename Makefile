@@ -29,7 +29,7 @@ OCI_VERSION  ?= 1.1
 # make bench BENCH_FLAGS='-blob-size 64MiB -layers 5 -layer-size 1MiB -duration 1s -runs 1'
 BENCH_FLAGS  ?=
 
-.PHONY: all build run test lint unit e2e conformance bench tools clean
+.PHONY: all build run test lint unit e2e conformance bench tools image clean
 
 all: build
 
@@ -38,6 +38,16 @@ build:
 
 run:
 	$(GO) run ./cmd/meshreg serve
+
+# The node image (deploy/Dockerfile): FROM scratch with a static binary,
+# built with the classic builder from a context of its own, so it needs no
+# base image and no registry.
+IMAGE ?= meshreg:dev
+image:
+	rm -rf .image && mkdir -p .image/data
+	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -ldflags '-s -w' -o .image/meshreg ./cmd/meshreg
+	DOCKER_BUILDKIT=0 docker build -f deploy/Dockerfile -t $(IMAGE) .image
+	rm -rf .image
 
 lint:
 	@files="$$(gofmt -l .)"; if [ -n "$$files" ]; then echo "gofmt -l: these files need gofmt:"; echo "$$files"; exit 1; fi
