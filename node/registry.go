@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -16,12 +17,33 @@ import (
 	"github.com/meshreg/meshreg/consensus"
 )
 
+// readCatchUpTimeout bounds the catch-up of a read that found nothing.
+const readCatchUpTimeout = 2 * time.Second
+
+// orCatchUp runs a metadata read; when it finds nothing on a follower, it
+// catches up with the leader and reads again, so content written through
+// another node a moment ago (a push to node 1, then a pull through node 3)
+// is found here too. Only misses pay the round trip to the leader; a node
+// that cannot reach one answers from what it has.
+func orCatchUp[T any](ctx context.Context, n *Node, read func() (T, error)) (T, error) {
+	v, err := read()
+	if !errors.Is(err, consensus.ErrNotFound) || n.meta.Status().State == "Leader" {
+		return v, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, readCatchUpTimeout)
+	defer cancel()
+	if n.catchUp(ctx) != nil {
+		return v, err
+	}
+	return read()
+}
+
 func (n *Node) GetManifest(ctx context.Context, repo, reference string) (api.Manifest, error) {
-	d, err := n.resolve(repo, reference)
+	d, err := n.resolve(ctx, repo, reference)
 	if err != nil {
 		return api.Manifest{}, err
 	}
-	m, err := n.meta.Manifest(repo, d)
+	m, err := orCatchUp(ctx, n, func() (consensus.ManifestRecord, error) { return n.meta.Manifest(repo, d) })
 	if err != nil {
 		return api.Manifest{}, metaError(err, oci.ManifestUnknown, "manifest "+d.String()+" is not in repository "+repo)
 	}
@@ -29,11 +51,11 @@ func (n *Node) GetManifest(ctx context.Context, repo, reference string) (api.Man
 }
 
 // resolve turns a reference into a digest, looking tags up.
-func (n *Node) resolve(repo, reference string) (digest.Digest, error) {
+func (n *Node) resolve(ctx context.Context, repo, reference string) (digest.Digest, error) {
 	if isDigest(reference) {
 		return digest.Digest(reference), nil
 	}
-	d, err := n.meta.ResolveTag(repo, reference)
+	d, err := orCatchUp(ctx, n, func() (digest.Digest, error) { return n.meta.ResolveTag(repo, reference) })
 	return d, metaError(err, oci.ManifestUnknown, "tag "+reference+" is not in repository "+repo)
 }
 
@@ -144,7 +166,7 @@ func (n *Node) Referrers(ctx context.Context, repo string, subject digest.Digest
 // StatBlob answers from the metadata: a blob linked to the repository
 // exists in the registry, on this node or on peers.
 func (n *Node) StatBlob(ctx context.Context, repo string, d digest.Digest) (int64, error) {
-	size, err := n.meta.BlobLink(repo, d)
+	size, err := n.blobLink(ctx, repo, d)
 	if err != nil {
 		if m, merr := n.meta.Manifest(repo, d); merr == nil {
 			return int64(len(m.Body)), nil
@@ -157,7 +179,7 @@ func (n *Node) StatBlob(ctx context.Context, repo string, d digest.Digest) (int6
 // OpenBlob reads a blob from this node's disk, or else from peers: the
 // client's response streams while the fetch writes the blob here.
 func (n *Node) OpenBlob(ctx context.Context, repo string, d digest.Digest) (io.ReadSeekCloser, int64, error) {
-	linked, err := n.meta.BlobLink(repo, d)
+	linked, err := n.blobLink(ctx, repo, d)
 	if err != nil {
 		// Manifests are content too: serve one that is asked for as a blob,
 		// as CNCF Distribution does.
@@ -179,6 +201,12 @@ func (n *Node) OpenBlob(ctx context.Context, repo string, d digest.Digest) (io.R
 	}
 	n.metrics.reads.WithLabelValues("local").Inc()
 	return f, size, nil
+}
+
+// blobLink is the size of blob d in repo from the metadata, caught up with
+// the leader on a miss.
+func (n *Node) blobLink(ctx context.Context, repo string, d digest.Digest) (int64, error) {
+	return orCatchUp(ctx, n, func() (int64, error) { return n.meta.BlobLink(repo, d) })
 }
 
 type nopCloser struct{ *bytes.Reader }

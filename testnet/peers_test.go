@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/meshreg/meshreg/node"
@@ -425,5 +426,46 @@ func TestPeersShareOneFetch(t *testing.T) {
 	}
 	if got := metric(t, puller.Node, "meshreg_blob_reads_total", `source="peer"`); got != clients+1 {
 		t.Errorf("reads from peers = %.0f, want %d", got, clients+1)
+	}
+}
+
+// TestPeersNewContentIsFoundThroughAnyNodeAtOnce: a blob or a tag written
+// through one node is found through another the moment the write returns
+// (a miss makes a follower catch up with the leader before answering), so
+// `push to node 1; pull through node 3` needs no pause in between.
+func TestPeersNewContentIsFoundThroughAnyNodeAtOnce(t *testing.T) {
+	testnet.RequireProcess(t)
+	t.Parallel()
+	nodes := testnet.StartCluster(t, 3, testnet.Options{})
+	repo := testnet.UniqueRepo("e2e/at-once")
+	ctx := t.Context()
+	for i := range 15 {
+		writer, reader := nodes[i%3], nodes[(i+1)%3]
+		blob, d := randomBlob(uint64(100+i), 64<<10)
+		if _, err := testnet.NewClient(writer.URL()).PushBytes(ctx, repo, blob); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := getBlob(ctx, reader, repo, d); err != nil || digest.FromBytes(got) != d {
+			t.Fatalf("write %d: blob pushed through %s, GET through %s at once: %d bytes, %v", i, writer.Host(), reader.Host(), len(got), err)
+		}
+		cfg := fmt.Sprintf(`{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"n":%d}`, i)
+		cd, err := testnet.NewClient(writer.URL()).PushBytes(ctx, repo, []byte(cfg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _ := json.Marshal(ocispec.Manifest{
+			Versioned: specs.Versioned{SchemaVersion: 2},
+			MediaType: ocispec.MediaTypeImageManifest,
+			Config:    ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: cd, Size: int64(len(cfg))},
+			Layers:    []ocispec.Descriptor{{MediaType: ocispec.MediaTypeImageLayer, Digest: d, Size: int64(len(blob))}},
+		})
+		tag := fmt.Sprintf("v%d", i)
+		md, err := testnet.NewClient(writer.URL()).PutManifest(ctx, repo, tag, ocispec.MediaTypeImageManifest, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := tagOn(ctx, reader, repo, tag); got != md.String() {
+			t.Fatalf("write %d: tag %s written through %s, read through %s at once: %q, want %s", i, tag, writer.Host(), reader.Host(), got, md)
+		}
 	}
 }
