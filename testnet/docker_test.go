@@ -27,6 +27,27 @@ func TestDockerPushPull(t *testing.T) {
 	t.Parallel()
 	docker := requireDocker(t)
 	n := testnet.StartNode(t, testnet.Options{})
+	dockerRoundTrip(t, docker, n, n)
+}
+
+// TestDockerPushToOneNodePullFromAnother is the cluster promise with the
+// real Docker engine: push to node 1, pull the same image through node 3,
+// whose bytes come from its peers.
+func TestDockerPushToOneNodePullFromAnother(t *testing.T) {
+	testnet.RequireProcess(t)
+	t.Parallel()
+	docker := requireDocker(t)
+	nodes := testnet.StartCluster(t, 3, testnet.Options{})
+	dockerRoundTrip(t, docker, nodes[0], nodes[2])
+	if fetched := metric(t, nodes[2], "meshreg_peer_bytes_fetched_total"); fetched == 0 {
+		t.Errorf("node 3 served the pull but fetched no bytes from peers")
+	}
+}
+
+// dockerRoundTrip builds a tiny image FROM scratch, pushes it to node push,
+// removes it locally, pulls it through node pull and runs it.
+func dockerRoundTrip(t *testing.T, docker string, push, pull *testnet.Node) {
+	t.Helper()
 	work := t.TempDir()
 	r := testnet.Runner{T: t, Path: docker, Dir: work}
 
@@ -37,7 +58,9 @@ func TestDockerPushPull(t *testing.T) {
 	writeFile(t, filepath.Join(work, "Dockerfile"), []byte(
 		"FROM scratch\nCOPY hello /hello\nLABEL org.meshreg.e2e=1\nENTRYPOINT [\"/hello\"]\n"))
 
-	tag := n.Host() + "/e2e/hello:v1"
+	repo := testnet.UniqueRepo("e2e/hello")
+	tag := push.Host() + "/" + repo + ":v1"
+	pullTag := pull.Host() + "/" + repo + ":v1"
 	if r.Try("buildx", "version").Err != nil {
 		// Without the buildx plugin the CLI needs to be told to use the
 		// classic builder.
@@ -46,6 +69,7 @@ func TestDockerPushPull(t *testing.T) {
 	t.Cleanup(func() {
 		// Remove what the test made, even if it failed half-way.
 		exec.Command(docker, "rmi", "-f", tag).Run()
+		exec.Command(docker, "rmi", "-f", pullTag).Run()
 	})
 	r.Run("build", "-t", tag, ".")
 	built := strings.TrimSpace(string(r.Run("image", "inspect", "-f", "{{.Id}}", tag)))
@@ -57,12 +81,12 @@ func TestDockerPushPull(t *testing.T) {
 		t.Fatalf("docker push printed no digest:\n%s", out)
 	}
 	pushed := string(m[1])
-	_, _, served, err := testnet.NewClient(n.URL()).GetManifest(t.Context(), "e2e/hello", "v1")
+	_, _, served, err := testnet.NewClient(pull.URL()).GetManifest(t.Context(), repo, "v1")
 	if err != nil {
 		t.Fatalf("after docker push: %v", err)
 	}
 	if served != pushed {
-		t.Errorf("registry serves e2e/hello:v1 as %s, docker push said %s", served, pushed)
+		t.Errorf("%s serves %s:v1 as %s, docker push said %s", pull.Host(), repo, served, pushed)
 	}
 
 	// Remove it locally: the pull must come from the registry.
@@ -71,16 +95,16 @@ func TestDockerPushPull(t *testing.T) {
 		// Another tag still holds the image: remove that too.
 		r.Run("rmi", "-f", built)
 	}
-	r.Run("pull", tag)
-	pulled := strings.TrimSpace(string(r.Run("image", "inspect", "-f", "{{.Id}}", tag)))
+	r.Run("pull", pullTag)
+	pulled := strings.TrimSpace(string(r.Run("image", "inspect", "-f", "{{.Id}}", pullTag)))
 	if pulled != built {
 		t.Errorf("image id after pull %s, built %s", pulled, built)
 	}
-	repoDigests := string(r.Run("image", "inspect", "-f", "{{json .RepoDigests}}", tag))
+	repoDigests := string(r.Run("image", "inspect", "-f", "{{json .RepoDigests}}", pullTag))
 	if !strings.Contains(repoDigests, pushed) {
 		t.Errorf("pulled image's RepoDigests %s lack the pushed %s", strings.TrimSpace(repoDigests), pushed)
 	}
-	got := strings.TrimSpace(string(r.Run("run", "--rm", tag)))
+	got := strings.TrimSpace(string(r.Run("run", "--rm", pullTag)))
 	if got != msg {
 		t.Errorf("docker run printed %q, want %q", got, msg)
 	}
