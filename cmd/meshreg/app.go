@@ -63,17 +63,29 @@ func serveFlags() []cli.Flag {
 	}
 }
 
+// checkFlag makes `meshreg serve` validate its configuration and print it
+// instead of serving. It is a command-line flag only, not an environment
+// variable or a --config key: a stray MESHREG_CHECK in a pod's environment
+// must not turn every start into a no-op.
+var checkFlag = &cli.BoolFlag{
+	Name:  "check",
+	Usage: "read and validate the configuration (flags, MESHREG_* environment, --config file), print the effective configuration as JSON and exit, opening no file in the data dir and no port",
+}
+
 func serveCommand() *cli.Command {
 	flags := serveFlags()
 	return &cli.Command{
 		Name:   "serve",
 		Usage:  "run a registry node (with no flags: 127.0.0.1:5000, data in ./meshreg-data)",
-		Flags:  flags,
+		Flags:  append(flags, checkFlag),
 		Before: altsrc.InitInputSourceWithContext(flags, altsrc.NewYamlSourceFromFlagFunc("config")),
 		Action: func(c *cli.Context) error {
 			cfg, err := configFromFlags(c)
 			if err != nil {
 				return err
+			}
+			if c.Bool("check") {
+				return printChecked(c.App.Writer, cfg)
 			}
 			return serve(c.Context, cfg)
 		},

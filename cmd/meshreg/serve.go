@@ -2,15 +2,19 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"time"
 
+	ma "github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -33,6 +37,10 @@ type flagGetter interface {
 
 // serveConfig is everything `meshreg serve` was told.
 type serveConfig struct {
+	// ConfigFile and ClusterKeyFile are the --config and --cluster-key
+	// paths as given ("" if none); the key's bytes are in Node.P2P.
+	ConfigFile      string
+	ClusterKeyFile  string
 	Listen          string
 	LogLevel        slog.Level
 	LogFormat       string
@@ -43,6 +51,7 @@ type serveConfig struct {
 
 func configFromFlags(c flagGetter) (serveConfig, error) {
 	cfg := serveConfig{
+		ConfigFile:      c.String("config"),
 		Listen:          c.String("listen"),
 		LogFormat:       c.String("log-format"),
 		ShutdownTimeout: c.Duration("shutdown-timeout"),
@@ -68,7 +77,11 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 	cfg.Node.RepairInterval = c.Duration("repair-interval")
 	cfg.Node.ReprovideInterval = c.Duration("reprovide-interval")
 	cfg.Node.PeerIdleTimeout = c.Duration("peer-idle-timeout")
+	if err := checkListen(cfg.Listen); err != nil {
+		return cfg, err
+	}
 	if path := c.String("cluster-key"); path != "" {
+		cfg.ClusterKeyFile = path
 		key, err := p2p.LoadPrivateNetworkKey(path)
 		if err != nil {
 			return cfg, fmt.Errorf("--cluster-key: %w", err)
@@ -81,10 +94,132 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 	cfg.Node.Consensus.TrailingLogs = c.Uint64("trailing-logs")
 	cfg.API.MaxManifestSize = c.Int64("max-manifest-size")
 	cfg.API.BodyIdleTimeout = c.Duration("body-idle-timeout")
-	if err := errors.Join(cfg.Node.Validate(), cfg.API.Validate()); err != nil {
+	if err := errors.Join(cfg.Node.Validate(), cfg.API.Validate(), checkOpenable(cfg.Node)); err != nil {
 		return cfg, err
 	}
 	return cfg, nil
+}
+
+// checkListen rejects a --listen that is not HOST:PORT, without binding it.
+func checkListen(listen string) error {
+	_, port, err := net.SplitHostPort(listen)
+	if err == nil && port == "" {
+		err = errors.New("missing port")
+	}
+	if err != nil {
+		return fmt.Errorf("--listen %q: want HOST:PORT: %w", listen, err)
+	}
+	return nil
+}
+
+// checkOpenable runs the checks node.Open would make later on the parts
+// node.Config.Validate leaves out (the libp2p and Raft settings, with the
+// paths and ids Open fills in stubbed), and checks that every --join
+// target has a form a node can dial, so a mistake fails at start (and in
+// `serve --check`) rather than in a join loop that retries forever. It
+// touches no file and no socket.
+func checkOpenable(nc node.Config) error {
+	pc := nc.P2P
+	pc.DataDir = nc.DataDir
+	cc := nc.Consensus
+	cc.Dir, cc.NodeID = nc.DataDir, "check"
+	errs := []error{pc.Validate(), cc.Validate()}
+	for _, j := range nc.Join {
+		errs = append(errs, checkJoin(j))
+	}
+	return errors.Join(errs...)
+}
+
+// checkJoin accepts what the node's join loop can dial: an http(s) URL
+// with a host, or a multiaddr naming the peer with /p2p/<id>.
+func checkJoin(target string) error {
+	if strings.HasPrefix(target, "http://") || strings.HasPrefix(target, "https://") {
+		u, err := url.Parse(target)
+		if err != nil || u.Host == "" {
+			return fmt.Errorf("--join %q: not a usable URL (want http://HOST:PORT)", target)
+		}
+		return nil
+	}
+	m, err := ma.NewMultiaddr(target)
+	if err != nil {
+		return fmt.Errorf("--join %q: neither an http(s) URL nor a multiaddr: %w", target, err)
+	}
+	if _, err := m.ValueForProtocol(ma.P_P2P); err != nil {
+		return fmt.Errorf("--join %q: a multiaddr needs /p2p/<peer id>", target)
+	}
+	return nil
+}
+
+// checkedConfig is what `meshreg serve --check` prints: the effective
+// settings under the names of their flags (so it reads like a --config
+// file), with the cluster key's path but never its bytes.
+type checkedConfig struct {
+	Config            string   `json:"config,omitempty"`
+	DataDir           string   `json:"data-dir"`
+	Listen            string   `json:"listen"`
+	P2PListen         []string `json:"p2p-listen"`
+	Join              []string `json:"join"`
+	BootstrapExpect   int      `json:"bootstrap-expect"`
+	ClusterKey        string   `json:"cluster-key"`
+	Voters            int      `json:"voters"`
+	Replicas          int      `json:"replicas"`
+	Region            string   `json:"region"`
+	Zone              string   `json:"zone"`
+	RepairInterval    string   `json:"repair-interval"`
+	PeerIdleTimeout   string   `json:"peer-idle-timeout"`
+	ReprovideInterval string   `json:"reprovide-interval"`
+	DeadServerTimeout string   `json:"dead-server-timeout"`
+	LogLevel          string   `json:"log-level"`
+	LogFormat         string   `json:"log-format"`
+	MaxManifestSize   int64    `json:"max-manifest-size"`
+	UploadIdleTimeout string   `json:"upload-idle-timeout"`
+	BodyIdleTimeout   string   `json:"body-idle-timeout"`
+	SnapshotThreshold uint64   `json:"snapshot-threshold"`
+	TrailingLogs      uint64   `json:"trailing-logs"`
+	SnapshotInterval  string   `json:"snapshot-interval"`
+	ShutdownTimeout   string   `json:"shutdown-timeout"`
+}
+
+func (cfg serveConfig) checked() checkedConfig {
+	nonNil := func(s []string) []string {
+		if s == nil {
+			return []string{}
+		}
+		return s
+	}
+	return checkedConfig{
+		Config:            cfg.ConfigFile,
+		DataDir:           cfg.Node.DataDir,
+		Listen:            cfg.Listen,
+		P2PListen:         nonNil(cfg.Node.P2P.ListenAddrs),
+		Join:              nonNil(cfg.Node.Join),
+		BootstrapExpect:   cfg.Node.BootstrapExpect,
+		ClusterKey:        cfg.ClusterKeyFile,
+		Voters:            cfg.Node.Voters,
+		Replicas:          cfg.Node.Replicas,
+		Region:            cfg.Node.Region,
+		Zone:              cfg.Node.Zone,
+		RepairInterval:    cfg.Node.RepairInterval.String(),
+		PeerIdleTimeout:   cfg.Node.PeerIdleTimeout.String(),
+		ReprovideInterval: cfg.Node.ReprovideInterval.String(),
+		DeadServerTimeout: cfg.Node.DeadServerTimeout.String(),
+		LogLevel:          strings.ToLower(cfg.LogLevel.String()),
+		LogFormat:         cfg.LogFormat,
+		MaxManifestSize:   cfg.API.MaxManifestSize,
+		UploadIdleTimeout: cfg.Node.UploadIdleTimeout.String(),
+		BodyIdleTimeout:   cfg.API.BodyIdleTimeout.String(),
+		SnapshotThreshold: cfg.Node.Consensus.SnapshotThreshold,
+		TrailingLogs:      cfg.Node.Consensus.TrailingLogs,
+		SnapshotInterval:  cfg.Node.Consensus.SnapshotInterval.String(),
+		ShutdownTimeout:   cfg.ShutdownTimeout.String(),
+	}
+}
+
+// printChecked writes the effective configuration as indented JSON.
+func printChecked(w io.Writer, cfg serveConfig) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(cfg.checked())
 }
 
 func newLogger(cfg serveConfig) *slog.Logger {
