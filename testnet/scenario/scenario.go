@@ -1,0 +1,456 @@
+// Package scenario runs a meshreg testnet declared as data: a TOML file
+// names the nodes (region, zone, flags), the links between regions, a
+// bounded workload, perturbations at given times and scenario-specific
+// expectations. The Runner starts the nodes as containers (package
+// containers), runs workload and perturbations together, heals, and then
+// checks the cluster only through its public API: every acknowledged push
+// is served by every live node, the nodes agree on every tag, nothing is
+// under-replicated, no node crashed. It writes a report as JSON and
+// Markdown.
+//
+// A scenario file:
+//
+//	name = "smoke"
+//	timeout = "2m"            # the whole run, checks included
+//	converge_timeout = "60s"  # how long the healed cluster may take to agree
+//	replicas = 2
+//	args = ["--dead-server-timeout", "15s"]   # given to every node
+//
+//	[[nodes]]
+//	name = "n1"
+//	region = "r1"
+//	zone = "z1"
+//	later = false             # true: started by an "add" event, not at start
+//
+//	[[links]]                 # shaping between two regions, both ways
+//	regions = ["r1", "r2"]
+//	rate = "20mbit"
+//	latency = "80ms"          # needs sch_netem; reported when not applied
+//
+//	[workload]
+//	duration = "20s"
+//	[workload.push]
+//	concurrency = 2, count = 40, layers = 2, layer_size = "128KiB", interval = "100ms"
+//	[workload.pull]
+//	concurrency = 2, count = 80, interval = "50ms"
+//
+//	[[events]]                # perturbations and scripted steps, in time order
+//	at = "5s"
+//	action = "kill"           # see Actions
+//	target = "leader"         # a node name, "leader", "follower" or "any"
+//
+//	[[after_heal]]            # steps run once everything is healed
+//	action = "docker"
+//	target = "n1"
+//	to = "n3"
+//
+//	[[expect]]                # scenario-specific checks on measured pulls
+//	event = "second-far-pull"
+//	served_by = ["b1"]
+//	not_served_by = ["a1", "a2"]
+package scenario
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Scenario is one parsed scenario file.
+type Scenario struct {
+	Name            string     `toml:"name"`
+	Timeout         Duration   `toml:"timeout"`
+	ConvergeTimeout Duration   `toml:"converge_timeout"`
+	Replicas        int        `toml:"replicas"`
+	Start           string     `toml:"start"` // "join" (default) or "bootstrap-expect"
+	Args            []string   `toml:"args"`
+	Nodes           []NodeSpec `toml:"nodes"`
+	Links           []Link     `toml:"links"`
+	Workload        Workload   `toml:"workload"`
+	Events          []Event    `toml:"events"`
+	AfterHeal       []Event    `toml:"after_heal"`
+	Expect          []Expect   `toml:"expect"`
+}
+
+// NodeSpec declares one node.
+type NodeSpec struct {
+	Name   string   `toml:"name"`
+	Region string   `toml:"region"`
+	Zone   string   `toml:"zone"`
+	Args   []string `toml:"args"`
+	Later  bool     `toml:"later"`
+}
+
+// Link shapes the traffic between two regions, both ways.
+type Link struct {
+	Regions []string `toml:"regions"`
+	Rate    string   `toml:"rate"`
+	Latency Duration `toml:"latency"`
+}
+
+// Workload is the background load; every part is bounded in count and
+// time.
+type Workload struct {
+	Duration Duration `toml:"duration"`
+	Push     PushLoad `toml:"push"`
+	Pull     PullLoad `toml:"pull"`
+	Repo     string   `toml:"repo"` // default testnet/<name>
+}
+
+// PushLoad pushes generated images (layers × layer_size random bytes and
+// a config) to random live nodes.
+type PushLoad struct {
+	Concurrency int      `toml:"concurrency"`
+	Count       int      `toml:"count"`
+	Layers      int      `toml:"layers"`
+	LayerSize   Size     `toml:"layer_size"`
+	Interval    Duration `toml:"interval"`
+}
+
+// PullLoad pulls acknowledged pushes through random live nodes other than
+// the one pushed to.
+type PullLoad struct {
+	Concurrency int      `toml:"concurrency"`
+	Count       int      `toml:"count"`
+	Interval    Duration `toml:"interval"`
+}
+
+// Actions are the closed list of event actions.
+var Actions = []string{
+	"kill",      // SIGKILL the target
+	"stop",      // SIGTERM, graceful
+	"restart",   // start a killed/stopped target again; a running one is stopped gracefully first
+	"pause",     // freeze the target
+	"unpause",   // thaw it
+	"partition", // cut nodes (a set) from every other node
+	"heal",      // undo every partition and pause
+	"add",       // start a node declared with later = true, joining a live node
+	"remove",    // remove the target for good, data included
+	"push",      // push a named image (layers, layer_size) to the target
+	"pull",      // pull a named image through the target, measuring bytes served by every node
+	"docker",    // the host's Docker engine pushes to target, pulls back through to
+	"wait",      // do nothing until at; a marker
+}
+
+// Event is one perturbation or scripted step.
+type Event struct {
+	At        Duration `toml:"at"`
+	Action    string   `toml:"action"`
+	Target    string   `toml:"target"`
+	Nodes     []string `toml:"nodes"` // partition: the cut-off set (names, "leader", "follower")
+	To        string   `toml:"to"`    // docker: pull back through this node
+	Image     string   `toml:"image"` // push, pull: the image's name (a tag)
+	Layers    int      `toml:"layers"`
+	LayerSize Size     `toml:"layer_size"`
+	Label     string   `toml:"label"` // pull: the name expectations refer to
+}
+
+// Expect is a scenario-specific check on a measured pull: during it, each
+// node of served_by sent at least the image's bytes to peers (together),
+// and each node of not_served_by sent none.
+type Expect struct {
+	Event       string   `toml:"event"`
+	ServedBy    []string `toml:"served_by"`
+	NotServedBy []string `toml:"not_served_by"`
+}
+
+// Duration is a time.Duration written as "1m30s" in TOML.
+type Duration struct{ time.Duration }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("duration %q: want e.g. \"90s\" or \"1m30s\"", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+// Size is a byte count written as "128KiB", "8MiB" or a plain number.
+type Size int64
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (s *Size) UnmarshalText(b []byte) error {
+	str := strings.TrimSpace(string(b))
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}} {
+		if rest, ok := strings.CutSuffix(str, u.suffix); ok {
+			str, mult = strings.TrimSpace(rest), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(str, 10, 64)
+	if err != nil || n < 0 {
+		return fmt.Errorf("size %q: want e.g. \"128KiB\", \"8MiB\" or a byte count", b)
+	}
+	*s = Size(n * mult)
+	return nil
+}
+
+// Load reads and validates a scenario file.
+func Load(path string) (*Scenario, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("scenario: %w", err)
+	}
+	defer f.Close()
+	s, err := Parse(f)
+	if err != nil {
+		return nil, fmt.Errorf("scenario %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Parse decodes a scenario, applies defaults and validates it. Unknown
+// keys are errors: a misspelt key must not silently run a weaker test.
+func Parse(r io.Reader) (*Scenario, error) {
+	var s Scenario
+	md, err := toml.NewDecoder(r).Decode(&s)
+	if err != nil {
+		return nil, err
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return nil, fmt.Errorf("unknown keys: %s", strings.Join(keys, ", "))
+	}
+	s.defaults()
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+func (s *Scenario) defaults() {
+	if s.Timeout.Duration == 0 {
+		s.Timeout.Duration = 5 * time.Minute
+	}
+	if s.ConvergeTimeout.Duration == 0 {
+		s.ConvergeTimeout.Duration = 90 * time.Second
+	}
+	if s.Replicas == 0 {
+		s.Replicas = 2
+	}
+	if s.Start == "" {
+		s.Start = "join"
+	}
+	if s.Workload.Repo == "" {
+		s.Workload.Repo = "testnet/" + s.Name
+	}
+	w := &s.Workload
+	if w.Push.Count > 0 {
+		w.Push.Concurrency = max(w.Push.Concurrency, 1)
+		w.Push.Layers = max(w.Push.Layers, 1)
+		if w.Push.LayerSize == 0 {
+			w.Push.LayerSize = 64 << 10
+		}
+	}
+	if w.Pull.Count > 0 {
+		w.Pull.Concurrency = max(w.Pull.Concurrency, 1)
+	}
+	for i := range s.Events {
+		s.Events[i].defaults()
+	}
+	for i := range s.AfterHeal {
+		s.AfterHeal[i].defaults()
+	}
+}
+
+func (e *Event) defaults() {
+	if e.Action == "push" {
+		e.Layers = max(e.Layers, 1)
+		if e.LayerSize == 0 {
+			e.LayerSize = 1 << 20
+		}
+	}
+	if e.Action == "pull" && e.Label == "" {
+		e.Label = e.Image
+	}
+}
+
+// Limits keep every run bounded whatever a file says.
+const (
+	maxNodes     = 16
+	maxPushes    = 5000
+	maxPulls     = 20000
+	maxImageSize = 1 << 30
+	maxTimeout   = 30 * time.Minute
+)
+
+// Validate reports every problem of the scenario at once.
+func (s *Scenario) Validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if s.Name == "" {
+		bad("name: missing")
+	}
+	if s.Timeout.Duration > maxTimeout {
+		bad("timeout %v: at most %v", s.Timeout.Duration, maxTimeout)
+	}
+	if s.Replicas < 1 {
+		bad("replicas %d: at least 1", s.Replicas)
+	}
+	if s.Start != "join" && s.Start != "bootstrap-expect" {
+		bad("start %q: \"join\" or \"bootstrap-expect\"", s.Start)
+	}
+	names := map[string]NodeSpec{}
+	regions := map[string]bool{}
+	initial := 0
+	for i, n := range s.Nodes {
+		switch {
+		case n.Name == "":
+			bad("nodes[%d]: name missing", i)
+		case n.Name == "leader" || n.Name == "follower" || n.Name == "any":
+			bad("nodes[%d]: %q is reserved for event targets", i, n.Name)
+		case names[n.Name].Name != "":
+			bad("nodes[%d]: name %q used twice", i, n.Name)
+		}
+		if n.Region == "" || n.Zone == "" {
+			bad("node %q: region and zone are required", n.Name)
+		}
+		names[n.Name] = n
+		regions[n.Region] = true
+		if !n.Later {
+			initial++
+		}
+	}
+	if initial == 0 {
+		bad("nodes: at least one node must start at the beginning (later = false)")
+	}
+	if len(s.Nodes) > maxNodes {
+		bad("nodes: %d, at most %d", len(s.Nodes), maxNodes)
+	}
+	if s.Start == "bootstrap-expect" && initial < len(s.Nodes) {
+		bad("start = \"bootstrap-expect\" cannot have later nodes")
+	}
+	linked := map[string]bool{}
+	for i, l := range s.Links {
+		if len(l.Regions) != 2 || l.Regions[0] == l.Regions[1] {
+			bad("links[%d]: regions must name two different regions", i)
+			continue
+		}
+		for _, r := range l.Regions {
+			if !regions[r] {
+				bad("links[%d]: region %q has no node", i, r)
+			}
+			if linked[r] {
+				bad("links[%d]: region %q is in two links; one link per region is supported", i, r)
+			}
+			linked[r] = true
+		}
+		if l.Rate == "" {
+			bad("links[%d]: rate missing (tc syntax, e.g. \"20mbit\")", i)
+		}
+	}
+	w := s.Workload
+	if (w.Push.Count > 0 || w.Pull.Count > 0) && w.Duration.Duration <= 0 {
+		bad("workload: duration required to bound the pushes and pulls")
+	}
+	if w.Push.Count > maxPushes || w.Pull.Count > maxPulls {
+		bad("workload: at most %d pushes and %d pulls", maxPushes, maxPulls)
+	}
+	if int64(w.Push.Layers)*int64(w.Push.LayerSize) > maxImageSize {
+		bad("workload.push: images of %d × %d bytes exceed %d", w.Push.Layers, w.Push.LayerSize, maxImageSize)
+	}
+	if w.Pull.Count > 0 && w.Push.Count == 0 {
+		bad("workload.pull: pulls need pushes to pull")
+	}
+	images := map[string]bool{}
+	labels := map[string]bool{}
+	check := func(where string, events []Event, timed bool) {
+		var last time.Duration
+		for i, e := range events {
+			at := fmt.Sprintf("%s[%d] (%s)", where, i, e.Action)
+			if !slices.Contains(Actions, e.Action) {
+				bad("%s: unknown action %q; one of %s", at, e.Action, strings.Join(Actions, ", "))
+				continue
+			}
+			if timed && e.At.Duration < last {
+				bad("%s: at %v comes before the previous event's %v; list events in time order", at, e.At.Duration, last)
+			}
+			last = e.At.Duration
+			if timed && e.At.Duration >= s.Timeout.Duration {
+				bad("%s: at %v is past the timeout %v", at, e.At.Duration, s.Timeout.Duration)
+			}
+			target := func(t string) {
+				if t == "leader" || t == "follower" || t == "any" {
+					return
+				}
+				if names[t].Name == "" {
+					bad("%s: node %q not declared", at, t)
+				}
+			}
+			switch e.Action {
+			case "partition":
+				if len(e.Nodes) == 0 {
+					bad("%s: nodes (the set cut off) missing", at)
+				}
+				for _, n := range e.Nodes {
+					target(n)
+				}
+			case "heal", "wait":
+			case "add":
+				if !names[e.Target].Later {
+					bad("%s: target %q must be a node declared with later = true", at, e.Target)
+				}
+			case "docker":
+				target(e.Target)
+				if e.To == "" {
+					bad("%s: to (the node to pull back through) missing", at)
+				} else {
+					target(e.To)
+				}
+			default:
+				if e.Target == "" {
+					bad("%s: target missing", at)
+				} else {
+					target(e.Target)
+				}
+			}
+			switch e.Action {
+			case "push":
+				if e.Image == "" {
+					bad("%s: image (its name) missing", at)
+				}
+				images[e.Image] = true
+				if int64(e.Layers)*int64(e.LayerSize) > maxImageSize {
+					bad("%s: image larger than %d bytes", at, maxImageSize)
+				}
+			case "pull":
+				if !images[e.Image] {
+					bad("%s: image %q is not pushed by an earlier push event", at, e.Image)
+				}
+				labels[e.Label] = true
+			}
+		}
+	}
+	check("events", s.Events, true)
+	check("after_heal", s.AfterHeal, false)
+	for i, x := range s.Expect {
+		if !labels[x.Event] {
+			bad("expect[%d]: event %q is not the label of a pull event", i, x.Event)
+		}
+		if len(x.ServedBy)+len(x.NotServedBy) == 0 {
+			bad("expect[%d]: served_by or not_served_by needed", i)
+		}
+		for _, n := range append(slices.Clone(x.ServedBy), x.NotServedBy...) {
+			if names[n].Name == "" {
+				bad("expect[%d]: node %q not declared", i, n)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
