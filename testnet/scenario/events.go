@@ -86,6 +86,12 @@ func (r *run) apply(ctx context.Context, e Event) ([]string, error) {
 			return nil, err
 		}
 		to, err := r.cl.resolve(ctx, e.To)
+		if e.To == "any" {
+			// Through another node than the one pushed to, when there is one.
+			if other := r.cl.randomRunning(from); other != nil {
+				to = other
+			}
+		}
 		if err != nil {
 			return []string{from.spec.Name}, err
 		}
@@ -153,8 +159,10 @@ func (r *run) apply(ctx context.Context, e Event) ([]string, error) {
 		return names, err
 	case "pull":
 		return names, r.measuredPull(ctx, n, e)
+	default:
+		return names, fmt.Errorf("action %q not implemented", e.Action)
 	}
-	return names, fmt.Errorf("action %q not implemented", e.Action)
+	return names, nil
 }
 
 // measuredPull pulls a named image through n and records how many bytes

@@ -115,8 +115,10 @@ func (cl *cluster) status(ctx context.Context, n *node) (testnet.NodeStatus, err
 	return st, jsonUnmarshal(body, &st)
 }
 
-// resolve turns an event target (a name, "leader", "follower", "any")
-// into a node, waiting up to 30 s for a leader when one is needed.
+// resolve turns an event target into a node: a name; "leader" or
+// "follower" (waiting up to 30 s for a leader); "any" running node; or
+// "down", the first node killed or stopped by an earlier event (to start
+// again a leader that was killed by role).
 func (cl *cluster) resolve(ctx context.Context, target string) (*node, error) {
 	switch target {
 	case "any":
@@ -124,6 +126,15 @@ func (cl *cluster) resolve(ctx context.Context, target string) (*node, error) {
 			return n, nil
 		}
 		return nil, errors.New("no node is running")
+	case "down":
+		cl.mu.Lock()
+		defer cl.mu.Unlock()
+		for _, n := range cl.nodes {
+			if n.state == stateKilled || n.state == stateStopped {
+				return n, nil
+			}
+		}
+		return nil, errors.New("no node is down (killed or stopped)")
 	case "leader", "follower":
 		var found *node
 		var last string

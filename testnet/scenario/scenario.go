@@ -139,6 +139,11 @@ var Actions = []string{
 	"wait",      // do nothing until at; a marker
 }
 
+// roleTargets are the event targets that name a node by its role when
+// the event runs: the leader, a follower, any running node, or the first
+// node down (killed or stopped).
+var roleTargets = []string{"leader", "follower", "any", "down"}
+
 // Event is one perturbation or scripted step.
 type Event struct {
 	At        Duration `toml:"at"`
@@ -313,7 +318,7 @@ func (s *Scenario) Validate() error {
 		switch {
 		case n.Name == "":
 			bad("nodes[%d]: name missing", i)
-		case n.Name == "leader" || n.Name == "follower" || n.Name == "any":
+		case slices.Contains(roleTargets, n.Name):
 			bad("nodes[%d]: %q is reserved for event targets", i, n.Name)
 		case names[n.Name].Name != "":
 			bad("nodes[%d]: name %q used twice", i, n.Name)
@@ -386,7 +391,7 @@ func (s *Scenario) Validate() error {
 				bad("%s: at %v is past the timeout %v", at, e.At.Duration, s.Timeout.Duration)
 			}
 			target := func(t string) {
-				if t == "leader" || t == "follower" || t == "any" {
+				if slices.Contains(roleTargets, t) {
 					return
 				}
 				if names[t].Name == "" {
