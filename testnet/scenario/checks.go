@@ -11,30 +11,38 @@ import (
 	"github.com/meshreg/meshreg/testnet"
 )
 
-// converge waits, after the heal, until the cluster is whole again: every
-// running node names the same leader, serves every acknowledged tag with
-// its digest, and reports nothing under-replicated. The time it took is
-// the report's convergence time.
-func (r *run) converge(ctx context.Context, healedAt time.Time) {
+// watchConvergence measures, from since, how long the cluster takes to
+// be whole again (see whole), waiting at most the scenario's converge
+// timeout, and records it under after. The runner calls it after the final
+// heal, and in the background after every heal, restart or unpause event.
+func (r *run) watchConvergence(ctx context.Context, after string, since time.Time) {
 	var last string
 	ok := poll(ctx, r.s.ConvergeTimeout.Duration, time.Second, func() bool {
 		last = r.whole(ctx)
 		return last == ""
 	})
+	c := Convergence{After: after, Converged: ok, Seconds: time.Since(since).Seconds()}
 	if !ok {
-		r.rep.fail("not converged %v after the heal: %s", r.s.ConvergeTimeout.Duration, last)
-		return
+		c.Last = last
+		r.rep.fail("not whole %v after %s: %s", r.s.ConvergeTimeout.Duration, after, last)
 	}
-	r.rep.ConvergeSeconds = time.Since(healedAt).Seconds()
-	r.rep.Converged = true
-	r.log.Info("converged after heal", "took", time.Since(healedAt).Round(time.Millisecond))
+	r.repMu.Lock()
+	r.rep.Convergence = append(r.rep.Convergence, c)
+	r.repMu.Unlock()
+	r.log.Info("convergence", "after", after, "converged", ok, "took", time.Since(since).Round(time.Millisecond))
 }
 
-// whole returns "" when the running nodes agree and nothing is
-// under-replicated, else the first thing that is not so.
+// whole returns "" when every running node names the same leader, lists
+// every acknowledged tag and reports nothing under-replicated; else the
+// first thing that is not so. (Digests and blobs are checked in full by
+// check, once.)
 func (r *run) whole(ctx context.Context) string {
 	if s := r.cl.agreement(ctx, 0); s != "" {
 		return s
+	}
+	want := map[string][]string{} // repo → acknowledged tags
+	for _, p := range r.hist.allAcked() {
+		want[p.Repo] = append(want[p.Repo], p.Tag)
 	}
 	for _, n := range r.cl.running() {
 		st, err := r.cl.status(ctx, n)
@@ -44,15 +52,33 @@ func (r *run) whole(ctx context.Context) string {
 		if st.Blobs.UnderReplicated != 0 {
 			return fmt.Sprintf("%s: %d blobs under-replicated (-1: no repair sweep yet)", n.spec.Name, st.Blobs.UnderReplicated)
 		}
-		c := testnet.NewClient(n.c.URL())
-		for _, p := range r.hist.allAcked() {
-			_, _, d, err := c.GetManifest(ctx, p.Repo, p.Tag)
-			if err != nil || d != p.Manifest.String() {
-				return fmt.Sprintf("%s: %s:%s is %q (%v), acknowledged as %s", n.spec.Name, p.Repo, p.Tag, d, err, p.Manifest)
+		for repo, tags := range want {
+			listed, err := listTags(ctx, n, repo)
+			if err != nil {
+				return err.Error()
+			}
+			for _, t := range tags {
+				if !slices.Contains(listed, t) {
+					return fmt.Sprintf("%s does not list the acknowledged %s:%s", n.spec.Name, repo, t)
+				}
 			}
 		}
 	}
 	return ""
+}
+
+// listTags lists the tags of repo on n, sorted.
+func listTags(ctx context.Context, n *node, repo string) ([]string, error) {
+	code, _, body, err := testnet.NewClient(n.c.URL()).Get(ctx, "/v2/"+repo+"/tags/list?n=100000", nil)
+	if err != nil || code != http.StatusOK {
+		return nil, fmt.Errorf("%s: tags of %s: HTTP %d %v", n.spec.Name, repo, code, err)
+	}
+	var list struct{ Tags []string }
+	if err := jsonUnmarshal(body, &list); err != nil {
+		return nil, fmt.Errorf("%s: tags of %s: %v", n.spec.Name, repo, err)
+	}
+	slices.Sort(list.Tags)
+	return list.Tags, nil
 }
 
 // maxListed bounds how many failures of one kind the report lists.
@@ -101,19 +127,14 @@ func (r *run) check(ctx context.Context) {
 func (r *run) tagAgreement(ctx context.Context, nodes []*node, repo string) string {
 	var want []string
 	for i, n := range nodes {
-		code, _, body, err := testnet.NewClient(n.c.URL()).Get(ctx, "/v2/"+repo+"/tags/list?n=100000", nil)
-		if err != nil || code != http.StatusOK {
-			return fmt.Sprintf("%s: tags of %s: HTTP %d %v", n.spec.Name, repo, code, err)
+		tags, err := listTags(ctx, n, repo)
+		if err != nil {
+			return err.Error()
 		}
-		var list struct{ Tags []string }
-		if err := jsonUnmarshal(body, &list); err != nil {
-			return fmt.Sprintf("%s: tags of %s: %v", n.spec.Name, repo, err)
-		}
-		slices.Sort(list.Tags)
 		if i == 0 {
-			want = list.Tags
-		} else if !slices.Equal(want, list.Tags) {
-			return fmt.Sprintf("%s lists %d tags of %s, %s lists %d", n.spec.Name, len(list.Tags), repo, nodes[0].spec.Name, len(want))
+			want = tags
+		} else if !slices.Equal(want, tags) {
+			return fmt.Sprintf("%s lists %d tags of %s, %s lists %d", n.spec.Name, len(tags), repo, nodes[0].spec.Name, len(want))
 		}
 	}
 	return ""

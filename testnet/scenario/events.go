@@ -33,6 +33,10 @@ func (r *run) runEvents(ctx context.Context, start time.Time, events []Event) {
 			r.rep.fail("event %s %s: %v", e.Action, strings.Join(targets, ","), err)
 		}
 		r.log.Info("event", "action", e.Action, "targets", targets, "took", er.Took, "err", err)
+		if err == nil && (e.Action == "heal" || e.Action == "restart" || e.Action == "unpause") {
+			after := fmt.Sprintf("%s %s at %s", e.Action, strings.Join(targets, ","), er.At)
+			r.watchers.Go(func() { r.watchConvergence(ctx, after, began) })
+		}
 		r.repMu.Lock()
 		r.rep.Events = append(r.rep.Events, er)
 		r.repMu.Unlock()

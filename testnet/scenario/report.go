@@ -27,10 +27,13 @@ type Report struct {
 	Pulls  Counts `json:"pulls"`
 	// BytesLost is the bytes of acknowledged pushes that some live node
 	// could not serve in full at the end: it must be 0.
-	BytesLost       int64              `json:"bytes_lost"`
-	PushesLost      int                `json:"pushes_lost"`
+	BytesLost  int64 `json:"bytes_lost"`
+	PushesLost int   `json:"pushes_lost"`
+	// Converged: the cluster was whole again after every heal; and
+	// ConvergeSeconds is the longest it took.
 	Converged       bool               `json:"converged"`
-	ConvergeSeconds float64            `json:"converge_seconds"` // from the heal until the cluster was whole
+	ConvergeSeconds float64            `json:"converge_seconds"`
+	Convergence     []Convergence      `json:"convergence"`
 	Elections       Elections          `json:"elections"`
 	Nodes           []NodeReport       `json:"nodes"`
 	PullLatency     map[string]Latency `json:"pull_latency_by_region"`
@@ -38,6 +41,16 @@ type Report struct {
 	Docker          []DockerStep       `json:"docker_steps,omitempty"`
 	Measured        []MeasuredPull     `json:"measured_pulls,omitempty"`
 	Expect          []ExpectResult     `json:"expect,omitempty"`
+}
+
+// Convergence is how long the cluster took to be whole (one leader for
+// all, every acknowledged tag listed everywhere, nothing under-replicated)
+// after a heal, restart or unpause.
+type Convergence struct {
+	After     string  `json:"after"`
+	Converged bool    `json:"converged"`
+	Seconds   float64 `json:"seconds"`
+	Last      string  `json:"last_problem,omitempty"`
 }
 
 // Counts of pushes or pulls.
@@ -162,7 +175,11 @@ func (r *Report) Markdown() string {
 	fmt.Fprintf(&b, "| pushes | %d | %d | %d | %d |\n", r.Pushes.Attempted, r.Pushes.Acknowledged, r.Pushes.Failed, r.Pushes.Bytes)
 	fmt.Fprintf(&b, "| pulls | %d | %d | %d | %d |\n\n", r.Pulls.Attempted, r.Pulls.Acknowledged, r.Pulls.Failed, r.Pulls.Bytes)
 	fmt.Fprintf(&b, "- bytes lost: **%d** (%d acknowledged pushes not served in full by every live node)\n", r.BytesLost, r.PushesLost)
-	fmt.Fprintf(&b, "- time to converge after heal: %s\n", conv)
+	fmt.Fprintf(&b, "- time to converge after heal: %s (the longest of:", conv)
+	for _, c := range r.Convergence {
+		fmt.Fprintf(&b, " %.1f s after %s;", c.Seconds, c.After)
+	}
+	b.WriteString(")\n")
 	fmt.Fprintf(&b, "- elections: term %d → %d (%d increases seen), %d leader changes\n\n",
 		r.Elections.TermAtStart, r.Elections.TermAtEnd, r.Elections.TermIncreases, r.Elections.LeaderChanges)
 	b.WriteString("| node | region | zone | state | exit | bytes served to peers | bytes fetched from peers |\n| --- | --- | --- | --- | ---: | ---: | ---: |\n")

@@ -45,6 +45,8 @@ type run struct {
 	netMu   sync.Mutex // serialises applyNetwork
 	repMu   sync.Mutex // guards rep.Events, rep.Docker, rep.Notes, rep.Measured
 	measure map[string]map[string]float64
+	// watchers are the convergence measures started by events.
+	watchers sync.WaitGroup
 }
 
 // Run runs one scenario from start to report. The report says whether
@@ -113,8 +115,14 @@ func (r *run) stages(ctx context.Context) error {
 	r.heal(ctx)
 	healedAt := time.Now()
 	r.runEvents(ctx, time.Now(), r.s.AfterHeal)
-	r.converge(ctx, healedAt)
+	r.watchConvergence(ctx, "the final heal", healedAt)
+	r.watchers.Wait()
 	stopPoll()
+	r.rep.Converged = true
+	for _, c := range r.rep.Convergence {
+		r.rep.Converged = r.rep.Converged && c.Converged
+		r.rep.ConvergeSeconds = max(r.rep.ConvergeSeconds, c.Seconds)
+	}
 	r.check(ctx)
 	return nil
 }

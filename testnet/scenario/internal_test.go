@@ -1,0 +1,75 @@
+package scenario
+
+import (
+	"bufio"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSize(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]Size{"0": 0, "512": 512, "64KiB": 64 << 10, "8 MiB": 8 << 20, "1GiB": 1 << 30, "7B": 7} {
+		var s Size
+		if err := s.UnmarshalText([]byte(in)); err != nil || s != want {
+			t.Errorf("%q: %d, %v; want %d", in, s, err, want)
+		}
+	}
+	for _, in := range []string{"", "-1", "1.5MiB", "8MB", "lots"} {
+		var s Size
+		if err := s.UnmarshalText([]byte(in)); err == nil {
+			t.Errorf("%q: no error", in)
+		}
+	}
+}
+
+func TestCrashLine(t *testing.T) {
+	t.Parallel()
+	if got := crashLine(`{"level":"INFO","msg":"a panic: no"}` + "\n"); got != "" {
+		t.Errorf("a log message mentioning panic: %q", got)
+	}
+	if got := crashLine("{}\npanic: runtime error: index out of range\n\ngoroutine 1"); got != "panic: runtime error: index out of range" {
+		t.Errorf("panic: %q", got)
+	}
+	if got := crashLine("fatal error: concurrent map writes\n"); got == "" {
+		t.Error("fatal error not seen")
+	}
+}
+
+func TestSumMetric(t *testing.T) {
+	t.Parallel()
+	text := "# HELP x\nmeshreg_blob_reads_total{source=\"local\"} 3\nmeshreg_blob_reads_total{source=\"peer\"} 4\nmeshreg_blob_reads_totalx 9\n"
+	v, err := sumMetric(bufio.NewScanner(strings.NewReader(text)), "meshreg_blob_reads_total")
+	if err != nil || v != 7 {
+		t.Errorf("sum %v, %v; want 7", v, err)
+	}
+	if _, err := sumMetric(bufio.NewScanner(strings.NewReader(text)), "nope"); err == nil {
+		t.Error("a missing metric is no error")
+	}
+}
+
+func TestCounterAcrossRestarts(t *testing.T) {
+	t.Parallel()
+	var c counter
+	for _, v := range []float64{10, 20, 5, 7} { // restarted after 20
+		c.observe(v)
+	}
+	if c.total() != 27 {
+		t.Errorf("total %v, want 27", c.total())
+	}
+}
+
+func TestLatencyOf(t *testing.T) {
+	t.Parallel()
+	var ls []time.Duration
+	for i := 100; i >= 1; i-- {
+		ls = append(ls, time.Duration(i)*time.Millisecond)
+	}
+	l := latencyOf(ls)
+	if l.Count != 100 || l.P50Ms != 50 || l.P99Ms != 99 {
+		t.Errorf("%+v", l)
+	}
+	if (latencyOf(nil) != Latency{}) {
+		t.Error("no pulls: want zero latency")
+	}
+}
