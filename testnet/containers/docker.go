@@ -145,3 +145,26 @@ func (d *Docker) Cleanup() error {
 	d.log.Info("removed the run's containers and network", "run", d.runID)
 	return nil
 }
+
+// CleanupAll removes the containers and networks of every testnet run on
+// the engine, finished or not: for runs killed before their own Cleanup.
+func CleanupAll(ctx context.Context, log *slog.Logger) error {
+	d := &Docker{bin: "docker", log: log}
+	var errs []error
+	filter := "label=" + RunLabel
+	if ids, err := d.run(ctx, "ps", "-aq", "--filter", filter); err != nil {
+		errs = append(errs, err)
+	} else if ids != "" {
+		if _, err := d.run(ctx, append([]string{"rm", "-f", "-v"}, strings.Fields(ids)...)...); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if nets, err := d.run(ctx, "network", "ls", "-q", "--filter", filter); err != nil {
+		errs = append(errs, err)
+	} else if nets != "" {
+		if _, err := d.run(ctx, append([]string{"network", "rm"}, strings.Fields(nets)...)...); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -233,6 +233,11 @@ func (r *run) fillFigures() {
 		r.rep.PullLatency[region] = latencyOf(ls)
 	}
 	h.mu.Unlock()
+	order := map[string]int{}
+	for i, n := range r.cl.nodes {
+		order[n.spec.Name] = i
+	}
+	defer slices.SortFunc(r.rep.Nodes, func(a, b NodeReport) int { return order[a.Name] - order[b.Name] })
 	o := r.obs
 	o.mu.Lock()
 	defer o.mu.Unlock()

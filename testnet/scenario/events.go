@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -12,6 +13,10 @@ import (
 
 // stopTimeout is how long a graceful stop may take before Docker kills.
 const stopTimeout = 40 * time.Second
+
+// watched are the actions after which the runner measures how long the
+// cluster takes to be whole again.
+var watched = []string{"heal", "restart", "unpause", "add", "remove"}
 
 // runEvents runs events in order, each at its offset from start (or as
 // soon as the previous one is done, if later). An event that fails is
@@ -26,14 +31,14 @@ func (r *run) runEvents(ctx context.Context, start time.Time, events []Event) {
 		}
 		began := time.Now()
 		targets, err := r.apply(ctx, e)
-		er := EventReport{At: began.Sub(r.began).Round(time.Millisecond).String(), Action: e.Action, Targets: targets,
+		er := EventReport{At: began.Sub(r.loadStart).Round(time.Millisecond).String(), Action: e.Action, Targets: targets,
 			Took: time.Since(began).Round(time.Millisecond).String()}
 		if err != nil {
 			er.Error = err.Error()
 			r.rep.fail("event %s %s: %v", e.Action, strings.Join(targets, ","), err)
 		}
 		r.log.Info("event", "action", e.Action, "targets", targets, "took", er.Took, "err", err)
-		if err == nil && (e.Action == "heal" || e.Action == "restart" || e.Action == "unpause") {
+		if err == nil && slices.Contains(watched, e.Action) {
 			after := fmt.Sprintf("%s %s at %s", e.Action, strings.Join(targets, ","), er.At)
 			r.watchers.Go(func() { r.watchConvergence(ctx, after, began) })
 		}

@@ -227,7 +227,7 @@ func (r *Report) Markdown() string {
 			fmt.Fprintf(&b, "| %s | %s | %t | %.1f | %s | %s |\n", d.From, d.To, d.OK, d.Seconds, d.Digest, d.Error)
 		}
 	}
-	b.WriteString("\n## Events\n\n| at | action | targets | took | error |\n| --- | --- | --- | --- | --- |\n")
+	b.WriteString("\n## Events\n\n(at: since the load began)\n\n| at | action | targets | took | error |\n| --- | --- | --- | --- | --- |\n")
 	for _, e := range r.Events {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", e.At, e.Action, strings.Join(e.Targets, ", "), e.Took, e.Error)
 	}

@@ -29,22 +29,25 @@ func BuildImage(ctx context.Context, tag string) error { return testnet.BuildIma
 
 // run is the state of one scenario run; its stages are methods.
 type run struct {
-	s       *Scenario
-	opt     Options
-	log     *slog.Logger
-	d       *containers.Docker
-	net     *containers.Network
-	cl      *cluster
-	rep     *Report
-	hist    *history
-	obs     *observer
-	began   time.Time
-	seedMu  sync.Mutex
-	seed    uint64
-	outDir  string
-	netMu   sync.Mutex // serialises applyNetwork
-	repMu   sync.Mutex // guards rep.Events, rep.Docker, rep.Notes, rep.Measured
-	measure map[string]map[string]float64
+	s     *Scenario
+	opt   Options
+	log   *slog.Logger
+	d     *containers.Docker
+	net   *containers.Network
+	cl    *cluster
+	rep   *Report
+	hist  *history
+	obs   *observer
+	began time.Time
+	// loadStart is when workload and events began: event times count
+	// from it.
+	loadStart time.Time
+	seedMu    sync.Mutex
+	seed      uint64
+	outDir    string
+	netMu     sync.Mutex // serialises applyNetwork
+	repMu     sync.Mutex // guards rep.Events, rep.Docker, rep.Notes, rep.Measured
+	measure   map[string]map[string]float64
 	// watchers are the convergence measures started by events.
 	watchers sync.WaitGroup
 }
@@ -107,10 +110,10 @@ func (r *run) stages(ctx context.Context) error {
 	}
 	stopPoll := r.startPoller(ctx)
 	r.log.Info("cluster formed; load and perturbations start")
-	loadStart := time.Now()
+	r.loadStart = time.Now()
 	var wg sync.WaitGroup
 	wg.Go(func() { r.runWorkload(ctx) })
-	wg.Go(func() { r.runEvents(ctx, loadStart, r.s.Events) })
+	wg.Go(func() { r.runEvents(ctx, r.loadStart, r.s.Events) })
 	wg.Wait()
 	r.heal(ctx)
 	healedAt := time.Now()

@@ -1,6 +1,7 @@
 // Command testnet runs meshreg testnet scenarios in containers:
 //
 //	go run ./testnet/cmd/testnet run [-out DIR] [-keep] [-image TAG] testnet/scenarios/smoke.toml [more.toml]
+//	go run ./testnet/cmd/testnet clean   # remove what runs left behind (-keep, or killed runs)
 //
 // It builds the node image once, runs each scenario in turn (see package
 // scenario), prints each report and writes it as JSON and Markdown under
@@ -17,6 +18,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/meshreg/meshreg/testnet/containers"
 	"github.com/meshreg/meshreg/testnet/scenario"
 )
 
@@ -31,7 +33,7 @@ func main() {
 }
 
 func usage(fs *flag.FlagSet) error {
-	fmt.Fprintln(fs.Output(), "usage: testnet run [flags] SCENARIO.toml [SCENARIO.toml ...]")
+	fmt.Fprintln(fs.Output(), "usage: testnet run [flags] SCENARIO.toml [SCENARIO.toml ...]\n       testnet clean")
 	fs.PrintDefaults()
 	return errors.New("usage")
 }
@@ -43,6 +45,10 @@ func run(ctx context.Context, args []string) error {
 	image := fs.String("image", "meshreg-testnet:dev", "tag of the node image to build and run")
 	noBuild := fs.Bool("no-build", false, "use -image as it is, without building it")
 	verbose := fs.Bool("v", false, "debug logging")
+	if len(args) == 1 && args[0] == "clean" {
+		log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+		return containers.CleanupAll(ctx, log)
+	}
 	if len(args) == 0 || args[0] != "run" {
 		return usage(fs)
 	}
