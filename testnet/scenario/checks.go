@@ -172,43 +172,71 @@ func crashLine(logs string) string {
 	return ""
 }
 
-// checkExpectations judges the scenario's [[expect]] entries on the
-// measured pulls.
+// checkExpectations judges the scenario's [[expect]] entries.
 func (r *run) checkExpectations() {
 	for _, x := range r.s.Expect {
-		delta, ok := r.measure[x.Event]
-		res := ExpectResult{Event: x.Event, ServedBy: x.ServedBy, NotServedBy: x.NotServedBy, Served: delta}
-		var size int64
-		for _, m := range r.rep.Measured {
-			if m.Label == x.Event {
-				size = m.Bytes
-			}
+		res := ExpectResult{Until: x.Until, Event: x.Event, ServedBy: x.ServedBy, NotServedBy: x.NotServedBy, MinPushesAfter: x.MinPushesAfter}
+		var problems []string
+		if len(x.ServedBy)+len(x.NotServedBy) > 0 {
+			problems = append(problems, r.servedProblems(x, &res)...)
 		}
-		switch {
-		case !ok:
-			res.Problem = "the pull was not measured (it failed or did not run)"
-		default:
-			var by float64
-			for _, n := range x.ServedBy {
-				by += delta[n]
+		if x.MinPushesAfter > 0 {
+			at, ok := r.done[x.Event]
+			until, untilOK := r.done[x.Until]
+			if x.Until == "" {
+				until, untilOK = time.Now(), true
 			}
-			// The manifest is served by the pulling node itself; blobs are
-			// what peers send.
-			if by < float64(size)*0.9 {
-				res.Problem = fmt.Sprintf("%v served %.0f bytes during the pull of %d", x.ServedBy, by, size)
-			}
-			for _, n := range x.NotServedBy {
-				if delta[n] > 0 {
-					res.Problem += fmt.Sprintf("; %s served %.0f bytes but should have served none", n, delta[n])
+			if !ok || !untilOK {
+				problems = append(problems, "the event (or the until event) was not carried out")
+			} else {
+				for _, p := range r.hist.allAcked() {
+					if p.At.After(at) && p.At.Before(until) {
+						res.PushesAfter++
+					}
+				}
+				if res.PushesAfter < x.MinPushesAfter {
+					problems = append(problems, fmt.Sprintf("%d pushes acknowledged after it, want at least %d", res.PushesAfter, x.MinPushesAfter))
 				}
 			}
 		}
+		res.Problem = strings.Join(problems, "; ")
 		res.Passed = res.Problem == ""
 		if !res.Passed {
-			r.rep.fail("expect %s: %s", x.Event, strings.TrimPrefix(res.Problem, "; "))
+			r.rep.fail("expect %s: %s", x.Event, res.Problem)
 		}
 		r.rep.Expect = append(r.rep.Expect, res)
 	}
+}
+
+// servedProblems judges served_by and not_served_by on a measured pull.
+func (r *run) servedProblems(x Expect, res *ExpectResult) []string {
+	delta, ok := r.measure[x.Event]
+	if !ok {
+		return []string{"the pull was not measured (it failed or did not run)"}
+	}
+	res.Served = delta
+	var size int64
+	for _, m := range r.rep.Measured {
+		if m.Label == x.Event {
+			size = m.Bytes
+		}
+	}
+	var problems []string
+	var by float64
+	for _, n := range x.ServedBy {
+		by += delta[n]
+	}
+	// The pulling node serves the manifest itself; blobs are what peers
+	// send, so allow the manifest's few bytes.
+	if len(x.ServedBy) > 0 && by < float64(size)*0.9 {
+		problems = append(problems, fmt.Sprintf("%v served %.0f bytes during the pull of %d", x.ServedBy, by, size))
+	}
+	for _, n := range x.NotServedBy {
+		if delta[n] > 0 {
+			problems = append(problems, fmt.Sprintf("%s served %.0f bytes but should have served none", n, delta[n]))
+		}
+	}
+	return problems
 }
 
 // nodeReport returns the report entry of n, making it if needed.
@@ -228,6 +256,11 @@ func (r *run) fillFigures() {
 	h := r.hist
 	h.mu.Lock()
 	r.rep.Pushes, r.rep.Pulls = h.pushes, h.pulls
+	for _, side := range []string{"whole", "rest", "cut-off"} {
+		if st := h.sides[side]; st != nil {
+			r.rep.PushesBySide = append(r.rep.PushesBySide, *st)
+		}
+	}
 	r.rep.PullLatency = map[string]Latency{}
 	for region, ls := range h.pullLatency {
 		r.rep.PullLatency[region] = latencyOf(ls)

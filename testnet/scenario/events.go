@@ -44,6 +44,9 @@ func (r *run) runEvents(ctx context.Context, start time.Time, events []Event) {
 		}
 		r.repMu.Lock()
 		r.rep.Events = append(r.rep.Events, er)
+		if e.Label != "" {
+			r.done[e.Label] = time.Now()
+		}
 		r.repMu.Unlock()
 	}
 }

@@ -86,6 +86,20 @@ func (cl *cluster) setState(n *node, s string) { cl.mu.Lock(); n.state = s; cl.m
 
 func (cl *cluster) stateOf(n *node) string { cl.mu.Lock(); defer cl.mu.Unlock(); return n.state }
 
+// side says where n stands: "cut-off" by the current partition, the
+// "rest" during one, or "whole" when there is none.
+func (cl *cluster) side(n *node) string {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	switch {
+	case len(cl.cutOff) == 0:
+		return "whole"
+	case cl.cutOff[n.spec.Name]:
+		return "cut-off"
+	}
+	return "rest"
+}
+
 // randomRunning picks a running node other than the excluded ones, or nil.
 func (cl *cluster) randomRunning(exclude ...*node) *node {
 	var pick []*node
@@ -116,9 +130,10 @@ func (cl *cluster) status(ctx context.Context, n *node) (testnet.NodeStatus, err
 }
 
 // resolve turns an event target into a node: a name; "leader" or
-// "follower" (waiting up to 30 s for a leader); "any" running node; or
+// "follower" (waiting up to 30 s for a leader); "any" running node;
 // "down", the first node killed or stopped by an earlier event (to start
-// again a leader that was killed by role).
+// again a leader that was killed by role); or "paused", the first paused
+// node.
 func (cl *cluster) resolve(ctx context.Context, target string) (*node, error) {
 	switch target {
 	case "any":
@@ -126,15 +141,15 @@ func (cl *cluster) resolve(ctx context.Context, target string) (*node, error) {
 			return n, nil
 		}
 		return nil, errors.New("no node is running")
-	case "down":
+	case "down", "paused":
 		cl.mu.Lock()
 		defer cl.mu.Unlock()
 		for _, n := range cl.nodes {
-			if n.state == stateKilled || n.state == stateStopped {
+			if (target == "down" && (n.state == stateKilled || n.state == stateStopped)) || (target == "paused" && n.state == statePaused) {
 				return n, nil
 			}
 		}
-		return nil, errors.New("no node is down (killed or stopped)")
+		return nil, fmt.Errorf("no node is %s", target)
 	case "leader", "follower":
 		var found *node
 		var last string

@@ -25,6 +25,8 @@ type Report struct {
 
 	Pushes Counts `json:"pushes"`
 	Pulls  Counts `json:"pulls"`
+	// PushesBySide splits the workload's pushes by partition side.
+	PushesBySide []SideStats `json:"pushes_by_side"`
 	// BytesLost is the bytes of acknowledged pushes that some live node
 	// could not serve in full at the end: it must be 0.
 	BytesLost  int64 `json:"bytes_lost"`
@@ -51,6 +53,17 @@ type Convergence struct {
 	Converged bool    `json:"converged"`
 	Seconds   float64 `json:"seconds"`
 	Last      string  `json:"last_problem,omitempty"`
+}
+
+// SideStats are the workload's pushes to nodes on one side of a
+// partition (see cluster.side), with a few of their errors.
+type SideStats struct {
+	Side         string   `json:"side"`
+	Attempted    int      `json:"attempted"`
+	Acknowledged int      `json:"acknowledged"`
+	Failed       int      `json:"failed"`
+	MaxSeconds   float64  `json:"max_seconds"`
+	Errors       []string `json:"errors,omitempty"`
 }
 
 // Counts of pushes or pulls.
@@ -123,9 +136,13 @@ type ExpectResult struct {
 	Event       string             `json:"event"`
 	ServedBy    []string           `json:"served_by,omitempty"`
 	NotServedBy []string           `json:"not_served_by,omitempty"`
-	Served      map[string]float64 `json:"served"`
-	Passed      bool               `json:"passed"`
-	Problem     string             `json:"problem,omitempty"`
+	Served      map[string]float64 `json:"served,omitempty"`
+	// MinPushesAfter and PushesAfter: writes acknowledged after the event.
+	MinPushesAfter int    `json:"min_pushes_after,omitempty"`
+	PushesAfter    int    `json:"pushes_after,omitempty"`
+	Until          string `json:"until,omitempty"`
+	Passed         bool   `json:"passed"`
+	Problem        string `json:"problem,omitempty"`
 }
 
 func (r *Report) fail(format string, a ...any) {
@@ -174,6 +191,13 @@ func (r *Report) Markdown() string {
 	b.WriteString("## Figures\n\n| | attempted | acknowledged | failed | bytes acknowledged |\n| --- | ---: | ---: | ---: | ---: |\n")
 	fmt.Fprintf(&b, "| pushes | %d | %d | %d | %d |\n", r.Pushes.Attempted, r.Pushes.Acknowledged, r.Pushes.Failed, r.Pushes.Bytes)
 	fmt.Fprintf(&b, "| pulls | %d | %d | %d | %d |\n\n", r.Pulls.Attempted, r.Pulls.Acknowledged, r.Pulls.Failed, r.Pulls.Bytes)
+	if len(r.PushesBySide) > 0 {
+		b.WriteString("| workload pushes to nodes | attempted | acknowledged | failed | slowest s | sample errors |\n| --- | ---: | ---: | ---: | ---: | --- |\n")
+		for _, s := range r.PushesBySide {
+			fmt.Fprintf(&b, "| %s | %d | %d | %d | %.1f | %s |\n", s.Side, s.Attempted, s.Acknowledged, s.Failed, s.MaxSeconds, strings.ReplaceAll(strings.Join(s.Errors, "<br>"), "|", "\\|"))
+		}
+		b.WriteString("\n")
+	}
 	fmt.Fprintf(&b, "- bytes lost: **%d** (%d acknowledged pushes not served in full by every live node)\n", r.BytesLost, r.PushesLost)
 	fmt.Fprintf(&b, "- time to converge after heal: %s (the longest of:", conv)
 	for _, c := range r.Convergence {
@@ -218,7 +242,18 @@ func (r *Report) Markdown() string {
 			if !x.Passed {
 				mark = "FAIL: " + x.Problem
 			}
-			fmt.Fprintf(&b, "- %s: served by %v, not by %v: %s\n", x.Event, x.ServedBy, x.NotServedBy, mark)
+			var what []string
+			if len(x.ServedBy)+len(x.NotServedBy) > 0 {
+				what = append(what, fmt.Sprintf("served by %v, not by %v", x.ServedBy, x.NotServedBy))
+			}
+			if x.MinPushesAfter > 0 {
+				until := ""
+				if x.Until != "" {
+					until = " until " + x.Until
+				}
+				what = append(what, fmt.Sprintf("%d pushes acknowledged after it%s (at least %d)", x.PushesAfter, until, x.MinPushesAfter))
+			}
+			fmt.Fprintf(&b, "- %s: %s: %s\n", x.Event, strings.Join(what, "; "), mark)
 		}
 	}
 	if len(r.Docker) > 0 {

@@ -48,6 +48,7 @@ type run struct {
 	netMu     sync.Mutex // serialises applyNetwork
 	repMu     sync.Mutex // guards rep.Events, rep.Docker, rep.Notes, rep.Measured
 	measure   map[string]map[string]float64
+	done      map[string]time.Time // label → when the event was carried out
 	// watchers are the convergence measures started by events.
 	watchers sync.WaitGroup
 }
@@ -63,7 +64,7 @@ func Run(ctx context.Context, s *Scenario, opt Options) (*Report, error) {
 	}
 	r := &run{s: s, opt: opt, log: log.With("scenario", s.Name), cl: newCluster(s.Nodes),
 		hist: newHistory(), began: time.Now(), seed: uint64(time.Now().UnixNano()),
-		measure: map[string]map[string]float64{}}
+		measure: map[string]map[string]float64{}, done: map[string]time.Time{}}
 	r.rep = &Report{Scenario: s.Name, Started: r.began.UTC(), RunID: testnet.RandomHex(4)}
 	r.outDir = filepath.Join(opt.OutDir, s.Name)
 	if err := os.MkdirAll(filepath.Join(r.outDir, "logs"), 0o755); err != nil {

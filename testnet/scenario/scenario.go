@@ -112,6 +112,10 @@ type PushLoad struct {
 	Layers      int      `toml:"layers"`
 	LayerSize   Size     `toml:"layer_size"`
 	Interval    Duration `toml:"interval"`
+	// Timeout is how long one push may take before the pusher gives up
+	// on it (not acknowledged) and tries another node, as a client would;
+	// default 60s.
+	Timeout Duration `toml:"timeout"`
 }
 
 // PullLoad pulls acknowledged pushes through random live nodes other than
@@ -140,9 +144,9 @@ var Actions = []string{
 }
 
 // roleTargets are the event targets that name a node by its role when
-// the event runs: the leader, a follower, any running node, or the first
-// node down (killed or stopped).
-var roleTargets = []string{"leader", "follower", "any", "down"}
+// the event runs: the leader, a follower, any running node, the first
+// node down (killed or stopped), the first paused node.
+var roleTargets = []string{"leader", "follower", "any", "down", "paused"}
 
 // Event is one perturbation or scripted step.
 type Event struct {
@@ -154,16 +158,21 @@ type Event struct {
 	Image     string   `toml:"image"` // push, pull: the image's name (a tag)
 	Layers    int      `toml:"layers"`
 	LayerSize Size     `toml:"layer_size"`
-	Label     string   `toml:"label"` // pull: the name expectations refer to
+	Label     string   `toml:"label"` // the name expectations refer to (a pull's defaults to its image)
 }
 
-// Expect is a scenario-specific check on a measured pull: during it, each
-// node of served_by sent at least the image's bytes to peers (together),
-// and each node of not_served_by sent none.
+// Expect is a scenario-specific check on a labelled event. On a pull:
+// during it, the nodes of served_by sent at least the image's bytes to
+// peers (together), and each node of not_served_by sent none. On any
+// event: at least min_pushes_after pushes were acknowledged after it was
+// carried out (the cluster kept taking writes) and, if until names a
+// later event, before that one was.
 type Expect struct {
-	Event       string   `toml:"event"`
-	ServedBy    []string `toml:"served_by"`
-	NotServedBy []string `toml:"not_served_by"`
+	Event          string   `toml:"event"`
+	ServedBy       []string `toml:"served_by"`
+	NotServedBy    []string `toml:"not_served_by"`
+	MinPushesAfter int      `toml:"min_pushes_after"`
+	Until          string   `toml:"until"`
 }
 
 // Duration is a time.Duration written as "1m30s" in TOML.
@@ -261,6 +270,9 @@ func (s *Scenario) defaults() {
 		w.Push.Layers = max(w.Push.Layers, 1)
 		if w.Push.LayerSize == 0 {
 			w.Push.LayerSize = 64 << 10
+		}
+		if w.Push.Timeout.Duration == 0 {
+			w.Push.Timeout.Duration = time.Minute
 		}
 	}
 	if w.Pull.Count > 0 {
@@ -374,7 +386,7 @@ func (s *Scenario) Validate() error {
 		bad("workload.pull: pulls need pushes to pull")
 	}
 	images := map[string]bool{}
-	labels := map[string]bool{}
+	labels := map[string]string{} // label → action
 	check := func(where string, events []Event, timed bool) {
 		var last time.Duration
 		for i, e := range events {
@@ -387,6 +399,12 @@ func (s *Scenario) Validate() error {
 				bad("%s: at %v comes before the previous event's %v; list events in time order", at, e.At.Duration, last)
 			}
 			last = e.At.Duration
+			if e.Label != "" {
+				if labels[e.Label] != "" {
+					bad("%s: label %q used twice", at, e.Label)
+				}
+				labels[e.Label] = e.Action
+			}
 			if timed && e.At.Duration >= s.Timeout.Duration {
 				bad("%s: at %v is past the timeout %v", at, e.At.Duration, s.Timeout.Duration)
 			}
@@ -438,18 +456,23 @@ func (s *Scenario) Validate() error {
 				if !images[e.Image] {
 					bad("%s: image %q is not pushed by an earlier push event", at, e.Image)
 				}
-				labels[e.Label] = true
 			}
 		}
 	}
 	check("events", s.Events, true)
 	check("after_heal", s.AfterHeal, false)
 	for i, x := range s.Expect {
-		if !labels[x.Event] {
-			bad("expect[%d]: event %q is not the label of a pull event", i, x.Event)
+		served := len(x.ServedBy)+len(x.NotServedBy) > 0
+		switch action := labels[x.Event]; {
+		case action == "":
+			bad("expect[%d]: event %q is not the label of an event", i, x.Event)
+		case served && action != "pull":
+			bad("expect[%d]: served_by and not_served_by need a pull event; %q is a %s", i, x.Event, action)
+		case !served && x.MinPushesAfter <= 0:
+			bad("expect[%d]: nothing to check: served_by, not_served_by or min_pushes_after", i)
 		}
-		if len(x.ServedBy)+len(x.NotServedBy) == 0 {
-			bad("expect[%d]: served_by or not_served_by needed", i)
+		if x.Until != "" && (labels[x.Until] == "" || x.MinPushesAfter <= 0) {
+			bad("expect[%d]: until %q must be the label of an event, with min_pushes_after", i, x.Until)
 		}
 		for _, n := range append(slices.Clone(x.ServedBy), x.NotServedBy...) {
 			if names[n].Name == "" {

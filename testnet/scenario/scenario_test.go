@@ -58,7 +58,10 @@ func TestParseRejectsBadFiles(t *testing.T) {
 		{"pull of an unknown image", minimal + "[[events]]\naction=\"pull\"\ntarget=\"n1\"\nimage=\"x\"\n", "not pushed by an earlier push"},
 		{"docker without to", minimal + "[[events]]\naction=\"docker\"\ntarget=\"n1\"\n", "to (the node"},
 		{"link to an empty region", minimal + "[[links]]\nregions=[\"r\",\"far\"]\nrate=\"1mbit\"\n", "region \"far\" has no node"},
-		{"expect on no pull", minimal + "[[expect]]\nevent=\"x\"\nserved_by=[\"n1\"]\n", "not the label of a pull"},
+		{"expect on no pull", minimal + "[[expect]]\nevent=\"x\"\nserved_by=[\"n1\"]\n", "not the label of an event"},
+		{"served_by on a kill", minimal + "[[events]]\naction=\"kill\"\ntarget=\"n1\"\nlabel=\"k\"\n[[expect]]\nevent=\"k\"\nserved_by=[\"n1\"]\n", "need a pull event"},
+		{"empty expect", minimal + "[[events]]\naction=\"kill\"\ntarget=\"n1\"\nlabel=\"k\"\n[[expect]]\nevent=\"k\"\n", "nothing to check"},
+		{"label twice", minimal + "[[events]]\naction=\"kill\"\ntarget=\"n1\"\nlabel=\"k\"\n[[events]]\naction=\"heal\"\nlabel=\"k\"\n", "used twice"},
 		{"partition without nodes", minimal + "[[events]]\naction=\"partition\"\n", "nodes (the set cut off) missing"},
 	}
 	for _, tt := range tests {

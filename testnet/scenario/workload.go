@@ -35,10 +35,11 @@ type history struct {
 	pushes      Counts
 	pulls       Counts
 	pullLatency map[string][]time.Duration // region → latencies of good pulls
+	sides       map[string]*SideStats      // workload pushes by partition side
 }
 
 func newHistory() *history {
-	return &history{byImage: map[string]pushed{}, pullLatency: map[string][]time.Duration{}}
+	return &history{byImage: map[string]pushed{}, pullLatency: map[string][]time.Duration{}, sides: map[string]*SideStats{}}
 }
 
 func (h *history) push(p pushed, err error) {
@@ -52,6 +53,36 @@ func (h *history) push(p pushed, err error) {
 	h.pushes.Acknowledged++
 	h.pushes.Bytes += p.Bytes
 	h.acked = append(h.acked, p)
+}
+
+// attempt records a workload push by where its node stood: "cut-off"
+// (in the set a partition cut off), "rest" (outside it during a
+// partition), or "whole" (no partition).
+func (h *history) attempt(side, node string, took time.Duration, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	st := h.sides[side]
+	if st == nil {
+		st = &SideStats{Side: side}
+		h.sides[side] = st
+	}
+	st.Attempted++
+	st.MaxSeconds = max(st.MaxSeconds, took.Seconds())
+	if err == nil {
+		st.Acknowledged++
+		return
+	}
+	st.Failed++
+	if len(st.Errors) < 5 {
+		st.Errors = append(st.Errors, fmt.Sprintf("%s after %.1fs: %s", node, took.Seconds(), clipErr(err.Error(), 300)))
+	}
+}
+
+func clipErr(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
 }
 
 func (h *history) pull(region string, took time.Duration, bytes int64, err error) {
@@ -171,11 +202,16 @@ func (r *run) runWorkload(ctx context.Context) {
 					sleep(ctx, time.Second)
 					continue
 				}
-				p, err := r.pushImage(ctx, n, w.Repo, fmt.Sprintf("w%d-%d", i, j), w.Push.Layers, int64(w.Push.LayerSize))
+				side := r.cl.side(n)
+				start := time.Now()
+				pctx, cancel := context.WithTimeout(ctx, w.Push.Timeout.Duration)
+				p, err := r.pushImage(pctx, n, w.Repo, fmt.Sprintf("w%d-%d", i, j), w.Push.Layers, int64(w.Push.LayerSize))
+				cancel()
 				if ctx.Err() != nil && err != nil {
 					return // cut off by the end of the workload: neither acknowledged nor failed
 				}
 				r.hist.push(p, err)
+				r.hist.attempt(side, n.spec.Name, time.Since(start), err)
 				if err != nil {
 					r.log.Debug("push failed", "err", err)
 					sleep(ctx, 500*time.Millisecond) // no leader or a dead node: slow down
