@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -182,7 +183,8 @@ func (r *run) startNodes(ctx context.Context) error {
 					join = append(join, "http://"+r.containerName(o)+":5000")
 				}
 			}
-			n.spec.Args = append(n.spec.Args, "--bootstrap-expect", strconv.Itoa(len(initial)))
+			// A fresh slice: the scenario's own Args must not be written through.
+			n.spec.Args = slices.Concat(n.spec.Args, []string{"--bootstrap-expect", strconv.Itoa(len(initial))})
 			if err := r.startContainer(ctx, n, join); err != nil {
 				return err
 			}
