@@ -98,10 +98,13 @@ func (r *run) apply(ctx context.Context, e Event) ([]string, error) {
 			return nil, err
 		}
 		to, err := r.cl.resolve(ctx, e.To)
-		if e.To == "any" {
+		if e.To == "any" || e.To == "uncut" {
 			// Through another node than the one pushed to, when there is one.
-			if other := r.cl.randomRunning(from); other != nil {
-				to = other
+			for range 10 {
+				if to != from {
+					break
+				}
+				to, err = r.cl.resolve(ctx, e.To)
 			}
 		}
 		if err != nil {

@@ -131,6 +131,7 @@ func (cl *cluster) status(ctx context.Context, n *node) (testnet.NodeStatus, err
 
 // resolve turns an event target into a node: a name; "leader" or
 // "follower" (waiting up to 30 s for a leader); "any" running node;
+// "uncut", a running node outside the set the current partition cut off;
 // "down", the first node killed or stopped by an earlier event (to start
 // again a leader that was killed by role); or "paused", the first paused
 // node.
@@ -141,6 +142,19 @@ func (cl *cluster) resolve(ctx context.Context, target string) (*node, error) {
 			return n, nil
 		}
 		return nil, errors.New("no node is running")
+	case "uncut":
+		cl.mu.Lock()
+		var cut []*node
+		for _, n := range cl.nodes {
+			if cl.cutOff[n.spec.Name] {
+				cut = append(cut, n)
+			}
+		}
+		cl.mu.Unlock()
+		if n := cl.randomRunning(cut...); n != nil {
+			return n, nil
+		}
+		return nil, errors.New("no running node outside the partition's cut-off set")
 	case "down", "paused":
 		cl.mu.Lock()
 		defer cl.mu.Unlock()

@@ -144,9 +144,10 @@ var Actions = []string{
 }
 
 // roleTargets are the event targets that name a node by its role when
-// the event runs: the leader, a follower, any running node, the first
-// node down (killed or stopped), the first paused node.
-var roleTargets = []string{"leader", "follower", "any", "down", "paused"}
+// the event runs: the leader, a follower, any running node, a running
+// node outside the cut-off set of the current partition, the first node
+// down (killed or stopped), the first paused node.
+var roleTargets = []string{"leader", "follower", "any", "uncut", "down", "paused"}
 
 // Event is one perturbation or scripted step.
 type Event struct {
