@@ -29,7 +29,7 @@ OCI_VERSION  ?= 1.1
 # make bench BENCH_FLAGS='-blob-size 64MiB -layers 5 -layer-size 1MiB -duration 1s -runs 1'
 BENCH_FLAGS  ?=
 
-.PHONY: all build run test lint unit e2e conformance bench tools image clean
+.PHONY: all build run test lint unit e2e conformance bench tools image testnet clean
 
 all: build
 
@@ -38,6 +38,13 @@ build:
 
 run:
 	$(GO) run ./cmd/meshreg serve
+
+# Every container scenario (testnet/scenarios): builds the node image, runs
+# each scenario on a Docker network of its own, prints each report and
+# writes it (JSON and Markdown) under testnet-out/. make test runs smoke and
+# failover (testnet/scenario's tests).
+testnet:
+	$(GO) run ./testnet/cmd/testnet run -out testnet-out testnet/scenarios/*.toml
 
 # The node image (deploy/Dockerfile): FROM scratch with a static binary,
 # built with the classic builder from a context of its own, so it needs no
