@@ -121,6 +121,7 @@ func (r *run) check(ctx context.Context) {
 	r.checkExits(ctx)
 	r.checkExpectations()
 	r.fillFigures()
+	r.fillMembers(ctx, running)
 }
 
 // tagAgreement returns "" when every node lists the same tags of repo.
@@ -270,7 +271,9 @@ func (r *run) fillFigures() {
 	for i, n := range r.cl.nodes {
 		order[n.spec.Name] = i
 	}
-	defer slices.SortFunc(r.rep.Nodes, func(a, b NodeReport) int { return order[a.Name] - order[b.Name] })
+	defer func() {
+		slices.SortFunc(r.rep.Nodes, func(a, b NodeReport) int { return order[a.Name] - order[b.Name] })
+	}()
 	o := r.obs
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -287,6 +290,19 @@ func (r *run) fillFigures() {
 		if c := o.counters[n.spec.Name+" meshreg_peer_bytes_fetched_total"]; c != nil {
 			nr.BytesFetched = int64(c.total())
 		}
+	}
+}
+
+// fillMembers records the Raft configuration as the running nodes see it
+// at the end: after churn, members that left for good should be gone
+// (after --dead-server-timeout).
+func (r *run) fillMembers(ctx context.Context, running []*node) {
+	for _, n := range running {
+		st, err := r.cl.status(ctx, n)
+		if err != nil || st.Raft.State != "Leader" {
+			continue
+		}
+		r.rep.Members = Members{Seen: len(st.Raft.Members), Voters: st.Voters(), Running: len(running)}
 	}
 }
 

@@ -36,6 +36,7 @@ type Report struct {
 	Converged       bool               `json:"converged"`
 	ConvergeSeconds float64            `json:"converge_seconds"`
 	Convergence     []Convergence      `json:"convergence"`
+	Members         Members            `json:"members"`
 	Elections       Elections          `json:"elections"`
 	Nodes           []NodeReport       `json:"nodes"`
 	PullLatency     map[string]Latency `json:"pull_latency_by_region"`
@@ -72,6 +73,14 @@ type Counts struct {
 	Acknowledged int   `json:"acknowledged"`
 	Failed       int   `json:"failed"`
 	Bytes        int64 `json:"bytes"` // of the acknowledged ones
+}
+
+// Members is the Raft configuration in the leader's view at the end,
+// beside the number of running nodes.
+type Members struct {
+	Seen    int `json:"members"`
+	Voters  int `json:"voters"`
+	Running int `json:"running_nodes"`
 }
 
 // Elections are what polling every node's status saw.
@@ -204,6 +213,7 @@ func (r *Report) Markdown() string {
 		fmt.Fprintf(&b, " %.1f s after %s;", c.Seconds, c.After)
 	}
 	b.WriteString(")\n")
+	fmt.Fprintf(&b, "- Raft members at the end (leader's view): %d, %d voters; %d nodes running\n", r.Members.Seen, r.Members.Voters, r.Members.Running)
 	fmt.Fprintf(&b, "- elections: term %d → %d (%d increases seen), %d leader changes\n\n",
 		r.Elections.TermAtStart, r.Elections.TermAtEnd, r.Elections.TermIncreases, r.Elections.LeaderChanges)
 	b.WriteString("| node | region | zone | state | exit | bytes served to peers | bytes fetched from peers |\n| --- | --- | --- | --- | ---: | ---: | ---: |\n")
