@@ -14,6 +14,7 @@
 //	timeout = "2m"            # the whole run, checks included
 //	converge_timeout = "60s"  # how long the healed cluster may take to agree
 //	replicas = 2
+//	start = "join"            # or "bootstrap-expect" (every node names the others)
 //	args = ["--dead-server-timeout", "15s"]   # given to every node
 //
 //	[[nodes]]
@@ -27,27 +28,41 @@
 //	rate = "20mbit"
 //	latency = "80ms"          # needs sch_netem; reported when not applied
 //
-//	[workload]
+//	[workload]                # optional; every part bounded
 //	duration = "20s"
-//	[workload.push]
-//	concurrency = 2, count = 40, layers = 2, layer_size = "128KiB", interval = "100ms"
-//	[workload.pull]
-//	concurrency = 2, count = 80, interval = "50ms"
+//	repo = "testnet/smoke"    # default testnet/<name>
+//	[workload.push]           # images of random layers to random running nodes
+//	concurrency = 2
+//	count = 40
+//	layers = 2
+//	layer_size = "128KiB"
+//	interval = "100ms"
+//	timeout = "60s"           # a client gives up on one push after this
+//	[workload.pull]           # acknowledged pushes through other running nodes
+//	concurrency = 2
+//	count = 80
+//	interval = "50ms"
 //
-//	[[events]]                # perturbations and scripted steps, in time order
-//	at = "5s"
+//	[[events]]                # perturbations and scripted steps, in time order,
+//	at = "5s"                 # from the load's start (or when the previous is done)
 //	action = "kill"           # see Actions
-//	target = "leader"         # a node name, "leader", "follower" or "any"
+//	target = "leader"         # a node name or a role: see roleTargets
+//	label = "kill-leader"     # for [[expect]]
 //
 //	[[after_heal]]            # steps run once everything is healed
 //	action = "docker"
 //	target = "n1"
 //	to = "n3"
 //
-//	[[expect]]                # scenario-specific checks on measured pulls
-//	event = "second-far-pull"
+//	[[expect]]                # scenario-specific checks on labelled events
+//	event = "second-far-pull" # a pull: who served its bytes to peers
 //	served_by = ["b1"]
 //	not_served_by = ["a1", "a2"]
+//
+//	[[expect]]
+//	event = "kill-leader"     # any event: writes acknowledged after it
+//	until = "restart"         # (optional) and before this labelled event
+//	min_pushes_after = 50
 package scenario
 
 import (
