@@ -26,7 +26,7 @@ func (r *run) runEvents(ctx context.Context, start time.Time, events []Event) {
 	for _, e := range events {
 		sleep(ctx, time.Until(start.Add(e.At.Duration)))
 		if ctx.Err() != nil {
-			r.rep.fail("event %s at %v: not run: the scenario's timeout passed", e.Action, e.At.Duration)
+			r.rep.fail("event %s at %v: not run: %s", e.Action, e.At.Duration, stopped(ctx))
 			return
 		}
 		began := time.Now()

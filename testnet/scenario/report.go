@@ -27,6 +27,9 @@ type Report struct {
 	Pulls  Counts `json:"pulls"`
 	// PushesBySide splits the workload's pushes by partition side.
 	PushesBySide []SideStats `json:"pushes_by_side"`
+	// Checked is false when the run ended before its checks (timeout,
+	// interrupt, setup failure): then the figures below prove nothing.
+	Checked bool `json:"checked"`
 	// BytesLost is the bytes of acknowledged pushes that some live node
 	// could not serve in full at the end: it must be 0.
 	BytesLost  int64 `json:"bytes_lost"`
@@ -207,7 +210,11 @@ func (r *Report) Markdown() string {
 		}
 		b.WriteString("\n")
 	}
-	fmt.Fprintf(&b, "- bytes lost: **%d** (%d acknowledged pushes not served in full by every live node)\n", r.BytesLost, r.PushesLost)
+	if r.Checked {
+		fmt.Fprintf(&b, "- bytes lost: **%d** (%d acknowledged pushes not served in full by every live node)\n", r.BytesLost, r.PushesLost)
+	} else {
+		b.WriteString("- bytes lost: **not checked** (the run ended before its checks)\n")
+	}
 	fmt.Fprintf(&b, "- time to converge after heal: %s (the longest of:", conv)
 	for _, c := range r.Convergence {
 		fmt.Fprintf(&b, " %.1f s after %s;", c.Seconds, c.After)

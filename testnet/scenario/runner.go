@@ -128,8 +128,22 @@ func (r *run) stages(ctx context.Context) error {
 		r.rep.Converged = r.rep.Converged && c.Converged
 		r.rep.ConvergeSeconds = max(r.rep.ConvergeSeconds, c.Seconds)
 	}
+	if err := ctx.Err(); err != nil {
+		// Checks against a cut-short run would report losses that are
+		// only requests cancelled: say what happened instead.
+		return fmt.Errorf("%s before the checks; nothing was checked", stopped(ctx))
+	}
 	r.check(ctx)
+	r.rep.Checked = true
 	return nil
+}
+
+// stopped says why ctx ended: the scenario's timeout or an interrupt.
+func stopped(ctx context.Context) string {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return "the scenario's timeout passed"
+	}
+	return "the run was interrupted"
 }
 
 // containerName is unique per run, so runs never collide on the engine.
