@@ -57,7 +57,7 @@ func (r *run) dockerStep(ctx context.Context, from, to *node) (err error) {
 		// The engines here have no buildx: the classic builder.
 		return r.d.RunCLI(cctx, []string{"DOCKER_BUILDKIT=0"}, args...)
 	}
-	defer func() { cli("rmi", "-f", pushRef, pullRef) }() //nolint:errcheck // best effort
+	defer func() { cli("rmi", "-f", pushRef, pullRef) }() // best effort: the images of this step only
 	if _, err := cli("build", "-q", "-t", pushRef, dir); err != nil {
 		return err
 	}
@@ -81,7 +81,7 @@ func (r *run) dockerStep(ctx context.Context, from, to *node) (err error) {
 	if _, err := cli("rmi", "-f", pushRef); err != nil {
 		return err
 	}
-	cli("rmi", "-f", built) //nolint:errcheck // gone already unless another tag holds it
+	cli("rmi", "-f", built) // gone already, unless another tag holds it
 	// The tag reaches to within the replication delay: a few tries.
 	var pullErr error
 	for range 5 {
