@@ -93,7 +93,13 @@ func (n *Node) runFetch(f *fetch, hint []peer.ID) {
 	n.bg.Go(func() { n.provide(f.d) })
 
 	err := errNoProvider
-	for round := range lookupRounds {
+	done := false
+	if len(hint) > 0 {
+		// Peers named by the asker (a replicate request) hold the blob:
+		// try them before spending a DHT lookup.
+		done, err = n.fetchFrom(ctx, f, hint)
+	}
+	for round := 0; round < lookupRounds && !done; round++ {
 		if round > 0 {
 			select {
 			case <-ctx.Done():
@@ -104,11 +110,7 @@ func (n *Node) runFetch(f *fetch, hint []peer.ID) {
 			err = ctx.Err()
 			break
 		}
-		var done bool
 		done, err = n.fetchFrom(ctx, f, n.candidates(ctx, f.d, hint))
-		if done {
-			break
-		}
 	}
 	n.fetchMu.Lock()
 	delete(n.fetches, f.d)

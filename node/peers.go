@@ -43,28 +43,31 @@ type peerBook struct {
 	mu        sync.Mutex
 	labels    map[peer.ID]peerLabels
 	rtt       map[peer.ID]time.Duration
+	heard     map[peer.ID]time.Time // last answer
 	penalised map[peer.ID]time.Time // until when
 }
 
 func newPeerBook(self peerLabels) *peerBook {
-	return &peerBook{self: self, labels: map[peer.ID]peerLabels{}, rtt: map[peer.ID]time.Duration{}, penalised: map[peer.ID]time.Time{}}
+	return &peerBook{self: self, labels: map[peer.ID]peerLabels{}, rtt: map[peer.ID]time.Duration{},
+		heard: map[peer.ID]time.Time{}, penalised: map[peer.ID]time.Time{}}
 }
 
 func (b *peerBook) learn(p peer.ID, l peerLabels, rtt time.Duration) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.labels[p] = l
+	b.heard[p] = time.Now()
 	if old, ok := b.rtt[p]; ok {
 		rtt = (old*3 + rtt) / 4
 	}
 	b.rtt[p] = rtt
 }
 
-func (b *peerBook) known(p peer.ID) bool {
+// answered reports whether p answered within liveWindow.
+func (b *peerBook) answered(p peer.ID, now time.Time) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	_, ok := b.labels[p]
-	return ok
+	return now.Sub(b.heard[p]) < liveWindow
 }
 
 func (b *peerBook) penalise(p peer.ID) {
@@ -217,22 +220,44 @@ func (n *Node) leastLoadedFirst(ctx context.Context, peers []peer.ID) {
 	slices.SortStableFunc(peers[:group], func(x, y peer.ID) int { return cmp.Compare(loads[x], loads[y]) })
 }
 
-// livePeers are the other cluster members this node is connected to: the
-// nodes that can hold and serve copies of blobs right now.
+// livePeers are the other cluster members this node is connected to and
+// that answered lately (see liveWindow): the nodes that can hold and serve
+// copies of blobs right now. A connected member not heard from lately (one
+// that just joined, or one cut off) is asked at once, for at most a second.
 func (n *Node) livePeers() []peer.ID {
 	members, err := n.meta.Members()
 	if err != nil {
 		return nil
 	}
-	var live []peer.ID
+	now := time.Now()
+	var (
+		mu   sync.Mutex
+		live []peer.ID
+		wg   sync.WaitGroup
+	)
 	for _, m := range members {
 		if m.ID == n.host.ID().String() || !n.connected(m.ID) {
 			continue
 		}
-		if id, err := peer.Decode(m.ID); err == nil {
-			live = append(live, id)
+		id, err := peer.Decode(m.ID)
+		if err != nil {
+			continue
 		}
+		if n.peers.answered(id, now) {
+			live = append(live, id)
+			continue
+		}
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(n.ctx, time.Second)
+			defer cancel()
+			if _, err := n.askInfo(ctx, id); err == nil {
+				mu.Lock()
+				live = append(live, id)
+				mu.Unlock()
+			}
+		})
 	}
+	wg.Wait()
 	return live
 }
 
@@ -250,27 +275,26 @@ func (n *Node) isMemberPeer(p peer.ID) bool {
 	return false
 }
 
+// meshEvery is how often meshLoop checks on every member.
+const meshEvery = 2 * time.Second
+
+// liveWindow is how recently a member must have answered to count as live:
+// a libp2p connection cut by a partition can look open for a long while,
+// so an answer, not a connection, says a member can take a copy of a blob.
+const liveWindow = 3 * meshEvery
+
 // meshLoop keeps this node connected to every member, not only to the
 // leader as Raft would: blobs move between any two nodes, and the DHT's
-// routing table fills from these connections. It also refreshes what the
-// node knows of each member's labels and latency.
+// routing table fills from these connections. Every round it also asks
+// each member for its labels and load, which measures the round trip and
+// tells which members answer (livePeers).
 func (n *Node) meshLoop(ctx context.Context) {
-	t := time.NewTicker(2 * time.Second)
+	t := time.NewTicker(meshEvery)
 	defer t.Stop()
-	refreshed := time.Time{}
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
 		members, err := n.meta.Members()
 		if err != nil {
-			continue
-		}
-		refresh := time.Since(refreshed) > 30*time.Second
-		if refresh {
-			refreshed = time.Now()
+			members = nil
 		}
 		var wg sync.WaitGroup
 		for _, m := range members {
@@ -289,14 +313,17 @@ func (n *Node) meshLoop(ctx context.Context) {
 						return
 					}
 				}
-				if refresh || !n.peers.known(id) {
-					if _, err := n.askInfo(ctx, id); err != nil {
-						n.log.Debug("asking a member for its labels failed", "peer", id, "err", err)
-					}
+				if _, err := n.askInfo(ctx, id); err != nil {
+					n.log.Debug("a member did not answer", "peer", id, "err", err)
 				}
 			})
 		}
 		wg.Wait()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
 }
 

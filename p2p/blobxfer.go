@@ -120,7 +120,7 @@ func (h *Host) FetchBlob(ctx context.Context, from peer.ID, req BlobRequest, idl
 	fail := func(err error) (BlobAnswer, io.ReadCloser, error) {
 		return BlobAnswer{}, nil, fmt.Errorf("p2p: fetch %s from %s: %w", req.Digest, from, err)
 	}
-	s, err := h.h.NewStream(ctx, from, BlobProtocol)
+	s, err := h.openStream(ctx, from, BlobProtocol)
 	if err != nil {
 		return fail(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/ipfs/go-cid"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
@@ -80,8 +81,15 @@ func (r *Routing) Provide(ctx context.Context, d digest.Digest) error {
 	return nil
 }
 
+// providerSettle is how long FindProviders keeps collecting after the first
+// provider turns up: long enough for the other holders a small cluster's
+// lookup finds at once, short enough that a DHT peer that does not answer
+// (down, or across a partition) does not hold the fetch up.
+const providerSettle = 100 * time.Millisecond
+
 // FindProviders returns up to limit peers other than this one that
-// announced blob d, as soon as the DHT lookup has found them or ctx ends.
+// announced blob d: those found within providerSettle of the first one,
+// or all found by the time the lookup ends or ctx does.
 func (r *Routing) FindProviders(ctx context.Context, d digest.Digest, limit int) ([]peer.ID, error) {
 	c, err := DigestCID(d)
 	if err != nil {
@@ -90,13 +98,23 @@ func (r *Routing) FindProviders(ctx context.Context, d digest.Digest, limit int)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var found []peer.ID
-	for ai := range r.dht.FindProvidersAsync(ctx, c, limit+1) {
-		if ai.ID == r.dht.PeerID() {
-			continue
-		}
-		found = append(found, ai.ID)
-		if len(found) == limit {
-			break
+	var settle <-chan time.Time
+	results := r.dht.FindProvidersAsync(ctx, c, limit+1)
+	for len(found) < limit {
+		select {
+		case ai, ok := <-results:
+			if !ok {
+				return found, nil
+			}
+			if ai.ID == r.dht.PeerID() {
+				continue
+			}
+			found = append(found, ai.ID)
+			if settle == nil {
+				settle = time.After(providerSettle)
+			}
+		case <-settle:
+			return found, nil
 		}
 	}
 	return found, nil

@@ -39,10 +39,17 @@ func (h *Host) HandleRequests(proto protocol.ID, maxLen int, timeout time.Durati
 	})
 }
 
+// openTimeout bounds opening a stream (dialing if needed, negotiating the
+// protocol), whatever the exchange's own deadline: a peer whose connection
+// is silently dead (cut by a partition) fails fast instead of holding a
+// long request until its deadline.
+const openTimeout = 10 * time.Second
+
 // Request sends req to peer to on proto and returns the answer, at most
-// maxLen bytes. ctx bounds the whole exchange.
+// maxLen bytes. ctx bounds the whole exchange; opening the stream takes at
+// most openTimeout.
 func (h *Host) Request(ctx context.Context, to peer.ID, proto protocol.ID, req []byte, maxLen int) ([]byte, error) {
-	s, err := h.h.NewStream(ctx, to, proto)
+	s, err := h.openStream(ctx, to, proto)
 	if err != nil {
 		return nil, fmt.Errorf("p2p: request %s to %s: %w", proto, to, err)
 	}
@@ -89,4 +96,11 @@ func readMessage(r io.Reader, maxLen int) ([]byte, error) {
 		return nil, err
 	}
 	return msg, nil
+}
+
+// openStream opens a stream to peer to on proto within openTimeout.
+func (h *Host) openStream(ctx context.Context, to peer.ID, proto protocol.ID) (network.Stream, error) {
+	ctx, cancel := context.WithTimeout(ctx, openTimeout)
+	defer cancel()
+	return h.h.NewStream(ctx, to, proto)
 }
