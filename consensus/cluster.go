@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -128,15 +129,41 @@ func (s *Store) forward(ctx context.Context, cmd []byte) error {
 		ctx, cancel = context.WithTimeout(ctx, s.cfg.ApplyTimeout)
 		defer cancel()
 	}
-	err := s.cfg.Forwarder.Forward(ctx, Server{ID: string(id), Address: string(addr)}, cmd)
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var moved atomic.Bool
+	go s.watchLeader(fctx, id, func() { moved.Store(true); cancel() })
+	err := s.cfg.Forwarder.Forward(fctx, Server{ID: string(id), Address: string(addr)}, cmd)
 	var fe *ForwardError
 	switch {
 	case err == nil, errors.As(err, &fe):
 		return err
+	case moved.Load():
+		return fmt.Errorf("consensus: leader %s lost the leadership while the write was forwarded to it: %w (the write may still be applied; retry)", id, ErrNotLeader)
 	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
 		return fmt.Errorf("consensus: forwarding to leader %s: %w (the write may still be applied)", id, err)
 	}
 	return fmt.Errorf("consensus: forwarding to leader %s: %w (%w)", id, ErrNotLeader, err)
+}
+
+// watchLeader calls moved once this node sees a leader other than id (or
+// none) while ctx lasts. A write forwarded to a leader cut off by a
+// partition would otherwise wait for its whole deadline, although the
+// majority elected another leader within an election timeout.
+func (s *Store) watchLeader(ctx context.Context, id raft.ServerID, moved func()) {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, now := s.raft.LeaderWithID(); now != id {
+			moved()
+			return
+		}
+	}
 }
 
 // Barrier waits until every write committed before it is applied locally,

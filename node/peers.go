@@ -116,14 +116,15 @@ func (b *peerBook) snapshot() []PeerStatus {
 // distance ranks a peer as a source, lowest first: same zone (in the same
 // region), then same region, then anywhere; within a rank by measured
 // round-trip time. Penalised peers come after all others; peers never
-// heard from before them.
+// heard from, or not lately, before them.
 func (b *peerBook) distance(p peer.ID, now time.Time) (rank int, rtt time.Duration) {
 	l, ok := b.labels[p]
 	rtt, measured := b.rtt[p]
 	switch {
 	case now.Before(b.penalised[p]):
 		rank = 4
-	case !ok:
+	case !ok || now.Sub(b.heard[p]) >= liveWindow:
+		// Never heard from, or silent lately (down, or cut off).
 		rank = 3
 	case b.self.Region == l.Region && b.self.Zone == l.Zone:
 		rank = 0
@@ -276,7 +277,7 @@ func (n *Node) isMemberPeer(p peer.ID) bool {
 }
 
 // meshEvery is how often meshLoop checks on every member.
-const meshEvery = 2 * time.Second
+const meshEvery = time.Second
 
 // liveWindow is how recently a member must have answered to count as live:
 // a libp2p connection cut by a partition can look open for a long while,

@@ -29,6 +29,10 @@ const (
 	hasBatch = 512
 	// replicateTimeout bounds one copy made for --replicas.
 	replicateTimeout = 30 * time.Minute
+	// hasTimeout bounds a has request: the answer is a stat per digest, so
+	// a peer silent this long is down or cut off, and holds nothing the
+	// caller can count on.
+	hasTimeout = 3 * time.Second
 )
 
 type hasRequest struct {
@@ -75,7 +79,7 @@ func (n *Node) holders(ctx context.Context, peers []peer.ID, digests []digest.Di
 		wg.Go(func() {
 			for batch := range slices.Chunk(digests, hasBatch) {
 				req, _ := json.Marshal(hasRequest{Digests: batch})
-				rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				rctx, cancel := context.WithTimeout(ctx, hasTimeout)
 				resp, err := n.host.Request(rctx, p, hasProtocol, req, maxControlLen)
 				cancel()
 				var res hasResult

@@ -31,6 +31,12 @@ const maxBlobHeader = 64 << 10
 // the stream's frames full.
 const copyBuf = 1 << 20
 
+// answerTimeout bounds the wait for a holder's answer (not for the bytes
+// after it, which the idle timeout governs): a holder answers as soon as it
+// has opened a file, so a peer that says nothing this long is gone, or cut
+// off behind a connection that still looks open.
+const answerTimeout = 5 * time.Second
+
 // BlobRequest asks a peer for blob Digest from byte Offset.
 type BlobRequest struct {
 	Digest digest.Digest `json:"digest"`
@@ -127,7 +133,7 @@ func (h *Host) FetchBlob(ctx context.Context, from peer.ID, req BlobRequest, idl
 	stop := context.AfterFunc(ctx, func() { _ = s.Reset() })
 	body := &blobBody{s: s, idle: idle, stop: stop}
 	msg, _ := json.Marshal(req)
-	_ = s.SetDeadline(time.Now().Add(idle))
+	_ = s.SetDeadline(time.Now().Add(min(idle, answerTimeout)))
 	if err := writeMessage(s, msg); err != nil {
 		body.abort()
 		return fail(fmt.Errorf("sending the request: %w", err))
