@@ -173,3 +173,43 @@ func TestFilterEnv(t *testing.T) {
 		t.Errorf("filterEnv = %q, want %q", got, want)
 	}
 }
+
+func TestSumMetric(t *testing.T) {
+	text := `# HELP meshreg_peer_bytes_served_total Blob bytes this node sent to other nodes.
+# TYPE meshreg_peer_bytes_served_total counter
+meshreg_peer_bytes_served_total 5.36870912e+08
+meshreg_peer_bytes_fetched_total 0
+meshreg_blob_reads_total{source="local"} 3
+meshreg_blob_reads_total{source="peer",note="a } in a label"} 4 1700000000000
+meshreg_peer_bytes_served_total_other 9
+`
+	for _, tt := range []struct {
+		name  string
+		match []string
+		want  float64
+	}{
+		{"meshreg_peer_bytes_served_total", nil, 536870912},
+		{"meshreg_peer_bytes_fetched_total", nil, 0},
+		{"meshreg_blob_reads_total", nil, 7},
+		{"meshreg_blob_reads_total", []string{`source="peer"`}, 4},
+		{"meshreg_peer_bytes_served_total_other", nil, 9},
+	} {
+		got, err := SumMetric(strings.NewReader(text), tt.name, tt.match...)
+		if err != nil || got != tt.want {
+			t.Errorf("SumMetric(%s, %v) = %v, %v; want %v", tt.name, tt.match, got, err, tt.want)
+		}
+	}
+	for name, text := range map[string]string{
+		"a missing metric":     text + "\n",
+		"unterminated labels":  `meshreg_blob_reads_total{a="b" 1`,
+		"a value that is none": "meshreg_blob_reads_total x",
+	} {
+		metric := "meshreg_blob_reads_total"
+		if name == "a missing metric" {
+			metric = "meshreg_nothing_total"
+		}
+		if _, err := SumMetric(strings.NewReader(text), metric); err == nil {
+			t.Errorf("%s: want an error", name)
+		}
+	}
+}

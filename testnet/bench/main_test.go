@@ -1,7 +1,6 @@
 package main
 
 import (
-	"strings"
 	"testing"
 )
 
@@ -65,31 +64,5 @@ func TestPercentile(t *testing.T) {
 		if got := percentile(tt.in, tt.p); got != tt.want {
 			t.Errorf("percentile(%d samples, %v) = %v, want %v", len(tt.in), tt.p, got, tt.want)
 		}
-	}
-}
-
-func TestParseMetrics(t *testing.T) {
-	text := `# HELP meshreg_peer_bytes_served_total Blob bytes this node sent to other nodes.
-# TYPE meshreg_peer_bytes_served_total counter
-meshreg_peer_bytes_served_total 5.36870912e+08
-meshreg_peer_bytes_fetched_total 0
-meshreg_blob_reads_total{source="local"} 3
-meshreg_blob_reads_total{source="peer",note="a } in a label"} 4 1700000000000
-meshreg_peer_bytes_served_total_other 9
-`
-	m, err := parseMetrics(strings.NewReader(text))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, want := range map[string]float64{
-		"meshreg_peer_bytes_served_total": 536870912, "meshreg_peer_bytes_fetched_total": 0,
-		"meshreg_blob_reads_total": 7, "meshreg_peer_bytes_served_total_other": 9,
-	} {
-		if got, ok := m[name]; !ok || got != want {
-			t.Errorf("%s = %v (present %v), want %v", name, got, ok, want)
-		}
-	}
-	if _, err := parseMetrics(strings.NewReader("broken{a=\"b\" 1\n")); err == nil {
-		t.Error("unterminated labels: want an error")
 	}
 }

@@ -31,7 +31,7 @@ package main
 // already hold it.
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -40,7 +40,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -218,61 +217,35 @@ func (a peerCounters) minus(b peerCounters) peerCounters {
 	return peerCounters{a.served - b.served, a.fetched - b.fetched}
 }
 
-// readMetrics reads s's /metrics (Prometheus text format) and returns,
-// for each metric name, the sum of its samples over all label sets.
-func readMetrics(ctx context.Context, s *server) (map[string]float64, error) {
+// readCounters reads s's peer byte counters from its /metrics.
+func readCounters(ctx context.Context, s *server) (peerCounters, error) {
 	ctx, cancel := context.WithTimeout(ctx, metricsReadTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url()+"/metrics", nil)
 	if err != nil {
-		return nil, err
+		return peerCounters{}, err
 	}
 	resp, err := s.client.HTTP.Do(req)
 	if err != nil {
-		return nil, s.failed(fmt.Errorf("GET /metrics: %w", err))
+		return peerCounters{}, s.failed(fmt.Errorf("GET /metrics: %w", err))
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, s.failed(fmt.Errorf("GET /metrics: %s", resp.Status))
+		return peerCounters{}, s.failed(fmt.Errorf("GET /metrics: %s", resp.Status))
 	}
-	return parseMetrics(resp.Body)
-}
-
-// parseMetrics parses lines `name value [timestamp]` and
-// `name{labels} value [timestamp]`, skipping comments, and sums each
-// name's samples.
-func parseMetrics(r io.Reader) (map[string]float64, error) {
-	out := map[string]float64{}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		end := strings.IndexAny(line, "{ \t")
-		if end <= 0 {
-			continue
-		}
-		name, rest := line[:end], line[end:]
-		if rest[0] == '{' {
-			close := strings.LastIndexByte(rest, '}')
-			if close < 0 {
-				return nil, fmt.Errorf("metric line %q: unterminated labels", line)
-			}
-			rest = rest[close+1:]
-		}
-		fields := strings.Fields(rest)
-		if len(fields) == 0 {
-			return nil, fmt.Errorf("metric line %q: no value", line)
-		}
-		v, err := strconv.ParseFloat(fields[0], 64)
-		if err != nil {
-			return nil, fmt.Errorf("metric line %q: %w", line, err)
-		}
-		out[name] += v
+	text, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return peerCounters{}, s.failed(fmt.Errorf("GET /metrics: %w", err))
 	}
-	return out, sc.Err()
+	served, err := testnet.SumMetric(bytes.NewReader(text), metricPeerServed)
+	if err != nil {
+		return peerCounters{}, s.failed(err)
+	}
+	fetched, err := testnet.SumMetric(bytes.NewReader(text), metricPeerFetched)
+	if err != nil {
+		return peerCounters{}, s.failed(err)
+	}
+	return peerCounters{served, fetched}, nil
 }
 
 // counters reads the peer byte counters of every node, at once.
@@ -282,18 +255,7 @@ func counters(ctx context.Context, nodes []*server) ([]peerCounters, error) {
 	var wg sync.WaitGroup
 	for i, s := range nodes {
 		wg.Go(func() {
-			m, err := readMetrics(ctx, s)
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			served, ok1 := m[metricPeerServed]
-			fetched, ok2 := m[metricPeerFetched]
-			if !ok1 || !ok2 {
-				errs[i] = fmt.Errorf("%s exports no %s or %s", s.name, metricPeerServed, metricPeerFetched)
-				return
-			}
-			out[i] = peerCounters{served, fetched}
+			out[i], errs[i] = readCounters(ctx, s)
 		})
 	}
 	wg.Wait()

@@ -1,8 +1,6 @@
 package scenario
 
 import (
-	"bufio"
-	"strings"
 	"testing"
 	"time"
 )
@@ -33,18 +31,6 @@ func TestCrashLine(t *testing.T) {
 	}
 	if got := crashLine("fatal error: concurrent map writes\n"); got == "" {
 		t.Error("fatal error not seen")
-	}
-}
-
-func TestSumMetric(t *testing.T) {
-	t.Parallel()
-	text := "# HELP x\nmeshreg_blob_reads_total{source=\"local\"} 3\nmeshreg_blob_reads_total{source=\"peer\"} 4\nmeshreg_blob_reads_totalx 9\n"
-	v, err := sumMetric(bufio.NewScanner(strings.NewReader(text)), "meshreg_blob_reads_total")
-	if err != nil || v != 7 {
-		t.Errorf("sum %v, %v; want 7", v, err)
-	}
-	if _, err := sumMetric(bufio.NewScanner(strings.NewReader(text)), "nope"); err == nil {
-		t.Error("a missing metric is no error")
 	}
 }
 

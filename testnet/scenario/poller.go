@@ -1,14 +1,12 @@
 package scenario
 
 import (
-	"bufio"
 	"context"
-	"fmt"
 	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/meshreg/meshreg/testnet"
 )
 
 // observer is what the poller saw: terms and leaders (elections), and
@@ -117,30 +115,5 @@ func (r *run) metric(ctx context.Context, n *node, name string) (float64, error)
 		return 0, err
 	}
 	defer resp.Body.Close()
-	return sumMetric(bufio.NewScanner(resp.Body), name)
-}
-
-func sumMetric(sc *bufio.Scanner, name string) (float64, error) {
-	sum, found := 0.0, false
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), name)
-		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
-			continue
-		}
-		if i := strings.IndexByte(rest, '}'); rest[0] == '{' && i >= 0 {
-			rest = rest[i+1:]
-		}
-		v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
-		if err != nil {
-			return 0, fmt.Errorf("metric %s: %q: %w", name, sc.Text(), err)
-		}
-		sum, found = sum+v, true
-	}
-	if err := sc.Err(); err != nil {
-		return 0, err
-	}
-	if !found {
-		return 0, fmt.Errorf("no metric %s", name)
-	}
-	return sum, nil
+	return testnet.SumMetric(resp.Body, name)
 }
