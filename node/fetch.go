@@ -192,7 +192,12 @@ func (n *Node) fetchFrom(ctx context.Context, f *fetch, queue []peer.ID) (done b
 		sent[p] = true
 		_, cerr := io.CopyBuffer(&fetchWriter{f: f, part: part, n: n}, body, buf)
 		body.Close()
-		f.setSource("", 0)
+		if cerr != nil || part.Written() < f.size {
+			// No source any more: serve no partial bytes until another
+			// one is found. With every byte here (being verified and
+			// made durable) the node keeps serving them.
+			f.setSource("", 0)
+		}
 		if cerr != nil {
 			err = fmt.Errorf("peer %s: %w", p, cerr)
 			if errors.Is(cerr, blobstore.ErrDigestMismatch) { // sent more than the size
@@ -251,16 +256,25 @@ func (n *Node) penalise(p peer.ID, why string) {
 	n.log.Warn("penalised a peer that sent wrong blob bytes", "peer", p, "for", penaltyTime, "why", why)
 }
 
-// candidates lists the peers to ask for d: hint first, then the DHT's
-// providers nearest first. When the DHT knows none, the connected members
-// are asked directly whether they hold it, so a blob committed a moment
-// ago (not yet announced) is still found in a small cluster.
+// askAllLimit is the cluster size up to which a fetch also asks every live
+// member whether it holds the blob: one parallel round trip that finds
+// the holders the DHT lookup missed (an announcement still on its way, a
+// record the lookup did not reach before it settled), so the nearest
+// holder is not skipped for a farther one.
+const askAllLimit = 32
+
+// candidates lists the peers to ask for d: hint first, then the holders,
+// nearest first: the DHT's providers (complete copies and fetches in
+// progress) and, in a cluster of at most askAllLimit live members, those
+// members that say they hold it.
 func (n *Node) candidates(ctx context.Context, d digest.Digest, hint []peer.ID) []peer.ID {
 	found := n.providers(ctx, d)
-	if len(found) == 0 {
-		live := n.livePeers()
-		has := n.holders(ctx, live, []digest.Digest{d})
-		found = has[d]
+	if live := n.livePeers(); len(live) <= askAllLimit {
+		for _, p := range n.holders(ctx, live, []digest.Digest{d})[d] {
+			if !contains(found, p) {
+				found = append(found, p)
+			}
+		}
 	}
 	n.peers.nearestFirst(found)
 	n.leastLoadedFirst(ctx, found)

@@ -157,6 +157,19 @@ func waitLinked(t *testing.T, n *testnet.Node, repo string, d digest.Digest) {
 	}
 }
 
+// waitHolds waits until n has committed blobs blobs to its disk (a
+// client's pull ends when the bytes are verified, a moment before the
+// node's copy is durable and in place).
+func waitHolds(t *testing.T, n *testnet.Node, blobs int64) {
+	t.Helper()
+	if !testnet.Eventually(10*time.Second, func() bool {
+		st, err := n.Status(t.Context())
+		return err == nil && st.Blobs.Count >= blobs
+	}) {
+		t.Fatalf("%s never held %d blobs", n.Host(), blobs)
+	}
+}
+
 // waitKnows waits until n has learned the zone of every node in peers.
 func waitKnows(t *testing.T, n *testnet.InProcessNode, peers ...*testnet.InProcessNode) {
 	t.Helper()
@@ -201,6 +214,7 @@ func TestPeersCorruptProviderIsPenalised(t *testing.T) {
 	if got, err := getBlob(t.Context(), liar.Node, repo, d); err != nil || digest.FromBytes(got) != d {
 		t.Fatalf("pull through the liar: %d bytes, %v", len(got), err)
 	}
+	waitHolds(t, liar.Node, 1)
 	waitLinked(t, puller.Node, repo, d)
 	waitKnows(t, puller, origin, liar)
 
