@@ -268,12 +268,20 @@ const askAllLimit = 32
 // progress) and, in a cluster of at most askAllLimit live members, those
 // members that say they hold it.
 func (n *Node) candidates(ctx context.Context, d digest.Digest, hint []peer.ID) []peer.ID {
+	// The lookup and the question to the members run side by side: the
+	// first byte waits for the slower of the two, not for both.
+	asked := make(chan []peer.ID, 1)
+	go func() {
+		var has []peer.ID
+		if live := n.livePeers(); len(live) <= askAllLimit {
+			has = n.holders(ctx, live, []digest.Digest{d})[d]
+		}
+		asked <- has
+	}()
 	found := n.providers(ctx, d)
-	if live := n.livePeers(); len(live) <= askAllLimit {
-		for _, p := range n.holders(ctx, live, []digest.Digest{d})[d] {
-			if !contains(found, p) {
-				found = append(found, p)
-			}
+	for _, p := range <-asked {
+		if !contains(found, p) {
+			found = append(found, p)
 		}
 	}
 	n.peers.nearestFirst(found)
