@@ -157,6 +157,41 @@ func waitLinked(t *testing.T, n *testnet.Node, repo string, d digest.Digest) {
 	}
 }
 
+// badNearestHolder starts three in-process nodes, origin (zone a), bad
+// (zone b, serving peers through fault) and puller (zone b), with
+// --replicas 1; pushes a random blob to origin; lets bad take an honest
+// copy; and waits until puller can see the blob and knows both holders'
+// zones, so that bad is the nearest holder puller will try first.
+// peerIdle, if not 0, is every node's --peer-idle-timeout.
+func badNearestHolder(t *testing.T, fault func(digest.Digest, io.Reader) io.Reader, peerIdle time.Duration, seed uint64, size int64) (origin, bad, puller *testnet.InProcessNode, repo string, blob []byte, d digest.Digest) {
+	t.Helper()
+	zones := []string{"a", "b", "b"}
+	nodes := testnet.StartInProcessCluster(t, 3, func(i int, c *node.Config) {
+		c.Zone = zones[i]
+		c.Replicas = 1
+		if peerIdle != 0 {
+			c.PeerIdleTimeout = peerIdle
+		}
+		if i == 1 {
+			c.ServeFault = fault
+		}
+	})
+	origin, bad, puller = nodes[0], nodes[1], nodes[2]
+	repo = testnet.UniqueRepo("e2e/bad-holder")
+	blob, d = randomBlob(seed, size)
+	if _, err := testnet.NewClient(origin.URL()).PushBytes(t.Context(), repo, blob); err != nil {
+		t.Fatal(err)
+	}
+	waitLinked(t, bad.Node, repo, d)
+	if got, err := getBlob(t.Context(), bad.Node, repo, d); err != nil || digest.FromBytes(got) != d {
+		t.Fatalf("pull through the bad holder (from the origin, honest): %d bytes, %v", len(got), err)
+	}
+	waitHolds(t, bad.Node, 1)
+	waitLinked(t, puller.Node, repo, d)
+	waitKnows(t, puller, origin, bad)
+	return origin, bad, puller, repo, blob, d
+}
+
 // waitHolds waits until n has committed blobs blobs to its disk (a
 // client's pull ends when the bytes are verified, a moment before the
 // node's copy is durable and in place).
@@ -195,28 +230,7 @@ func waitKnows(t *testing.T, n *testnet.InProcessNode, peers ...*testnet.InProce
 // liar.
 func TestPeersCorruptProviderIsPenalised(t *testing.T) {
 	t.Parallel()
-	zones := []string{"a", "b", "b"}
-	nodes := testnet.StartInProcessCluster(t, 3, func(i int, c *node.Config) {
-		c.Zone = zones[i]
-		c.Replicas = 1
-		if i == 1 {
-			c.ServeFault = testnet.CorruptPeer
-		}
-	})
-	origin, liar, puller := nodes[0], nodes[1], nodes[2]
-	repo := testnet.UniqueRepo("e2e/corrupt")
-	blob, d := randomBlob(41, 8<<20)
-	if _, err := testnet.NewClient(origin.URL()).PushBytes(t.Context(), repo, blob); err != nil {
-		t.Fatal(err)
-	}
-	// The liar gets an honest copy from the origin, so it is a provider.
-	waitLinked(t, liar.Node, repo, d)
-	if got, err := getBlob(t.Context(), liar.Node, repo, d); err != nil || digest.FromBytes(got) != d {
-		t.Fatalf("pull through the liar: %d bytes, %v", len(got), err)
-	}
-	waitHolds(t, liar.Node, 1)
-	waitLinked(t, puller.Node, repo, d)
-	waitKnows(t, puller, origin, liar)
+	origin, liar, puller, repo, blob, d := badNearestHolder(t, testnet.CorruptPeer, 0, 41, 8<<20)
 
 	// The puller asks the liar first: same zone.
 	got, err := getBlob(t.Context(), puller.Node, repo, d)
@@ -348,28 +362,8 @@ func TestPeersRepairCopiesAfterANodeLeaves(t *testing.T) {
 // the client still gets the right bytes.
 func TestPeersAbandonAStalledHolder(t *testing.T) {
 	t.Parallel()
-	zones := []string{"a", "b", "b"}
-	nodes := testnet.StartInProcessCluster(t, 3, func(i int, c *node.Config) {
-		c.Zone = zones[i]
-		c.Replicas = 1
-		c.PeerIdleTimeout = time.Second
-		if i == 1 {
-			// 1 MiB/s after a 5 s pause: stalled for the fetcher.
-			c.ServeFault = testnet.SlowPeer(1<<20, 5*time.Second)
-		}
-	})
-	origin, stalled, puller := nodes[0], nodes[1], nodes[2]
-	repo := testnet.UniqueRepo("e2e/stalled")
-	blob, d := randomBlob(44, 4<<20)
-	if _, err := testnet.NewClient(origin.URL()).PushBytes(t.Context(), repo, blob); err != nil {
-		t.Fatal(err)
-	}
-	waitLinked(t, stalled.Node, repo, d)
-	if got, err := getBlob(t.Context(), stalled.Node, repo, d); err != nil || digest.FromBytes(got) != d {
-		t.Fatalf("pull through the slow node: %d bytes, %v", len(got), err)
-	}
-	waitLinked(t, puller.Node, repo, d)
-	waitKnows(t, puller, origin, stalled)
+	// 1 MiB/s after a 5 s pause: stalled for the fetcher.
+	origin, _, puller, repo, blob, d := badNearestHolder(t, testnet.SlowPeer(1<<20, 5*time.Second), time.Second, 44, 4<<20)
 
 	start := time.Now()
 	got, err := getBlob(t.Context(), puller.Node, repo, d)
