@@ -39,7 +39,9 @@ func (n *Node) serveBlob(ctx context.Context, from peer.ID, req p2p.BlobRequest)
 		size  int64
 		depth int
 	)
-	if file, sz, err := n.blobs.Open(d); err == nil {
+	// Verified as it streams: a corrupt copy is cut short (the stream is
+	// reset before the last byte) and quarantined, never served whole.
+	if file, sz, err := n.blobs.OpenVerified(d); err == nil {
 		body, size = file, sz
 	} else if r, sz, dep := n.inFlight(d, from, req.CompleteOnly); r != nil {
 		body, size, depth = r, sz, dep

@@ -1,0 +1,214 @@
+package node
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshreg/meshreg/api/oci"
+	"github.com/meshreg/meshreg/consensus"
+)
+
+// DefaultMinFreeDisk is the free space a node keeps on its data dir's
+// filesystem by default. The metadata lives in two badger databases (the
+// Raft log and the FSM) that write through memory-mapped files: each keeps
+// up to two 16 MiB memtables whose write-ahead files are mapped at 32 MiB,
+// flushes them into level-0 tables of about the same size, and compacts
+// them into new tables before it removes the old ones; value-log files
+// (256 MiB, sparse) take values over 1 MiB. A write into a mapped page the
+// filesystem cannot back is a SIGBUS, not an error, so the node must stop
+// taking writes while badger still has room for about two memtables and a
+// compaction in each database (~2 × 64 MiB), plus a Raft snapshot of the
+// metadata: 256 MiB.
+const DefaultMinFreeDisk = 256 << 20
+
+// diskCheckEvery is how long a free-space reading is reused.
+const diskCheckEvery = time.Second
+
+// guardEvery is how many bytes of a blob write may pass between two fresh
+// free-space readings, so that one large push cannot eat the reserve.
+const guardEvery = 4 << 20
+
+// ErrLowDisk is the cause of a write refused because the node's disk is
+// (nearly) full.
+var ErrLowDisk = errors.New("low on disk")
+
+// lowDiskPrefix starts the message of a write refused for disk space; a
+// follower recognises it in the leader's answer to a forwarded write.
+const lowDiskPrefix = "low on disk: "
+
+// diskGuard refuses writes while the data dir's filesystem has less than
+// the reserve free. Readings are cached for diskCheckEvery, so the check
+// is live but costs at most one statfs a second, plus one per guardEvery
+// bytes of a blob being written. Safe for concurrent use.
+type diskGuard struct {
+	dir     string
+	reserve int64 // 0: never refuse early (ENOSPC is still reported clearly)
+	nodeID  func() string
+	statfs  func(dir string) (free, total int64, err error)
+	now     func() time.Time
+	refused prometheus.Counter
+
+	mu      sync.Mutex
+	checked time.Time
+	free    int64
+	total   int64
+	err     error
+}
+
+func newDiskGuard(dir string, reserve int64, nodeID func() string, refused prometheus.Counter) *diskGuard {
+	return &diskGuard{dir: dir, reserve: reserve, nodeID: nodeID, statfs: statfs, now: time.Now, refused: refused}
+}
+
+// statfs reads the space available to this (unprivileged) process on the
+// filesystem holding dir.
+func statfs(dir string) (free, total int64, err error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, 0, fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	return int64(st.Bavail) * int64(st.Bsize), int64(st.Blocks) * int64(st.Bsize), nil
+}
+
+// read returns the free and total bytes, from a reading at most
+// diskCheckEvery old unless fresh.
+func (g *diskGuard) read(fresh bool) (free, total int64, err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if now := g.now(); fresh || g.checked.IsZero() || now.Sub(g.checked) >= diskCheckEvery {
+		g.free, g.total, g.err = g.statfs(g.dir)
+		g.checked = now
+	}
+	return g.free, g.total, g.err
+}
+
+// check returns a 507 error when a write must be refused now.
+func (g *diskGuard) check() error { return g.checkFresh(false) }
+
+func (g *diskGuard) checkFresh(fresh bool) error {
+	if g.reserve <= 0 {
+		return nil
+	}
+	free, _, err := g.read(fresh)
+	if err != nil {
+		// Cannot tell: let the write try; ENOSPC is still mapped.
+		return nil
+	}
+	if free < g.reserve {
+		return g.refuse(fmt.Errorf("%w: %s free, %s reserved", ErrLowDisk, sizeString(free), sizeString(g.reserve)))
+	}
+	return nil
+}
+
+// low reports whether writes are refused now (for the status document).
+func (g *diskGuard) low() bool {
+	free, _, err := g.read(false)
+	return err == nil && g.reserve > 0 && free < g.reserve
+}
+
+// refuse counts a refused write and returns the client's error: 507 with
+// an OCI DENIED body that says what to do.
+func (g *diskGuard) refuse(cause error) error {
+	g.refused.Inc()
+	free, _, _ := g.read(false)
+	msg := fmt.Sprintf("node %s is low on disk: %s free in %s, %s reserved for its metadata; free space there (delete unused images and let GC run, or grow the disk) or lower --min-free-disk; reads still work and writes resume by themselves once space is free",
+		g.nodeID(), sizeString(free), g.dir, sizeString(g.reserve))
+	return oci.Wrap(oci.Denied, cause, msg).WithStatus(http.StatusInsufficientStorage)
+}
+
+// mapError turns a write's failure for lack of space (ENOSPC, EDQUOT, or a
+// refusal from the leader of a forwarded write) into the same 507 error,
+// and returns any other error unchanged.
+func (g *diskGuard) mapError(err error) error {
+	var oe *oci.Error
+	if errors.As(err, &oe) && oe.HTTPStatus() == http.StatusInsufficientStorage {
+		return err
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return g.refuse(err)
+	}
+	var fe *consensus.ForwardError
+	if errors.As(err, &fe) && len(fe.Msg) > len(lowDiskPrefix) && fe.Msg[:len(lowDiskPrefix)] == lowDiskPrefix {
+		return oci.Wrap(oci.Denied, err, "the cluster's leader "+fe.Msg[len(lowDiskPrefix):]).WithStatus(http.StatusInsufficientStorage)
+	}
+	return err
+}
+
+// reader wraps a blob body so that a write stops with the 507 error once
+// the disk reaches the reserve while it is being written.
+func (g *diskGuard) reader(r io.Reader) io.Reader {
+	if g.reserve <= 0 {
+		return r
+	}
+	return &guardedReader{r: r, g: g}
+}
+
+type guardedReader struct {
+	r     io.Reader
+	g     *diskGuard
+	since int64 // bytes read since the last fresh check
+}
+
+func (gr *guardedReader) Read(p []byte) (int, error) {
+	if gr.since >= guardEvery {
+		gr.since = 0
+		if err := gr.g.checkFresh(true); err != nil {
+			return 0, err
+		}
+	}
+	n, err := gr.r.Read(p)
+	gr.since += int64(n)
+	return n, err
+}
+
+// forwardRefusal is the leader's answer to a forwarded write it refuses for
+// lack of disk space; the follower's mapError turns it back into a 507.
+func forwardRefusal(err error) []byte {
+	msg := err.Error()
+	var oe *oci.Error
+	if errors.As(err, &oe) {
+		msg = oe.Message
+	}
+	b, _ := json.Marshal(forwardResult{Code: consensus.ErrorCode(err), Msg: lowDiskPrefix + msg})
+	return b
+}
+
+// DiskStatus is the disk part of the status document.
+type DiskStatus struct {
+	FreeBytes    int64 `json:"free_bytes"`
+	TotalBytes   int64 `json:"total_bytes"`
+	ReserveBytes int64 `json:"reserve_bytes"`
+	// Low is true while writes are refused (free < reserve).
+	Low   bool   `json:"low"`
+	Error string `json:"error,omitempty"`
+}
+
+func (g *diskGuard) status() DiskStatus {
+	free, total, err := g.read(false)
+	st := DiskStatus{FreeBytes: free, TotalBytes: total, ReserveBytes: g.reserve, Low: err == nil && g.reserve > 0 && free < g.reserve}
+	if err != nil {
+		st.Error = err.Error()
+	}
+	return st
+}
+
+// sizeString prints a byte count in binary units: "37.5 MiB".
+func sizeString(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+}
