@@ -136,4 +136,3 @@ func TestDiskGuardMapsErrors(t *testing.T) {
 		t.Fatalf("mapError changed an unrelated error: %v", got)
 	}
 }
-
