@@ -32,8 +32,9 @@ const DefaultMinFreeDisk = 256 << 20
 // diskCheckEvery is how long a free-space reading is reused.
 const diskCheckEvery = time.Second
 
-// guardEvery is how many bytes of a blob write may pass between two fresh
-// free-space readings, so that one large push cannot eat the reserve.
+// guardEvery is how many bytes of blob writes (all of them together) may
+// pass between two free-space readings, so that neither one large push nor
+// a burst of small ones within diskCheckEvery can eat the reserve.
 const guardEvery = 4 << 20
 
 // ErrLowDisk is the cause of a write refused because the node's disk is
@@ -45,9 +46,10 @@ var ErrLowDisk = errors.New("low on disk")
 const lowDiskPrefix = "low on disk: "
 
 // diskGuard refuses writes while the data dir's filesystem has less than
-// the reserve free. Readings are cached for diskCheckEvery, so the check
-// is live but costs at most one statfs a second, plus one per guardEvery
-// bytes of a blob being written. Safe for concurrent use.
+// the reserve free. A reading is reused for at most diskCheckEvery and
+// guardEvery bytes of blob writes, so the check is live but costs about
+// one statfs a second plus one per guardEvery bytes written. Safe for
+// concurrent use.
 type diskGuard struct {
 	dir     string
 	reserve int64 // 0: never refuse early (ENOSPC is still reported clearly)
@@ -58,6 +60,7 @@ type diskGuard struct {
 
 	mu      sync.Mutex
 	checked time.Time
+	written int64 // blob bytes accepted since the reading
 	free    int64
 	total   int64
 	err     error
@@ -82,21 +85,19 @@ func statfs(dir string) (free, total int64, err error) {
 func (g *diskGuard) read(fresh bool) (free, total int64, err error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if now := g.now(); fresh || g.checked.IsZero() || now.Sub(g.checked) >= diskCheckEvery {
+	if now := g.now(); fresh || g.checked.IsZero() || now.Sub(g.checked) >= diskCheckEvery || g.written >= guardEvery {
 		g.free, g.total, g.err = g.statfs(g.dir)
-		g.checked = now
+		g.checked, g.written = now, 0
 	}
 	return g.free, g.total, g.err
 }
 
 // check returns a 507 error when a write must be refused now.
-func (g *diskGuard) check() error { return g.checkFresh(false) }
-
-func (g *diskGuard) checkFresh(fresh bool) error {
+func (g *diskGuard) check() error {
 	if g.reserve <= 0 {
 		return nil
 	}
-	free, _, err := g.read(fresh)
+	free, _, err := g.read(false)
 	if err != nil {
 		// Cannot tell: let the write try; ENOSPC is still mapped.
 		return nil
@@ -117,7 +118,7 @@ func (g *diskGuard) low() bool {
 // an OCI DENIED body that says what to do.
 func (g *diskGuard) refuse(cause error) error {
 	g.refused.Inc()
-	free, _, _ := g.read(false)
+	free, _, _ := g.read(true)
 	msg := fmt.Sprintf("node %s is low on disk: %s free in %s, %s reserved for its metadata; free space there (delete unused images and let GC run, or grow the disk) or lower --min-free-disk; reads still work and writes resume by themselves once space is free",
 		g.nodeID(), sizeString(free), g.dir, sizeString(g.reserve))
 	return oci.Wrap(oci.Denied, cause, msg).WithStatus(http.StatusInsufficientStorage)
@@ -151,20 +152,18 @@ func (g *diskGuard) reader(r io.Reader) io.Reader {
 }
 
 type guardedReader struct {
-	r     io.Reader
-	g     *diskGuard
-	since int64 // bytes read since the last fresh check
+	r io.Reader
+	g *diskGuard
 }
 
 func (gr *guardedReader) Read(p []byte) (int, error) {
-	if gr.since >= guardEvery {
-		gr.since = 0
-		if err := gr.g.checkFresh(true); err != nil {
-			return 0, err
-		}
+	if err := gr.g.check(); err != nil {
+		return 0, err
 	}
 	n, err := gr.r.Read(p)
-	gr.since += int64(n)
+	gr.g.mu.Lock()
+	gr.g.written += int64(n)
+	gr.g.mu.Unlock()
 	return n, err
 }
 
