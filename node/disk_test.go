@@ -136,3 +136,22 @@ func TestDiskGuardMapsErrors(t *testing.T) {
 		t.Fatalf("mapError changed an unrelated error: %v", got)
 	}
 }
+
+func TestDiskGuardSeesABurstOfSmallWrites(t *testing.T) {
+	g, fd, _, _ := newTestGuard(100 << 20)
+	// Many small pushes within one second (the clock does not move): the
+	// bytes they write still force fresh readings.
+	refusedAt := -1
+	for i := 0; i < 64 && refusedAt < 0; i++ {
+		if i == 8 {
+			fd.free = 90 << 20 // the disk filled meanwhile
+		}
+		if _, err := io.Copy(io.Discard, g.reader(bytes.NewReader(make([]byte, 1<<20)))); err != nil {
+			assertLowDisk(t, err)
+			refusedAt = i
+		}
+	}
+	if refusedAt < 0 || refusedAt > 8+guardEvery>>20 {
+		t.Fatalf("a burst of 1 MiB writes was refused at write %d; want within %d MiB of the disk filling (write 8)", refusedAt, guardEvery>>20)
+	}
+}
