@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -124,6 +125,18 @@ func (g *diskGuard) refuse(cause error) error {
 	return oci.Wrap(oci.Denied, cause, msg).WithStatus(http.StatusInsufficientStorage)
 }
 
+// isFull reports whether err is a write's failure for lack of space: a
+// refusal of this guard or the leader's, or ENOSPC/EDQUOT from the disk.
+func (g *diskGuard) isFull(err error) bool {
+	var oe *oci.Error
+	if errors.As(err, &oe) && oe.HTTPStatus() == http.StatusInsufficientStorage {
+		return true
+	}
+	var fe *consensus.ForwardError
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) ||
+		errors.As(err, &fe) && strings.HasPrefix(fe.Msg, lowDiskPrefix)
+}
+
 // mapError turns a write's failure for lack of space (ENOSPC, EDQUOT, or a
 // refusal from the leader of a forwarded write) into the same 507 error,
 // and returns any other error unchanged.
@@ -136,7 +149,7 @@ func (g *diskGuard) mapError(err error) error {
 		return g.refuse(err)
 	}
 	var fe *consensus.ForwardError
-	if errors.As(err, &fe) && len(fe.Msg) > len(lowDiskPrefix) && fe.Msg[:len(lowDiskPrefix)] == lowDiskPrefix {
+	if errors.As(err, &fe) && strings.HasPrefix(fe.Msg, lowDiskPrefix) {
 		return oci.Wrap(oci.Denied, err, "the cluster's leader "+fe.Msg[len(lowDiskPrefix):]).WithStatus(http.StatusInsufficientStorage)
 	}
 	return err

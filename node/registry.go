@@ -326,8 +326,9 @@ func (n *Node) AppendUpload(ctx context.Context, repo, id string, r io.Reader) (
 		return 0, err
 	}
 	if _, err := u.Append(n.disk.reader(r)); err != nil {
-		if derr := n.disk.mapError(err); derr != err {
-			return 0, derr // the session is unchanged; resume once space is free
+		if n.disk.isFull(err) {
+			// The session is unchanged; resume once space is free.
+			return 0, n.disk.mapError(err)
 		}
 		return 0, oci.Wrap(oci.BlobUploadInvalid, err, "appending to upload "+id+" failed; the session is unchanged, resume it")
 	}

@@ -174,8 +174,13 @@ func TestHostileDiskBitRot(t *testing.T) {
 
 		status, got, rerr := pull(ctx, b.URL(), repo, d)
 		assertNeverWholeAndWrong(t, "GET through a peer of the node with the rotten copy", status, got, rerr, d, len(blob))
-		// Give b's fetch time to end either way, then look at its disk.
-		time.Sleep(2 * time.Second)
+		// Once b's fetch has ended, look at its disk.
+		if !testnet.Eventually(30*time.Second, func() bool {
+			st, err := b.Status(ctx)
+			return err == nil && st.Blobs.Fetching == 0
+		}) {
+			t.Fatal("the peer's fetch from the rotten copy never ended")
+		}
 		if _, err := os.Stat(blobFile(dirs[1], d)); !errors.Is(err, os.ErrNotExist) {
 			t.Fatalf("the peer stored the blob fetched from a rotten copy (stat: %v)", err)
 		}
@@ -362,6 +367,10 @@ func TestHostileDiskFull(t *testing.T) {
 	c := testnet.NewClient(n.url())
 	repo := testnet.UniqueRepo("e2e/full")
 	first := pushWithManifest(t, c, repo, testnet.RandomBytes(1<<20))
+	session, err := c.StartUpload(ctx, repo) // chunks are sent once the disk is full
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	// Fill the disk with 1 MiB pushes until one is refused.
 	var status int
@@ -406,6 +415,8 @@ func TestHostileDiskFull(t *testing.T) {
 	b, _ = io.ReadAll(resp.Body)
 	resp.Body.Close()
 	assertInsufficientStorage(t, "manifest PUT", resp.StatusCode, string(b))
+	st, pb := patchStatus(t, session, 0, testnet.RandomBytes(1<<20))
+	assertInsufficientStorage(t, "a chunk (PATCH)", st, pb)
 
 	// Reads go on.
 	if err := c.VerifyBlob(ctx, repo, first, 1<<20); err != nil {
@@ -445,6 +456,19 @@ func TestHostileDiskFull(t *testing.T) {
 		t.Fatalf("large push: %v", err)
 	}
 	assertInsufficientStorage(t, "a push larger than the free space", status, body)
+	st, pb = patchStatus(t, session, 0, testnet.RandomBytes(24<<20))
+	assertInsufficientStorage(t, "a chunk larger than the free space (PATCH)", st, pb)
+	req, _ = http.NewRequestWithContext(ctx, http.MethodGet, session, nil)
+	if resp, err = http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent || resp.Header.Get("Range") != "0-0" {
+		t.Fatalf("the upload session after a refused chunk: %s, Range %q; want 204 and unchanged (0-0)", resp.Status, resp.Header.Get("Range"))
+	}
+	if left := leftovers(t, n.dataDir); len(left) > 0 {
+		t.Fatalf("a refused chunk left bytes behind: %v", left)
+	}
 	if left := leftovers(t, n.dataDir); len(left) > 0 {
 		t.Fatalf("a refused large push left temp files behind: %v", left)
 	}
@@ -459,7 +483,30 @@ func TestHostileDiskFull(t *testing.T) {
 	}
 }
 
-// leftovers lists temp files in the node's uploads directory.
+// patchStatus sends one chunk to an upload session and returns the status
+// and body of the answer.
+func patchStatus(t *testing.T, location string, start int64, chunk []byte) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPatch, location, bytes.NewReader(chunk))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.ContentLength = int64(len(chunk))
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("Content-Range", fmt.Sprintf("%d-%d", start, start+int64(len(chunk))-1))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("PATCH %s: %v", location, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// leftovers lists what a refused write left in the node's uploads
+// directory: temp files of pushes and fetches, and upload session files
+// that are not empty (the one session the test keeps open had every chunk
+// refused).
 func leftovers(t *testing.T, dataDir string) []string {
 	t.Helper()
 	entries, err := os.ReadDir(filepath.Join(dataDir, "uploads"))
@@ -468,7 +515,13 @@ func leftovers(t *testing.T, dataDir string) []string {
 	}
 	var out []string
 	for _, e := range entries {
-		out = append(out, e.Name())
+		fi, err := e.Info()
+		if err != nil {
+			continue
+		}
+		if strings.HasPrefix(e.Name(), "put-") || strings.HasPrefix(e.Name(), "fetch-") || fi.Size() != 0 {
+			out = append(out, fmt.Sprintf("%s (%d bytes)", e.Name(), fi.Size()))
+		}
 	}
 	return out
 }
