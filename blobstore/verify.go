@@ -22,7 +22,7 @@ var ErrCorrupt = errors.New("blob on disk does not match its digest")
 
 // maxStamps bounds the verified-files cache; past it the cache starts
 // over (every blob is then hashed once more when next read).
-const maxStamps = 1 << 20
+const maxStamps = 1 << 18
 
 // Verification of stored blobs.
 //

@@ -2,6 +2,8 @@ package node
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshreg/meshreg/api/oci"
@@ -153,5 +156,38 @@ func TestDiskGuardSeesABurstOfSmallWrites(t *testing.T) {
 	}
 	if refusedAt < 0 || refusedAt > 8+guardEvery>>20 {
 		t.Fatalf("a burst of 1 MiB writes was refused at write %d; want within %d MiB of the disk filling (write 8)", refusedAt, guardEvery>>20)
+	}
+}
+
+// TestForwardedWriteRefusedByALowLeader follows a write forwarded to a
+// leader that is low on disk: the leader does not apply it, and the
+// follower's client gets the same 507, naming the leader.
+func TestForwardedWriteRefusedByALowLeader(t *testing.T) {
+	g, fd, _, _ := newTestGuard(100 << 20)
+	leader := &Node{disk: g}
+	applied := 0
+	serve := leader.diskChecked(func(context.Context, peer.ID, []byte) []byte {
+		applied++
+		b, _ := json.Marshal(forwardResult{Index: 7})
+		return b
+	})
+	if out := serve(t.Context(), "", nil); applied != 1 || !strings.Contains(string(out), `"index":7`) {
+		t.Fatalf("with space free the forwarded write was not applied: %s", out)
+	}
+	fd.free = 1 << 20
+	g.checked = time.Time{} // next check reads afresh
+	out := serve(t.Context(), "", nil)
+	if applied != 1 {
+		t.Fatal("a leader low on disk applied a forwarded write")
+	}
+	var res forwardResult
+	if err := json.Unmarshal(out, &res); err != nil || res.Code == "" {
+		t.Fatalf("the leader's answer %s is not an error (%v)", out, err)
+	}
+	follower, _, _, _ := newTestGuard(100 << 20)
+	err := follower.mapError(fmt.Errorf("put manifest: %w", &consensus.ForwardError{Code: res.Code, Msg: res.Msg}))
+	var oe *oci.Error
+	if !errors.As(err, &oe) || oe.HTTPStatus() != http.StatusInsufficientStorage || !strings.Contains(oe.Message, "leader node 12D3KooWTest is low on disk") {
+		t.Fatalf("the follower answers %v, want 507 naming the leader as low on disk", err)
 	}
 }
