@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -58,8 +59,10 @@ type diskGuard struct {
 	statfs  func(dir string) (free, total int64, err error)
 	now     func() time.Time
 	refused prometheus.Counter
+	log     *slog.Logger
 
 	mu      sync.Mutex
+	low     bool // at the last reading; its changes are logged
 	checked time.Time
 	written int64 // blob bytes accepted since the reading
 	free    int64
@@ -67,8 +70,8 @@ type diskGuard struct {
 	err     error
 }
 
-func newDiskGuard(dir string, reserve int64, nodeID func() string, refused prometheus.Counter) *diskGuard {
-	return &diskGuard{dir: dir, reserve: reserve, nodeID: nodeID, statfs: statfs, now: time.Now, refused: refused}
+func newDiskGuard(dir string, reserve int64, nodeID func() string, refused prometheus.Counter, log *slog.Logger) *diskGuard {
+	return &diskGuard{dir: dir, reserve: reserve, nodeID: nodeID, statfs: statfs, now: time.Now, refused: refused, log: log}
 }
 
 // statfs reads the space available to this (unprivileged) process on the
@@ -89,6 +92,16 @@ func (g *diskGuard) read(fresh bool) (free, total int64, err error) {
 	if now := g.now(); fresh || g.checked.IsZero() || now.Sub(g.checked) >= diskCheckEvery || g.written >= guardEvery {
 		g.free, g.total, g.err = g.statfs(g.dir)
 		g.checked, g.written = now, 0
+		if low := g.err == nil && g.reserve > 0 && g.free < g.reserve; low != g.low {
+			g.low = low
+			if low {
+				g.log.Warn("the data dir's disk is nearly full: refusing blob uploads and metadata writes until space is freed",
+					"dir", g.dir, "free", sizeString(g.free), "reserve", sizeString(g.reserve))
+			} else {
+				g.log.Info("disk space is back above the reserve: taking writes again",
+					"dir", g.dir, "free", sizeString(g.free), "reserve", sizeString(g.reserve))
+			}
+		}
 	}
 	return g.free, g.total, g.err
 }
@@ -107,12 +120,6 @@ func (g *diskGuard) check() error {
 		return g.refuse(fmt.Errorf("%w: %s free, %s reserved", ErrLowDisk, sizeString(free), sizeString(g.reserve)))
 	}
 	return nil
-}
-
-// low reports whether writes are refused now (for the status document).
-func (g *diskGuard) low() bool {
-	free, _, err := g.read(false)
-	return err == nil && g.reserve > 0 && free < g.reserve
 }
 
 // refuse counts a refused write and returns the client's error: 507 with
@@ -190,6 +197,19 @@ func forwardRefusal(err error) []byte {
 	}
 	b, _ := json.Marshal(forwardResult{Code: consensus.ErrorCode(err), Msg: lowDiskPrefix + msg})
 	return b
+}
+
+// warnSmall logs at start when the reserve leaves little of the disk for
+// blobs, or the free space cannot be read.
+func (g *diskGuard) warnSmall() {
+	free, total, err := g.read(true)
+	switch {
+	case err != nil:
+		g.log.Warn("cannot read the free space of the data dir: writes are not refused early; a full disk is still reported as 507", "err", err)
+	case g.reserve > 0 && total < 2*g.reserve:
+		g.log.Warn("the data dir's filesystem is small for --min-free-disk: most of it stays reserved for the metadata",
+			"total", sizeString(total), "free", sizeString(free), "reserve", sizeString(g.reserve))
+	}
 }
 
 // DiskStatus is the disk part of the status document.

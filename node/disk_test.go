@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"syscall"
@@ -43,7 +44,7 @@ func newTestGuard(reserve int64) (*diskGuard, *fakeDisk, *time.Time, *countingCo
 	fd := &fakeDisk{free: 1 << 30}
 	now := time.Unix(1_000_000, 0)
 	refused := &countingCounter{Counter: prometheus.NewCounter(prometheus.CounterOpts{Name: "refused"})}
-	g := newDiskGuard("/data", reserve, func() string { return "12D3KooWTest" }, refused)
+	g := newDiskGuard("/data", reserve, func() string { return "12D3KooWTest" }, refused, slog.New(slog.DiscardHandler))
 	g.statfs = fd.statfs
 	g.now = func() time.Time { return now }
 	return g, fd, &now, refused
@@ -80,7 +81,7 @@ func TestDiskGuardRefusesBelowReserveAndRecovers(t *testing.T) {
 	if !errors.Is(err, ErrLowDisk) {
 		t.Errorf("refusal %v does not wrap ErrLowDisk", err)
 	}
-	if !g.status().Low || !g.low() {
+	if !g.status().Low {
 		t.Error("status does not report the disk low")
 	}
 	if got := refused.n; got != 1 {

@@ -247,7 +247,8 @@ func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Ho
 	}
 	n.underReplicated.Store(-1) // no sweep yet
 	n.disk = newDiskGuard(cfg.DataDir, cfg.MinFreeDisk, func() string { return n.host.ID().String() },
-		n.metrics.writesRefused.WithLabelValues("disk"))
+		n.metrics.writesRefused.WithLabelValues("disk"), log.With("component", "disk"))
+	n.disk.warnSmall()
 	n.scrub = newScrubber(n, cfg.ScrubRate, cfg.ScrubInterval)
 	blobs.OnCorrupt(n.blobCorrupt)
 	return n
