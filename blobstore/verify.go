@@ -200,6 +200,12 @@ func (r *verifyingReader) Read(b []byte) (int, error) {
 		return 0, r.err
 	}
 	if r.off >= r.size {
+		if !r.ok && r.size == 0 {
+			// An empty file (a blob truncated to nothing) is checked too.
+			if err := r.check(); err != nil {
+				return 0, err
+			}
+		}
 		return 0, io.EOF
 	}
 	if !r.ok && r.off != r.hashed {

@@ -233,3 +233,20 @@ func TestPutReplacesUnverifiedCopy(t *testing.T) {
 		t.Fatalf("Stats = %d blobs, %d bytes; want 1, %d", blobs, bytes, len(data))
 	}
 }
+
+func TestOpenVerifiedTruncatedToNothing(t *testing.T) {
+	root := t.TempDir()
+	s, _ := Open(root, nil)
+	_, d := putRandom(t, s, 1<<20)
+	if err := os.Truncate(s.blobPath(d), 0); err != nil {
+		t.Fatal(err)
+	}
+	r, size, err := s.OpenVerified(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := io.ReadAll(r); size != 0 || !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("a blob truncated to 0 bytes read as size %d, err %v; want ErrCorrupt", size, err)
+	}
+}

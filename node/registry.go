@@ -194,6 +194,13 @@ func (n *Node) OpenBlob(ctx context.Context, repo string, d digest.Digest) (io.R
 	// Verified as it streams: a copy that rotted on disk is cut short
 	// before its last byte, quarantined and fetched again (blobCorrupt).
 	f, size, err := n.blobs.OpenVerified(d)
+	if err == nil && size != linked {
+		// Truncated or grown: Verify quarantines it (a 0-byte file would
+		// otherwise be "served" without a byte read to check).
+		f.Close()
+		_ = n.blobs.Verify(ctx, d, false, nil)
+		f, size, err = n.blobs.OpenVerified(d)
+	}
 	if errors.Is(err, blobstore.ErrNotFound) {
 		r, err := n.openFetched(ctx, d, linked)
 		if err != nil {

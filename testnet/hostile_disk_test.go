@@ -79,12 +79,14 @@ func pull(ctx context.Context, base, repo string, d digest.Digest) (int, []byte,
 	return resp.StatusCode, b, err
 }
 
-// assertNeverWholeAndWrong fails if a client got a 200 with a complete
-// body that does not hash to the digest it asked for.
+// assertNeverWholeAndWrong fails if a client got a 200 whose body ended
+// cleanly (so the client takes it as complete) but does not hash to the
+// digest it asked for.
 func assertNeverWholeAndWrong(t *testing.T, who string, status int, got []byte, rerr error, d digest.Digest, size int) {
 	t.Helper()
-	if status == http.StatusOK && rerr == nil && len(got) == size && digest.FromBytes(got) != d {
-		t.Fatalf("%s: 200 with all %d bytes of %s, but they hash to %s: a corrupt copy was served as good", who, size, d, digest.FromBytes(got))
+	if status == http.StatusOK && rerr == nil && digest.FromBytes(got) != d {
+		t.Fatalf("%s: 200 with a body that ended cleanly after %d bytes (blob: %d) hashing to %s, not %s: a corrupt copy was served as good",
+			who, len(got), size, digest.FromBytes(got), d)
 	}
 	t.Logf("%s: status %d, %d of %d bytes, body error %v, complete and right: %v",
 		who, status, len(got), size, rerr, rerr == nil && digest.FromBytes(got) == d)
@@ -186,6 +188,27 @@ func TestHostileDiskBitRot(t *testing.T) {
 		}
 		if n := quarantined(t, dirs[0]); n != 2 {
 			t.Fatalf("%d files in the serving node's quarantine, want 2", n)
+		}
+	})
+
+	t.Run("a blob truncated to nothing", func(t *testing.T) {
+		repo := testnet.UniqueRepo("e2e/bitrot-truncated")
+		blob, _ := randomBlob(74, 1<<20+3)
+		d := pushWithManifest(t, testnet.NewClient(a.URL()), repo, blob)
+		path := blobFile(dirs[0], d)
+		if err := os.Truncate(path, 0); err != nil {
+			t.Fatal(err)
+		}
+		status, got, rerr := pull(ctx, a.URL(), repo, d)
+		assertNeverWholeAndWrong(t, "GET of a blob whose file was truncated", status, got, rerr, d, len(blob))
+		if !testnet.Eventually(60*time.Second, func() bool {
+			s, g, err := pull(ctx, a.URL(), repo, d)
+			return s == http.StatusOK && err == nil && bytes.Equal(g, blob) && fileHolds(path, d)
+		}) {
+			t.Fatal("the node never served and held the right bytes again")
+		}
+		if n := quarantined(t, dirs[0]); n != 3 {
+			t.Fatalf("%d files in quarantine, want 3", n)
 		}
 	})
 
