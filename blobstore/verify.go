@@ -111,6 +111,12 @@ func (s *Store) Verify(ctx context.Context, d digest.Digest, force bool, throttl
 	if err := validate(d); err != nil {
 		return err
 	}
+	if !force {
+		// The common case (a repair sweep over verified blobs): one lstat.
+		if fi, err := os.Lstat(s.blobPath(d)); err == nil && s.verifiedStamp(d, fi) {
+			return nil
+		}
+	}
 	f, err := os.Open(s.blobPath(d))
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("blobstore: verify %s: %w", d, ErrNotFound)
