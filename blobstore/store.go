@@ -53,6 +53,12 @@ type Store struct {
 
 	uploadsMu sync.Mutex
 	sessions  map[string]*Upload
+
+	// Verification (verify.go): stamps of the files verified since open.
+	stampMu     sync.Mutex
+	stamps      map[digest.Digest]fileStamp
+	onCorrupt   func(d digest.Digest, size int64, cause error)
+	quarantined atomic.Int64
 }
 
 // Open opens (creating if needed) the store under root. It removes every
@@ -67,9 +73,11 @@ func Open(root string, logger *slog.Logger) (*Store, error) {
 		uploads:  filepath.Join(root, "uploads"),
 		logger:   logger,
 		sessions: make(map[string]*Upload),
+		stamps:   make(map[digest.Digest]fileStamp),
 	}
 	for _, dir := range []string{
 		s.uploads,
+		filepath.Join(root, "quarantine"),
 		filepath.Join(root, "blobs", string(digest.SHA256)),
 		filepath.Join(root, "blobs", string(digest.SHA512)),
 	} {
@@ -132,9 +140,11 @@ func (s *Store) count() error {
 //	│   └── sha512/
 //	│       └── 9b/
 //	│           └── 9b71…0c
-//	└── uploads/                temp files; emptied by Open
-//	    ├── 5c0e…a7             resumable upload session (32 hex = its id)
-//	    └── put-1234567         Put in progress
+//	├── uploads/                temp files; emptied by Open
+//	│   ├── 5c0e…a7             resumable upload session (32 hex = its id)
+//	│   └── put-1234567         Put in progress
+//	└── quarantine/             blob files found corrupt (verify.go), kept
+//	    └── sha256-3fa8…e1-<unix ns>   for inspection; delete them freely
 //
 // Temp files share the filesystem with blobs/ so a commit is one atomic rename.
 func (s *Store) blobPath(d digest.Digest) string {
@@ -215,6 +225,7 @@ func (s *Store) Delete(d digest.Digest) error {
 	}
 	s.blobs.Add(-1)
 	s.bytes.Add(-fi.Size())
+	s.dropStamp(d)
 	return nil
 }
 
@@ -229,15 +240,17 @@ func (s *Store) Stats() (blobs int64, bytes int64) {
 // returns, so success means the blob survives a crash.
 func (s *Store) commit(tmp string, d digest.Digest, size int64) error {
 	dst := s.blobPath(d)
-	if err := s.place(tmp, dst, size); err != nil {
+	if err := s.place(d, tmp, dst, size); err != nil {
 		return err
 	}
 	return syncDir(filepath.Dir(dst))
 }
 
-// place renames tmp to dst unless dst exists. commitMu makes the check and the
-// rename one step, so Stats count each blob once.
-func (s *Store) place(tmp, dst string, size int64) error {
+// place renames tmp to dst unless dst exists and was verified. commitMu makes
+// the check and the rename one step, so Stats count each blob once. An
+// existing file not verified since the store opened is replaced by tmp,
+// which was just verified: a push of a blob heals a copy that rotted.
+func (s *Store) place(d digest.Digest, tmp, dst string, size int64) error {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 	dir := filepath.Dir(dst)
@@ -251,22 +264,27 @@ func (s *Store) place(tmp, dst string, size int64) error {
 	} else if !errors.Is(err, fs.ErrExist) {
 		return err
 	}
-	_, err := os.Lstat(dst)
-	if err == nil {
+	old, err := os.Lstat(dst)
+	if err == nil && s.verifiedStamp(d, old) {
 		if err := os.Remove(tmp); err != nil {
 			// The blob is in place; the orphan goes at the next Open.
 			s.logger.Warn("blobstore: remove duplicate temp file", "err", err)
 		}
 		return nil
 	}
-	if !errors.Is(err, fs.ErrNotExist) {
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
 	if err := os.Rename(tmp, dst); err != nil {
 		return err
 	}
-	s.blobs.Add(1)
-	s.bytes.Add(size)
+	if old == nil {
+		s.blobs.Add(1)
+		s.bytes.Add(size)
+	} else {
+		s.bytes.Add(size - old.Size())
+	}
+	s.stampPath(d)
 	return nil
 }
 

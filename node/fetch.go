@@ -72,6 +72,9 @@ func (n *Node) startFetch(d digest.Digest, size int64, hint []peer.ID) (*fetch, 
 	if f := n.fetches[d]; f != nil {
 		return f, nil
 	}
+	if err := n.disk.check(); err != nil {
+		return nil, err // a fetch writes the blob here
+	}
 	part, err := n.blobs.NewPartial(d, size)
 	if err != nil {
 		return nil, err
@@ -392,7 +395,7 @@ func (n *Node) openFetched(ctx context.Context, d digest.Digest, size int64) (io
 		}
 	}
 	// Committed already: read it from disk.
-	file, _, err := n.blobs.Open(d)
+	file, _, err := n.blobs.OpenVerified(d)
 	if err != nil {
 		return nil, blobError(err, d)
 	}

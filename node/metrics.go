@@ -1,6 +1,10 @@
 package node
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // nodeMetrics are the node's counters for the blob paths between peers.
 // They live in the Node (no global registry) and are exported by
@@ -14,6 +18,11 @@ type nodeMetrics struct {
 	fetchRate    prometheus.Histogram // bytes per second of whole fetches
 	lookup       prometheus.Histogram // DHT provider lookups
 	replicated   prometheus.Counter   // copies made for --replicas (push and repair)
+
+	writesRefused *prometheus.CounterVec // writes refused early, by reason (disk)
+	corrupt       prometheus.Counter     // stored blobs found corrupt and quarantined
+	corruptCount  atomic.Int64           // the same, for the status document
+	scrubbed      prometheus.Counter     // bytes re-hashed by the scrub
 }
 
 func newNodeMetrics() *nodeMetrics {
@@ -39,7 +48,15 @@ func newNodeMetrics() *nodeMetrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 		replicated: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meshreg_blob_copies_made_total", Help: "Blob copies this node asked other nodes to make, to keep --replicas copies."}),
+		writesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshreg_writes_refused_total", Help: "Writes (blob uploads, manifest PUTs, forwarded writes) this node refused, by reason: disk (free space below --min-free-disk, or the disk full)."},
+			[]string{"reason"}),
+		corrupt: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshreg_blobs_corrupt_total", Help: "Blobs on this node's disk found not to match their digest (when served or scrubbed); each was quarantined and fetched again from peers."}),
+		scrubbed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshreg_scrub_bytes_total", Help: "Bytes of stored blobs re-hashed by the background scrub."}),
 	}
+	m.writesRefused.WithLabelValues("disk")
 	for _, source := range []string{"local", "peer", "failed"} {
 		m.reads.WithLabelValues(source) // exported from the start, at 0
 	}
@@ -47,5 +64,6 @@ func newNodeMetrics() *nodeMetrics {
 }
 
 func (m *nodeMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.bytesServed, m.bytesFetched, m.reads, m.penalties, m.fetchSeconds, m.fetchRate, m.lookup, m.replicated}
+	return []prometheus.Collector{m.bytesServed, m.bytesFetched, m.reads, m.penalties, m.fetchSeconds, m.fetchRate, m.lookup, m.replicated,
+		m.writesRefused, m.corrupt, m.scrubbed}
 }

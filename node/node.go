@@ -75,6 +75,15 @@ type Config struct {
 	// PeerIdleTimeout is how long a blob transfer between peers may move
 	// no bytes before it is abandoned (the fetcher tries the next holder).
 	PeerIdleTimeout time.Duration
+	// MinFreeDisk is the free space (bytes) the node keeps on its data
+	// dir's filesystem: below it, blob uploads and metadata writes are
+	// refused with 507 (see disk.go). 0 turns the early refusal off.
+	MinFreeDisk int64
+	// ScrubRate bounds how many bytes a second the background scrub reads
+	// to re-hash stored blobs; 0 turns the scrub off.
+	ScrubRate int64
+	// ScrubInterval is the pause between two scrub passes over every blob.
+	ScrubInterval time.Duration
 	// ServeFault, when set, wraps the bytes this node sends to peers. The
 	// testnet harness uses it to make a corrupt or slow peer; it is nil in
 	// production.
@@ -95,6 +104,9 @@ func DefaultConfig() Config {
 		RepairInterval:    time.Minute,
 		ReprovideInterval: 12 * time.Hour,
 		PeerIdleTimeout:   30 * time.Second,
+		MinFreeDisk:       DefaultMinFreeDisk,
+		ScrubRate:         DefaultScrubRate,
+		ScrubInterval:     DefaultScrubInterval,
 	}
 }
 
@@ -119,6 +131,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("node: peer idle timeout must be positive, got %s", c.PeerIdleTimeout)
 	case c.ReprovideInterval <= 0:
 		return fmt.Errorf("node: reprovide interval must be positive, got %s", c.ReprovideInterval)
+	case c.MinFreeDisk < 0:
+		return fmt.Errorf("node: --min-free-disk must be 0 (off) or a size, got %d bytes", c.MinFreeDisk)
+	case c.ScrubRate < 0:
+		return fmt.Errorf("node: --scrub-rate must be 0 (off) or bytes per second, got %d", c.ScrubRate)
+	case c.ScrubRate > 0 && c.ScrubInterval < time.Millisecond:
+		return fmt.Errorf("node: --scrub-interval must be at least 1ms, got %s", c.ScrubInterval)
 	}
 	return nil
 }
@@ -135,6 +153,8 @@ type Node struct {
 	metrics *nodeMetrics
 	peers   *peerBook
 	load    uploadLoad // recent bytes sent to peers
+	disk    *diskGuard // refuses writes when the disk is nearly full
+	scrub   *scrubber  // re-hashes stored blobs in the background
 
 	// ctx ends at Close; background work started by requests (fetches,
 	// announcements) runs under it and is tracked by bg.
@@ -203,7 +223,7 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	n = New(cfg, blobs, meta, host, routing, log)
-	host.HandleRequests(forwardProtocol, maxForwardLen, rpcTimeout, n.serveForwarded)
+	host.HandleRequests(forwardProtocol, maxForwardLen, rpcTimeout, n.diskChecked(n.serveForwarded))
 	host.HandleRequests(memberProtocol, maxControlLen, rpcTimeout, n.serveMember)
 	host.HandleRequests(helloProtocol, maxControlLen, rpcTimeout, n.serveHello)
 	host.HandleRequests(indexProtocol, maxControlLen, rpcTimeout, n.serveIndex)
@@ -226,6 +246,11 @@ func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Ho
 		uploads: map[string]string{}, seen: map[string]string{}, lastContact: map[string]time.Time{},
 	}
 	n.underReplicated.Store(-1) // no sweep yet
+	n.disk = newDiskGuard(cfg.DataDir, cfg.MinFreeDisk, func() string { return n.host.ID().String() },
+		n.metrics.writesRefused.WithLabelValues("disk"), log.With("component", "disk"))
+	n.disk.warnSmall()
+	n.scrub = newScrubber(n, cfg.ScrubRate, cfg.ScrubInterval)
+	blobs.OnCorrupt(n.blobCorrupt)
 	return n
 }
 
@@ -234,8 +259,9 @@ func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Ho
 func (n *Node) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Add(5)
+	wg.Add(6)
 	go func() { defer wg.Done(); n.meshLoop(ctx) }()
+	go func() { defer wg.Done(); _ = n.scrub.Run(ctx) }()
 	go func() { defer wg.Done(); n.repairLoop(ctx) }()
 	go func() { defer wg.Done(); n.provideLoop(ctx) }()
 	go func() {
@@ -346,6 +372,11 @@ type Status struct {
 	// MemberLastContact is when this node last had a libp2p connection to
 	// each member (checked every second).
 	MemberLastContact map[string]time.Time `json:"member_last_contact"`
+	// Disk is the free space of the data dir's filesystem and whether
+	// writes are refused for lack of it.
+	Disk DiskStatus `json:"disk"`
+	// Scrub is the background re-hashing of stored blobs.
+	Scrub ScrubStatus `json:"scrub"`
 }
 
 // BlobStatus counts the blobs this node holds.
@@ -358,6 +389,12 @@ type BlobStatus struct {
 	// than min(replicas, live nodes) live copies at the last repair sweep
 	// (-1: no sweep yet).
 	UnderReplicated int64 `json:"under_replicated"`
+	// Corrupt is how many stored blobs were found not to match their
+	// digest since the node started (each quarantined and fetched again).
+	Corrupt int64 `json:"corrupt"`
+	// Quarantined is how many corrupt files were moved to quarantine/ in
+	// the data dir since the node started.
+	Quarantined int64 `json:"quarantined"`
 }
 
 func (n *Node) Status(ctx context.Context) any {
@@ -380,7 +417,7 @@ func (n *Node) Status(ctx context.Context) any {
 		Version:     n.cfg.Version,
 		DataDir:     n.cfg.DataDir,
 		Uptime:      time.Since(n.started).Round(time.Second).String(),
-		Blobs:       BlobStatus{Count: count, Bytes: bytes, Fetching: fetching, UnderReplicated: n.underReplicated.Load()},
+		Blobs:       BlobStatus{Count: count, Bytes: bytes, Fetching: fetching, UnderReplicated: n.underReplicated.Load(), Corrupt: n.metrics.corruptCount.Load(), Quarantined: n.blobs.Quarantined()},
 		Raft:        n.meta.Status(),
 		Uploads:     uploads,
 		Region:      n.cfg.Region,
@@ -391,6 +428,9 @@ func (n *Node) Status(ctx context.Context) any {
 		Peers: n.peers.snapshot(),
 
 		MemberLastContact: contacts,
+
+		Disk:  n.disk.status(),
+		Scrub: n.scrub.status(),
 	}
 }
 
@@ -407,6 +447,10 @@ func (n *Node) RegisterMetrics(reg prometheus.Registerer) {
 			func() float64 { return float64(n.routing.RoutingTableSize()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_blobs_under_replicated", Help: "Blobs held here with fewer live copies than min(replicas, live nodes) at the last repair sweep (-1: none yet)."},
 			func() float64 { return float64(n.underReplicated.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_disk_free_bytes", Help: "Free bytes on the filesystem of the data dir (read at most once a second)."},
+			func() float64 { f, _, _ := n.disk.read(false); return float64(f) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_disk_reserve_bytes", Help: "Free bytes kept on the data dir's filesystem (--min-free-disk): below it writes are refused with 507."},
+			func() float64 { return float64(n.cfg.MinFreeDisk) }),
 	)
 	reg.MustRegister(n.metrics.collectors()...)
 }

@@ -60,6 +60,9 @@ func (n *Node) resolve(ctx context.Context, repo, reference string) (digest.Dige
 }
 
 func (n *Node) PutManifest(ctx context.Context, repo, reference, contentType string, body []byte, tags []string) (digest.Digest, digest.Digest, error) {
+	if err := n.disk.check(); err != nil {
+		return "", "", err
+	}
 	p, err := parseManifest(contentType, body)
 	if err != nil {
 		return "", "", err
@@ -101,7 +104,7 @@ func (n *Node) PutManifest(ctx context.Context, repo, reference, contentType str
 		tags = append([]string{reference}, tags...)
 	}
 	if err := n.meta.PutManifest(ctx, rec, tags...); err != nil {
-		return "", "", metaError(err, oci.ManifestUnknown, "storing manifest "+d.String())
+		return "", "", metaError(n.disk.mapError(err), oci.ManifestUnknown, "storing manifest "+d.String())
 	}
 	return d, rec.Subject, nil
 }
@@ -188,7 +191,16 @@ func (n *Node) OpenBlob(ctx context.Context, repo string, d digest.Digest) (io.R
 		}
 		return nil, 0, metaError(err, oci.BlobUnknown, "blob "+d.String()+" is not in repository "+repo)
 	}
-	f, size, err := n.blobs.Open(d)
+	// Verified as it streams: a copy that rotted on disk is cut short
+	// before its last byte, quarantined and fetched again (blobCorrupt).
+	f, size, err := n.blobs.OpenVerified(d)
+	if err == nil && size != linked {
+		// Truncated or grown: Verify quarantines it (a 0-byte file would
+		// otherwise be "served" without a byte read to check).
+		f.Close()
+		_ = n.blobs.Verify(ctx, d, false, nil)
+		f, size, err = n.blobs.OpenVerified(d)
+	}
 	if errors.Is(err, blobstore.ErrNotFound) {
 		r, err := n.openFetched(ctx, d, linked)
 		if err != nil {
@@ -221,9 +233,12 @@ func (n *Node) DeleteBlob(ctx context.Context, repo string, d digest.Digest) err
 }
 
 func (n *Node) PutBlob(ctx context.Context, repo string, d digest.Digest, r io.Reader) (int64, error) {
-	size, err := n.blobs.Put(d, r)
+	if err := n.disk.check(); err != nil {
+		return 0, err
+	}
+	size, err := n.blobs.Put(d, n.disk.reader(r))
 	if err != nil {
-		return 0, blobError(err, d)
+		return 0, blobError(n.disk.mapError(err), d)
 	}
 	n.announce(d)
 	return size, n.link(ctx, repo, d, size)
@@ -236,12 +251,15 @@ func (n *Node) announce(d digest.Digest) {
 
 func (n *Node) link(ctx context.Context, repo string, d digest.Digest, size int64) error {
 	err := n.meta.LinkBlob(ctx, repo, d, size)
-	return metaError(err, oci.BlobUnknown, "linking blob "+d.String()+" to repository "+repo)
+	return metaError(n.disk.mapError(err), oci.BlobUnknown, "linking blob "+d.String()+" to repository "+repo)
 }
 
 // MountBlob links d into repo when repository from links it (the bytes
 // may be on peers), or, with no from, when this node holds it.
 func (n *Node) MountBlob(ctx context.Context, repo, from string, d digest.Digest) (bool, error) {
+	if err := n.disk.check(); err != nil {
+		return false, err
+	}
 	if from != "" {
 		size, err := n.meta.BlobLink(from, d)
 		if errors.Is(err, consensus.ErrNotFound) {
@@ -263,9 +281,12 @@ func (n *Node) MountBlob(ctx context.Context, repo, from string, d digest.Digest
 }
 
 func (n *Node) StartUpload(ctx context.Context, repo string) (string, error) {
+	if err := n.disk.check(); err != nil {
+		return "", err
+	}
 	u, err := n.blobs.NewUpload()
 	if err != nil {
-		return "", fmt.Errorf("starting upload: %w", err)
+		return "", fmt.Errorf("starting upload: %w", n.disk.mapError(err))
 	}
 	n.mu.Lock()
 	n.uploads[u.ID()] = repo
@@ -308,7 +329,14 @@ func (n *Node) AppendUpload(ctx context.Context, repo, id string, r io.Reader) (
 	if err != nil {
 		return 0, err
 	}
-	if _, err := u.Append(r); err != nil {
+	if err := n.disk.check(); err != nil {
+		return 0, err
+	}
+	if _, err := u.Append(n.disk.reader(r)); err != nil {
+		if n.disk.isFull(err) {
+			// The session is unchanged; resume once space is free.
+			return 0, n.disk.mapError(err)
+		}
 		return 0, oci.Wrap(oci.BlobUploadInvalid, err, "appending to upload "+id+" failed; the session is unchanged, resume it")
 	}
 	return u.Size(), nil
@@ -319,9 +347,12 @@ func (n *Node) FinishUpload(ctx context.Context, repo, id string, d digest.Diges
 	if err != nil {
 		return 0, err
 	}
+	if err := n.disk.check(); err != nil {
+		return 0, err
+	}
 	size, err := u.Commit(d)
 	if err != nil {
-		return 0, blobError(err, d)
+		return 0, blobError(n.disk.mapError(err), d)
 	}
 	n.announce(d)
 	n.forget(id)

@@ -61,8 +61,8 @@ func (n *Node) serveHas(ctx context.Context, from peer.ID, b []byte) []byte {
 	}
 	res := hasResult{Has: make([]bool, len(req.Digests))}
 	for i, d := range req.Digests {
-		_, err := n.blobs.Stat(d)
-		res.Has[i] = err == nil
+		// A file changed since it was verified is no good copy.
+		res.Has[i] = n.blobs.Held(d)
 	}
 	out, _ := json.Marshal(res)
 	return out
@@ -118,7 +118,7 @@ func (n *Node) serveReplicate(ctx context.Context, from peer.ID, b []byte) []byt
 
 // replicate fetches a blob a peer asked this node to hold.
 func (n *Node) replicate(ctx context.Context, req replicateRequest) error {
-	if _, err := n.blobs.Stat(req.Digest); err == nil {
+	if n.blobs.Verify(ctx, req.Digest, false, nil) == nil {
 		return nil
 	}
 	var hint []peer.ID
@@ -178,7 +178,7 @@ func (n *Node) ensureReplicas(ctx context.Context, refs []blobRef) error {
 	for _, r := range refs {
 		g.Go(func() error {
 			held := has[r.d]
-			if _, err := n.blobs.Stat(r.d); err == nil {
+			if n.blobs.Verify(gctx, r.d, false, nil) == nil {
 				held = append([]peer.ID{n.host.ID()}, held...)
 			}
 			return n.copyBlob(gctx, r, held, live, target)
@@ -286,6 +286,12 @@ func (n *Node) repairSweep(ctx context.Context) (under, repaired int, err error)
 			has = n.holders(ctx, live, digests)
 		}
 		for _, r := range batch {
+			// The local copy counts only once verified (hashed now if it
+			// was not since the start): a corrupt one is quarantined by
+			// Verify and fetched again (blobCorrupt), not counted.
+			if n.blobs.Verify(ctx, r.d, false, nil) != nil {
+				continue
+			}
 			held := append([]peer.ID{n.host.ID()}, has[r.d]...)
 			if len(held) >= target {
 				continue

@@ -39,7 +39,7 @@ func (n *Node) serveBlob(ctx context.Context, from peer.ID, req p2p.BlobRequest)
 		size  int64
 		depth int
 	)
-	if file, sz, err := n.blobs.Open(d); err == nil {
+	if file, sz, err := n.openForPeer(ctx, d); err == nil {
 		body, size = file, sz
 	} else if r, sz, dep := n.inFlight(d, from, req.CompleteOnly); r != nil {
 		body, size, depth = r, sz, dep
@@ -61,6 +61,34 @@ func (n *Node) serveBlob(ctx context.Context, from peer.ID, req p2p.BlobRequest)
 	}
 	return p2p.BlobAnswer{Status: p2p.BlobOK, Size: size, Depth: depth},
 		&servedBlob{Reader: r, c: body, n: n, release: release}
+}
+
+// peerVerifyFirst is the largest blob not verified since the start that is
+// hashed whole before a peer gets its first byte (a few seconds at most,
+// within the fetcher's answer timeout); a larger one is verified as it
+// streams.
+const peerVerifyFirst = 1 << 30
+
+// openForPeer opens a complete blob to send to a peer. A copy verified
+// since the start (and unchanged) is the file itself. Another one up to
+// peerVerifyFirst is hashed whole first: a rotten copy is quarantined and
+// the peer told this node does not hold it, so the peer never takes part
+// of a rotten copy and blames the honest peer it resumes from. A larger
+// one is verified as it streams: a mismatch resets the stream before the
+// last byte, and the fetcher's digest check drops what it received.
+func (n *Node) openForPeer(ctx context.Context, d digest.Digest) (io.ReadSeekCloser, int64, error) {
+	file, size, err := n.blobs.OpenVerified(d)
+	if err != nil {
+		return nil, 0, err
+	}
+	if _, plain := file.(*os.File); plain || size > peerVerifyFirst {
+		return file, size, nil
+	}
+	file.Close()
+	if err := n.blobs.Verify(ctx, d, false, nil); err != nil {
+		return nil, 0, err
+	}
+	return n.blobs.OpenVerified(d)
 }
 
 // inFlight returns a reader of the part of d this node is fetching, when

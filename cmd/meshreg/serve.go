@@ -77,6 +77,15 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 	cfg.Node.RepairInterval = c.Duration("repair-interval")
 	cfg.Node.ReprovideInterval = c.Duration("reprovide-interval")
 	cfg.Node.PeerIdleTimeout = c.Duration("peer-idle-timeout")
+	cfg.Node.ScrubInterval = c.Duration("scrub-interval")
+	var serr error
+	cfg.Node.MinFreeDisk, serr = parseSize("min-free-disk", c.String("min-free-disk"))
+	if serr != nil {
+		return cfg, serr
+	}
+	if cfg.Node.ScrubRate, serr = parseSize("scrub-rate", c.String("scrub-rate")); serr != nil {
+		return cfg, serr
+	}
 	if err := checkListen(cfg.Listen); err != nil {
 		return cfg, err
 	}
@@ -168,6 +177,9 @@ type checkedConfig struct {
 	RepairInterval    string   `json:"repair-interval"`
 	PeerIdleTimeout   string   `json:"peer-idle-timeout"`
 	ReprovideInterval string   `json:"reprovide-interval"`
+	MinFreeDisk       string   `json:"min-free-disk"`
+	ScrubRate         string   `json:"scrub-rate"`
+	ScrubInterval     string   `json:"scrub-interval"`
 	DeadServerTimeout string   `json:"dead-server-timeout"`
 	LogLevel          string   `json:"log-level"`
 	LogFormat         string   `json:"log-format"`
@@ -202,6 +214,9 @@ func (cfg serveConfig) checked() checkedConfig {
 		RepairInterval:    cfg.Node.RepairInterval.String(),
 		PeerIdleTimeout:   cfg.Node.PeerIdleTimeout.String(),
 		ReprovideInterval: cfg.Node.ReprovideInterval.String(),
+		MinFreeDisk:       formatSize(cfg.Node.MinFreeDisk),
+		ScrubRate:         formatSize(cfg.Node.ScrubRate),
+		ScrubInterval:     cfg.Node.ScrubInterval.String(),
 		DeadServerTimeout: cfg.Node.DeadServerTimeout.String(),
 		LogLevel:          strings.ToLower(cfg.LogLevel.String()),
 		LogFormat:         cfg.LogFormat,

@@ -1,0 +1,246 @@
+package node
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshreg/meshreg/api/oci"
+	"github.com/meshreg/meshreg/consensus"
+)
+
+// DefaultMinFreeDisk is the free space a node keeps on its data dir's
+// filesystem by default. The metadata lives in two badger databases (the
+// Raft log and the FSM) that write through memory-mapped files: each keeps
+// up to two 16 MiB memtables whose write-ahead files are mapped at 32 MiB,
+// flushes them into level-0 tables of about the same size, and compacts
+// them into new tables before it removes the old ones; value-log files
+// (256 MiB, sparse) take values over 1 MiB. A write into a mapped page the
+// filesystem cannot back is a SIGBUS, not an error, so the node must stop
+// taking writes while badger still has room for about two memtables and a
+// compaction in each database (~2 × 64 MiB), plus a Raft snapshot of the
+// metadata: 256 MiB.
+const DefaultMinFreeDisk = 256 << 20
+
+// diskCheckEvery is how long a free-space reading is reused.
+const diskCheckEvery = time.Second
+
+// guardEvery is how many bytes of blob writes (all of them together) may
+// pass between two free-space readings, so that neither one large push nor
+// a burst of small ones within diskCheckEvery can eat the reserve.
+const guardEvery = 4 << 20
+
+// ErrLowDisk is the cause of a write refused because the node's disk is
+// (nearly) full.
+var ErrLowDisk = errors.New("low on disk")
+
+// lowDiskPrefix starts the message of a write refused for disk space; a
+// follower recognises it in the leader's answer to a forwarded write.
+const lowDiskPrefix = "low on disk: "
+
+// diskGuard refuses writes while the data dir's filesystem has less than
+// the reserve free. A reading is reused for at most diskCheckEvery and
+// guardEvery bytes of blob writes, so the check is live but costs about
+// one statfs a second plus one per guardEvery bytes written. Safe for
+// concurrent use.
+type diskGuard struct {
+	dir     string
+	reserve int64 // 0: never refuse early (ENOSPC is still reported clearly)
+	nodeID  func() string
+	statfs  func(dir string) (free, total int64, err error)
+	now     func() time.Time
+	refused prometheus.Counter
+	log     *slog.Logger
+
+	mu      sync.Mutex
+	low     bool // at the last reading; its changes are logged
+	checked time.Time
+	written int64 // blob bytes accepted since the reading
+	free    int64
+	total   int64
+	err     error
+}
+
+func newDiskGuard(dir string, reserve int64, nodeID func() string, refused prometheus.Counter, log *slog.Logger) *diskGuard {
+	return &diskGuard{dir: dir, reserve: reserve, nodeID: nodeID, statfs: statfs, now: time.Now, refused: refused, log: log}
+}
+
+// statfs reads the space available to this (unprivileged) process on the
+// filesystem holding dir.
+func statfs(dir string) (free, total int64, err error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, 0, fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	return int64(st.Bavail) * int64(st.Bsize), int64(st.Blocks) * int64(st.Bsize), nil
+}
+
+// read returns the free and total bytes, from a reading at most
+// diskCheckEvery old unless fresh.
+func (g *diskGuard) read(fresh bool) (free, total int64, err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if now := g.now(); fresh || g.checked.IsZero() || now.Sub(g.checked) >= diskCheckEvery || g.written >= guardEvery {
+		g.free, g.total, g.err = g.statfs(g.dir)
+		g.checked, g.written = now, 0
+		if low := g.err == nil && g.reserve > 0 && g.free < g.reserve; low != g.low {
+			g.low = low
+			if low {
+				g.log.Warn("the data dir's disk is nearly full: refusing blob uploads and metadata writes until space is freed",
+					"dir", g.dir, "free", sizeString(g.free), "reserve", sizeString(g.reserve))
+			} else {
+				g.log.Info("disk space is back above the reserve: taking writes again",
+					"dir", g.dir, "free", sizeString(g.free), "reserve", sizeString(g.reserve))
+			}
+		}
+	}
+	return g.free, g.total, g.err
+}
+
+// check returns a 507 error when a write must be refused now.
+func (g *diskGuard) check() error {
+	if g.reserve <= 0 {
+		return nil
+	}
+	free, _, err := g.read(false)
+	if err != nil {
+		// Cannot tell: let the write try; ENOSPC is still mapped.
+		return nil
+	}
+	if free < g.reserve {
+		return g.refuse(fmt.Errorf("%w: %s free, %s reserved", ErrLowDisk, sizeString(free), sizeString(g.reserve)))
+	}
+	return nil
+}
+
+// refuse counts a refused write and returns the client's error: 507 with
+// an OCI DENIED body that says what to do.
+func (g *diskGuard) refuse(cause error) error {
+	g.refused.Inc()
+	free, _, _ := g.read(true)
+	msg := fmt.Sprintf("node %s is low on disk: %s free in %s, %s reserved for its metadata; free space there (delete unused images and let GC run, or grow the disk) or lower --min-free-disk; reads still work and writes resume by themselves once space is free",
+		g.nodeID(), sizeString(free), g.dir, sizeString(g.reserve))
+	return oci.Wrap(oci.Denied, cause, msg).WithStatus(http.StatusInsufficientStorage)
+}
+
+// isFull reports whether err is a write's failure for lack of space: a
+// refusal of this guard or the leader's, or ENOSPC/EDQUOT from the disk.
+func (g *diskGuard) isFull(err error) bool {
+	var oe *oci.Error
+	if errors.As(err, &oe) && oe.HTTPStatus() == http.StatusInsufficientStorage {
+		return true
+	}
+	var fe *consensus.ForwardError
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) ||
+		errors.As(err, &fe) && strings.HasPrefix(fe.Msg, lowDiskPrefix)
+}
+
+// mapError turns a write's failure for lack of space (ENOSPC, EDQUOT, or a
+// refusal from the leader of a forwarded write) into the same 507 error,
+// and returns any other error unchanged.
+func (g *diskGuard) mapError(err error) error {
+	var oe *oci.Error
+	if errors.As(err, &oe) && oe.HTTPStatus() == http.StatusInsufficientStorage {
+		return err
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return g.refuse(err)
+	}
+	var fe *consensus.ForwardError
+	if errors.As(err, &fe) && strings.HasPrefix(fe.Msg, lowDiskPrefix) {
+		return oci.Wrap(oci.Denied, err, "the cluster's leader "+fe.Msg[len(lowDiskPrefix):]).WithStatus(http.StatusInsufficientStorage)
+	}
+	return err
+}
+
+// reader wraps a blob body so that a write stops with the 507 error once
+// the disk reaches the reserve while it is being written.
+func (g *diskGuard) reader(r io.Reader) io.Reader {
+	if g.reserve <= 0 {
+		return r
+	}
+	return &guardedReader{r: r, g: g}
+}
+
+type guardedReader struct {
+	r io.Reader
+	g *diskGuard
+}
+
+func (gr *guardedReader) Read(p []byte) (int, error) {
+	if err := gr.g.check(); err != nil {
+		return 0, err
+	}
+	n, err := gr.r.Read(p)
+	gr.g.mu.Lock()
+	gr.g.written += int64(n)
+	gr.g.mu.Unlock()
+	return n, err
+}
+
+// forwardRefusal is the leader's answer to a forwarded write it refuses for
+// lack of disk space; the follower's mapError turns it back into a 507.
+func forwardRefusal(err error) []byte {
+	msg := err.Error()
+	var oe *oci.Error
+	if errors.As(err, &oe) {
+		msg = oe.Message
+	}
+	b, _ := json.Marshal(forwardResult{Code: consensus.ErrorCode(err), Msg: lowDiskPrefix + msg})
+	return b
+}
+
+// warnSmall logs at start when the reserve leaves little of the disk for
+// blobs, or the free space cannot be read.
+func (g *diskGuard) warnSmall() {
+	free, total, err := g.read(true)
+	switch {
+	case err != nil:
+		g.log.Warn("cannot read the free space of the data dir: writes are not refused early; a full disk is still reported as 507", "err", err)
+	case g.reserve > 0 && total < 2*g.reserve:
+		g.log.Warn("the data dir's filesystem is small for --min-free-disk: most of it stays reserved for the metadata",
+			"total", sizeString(total), "free", sizeString(free), "reserve", sizeString(g.reserve))
+	}
+}
+
+// DiskStatus is the disk part of the status document.
+type DiskStatus struct {
+	FreeBytes    int64 `json:"free_bytes"`
+	TotalBytes   int64 `json:"total_bytes"`
+	ReserveBytes int64 `json:"reserve_bytes"`
+	// Low is true while writes are refused (free < reserve).
+	Low   bool   `json:"low"`
+	Error string `json:"error,omitempty"`
+}
+
+func (g *diskGuard) status() DiskStatus {
+	free, total, err := g.read(false)
+	st := DiskStatus{FreeBytes: free, TotalBytes: total, ReserveBytes: g.reserve, Low: err == nil && g.reserve > 0 && free < g.reserve}
+	if err != nil {
+		st.Error = err.Error()
+	}
+	return st
+}
+
+// sizeString prints a byte count in binary units: "37.5 MiB".
+func sizeString(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+}
