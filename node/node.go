@@ -18,6 +18,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -135,6 +136,11 @@ type Node struct {
 	metrics *nodeMetrics
 	peers   *peerBook
 	load    uploadLoad // recent bytes sent to peers
+	// gate says which peers may open which protocols (the host's
+	// authorizer) and holds the peers admitted before they are members.
+	gate *peerGate
+	// wasRemoved is set once the node logged that it was removed.
+	wasRemoved atomic.Bool
 
 	// ctx ends at Close; background work started by requests (fetches,
 	// announcements) runs under it and is tracked by bg.
@@ -177,6 +183,9 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: starting the libp2p host: %w", err)
 	}
+	// Only members may reach the cluster protocols (see gate.go): until New
+	// installs the node's gate, nobody may.
+	host.SetAuthorizer(func(peer.ID, protocol.ID) bool { return false })
 	defer func() {
 		if err != nil {
 			_ = host.Close()
@@ -215,7 +224,8 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 }
 
 // New returns a node over an open blob store, metadata store, libp2p host
-// and DHT; Close closes the last three.
+// and DHT; Close closes the last three. It makes the node's gate the host's
+// authorizer: from then on only members reach the cluster protocols.
 func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Host, routing *p2p.Routing, log *slog.Logger) *Node {
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Node{
@@ -226,6 +236,9 @@ func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Ho
 		uploads: map[string]string{}, seen: map[string]string{}, lastContact: map[string]time.Time{},
 	}
 	n.underReplicated.Store(-1) // no sweep yet
+	n.gate = newPeerGate()
+	n.gate.meta.Store(meta)
+	host.SetAuthorizer(n.gate.allow)
 	return n
 }
 
@@ -346,6 +359,10 @@ type Status struct {
 	// MemberLastContact is when this node last had a libp2p connection to
 	// each member (checked every second).
 	MemberLastContact map[string]time.Time `json:"member_last_contact"`
+	// Removed is true once this node was removed from the cluster (it
+	// knows a configuration that no longer names it): it takes no writes
+	// until it joins again (restart it with --join).
+	Removed bool `json:"removed"`
 }
 
 // BlobStatus counts the blobs this node holds.
@@ -391,6 +408,7 @@ func (n *Node) Status(ctx context.Context) any {
 		Peers: n.peers.snapshot(),
 
 		MemberLastContact: contacts,
+		Removed:           n.removed(),
 	}
 }
 
