@@ -185,6 +185,9 @@ func (n *Node) changeMembership(ctx context.Context, req memberRequest) error {
 			return fmt.Errorf("removing the leader %s: handing leadership over first failed: %w", req.ID, err)
 		}
 		n.log.Info("handed leadership over before being removed from the cluster")
+		if err := n.waitOtherLeader(ctx); err != nil {
+			return fmt.Errorf("removing the former leader %s: %w", req.ID, err)
+		}
 	}
 	var err error
 	switch {
@@ -319,6 +322,25 @@ func (n *Node) joinVia(ctx context.Context, target string) error {
 		n.gate.admit(leader, admissionTTL)
 	}
 	return nil
+}
+
+// waitOtherLeader waits until this node knows a leader other than itself
+// (after a leadership transfer), at most 10 seconds.
+func (n *Node) waitOtherLeader(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if id := n.meta.Status().LeaderID; id != "" && id != n.host.ID().String() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("no new leader after handing leadership over: %w; retry shortly", ctx.Err())
+		case <-t.C:
+		}
+	}
 }
 
 // admitJoin decides whether peer from, not a member, may join the cluster.

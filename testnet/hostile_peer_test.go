@@ -24,6 +24,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/meshreg/meshreg/node"
 	"github.com/meshreg/meshreg/p2p"
 	"github.com/meshreg/meshreg/testnet"
 )
@@ -413,3 +414,65 @@ type fakeAddr string
 
 func (a fakeAddr) Network() string { return "libp2p" }
 func (a fakeAddr) String() string  { return string(a) }
+
+// TestRemoveLeaderFromLoopback: the admin endpoint works from the node's
+// own machine, even for the leader itself: leadership moves first, the
+// others keep taking writes, the removed node says so in its status, and
+// restarted with --join it is a member again.
+func TestRemoveLeaderFromLoopback(t *testing.T) {
+	dirs := make([]string, 3)
+	nodes := testnet.StartInProcessCluster(t, 3, func(i int, c *node.Config) { dirs[i] = c.DataDir })
+	plain := []*testnet.Node{nodes[0].Node, nodes[1].Node, nodes[2].Node}
+	leaderNode, _ := testnet.Leader(t, plain, 30*time.Second)
+	var leader *testnet.InProcessNode
+	var leaderDir string
+	var rest []*testnet.InProcessNode
+	for i, n := range nodes {
+		if n.Node == leaderNode {
+			leader, leaderDir = n, dirs[i]
+		} else {
+			rest = append(rest, n)
+		}
+	}
+	id := leader.PeerID().String()
+
+	// The API listens on 127.0.0.1: this client is on loopback.
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodDelete, leader.URL()+"/_meshreg/v1/members/"+id, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("DELETE the leader from loopback: %s %s", resp.Status, body)
+	}
+
+	testnet.WaitConverged(t, []*testnet.Node{rest[0].Node, rest[1].Node}, 2, 2, 30*time.Second)
+	if st := statusOf(t, rest[0]); st.Raft.LeaderID == id {
+		t.Fatalf("the removed node still leads in %s's view", rest[0].Host())
+	}
+	if !testnet.Eventually(20*time.Second, func() bool { return statusOf(t, leader).Removed }) {
+		st := statusOf(t, leader)
+		t.Fatalf("the removed node does not say it was removed: state %s, %d members", st.Raft.State, len(st.Raft.Members))
+	}
+	c := testnet.NewClient(rest[1].URL())
+	manifest := smallImage(t, c, "removed/after")
+	if _, err := c.PutManifest(t.Context(), "removed/after", "v1", ocispec.MediaTypeImageManifest, manifest("1")); err != nil {
+		t.Fatalf("the two remaining members take no writes: %v", err)
+	}
+
+	// Restarted with --join, the removed node is a member again.
+	leader.Stop()
+	cfg := node.DefaultConfig()
+	cfg.DataDir = leaderDir
+	cfg.Join = []string{rest[0].URL()}
+	back := testnet.StartInProcessNode(t, cfg)
+	testnet.WaitConverged(t, []*testnet.Node{rest[0].Node, rest[1].Node, back.Node}, 3, 3, 60*time.Second)
+	if st := statusOf(t, back); st.Removed || st.NodeID != id {
+		t.Fatalf("after rejoining: node %s, removed %v", st.NodeID, st.Removed)
+	}
+	if !testnet.Eventually(20*time.Second, func() bool { return tagOn(t.Context(), back.Node, "removed/after", "v1") != "" }) {
+		t.Fatal("the rejoined node never caught up with a write made while it was out")
+	}
+}
