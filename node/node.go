@@ -219,6 +219,7 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 	host.HandleRequests(infoProtocol, maxControlLen, rpcTimeout, n.serveInfo)
 	host.HandleRequests(hasProtocol, maxControlLen, rpcTimeout, n.serveHas)
 	host.HandleRequests(replicateProtocol, maxControlLen, replicateTimeout, n.serveReplicate)
+	host.HandleRequests(vouchProtocol, maxControlLen, rpcTimeout, n.serveVouch)
 	host.ServeBlobs(cfg.PeerIdleTimeout, n.serveBlob)
 	return n, nil
 }
@@ -247,8 +248,9 @@ func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Ho
 func (n *Node) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Add(5)
+	wg.Add(6)
 	go func() { defer wg.Done(); n.meshLoop(ctx) }()
+	go func() { defer wg.Done(); n.vouchLoop(ctx) }()
 	go func() { defer wg.Done(); n.repairLoop(ctx) }()
 	go func() { defer wg.Done(); n.provideLoop(ctx) }()
 	go func() {

@@ -476,3 +476,84 @@ func TestRemoveLeaderFromLoopback(t *testing.T) {
 		t.Fatal("the rejoined node never caught up with a write made while it was out")
 	}
 }
+
+// TestStaleMemberHearsAnUnknownLeader: a member cut off while the
+// membership changed comes back with an old configuration that does not
+// name the leader elected meanwhile. Raft streams from peers outside a
+// node's configuration are refused, so the member asks the members it
+// knows; one vouches for the new leader, and the member catches up.
+func TestStaleMemberHearsAnUnknownLeader(t *testing.T) {
+	tweak := func(_ int, c *node.Config) { c.Voters = 5; c.DeadServerTimeout = 10 * time.Minute }
+	first := testnet.StartInProcessCluster(t, 3, tweak)
+	stale := first[2]
+	testnet.Partition(t, []*testnet.InProcessNode{stale}, first[:2])
+
+	all := append([]*testnet.InProcessNode{}, first...)
+	var added []*testnet.InProcessNode
+	for range 2 {
+		cfg := node.DefaultConfig()
+		tweak(0, &cfg)
+		cfg.Join = []string{first[0].URL()}
+		n := testnet.StartInProcessNode(t, cfg)
+		testnet.Partition(t, []*testnet.InProcessNode{stale}, []*testnet.InProcessNode{n})
+		added = append(added, n)
+		all = append(all, n)
+	}
+	live := []*testnet.Node{first[0].Node, first[1].Node, added[0].Node, added[1].Node}
+	testnet.WaitConverged(t, live, 5, 5, 60*time.Second)
+
+	// Move leadership to a member the stale node has never heard of, by
+	// cutting off whichever old member leads until a new one does.
+	isNew := func(id string) bool { return id == added[0].PeerID().String() || id == added[1].PeerID().String() }
+	for round := 0; ; round++ {
+		st := statusOf(t, added[0])
+		if isNew(st.Raft.LeaderID) {
+			break
+		}
+		if round == 10 {
+			t.Fatalf("leadership never moved to a new member (leader %s)", st.Raft.LeaderID)
+		}
+		var old *testnet.InProcessNode
+		for _, n := range first[:2] {
+			if n.PeerID().String() == st.Raft.LeaderID {
+				old = n
+			}
+		}
+		if old == nil {
+			time.Sleep(200 * time.Millisecond) // no leader yet: poll again
+			continue
+		}
+		others := []*testnet.InProcessNode{}
+		for _, n := range all {
+			if n != old && n != stale {
+				others = append(others, n)
+			}
+		}
+		testnet.Partition(t, []*testnet.InProcessNode{old}, others)
+		testnet.Eventually(20*time.Second, func() bool {
+			id := statusOf(t, added[0]).Raft.LeaderID
+			return id != "" && id != old.PeerID().String()
+		})
+		testnet.Heal(t, []*testnet.InProcessNode{old}, others)
+	}
+	leader := statusOf(t, added[0]).Raft.LeaderID
+	c := testnet.NewClient(added[0].URL())
+	manifest := smallImage(t, c, "stale/app")
+	d, err := c.PutManifest(t.Context(), "stale/app", "v1", ocispec.MediaTypeImageManifest, manifest("1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if st := statusOf(t, stale); len(st.Raft.Members) != 3 {
+		t.Fatalf("the cut-off member already knows %d members; the test needs it to know only the first 3", len(st.Raft.Members))
+	}
+	testnet.Heal(t, []*testnet.InProcessNode{stale}, all[:2])
+	testnet.Heal(t, []*testnet.InProcessNode{stale}, added)
+	if !testnet.Eventually(60*time.Second, func() bool {
+		st := statusOf(t, stale)
+		return st.Raft.LeaderID == leader && len(st.Raft.Members) == 5 && tagOn(t.Context(), stale.Node, "stale/app", "v1") == d.String()
+	}) {
+		st := statusOf(t, stale)
+		t.Fatalf("the stale member never followed the new leader %s: leader %q, %d members, state %s", leader, st.Raft.LeaderID, len(st.Raft.Members), st.Raft.State)
+	}
+}
