@@ -536,12 +536,15 @@ func TestStaleMemberHearsAnUnknownLeader(t *testing.T) {
 		})
 		testnet.Heal(t, []*testnet.InProcessNode{old}, others)
 	}
-	leader := statusOf(t, added[0]).Raft.LeaderID
 	c := testnet.NewClient(added[0].URL())
 	manifest := smallImage(t, c, "stale/app")
-	d, err := c.PutManifest(t.Context(), "stale/app", "v1", ocispec.MediaTypeImageManifest, manifest("1"))
-	if err != nil {
-		t.Fatal(err)
+	var d digest.Digest
+	var err error
+	if !testnet.Eventually(30*time.Second, func() bool {
+		d, err = c.PutManifest(t.Context(), "stale/app", "v1", ocispec.MediaTypeImageManifest, manifest("1"))
+		return err == nil
+	}) {
+		t.Fatalf("no write went through the four connected members: %v", err)
 	}
 
 	if st := statusOf(t, stale); len(st.Raft.Members) != 3 {
@@ -549,9 +552,11 @@ func TestStaleMemberHearsAnUnknownLeader(t *testing.T) {
 	}
 	testnet.Heal(t, []*testnet.InProcessNode{stale}, all[:2])
 	testnet.Heal(t, []*testnet.InProcessNode{stale}, added)
+	var leader string
 	if !testnet.Eventually(60*time.Second, func() bool {
 		st := statusOf(t, stale)
-		return st.Raft.LeaderID == leader && len(st.Raft.Members) == 5 && tagOn(t.Context(), stale.Node, "stale/app", "v1") == d.String()
+		leader = statusOf(t, added[0]).Raft.LeaderID
+		return isNew(leader) && st.Raft.LeaderID == leader && len(st.Raft.Members) == 5 && tagOn(t.Context(), stale.Node, "stale/app", "v1") == d.String()
 	}) {
 		st := statusOf(t, stale)
 		t.Fatalf("the stale member never followed the new leader %s: leader %q, %d members, state %s", leader, st.Raft.LeaderID, len(st.Raft.Members), st.Raft.State)
