@@ -148,3 +148,63 @@ func TestReadMessageCostsOnlyWhatArrives(t *testing.T) {
 		t.Fatal("a claim over the limit was accepted")
 	}
 }
+
+// TestInboundStreamsPerPeerBounded: one peer cannot hold more than
+// MaxInboundStreamsPerPeer streams of one protocol open on a host; the
+// rest are refused by the resource manager before the handler runs.
+func TestInboundStreamsPerPeerBounded(t *testing.T) {
+	server := newTestHost(t, nil)
+	client := newTestHost(t, nil)
+	if err := client.Connect(context.Background(), addrOf(t, server, 0x06)); err != nil {
+		t.Fatal(err)
+	}
+	const proto protocol.ID = "/meshreg/test/hold/1.0.0"
+	release := make(chan struct{})
+	var inHandler, peak atomic.Int64
+	server.HandleRequests(proto, 1<<10, 30*time.Second, func(ctx context.Context, from peer.ID, req []byte) []byte {
+		n := inHandler.Add(1)
+		for {
+			p := peak.Load()
+			if n <= p || peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+		<-release
+		inHandler.Add(-1)
+		return nil
+	})
+	const tries = MaxInboundStreamsPerPeer + 36
+	errs := make(chan error, tries)
+	for range tries {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			_, err := client.Request(ctx, server.ID(), proto, []byte("hold"), 1<<10)
+			errs <- err
+		}()
+	}
+	// Every stream either reaches the handler or is refused: wait until
+	// the refusals are in, then let the held ones go.
+	refused := 0
+	deadline := time.After(20 * time.Second)
+	for int(inHandler.Load())+refused < tries {
+		select {
+		case err := <-errs:
+			if err == nil {
+				t.Fatal("a request finished while every handler is held")
+			}
+			refused++
+		case <-deadline:
+			t.Fatalf("after 20s: %d streams in the handler, %d refused, of %d", inHandler.Load(), refused, tries)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	close(release)
+	for range tries - refused {
+		<-errs
+	}
+	t.Logf("%d streams opened at once: %d served concurrently, %d refused", tries, peak.Load(), refused)
+	if peak.Load() > MaxInboundStreamsPerPeer || peak.Load() == 0 {
+		t.Fatalf("%d streams of one peer were served concurrently, want 1..%d", peak.Load(), MaxInboundStreamsPerPeer)
+	}
+}
