@@ -562,3 +562,25 @@ func TestStaleMemberHearsAnUnknownLeader(t *testing.T) {
 		t.Fatalf("the stale member never followed the new leader %s: leader %q, %d members, state %s", leader, st.Raft.LeaderID, len(st.Raft.Members), st.Raft.State)
 	}
 }
+
+// TestJoinThroughAFollower: a new node that joins through a follower is
+// sent the log by the leader, a peer it never contacted; it admits the
+// leader the join answer names, and catches up.
+func TestJoinThroughAFollower(t *testing.T) {
+	nodes := testnet.StartInProcessCluster(t, 3, nil)
+	plain := []*testnet.Node{nodes[0].Node, nodes[1].Node, nodes[2].Node}
+	leader, followers := testnet.Leader(t, plain, 30*time.Second)
+	c := testnet.NewClient(leader.URL())
+	manifest := smallImage(t, c, "join/app")
+	d, err := c.PutManifest(t.Context(), "join/app", "v1", ocispec.MediaTypeImageManifest, manifest("1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := node.DefaultConfig()
+	cfg.Join = []string{followers[0].URL()}
+	joiner := testnet.StartInProcessNode(t, cfg)
+	testnet.WaitConverged(t, append(plain, joiner.Node), 4, 3, 60*time.Second)
+	if !testnet.Eventually(30*time.Second, func() bool { return tagOn(t.Context(), joiner.Node, "join/app", "v1") == d.String() }) {
+		t.Fatal("the node that joined through a follower never caught up")
+	}
+}
