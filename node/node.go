@@ -429,6 +429,9 @@ func (n *Node) RegisterMetrics(reg prometheus.Registerer) {
 			func() float64 { return float64(n.underReplicated.Load()) }),
 	)
 	reg.MustRegister(n.metrics.collectors()...)
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshreg_p2p_streams_refused_total",
+		Help: "Inbound libp2p streams reset unread because the peer may not use the protocol (not a member)."},
+		func() float64 { return float64(n.host.RefusedStreams()) }))
 }
 
 // Host is the node's libp2p host; the testnet harness partitions nodes

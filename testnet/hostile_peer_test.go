@@ -364,11 +364,19 @@ func TestHostilePeer(t *testing.T) {
 			t.Errorf("%s: %s:v1 is %q after the attack, want %s", n.Host(), repo, got, pushed)
 		}
 	}
-	var refused int64
+	// An operator sees the refusals in the metrics.
+	var refused float64
 	for _, n := range nodes {
-		refused += n.N.Host().RefusedStreams()
+		v, err := n.Metric(t.Context(), "meshreg_p2p_streams_refused_total")
+		if err != nil {
+			t.Fatal(err)
+		}
+		refused += v
 	}
-	t.Logf("streams refused by the nodes: %d", refused)
+	t.Logf("streams refused by the nodes: %.0f", refused)
+	if refused == 0 {
+		t.Error("meshreg_p2p_streams_refused_total is 0 on every node after the attack")
+	}
 }
 
 // attackerLayer lets hashicorp/raft's own NetworkTransport speak Raft to a
