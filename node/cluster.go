@@ -125,21 +125,40 @@ type memberRequest struct {
 
 type memberResult struct {
 	Error string `json:"error,omitempty"`
+	// Leader is the peer id of the leader after a successful change: a
+	// joiner admits it (see peerGate), since the leader, not necessarily
+	// the node it joined through, sends it the log.
+	Leader string `json:"leader,omitempty"`
 }
 
 // serveMember applies a membership request when this node leads, or
 // passes it on to the leader.
+//
+// Any peer may open memberProtocol (see peerGate), because a joiner is not
+// a member yet; so this is where a request from a non-member is judged: it
+// may only ask to join, as itself, and only if admitJoin lets it. Members
+// may relay any request.
 func (n *Node) serveMember(ctx context.Context, from peer.ID, b []byte) []byte {
-	// Anyone who can open a stream here is on the cluster's private
-	// network (--cluster-key), so any member may relay a request.
 	var req memberRequest
 	err := json.Unmarshal(b, &req)
+	if err == nil && !n.isMemberPeer(from) {
+		switch {
+		case req.Op != "join":
+			err = fmt.Errorf("peer %s is not a member of this cluster: only members may %s members", from, req.Op)
+		case req.ID != from.String():
+			err = fmt.Errorf("peer %s is not a member of this cluster: it may ask to join only as itself, not as %q", from, req.ID)
+		default:
+			err = n.admitJoin(from, req)
+		}
+	}
 	if err == nil {
 		err = n.changeMembership(ctx, req)
 	}
 	res := memberResult{}
 	if err != nil {
 		res.Error = err.Error()
+	} else {
+		res.Leader = n.meta.Status().LeaderID
 	}
 	out, _ := json.Marshal(res)
 	return out
@@ -155,6 +174,21 @@ func (n *Node) RemoveMember(ctx context.Context, id string) error {
 }
 
 func (n *Node) changeMembership(ctx context.Context, req memberRequest) error {
+	if req.Op == "remove" && req.ID == n.host.ID().String() && n.meta.Status().State == "Leader" {
+		// A leader that removes itself steps down mid-change and is left
+		// shut down; hand leadership over first, then the new leader
+		// removes this node (below, as for any follower).
+		if n.alone() {
+			return errors.New("this node is the only voter: removing it would leave the cluster without members; add voters first")
+		}
+		if err := n.meta.TransferLeadership(ctx); err != nil {
+			return fmt.Errorf("removing the leader %s: handing leadership over first failed: %w", req.ID, err)
+		}
+		n.log.Info("handed leadership over before being removed from the cluster")
+		if err := n.waitOtherLeader(ctx); err != nil {
+			return fmt.Errorf("removing the former leader %s: %w", req.ID, err)
+		}
+	}
 	var err error
 	switch {
 	case req.ID == "":
@@ -269,6 +303,9 @@ func (n *Node) joinVia(ctx context.Context, target string) error {
 	if id == n.host.ID() {
 		return errors.New("the join target is this node itself")
 	}
+	// The target may send this node the log before it knows the
+	// configuration: let it (and, below, the leader it names) through.
+	n.gate.admit(id, admissionTTL)
 	req, _ := json.Marshal(memberRequest{Op: "join", ID: n.host.ID().String(), Address: n.host.RaftAddress()})
 	resp, err := n.host.Request(ctx, id, memberProtocol, req, maxControlLen)
 	if err != nil {
@@ -281,8 +318,36 @@ func (n *Node) joinVia(ctx context.Context, target string) error {
 	if res.Error != "" {
 		return errors.New(res.Error)
 	}
+	if leader, err := peer.Decode(res.Leader); err == nil {
+		n.gate.admit(leader, admissionTTL)
+	}
 	return nil
 }
+
+// waitOtherLeader waits until this node knows a leader other than itself
+// (after a leadership transfer), at most 10 seconds.
+func (n *Node) waitOtherLeader(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if id := n.meta.Status().LeaderID; id != "" && id != n.host.ID().String() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("no new leader after handing leadership over: %w; retry shortly", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// admitJoin decides whether peer from, not a member, may join the cluster.
+// Every peer that reaches this node may, today: the cluster key
+// (--cluster-key) keeps other peers from connecting at all. This is the
+// hook for join tokens.
+func (n *Node) admitJoin(from peer.ID, req memberRequest) error { return nil }
 
 // raftAddressOf reads a node's Raft address from its status document.
 func raftAddressOf(ctx context.Context, base string) (string, error) {
@@ -326,6 +391,7 @@ func (n *Node) membershipLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		n.noteContacts()
+		n.noteRemoved()
 		if n.meta.Status().State != "Leader" {
 			clear(unreachableSince)
 			continue

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"time"
 
@@ -176,7 +177,7 @@ func (n *Node) fetchFrom(ctx context.Context, f *fetch, queue []peer.ID) (done b
 			busy = append(busy, p)
 			var redirect []peer.ID
 			for _, s := range answer.Redirect {
-				if id, derr := peer.Decode(s); derr == nil && !tried[id] {
+				if id, derr := peer.Decode(s); derr == nil && !tried[id] && n.isMemberPeer(id) {
 					redirect = append(redirect, id)
 				}
 			}
@@ -328,6 +329,9 @@ func (n *Node) providers(ctx context.Context, d digest.Digest) []peer.ID {
 	if err != nil {
 		n.log.Debug("provider lookup failed", "digest", d, "err", err)
 	}
+	// A provider record names a peer; only members are trusted to serve
+	// (and only members can store records here, see p2p.NewRouting).
+	found = slices.DeleteFunc(found, func(p peer.ID) bool { return !n.isMemberPeer(p) })
 	n.fetchMu.Lock()
 	defer n.fetchMu.Unlock()
 	if len(n.providerCache) > 10000 { // bounded: drop all rather than track age

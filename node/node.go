@@ -18,6 +18,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -155,6 +156,11 @@ type Node struct {
 	load    uploadLoad // recent bytes sent to peers
 	disk    *diskGuard // refuses writes when the disk is nearly full
 	scrub   *scrubber  // re-hashes stored blobs in the background
+	// gate says which peers may open which protocols (the host's
+	// authorizer) and holds the peers admitted before they are members.
+	gate *peerGate
+	// wasRemoved is set once the node logged that it was removed.
+	wasRemoved atomic.Bool
 
 	// ctx ends at Close; background work started by requests (fetches,
 	// announcements) runs under it and is tracked by bg.
@@ -197,6 +203,9 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: starting the libp2p host: %w", err)
 	}
+	// Only members may reach the cluster protocols (see gate.go): until New
+	// installs the node's gate, nobody may.
+	host.SetAuthorizer(func(peer.ID, protocol.ID) bool { return false })
 	defer func() {
 		if err != nil {
 			_ = host.Close()
@@ -230,12 +239,14 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 	host.HandleRequests(infoProtocol, maxControlLen, rpcTimeout, n.serveInfo)
 	host.HandleRequests(hasProtocol, maxControlLen, rpcTimeout, n.serveHas)
 	host.HandleRequests(replicateProtocol, maxControlLen, replicateTimeout, n.serveReplicate)
+	host.HandleRequests(vouchProtocol, maxControlLen, rpcTimeout, n.serveVouch)
 	host.ServeBlobs(cfg.PeerIdleTimeout, n.serveBlob)
 	return n, nil
 }
 
 // New returns a node over an open blob store, metadata store, libp2p host
-// and DHT; Close closes the last three.
+// and DHT; Close closes the last three. It makes the node's gate the host's
+// authorizer: from then on only members reach the cluster protocols.
 func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Host, routing *p2p.Routing, log *slog.Logger) *Node {
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Node{
@@ -251,6 +262,9 @@ func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Ho
 	n.disk.warnSmall()
 	n.scrub = newScrubber(n, cfg.ScrubRate, cfg.ScrubInterval)
 	blobs.OnCorrupt(n.blobCorrupt)
+	n.gate = newPeerGate()
+	n.gate.meta.Store(meta)
+	host.SetAuthorizer(n.gate.allow)
 	return n
 }
 
@@ -259,9 +273,10 @@ func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Ho
 func (n *Node) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Add(6)
+	wg.Add(7)
 	go func() { defer wg.Done(); n.meshLoop(ctx) }()
 	go func() { defer wg.Done(); _ = n.scrub.Run(ctx) }()
+	go func() { defer wg.Done(); n.vouchLoop(ctx) }()
 	go func() { defer wg.Done(); n.repairLoop(ctx) }()
 	go func() { defer wg.Done(); n.provideLoop(ctx) }()
 	go func() {
@@ -377,6 +392,10 @@ type Status struct {
 	Disk DiskStatus `json:"disk"`
 	// Scrub is the background re-hashing of stored blobs.
 	Scrub ScrubStatus `json:"scrub"`
+	// Removed is true once this node was removed from the cluster (it
+	// knows a configuration that no longer names it): it takes no writes
+	// until it joins again (restart it with --join).
+	Removed bool `json:"removed"`
 }
 
 // BlobStatus counts the blobs this node holds.
@@ -431,6 +450,7 @@ func (n *Node) Status(ctx context.Context) any {
 
 		Disk:  n.disk.status(),
 		Scrub: n.scrub.status(),
+		Removed:           n.removed(),
 	}
 }
 
@@ -453,6 +473,9 @@ func (n *Node) RegisterMetrics(reg prometheus.Registerer) {
 			func() float64 { return float64(n.cfg.MinFreeDisk) }),
 	)
 	reg.MustRegister(n.metrics.collectors()...)
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshreg_p2p_streams_refused_total",
+		Help: "Inbound libp2p streams reset unread because the peer may not use the protocol (not a member)."},
+		func() float64 { return float64(n.host.RefusedStreams()) }))
 }
 
 // Host is the node's libp2p host; the testnet harness partitions nodes

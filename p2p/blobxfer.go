@@ -81,8 +81,9 @@ type BlobServer func(ctx context.Context, from peer.ID, req BlobRequest) (BlobAn
 
 // ServeBlobs answers BlobProtocol with fn. A stream on which nothing moves
 // for idle is reset, so a stalled fetcher does not pin a reader forever.
+// Streams from peers the authorizer refuses are reset unread.
 func (h *Host) ServeBlobs(idle time.Duration, fn BlobServer) {
-	h.h.SetStreamHandler(BlobProtocol, func(s network.Stream) {
+	h.h.SetStreamHandler(BlobProtocol, h.guard(BlobProtocol, func(s network.Stream) {
 		_ = s.SetReadDeadline(time.Now().Add(idle))
 		var req BlobRequest
 		msg, err := readMessage(s, maxBlobHeader)
@@ -115,7 +116,7 @@ func (h *Host) ServeBlobs(idle time.Duration, fn BlobServer) {
 			return
 		}
 		_ = s.Close()
-	})
+	}))
 }
 
 // FetchBlob asks peer from for a blob. With BlobOK the returned body

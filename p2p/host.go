@@ -18,6 +18,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/connmgr"
@@ -49,6 +50,10 @@ const (
 //	└── p2p/               (0700)
 //	    └── identity.key   (0600, libp2p protobuf-encoded Ed25519 private key)
 var identityFile = filepath.Join("p2p", "identity.key")
+
+// MaxInboundStreamsPerPeer bounds the concurrent inbound streams one peer
+// may hold open for one protocol (Raft excepted, see newResourceManager).
+const MaxInboundStreamsPerPeer = 64
 
 // pskLen is the length of a libp2p private network key (a 256-bit secret).
 const pskLen = 32
@@ -118,6 +123,10 @@ type Host struct {
 	h     host.Host
 	gater connmgr.ConnectionGater
 	log   *slog.Logger
+	// authz judges inbound streams (see SetAuthorizer); refused counts
+	// the streams it turned away.
+	authz   atomic.Pointer[Authorizer]
+	refused atomic.Int64
 }
 
 // NewHost loads (or, on first start, creates) the identity key in
@@ -209,9 +218,19 @@ func NewHost(cfg Config) (*Host, error) {
 // the default protocol bucket with future protocols: up to 64 streams per
 // peer (NetworkTransport pools a few connections per peer plus a pipeline)
 // and 64 MiB per peer (yamux windows of snapshot streams).
+//
+// Every other protocol (the control protocols, blobs, the DHT) shares
+// libp2p's default protocol bucket, with a fixed bound per peer and
+// protocol of MaxInboundStreamsPerPeer concurrent inbound streams (libp2p
+// would scale it with the machine's memory): one peer, member or not,
+// cannot hold more than that many streams of one protocol open here.
+// Peers that are not members are refused before a byte is read anyway
+// (Host.SetAuthorizer); the bound is for members that misbehave.
 func newResourceManager() (network.ResourceManager, error) {
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
+	limits.ProtocolPeerBaseLimit.StreamsInbound = MaxInboundStreamsPerPeer
+	limits.ProtocolPeerLimitIncrease.StreamsInbound = 0
 	limits.AddProtocolLimit(RaftProtocol,
 		rcmgr.BaseLimit{StreamsInbound: 1024, StreamsOutbound: 1024, Streams: 2048, Memory: 256 << 20},
 		rcmgr.BaseLimitIncrease{})

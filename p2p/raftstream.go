@@ -53,6 +53,12 @@ var _ raft.StreamLayer = (*RaftStreamLayer)(nil)
 
 // NewRaftStreamLayer registers the Raft protocol handler on h. Only one
 // stream layer per host can be open at a time.
+//
+// hashicorp/raft does not check who sends an RPC: any stream Accept
+// returns can carry AppendEntries or RequestVote. So inbound streams pass
+// h's authorizer (see Host.SetAuthorizer) before they reach Accept; the
+// node admits current members, and the peers a joining node is about to
+// hear its leader from. Outbound streams (Dial) need no admission.
 func NewRaftStreamLayer(h *Host) *RaftStreamLayer {
 	l := &RaftStreamLayer{
 		h:        h.LibP2P(),
@@ -60,7 +66,7 @@ func NewRaftStreamLayer(h *Host) *RaftStreamLayer {
 		incoming: make(chan network.Stream),
 		done:     make(chan struct{}),
 	}
-	l.h.SetStreamHandler(RaftProtocol, l.handle)
+	l.h.SetStreamHandler(RaftProtocol, h.guard(RaftProtocol, l.handle))
 	return l
 }
 

@@ -32,11 +32,27 @@ type Routing struct {
 	log *slog.Logger
 }
 
+// DHTProtocol is the Kademlia protocol id under DHTProtocolPrefix, the
+// protocol the authorizer is asked about for DHT streams and for the
+// routing table.
+const DHTProtocol = DHTProtocolPrefix + "/kad/1.0.0"
+
 // NewRouting starts the DHT on h. Close it before the host.
+//
+// Only peers h's authorizer accepts for DHTProtocol take part: the DHT's
+// inbound streams go through the authorizer (a refused peer can neither
+// store provider records here nor look any up), and its routing table
+// keeps only accepted peers, so lookups never ask a refused peer and
+// cannot be steered by one. Callers still check that the providers a
+// lookup returns are members before fetching from them: a record names a
+// peer, it does not prove that the peer is one of ours.
 func NewRouting(h *Host, log *slog.Logger) (*Routing, error) {
-	d, err := dht.New(h.h,
+	accept := func(p peer.ID) bool { return p == h.ID() || h.authorized(p, DHTProtocol) }
+	d, err := dht.New(gatedHost{Host: h.h, gate: h},
 		dht.Mode(dht.ModeServer),
 		dht.ProtocolPrefix(DHTProtocolPrefix),
+		dht.RoutingTableFilter(func(_ any, p peer.ID) bool { return accept(p) }),
+		dht.QueryFilter(func(_ any, ai peer.AddrInfo) bool { return accept(ai.ID) }),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("p2p: start the DHT: %w", err)

@@ -1,6 +1,7 @@
 package p2p
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -22,8 +23,10 @@ type HandlerFunc func(ctx context.Context, from peer.ID, req []byte) []byte
 
 // HandleRequests answers requests on proto with fn, refusing requests over
 // maxLen bytes. Each request runs on its own goroutine, bounded by timeout.
+// Streams from peers the authorizer refuses are reset unread (see
+// SetAuthorizer).
 func (h *Host) HandleRequests(proto protocol.ID, maxLen int, timeout time.Duration, fn HandlerFunc) {
-	h.h.SetStreamHandler(proto, func(s network.Stream) {
+	h.h.SetStreamHandler(proto, h.guard(proto, func(s network.Stream) {
 		defer s.Close()
 		_ = s.SetDeadline(time.Now().Add(timeout))
 		req, err := readMessage(s, maxLen)
@@ -36,7 +39,7 @@ func (h *Host) HandleRequests(proto protocol.ID, maxLen int, timeout time.Durati
 		if err := writeMessage(s, fn(ctx, s.Conn().RemotePeer(), req)); err != nil {
 			_ = s.Reset()
 		}
-	})
+	}))
 }
 
 // openTimeout bounds opening a stream (dialing if needed, negotiating the
@@ -82,20 +85,32 @@ func writeMessage(w io.Writer, msg []byte) error {
 	return err
 }
 
+// readAhead is how much of a message readMessage allocates before its
+// bytes arrive; past it the buffer grows only as bytes are received.
+const readAhead = 64 << 10
+
+// readMessage reads one length-prefixed message of at most maxLen bytes.
+// The length is the sender's claim: memory is spent only on bytes that
+// actually arrive (the buffer grows as they do), so a peer that claims
+// 32 MiB and sends nothing costs this node at most readAhead.
 func readMessage(r io.Reader, maxLen int) ([]byte, error) {
 	var n [4]byte
 	if _, err := io.ReadFull(r, n[:]); err != nil {
 		return nil, err
 	}
-	size := binary.BigEndian.Uint32(n[:])
-	if int64(size) > int64(maxLen) {
+	size := int64(binary.BigEndian.Uint32(n[:]))
+	if size > int64(maxLen) {
 		return nil, fmt.Errorf("message of %d bytes exceeds the limit of %d", size, maxLen)
 	}
-	msg := make([]byte, size)
-	if _, err := io.ReadFull(r, msg); err != nil {
+	buf := bytes.NewBuffer(make([]byte, 0, min(size, readAhead)))
+	got, err := buf.ReadFrom(io.LimitReader(r, size))
+	if err != nil {
 		return nil, err
 	}
-	return msg, nil
+	if got < size {
+		return nil, fmt.Errorf("message cut short after %d of %d bytes: %w", got, size, io.ErrUnexpectedEOF)
+	}
+	return buf.Bytes(), nil
 }
 
 // openStream opens a stream to peer to on proto within openTimeout.

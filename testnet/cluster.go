@@ -13,7 +13,11 @@ import (
 type NodeStatus struct {
 	NodeID      string `json:"node_id"`
 	RaftAddress string `json:"raft_address"`
-	Raft        struct {
+	// DHTPeers is the size of the node's DHT routing table.
+	DHTPeers int `json:"dht_peers"`
+	// Removed is true once the node was removed from the cluster.
+	Removed bool `json:"removed"`
+	Raft    struct {
 		State        string `json:"state"`
 		LeaderID     string `json:"leader_id"`
 		Term         uint64 `json:"term"`

@@ -1,0 +1,38 @@
+package api
+
+import (
+	"net"
+	"net/http"
+	"net/netip"
+
+	"github.com/meshreg/meshreg/api/oci"
+)
+
+// loopbackOnly serves fn only to requests whose TCP peer is a loopback
+// address (127.0.0.0/8 or ::1), and answers every other one 403 DENIED.
+// The cluster's admin endpoints (removing a member, and every other
+// mutating /_meshreg/v1/ route) have no authentication yet, so they are
+// for an operator on the node's own machine. Only the connection's own
+// address counts: X-Forwarded-For and the like are set by the client and
+// prove nothing.
+func (h *Handler) loopbackOnly(fn http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !fromLoopback(r) {
+			h.writeError(w, r, oci.Errorf(oci.Denied,
+				"%s %s is an admin endpoint, served only to clients on the node's own machine (loopback) until authentication is configured: run the command on the node, e.g. `meshreg cluster remove --node http://127.0.0.1:5000 ID`",
+				r.Method, truncate(r.URL.Path)))
+			return
+		}
+		fn(w, r)
+	}
+}
+
+// fromLoopback reports whether r's TCP peer is a loopback address.
+func fromLoopback(r *http.Request) bool {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	addr, err := netip.ParseAddr(host)
+	return err == nil && addr.Unmap().IsLoopback()
+}

@@ -1,0 +1,266 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/meshreg/meshreg/consensus"
+	"github.com/meshreg/meshreg/p2p"
+)
+
+// Who may open which of this node's libp2p protocols (the p2p host asks
+// peerGate.allow for every inbound stream, before a byte is read):
+//
+//	protocol                                  who
+//	/meshreg/member/1.0.0                     anyone: a join request comes from a
+//	                                          peer that is not a member yet; serveMember
+//	                                          refuses every other request from non-members
+//	                                          and asks admitJoin about joins
+//	/meshreg/hello/1.0.0                      members and admitted peers; anyone while
+//	                                          this node has no Raft configuration yet
+//	                                          (the --bootstrap-expect exchange)
+//	raft, forward, index, info, has,          members and admitted peers
+//	replicate, blob, vouch, kad (DHT),
+//	anything new
+//
+// Members are the servers of the latest Raft configuration this node
+// knows. Admitted peers are the few this node itself chose to hear from
+// before it is a member, for a limited time: the node it joins through and
+// the leader that answers the join (whose AppendEntries a new member must
+// accept before it knows the configuration), and the peers it bootstraps
+// with under --bootstrap-expect. And a peer that opens a Raft stream while
+// outside this node's configuration is admitted once a member vouches for
+// it (vouchLoop): this node's configuration may be out of date.
+type peerGate struct {
+	// meta is the metadata store once it is open; until then only
+	// admitted peers pass.
+	meta atomic.Pointer[consensus.Store]
+	// unknownRaft receives (without blocking) the peers refused on the
+	// Raft protocol, for vouchLoop.
+	unknownRaft chan peer.ID
+
+	mu       sync.Mutex
+	admitted map[peer.ID]time.Time // until when
+}
+
+// admissionTTL is how long an admitted peer may open streams without being
+// a member; a joiner learns the configuration well within it.
+const admissionTTL = 5 * time.Minute
+
+// maxAdmitted bounds the admitted set (it only grows from this node's own
+// --join targets and the peers they name).
+const maxAdmitted = 256
+
+func newPeerGate() *peerGate {
+	return &peerGate{admitted: map[peer.ID]time.Time{}, unknownRaft: make(chan peer.ID, 16)}
+}
+
+// allow is the p2p.Authorizer of the node's host.
+func (g *peerGate) allow(p peer.ID, proto protocol.ID) bool {
+	switch proto {
+	case memberProtocol:
+		return true
+	case helloProtocol:
+		if !g.configured() {
+			return true
+		}
+	}
+	if g.isMember(p) || g.isAdmitted(p) {
+		return true
+	}
+	if proto == p2p.RaftProtocol {
+		select {
+		case g.unknownRaft <- p:
+		default: // vouchLoop is busy: the peer's Raft retries come back
+		}
+	}
+	return false
+}
+
+// isMember reports whether p is a server of the latest Raft configuration.
+func (g *peerGate) isMember(p peer.ID) bool {
+	meta := g.meta.Load()
+	if meta == nil {
+		return false
+	}
+	members, err := meta.Members()
+	if err != nil {
+		return false
+	}
+	id := p.String()
+	for _, m := range members {
+		if m.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// configured reports whether this node knows a Raft configuration (it
+// bootstrapped, joined, or was removed from one).
+func (g *peerGate) configured() bool {
+	meta := g.meta.Load()
+	if meta == nil {
+		return false
+	}
+	members, err := meta.Members()
+	return err == nil && len(members) > 0
+}
+
+// admit lets p open streams for ttl without being a member. It is the hook
+// for admission: whoever decides that a peer is about to become a member
+// (a join through it, a bootstrap with it) admits it here.
+func (g *peerGate) admit(p peer.ID, ttl time.Duration) {
+	if p == "" {
+		return
+	}
+	now := time.Now()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.admitted) >= maxAdmitted {
+		for q, until := range g.admitted {
+			if now.After(until) {
+				delete(g.admitted, q)
+			}
+		}
+		if len(g.admitted) >= maxAdmitted {
+			return
+		}
+	}
+	g.admitted[p] = now.Add(ttl)
+}
+
+func (g *peerGate) isAdmitted(p peer.ID) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	until, ok := g.admitted[p]
+	if ok && time.Now().After(until) {
+		delete(g.admitted, p)
+		return false
+	}
+	return ok
+}
+
+// removed reports whether this node knows a Raft configuration that does
+// not name it: it was a member and was removed.
+func (n *Node) removed() bool {
+	return n.gate.configured() && !n.isMember()
+}
+
+// noteRemoved logs, once, that this node was removed from the cluster.
+func (n *Node) noteRemoved() {
+	if !n.removed() {
+		n.wasRemoved.Store(false)
+		return
+	}
+	if n.wasRemoved.CompareAndSwap(false, true) {
+		n.log.Warn("this node was removed from the cluster: it takes no writes and its Raft state is " +
+			n.meta.Status().State + "; restart it with --join <a member> to join again")
+	}
+}
+
+// vouchProtocol asks a member whether a peer is in its configuration: the
+// request is a vouchRequest, the answer a vouchAnswer. Members only.
+const vouchProtocol = "/meshreg/vouch/1.0.0"
+
+type vouchRequest struct {
+	ID string `json:"id"`
+}
+
+type vouchAnswer struct {
+	Member bool `json:"member"`
+}
+
+func (n *Node) serveVouch(ctx context.Context, from peer.ID, b []byte) []byte {
+	var req vouchRequest
+	var ans vouchAnswer
+	if json.Unmarshal(b, &req) == nil {
+		if p, err := peer.Decode(req.ID); err == nil {
+			ans.Member = n.isMemberPeer(p)
+		}
+	}
+	out, _ := json.Marshal(ans)
+	return out
+}
+
+// vouchEvery is how often one unknown peer may make this node ask its
+// members about it.
+const vouchEvery = 5 * time.Second
+
+// vouchLoop lets a member whose configuration is out of date hear from a
+// leader it does not know yet. A node that was down while the membership
+// changed restarts with the old configuration; if a new member leads now,
+// its AppendEntries would be refused forever. So when a peer outside the
+// configuration opens a Raft stream, this node asks the members it knows
+// whether that peer is one of theirs, and admits it if one says so. Only
+// members are believed, and each peer is asked about at most once per
+// vouchEvery, so a stranger opening Raft streams costs a few small
+// requests, and gains nothing.
+func (n *Node) vouchLoop(ctx context.Context) {
+	asked := map[peer.ID]time.Time{}
+	for {
+		var p peer.ID
+		select {
+		case <-ctx.Done():
+			return
+		case p = <-n.gate.unknownRaft:
+		}
+		now := time.Now()
+		if now.Sub(asked[p]) < vouchEvery {
+			continue
+		}
+		if len(asked) >= maxAdmitted {
+			for q, at := range asked {
+				if now.Sub(at) >= vouchEvery {
+					delete(asked, q)
+				}
+			}
+			if len(asked) >= maxAdmitted {
+				continue
+			}
+		}
+		asked[p] = now
+		if by, ok := n.vouched(ctx, p); ok {
+			n.gate.admit(p, admissionTTL)
+			n.log.Info("admitted a Raft peer this node's configuration does not name yet: a member vouched for it",
+				"peer", p.String(), "vouched_by", by.String())
+		}
+	}
+}
+
+// vouched asks up to three members whether p is in their configuration.
+func (n *Node) vouched(ctx context.Context, p peer.ID) (peer.ID, bool) {
+	members, err := n.meta.Members()
+	if err != nil {
+		return "", false
+	}
+	req, _ := json.Marshal(vouchRequest{ID: p.String()})
+	asked := 0
+	for _, m := range members {
+		if asked == 3 {
+			break
+		}
+		if m.ID == n.host.ID().String() || m.ID == p.String() {
+			continue
+		}
+		id, err := peerOf(n.host, consensus.Server{ID: m.ID, Address: m.Address})
+		if err != nil {
+			continue
+		}
+		asked++
+		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		resp, err := n.host.Request(rctx, id, vouchProtocol, req, maxControlLen)
+		cancel()
+		var ans vouchAnswer
+		if err == nil && json.Unmarshal(resp, &ans) == nil && ans.Member {
+			return id, true
+		}
+	}
+	return "", false
+}
