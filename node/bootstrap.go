@@ -44,7 +44,14 @@ func (n *Node) addSeen(peers map[string]string) {
 }
 
 // serveHello records the sender's view and answers with this node's.
+//
+// Only nodes on a private network (--cluster-key) take part: without the
+// key anyone could claim to be one of the nodes that start together.
 func (n *Node) serveHello(ctx context.Context, from peer.ID, b []byte) []byte {
+	if !n.privateNetwork() {
+		n.log.Warn("refused a bootstrap hello: this node has no --cluster-key, so it bootstraps with no one", "from", from)
+		return []byte("{}")
+	}
 	var theirs map[string]string
 	if json.Unmarshal(b, &theirs) == nil {
 		n.addSeen(theirs)

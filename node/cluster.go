@@ -34,6 +34,9 @@ const (
 	maxForwardLen = 32 << 20 // a command carries a manifest (4 MiB by default) as base64 JSON
 	maxControlLen = 64 << 10
 	rpcTimeout    = 30 * time.Second
+	// refusedJoinRetry is how long a joiner the cluster refused waits
+	// before it asks again.
+	refusedJoinRetry = 10 * time.Second
 )
 
 type forwardResult struct {
@@ -121,6 +124,7 @@ type memberRequest struct {
 	Op      string `json:"op"`                // "join" or "remove"
 	ID      string `json:"id"`                // the member's peer id, its Raft server id
 	Address string `json:"address,omitempty"` // its Raft address (join)
+	Token   string `json:"token,omitempty"`   // join token (join; see admission.go)
 }
 
 type memberResult struct {
@@ -130,10 +134,20 @@ type memberResult struct {
 // serveMember applies a membership request when this node leads, or
 // passes it on to the leader.
 func (n *Node) serveMember(ctx context.Context, from peer.ID, b []byte) []byte {
-	// Anyone who can open a stream here is on the cluster's private
-	// network (--cluster-key), so any member may relay a request.
+	// A join needs admission (admission.go); any other change may come
+	// only from a member.
 	var req memberRequest
 	err := json.Unmarshal(b, &req)
+	if err == nil {
+		if req.Op == "join" {
+			err = n.admitJoin(from, req)
+		} else if !n.isMemberID(from.String()) {
+			err = fmt.Errorf("%w: only members may change the membership", ErrNotAdmitted)
+		}
+		if err != nil {
+			n.log.Warn("refused a membership request", "from", from, "op", req.Op, "id", req.ID, "err", err)
+		}
+	}
 	if err == nil {
 		err = n.changeMembership(ctx, req)
 	}
@@ -231,18 +245,28 @@ func (n *Node) joinLoop(ctx context.Context) {
 			"old", addr, "new", n.host.RaftAddress())
 	}
 	for attempt := 1; ; attempt++ {
+		refused := false
 		for _, target := range n.cfg.Join {
 			err := n.joinVia(ctx, target)
 			if err == nil {
 				n.log.Info("joined the cluster", "via", target)
 				return
 			}
+			if strings.Contains(err.Error(), ErrNotAdmitted.Error()) {
+				refused = true
+				n.log.Error("the cluster refused to admit this node; will retry", "via", target, "attempt", attempt, "err", err)
+				continue
+			}
 			n.log.Warn("join failed; will retry", "via", target, "attempt", attempt, "err", err)
+		}
+		wait := time.Second
+		if refused {
+			wait = refusedJoinRetry
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(time.Second):
+		case <-time.After(wait):
 		}
 	}
 }
@@ -269,7 +293,7 @@ func (n *Node) joinVia(ctx context.Context, target string) error {
 	if id == n.host.ID() {
 		return errors.New("the join target is this node itself")
 	}
-	req, _ := json.Marshal(memberRequest{Op: "join", ID: n.host.ID().String(), Address: n.host.RaftAddress()})
+	req, _ := json.Marshal(memberRequest{Op: "join", ID: n.host.ID().String(), Address: n.host.RaftAddress(), Token: n.cfg.JoinToken})
 	resp, err := n.host.Request(ctx, id, memberProtocol, req, maxControlLen)
 	if err != nil {
 		return err
@@ -309,8 +333,9 @@ func raftAddressOf(ctx context.Context, base string) (string, error) {
 
 // membershipLoop runs on every node; on the leader it keeps cfg.Voters
 // healthy voters: it removes voters that stayed unreachable for
-// cfg.DeadServerTimeout and promotes connected non-voters in their place,
-// so a cluster built by joins survives the loss of any minority.
+// cfg.DeadServerTimeout and promotes healthy non-voters in their place
+// (promotion.go), so a cluster built by joins survives the loss of any
+// minority.
 //
 // Removing a dead voter never costs the quorum: this node leads, so a
 // majority of the voters is alive, and it stays a majority of the smaller
@@ -319,6 +344,7 @@ func (n *Node) membershipLoop(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	unreachableSince := map[string]time.Time{}
+	promote := newPromoter()
 	for {
 		select {
 		case <-ctx.Done():
@@ -328,17 +354,12 @@ func (n *Node) membershipLoop(ctx context.Context) {
 		n.noteContacts()
 		if n.meta.Status().State != "Leader" {
 			clear(unreachableSince)
+			promote.reset()
 			continue
 		}
 		members, err := n.meta.Members()
 		if err != nil {
 			continue
-		}
-		voters := 0
-		for _, m := range members {
-			if m.Suffrage == "Voter" {
-				voters++
-			}
 		}
 		now := time.Now()
 		for _, m := range members {
@@ -362,22 +383,12 @@ func (n *Node) membershipLoop(ctx context.Context) {
 				continue
 			}
 			delete(unreachableSince, m.ID)
-			if m.Suffrage == "Voter" {
-				voters--
-			}
 			n.log.Warn("removed a member unreachable for too long", "peer", m.ID, "suffrage", m.Suffrage,
 				"unreachable_for", now.Sub(since).Round(time.Second))
 		}
-		for _, m := range members {
-			if voters >= n.cfg.Voters || m.Suffrage == "Voter" || !n.connected(m.ID) {
-				continue
-			}
-			if err := n.meta.Promote(ctx, m.ID); err != nil {
-				n.log.Warn("promoting a non-voter failed", "peer", m.ID, "err", err)
-				continue
-			}
-			voters++
-			n.log.Info("promoted a non-voter", "peer", m.ID, "voters", voters)
+		// Promotion (promotion.go) sees the configuration after removals.
+		if members, err = n.meta.Members(); err == nil {
+			promote.step(ctx, n, members)
 		}
 	}
 }
