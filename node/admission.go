@@ -12,6 +12,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/meshreg/meshreg/api"
 )
 
 // Admission: who may become a member.
@@ -54,12 +56,14 @@ const (
 	joinTokenSkew = time.Minute
 )
 
+var _ api.JoinTokenIssuer = (*Node)(nil)
+
 var (
 	// ErrNotAdmitted: a join or bootstrap hello came without the cluster
 	// key and without a valid join token.
 	ErrNotAdmitted = errors.New("not admitted to the cluster")
 	// ErrJoinTokenTTL: a join token was asked with a lifetime out of range.
-	ErrJoinTokenTTL = errors.New("join token TTL out of range")
+	ErrJoinTokenTTL = fmt.Errorf("join token TTL out of range (%w)", api.ErrBadJoinTokenRequest)
 )
 
 // joinTokenClaims is the signed payload of a join token.
