@@ -14,7 +14,11 @@ import (
 // after Recover it leads a cluster of itself, holds every acknowledged
 // write (from the snapshot and from the log after it) and takes new ones.
 func TestRecoverLostQuorum(t *testing.T) {
-	c := newCluster(t, 3, func(cfg *Config) { cfg.SnapshotThreshold = 4; cfg.TrailingLogs = 2; cfg.SnapshotInterval = 20 * time.Millisecond })
+	c := newCluster(t, 3, func(cfg *Config) {
+		cfg.SnapshotThreshold = 4
+		cfg.TrailingLogs = 2
+		cfg.SnapshotInterval = 20 * time.Millisecond
+	})
 	l := c.leader()
 	for i := range 12 {
 		mustPut(t, l, manifest("app", fmt.Sprint(i), ""), fmt.Sprintf("v%d", i))
