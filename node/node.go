@@ -114,9 +114,9 @@ func (c Config) Validate() error {
 		return errors.New("node: data dir is empty: pass --data-dir")
 	case c.BootstrapExpect > 1 && len(c.Join) == 0:
 		return errors.New("node: --bootstrap-expect needs --join to name the other nodes")
-	case c.BootstrapExpect > 1 && len(c.P2P.PrivateNetworkKey) == 0:
-		return errors.New("node: --bootstrap-expect needs --cluster-key: before the bootstrap there is no member to issue join tokens, " +
-			"so only the cluster key can tell the nodes that start together from anyone else (or start one node alone and join the others with --join-token)")
+	case c.BootstrapExpect > 1 && len(c.P2P.PrivateNetworkKey) == 0 && len(c.JoinToken) < minHelloSecretLen:
+		return fmt.Errorf("node: --bootstrap-expect needs --cluster-key, or the same --join-token (a secret of at least %d characters) on every node "+
+			"that starts together: without either, anyone could pose as one of them", minHelloSecretLen)
 	case c.StabilizationTime < 0:
 		return fmt.Errorf("node: stabilization time must not be negative, got %s", c.StabilizationTime)
 	case c.Voters < 1:
