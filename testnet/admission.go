@@ -40,7 +40,13 @@ func JoinToken(t testing.TB, n *Node, ttl time.Duration) string {
 
 // TryJoinToken is JoinToken returning its error.
 func TryJoinToken(ctx context.Context, n *Node, ttl time.Duration) (string, error) {
-	u := n.URL() + "/_meshreg/v1/join-tokens?ttl=" + ttl.String()
+	return JoinTokenAt(ctx, n.URL(), ttl)
+}
+
+// JoinTokenAt asks the node whose API is at base (on loopback) for a join
+// token valid for ttl.
+func JoinTokenAt(ctx context.Context, base string, ttl time.Duration) (string, error) {
+	u := base + "/_meshreg/v1/join-tokens?ttl=" + ttl.String()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
 	if err != nil {
 		return "", err
