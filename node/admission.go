@@ -187,7 +187,8 @@ func (n *Node) isMemberID(id string) bool {
 
 // admitJoin decides a join request that peer from sent (or relayed). The
 // joiner must be who it says (unless a member relays its request), and must
-// hold the cluster key or a valid join token.
+// hold the cluster key or a valid join token, unless it is a member already
+// (recording a new address).
 func (n *Node) admitJoin(from peer.ID, req memberRequest) error {
 	if from != n.host.ID() && !n.isMemberID(from.String()) {
 		if req.ID != from.String() {
@@ -198,6 +199,12 @@ func (n *Node) admitJoin(from peer.ID, req memberRequest) error {
 		return fmt.Errorf("%w: join address %q does not end with /p2p/%s", ErrNotAdmitted, req.Address, req.ID)
 	}
 	if n.privateNetwork() {
+		return nil
+	}
+	// A member that comes back on a new address asks again (joinLoop); it
+	// is a member already, whatever became of its token. Its identity is
+	// libp2p's, or vouched for by the member that relays its request.
+	if n.isMemberID(req.ID) && (from.String() == req.ID || n.isMemberID(from.String())) {
 		return nil
 	}
 	if req.Token == "" {

@@ -313,3 +313,47 @@ func TestRecoverAfterLostQuorum(t *testing.T) {
 		t.Errorf("GET after: %d %v", code, err)
 	}
 }
+
+// TestMemberWithExpiredTokenComesBackOnANewAddress: a member's token has
+// long expired when it restarts on a new address; it is a member, so the
+// leader records its new address all the same.
+func TestMemberWithExpiredTokenComesBackOnANewAddress(t *testing.T) {
+	cfg := node.DefaultConfig()
+	cfg.StabilizationTime = time.Second
+	leader := testnet.StartInProcessNode(t, cfg)
+	jc := node.DefaultConfig()
+	jc.DataDir = testnet.KeepDir(t, "member")
+	jc.Join = []string{leader.URL()}
+	jc.JoinToken = testnet.JoinToken(t, leader.Node, 2*time.Second)
+	member := testnet.StartInProcessNode(t, jc)
+	testnet.WaitConverged(t, []*testnet.Node{leader.Node, member.Node}, 2, 1, 30*time.Second)
+	ms, err := member.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	member.Stop()
+	time.Sleep(2 * time.Second) // the token expires
+	again := testnet.StartInProcessNode(t, jc) // a new libp2p port
+	as, err := again.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if as.NodeID != ms.NodeID || as.RaftAddress == ms.RaftAddress {
+		t.Fatalf("restart: id %s -> %s, address %s -> %s: want the same id on a new address", ms.NodeID, as.NodeID, ms.RaftAddress, as.RaftAddress)
+	}
+	if !testnet.Eventually(30*time.Second, func() bool {
+		st, err := leader.Status(t.Context())
+		if err != nil {
+			return false
+		}
+		for _, m := range st.Raft.Members {
+			if m.ID == as.NodeID && m.Address == as.RaftAddress {
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Fatal("the leader did not record the member's new address")
+	}
+	testnet.WaitConverged(t, []*testnet.Node{leader.Node, again.Node}, 2, 1, 30*time.Second)
+}
