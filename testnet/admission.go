@@ -4,11 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshreg/meshreg/node"
+	"github.com/meshreg/meshreg/p2p"
 )
 
 // HarnessStabilization is the --stabilization-time the harness gives the
@@ -71,4 +75,47 @@ func JoinTokenAt(ctx context.Context, base string, ttl time.Duration) (string, e
 // hasFlag reports whether args set flag (as "--flag V" or "--flag=V").
 func hasFlag(args []string, flag string) bool {
 	return slices.ContainsFunc(args, func(a string) bool { return a == flag || strings.HasPrefix(a, flag+"=") })
+}
+
+// StartInProcessExpecting prepares size in-process nodes that are each
+// told about every node (--join with all their API URLs) and to expect size
+// nodes before bootstrapping (--bootstrap-expect), each config edited by
+// tweak; it starts the first `first` of them at once and returns them with
+// a function that starts the rest. It waits for nothing.
+func StartInProcessExpecting(t testing.TB, size, first int, tweak func(i int, c *node.Config)) ([]*InProcessNode, func() []*InProcessNode) {
+	t.Helper()
+	var lns []net.Listener
+	var urls []string
+	for range size {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = ln.Close() })
+		lns = append(lns, ln)
+		urls = append(urls, "http://"+ln.Addr().String())
+	}
+	start := func(i int) *InProcessNode {
+		cfg := node.DefaultConfig()
+		cfg.DataDir = KeepDir(t, "inproc")
+		cfg.P2P.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
+		cfg.P2P.Gater = p2p.NewPartitionGater()
+		cfg.Join = urls
+		cfg.BootstrapExpect = size
+		if tweak != nil {
+			tweak(i, &cfg)
+		}
+		return startInProcess(t, cfg, lns[i])
+	}
+	var started []*InProcessNode
+	for i := range first {
+		started = append(started, start(i))
+	}
+	return started, func() []*InProcessNode {
+		var rest []*InProcessNode
+		for i := first; i < size; i++ {
+			rest = append(rest, start(i))
+		}
+		return rest
+	}
 }

@@ -357,3 +357,90 @@ func TestMemberWithExpiredTokenComesBackOnANewAddress(t *testing.T) {
 	}
 	testnet.WaitConverged(t, []*testnet.Node{leader.Node, again.Node}, 2, 1, 30*time.Second)
 }
+
+// TestHostileBootstrapHello: two of three nodes started with
+// --bootstrap-expect 3 and a shared --join-token (no cluster key) are
+// waiting for the third. An outsider's hello, naming itself and a made-up
+// peer, is answered with nothing and counted by no one: no node
+// bootstraps a cluster with it. When the third node starts, the three
+// form one cluster of exactly themselves.
+func TestHostileBootstrapHello(t *testing.T) {
+	const secret = "a-shared-bootstrap-secret-0123456789"
+	tweak := func(_ int, c *node.Config) { c.JoinToken = secret }
+	firstTwo, startRest := testnet.StartInProcessExpecting(t, 3, 2, tweak)
+	var target testnet.NodeStatus
+	if !testnet.Eventually(20*time.Second, func() bool {
+		var err error
+		target, err = firstTwo[0].Status(t.Context())
+		return err == nil && target.RaftAddress != ""
+	}) {
+		t.Fatal("no status from the first node")
+	}
+	o := newOutsider(t)
+	fake := newOutsider(t)
+	info, err := peer.AddrInfoFromString(target.RaftAddress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.h.Connect(t.Context(), *info); err != nil {
+		t.Fatal(err)
+	}
+	self := o.h.Addrs()[0].String() + "/p2p/" + o.h.ID().String()
+	fakeAddr := fake.h.Addrs()[0].String() + "/p2p/" + fake.h.ID().String()
+	for _, req := range []any{
+		map[string]string{o.h.ID().String(): self, fake.h.ID().String(): fakeAddr},
+		map[string]any{"seen": map[string]string{o.h.ID().String(): self, fake.h.ID().String(): fakeAddr}, "proof": "00"},
+	} {
+		for range 5 {
+			answer := o.request(t.Context(), info.ID, "/meshreg/hello/1.0.0", req)
+			if strings.Contains(answer, "/p2p/") {
+				t.Fatalf("an outsider's hello was answered with peers: %s", answer)
+			}
+		}
+	}
+	// Nobody bootstraps with the outsider standing in for the third node.
+	for end := time.Now().Add(4 * time.Second); time.Now().Before(end); time.Sleep(250 * time.Millisecond) {
+		for _, n := range firstTwo {
+			st, err := n.Status(t.Context())
+			if err == nil && len(st.Raft.Members) > 0 {
+				t.Fatalf("%s bootstrapped without the third node: members %+v", n.Host(), st.Raft.Members)
+			}
+		}
+	}
+	all := append(firstTwo, startRest()...)
+	plain := []*testnet.Node{all[0].Node, all[1].Node, all[2].Node}
+	testnet.WaitConverged(t, plain, 3, 3, 60*time.Second)
+	st, err := all[0].Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range st.Raft.Members {
+		if m.ID == o.h.ID().String() || m.ID == fake.h.ID().String() {
+			t.Fatalf("the outsider became a member: %+v", st.Raft.Members)
+		}
+	}
+}
+
+// request sends one request/response message on proto and returns the
+// answer as text.
+func (o *outsider) request(ctx context.Context, to peer.ID, proto protocol.ID, req any) string {
+	o.t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	s, err := o.h.NewStream(ctx, to, proto)
+	if err != nil {
+		o.t.Fatalf("outsider: open %s: %v", proto, err)
+	}
+	defer s.Close()
+	_ = s.SetDeadline(time.Now().Add(10 * time.Second))
+	b, _ := json.Marshal(req)
+	_, _ = s.Write(append(binary.BigEndian.AppendUint32(nil, uint32(len(b))), b...))
+	_ = s.CloseWrite()
+	var n [4]byte
+	if _, err := io.ReadFull(s, n[:]); err != nil {
+		return ""
+	}
+	resp := make([]byte, min(binary.BigEndian.Uint32(n[:]), 64<<10))
+	_, _ = io.ReadFull(s, resp)
+	return string(resp)
+}
