@@ -332,7 +332,7 @@ func TestMemberWithExpiredTokenComesBackOnANewAddress(t *testing.T) {
 		t.Fatal(err)
 	}
 	member.Stop()
-	time.Sleep(2 * time.Second) // the token expires
+	time.Sleep(2 * time.Second)                // the token expires
 	again := testnet.StartInProcessNode(t, jc) // a new libp2p port
 	as, err := again.Status(t.Context())
 	if err != nil {
