@@ -90,3 +90,18 @@ func TestJoinToken(t *testing.T) {
 }
 
 func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+func BenchmarkVerifyJoinToken(b *testing.B) {
+	key, _, _ := crypto.GenerateEd25519Key(rand.Reader)
+	issuer, _ := peer.IDFromPrivateKey(key)
+	tok, err := issueJoinToken(key, issuer, time.Now().Add(time.Hour))
+	if err != nil {
+		b.Fatal(err)
+	}
+	member := func(id string) bool { return id == issuer.String() }
+	for b.Loop() {
+		if err := verifyJoinToken(tok, time.Now(), member); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
