@@ -18,18 +18,20 @@ import (
 
 // Admission: who may become a member.
 //
-// A node admits a joiner (memberProtocol "join") or a bootstrap partner
-// (helloProtocol, --bootstrap-expect) only if
+// A node admits a joiner (memberProtocol "join") only if
 //
 //   - the cluster runs on a private network (--cluster-key): a peer that
 //     could connect at all holds the key, so it is admitted; or
 //   - the joiner presents a join token (--join-token) that a member issued
-//     and that has not expired. --bootstrap-expect accepts no token, since
-//     before the bootstrap there is no member to issue one: it needs the
-//     cluster key (Config.Validate says so).
+//     and that has not expired; or
+//   - it is a member already, coming back on a new address.
 //
-// With neither, the node accepts no members, and the joiner is told why and
-// what to do.
+// --bootstrap-expect cannot use member-issued tokens (before the bootstrap
+// there is no member): it needs the cluster key or the same --join-token on
+// every node as a shared secret (hello_admission.go).
+//
+// Otherwise the join is refused, and the joiner is told why and what to do:
+// a node with neither a cluster key nor tokens out accepts no members.
 //
 // A join token is "mrj1.<payload>.<signature>", both parts base64url
 // without padding. The payload is the JSON of joinTokenClaims: the issuer's
