@@ -5,8 +5,13 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
+
+	"github.com/meshreg/meshreg/testnet"
 )
 
 // Admission of the run's nodes: a node joins with a join token that the
@@ -50,4 +55,47 @@ func bootstrapSecret() (string, error) {
 		return "", err
 	}
 	return hex.EncodeToString(b), nil
+}
+
+// voters is the --voters the scenario's args give the nodes (3 if none).
+func (r *run) voters() int {
+	v := 3
+	for i, a := range r.s.Args {
+		val, ok := strings.CutPrefix(a, "--voters=")
+		if a == "--voters" && i+1 < len(r.s.Args) {
+			val, ok = r.s.Args[i+1], true
+		}
+		if n, err := strconv.Atoi(val); ok && err == nil {
+			v = n
+		}
+	}
+	return v
+}
+
+// waitVoters waits until every running node counts as many voters as a
+// cluster of nodes members settles on: joiners are promoted only after
+// their stabilization time, and load must not start on a cluster whose
+// one voter is all its quorum.
+func (r *run) waitVoters(ctx context.Context, nodes int, timeout time.Duration) error {
+	want := testnet.ExpectedVoters(nodes, r.voters())
+	var last string
+	start := time.Now()
+	if !poll(ctx, timeout, 250*time.Millisecond, func() bool {
+		for _, n := range r.cl.running() {
+			st, err := r.cl.status(ctx, n)
+			if err != nil {
+				last = err.Error()
+				return false
+			}
+			if st.Voters() != want {
+				last = fmt.Sprintf("%s counts %d voters", n.spec.Name, st.Voters())
+				return false
+			}
+		}
+		return true
+	}) {
+		return fmt.Errorf("the %d nodes did not settle on %d voters in %s (last: %s); see the node logs in %s", nodes, want, timeout, last, filepath.Join(r.outDir, "logs"))
+	}
+	r.log.Info("voters promoted", "voters", want, "took", time.Since(start).Round(time.Millisecond))
+	return nil
 }

@@ -232,7 +232,7 @@ func (r *run) startNodes(ctx context.Context) error {
 		return fmt.Errorf("the %d nodes did not agree on a leader and members in 90s (last: %s); see the node logs in %s", len(initial), last, filepath.Join(r.outDir, "logs"))
 	}
 	r.log.Info("nodes agree on a leader and members", "nodes", len(initial), "took", time.Since(start).Round(time.Millisecond))
-	return nil
+	return r.waitVoters(ctx, len(initial), 90*time.Second)
 }
 
 // applyNetwork makes the network what the scenario and the current
