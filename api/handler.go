@@ -69,6 +69,7 @@ func New(cfg Config, reg Registry, node Node, metrics *Metrics, log *slog.Logger
 	h.mux.HandleFunc("GET /readyz", h.readyz)
 	h.mux.HandleFunc("GET /_meshreg/v1/status", h.status)
 	h.mux.HandleFunc("DELETE /_meshreg/v1/members/{id}", h.loopbackOnly(h.removeMember))
+	h.mux.HandleFunc("POST /_meshreg/v1/join-tokens", h.loopbackOnly(h.createJoinToken))
 	if metrics != nil {
 		h.mux.Handle("GET /metrics", metrics.handler())
 	}

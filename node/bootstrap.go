@@ -15,7 +15,7 @@ import (
 
 // helloProtocol lets nodes that start together (--bootstrap-expect) tell
 // each other whom they have seen: the request and the answer are each a
-// map of peer id to Raft address.
+// helloMessage, whose proof admits the sender (hello_admission.go).
 const helloProtocol = "/meshreg/hello/1.0.0"
 
 // The deterministic bootstrap of --bootstrap-expect N, as Consul does it:
@@ -43,13 +43,18 @@ func (n *Node) addSeen(peers map[string]string) {
 	}
 }
 
-// serveHello records the sender's view and answers with this node's.
+// serveHello records the sender's view and answers with this node's, if
+// the sender is admitted (hello_admission.go); otherwise it answers with
+// nothing.
 func (n *Node) serveHello(ctx context.Context, from peer.ID, b []byte) []byte {
-	var theirs map[string]string
-	if json.Unmarshal(b, &theirs) == nil {
-		n.addSeen(theirs)
+	var theirs helloMessage
+	if json.Unmarshal(b, &theirs) != nil || !n.helloAdmitted(theirs, "request", from) {
+		n.log.Warn("refused a bootstrap hello from a peer without the cluster key or the same --join-token", "from", from)
+		out, _ := json.Marshal(helloMessage{})
+		return out
 	}
-	out, _ := json.Marshal(n.seenPeers())
+	n.addSeen(theirs.Seen)
+	out, _ := json.Marshal(n.signHello(helloMessage{Seen: n.seenPeers()}, "answer", from))
 	return out
 }
 
@@ -121,13 +126,15 @@ func (n *Node) hello(ctx context.Context, target string) {
 	if err != nil || id == n.host.ID() {
 		return
 	}
-	req, _ := json.Marshal(n.seenPeers())
+	req, _ := json.Marshal(n.signHello(helloMessage{Seen: n.seenPeers()}, "request", id))
 	resp, err := n.host.Request(ctx, id, helloProtocol, req, maxControlLen)
 	if err != nil {
 		return
 	}
-	var theirs map[string]string
-	if json.Unmarshal(resp, &theirs) == nil {
-		n.addSeen(theirs)
+	var theirs helloMessage
+	if json.Unmarshal(resp, &theirs) != nil || !n.helloAdmitted(theirs, "answer", id) {
+		n.log.Warn("bootstrap: ignoring the answer of a peer without the cluster key or the same --join-token", "peer", id)
+		return
 	}
+	n.addSeen(theirs.Seen)
 }

@@ -34,6 +34,9 @@ const (
 	maxForwardLen = 32 << 20 // a command carries a manifest (4 MiB by default) as base64 JSON
 	maxControlLen = 64 << 10
 	rpcTimeout    = 30 * time.Second
+	// refusedJoinRetry is how long a joiner the cluster refused waits
+	// before it asks again.
+	refusedJoinRetry = 10 * time.Second
 )
 
 type forwardResult struct {
@@ -121,6 +124,7 @@ type memberRequest struct {
 	Op      string `json:"op"`                // "join" or "remove"
 	ID      string `json:"id"`                // the member's peer id, its Raft server id
 	Address string `json:"address,omitempty"` // its Raft address (join)
+	Token   string `json:"token,omitempty"`   // join token (join; see admission.go)
 }
 
 type memberResult struct {
@@ -139,16 +143,18 @@ type memberResult struct {
 // may only ask to join, as itself, and only if admitJoin lets it. Members
 // may relay any request.
 func (n *Node) serveMember(ctx context.Context, from peer.ID, b []byte) []byte {
+	// A join needs admission (admission.go); any other change may come
+	// only from a member.
 	var req memberRequest
 	err := json.Unmarshal(b, &req)
-	if err == nil && !n.isMemberPeer(from) {
-		switch {
-		case req.Op != "join":
-			err = fmt.Errorf("peer %s is not a member of this cluster: only members may %s members", from, req.Op)
-		case req.ID != from.String():
-			err = fmt.Errorf("peer %s is not a member of this cluster: it may ask to join only as itself, not as %q", from, req.ID)
-		default:
+	if err == nil {
+		if req.Op == "join" {
 			err = n.admitJoin(from, req)
+		} else if !n.isMemberID(from.String()) {
+			err = fmt.Errorf("%w: only members may change the membership", ErrNotAdmitted)
+		}
+		if err != nil {
+			n.log.Warn("refused a membership request", "from", from, "op", req.Op, "id", req.ID, "err", err)
 		}
 	}
 	if err == nil {
@@ -265,18 +271,28 @@ func (n *Node) joinLoop(ctx context.Context) {
 			"old", addr, "new", n.host.RaftAddress())
 	}
 	for attempt := 1; ; attempt++ {
+		refused := false
 		for _, target := range n.cfg.Join {
 			err := n.joinVia(ctx, target)
 			if err == nil {
 				n.log.Info("joined the cluster", "via", target)
 				return
 			}
+			if strings.Contains(err.Error(), ErrNotAdmitted.Error()) {
+				refused = true
+				n.log.Error("the cluster refused to admit this node; will retry", "via", target, "attempt", attempt, "err", err)
+				continue
+			}
 			n.log.Warn("join failed; will retry", "via", target, "attempt", attempt, "err", err)
+		}
+		wait := time.Second
+		if refused {
+			wait = refusedJoinRetry
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(time.Second):
+		case <-time.After(wait):
 		}
 	}
 }
@@ -306,7 +322,7 @@ func (n *Node) joinVia(ctx context.Context, target string) error {
 	// The target may send this node the log before it knows the
 	// configuration: let it (and, below, the leader it names) through.
 	n.gate.admit(id, admissionTTL)
-	req, _ := json.Marshal(memberRequest{Op: "join", ID: n.host.ID().String(), Address: n.host.RaftAddress()})
+	req, _ := json.Marshal(memberRequest{Op: "join", ID: n.host.ID().String(), Address: n.host.RaftAddress(), Token: n.cfg.JoinToken})
 	resp, err := n.host.Request(ctx, id, memberProtocol, req, maxControlLen)
 	if err != nil {
 		return err
@@ -343,12 +359,6 @@ func (n *Node) waitOtherLeader(ctx context.Context) error {
 	}
 }
 
-// admitJoin decides whether peer from, not a member, may join the cluster.
-// Every peer that reaches this node may, today: the cluster key
-// (--cluster-key) keeps other peers from connecting at all. This is the
-// hook for join tokens.
-func (n *Node) admitJoin(from peer.ID, req memberRequest) error { return nil }
-
 // raftAddressOf reads a node's Raft address from its status document.
 func raftAddressOf(ctx context.Context, base string) (string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+"/_meshreg/v1/status", nil)
@@ -374,8 +384,9 @@ func raftAddressOf(ctx context.Context, base string) (string, error) {
 
 // membershipLoop runs on every node; on the leader it keeps cfg.Voters
 // healthy voters: it removes voters that stayed unreachable for
-// cfg.DeadServerTimeout and promotes connected non-voters in their place,
-// so a cluster built by joins survives the loss of any minority.
+// cfg.DeadServerTimeout and promotes healthy non-voters in their place
+// (promotion.go), so a cluster built by joins survives the loss of any
+// minority.
 //
 // Removing a dead voter never costs the quorum: this node leads, so a
 // majority of the voters is alive, and it stays a majority of the smaller
@@ -384,6 +395,7 @@ func (n *Node) membershipLoop(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	unreachableSince := map[string]time.Time{}
+	promote := newPromoter()
 	for {
 		select {
 		case <-ctx.Done():
@@ -394,17 +406,12 @@ func (n *Node) membershipLoop(ctx context.Context) {
 		n.noteRemoved()
 		if n.meta.Status().State != "Leader" {
 			clear(unreachableSince)
+			promote.reset()
 			continue
 		}
 		members, err := n.meta.Members()
 		if err != nil {
 			continue
-		}
-		voters := 0
-		for _, m := range members {
-			if m.Suffrage == "Voter" {
-				voters++
-			}
 		}
 		now := time.Now()
 		for _, m := range members {
@@ -428,22 +435,12 @@ func (n *Node) membershipLoop(ctx context.Context) {
 				continue
 			}
 			delete(unreachableSince, m.ID)
-			if m.Suffrage == "Voter" {
-				voters--
-			}
 			n.log.Warn("removed a member unreachable for too long", "peer", m.ID, "suffrage", m.Suffrage,
 				"unreachable_for", now.Sub(since).Round(time.Second))
 		}
-		for _, m := range members {
-			if voters >= n.cfg.Voters || m.Suffrage == "Voter" || !n.connected(m.ID) {
-				continue
-			}
-			if err := n.meta.Promote(ctx, m.ID); err != nil {
-				n.log.Warn("promoting a non-voter failed", "peer", m.ID, "err", err)
-				continue
-			}
-			voters++
-			n.log.Info("promoted a non-voter", "peer", m.ID, "voters", voters)
+		// Promotion (promotion.go) sees the configuration after removals.
+		if members, err = n.meta.Members(); err == nil {
+			promote.step(ctx, n, members)
 		}
 	}
 }

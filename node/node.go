@@ -48,8 +48,16 @@ type Config struct {
 	// it has seen that many nodes (itself included) through Join before one
 	// of them bootstraps a cluster of all (see bootstrap.go).
 	BootstrapExpect int
-	// Voters is how many voters the leader keeps, promoting non-voters.
+	// JoinToken is the join token (issued by a member, see admission.go)
+	// this node presents when it joins through Join. Not needed with a
+	// cluster key.
+	JoinToken string
+	// Voters is how many voters the leader keeps, promoting non-voters
+	// (an odd count: an even Voters keeps one less; see promotion.go).
 	Voters int
+	// StabilizationTime is how long a non-voter must stay healthy and
+	// caught up with the leader's log before it is promoted to voter.
+	StabilizationTime time.Duration
 	// DeadServerTimeout is how long a member may stay unreachable before
 	// the leader removes it from the cluster for good.
 	DeadServerTimeout time.Duration
@@ -97,6 +105,7 @@ func DefaultConfig() Config {
 		DataDir:           "meshreg-data",
 		P2P:               p2p.DefaultConfig(),
 		Voters:            3,
+		StabilizationTime: 10 * time.Second,
 		DeadServerTimeout: time.Minute,
 		UploadIdleTimeout: time.Hour,
 		Version:           "dev",
@@ -118,6 +127,11 @@ func (c Config) Validate() error {
 		return errors.New("node: data dir is empty: pass --data-dir")
 	case c.BootstrapExpect > 1 && len(c.Join) == 0:
 		return errors.New("node: --bootstrap-expect needs --join to name the other nodes")
+	case c.BootstrapExpect > 1 && len(c.P2P.PrivateNetworkKey) == 0 && len(c.JoinToken) < minHelloSecretLen:
+		return fmt.Errorf("node: --bootstrap-expect needs --cluster-key, or the same --join-token (a secret of at least %d characters) on every node "+
+			"that starts together: without either, anyone could pose as one of them", minHelloSecretLen)
+	case c.StabilizationTime < 0:
+		return fmt.Errorf("node: stabilization time must not be negative, got %s", c.StabilizationTime)
 	case c.Voters < 1:
 		return fmt.Errorf("node: voters must be at least 1, got %d", c.Voters)
 	case c.DeadServerTimeout <= 0:
@@ -236,6 +250,7 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 	host.HandleRequests(memberProtocol, maxControlLen, rpcTimeout, n.serveMember)
 	host.HandleRequests(helloProtocol, maxControlLen, rpcTimeout, n.serveHello)
 	host.HandleRequests(indexProtocol, maxControlLen, rpcTimeout, n.serveIndex)
+	host.HandleRequests(healthProtocol, maxControlLen, rpcTimeout, n.serveHealth)
 	host.HandleRequests(infoProtocol, maxControlLen, rpcTimeout, n.serveInfo)
 	host.HandleRequests(hasProtocol, maxControlLen, rpcTimeout, n.serveHas)
 	host.HandleRequests(replicateProtocol, maxControlLen, replicateTimeout, n.serveReplicate)

@@ -94,18 +94,28 @@ func (n *Node) Status(ctx context.Context) (NodeStatus, error) {
 }
 
 // StartCluster starts size nodes: the first bootstraps, the others join it
-// through its API URL. It returns once every node agrees on one leader and
-// the configuration has every node, with min(size, 3) voters.
+// through its API URL, admitted with a join token from the first (unless
+// opts.Args has --cluster-key). Unless opts.Args says otherwise, the nodes
+// promote non-voters after HarnessStabilization. It returns once every
+// node agrees on one leader and the configuration has every node, with
+// ExpectedVoters(size, 3) voters.
 func StartCluster(t testing.TB, size int, opts Options) []*Node {
 	t.Helper()
+	if !hasFlag(opts.Args, "--stabilization-time") {
+		opts.Args = append(append([]string{}, opts.Args...), "--stabilization-time", HarnessStabilization.String())
+	}
 	first := StartNode(t, opts)
 	nodes := []*Node{first}
+	join := []string{"--join", first.URL()}
+	if size > 1 && !hasFlag(opts.Args, "--cluster-key") {
+		join = append(join, "--join-token", JoinToken(t, first, time.Hour))
+	}
 	for i := 1; i < size; i++ {
 		o := opts
-		o.Args = append(append([]string{}, opts.Args...), "--join", first.URL())
+		o.Args = append(append([]string{}, opts.Args...), join...)
 		nodes = append(nodes, StartNode(t, o))
 	}
-	WaitConverged(t, nodes, size, min(size, 3), 60*time.Second)
+	WaitConverged(t, nodes, size, ExpectedVoters(size, 3), 60*time.Second)
 	return nodes
 }
 

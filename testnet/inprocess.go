@@ -2,6 +2,7 @@ package testnet
 
 import (
 	"context"
+	"crypto/rand"
 	"log/slog"
 	"net"
 	"net/http/httptest"
@@ -34,10 +35,11 @@ type InProcessNode struct {
 }
 
 // StartInProcessCluster starts size in-process nodes on loopback: the first
-// bootstraps, the others join it. tweak, if set, edits node i's config.
-// It returns once they agree on a leader and have min(size, voters) voters
-// (--voters, 3 unless tweak changes it); the nodes close when the test
-// ends.
+// bootstraps, the others join it (with a join token from the first, unless
+// they have a cluster key). tweak, if set, edits node i's config. It
+// returns once they agree on a leader and have ExpectedVoters(size, voters)
+// voters (--voters, 3 unless tweak changes it); the nodes close when the
+// test ends.
 func StartInProcessCluster(t testing.TB, size int, tweak func(i int, c *node.Config)) []*InProcessNode {
 	t.Helper()
 	var nodes []*InProcessNode
@@ -47,11 +49,19 @@ func StartInProcessCluster(t testing.TB, size int, tweak func(i int, c *node.Con
 		cfg.DataDir = KeepDir(t, "inproc")
 		cfg.P2P.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
 		cfg.P2P.Gater = p2p.NewPartitionGater()
+		cfg.StabilizationTime = HarnessStabilization
 		if i > 0 {
 			cfg.Join = []string{nodes[0].URL()}
 		}
 		if tweak != nil {
 			tweak(i, &cfg)
+		}
+		if i > 0 && cfg.P2P.PrivateNetworkKey == nil && cfg.JoinToken == "" {
+			tok, _, err := nodes[0].N.CreateJoinToken(time.Hour)
+			if err != nil {
+				t.Fatalf("testnet: join token from the first node: %v", err)
+			}
+			cfg.JoinToken = tok
 		}
 		voters = cfg.Voters
 		nodes = append(nodes, startInProcess(t, cfg, nil))
@@ -60,7 +70,7 @@ func StartInProcessCluster(t testing.TB, size int, tweak func(i int, c *node.Con
 	for i, n := range nodes {
 		plain[i] = n.Node
 	}
-	WaitConverged(t, plain, size, min(size, voters), 60*time.Second)
+	WaitConverged(t, plain, size, ExpectedVoters(size, voters), 60*time.Second)
 	return nodes
 }
 
@@ -81,10 +91,16 @@ func StartInProcessTogether(t testing.TB, size int) []*InProcessNode {
 		lns = append(lns, ln)
 		urls = append(urls, "http://"+ln.Addr().String())
 	}
+	// --bootstrap-expect needs the cluster key.
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		t.Fatal(err)
+	}
 	var nodes []*InProcessNode
 	plain := make([]*Node, size)
 	for i := range size {
 		cfg := node.DefaultConfig()
+		cfg.P2P.PrivateNetworkKey = key
 		cfg.DataDir = KeepDir(t, "inproc")
 		cfg.P2P.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
 		cfg.P2P.Gater = p2p.NewPartitionGater()

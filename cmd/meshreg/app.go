@@ -18,6 +18,8 @@ func newApp() *cli.App {
 		Commands: []*cli.Command{
 			serveCommand(),
 			clusterCommand(),
+			tokenCommand(),
+			recoverCommand(),
 			{
 				Name:  "version",
 				Usage: "print the version",
@@ -42,8 +44,10 @@ func serveFlags() []cli.Flag {
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "p2p-listen", Value: cli.NewStringSlice(nd.P2P.ListenAddrs...), Usage: "libp2p listen `MULTIADDR` (repeatable)", EnvVars: []string{"MESHREG_P2P_LISTEN"}}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "join", Usage: "join the cluster of this node: a multiaddr with /p2p/<id> or an http(s) URL of its API (repeatable)", EnvVars: []string{"MESHREG_JOIN"}}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "bootstrap-expect", Usage: "with --join: wait until `N` nodes (this one included) see each other, then the lowest peer id bootstraps them all", EnvVars: []string{"MESHREG_BOOTSTRAP_EXPECT"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "join-token", Usage: "`TOKEN` from `meshreg token create` on a member: admits this node when it joins (not needed with --cluster-key)", EnvVars: []string{"MESHREG_JOIN_TOKEN"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "cluster-key", Usage: "libp2p private-network key `FILE` (swarm.key format); nodes without it cannot connect", EnvVars: []string{"MESHREG_CLUSTER_KEY"}}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "voters", Value: nd.Voters, Usage: "how many Raft voters the leader keeps", EnvVars: []string{"MESHREG_VOTERS"}}),
+		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "stabilization-time", Value: nd.StabilizationTime, Usage: "a non-voter is promoted only after it was healthy and caught up this long", EnvVars: []string{"MESHREG_STABILIZATION_TIME"}}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "replicas", Value: nd.Replicas, Usage: "a manifest PUT returns once `N` nodes (or every live node, if fewer) hold each of its blobs", EnvVars: []string{"MESHREG_REPLICAS"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "region", Usage: "`REGION` this node runs in; blobs are fetched from peers in the same zone, then region, first", EnvVars: []string{"MESHREG_REGION"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "zone", Usage: "`ZONE` (within --region) this node runs in", EnvVars: []string{"MESHREG_ZONE"}}),

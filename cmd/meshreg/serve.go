@@ -70,6 +70,8 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 	cfg.Node.Join = c.StringSlice("join")
 	cfg.Node.Voters = c.Int("voters")
 	cfg.Node.BootstrapExpect = c.Int("bootstrap-expect")
+	cfg.Node.JoinToken = c.String("join-token")
+	cfg.Node.StabilizationTime = c.Duration("stabilization-time")
 	cfg.Node.DeadServerTimeout = c.Duration("dead-server-timeout")
 	cfg.Node.Replicas = c.Int("replicas")
 	cfg.Node.Region = c.String("region")
@@ -170,6 +172,8 @@ type checkedConfig struct {
 	Join              []string `json:"join"`
 	BootstrapExpect   int      `json:"bootstrap-expect"`
 	ClusterKey        string   `json:"cluster-key"`
+	JoinToken         string   `json:"join-token"` // "(set)" or "", never the token
+	StabilizationTime string   `json:"stabilization-time"`
 	Voters            int      `json:"voters"`
 	Replicas          int      `json:"replicas"`
 	Region            string   `json:"region"`
@@ -207,6 +211,8 @@ func (cfg serveConfig) checked() checkedConfig {
 		Join:              nonNil(cfg.Node.Join),
 		BootstrapExpect:   cfg.Node.BootstrapExpect,
 		ClusterKey:        cfg.ClusterKeyFile,
+		JoinToken:         map[bool]string{true: "(set)"}[cfg.Node.JoinToken != ""],
+		StabilizationTime: cfg.Node.StabilizationTime.String(),
 		Voters:            cfg.Node.Voters,
 		Replicas:          cfg.Node.Replicas,
 		Region:            cfg.Node.Region,

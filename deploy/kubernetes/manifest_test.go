@@ -465,6 +465,37 @@ func TestBinaryAcceptsManifest(t *testing.T) {
 		t.Fatalf("args %v do not start with serve", c.Args)
 	}
 
+	// The cluster key: --bootstrap-expect needs it (or a shared
+	// --join-token), so the manifest sets it to a file in the Secret's
+	// mount, and the Secret is required. A temp file stands in for the
+	// mounted Secret.
+	keyPath := env["MESHREG_CLUSTER_KEY"]
+	if keyPath == "" {
+		t.Fatal("the manifest sets no MESHREG_CLUSTER_KEY: --bootstrap-expect needs the cluster key")
+	}
+	mount := c.mountOf("cluster-key")
+	if mount == "" || filepath.Dir(keyPath) != mount {
+		t.Errorf("MESHREG_CLUSTER_KEY %s is not in the cluster-key volume's mount %q", keyPath, mount)
+	}
+	var secretOK bool
+	for _, v := range m.ds.Template.Spec.Volumes {
+		if v.Name == "cluster-key" && v.Secret != nil {
+			secretOK = v.Secret.SecretName != "" && !v.Secret.Optional
+		}
+	}
+	if !secretOK {
+		t.Error("the cluster-key volume is not a required Secret")
+	}
+	if !regexp.MustCompile(`kubectl -n meshreg create secret generic meshreg-cluster-key`).MatchString(m.raw) {
+		t.Error("the manifest does not say how to create the cluster-key Secret")
+	}
+	const keyHex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+	key := filepath.Join(t.TempDir(), filepath.Base(keyPath))
+	if err := os.WriteFile(key, []byte("/key/swarm/psk/1.0.0/\n/base16/\n"+keyHex+"\n"), 0o400); err != nil {
+		t.Fatal(err)
+	}
+	env["MESHREG_CLUSTER_KEY"] = key
+
 	got, err := check(t, bin, c.Args, env)
 	if err != nil {
 		t.Fatalf("meshreg %s --check with the manifest's env: %v", strings.Join(c.Args, " "), err)
@@ -473,7 +504,7 @@ func TestBinaryAcceptsManifest(t *testing.T) {
 		"listen":           "0.0.0.0:5000",
 		"data-dir":         "/data",
 		"bootstrap-expect": 3.0,
-		"cluster-key":      "",
+		"cluster-key":      key,
 	}
 	for k, v := range want {
 		if got[k] != v {
@@ -493,42 +524,12 @@ func TestBinaryAcceptsManifest(t *testing.T) {
 	if grace := time.Duration(m.ds.Template.Spec.TerminationGracePeriodSeconds) * time.Second; grace <= shutdown {
 		t.Errorf("terminationGracePeriodSeconds %s is not longer than --shutdown-timeout %s", grace, shutdown)
 	}
-
-	// The cluster key, as the comments say to enable it: the path they
-	// name lies in the Secret's mount, and the binary takes a key there.
-	// A temp file stands in for the mounted Secret.
-	re := regexp.MustCompile(`(?m)^\s*#\s*- name: MESHREG_CLUSTER_KEY\s*\n\s*#\s*value:\s*(\S+)\s*$`)
-	mm := re.FindStringSubmatch(m.raw)
-	if mm == nil {
-		t.Fatal("no commented MESHREG_CLUSTER_KEY entry with its value in the manifest")
-	}
-	keyPath := mm[1]
-	mount := c.mountOf("cluster-key")
-	if mount == "" || filepath.Dir(keyPath) != mount {
-		t.Errorf("MESHREG_CLUSTER_KEY %s is not in the cluster-key volume's mount %q", keyPath, mount)
-	}
-	var secretOK bool
-	for _, v := range m.ds.Template.Spec.Volumes {
-		if v.Name == "cluster-key" && v.Secret != nil {
-			secretOK = v.Secret.SecretName != "" && v.Secret.Optional
-		}
-	}
-	if !secretOK {
-		t.Error("the cluster-key volume is not an optional Secret")
-	}
-	const keyHex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
-	key := filepath.Join(t.TempDir(), filepath.Base(keyPath))
-	if err := os.WriteFile(key, []byte("/key/swarm/psk/1.0.0/\n/base16/\n"+keyHex+"\n"), 0o400); err != nil {
-		t.Fatal(err)
+	// Without the key, --bootstrap-expect admits no one: refused at start.
+	delete(env, "MESHREG_CLUSTER_KEY")
+	if _, err := check(t, bin, c.Args, env); err == nil || !strings.Contains(err.Error(), "--bootstrap-expect needs --cluster-key") {
+		t.Errorf("--check without the cluster key: %v, want --bootstrap-expect refused", err)
 	}
 	env["MESHREG_CLUSTER_KEY"] = key
-	got, err = check(t, bin, c.Args, env)
-	if err != nil {
-		t.Fatalf("with the cluster key enabled: %v", err)
-	}
-	if got["cluster-key"] != key {
-		t.Errorf("cluster-key = %v, want %s", got["cluster-key"], key)
-	}
 	for _, v := range got {
 		if s, ok := v.(string); ok && strings.Contains(s, keyHex) {
 			t.Error("serve --check printed the key's bytes")

@@ -63,20 +63,32 @@ type cluster struct {
 }
 
 // startCluster starts size nodes under dir: the first bootstraps, the
-// others join it through its API URL; every node also gets the serve flags
-// in extra. It returns once they all name the same leader and count size
-// voters (at most defaultVoters). On error it stops what it started.
+// others join it through its API URL with a join token from the first;
+// every node also gets the serve flags in extra. It returns once they all
+// name the same leader and count testnet.ExpectedVoters(size,
+// defaultVoters) voters. On error it stops what it started.
 func startCluster(ctx context.Context, bin, dir string, size int, extra ...string) (cl *cluster, err error) {
-	cl = &cluster{voters: min(size, defaultVoters)}
+	cl = &cluster{voters: testnet.ExpectedVoters(size, defaultVoters)}
 	defer func() {
 		if err != nil {
 			cl.stop()
 		}
 	}()
+	if !slices.Contains(extra, "--stabilization-time") {
+		extra = append(slices.Clone(extra), "--stabilization-time", testnet.HarnessStabilization.String())
+	}
+	var token string
 	for i := range size {
 		args := slices.Clone(extra)
 		if i > 0 {
-			args = append(args, "--join", cl.nodes[0].url())
+			if token == "" {
+				// The joiners are admitted with a token from the first node
+				// (asked over loopback, as `meshreg token create` does).
+				if token, err = testnet.JoinTokenAt(ctx, cl.nodes[0].url(), time.Hour); err != nil {
+					return cl, err
+				}
+			}
+			args = append(args, "--join", cl.nodes[0].url(), "--join-token", token)
 		}
 		s, err := startMeshregNode(ctx, bin, filepath.Join(dir, fmt.Sprintf("node%d", i+1)), fmt.Sprintf("meshreg node %d", i+1), args...)
 		if err != nil {

@@ -48,7 +48,6 @@ func TestContainersLifecycle(t *testing.T) {
 		return c
 	}
 	a := start("a")
-	b := start("b", "--join", "http://"+a.IP()+":5000")
 	up := func(url string) bool {
 		return testnet.Eventually(20*time.Second, func() bool {
 			r, err := http.Get(url + "/readyz")
@@ -59,7 +58,17 @@ func TestContainersLifecycle(t *testing.T) {
 			return r.StatusCode == 200
 		})
 	}
-	if !up(a.URL()) || !up(b.PublishedURL()) {
+	if !up(a.URL()) {
+		t.Fatal("node a not ready")
+	}
+	// b is admitted with a join token that a issues (its API answers
+	// loopback only, so ask from inside its container).
+	token, err := a.Exec(ctx, "/meshreg", "token", "create", "--node", "http://127.0.0.1:5000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := start("b", "--join", "http://"+a.IP()+":5000", "--join-token", token)
+	if !up(b.PublishedURL()) {
 		t.Fatal("nodes not ready")
 	}
 	if err := a.Block(ctx, []string{b.IP()}); err != nil {

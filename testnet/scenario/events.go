@@ -85,6 +85,9 @@ func (r *run) apply(ctx context.Context, e Event) ([]string, error) {
 		if via == nil {
 			return []string{n.spec.Name}, errors.New("no running node to join")
 		}
+		if err := r.admit(ctx, n, via); err != nil {
+			return []string{n.spec.Name}, err
+		}
 		if err := r.startContainer(ctx, n, []string{via.c.URL()}); err != nil {
 			return []string{n.spec.Name}, err
 		}

@@ -188,6 +188,10 @@ func (r *run) startNodes(ctx context.Context) error {
 		}
 	}
 	if r.s.Start == "bootstrap-expect" {
+		secret, err := bootstrapSecret()
+		if err != nil {
+			return err
+		}
 		// Docker's DNS on the run's network resolves container names, so
 		// every node can name every other before any has an address.
 		for _, n := range initial {
@@ -198,7 +202,7 @@ func (r *run) startNodes(ctx context.Context) error {
 				}
 			}
 			// A fresh slice: the scenario's own Args must not be written through.
-			n.spec.Args = slices.Concat(n.spec.Args, []string{"--bootstrap-expect", strconv.Itoa(len(initial))})
+			n.spec.Args = slices.Concat(n.spec.Args, []string{"--bootstrap-expect", strconv.Itoa(len(initial)), "--join-token", secret})
 			if err := r.startContainer(ctx, n, join); err != nil {
 				return err
 			}
@@ -211,6 +215,9 @@ func (r *run) startNodes(ctx context.Context) error {
 			return err
 		}
 		for _, n := range initial[1:] {
+			if err := r.admit(ctx, n, initial[0]); err != nil {
+				return err
+			}
 			if err := r.startContainer(ctx, n, []string{initial[0].c.URL()}); err != nil {
 				return err
 			}
@@ -225,7 +232,7 @@ func (r *run) startNodes(ctx context.Context) error {
 		return fmt.Errorf("the %d nodes did not agree on a leader and members in 90s (last: %s); see the node logs in %s", len(initial), last, filepath.Join(r.outDir, "logs"))
 	}
 	r.log.Info("nodes agree on a leader and members", "nodes", len(initial), "took", time.Since(start).Round(time.Millisecond))
-	return nil
+	return r.waitVoters(ctx, len(initial), 90*time.Second)
 }
 
 // applyNetwork makes the network what the scenario and the current

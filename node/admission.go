@@ -1,0 +1,218 @@
+package node
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/meshreg/meshreg/api"
+)
+
+// Admission: who may become a member.
+//
+// A node admits a joiner (memberProtocol "join") only if
+//
+//   - the cluster runs on a private network (--cluster-key): a peer that
+//     could connect at all holds the key, so it is admitted; or
+//   - the joiner presents a join token (--join-token) that a member issued
+//     and that has not expired; or
+//   - it is a member already, coming back on a new address.
+//
+// --bootstrap-expect cannot use member-issued tokens (before the bootstrap
+// there is no member): it needs the cluster key or the same --join-token on
+// every node as a shared secret (hello_admission.go).
+//
+// Otherwise the join is refused, and the joiner is told why and what to do:
+// a node with neither a cluster key nor tokens out accepts no members.
+//
+// A join token is "mrj1.<payload>.<signature>", both parts base64url
+// without padding. The payload is the JSON of joinTokenClaims: the issuer's
+// peer id, the expiry and a random nonce. The signature is the issuer's
+// libp2p identity key (Ed25519, the key behind its peer id) over
+// joinTokenDomain followed by the payload part as sent. Any member checks a
+// token on its own, without asking the issuer: the peer id holds the public
+// key, and the issuer must be a member of the Raft configuration the
+// checking node knows. Removing the issuer from the cluster therefore
+// revokes its tokens. A token may be used by several joiners until it
+// expires; keep the TTL short.
+
+const (
+	joinTokenPrefix = "mrj1."
+	joinTokenDomain = "meshreg join token v1\n"
+	// DefaultJoinTokenTTL is the lifetime of a join token when none is asked.
+	DefaultJoinTokenTTL = time.Hour
+	// MaxJoinTokenTTL bounds a join token's lifetime.
+	MaxJoinTokenTTL = 7 * 24 * time.Hour
+	// maxJoinTokenLen bounds a token before it is decoded.
+	maxJoinTokenLen = 1024
+	// joinTokenSkew is how far in the future an expiry may lie beyond
+	// MaxJoinTokenTTL (clocks of members differ a little).
+	joinTokenSkew = time.Minute
+)
+
+var _ api.JoinTokenIssuer = (*Node)(nil)
+
+var (
+	// ErrNotAdmitted: a join or bootstrap hello came without the cluster
+	// key and without a valid join token.
+	ErrNotAdmitted = errors.New("not admitted to the cluster")
+	// ErrJoinTokenTTL: a join token was asked with a lifetime out of range.
+	ErrJoinTokenTTL = fmt.Errorf("join token TTL out of range (%w)", api.ErrBadJoinTokenRequest)
+)
+
+// joinTokenClaims is the signed payload of a join token.
+type joinTokenClaims struct {
+	Issuer  string `json:"iss"` // peer id of the member that issued it
+	Expires int64  `json:"exp"` // Unix seconds
+	Nonce   string `json:"n"`   // 16 random bytes, hex
+}
+
+// issueJoinToken makes a token signed by key (whose peer id is issuer) that
+// expires at exp.
+func issueJoinToken(key crypto.PrivKey, issuer peer.ID, exp time.Time) (string, error) {
+	nonce := make([]byte, 16)
+	if _, err := rand.Read(nonce); err != nil {
+		return "", err
+	}
+	payload, err := json.Marshal(joinTokenClaims{Issuer: issuer.String(), Expires: exp.Unix(), Nonce: hex.EncodeToString(nonce)})
+	if err != nil {
+		return "", err
+	}
+	p := base64.RawURLEncoding.EncodeToString(payload)
+	sig, err := key.Sign([]byte(joinTokenDomain + p))
+	if err != nil {
+		return "", fmt.Errorf("signing the join token: %w", err)
+	}
+	return joinTokenPrefix + p + "." + base64.RawURLEncoding.EncodeToString(sig), nil
+}
+
+// verifyJoinToken checks token at time now: well formed, signed by its
+// issuer's identity key, not expired, and issued by a peer isMember
+// accepts. The error wraps ErrNotAdmitted and says what to do.
+func verifyJoinToken(token string, now time.Time, isMember func(id string) bool) error {
+	bad := func(why string) error {
+		return fmt.Errorf("%w: the join token %s: create a new one on a member (meshreg token create --node URL) and pass it with --join-token", ErrNotAdmitted, why)
+	}
+	if len(token) > maxJoinTokenLen {
+		return bad(fmt.Sprintf("is longer than %d bytes", maxJoinTokenLen))
+	}
+	rest, ok := strings.CutPrefix(token, joinTokenPrefix)
+	if !ok {
+		return bad("is not a meshreg join token (it must start with " + joinTokenPrefix + ")")
+	}
+	p, s, ok := strings.Cut(rest, ".")
+	if !ok {
+		return bad("is malformed (no signature)")
+	}
+	payload, err1 := base64.RawURLEncoding.DecodeString(p)
+	sig, err2 := base64.RawURLEncoding.DecodeString(s)
+	var c joinTokenClaims
+	if err1 != nil || err2 != nil || json.Unmarshal(payload, &c) != nil {
+		return bad("is malformed (bad encoding)")
+	}
+	issuer, err := peer.Decode(c.Issuer)
+	if err != nil {
+		return bad("names no valid issuer")
+	}
+	pub, err := issuer.ExtractPublicKey()
+	if err != nil {
+		return bad("names an issuer whose peer id holds no public key")
+	}
+	if ok, err := pub.Verify([]byte(joinTokenDomain+p), sig); err != nil || !ok {
+		return bad("has an invalid signature (forged or altered)")
+	}
+	exp := time.Unix(c.Expires, 0)
+	switch {
+	case !now.Before(exp):
+		return bad("expired at " + exp.UTC().Format(time.RFC3339))
+	case exp.Sub(now) > MaxJoinTokenTTL+joinTokenSkew:
+		return bad("expires too far in the future (" + exp.UTC().Format(time.RFC3339) + ")")
+	case !isMember(c.Issuer):
+		return bad("was issued by " + c.Issuer + ", which is not a member of this cluster")
+	}
+	return nil
+}
+
+// CreateJoinToken issues a join token valid for ttl (DefaultJoinTokenTTL
+// if 0), signed by this node: any member admits a joiner that presents it
+// until it expires. Only a member can issue one, since the others check
+// that the issuer is a member.
+func (n *Node) CreateJoinToken(ttl time.Duration) (token string, expires time.Time, err error) {
+	if ttl == 0 {
+		ttl = DefaultJoinTokenTTL
+	}
+	if ttl < time.Second || ttl > MaxJoinTokenTTL {
+		return "", time.Time{}, fmt.Errorf("%w: %s; pick between 1s and %s", ErrJoinTokenTTL, ttl, MaxJoinTokenTTL)
+	}
+	if !n.isMember() {
+		return "", time.Time{}, errors.New("this node is not a member of a cluster yet, so other nodes would not accept its tokens: ask a member")
+	}
+	key := n.host.LibP2P().Peerstore().PrivKey(n.host.ID())
+	if key == nil {
+		return "", time.Time{}, errors.New("this node's identity key is not available to sign the token")
+	}
+	expires = time.Now().Add(ttl).Truncate(time.Second)
+	token, err = issueJoinToken(key, n.host.ID(), expires)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	n.log.Info("issued a join token", "expires", expires.UTC())
+	return token, expires, nil
+}
+
+// privateNetwork reports whether this node runs on a private network
+// (--cluster-key): then every peer that connected holds the key.
+func (n *Node) privateNetwork() bool { return len(n.cfg.P2P.PrivateNetworkKey) > 0 }
+
+// isMemberID reports whether id is in the Raft configuration this node
+// knows.
+func (n *Node) isMemberID(id string) bool {
+	members, err := n.meta.Members()
+	if err != nil {
+		return false
+	}
+	for _, m := range members {
+		if m.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// admitJoin decides a join request that peer from sent (or relayed). The
+// joiner must be who it says (unless a member relays its request), and must
+// hold the cluster key or a valid join token, unless it is a member already
+// (recording a new address).
+func (n *Node) admitJoin(from peer.ID, req memberRequest) error {
+	if from != n.host.ID() && !n.isMemberID(from.String()) {
+		if req.ID != from.String() {
+			return fmt.Errorf("%w: peer %s asked to add %q: a node can only ask to join as itself", ErrNotAdmitted, from, req.ID)
+		}
+	}
+	if !strings.HasSuffix(req.Address, "/p2p/"+req.ID) {
+		return fmt.Errorf("%w: join address %q does not end with /p2p/%s", ErrNotAdmitted, req.Address, req.ID)
+	}
+	if n.privateNetwork() {
+		return nil
+	}
+	// A member that comes back on a new address asks again (joinLoop); it
+	// is a member already, whatever became of its token. Its identity is
+	// libp2p's, or vouched for by the member that relays its request.
+	if n.isMemberID(req.ID) && (from.String() == req.ID || n.isMemberID(from.String())) {
+		return nil
+	}
+	if req.Token == "" {
+		return fmt.Errorf("%w: this cluster admits new members only with a join token or the cluster key: "+
+			"create a token on a member (meshreg token create --node URL) and start the joiner with --join-token, "+
+			"or run every node with the same --cluster-key", ErrNotAdmitted)
+	}
+	return verifyJoinToken(req.Token, time.Now(), n.isMemberID)
+}

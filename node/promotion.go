@@ -1,0 +1,182 @@
+package node
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/meshreg/meshreg/consensus"
+)
+
+// Safe promotion. A joiner becomes a non-voter; the leader promotes it to
+// voter only when
+//
+//   - it has been healthy for Config.StabilizationTime without a break:
+//     connected, answering healthProtocol, following this leader in this
+//     term, and caught up with the leader's log (at most maxPromotionLag
+//     entries behind the leader's commit index); and
+//   - the promotion leaves an odd number of voters: 1 → 3, not 1 → 2. Two
+//     voters need both for a quorum, so losing either wedges the cluster;
+//     three survive the loss of one. With one voter and one healthy
+//     non-voter nothing happens; with two, both are promoted together.
+//
+// hashicorp/raft changes the configuration one server at a time, so "both
+// together" is two changes in a row, the second right after the first is
+// committed (the voter count is even for that moment only). If the
+// cluster loses its quorum for good anyway, `meshreg recover` rewrites a
+// survivor's configuration (see consensus.Recover).
+
+// healthProtocol asks a member how far it follows the leader: the request is
+// empty, the answer a healthAnswer.
+const healthProtocol = "/meshreg/health/1.0.0"
+
+// maxPromotionLag is how many entries a non-voter may be behind the
+// leader's commit index and still count as caught up (raft-autopilot's
+// default MaxTrailingLogs).
+const maxPromotionLag = 250
+
+// healthTimeout bounds one health check.
+const healthTimeout = 3 * time.Second
+
+// healthAnswer is a member's view of its own Raft state.
+type healthAnswer struct {
+	Term         uint64 `json:"term"`
+	LeaderID     string `json:"leader_id"`
+	AppliedIndex uint64 `json:"applied_index"`
+}
+
+func (n *Node) serveHealth(ctx context.Context, from peer.ID, _ []byte) []byte {
+	st := n.meta.Status()
+	out, _ := json.Marshal(healthAnswer{Term: st.Term, LeaderID: st.LeaderID, AppliedIndex: st.AppliedIndex})
+	return out
+}
+
+// checkHealth reports whether member id is healthy as the leader sees it:
+// connected, answering, following this leader in the current term, and at
+// most maxPromotionLag entries behind the commit index.
+func (n *Node) checkHealth(ctx context.Context, id string) error {
+	if !n.connected(id) {
+		return fmt.Errorf("not connected")
+	}
+	pid, err := peer.Decode(id)
+	if err != nil {
+		return err
+	}
+	self := n.meta.Status()
+	ctx, cancel := context.WithTimeout(ctx, healthTimeout)
+	defer cancel()
+	resp, err := n.host.Request(ctx, pid, healthProtocol, nil, maxControlLen)
+	if err != nil {
+		return err
+	}
+	var a healthAnswer
+	if err := json.Unmarshal(resp, &a); err != nil {
+		return fmt.Errorf("bad health answer: %w", err)
+	}
+	switch {
+	case a.Term != self.Term:
+		return fmt.Errorf("in term %d, the leader in %d", a.Term, self.Term)
+	case a.LeaderID != n.host.ID().String():
+		return fmt.Errorf("follows leader %q, not this node", a.LeaderID)
+	case a.AppliedIndex+maxPromotionLag < self.CommitIndex:
+		return fmt.Errorf("applied index %d is more than %d behind the commit index %d", a.AppliedIndex, maxPromotionLag, self.CommitIndex)
+	}
+	return nil
+}
+
+// promotions returns the non-voters to promote, in order: those healthy
+// since at least stabilization before now (healthySince holds the members
+// healthy now, with the start of their current healthy stretch), as many as
+// bring the voters closest to target without making their count even
+// (an even target counts as the odd number below it). Longest healthy
+// first, then by id, so the choice is deterministic.
+func promotions(members []consensus.Member, healthySince map[string]time.Time, now time.Time, stabilization time.Duration, target int) []string {
+	voters := 0
+	type candidate struct {
+		id    string
+		since time.Time
+	}
+	var ready []candidate
+	for _, m := range members {
+		switch m.Suffrage {
+		case "Voter":
+			voters++
+		case "Nonvoter":
+			if since, ok := healthySince[m.ID]; ok && now.Sub(since) >= stabilization {
+				ready = append(ready, candidate{m.ID, since})
+			}
+		}
+	}
+	if target%2 == 0 {
+		target--
+	}
+	want := min(target, voters+len(ready))
+	if want%2 == 0 {
+		want--
+	}
+	if want <= voters {
+		return nil
+	}
+	slices.SortFunc(ready, func(a, b candidate) int {
+		return cmp.Or(a.since.Compare(b.since), cmp.Compare(a.id, b.id))
+	})
+	out := make([]string, 0, want-voters)
+	for _, c := range ready[:want-voters] {
+		out = append(out, c.id)
+	}
+	return out
+}
+
+// promoter is the leader's promotion state, owned by membershipLoop.
+type promoter struct {
+	healthySince map[string]time.Time
+}
+
+func newPromoter() *promoter { return &promoter{healthySince: map[string]time.Time{}} }
+
+// reset forgets every health record (this node stopped leading).
+func (p *promoter) reset() { clear(p.healthySince) }
+
+// step checks the health of every non-voter in members and promotes those
+// that promotions picks. It returns how many it promoted.
+func (p *promoter) step(ctx context.Context, n *Node, members []consensus.Member) int {
+	now := time.Now()
+	current := map[string]bool{}
+	for _, m := range members {
+		if m.Suffrage != "Nonvoter" || m.ID == n.host.ID().String() {
+			continue
+		}
+		current[m.ID] = true
+		if err := n.checkHealth(ctx, m.ID); err != nil {
+			if _, was := p.healthySince[m.ID]; was {
+				n.log.Info("a non-voter is not healthy; its stabilization starts again", "peer", m.ID, "err", err)
+			}
+			delete(p.healthySince, m.ID)
+			continue
+		}
+		if _, ok := p.healthySince[m.ID]; !ok {
+			p.healthySince[m.ID] = now
+		}
+	}
+	for id := range p.healthySince {
+		if !current[id] {
+			delete(p.healthySince, id)
+		}
+	}
+	promoted := 0
+	for _, id := range promotions(members, p.healthySince, now, n.cfg.StabilizationTime, n.cfg.Voters) {
+		if err := n.meta.Promote(ctx, id); err != nil {
+			n.log.Warn("promoting a non-voter failed", "peer", id, "err", err)
+			break // the next promotions would leave an even count
+		}
+		promoted++
+		n.log.Info("promoted a non-voter", "peer", id, "healthy_for", now.Sub(p.healthySince[id]).Round(time.Second))
+		delete(p.healthySince, id)
+	}
+	return promoted
+}
