@@ -463,9 +463,9 @@ func (n *Node) Status(ctx context.Context) any {
 
 		MemberLastContact: contacts,
 
-		Disk:  n.disk.status(),
-		Scrub: n.scrub.status(),
-		Removed:           n.removed(),
+		Disk:    n.disk.status(),
+		Scrub:   n.scrub.status(),
+		Removed: n.removed(),
 	}
 }
 
