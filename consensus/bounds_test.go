@@ -1,13 +1,19 @@
 package consensus
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"maps"
+	"runtime"
+	"slices"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -157,5 +163,279 @@ func TestFSMDeleteManifestWithManyTags(t *testing.T) {
 	}
 	if _, ok := state[string(tagKey("repo", "keep"))]; !ok {
 		t.Error("the delete removed a tag of another manifest")
+	}
+}
+
+// TestClusterRefusesInjectedEntries commits hostile entries straight
+// through raft.Apply on the leader of a real 3-node cluster, bypassing the
+// Store's validation as a forged or buggy proposer would: each must be an
+// error result on every node (not a panic), every node must advance and
+// hold the same state, and the cluster must keep taking writes.
+func TestClusterRefusesInjectedEntries(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 3, nil)
+	leader := c.leader()
+	mustPut(t, c.followers()[0], manifest("repo", "before", ""), "v1")
+	for name, cmd := range hostileCommands() {
+		data, err := cmd.encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := leader.raft.Apply(data, 10*time.Second)
+		if err := result(f); !errors.Is(err, ErrInvalidCommand) {
+			t.Errorf("%s: committed entry's result = %v, want ErrInvalidCommand", name, err)
+		}
+	}
+	for _, raw := range [][]byte{nil, {byte(opPutManifest)}, {byte(opPutManifest), '['}} {
+		if err := result(leader.raft.Apply(raw, 10*time.Second)); !errors.Is(err, ErrInvalidCommand) {
+			t.Errorf("raw entry %q: result = %v, want ErrInvalidCommand", raw, err)
+		}
+	}
+	c.converge() // every node applied them all and holds the same bytes
+	for _, s := range c.live() {
+		if repos, _ := s.Repositories("", -1); len(repos) != 1 || repos[0] != "repo" {
+			t.Errorf("%s: repositories %q after the hostile entries, want [repo]", s.cfg.NodeID, repos)
+		}
+	}
+	mustPut(t, c.followers()[1], manifest("repo", "after", ""), "v2")
+	c.converge()
+}
+
+// TestStorageFailureStopsApplyingAndReplays: a disk failure while applying
+// an entry must not panic and must not let the node run on with a state
+// that skipped the entry. The FSM refuses everything after it (sticky),
+// OnFatal is told once with the cause, no snapshot is taken, and a restart
+// applies the entry again.
+func TestStorageFailureStopsApplyingAndReplays(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	fatal := make(chan error, 2)
+	cfg.OnFatal = func(err error) { fatal <- err }
+	var broken atomic.Bool
+	cfg.fault = func(uint64) error {
+		if broken.Load() {
+			return fmt.Errorf("write %s/fsm/000001.vlog: %w", dir, syscall.ENOSPC)
+		}
+		return nil
+	}
+	s, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b, c := manifest("repo", "a", ""), manifest("repo", "b", ""), manifest("repo", "c", "")
+	mustPut(t, s, a, "a")
+	broken.Store(true)
+	if err := s.PutManifest(ctx, b, "b"); !errors.Is(err, ErrStorageFailed) || !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("write on a full disk = %v, want ErrStorageFailed naming ENOSPC", err)
+	}
+	select {
+	case err := <-fatal:
+		if !errors.Is(err, syscall.ENOSPC) {
+			t.Errorf("OnFatal(%v): the cause is missing", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnFatal was not called")
+	}
+	broken.Store(false) // the disk has space again: the FSM still refuses
+	if err := s.PutManifest(ctx, c, "c"); !errors.Is(err, ErrStorageFailed) {
+		t.Errorf("write after the failure = %v, want ErrStorageFailed", err)
+	}
+	if _, err := s.Manifest("repo", c.Digest); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a write after the failure was applied: %v", err)
+	}
+	if err := s.raft.Snapshot().Error(); err == nil {
+		t.Error("a failed FSM let raft take a snapshot")
+	}
+	select {
+	case err := <-fatal:
+		t.Errorf("OnFatal called twice (%v)", err)
+	default:
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg.OnFatal, cfg.fault = nil, nil
+	s = openStore(t, cfg)
+	deadline := time.Now().Add(15 * time.Second)
+	for _, m := range []ManifestRecord{a, b, c} {
+		for {
+			_, err := s.Manifest("repo", m.Digest)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after restart, manifest %s (committed before or after the failure) is missing: %v", m.Digest, err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+// TestManifestDeleteResumesAfterCrash: a manifest delete removes its tags
+// in several transactions before the one that removes the manifest and
+// records the index; if the node dies in between, applying the entry again
+// finishes the job.
+func TestManifestDeleteResumesAfterCrash(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	open := func() *fsm {
+		db, err := openBadger(dir, false, testLogger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &fsm{db: db, log: testLogger(t)}
+	}
+	f := open()
+	m := manifest("repo", "m", "")
+	tags := manyTags("t", 2500, 20)
+	index := uint64(0)
+	for i := 0; i < len(tags); i += MaxTagsPerWrite {
+		index++
+		c := putCmd(m, "")
+		c.Tags = tags[i : i+MaxTagsPerWrite]
+		if err := applyCmd(t, f, index, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	index++
+	del := command{Op: opDeleteManifest, Repo: "repo", Digest: m.Digest}
+	f.fault = func(uint64) error { return errors.New("power cut") }
+	if err := applyCmd(t, f, index, del); !errors.Is(err, ErrStorageFailed) {
+		t.Fatalf("delete with a failing final commit = %v, want ErrStorageFailed", err)
+	}
+	if _, ok := dump(t, f)[string(manifestKey("repo", m.Digest))]; !ok {
+		t.Fatal("the manifest went although the final transaction failed")
+	}
+	if err := f.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f = open()
+	t.Cleanup(func() { _ = f.db.Close() })
+	if err := applyCmd(t, f, index, del); err != nil {
+		t.Fatalf("delete replayed after the crash: %v", err)
+	}
+	for k := range dump(t, f) {
+		if k != keyApplied {
+			t.Errorf("key %q left after the replayed delete", k)
+		}
+	}
+	if got, _ := f.appliedIndex(); got != index {
+		t.Errorf("applied index %d, want %d", got, index)
+	}
+}
+
+// TestLogCacheIsBounded: raft keeps recent entries in memory; with entries
+// of up to several MiB (manifests) the cache must stay bounded in bytes.
+// The heap growth of 200 entries of 1 MiB through the cache is compared
+// with the same through the bare badger store (badger's own buffers), and
+// through raft.NewLogCache(512), the cache used before, for the record.
+func TestLogCacheIsBounded(t *testing.T) {
+	const entries, size = 200, 1 << 20
+	heap := func() int64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return int64(ms.HeapAlloc)
+	}
+	grow := func(wrap func(raft.LogStore) raft.LogStore) (int64, raft.LogStore) {
+		db, err := openBadger(t.TempDir(), false, testLogger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		before := heap()
+		store := wrap(&logStore{db: db})
+		for i := uint64(1); i <= entries; i++ {
+			data := bytes.Repeat([]byte{byte(i)}, size)
+			switch i % 3 {
+			case 0:
+				data = bytes.Repeat([]byte{byte(i)}, 100) // small: cached
+			case 1:
+				data = data[:100] // small, but holds 1 MiB: not cached
+			}
+			if err := store.StoreLogs([]*raft.Log{{Index: i, Term: 1, Type: raft.LogCommand, Data: data}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, i := range []uint64{entries, entries - 1, 3, 4} {
+			var l raft.Log
+			if err := store.GetLog(i, &l); err != nil || l.Index != i || len(l.Data) == 0 || l.Data[0] != byte(i) {
+				t.Errorf("GetLog(%d) = index %d, %d bytes, %v", i, l.Index, len(l.Data), err)
+			}
+		}
+		grown := heap() - before
+		runtime.KeepAlive(store)
+		return grown, store
+	}
+	bare, _ := grow(func(s raft.LogStore) raft.LogStore { return s })
+	cached, store := grow(func(s raft.LogStore) raft.LogStore { return newLogCache(s) })
+	old, _ := grow(func(s raft.LogStore) raft.LogStore {
+		c, err := raft.NewLogCache(512, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	})
+	held := store.(*logCache).cachedBytes()
+	t.Logf("heap growth after %d entries of up to %d KiB: bare store %d MiB, bounded cache %d MiB (holding %d KiB), raft.NewLogCache(512) %d MiB",
+		entries, size>>10, bare>>20, cached>>20, held>>10, old>>20)
+	if held > logCacheMaxBytes {
+		t.Errorf("cache holds %d bytes, above its bound %d", held, logCacheMaxBytes)
+	}
+	if cached-bare > 2*logCacheMaxBytes {
+		t.Errorf("the cache added %d MiB of heap, above twice its bound (%d MiB)", (cached-bare)>>20, logCacheMaxBytes>>20)
+	}
+}
+
+// TestReferrersArePagedAndBounded: a referrer's descriptor keeps its
+// annotations only when they are small, and listings come in pages.
+func TestReferrersArePagedAndBounded(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, testConfig(t, t.TempDir()))
+	subject := manifest("repo", "subject", "")
+	var digests []string
+	for i := range 5 {
+		m := manifest("repo", fmt.Sprintf("ref%d", i), subject.Digest)
+		if i == 0 {
+			m.Annotations = bigAnnotations(1, 1<<20) // 1 MiB: not kept in the index
+		}
+		if i == 1 {
+			m.ArtifactType = "application/vnd.example.sig"
+		}
+		mustPut(t, s, m, "")
+		digests = append(digests, string(m.Digest))
+	}
+	slices.Sort(digests)
+	all, err := s.Referrers("repo", subject.Digest, "", "", -1)
+	if err != nil || len(all) != 5 {
+		t.Fatalf("Referrers = %d, %v; want 5", len(all), err)
+	}
+	for _, d := range all {
+		if annotationBytes(d.Annotations) > MaxAnnotationBytes {
+			t.Errorf("descriptor %s keeps %d bytes of annotations", d.Digest, annotationBytes(d.Annotations))
+		}
+	}
+	var paged []string
+	last := ""
+	for range 10 {
+		page, err := s.Referrers("repo", subject.Digest, "", last, 2)
+		if err != nil || len(page) > 2 {
+			t.Fatalf("page after %q: %d, %v", last, len(page), err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		for _, d := range page {
+			paged = append(paged, string(d.Digest))
+		}
+		last = paged[len(paged)-1]
+	}
+	if !slices.Equal(paged, digests) {
+		t.Errorf("pages gave %q, want %q", paged, digests)
+	}
+	if got, _ := s.Referrers("repo", subject.Digest, "application/vnd.example.sig", "", 10); len(got) != 1 {
+		t.Errorf("filtered by artifact type: %d descriptors, want 1", len(got))
 	}
 }

@@ -274,11 +274,7 @@ func Open(cfg Config) (s *Store, err error) {
 		}
 	}
 	f := &fsm{db: fsmDB, log: log, onFatal: cfg.OnFatal, fault: cfg.fault}
-	cached, err := raft.NewLogCache(512, logs)
-	if err != nil {
-		return nil, fmt.Errorf("consensus: %w", err)
-	}
-	r, err := raft.NewRaft(rc, f, cached, stable, snaps, trans)
+	r, err := raft.NewRaft(rc, f, newLogCache(logs), stable, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("consensus: starting raft: %w", err)
 	}
@@ -403,9 +399,21 @@ func (s *Store) Close() error {
 // or MaxAnnotationBytes are not kept in the record and the referrers index
 // (the body still has them).
 func (s *Store) PutManifest(ctx context.Context, m ManifestRecord, tags ...string) error {
-	return s.write(ctx, command{Op: opPutManifest, Repo: m.Repo, Digest: m.Digest, Tags: tags,
+	return s.write(ctx, putCommand(m, tags))
+}
+
+// CheckPutManifest reports, without writing, whether PutManifest(m,
+// tags...) is within the bounds of limits.go: the error wraps
+// ErrInvalidCommand and names the limit. Callers check before the work a
+// write depends on (replicating blobs, say).
+func (s *Store) CheckPutManifest(m ManifestRecord, tags ...string) error {
+	return putCommand(m, tags).validate()
+}
+
+func putCommand(m ManifestRecord, tags []string) command {
+	return command{Op: opPutManifest, Repo: m.Repo, Digest: m.Digest, Tags: tags,
 		MediaType: m.MediaType, ArtifactType: m.ArtifactType, Subject: m.Subject,
-		Annotations: boundedAnnotations(m.Annotations), Body: m.Body})
+		Annotations: boundedAnnotations(m.Annotations), Body: m.Body}
 }
 
 // DeleteManifest removes the manifest from the repository, with every tag in
@@ -633,21 +641,34 @@ func (s *Store) BlobLink(repo string, d digest.Digest) (int64, error) {
 }
 
 // Referrers returns the descriptors of the repository's manifests whose
-// subject is subject, sorted by digest; an empty slice when there are none.
-func (s *Store) Referrers(repo string, subject digest.Digest) ([]ocispec.Descriptor, error) {
+// subject is subject, sorted by digest: only those of artifactType when it
+// is not "", strictly after the digest last when it is not "", at most n of
+// them (all when n < 0). The result is never nil. Each descriptor is
+// bounded (annotations: MaxAnnotationBytes), so a page of n is too.
+func (s *Store) Referrers(repo string, subject digest.Digest, artifactType, last string, n int) ([]ocispec.Descriptor, error) {
 	descs := []ocispec.Descriptor{}
-	if !validName(repo) || !validName(string(subject)) {
+	if !validName(repo) || !validName(string(subject)) || n == 0 {
 		return descs, nil
 	}
 	err := s.view(func(t tx) error {
-		it := t.NewIterator(badger.IteratorOptions{Prefix: keyPrefix(prefixReferrer, repo, string(subject))})
+		prefix := keyPrefix(prefixReferrer, repo, string(subject))
+		it := t.NewIterator(badger.IteratorOptions{Prefix: prefix})
 		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
+		for it.Seek(append(append([]byte{}, prefix...), last...)); it.Valid(); it.Next() {
+			if last != "" && string(it.Item().Key()[len(prefix):]) <= last {
+				continue
+			}
 			var d ocispec.Descriptor
 			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &d) }); err != nil {
 				return fmt.Errorf("consensus: decoding referrer %q: %w", it.Item().Key(), err)
 			}
+			if artifactType != "" && d.ArtifactType != artifactType {
+				continue
+			}
 			descs = append(descs, d)
+			if len(descs) == n {
+				break
+			}
 		}
 		return nil
 	})

@@ -141,6 +141,9 @@ type Node struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	bg     sync.WaitGroup
+	// fatal receives the metadata store's storage failure (OnFatal); Run
+	// returns it.
+	fatal chan error
 
 	fetchMu         sync.Mutex
 	fetches         map[digest.Digest]*fetch          // in progress
@@ -192,6 +195,10 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 	// A joiner waits to be added; a restarted joiner has Raft state and
 	// would not bootstrap anyway.
 	cc.NoBootstrap = len(cfg.Join) > 0 || cfg.BootstrapExpect > 1
+	// The metadata store calls OnFatal once, when its database fails: Run
+	// then returns the error and the process stops (see serve).
+	fatal := make(chan error, 1)
+	cc.OnFatal = func(err error) { fatal <- err }
 	meta, err := consensus.Open(cc)
 	if err != nil {
 		return nil, fmt.Errorf("node: opening metadata in %s: %w", cc.Dir, err)
@@ -203,6 +210,7 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	n = New(cfg, blobs, meta, host, routing, log)
+	n.fatal = fatal
 	host.HandleRequests(forwardProtocol, maxForwardLen, rpcTimeout, n.serveForwarded)
 	host.HandleRequests(memberProtocol, maxControlLen, rpcTimeout, n.serveMember)
 	host.HandleRequests(helloProtocol, maxControlLen, rpcTimeout, n.serveHello)
@@ -254,6 +262,8 @@ func (n *Node) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case err := <-n.fatal:
+			return fmt.Errorf("node: stopping: %w", err)
 		case <-t.C:
 			n.expireUploads()
 		}
