@@ -247,6 +247,9 @@ func TestStorageFailureStopsApplyingAndReplays(t *testing.T) {
 	if err := s.raft.Snapshot().Error(); err == nil {
 		t.Error("a failed FSM let raft take a snapshot")
 	}
+	if st := s.Status(); !strings.Contains(st.StorageError, "no space left") || s.Ready() {
+		t.Errorf("status after the failure: storage error %q, ready %v; want the cause and not ready", st.StorageError, s.Ready())
+	}
 	select {
 	case err := <-fatal:
 		t.Errorf("OnFatal called twice (%v)", err)
