@@ -17,8 +17,8 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// manyTags returns n distinct valid tags of about width characters.
-func manyTags(prefix string, n, width int) []string {
+// boundsTags returns n distinct valid tags of about width characters.
+func boundsTags(prefix string, n, width int) []string {
 	tags := make([]string, n)
 	for i := range tags {
 		s := fmt.Sprintf("%s%06d", prefix, i)
@@ -37,8 +37,8 @@ func hostileCommands() map[string]command {
 	put := func(mod func(c *command)) command { c := putCmd(m, ""); mod(&c); return c }
 	html := "<html><script>alert(1)</script></html>"
 	return map[string]command{
-		"10,000 tags":           put(func(c *command) { c.Tags = manyTags("t", 10000, 60) }),
-		"101 tags":              put(func(c *command) { c.Tags = manyTags("t", MaxTagsPerWrite+1, 8) }),
+		"10,000 tags":           put(func(c *command) { c.Tags = boundsTags("t", 10000, 60) }),
+		"101 tags":              put(func(c *command) { c.Tags = boundsTags("t", MaxTagsPerWrite+1, 8) }),
 		"text/html manifest":    put(func(c *command) { c.MediaType = "text/html"; c.Body = []byte(html); c.Digest = digest.FromString(html) }),
 		"no media type":         put(func(c *command) { c.MediaType = "" }),
 		"repo with dot-dot":     put(func(c *command) { c.Repo = "EVIL/../Injected" }),
@@ -139,7 +139,7 @@ func TestFSMDeleteManifestWithManyTags(t *testing.T) {
 		t.Fatal(err)
 	}
 	const total = 15000
-	tags := manyTags("tag-", total, 40)
+	tags := boundsTags("tag-", total, 40)
 	for i := 0; i < total; i += 100 {
 		c := putCmd(m, "")
 		c.Tags = tags[i : i+100]
@@ -292,7 +292,7 @@ func TestManifestDeleteResumesAfterCrash(t *testing.T) {
 	}
 	f := open()
 	m := manifest("repo", "m", "")
-	tags := manyTags("t", 2500, 20)
+	tags := boundsTags("t", 2500, 20)
 	index := uint64(0)
 	for i := 0; i < len(tags); i += MaxTagsPerWrite {
 		index++

@@ -210,7 +210,6 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	n = New(cfg, blobs, meta, host, routing, log)
-	n.fatal = fatal
 	host.HandleRequests(forwardProtocol, maxForwardLen, rpcTimeout, n.serveForwarded)
 	host.HandleRequests(memberProtocol, maxControlLen, rpcTimeout, n.serveMember)
 	host.HandleRequests(helloProtocol, maxControlLen, rpcTimeout, n.serveHello)
@@ -219,6 +218,7 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 	host.HandleRequests(hasProtocol, maxControlLen, rpcTimeout, n.serveHas)
 	host.HandleRequests(replicateProtocol, maxControlLen, replicateTimeout, n.serveReplicate)
 	host.ServeBlobs(cfg.PeerIdleTimeout, n.serveBlob)
+	n.fatal = fatal
 	return n, nil
 }
 
