@@ -1,9 +1,12 @@
 package consensus
 
 import (
+	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"runtime"
 	"slices"
@@ -440,5 +443,32 @@ func TestReferrersArePagedAndBounded(t *testing.T) {
 	}
 	if got, _ := s.Referrers("repo", subject.Digest, "application/vnd.example.sig", "", 10); len(got) != 1 {
 		t.Errorf("filtered by artifact type: %d descriptors, want 1", len(got))
+	}
+}
+
+// TestSnapshotLengthsAreClaimsNotAllocations: a snapshot stream (from a
+// leader, or a corrupt file) that claims a 256 MiB value and sends 3 bytes
+// must cost about what it sent.
+func TestSnapshotLengthsAreClaimsNotAllocations(t *testing.T) {
+	stream := binary.AppendUvarint(append([]byte(snapshotMagic), 1, 'k'), 256<<20)
+	stream = append(stream, "abc"...)
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	before := ms.TotalAlloc
+	_, err := readSnapshot(bufio.NewReader(bytes.NewReader(stream)), func(k, v []byte) error { return nil })
+	runtime.ReadMemStats(&ms)
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("truncated stream: %v, want ErrUnexpectedEOF", err)
+	}
+	if alloc := ms.TotalAlloc - before; alloc > 8<<20 {
+		t.Errorf("a stream of %d bytes claiming 256 MiB allocated %d MiB", len(stream), alloc>>20)
+	}
+	// A real large value still reads whole.
+	big := bytes.Repeat([]byte("v"), 3<<20)
+	stream = binary.AppendUvarint(append([]byte(snapshotMagic), 1, 'k'), uint64(len(big)))
+	stream = binary.AppendUvarint(append(stream, big...), 0)
+	var got []byte
+	if _, err := readSnapshot(bufio.NewReader(bytes.NewReader(stream)), func(k, v []byte) error { got = v; return nil }); err != nil || !bytes.Equal(got, big) {
+		t.Errorf("a 3 MiB value: %d bytes back, %v", len(got), err)
 	}
 }

@@ -2,6 +2,7 @@ package consensus
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -537,6 +538,8 @@ const (
 	snapshotMagic    = "meshreg-fsm-snapshot-v1\n"
 	maxSnapshotKey   = 1 << 16
 	maxSnapshotValue = 1 << 30
+	// snapshotDirectRead is the largest length read with one allocation.
+	snapshotDirectRead = 1 << 20
 )
 
 // fsmSnapshot streams the view it holds. Persist runs on raft's snapshot
@@ -639,9 +642,21 @@ func readSnapshot(r *bufio.Reader, set func(k, v []byte) error) (n int, err erro
 		if l > limit {
 			return nil, fmt.Errorf("length %d above limit %d: corrupt snapshot", l, limit)
 		}
-		b := make([]byte, l)
-		_, err = io.ReadFull(r, b)
-		return b, unexpectedEOF(err)
+		if l <= snapshotDirectRead {
+			b := make([]byte, l)
+			_, err = io.ReadFull(r, b)
+			return b, unexpectedEOF(err)
+		}
+		// A large length is only a claim: read it in growing steps, so
+		// that a stream which stops short costs what it sent, not what it
+		// claimed.
+		var buf bytes.Buffer
+		buf.Grow(snapshotDirectRead)
+		n, err := io.CopyN(&buf, r, int64(l))
+		if err == nil && uint64(n) != l {
+			err = io.ErrUnexpectedEOF
+		}
+		return buf.Bytes(), unexpectedEOF(err)
 	}
 	for {
 		k, err := readBytes(maxSnapshotKey)
