@@ -72,14 +72,30 @@ func wantOCIError(t *testing.T, what string, status int, body []byte, wantStatus
 // (a subject, annotations) and a distinct content.
 func hostileImage(t *testing.T, base, repo, extra string) []byte {
 	t.Helper()
-	if _, err := testnet.NewClient(base).PushBytes(context.Background(), repo, []byte("{}")); err != nil {
-		t.Fatal(err)
-	}
+	untilCommitted(t, "pushing a config blob", func() error {
+		_, err := testnet.NewClient(base).PushBytes(context.Background(), repo, []byte("{}"))
+		return err
+	})
 	if extra != "" {
 		extra = "," + extra
 	}
 	return []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":%q,"size":2},"layers":[]%s}`,
 		ocispec.MediaTypeImageManifest, digest.FromString("{}"), extra))
+}
+
+// untilCommitted runs write until it does not fail with 503: on a loaded
+// machine an election may interrupt writes for a moment, and the client is
+// told to retry.
+func untilCommitted(t *testing.T, what string, write func() error) {
+	t.Helper()
+	var err error
+	testnet.Eventually(60*time.Second, func() bool {
+		err = write()
+		return testnet.StatusOf(err) != http.StatusServiceUnavailable
+	})
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
 }
 
 func tagQuery(prefix string, n, width int) string {
@@ -98,14 +114,20 @@ func checkClusterHealthy(t *testing.T, nodes []*testnet.InProcessNode, step stri
 	plain := make([]*testnet.Node, len(nodes))
 	for i, n := range nodes {
 		plain[i] = n.Node
-		status, _, body := hostileDo(t, http.MethodGet, n.URL()+"/readyz", "", nil)
-		if status != http.StatusOK {
+		var status int
+		var body []byte
+		ready := testnet.Eventually(60*time.Second, func() bool {
+			status, _, body = hostileDo(t, http.MethodGet, n.URL()+"/readyz", "", nil)
+			return status == http.StatusOK
+		})
+		if !ready {
 			t.Fatalf("after %s: node %d is not ready: %d %s", step, i, status, body)
 		}
 		m := hostileImage(t, n.URL(), "healthy", fmt.Sprintf(`"annotations":{"step":%q,"node":"%d"}`, step, i))
-		if _, err := testnet.NewClient(n.URL()).PutManifest(context.Background(), "healthy", fmt.Sprintf("n%d", i), ocispec.MediaTypeImageManifest, m); err != nil {
-			t.Fatalf("after %s: a normal push through node %d failed: %v", step, i, err)
-		}
+		untilCommitted(t, fmt.Sprintf("after %s: a normal push through node %d", step, i), func() error {
+			_, err := testnet.NewClient(n.URL()).PutManifest(context.Background(), "healthy", fmt.Sprintf("n%d", i), ocispec.MediaTypeImageManifest, m)
+			return err
+		})
 	}
 	testnet.AssertAgree(t, plain, 60*time.Second, append([]string{"healthy"}, repos...)...)
 }
@@ -142,7 +164,12 @@ func TestHostileFSM(t *testing.T) {
 				q.Add("tag", fmt.Sprintf("tag-%06d-%s", i*perPUT+j, strings.Repeat("x", 40)))
 			}
 			n := nodes[i%len(nodes)]
-			status, _, body := hostileDo(t, http.MethodPut, n.URL()+"/v2/manytags/manifests/"+d.String()+"?"+q.Encode(), ocispec.MediaTypeImageManifest, m)
+			var status int
+			var body []byte
+			testnet.Eventually(60*time.Second, func() bool {
+				status, _, body = hostileDo(t, http.MethodPut, n.URL()+"/v2/manytags/manifests/"+d.String()+"?"+q.Encode(), ocispec.MediaTypeImageManifest, m)
+				return status != http.StatusServiceUnavailable
+			})
 			if status != http.StatusCreated {
 				t.Fatalf("PUT %d of %d tags: %d %s", i, perPUT, status, body)
 			}
@@ -160,9 +187,23 @@ func TestHostileFSM(t *testing.T) {
 		if tags != total {
 			t.Fatalf("the tags list has %d tags, want %d", tags, total)
 		}
+		// The client sees 202, or 503 (an election on a loaded machine:
+		// "retry shortly"), then 202 or, if the first one was applied
+		// after all, 404.
 		start := time.Now()
-		status, _, body := hostileDo(t, http.MethodDelete, nodes[2].URL()+"/v2/manytags/manifests/"+d.String(), "", nil)
-		if status != http.StatusAccepted {
+		var status int
+		var body []byte
+		retried := false
+		testnet.Eventually(60*time.Second, func() bool {
+			status, _, body = hostileDo(t, http.MethodDelete, nodes[2].URL()+"/v2/manytags/manifests/"+d.String(), "", nil)
+			if status == http.StatusServiceUnavailable {
+				t.Logf("DELETE: %d %s; retrying", status, body)
+				retried = true
+				return false
+			}
+			return true
+		})
+		if status != http.StatusAccepted && !(retried && status == http.StatusNotFound) {
 			t.Fatalf("DELETE of a manifest with %d tags: %d %s", total, status, body)
 		}
 		t.Logf("DELETE of a manifest with %d tags took %s", total, time.Since(start))
@@ -180,9 +221,10 @@ func TestHostileFSM(t *testing.T) {
 
 	t.Run("big referrers", func(t *testing.T) {
 		subject := hostileImage(t, base, "refs", `"annotations":{"role":"subject"}`)
-		if _, err := testnet.NewClient(base).PutManifest(context.Background(), "refs", "v1", ocispec.MediaTypeImageManifest, subject); err != nil {
-			t.Fatal(err)
-		}
+		untilCommitted(t, "pushing the subject", func() error {
+			_, err := testnet.NewClient(base).PutManifest(context.Background(), "refs", "v1", ocispec.MediaTypeImageManifest, subject)
+			return err
+		})
 		sd := digest.FromBytes(subject)
 		const referrers = 8
 		big := strings.Repeat("a", 1<<20) // 1 MiB of annotations per referrer
@@ -190,30 +232,36 @@ func TestHostileFSM(t *testing.T) {
 			extra := fmt.Sprintf(`"subject":{"mediaType":%q,"digest":%q,"size":%d},"annotations":{"i":"%d","blob":%q}`,
 				ocispec.MediaTypeImageManifest, sd, len(subject), i, big)
 			m := hostileImage(t, base, "refs", extra)
-			if _, err := testnet.NewClient(nodes[i%3].URL()).PutManifest(context.Background(), "refs", digest.FromBytes(m).String(), ocispec.MediaTypeImageManifest, m); err != nil {
-				t.Fatalf("referrer %d: %v", i, err)
-			}
+			untilCommitted(t, fmt.Sprintf("referrer %d", i), func() error {
+				_, err := testnet.NewClient(nodes[i%3].URL()).PutManifest(context.Background(), "refs", digest.FromBytes(m).String(), ocispec.MediaTypeImageManifest, m)
+				return err
+			})
 		}
-		for i, n := range nodes {
+		// list follows the pages of node i's listing and returns what they
+		// hold.
+		list := func(i int) []ocispec.Descriptor {
 			var seen []ocispec.Descriptor
 			next := "/v2/refs/referrers/" + sd.String() + "?n=3"
 			for pages := 0; next != ""; pages++ {
 				if pages > referrers {
 					t.Fatalf("node %d: more pages than referrers", i)
 				}
-				status, hdr, body := hostileDo(t, http.MethodGet, n.URL()+next, "", nil)
+				status, hdr, body := hostileDo(t, http.MethodGet, nodes[i].URL()+next, "", nil)
 				if status != http.StatusOK {
 					t.Fatalf("node %d: GET %s: %d %.300s", i, next, status, body)
 				}
 				if len(body) > 64<<10 {
-					t.Errorf("node %d: a referrers page of 3 is %d bytes: the annotations are copied into the index", i, len(body))
+					t.Fatalf("node %d: a referrers page of 3 is %d bytes: the annotations are copied into the index", i, len(body))
 				}
 				var idx ocispec.Index
 				if err := json.Unmarshal(body, &idx); err != nil {
 					t.Fatal(err)
 				}
 				if len(idx.Manifests) > 3 {
-					t.Errorf("node %d: page of %d descriptors, asked for 3", i, len(idx.Manifests))
+					t.Fatalf("node %d: page of %d descriptors, asked for 3", i, len(idx.Manifests))
+				}
+				if pages == 0 && i == 0 {
+					t.Logf("a referrers page of %d (of %d referrers with 1 MiB of annotations each) is %d bytes", len(idx.Manifests), referrers, len(body))
 				}
 				seen = append(seen, idx.Manifests...)
 				next = ""
@@ -225,6 +273,12 @@ func TestHostileFSM(t *testing.T) {
 					next = link[start+1 : end]
 				}
 			}
+			return seen
+		}
+		for i := range nodes {
+			var seen []ocispec.Descriptor
+			// A node lists what it has applied: wait for replication.
+			testnet.Eventually(30*time.Second, func() bool { seen = list(i); return len(seen) == referrers })
 			if len(seen) != referrers {
 				t.Errorf("node %d: the pages listed %d referrers, want %d", i, len(seen), referrers)
 			}
