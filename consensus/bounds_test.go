@@ -229,7 +229,7 @@ func TestStorageFailureStopsApplyingAndReplays(t *testing.T) {
 	fatal := make(chan error, 2)
 	cfg.OnFatal = func(err error) { fatal <- err }
 	var broken atomic.Bool
-	cfg.fault = func(uint64) error {
+	cfg.ApplyFault = func(uint64) error {
 		if broken.Load() {
 			return fmt.Errorf("write %s/fsm/000001.vlog: %w", dir, syscall.ENOSPC)
 		}
@@ -275,7 +275,7 @@ func TestStorageFailureStopsApplyingAndReplays(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cfg.OnFatal, cfg.fault = nil, nil
+	cfg.OnFatal, cfg.ApplyFault = nil, nil
 	s = openStore(t, cfg)
 	deadline := time.Now().Add(15 * time.Second)
 	for _, m := range []ManifestRecord{a, b, c} {

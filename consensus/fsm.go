@@ -92,7 +92,7 @@ type manifestMeta struct {
 type fsm struct {
 	db  *badger.DB
 	log *slog.Logger
-	// onFatal is Config.OnFatal; fault is Config.fault (tests only).
+	// onFatal is Config.OnFatal; fault is Config.ApplyFault (tests only).
 	onFatal func(error)
 	fault   func(index uint64) error
 	// failed holds the storage error that stopped the FSM for good (see

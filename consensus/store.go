@@ -104,11 +104,14 @@ type Config struct {
 	// refuses every further write.
 	OnFatal func(error)
 
+	// ApplyFault, when set, is called before the FSM commits each entry;
+	// an error it returns is taken as a storage failure (see
+	// ErrStorageFailed). Tests use it to play a broken disk; it is nil in
+	// production.
+	ApplyFault func(index uint64) error
+
 	// tune, set by tests only, adjusts the Raft configuration.
 	tune func(*raft.Config)
-	// fault, set by tests only, makes the FSM's commit of the entry at an
-	// index fail as a broken disk would.
-	fault func(index uint64) error
 }
 
 // DefaultConfig returns the configuration of a one-node cluster; Dir and
@@ -273,7 +276,7 @@ func Open(cfg Config) (s *Store, err error) {
 			return nil, err
 		}
 	}
-	f := &fsm{db: fsmDB, log: log, onFatal: cfg.OnFatal, fault: cfg.fault}
+	f := &fsm{db: fsmDB, log: log, onFatal: cfg.OnFatal, fault: cfg.ApplyFault}
 	r, err := raft.NewRaft(rc, f, newLogCache(logs), stable, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("consensus: starting raft: %w", err)

@@ -240,6 +240,7 @@ func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Ho
 // Run runs the node's background loops until ctx ends: joining the
 // cluster, promoting non-voters (on the leader), expiring idle uploads.
 func (n *Node) Run(ctx context.Context) error {
+	ctx, stop := context.WithCancel(ctx) // a storage failure (n.fatal) ends the loops too
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Add(5)
@@ -261,8 +262,10 @@ func (n *Node) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			stop()
 			return nil
 		case err := <-n.fatal:
+			stop()
 			return fmt.Errorf("node: stopping: %w", err)
 		case <-t.C:
 			n.expireUploads()
