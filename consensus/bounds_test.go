@@ -33,6 +33,10 @@ func boundsTags(prefix string, n, width int) []string {
 	return tags
 }
 
+// The tests of this file are heavy (large entries, many tags, a cluster):
+// they do not run in parallel, so that they do not starve the timing-bound
+// cluster tests of the package on a small machine.
+
 // hostileCommands are commands a forged or forwarded entry could carry that
 // the FSM must refuse, whoever proposed them.
 func hostileCommands() map[string]command {
@@ -82,7 +86,6 @@ func bigAnnotations(n, valueLen int) map[string]string {
 // the FSM, as a forged log entry would reach it: each must be an error
 // result that changes nothing but the applied index, never a panic.
 func TestFSMRefusesHostileCommands(t *testing.T) {
-	t.Parallel()
 	f := openFSM(t)
 	if err := applyCmd(t, f, 1, putCmd(manifest("repo", "base", ""), "v1")); err != nil {
 		t.Fatal(err)
@@ -120,7 +123,6 @@ func TestFSMRefusesHostileCommands(t *testing.T) {
 // which touches every tag: it must succeed within badger's transaction
 // limits, not panic.
 func TestFSMDeleteManifestWithManyTags(t *testing.T) {
-	t.Parallel()
 	f := openFSM(t)
 	m := manifest("repo", "tagged", "")
 	other := manifest("repo", "other", "")
@@ -175,7 +177,6 @@ func TestFSMDeleteManifestWithManyTags(t *testing.T) {
 // error result on every node (not a panic), every node must advance and
 // hold the same state, and the cluster must keep taking writes.
 func TestClusterRefusesInjectedEntries(t *testing.T) {
-	t.Parallel()
 	c := newCluster(t, 3, nil)
 	mustPut(t, c.followers()[0], manifest("repo", "before", ""), "v1")
 	// inject commits data through the leader's raft, again if leadership
@@ -223,7 +224,6 @@ func TestClusterRefusesInjectedEntries(t *testing.T) {
 // OnFatal is told once with the cause, no snapshot is taken, and a restart
 // applies the entry again.
 func TestStorageFailureStopsApplyingAndReplays(t *testing.T) {
-	t.Parallel()
 	dir := t.TempDir()
 	cfg := testConfig(t, dir)
 	fatal := make(chan error, 2)
@@ -297,7 +297,6 @@ func TestStorageFailureStopsApplyingAndReplays(t *testing.T) {
 // records the index; if the node dies in between, applying the entry again
 // finishes the job.
 func TestManifestDeleteResumesAfterCrash(t *testing.T) {
-	t.Parallel()
 	dir := t.TempDir()
 	open := func() *fsm {
 		db, err := openBadger(dir, false, testLogger(t))
@@ -411,7 +410,6 @@ func TestLogCacheIsBounded(t *testing.T) {
 // TestReferrersArePagedAndBounded: a referrer's descriptor keeps its
 // annotations only when they are small, and listings come in pages.
 func TestReferrersArePagedAndBounded(t *testing.T) {
-	t.Parallel()
 	s := openStore(t, testConfig(t, t.TempDir()))
 	subject := manifest("repo", "subject", "")
 	var digests []string

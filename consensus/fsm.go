@@ -169,16 +169,13 @@ func (f *fsm) fail(index uint64, cause error) error {
 
 // apply returns the command's result and, separately, any storage error.
 func (f *fsm) apply(index uint64, data []byte) (resp, err error) {
-	var applied uint64
-	err = f.db.View(func(txn *badger.Txn) error {
-		v, _, err := tx{txn}.get([]byte(keyApplied))
-		applied = decodeUint64(v)
-		return err
-	})
+	txn := f.db.NewTransaction(true)
+	defer func() { txn.Discard() }()
+	v, _, err := tx{txn}.get([]byte(keyApplied))
 	if err != nil {
 		return nil, err
 	}
-	if index <= applied {
+	if index <= decodeUint64(v) {
 		return nil, nil // already applied: a replay
 	}
 	c, resp := decodeCommand(data)
@@ -186,12 +183,12 @@ func (f *fsm) apply(index uint64, data []byte) (resp, err error) {
 		resp = c.validate()
 	}
 	if resp == nil && c.Op == opDeleteManifest {
+		txn.Discard()
 		if err := f.dropTags(c.Repo, c.Digest); err != nil {
 			return nil, err
 		}
+		txn = f.db.NewTransaction(true)
 	}
-	txn := f.db.NewTransaction(true)
-	defer func() { txn.Discard() }()
 	if resp == nil {
 		resp, err = tx{txn}.execute(c)
 		if err == nil {
