@@ -59,8 +59,7 @@ func hostileCommands() map[string]command {
 		"bad artifact type":     put(func(c *command) { c.ArtifactType = "<script>" }),
 		"bad subject":           put(func(c *command) { c.Subject = "sha256:nothex" }),
 		"md5 subject":           put(func(c *command) { c.Subject = "md5:d41d8cd98f00b204e9800998ecf8427e" }),
-		"too many annotations":  put(func(c *command) { c.Annotations = bigAnnotations(MaxAnnotations+1, 1) }),
-		"annotations too large": put(func(c *command) { c.Annotations = bigAnnotations(1, MaxAnnotationBytes) }),
+		"huge annotations":      put(func(c *command) { c.Annotations = bigAnnotations(1, MaxManifestBytes) }),
 		"put with a size":       put(func(c *command) { c.Size = 5 }),
 		"negative blob size":    {Op: opLinkBlob, Repo: "repo", Digest: digest.FromString("b"), Size: -5},
 		"absurd blob size":      {Op: opLinkBlob, Repo: "repo", Digest: digest.FromString("b"), Size: MaxBlobSize + 1},
@@ -481,5 +480,29 @@ func TestSnapshotLengthsAreClaimsNotAllocations(t *testing.T) {
 	var got []byte
 	if _, err := readSnapshot(bufio.NewReader(bytes.NewReader(stream)), func(k, v []byte) error { got = v; return nil }); err != nil || !bytes.Equal(got, big) {
 		t.Errorf("a 3 MiB value: %d bytes back, %v", len(got), err)
+	}
+}
+
+// TestFSMDropsLargeAnnotations: an entry whose annotations exceed what the
+// index keeps (one an older version committed, or a forged one) still
+// applies, the same way everywhere: the manifest without its annotations in
+// the record and the referrer descriptor.
+func TestFSMDropsLargeAnnotations(t *testing.T) {
+	f := openFSM(t)
+	m := manifest("repo", "annotated", digest.FromString("subject"))
+	c := putCmd(m, "v1")
+	c.Annotations = bigAnnotations(MaxAnnotations+1, 100)
+	if err := applyCmd(t, f, 1, c); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	state := dump(t, f)
+	for _, k := range [][]byte{manifestKey("repo", m.Digest), referrerKey("repo", m.Subject, m.Digest)} {
+		v, ok := state[string(k)]
+		if !ok {
+			t.Fatalf("key %q missing", k)
+		}
+		if strings.Contains(v, "k0000") || len(v) > 1024 {
+			t.Errorf("key %q keeps the annotations: %d bytes", k, len(v))
+		}
 	}
 }

@@ -354,8 +354,9 @@ func (t tx) putManifest(c command) error {
 		return err
 	}
 	if !present {
+		annotations := boundedAnnotations(c.Annotations)
 		meta := manifestMeta{MediaType: c.MediaType, Subject: c.Subject, ArtifactType: c.ArtifactType,
-			Annotations: c.Annotations, Size: int64(len(c.Body))}
+			Annotations: annotations, Size: int64(len(c.Body))}
 		if err := t.setJSON(mk, meta); err != nil {
 			return err
 		}
@@ -364,7 +365,7 @@ func (t tx) putManifest(c command) error {
 		}
 		if c.Subject != "" {
 			desc := ocispec.Descriptor{MediaType: c.MediaType, Digest: c.Digest, Size: meta.Size,
-				ArtifactType: c.ArtifactType, Annotations: c.Annotations}
+				ArtifactType: c.ArtifactType, Annotations: annotations}
 			if err := t.setJSON(referrerKey(c.Repo, c.Subject, c.Digest), desc); err != nil {
 				return err
 			}

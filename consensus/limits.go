@@ -30,10 +30,13 @@ const (
 	MaxRepoNameLength = 255
 	MaxTagLength      = 128
 	// MaxAnnotations and MaxAnnotationBytes (keys plus values) bound the
-	// annotations a manifest's record and its referrer descriptor keep.
-	// Store.PutManifest keeps none when a manifest has more (they stay in
-	// the manifest's body), so that a referrers listing is a bounded
-	// multiple of the number of referrers.
+	// annotations a manifest's record and its referrer descriptor keep:
+	// the FSM keeps none when a manifest has more (they stay in the
+	// manifest's body), so that a referrers listing is a bounded multiple
+	// of the number of referrers. Dropping rather than refusing keeps
+	// entries that older versions committed with larger annotations
+	// applicable. A command whose annotations are larger than a whole
+	// manifest may be is refused.
 	MaxAnnotations     = 64
 	MaxAnnotationBytes = 4 << 10
 	// MaxBlobSize bounds the size a blob link may claim: far above any real
@@ -52,8 +55,8 @@ var (
 	// component may be "." or "..", and neither contains the key separator.
 	repoNameRE = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$`)
 	tagRE      = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
-	// mediaTypeRE is an RFC 6838 type/subtype without parameters.
-	mediaTypeRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$`)
+	// mediaTypeRE is an RFC 6838 type/subtype, with printable parameters.
+	mediaTypeRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}( *;[\x20-\x7e]*)?$`)
 )
 
 // ManifestMediaTypes are the manifest media types a manifest write may
@@ -101,8 +104,8 @@ func (c command) check() error {
 				return fmt.Errorf("subject: %w", err)
 			}
 		}
-		if err := checkAnnotations(c.Annotations); err != nil {
-			return err
+		if n := annotationBytes(c.Annotations); n > MaxManifestBytes {
+			return fmt.Errorf("annotations are %d bytes, more than a manifest may hold (%d)", n, MaxManifestBytes)
 		}
 		for _, tag := range c.Tags {
 			if err := checkTag(tag); err != nil {
@@ -179,16 +182,6 @@ func checkRepoDigest(repo string, d digest.Digest) error {
 	return checkDigest(d)
 }
 
-func checkAnnotations(a map[string]string) error {
-	if len(a) > MaxAnnotations {
-		return fmt.Errorf("%d annotations: at most %d are kept", len(a), MaxAnnotations)
-	}
-	if n := annotationBytes(a); n > MaxAnnotationBytes {
-		return fmt.Errorf("annotations are %d bytes: at most %d are kept", n, MaxAnnotationBytes)
-	}
-	return nil
-}
-
 func annotationBytes(a map[string]string) int {
 	n := 0
 	for k, v := range a {
@@ -200,7 +193,7 @@ func annotationBytes(a map[string]string) int {
 // boundedAnnotations returns a, or nil when a is beyond the bounds that a
 // manifest's record and referrer descriptor keep.
 func boundedAnnotations(a map[string]string) map[string]string {
-	if checkAnnotations(a) != nil {
+	if len(a) > MaxAnnotations || annotationBytes(a) > MaxAnnotationBytes {
 		return nil
 	}
 	return a
