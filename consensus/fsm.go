@@ -128,13 +128,21 @@ var _ raft.FSM = (*fsm)(nil)
 // restore is refused with ErrStorageFailed, since the state can no longer
 // follow the log; OnFatal tells the node to stop, and a restart replays the
 // entry that failed.
-func (f *fsm) Apply(l *raft.Log) any {
+func (f *fsm) Apply(l *raft.Log) (result any) {
 	if l.Type != raft.LogCommand {
 		return nil
 	}
 	if err := f.failure(); err != nil {
 		return fmt.Errorf("consensus: entry %d not applied: %w", l.Index, err)
 	}
+	// Last resort: a panic below (a bug, or badger's) is taken as a
+	// storage failure, which stops this node cleanly instead of crashing
+	// it; the entry is applied again at restart.
+	defer func() {
+		if p := recover(); p != nil {
+			result = f.fail(l.Index, fmt.Errorf("panic: %v", p))
+		}
+	}()
 	resp, err := f.apply(l.Index, l.Data)
 	if err != nil {
 		return f.fail(l.Index, err)
