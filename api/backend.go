@@ -41,8 +41,10 @@ type Manifests interface {
 	Tags(ctx context.Context, repo, last string, n int) ([]string, error)
 	// Repositories lists repositories in lexical order after last, at most n.
 	Repositories(ctx context.Context, last string, n int) ([]string, error)
-	// Referrers lists the manifests in repo whose subject is subject.
-	Referrers(ctx context.Context, repo string, subject digest.Digest) ([]ocispec.Descriptor, error)
+	// Referrers lists the manifests in repo whose subject is subject, in
+	// digest order: only those of artifactType unless it is "", after the
+	// digest last unless it is "", at most n (n < 0: all).
+	Referrers(ctx context.Context, repo string, subject digest.Digest, artifactType, last string, n int) ([]ocispec.Descriptor, error)
 }
 
 // Blobs reads and deletes blobs linked to a repository.

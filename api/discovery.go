@@ -81,25 +81,53 @@ func (h *Handler) catalog(w http.ResponseWriter, r *http.Request, _ route) error
 	return nil
 }
 
+// maxReferrersPage bounds the descriptors of one referrers response (and
+// is the page size when the client gives no n). A descriptor keeps at most
+// a few KiB of annotations, so a page is a few MiB at most; the Link header
+// leads to the next page, as the distribution-spec allows.
+const maxReferrersPage = 1000
+
 // referrers answers with an image index of the manifests whose subject is
-// the given digest; never 404, as the spec requires.
+// the given digest; never 404, as the spec requires. The listing is in
+// pages of at most n (maxReferrersPage) descriptors, with a Link header to
+// the next page (?last=<digest of the last one>&n=...).
 func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, rt route) error {
 	subject, err := parseDigest(rt.ref)
 	if err != nil {
 		return err
 	}
-	descs, err := h.reg.Referrers(r.Context(), rt.name, subject)
-	if err != nil {
-		return err
-	}
-	if at := r.URL.Query().Get("artifactType"); at != "" {
-		kept := descs[:0:0]
-		for _, d := range descs {
-			if d.ArtifactType == at {
-				kept = append(kept, d)
-			}
+	q := r.URL.Query()
+	last := q.Get("last")
+	if last != "" {
+		if _, err := parseDigest(last); err != nil {
+			return err
 		}
-		descs = kept
+	}
+	n := maxReferrersPage
+	if q.Has("n") {
+		n, err = strconv.Atoi(q.Get("n"))
+		if err != nil || n < 0 {
+			return oci.Errorf(oci.Unsupported, "invalid n=%q: use a non-negative integer", truncate(q.Get("n"))).WithStatus(http.StatusBadRequest)
+		}
+		n = min(n, maxReferrersPage)
+	}
+	at := q.Get("artifactType")
+	descs := []ocispec.Descriptor{}
+	if n > 0 {
+		descs, err = h.reg.Referrers(r.Context(), rt.name, subject, at, last, n+1)
+		if err != nil {
+			return err
+		}
+	}
+	if len(descs) > n {
+		descs = descs[:n]
+		next := url.Values{"last": {descs[n-1].Digest.String()}, "n": {strconv.Itoa(n)}}
+		if at != "" {
+			next.Set("artifactType", at)
+		}
+		w.Header().Set("Link", "</v2/"+rt.name+"/referrers/"+subject.String()+"?"+next.Encode()+`>; rel="next"`)
+	}
+	if at != "" {
 		w.Header().Set("OCI-Filters-Applied", "artifactType")
 	}
 	if descs == nil {

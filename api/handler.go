@@ -105,6 +105,9 @@ func (h *Handler) serveV2Route(rt route) http.HandlerFunc {
 type handlerFunc func(http.ResponseWriter, *http.Request, route) error
 
 func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rt route) error {
+	if err := checkQuery(r); err != nil {
+		return err
+	}
 	methods := h.methods(rt.kind)
 	if methods == nil {
 		return oci.Errorf(oci.Unsupported, "no such endpoint %s: see the OCI distribution spec for the /v2/ routes", truncate(r.URL.Path)).WithStatus(http.StatusNotFound)

@@ -104,11 +104,11 @@ func (e *ForwardError) Unwrap() error {
 // concurrent use.
 func (s *Store) ApplyForwarded(ctx context.Context, cmd []byte) error {
 	c, err := decodeCommand(cmd)
-	if err == nil {
-		err = c.validate()
-	}
 	if err != nil {
 		return fmt.Errorf("consensus: forwarded write: %w: %w", ErrInvalidCommand, err)
+	}
+	if err := c.validate(); err != nil {
+		return fmt.Errorf("forwarded write: %w", err)
 	}
 	return s.apply(ctx, cmd)
 }

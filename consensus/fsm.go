@@ -2,6 +2,7 @@ package consensus
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/hashicorp/raft"
@@ -55,13 +57,15 @@ func (c command) encode() ([]byte, error) {
 	return append([]byte{byte(c.Op)}, b...), nil
 }
 
+// decodeCommand decodes an encoded command; the error wraps
+// ErrInvalidCommand. The command still has to be validated.
 func decodeCommand(b []byte) (command, error) {
 	var c command
 	if len(b) == 0 {
-		return c, errors.New("consensus: empty command")
+		return c, fmt.Errorf("consensus: %w: empty command", ErrInvalidCommand)
 	}
 	if err := json.Unmarshal(b[1:], &c); err != nil {
-		return c, fmt.Errorf("consensus: decoding command: %w", err)
+		return c, fmt.Errorf("consensus: %w: decoding command: %w", ErrInvalidCommand, err)
 	}
 	c.Op = op(b[0])
 	return c, nil
@@ -88,6 +92,12 @@ type manifestMeta struct {
 type fsm struct {
 	db  *badger.DB
 	log *slog.Logger
+	// onFatal is Config.OnFatal; fault is Config.ApplyFault (tests only).
+	onFatal func(error)
+	fault   func(index uint64) error
+	// failed holds the storage error that stopped the FSM for good (see
+	// Apply); nil while it works.
+	failed atomic.Pointer[error]
 
 	// mu keeps readers and snapshot writers out while Restore drops and
 	// reloads the database: they hold it shared, Restore exclusively.
@@ -104,46 +114,152 @@ var _ raft.FSM = (*fsm)(nil)
 //
 // The entry's effect and its index are written in one transaction, and an
 // entry whose index is not above the stored index is skipped, so replaying
-// the log after a restart (or applying an entry twice) changes nothing.
+// the log after a restart (or applying an entry twice) changes nothing. The
+// one exception is a manifest delete, whose tags go in bounded transactions
+// first (see dropTags): replayed, it removes whatever tags are left, then the
+// manifest, with the same end state.
 //
-// The response is the command's error (wrapping ErrNotFound, say) or nil. A
-// failing command leaves no trace but the applied index. A storage failure
-// panics: the state could no longer follow the log, and a restart replays it.
-func (f *fsm) Apply(l *raft.Log) any {
+// The response is the command's error or nil: ErrNotFound, or
+// ErrInvalidCommand for an entry outside the bounds of limits.go (whoever
+// proposed it). A failing command leaves no trace but the applied index.
+//
+// Apply never panics. A storage failure leaves the applied index where it
+// was and stops the FSM for good (sticky): every later entry, snapshot and
+// restore is refused with ErrStorageFailed, since the state can no longer
+// follow the log; OnFatal tells the node to stop, and a restart replays the
+// entry that failed.
+func (f *fsm) Apply(l *raft.Log) (result any) {
 	if l.Type != raft.LogCommand {
 		return nil
 	}
+	if err := f.failure(); err != nil {
+		return fmt.Errorf("consensus: entry %d not applied: %w", l.Index, err)
+	}
+	// Last resort: a panic below (a bug, or badger's) is taken as a
+	// storage failure, which stops this node cleanly instead of crashing
+	// it; the entry is applied again at restart.
+	defer func() {
+		if p := recover(); p != nil {
+			result = f.fail(l.Index, fmt.Errorf("panic: %v", p))
+		}
+	}()
 	resp, err := f.apply(l.Index, l.Data)
 	if err != nil {
-		panic(fmt.Sprintf("consensus: applying log entry %d to the FSM: %v", l.Index, err))
+		return f.fail(l.Index, err)
 	}
 	return resp
+}
+
+// failure is the storage error that stopped the FSM, nil while it works.
+func (f *fsm) failure() error {
+	if p := f.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// fail records a storage failure for good, logs it once and calls OnFatal
+// on a goroutine of its own (it may close the store, which waits for the
+// FSM goroutine this runs on).
+func (f *fsm) fail(index uint64, cause error) error {
+	err := fmt.Errorf("consensus: %w: applying raft entry %d: %w", ErrStorageFailed, index, cause)
+	if !f.failed.CompareAndSwap(nil, &err) {
+		return f.failure()
+	}
+	f.log.Error("the metadata database failed: this node applies no more writes and stops. "+
+		"Check the disk under the data directory (free space, I/O errors in the kernel log), then restart the node: "+
+		"it applies the entry again and catches up with the cluster", "index", index, "err", cause)
+	if f.onFatal != nil {
+		go f.onFatal(err)
+	}
+	return err
 }
 
 // apply returns the command's result and, separately, any storage error.
 func (f *fsm) apply(index uint64, data []byte) (resp, err error) {
 	txn := f.db.NewTransaction(true)
 	defer func() { txn.Discard() }()
-	t := tx{txn}
-	v, _, err := t.get([]byte(keyApplied))
+	v, _, err := tx{txn}.get([]byte(keyApplied))
 	if err != nil {
 		return nil, err
 	}
 	if index <= decodeUint64(v) {
 		return nil, nil // already applied: a replay
 	}
-	resp, err = t.execute(data)
-	if err != nil {
-		return nil, err
+	c, resp := decodeCommand(data)
+	if resp == nil {
+		resp = c.validate()
+	}
+	if resp == nil && c.Op == opDeleteManifest {
+		txn.Discard()
+		if err := f.dropTags(c.Repo, c.Digest); err != nil {
+			return nil, err
+		}
+		txn = f.db.NewTransaction(true)
+	}
+	if resp == nil {
+		resp, err = tx{txn}.execute(c)
+		if err == nil {
+			err = txn.Set([]byte(keyApplied), encodeUint64(index))
+		}
+		// A safety net: the bounds keep every command far inside one
+		// transaction, but should one not fit, that is decided by the
+		// same bytes on every node, so it is the command's error too.
+		if errors.Is(err, badger.ErrTxnTooBig) {
+			resp, err = fmt.Errorf("consensus: entry %d: %w: its writes do not fit in one transaction (%w)", index, ErrInvalidCommand, err), nil
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
 	if resp != nil {
 		txn.Discard()
 		txn = f.db.NewTransaction(true)
+		if err := txn.Set([]byte(keyApplied), encodeUint64(index)); err != nil {
+			return nil, err
+		}
 	}
-	if err := txn.Set([]byte(keyApplied), encodeUint64(index)); err != nil {
-		return nil, err
+	if f.fault != nil {
+		if err := f.fault(index); err != nil {
+			return nil, err
+		}
 	}
 	return resp, txn.Commit()
+}
+
+// dropTags removes the repository's tags that point at d, deleteTagBatch
+// of them per transaction, so that deleting a manifest with any number of
+// tags stays within badger's transaction limits. These transactions leave
+// the applied index alone: after a crash, the delete is applied again and
+// removes what is left. Readers may meanwhile see the manifest with some of
+// its tags gone, never a tag without its manifest.
+func (f *fsm) dropTags(repo string, d digest.Digest) error {
+	prefix := keyPrefix(prefixTagByDig, repo, string(d))
+	for {
+		n, err := f.dropTagBatch(repo, d, prefix)
+		if err != nil || n < deleteTagBatch {
+			return err
+		}
+	}
+}
+
+func (f *fsm) dropTagBatch(repo string, d digest.Digest, prefix []byte) (int, error) {
+	txn := f.db.NewTransaction(true)
+	defer txn.Discard()
+	t := tx{txn}
+	tags := t.keysAfter(prefix, "", deleteTagBatch)
+	if len(tags) == 0 {
+		return 0, nil
+	}
+	for _, tag := range tags {
+		if err := t.Delete(tagKey(repo, tag)); err != nil {
+			return 0, err
+		}
+		if err := t.Delete(tagByDigestKey(repo, d, tag)); err != nil {
+			return 0, err
+		}
+	}
+	return len(tags), txn.Commit()
 }
 
 // appliedIndex is the index of the last command entry applied (0 if none).
@@ -219,13 +335,9 @@ func (t tx) setJSON(k []byte, v any) error {
 	return t.Set(k, b)
 }
 
-// execute runs one encoded command in the transaction. A malformed or
-// unknown command is a command error (resp), like ErrNotFound.
-func (t tx) execute(data []byte) (resp, err error) {
-	c, derr := decodeCommand(data)
-	if derr != nil {
-		return derr, nil
-	}
+// execute runs one validated command in the transaction. A command that
+// cannot apply to the state (ErrNotFound) is a command error (resp).
+func (t tx) execute(c command) (resp, err error) {
 	switch c.Op {
 	case opPutManifest:
 		return nil, t.putManifest(c)
@@ -250,8 +362,9 @@ func (t tx) putManifest(c command) error {
 		return err
 	}
 	if !present {
+		annotations := boundedAnnotations(c.Annotations)
 		meta := manifestMeta{MediaType: c.MediaType, Subject: c.Subject, ArtifactType: c.ArtifactType,
-			Annotations: c.Annotations, Size: int64(len(c.Body))}
+			Annotations: annotations, Size: int64(len(c.Body))}
 		if err := t.setJSON(mk, meta); err != nil {
 			return err
 		}
@@ -260,7 +373,7 @@ func (t tx) putManifest(c command) error {
 		}
 		if c.Subject != "" {
 			desc := ocispec.Descriptor{MediaType: c.MediaType, Digest: c.Digest, Size: meta.Size,
-				ArtifactType: c.ArtifactType, Annotations: c.Annotations}
+				ArtifactType: c.ArtifactType, Annotations: annotations}
 			if err := t.setJSON(referrerKey(c.Repo, c.Subject, c.Digest), desc); err != nil {
 				return err
 			}
@@ -412,7 +525,13 @@ func (t tx) forgetRepoIfEmpty(repo string) error {
 
 // Snapshot opens a read-only transaction (a consistent view of the state as
 // of the last applied entry) and returns at once; Persist does the I/O.
+//
+// A failed FSM refuses: its state may lack an entry raft counts as applied,
+// and a snapshot would make that loss permanent.
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	if err := f.failure(); err != nil {
+		return nil, fmt.Errorf("consensus: no snapshot: %w", err)
+	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return &fsmSnapshot{f: f, gen: f.gen, txn: f.db.NewTransaction(false)}, nil
@@ -425,6 +544,8 @@ const (
 	snapshotMagic    = "meshreg-fsm-snapshot-v1\n"
 	maxSnapshotKey   = 1 << 16
 	maxSnapshotValue = 1 << 30
+	// snapshotDirectRead is the largest length read with one allocation.
+	snapshotDirectRead = 1 << 20
 )
 
 // fsmSnapshot streams the view it holds. Persist runs on raft's snapshot
@@ -487,6 +608,9 @@ func (s *fsmSnapshot) Release() { s.once.Do(s.txn.Discard) }
 // stream is loaded in batches, never whole into memory.
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
+	if err := f.failure(); err != nil {
+		return fmt.Errorf("consensus: no restore: %w", err)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.gen++
@@ -524,9 +648,21 @@ func readSnapshot(r *bufio.Reader, set func(k, v []byte) error) (n int, err erro
 		if l > limit {
 			return nil, fmt.Errorf("length %d above limit %d: corrupt snapshot", l, limit)
 		}
-		b := make([]byte, l)
-		_, err = io.ReadFull(r, b)
-		return b, unexpectedEOF(err)
+		if l <= snapshotDirectRead {
+			b := make([]byte, l)
+			_, err = io.ReadFull(r, b)
+			return b, unexpectedEOF(err)
+		}
+		// A large length is only a claim: read it in growing steps, so
+		// that a stream which stops short costs what it sent, not what it
+		// claimed.
+		var buf bytes.Buffer
+		buf.Grow(snapshotDirectRead)
+		n, err := io.CopyN(&buf, r, int64(l))
+		if err == nil && uint64(n) != l {
+			err = io.ErrUnexpectedEOF
+		}
+		return buf.Bytes(), unexpectedEOF(err)
 	}
 	for {
 		k, err := readBytes(maxSnapshotKey)

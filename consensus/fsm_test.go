@@ -28,7 +28,11 @@ func applyCmd(t testing.TB, f *fsm, index uint64, c command) error {
 }
 
 func putCmd(m ManifestRecord, tag string) command {
-	return command{Op: opPutManifest, Repo: m.Repo, Digest: m.Digest, Tag: tag, MediaType: m.MediaType,
+	var tags []string
+	if tag != "" {
+		tags = []string{tag}
+	}
+	return command{Op: opPutManifest, Repo: m.Repo, Digest: m.Digest, Tags: tags, MediaType: m.MediaType,
 		ArtifactType: m.ArtifactType, Subject: m.Subject, Annotations: m.Annotations, Body: m.Body}
 }
 

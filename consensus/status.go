@@ -18,6 +18,9 @@ type Status struct {
 	// leader itself).
 	LastContact time.Time `json:"last_contact,omitzero"`
 	Members     []Member  `json:"members"`
+	// StorageError is the failure that stopped the FSM (see
+	// ErrStorageFailed), "" while it works.
+	StorageError string `json:"storage_error,omitempty"`
 }
 
 // Member is a server in the Raft configuration.
@@ -46,15 +49,18 @@ func (s *Store) Status() Status {
 	if members, err := s.Members(); err == nil {
 		st.Members = members
 	}
+	if err := s.fsm.failure(); err != nil {
+		st.StorageError = err.Error()
+	}
 	return st
 }
 
-// Ready reports whether the store is open and Raft has a leader, i.e.
-// whether writes can be committed.
+// Ready reports whether the store is open, its FSM works and Raft has a
+// leader, i.e. whether writes can be committed and applied.
 func (s *Store) Ready() bool {
 	s.mu.RLock()
 	closed := s.closed
 	s.mu.RUnlock()
 	_, id := s.raft.LeaderWithID()
-	return !closed && id != ""
+	return !closed && id != "" && s.fsm.failure() == nil
 }

@@ -34,9 +34,13 @@ var (
 	ErrNotLeader = errors.New("not the raft leader")
 	// ErrClosed: the store is closed.
 	ErrClosed = errors.New("metadata store closed")
-	// ErrInvalidCommand: ApplyForwarded was given bytes that are not a valid
-	// write.
+	// ErrInvalidCommand: a write is outside the bounds of limits.go, or
+	// bytes given to ApplyForwarded or found in the log are not a valid
+	// write. The FSM refuses such an entry the same way on every node.
 	ErrInvalidCommand = errors.New("invalid command")
+	// ErrStorageFailed: the FSM could not write to its database (disk I/O,
+	// no space): it applies nothing more until the node restarts.
+	ErrStorageFailed = errors.New("metadata storage failed")
 )
 
 // ManifestRecord is a manifest as a repository holds it.
@@ -92,6 +96,19 @@ type Config struct {
 	// (see Forwarder). Without one, a follower's writes fail with
 	// ErrNotLeader.
 	Forwarder Forwarder
+
+	// OnFatal, if set, is called once when the FSM's storage fails (see
+	// ErrStorageFailed): the node can no longer follow the log and must
+	// stop; a restart replays the entry that failed. It runs on a goroutine
+	// of its own, so it may call Close. Without it the store only logs and
+	// refuses every further write.
+	OnFatal func(error)
+
+	// ApplyFault, when set, is called before the FSM commits each entry;
+	// an error it returns is taken as a storage failure (see
+	// ErrStorageFailed). Tests use it to play a broken disk; it is nil in
+	// production.
+	ApplyFault func(index uint64) error
 
 	// tune, set by tests only, adjusts the Raft configuration.
 	tune func(*raft.Config)
@@ -259,12 +276,8 @@ func Open(cfg Config) (s *Store, err error) {
 			return nil, err
 		}
 	}
-	f := &fsm{db: fsmDB, log: log}
-	cached, err := raft.NewLogCache(512, logs)
-	if err != nil {
-		return nil, fmt.Errorf("consensus: %w", err)
-	}
-	r, err := raft.NewRaft(rc, f, cached, stable, snaps, trans)
+	f := &fsm{db: fsmDB, log: log, onFatal: cfg.OnFatal, fault: cfg.ApplyFault}
+	r, err := raft.NewRaft(rc, f, newLogCache(logs), stable, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("consensus: starting raft: %w", err)
 	}
@@ -381,12 +394,29 @@ func (s *Store) Close() error {
 
 // --- writes ---
 
-// PutManifest adds the manifest to m.Repo (a no-op if it is there) and, if
-// tag is not empty, points the tag at it (last writer wins).
+// PutManifest adds the manifest to m.Repo (a no-op if it is there) and
+// points each tag at it (last writer wins). The write must stay within the
+// bounds of limits.go (at most MaxTagsPerWrite tags, a body of at most
+// MaxManifestBytes, a manifest media type, ...), else the error wraps
+// ErrInvalidCommand and names the limit. Annotations beyond MaxAnnotations
+// or MaxAnnotationBytes are not kept in the record and the referrers index
+// (the body still has them).
 func (s *Store) PutManifest(ctx context.Context, m ManifestRecord, tags ...string) error {
-	return s.write(ctx, command{Op: opPutManifest, Repo: m.Repo, Digest: m.Digest, Tags: tags,
+	return s.write(ctx, putCommand(m, tags))
+}
+
+// CheckPutManifest reports, without writing, whether PutManifest(m,
+// tags...) is within the bounds of limits.go: the error wraps
+// ErrInvalidCommand and names the limit. Callers check before the work a
+// write depends on (replicating blobs, say).
+func (s *Store) CheckPutManifest(m ManifestRecord, tags ...string) error {
+	return putCommand(m, tags).validate()
+}
+
+func putCommand(m ManifestRecord, tags []string) command {
+	return command{Op: opPutManifest, Repo: m.Repo, Digest: m.Digest, Tags: tags,
 		MediaType: m.MediaType, ArtifactType: m.ArtifactType, Subject: m.Subject,
-		Annotations: m.Annotations, Body: m.Body})
+		Annotations: boundedAnnotations(m.Annotations), Body: m.Body}
 }
 
 // DeleteManifest removes the manifest from the repository, with every tag in
@@ -410,55 +440,6 @@ func (s *Store) LinkBlob(ctx context.Context, repo string, d digest.Digest, size
 // linked.
 func (s *Store) UnlinkBlob(ctx context.Context, repo string, d digest.Digest) error {
 	return s.write(ctx, command{Op: opUnlinkBlob, Repo: repo, Digest: d})
-}
-
-// validate checks a write before it is committed: on the node it is made
-// on, and again on the leader when it was forwarded.
-func (c command) validate() error {
-	switch c.Op {
-	case opPutManifest:
-		switch {
-		case !validName(c.Repo):
-			return fmt.Errorf("consensus: invalid repository name %q", c.Repo)
-		case c.Subject != "" && c.Subject.Validate() != nil:
-			return fmt.Errorf("consensus: invalid subject: %w", c.Subject.Validate())
-		}
-		for _, tag := range c.Tags {
-			if !validName(tag) {
-				return fmt.Errorf("consensus: invalid tag %q", tag)
-			}
-		}
-		if err := c.Digest.Validate(); err != nil {
-			return fmt.Errorf("consensus: invalid manifest digest: %w", err)
-		}
-		if c.Digest.Algorithm().FromBytes(c.Body) != c.Digest {
-			return fmt.Errorf("consensus: manifest body does not match digest %s", c.Digest)
-		}
-	case opDeleteTag:
-		if !validName(c.Repo) || !validName(c.Tag) {
-			return fmt.Errorf("consensus: invalid repository %q or tag %q", c.Repo, c.Tag)
-		}
-	case opLinkBlob:
-		if c.Size < 0 {
-			return fmt.Errorf("consensus: negative blob size %d", c.Size)
-		}
-		return checkRepoDigest(c.Repo, c.Digest)
-	case opDeleteManifest, opUnlinkBlob:
-		return checkRepoDigest(c.Repo, c.Digest)
-	default:
-		return fmt.Errorf("consensus: unknown command %d", c.Op)
-	}
-	return nil
-}
-
-func checkRepoDigest(repo string, d digest.Digest) error {
-	if !validName(repo) {
-		return fmt.Errorf("consensus: invalid repository name %q", repo)
-	}
-	if err := d.Validate(); err != nil {
-		return fmt.Errorf("consensus: invalid digest: %w", err)
-	}
-	return nil
 }
 
 // write validates the command and commits it: through Raft on the leader,
@@ -663,21 +644,34 @@ func (s *Store) BlobLink(repo string, d digest.Digest) (int64, error) {
 }
 
 // Referrers returns the descriptors of the repository's manifests whose
-// subject is subject, sorted by digest; an empty slice when there are none.
-func (s *Store) Referrers(repo string, subject digest.Digest) ([]ocispec.Descriptor, error) {
+// subject is subject, sorted by digest: only those of artifactType when it
+// is not "", strictly after the digest last when it is not "", at most n of
+// them (all when n < 0). The result is never nil. Each descriptor is
+// bounded (annotations: MaxAnnotationBytes), so a page of n is too.
+func (s *Store) Referrers(repo string, subject digest.Digest, artifactType, last string, n int) ([]ocispec.Descriptor, error) {
 	descs := []ocispec.Descriptor{}
-	if !validName(repo) || !validName(string(subject)) {
+	if !validName(repo) || !validName(string(subject)) || n == 0 {
 		return descs, nil
 	}
 	err := s.view(func(t tx) error {
-		it := t.NewIterator(badger.IteratorOptions{Prefix: keyPrefix(prefixReferrer, repo, string(subject))})
+		prefix := keyPrefix(prefixReferrer, repo, string(subject))
+		it := t.NewIterator(badger.IteratorOptions{Prefix: prefix})
 		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
+		for it.Seek(append(append([]byte{}, prefix...), last...)); it.Valid(); it.Next() {
+			if last != "" && string(it.Item().Key()[len(prefix):]) <= last {
+				continue
+			}
 			var d ocispec.Descriptor
 			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &d) }); err != nil {
 				return fmt.Errorf("consensus: decoding referrer %q: %w", it.Item().Key(), err)
 			}
+			if artifactType != "" && d.ArtifactType != artifactType {
+				continue
+			}
 			descs = append(descs, d)
+			if len(descs) == n {
+				break
+			}
 		}
 		return nil
 	})

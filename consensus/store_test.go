@@ -193,7 +193,7 @@ func TestReferrers(t *testing.T) {
 	s := openStore(t, testConfig(t, t.TempDir()))
 	subject := manifest("repo", "subject", "")
 	mustPut(t, s, subject, "v1")
-	if got, err := s.Referrers("repo", subject.Digest); err != nil || got == nil || len(got) != 0 {
+	if got, err := s.Referrers("repo", subject.Digest, "", "", -1); err != nil || got == nil || len(got) != 0 {
 		t.Fatalf("Referrers before any = %#v, %v; want an empty slice", got, err)
 	}
 	// Referrers may arrive before their subject, and in any order.
@@ -209,17 +209,17 @@ func TestReferrers(t *testing.T) {
 	}
 	want := []ocispec.Descriptor{desc(sig), desc(sbom)}
 	slices.SortFunc(want, func(a, b ocispec.Descriptor) int { return compare(a.Digest, b.Digest) })
-	if got, err := s.Referrers("repo", subject.Digest); err != nil || !reflect.DeepEqual(got, want) {
+	if got, err := s.Referrers("repo", subject.Digest, "", "", -1); err != nil || !reflect.DeepEqual(got, want) {
 		t.Fatalf("Referrers = %+v, %v;\nwant %+v", got, err, want)
 	}
 
 	if err := s.DeleteManifest(ctx, "repo", sig.Digest); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := s.Referrers("repo", subject.Digest); !reflect.DeepEqual(got, []ocispec.Descriptor{desc(sbom)}) {
+	if got, _ := s.Referrers("repo", subject.Digest, "", "", -1); !reflect.DeepEqual(got, []ocispec.Descriptor{desc(sbom)}) {
 		t.Errorf("Referrers after deleting one = %+v", got)
 	}
-	if got, _ := s.Referrers("elsewhere", subject.Digest); len(got) != 1 {
+	if got, _ := s.Referrers("elsewhere", subject.Digest, "", "", -1); len(got) != 1 {
 		t.Errorf("a delete in repo touched the referrers of another repository: %+v", got)
 	}
 }

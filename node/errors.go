@@ -35,6 +35,12 @@ func metaError(err error, notFound oci.Code, msg string) error {
 		return nil
 	case errors.Is(err, consensus.ErrNotFound):
 		return oci.Wrap(notFound, err, msg)
+	case errors.Is(err, consensus.ErrInvalidCommand):
+		// A bound of the metadata store (too many tags, a media type it
+		// does not store, ...): the message names it.
+		return oci.Wrap(oci.ManifestInvalid, err, "the registry refuses this write: "+err.Error())
+	case errors.Is(err, consensus.ErrStorageFailed):
+		return oci.Wrap(oci.Unavailable, err, "this node's metadata database failed and the node is stopping: retry on another node ("+err.Error()+")")
 	case errors.Is(err, consensus.ErrNotLeader), errors.Is(err, consensus.ErrClosed):
 		return oci.Wrap(oci.Unavailable, err, "the registry cannot commit writes right now (no Raft leader): retry shortly")
 	}

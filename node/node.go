@@ -181,6 +181,9 @@ type Node struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	bg     sync.WaitGroup
+	// fatal receives the metadata store's storage failure (OnFatal); Run
+	// returns it.
+	fatal chan error
 
 	fetchMu         sync.Mutex
 	fetches         map[digest.Digest]*fetch          // in progress
@@ -235,6 +238,10 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 	// A joiner waits to be added; a restarted joiner has Raft state and
 	// would not bootstrap anyway.
 	cc.NoBootstrap = len(cfg.Join) > 0 || cfg.BootstrapExpect > 1
+	// The metadata store calls OnFatal once, when its database fails: Run
+	// then returns the error and the process stops (see serve).
+	fatal := make(chan error, 1)
+	cc.OnFatal = func(err error) { fatal <- err }
 	meta, err := consensus.Open(cc)
 	if err != nil {
 		return nil, fmt.Errorf("node: opening metadata in %s: %w", cc.Dir, err)
@@ -256,6 +263,7 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 	host.HandleRequests(replicateProtocol, maxControlLen, replicateTimeout, n.serveReplicate)
 	host.HandleRequests(vouchProtocol, maxControlLen, rpcTimeout, n.serveVouch)
 	host.ServeBlobs(cfg.PeerIdleTimeout, n.serveBlob)
+	n.fatal = fatal
 	return n, nil
 }
 
@@ -286,6 +294,7 @@ func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Ho
 // Run runs the node's background loops until ctx ends: joining the
 // cluster, promoting non-voters (on the leader), expiring idle uploads.
 func (n *Node) Run(ctx context.Context) error {
+	ctx, stop := context.WithCancel(ctx) // a storage failure (n.fatal) ends the loops too
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Add(7)
@@ -309,7 +318,11 @@ func (n *Node) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			stop()
 			return nil
+		case err := <-n.fatal:
+			stop()
+			return fmt.Errorf("node: stopping: %w", err)
 		case <-t.C:
 			n.expireUploads()
 		}

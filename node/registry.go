@@ -71,6 +71,24 @@ func (n *Node) PutManifest(ctx context.Context, repo, reference, contentType str
 	if err != nil {
 		return "", "", err
 	}
+	rec := consensus.ManifestRecord{
+		Repo:         repo,
+		Digest:       d,
+		MediaType:    p.mediaType,
+		Body:         body,
+		ArtifactType: p.artifactType,
+		Annotations:  p.annotations,
+	}
+	if p.subject != nil {
+		rec.Subject = p.subject.Digest
+	}
+	if !isDigest(reference) {
+		tags = append([]string{reference}, tags...)
+	}
+	// The metadata store's bounds (tags per write, ...), before any work.
+	if err := n.meta.CheckPutManifest(rec, tags...); err != nil {
+		return "", "", metaError(err, oci.ManifestInvalid, "")
+	}
 	if err := n.checkReferences(repo, p); err != nil {
 		// This node's state may lag the leader's: the blobs may have been
 		// pushed through another node a moment ago. Catch up, then check
@@ -88,20 +106,6 @@ func (n *Node) PutManifest(ctx context.Context, repo, reference, contentType str
 	}
 	if err := n.ensureReplicas(ctx, refs); err != nil {
 		return "", "", err
-	}
-	rec := consensus.ManifestRecord{
-		Repo:         repo,
-		Digest:       d,
-		MediaType:    p.mediaType,
-		Body:         body,
-		ArtifactType: p.artifactType,
-		Annotations:  p.annotations,
-	}
-	if p.subject != nil {
-		rec.Subject = p.subject.Digest
-	}
-	if !isDigest(reference) {
-		tags = append([]string{reference}, tags...)
 	}
 	if err := n.meta.PutManifest(ctx, rec, tags...); err != nil {
 		return "", "", metaError(n.disk.mapError(err), oci.ManifestUnknown, "storing manifest "+d.String())
@@ -158,8 +162,8 @@ func (n *Node) Repositories(ctx context.Context, last string, limit int) ([]stri
 	return repos, metaError(err, oci.NameUnknown, "listing repositories")
 }
 
-func (n *Node) Referrers(ctx context.Context, repo string, subject digest.Digest) ([]ocispec.Descriptor, error) {
-	descs, err := n.meta.Referrers(repo, subject)
+func (n *Node) Referrers(ctx context.Context, repo string, subject digest.Digest, artifactType, last string, limit int) ([]ocispec.Descriptor, error) {
+	descs, err := n.meta.Referrers(repo, subject, artifactType, last, limit)
 	if errors.Is(err, consensus.ErrNotFound) {
 		return []ocispec.Descriptor{}, nil
 	}

@@ -298,6 +298,9 @@ func serve(ctx context.Context, cfg serveConfig) (err error) {
 	select {
 	case err = <-serveDone:
 		err = fmt.Errorf("HTTP server stopped: %w", err)
+	case err = <-runDone: // the node stopped itself: its metadata store failed
+		runDone <- nil
+		_ = srv.Close()
 	case <-ctx.Done():
 		log.Info("shutting down: finishing in-flight requests", "timeout", cfg.ShutdownTimeout)
 		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
