@@ -53,6 +53,8 @@ type Store struct {
 
 	uploadsMu sync.Mutex
 	sessions  map[string]*Upload
+	owners    map[string]int // open sessions per owner (upload.go)
+	limits    UploadLimits
 }
 
 // Open opens (creating if needed) the store under root. It removes every
