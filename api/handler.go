@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/meshreg/meshreg/api/oci"
@@ -22,6 +24,10 @@ type Config struct {
 	// BodyIdleTimeout closes a request whose body sends nothing for this
 	// long, so a stalled client cannot hold an upload open forever.
 	BodyIdleTimeout time.Duration
+	// ClientIdleTimeout closes a connection whose client reads nothing of
+	// the response for this long (renewed as bytes flow, so a big blob on
+	// a slow link still works).
+	ClientIdleTimeout time.Duration
 	// MaxListPage bounds the n of tag and catalog listings.
 	MaxListPage int
 }
@@ -29,21 +35,34 @@ type Config struct {
 // DefaultConfig returns the limits a registry operator would expect.
 func DefaultConfig() Config {
 	return Config{
-		MaxManifestSize: 4 << 20,
-		BodyIdleTimeout: 60 * time.Second,
-		MaxListPage:     10000,
+		MaxManifestSize:   4 << 20,
+		BodyIdleTimeout:   60 * time.Second,
+		ClientIdleTimeout: 60 * time.Second,
+		MaxListPage:       10000,
 	}
 }
 
-// Validate reports the first limit that makes no sense.
+// Ranges of the limits that Validate accepts.
+const (
+	MinMaxManifestSize = 1 << 10
+	MaxMaxManifestSize = 64 << 20
+	MinIdleTimeout     = 10 * time.Millisecond
+	MaxIdleTimeout     = time.Hour
+	MaxMaxListPage     = 1 << 20
+)
+
+// Validate reports the first limit that makes no sense, naming the flag
+// that sets it and the range it accepts.
 func (c Config) Validate() error {
 	switch {
-	case c.MaxManifestSize <= 0:
-		return fmt.Errorf("api: max manifest size must be positive, got %d", c.MaxManifestSize)
-	case c.BodyIdleTimeout <= 0:
-		return fmt.Errorf("api: body idle timeout must be positive, got %s", c.BodyIdleTimeout)
-	case c.MaxListPage <= 0:
-		return fmt.Errorf("api: max list page must be positive, got %d", c.MaxListPage)
+	case c.MaxManifestSize < MinMaxManifestSize || c.MaxManifestSize > MaxMaxManifestSize:
+		return fmt.Errorf("api: --max-manifest-size %d is out of range: use %d to %d bytes", c.MaxManifestSize, MinMaxManifestSize, MaxMaxManifestSize)
+	case c.BodyIdleTimeout < MinIdleTimeout || c.BodyIdleTimeout > MaxIdleTimeout:
+		return fmt.Errorf("api: --body-idle-timeout %s is out of range: use %s to %s", c.BodyIdleTimeout, MinIdleTimeout, MaxIdleTimeout)
+	case c.ClientIdleTimeout < MinIdleTimeout || c.ClientIdleTimeout > MaxIdleTimeout:
+		return fmt.Errorf("api: --client-idle-timeout %s is out of range: use %s to %s", c.ClientIdleTimeout, MinIdleTimeout, MaxIdleTimeout)
+	case c.MaxListPage <= 0 || c.MaxListPage > MaxMaxListPage:
+		return fmt.Errorf("api: max list page %d is out of range: use 1 to %d", c.MaxListPage, MaxMaxListPage)
 	}
 	return nil
 }
@@ -76,6 +95,9 @@ func New(cfg Config, reg Registry, node Node, metrics *Metrics, log *slog.Logger
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	iw := newIdleWriter(w, h.cfg.ClientIdleTimeout)
+	defer iw.renew() // the server flushes the response after we return
+	w, r = iw, r.WithContext(WithClient(r.Context(), remoteClient(r)))
 	rt := parseRoute(r.URL.Path)
 	if rt.kind == routeUnknown && !isV2(r.URL.Path) {
 		h.mux.ServeHTTP(w, r)
@@ -118,7 +140,8 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rt route) err
 		fn, ok = methods[http.MethodGet]
 	}
 	if !ok {
-		return oci.Errorf(oci.Unsupported, "method %s is not supported on %s", r.Method, rt.kind)
+		w.Header().Set("Allow", allowed(methods))
+		return oci.Errorf(oci.Unsupported, "method %.20q is not supported on %s: use %s", r.Method, rt.kind, allowed(methods))
 	}
 	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.URL.Query().Get("consistent") == "1" {
 		if b, ok := h.reg.(Barrier); ok {
@@ -150,6 +173,19 @@ func (h *Handler) methods(k routeKind) map[string]handlerFunc {
 		return map[string]handlerFunc{http.MethodGet: h.referrers}
 	}
 	return nil
+}
+
+// allowed lists the methods of a route for the Allow header.
+func allowed(methods map[string]handlerFunc) string {
+	var out []string
+	for m := range methods {
+		out = append(out, m)
+	}
+	if methods[http.MethodGet] != nil {
+		out = append(out, http.MethodHead)
+	}
+	slices.Sort(out)
+	return strings.Join(out, ", ")
 }
 
 func (h *Handler) base(w http.ResponseWriter, r *http.Request, _ route) error {

@@ -55,6 +55,10 @@ type Config struct {
 	// UploadIdleTimeout expires upload sessions that received nothing for
 	// this long.
 	UploadIdleTimeout time.Duration
+	// MaxUploads bounds the upload sessions open on this node, and
+	// MaxUploadsPerClient those one client (its IP address) has open; a
+	// start past either gets 429 TOOMANYREQUESTS.
+	MaxUploads, MaxUploadsPerClient int
 	// Version is reported in the status document.
 	Version string
 	// Consensus tunes the metadata store; Dir and NodeID are filled in.
@@ -95,32 +99,21 @@ func DefaultConfig() Config {
 		RepairInterval:    time.Minute,
 		ReprovideInterval: 12 * time.Hour,
 		PeerIdleTimeout:   30 * time.Second,
+
+		MaxUploads:          1000,
+		MaxUploadsPerClient: 100,
 	}
 }
 
-// Validate reports the first setting that cannot work.
+// Validate reports the settings that cannot work.
 func (c Config) Validate() error {
 	switch {
 	case c.DataDir == "":
 		return errors.New("node: data dir is empty: pass --data-dir")
 	case c.BootstrapExpect > 1 && len(c.Join) == 0:
 		return errors.New("node: --bootstrap-expect needs --join to name the other nodes")
-	case c.Voters < 1:
-		return fmt.Errorf("node: voters must be at least 1, got %d", c.Voters)
-	case c.DeadServerTimeout <= 0:
-		return fmt.Errorf("node: dead server timeout must be positive, got %s", c.DeadServerTimeout)
-	case c.UploadIdleTimeout <= 0:
-		return fmt.Errorf("node: upload idle timeout must be positive, got %s", c.UploadIdleTimeout)
-	case c.Replicas < 1:
-		return fmt.Errorf("node: replicas must be at least 1, got %d", c.Replicas)
-	case c.RepairInterval <= 0:
-		return fmt.Errorf("node: repair interval must be positive, got %s", c.RepairInterval)
-	case c.PeerIdleTimeout <= 0:
-		return fmt.Errorf("node: peer idle timeout must be positive, got %s", c.PeerIdleTimeout)
-	case c.ReprovideInterval <= 0:
-		return fmt.Errorf("node: reprovide interval must be positive, got %s", c.ReprovideInterval)
 	}
-	return nil
+	return c.checkRanges() // limits.go
 }
 
 // Node is one registry node. Its methods are safe for concurrent use.
@@ -226,6 +219,7 @@ func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Ho
 		uploads: map[string]string{}, seen: map[string]string{}, lastContact: map[string]time.Time{},
 	}
 	n.underReplicated.Store(-1) // no sweep yet
+	blobs.SetUploadLimits(blobstore.UploadLimits{PerStore: cfg.MaxUploads, PerOwner: cfg.MaxUploadsPerClient})
 	return n
 }
 
@@ -247,7 +241,7 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 	}()
 	go func() { defer wg.Done(); n.membershipLoop(ctx) }()
-	every := min(n.cfg.UploadIdleTimeout/4, time.Minute)
+	every := max(min(n.cfg.UploadIdleTimeout/4, time.Minute), time.Millisecond)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
