@@ -3,6 +3,7 @@ package testnet_test
 import (
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -82,8 +83,18 @@ func TestConformance(t *testing.T) {
 	if res.Tests.Passed == 0 {
 		t.Errorf("no conformance test passed")
 	}
-	if res.Tests.Bad() > 0 || res.Program.Bad() > 0 {
-		t.Errorf("conformance: %s; every test must pass and none may be skipped", res.Summary())
+	// Anonymous cross-repository mount (no from=) is off by design: it
+	// would let anyone link any blob the node holds into any repository.
+	// The suite is told so (OCI_API_BLOBS_MOUNT_ANONYMOUS=false) and skips
+	// exactly those tests; nothing else may be skipped.
+	byDesign := 0
+	for _, c := range res.NotPassed {
+		if c.Status == "skipped" && strings.HasSuffix(c.Name, "/blob-mount-anonymous") {
+			byDesign++
+		}
+	}
+	if res.Tests.Bad()-byDesign > 0 || res.Program.Bad()-byDesign > 0 {
+		t.Errorf("conformance: %s (%d skipped by design: anonymous mount); every other test must pass and none may be skipped", res.Summary(), byDesign)
 	} else if res.ExitErr != nil {
 		t.Errorf("conformance program: %v, though every test passed", res.ExitErr)
 	}
