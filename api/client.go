@@ -6,6 +6,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"os"
 	"time"
 )
 
@@ -97,13 +98,23 @@ func (w *idleWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// ReadFrom copies r in pieces of idleChunk, renewing the deadline before
-// each. A piece of a file stays a *io.LimitedReader over the *os.File, so
-// the connection still sends it with sendfile.
+// ReadFrom copies r to the response, renewing the deadline as bytes go.
+// A file (or a *io.LimitedReader over one, as http.ServeContent makes) is
+// sent in pieces of idleChunk, each still a *io.LimitedReader over the
+// *os.File, so the connection sends it with sendfile. Anything else (bytes
+// arriving from a peer) goes through Write, so the deadline is renewed
+// when bytes arrive, not when a piece was asked for: a slow source does not
+// count against the client.
 func (w *idleWriter) ReadFrom(r io.Reader) (int64, error) {
 	src, remaining := r, int64(-1) // -1: until EOF
-	if lr, ok := r.(*io.LimitedReader); ok {
+	lr, limited := r.(*io.LimitedReader)
+	if limited {
 		src, remaining = lr.R, lr.N
+	}
+	if _, ok := src.(*os.File); !ok {
+		return io.Copy(writerOnly{w}, r)
+	}
+	if limited {
 		defer func() { lr.N = remaining }()
 	}
 	var total int64
@@ -127,6 +138,9 @@ func (w *idleWriter) ReadFrom(r io.Reader) (int64, error) {
 	}
 	return total, nil
 }
+
+// writerOnly hides every method but Write, so io.Copy uses Write.
+type writerOnly struct{ io.Writer }
 
 func (w *idleWriter) FlushError() error {
 	w.renew()
