@@ -401,6 +401,8 @@ func (n *Node) RegisterMetrics(reg prometheus.Registerer) {
 			func() float64 { return float64(n.routing.RoutingTableSize()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_blobs_under_replicated", Help: "Blobs held here with fewer live copies than min(replicas, live nodes) at the last repair sweep (-1: none yet)."},
 			func() float64 { return float64(n.underReplicated.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_upload_sessions_open", Help: "Upload sessions open on this node (at most --max-uploads; starts past it get 429)."},
+			func() float64 { return float64(n.blobs.OpenUploads()) }),
 	)
 	reg.MustRegister(n.metrics.collectors()...)
 }

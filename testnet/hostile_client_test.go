@@ -177,6 +177,9 @@ func TestHostileUploadFlood(t *testing.T) {
 	if fdsAfter-fdsBefore > 150 {
 		t.Errorf("the node holds %d more descriptors after the flood; want them bounded (no descriptor per idle session)", fdsAfter-fdsBefore)
 	}
+	if open, err := n.Metric(t.Context(), "meshreg_upload_sessions_open"); err != nil || open > 250 {
+		t.Errorf("meshreg_upload_sessions_open = %v (%v); want at most --max-uploads (250)", open, err)
+	}
 	if files, _ := testnet.LeftoverUploads(n.DataDir()); len(files) > 250 {
 		t.Errorf("%d upload files on disk; want at most --max-uploads (250)", len(files))
 	}
