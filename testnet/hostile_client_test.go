@@ -354,6 +354,26 @@ func TestHostileFlagValues(t *testing.T) {
 		"voters":                 {"0", "100"},
 		"replicas":               {"0", "100000"},
 	}
+	// Not only --check: serve itself refuses at start (3ns made the expiry
+	// ticker panic once the node ran).
+	t.Run("serve upload-idle-timeout=3ns", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+		defer cancel()
+		addr, err := testnet.FreeAddr()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.CommandContext(ctx, bin, "serve", "--data-dir", t.TempDir(), "--listen", addr,
+			"--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--upload-idle-timeout=3ns")
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+		out, err := cmd.CombinedOutput()
+		if err == nil || ctx.Err() != nil {
+			t.Fatalf("serve --upload-idle-timeout=3ns did not stop at start (err %v):\n%s", err, out)
+		}
+		if strings.Contains(string(out), "panic") || !strings.Contains(string(out), "--upload-idle-timeout") {
+			t.Fatalf("serve --upload-idle-timeout=3ns: want a message naming the flag, got:\n%s", out)
+		}
+	})
 	for flag, values := range cases {
 		for _, v := range values {
 			t.Run(flag+"="+v, func(t *testing.T) {
