@@ -6,6 +6,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"time"
 )
@@ -28,13 +29,23 @@ func ClientFromContext(ctx context.Context) string {
 }
 
 // remoteClient is the identity of r's client: the IP of its connection.
-// A port is left out, so one host's many connections count as one client.
+// A port is left out, so one host's many connections count as one client,
+// and an IPv6 address counts by its /64, the block one host is usually
+// given (it could otherwise take a new address for every request).
 func remoteClient(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
-		return r.RemoteAddr
+		host = r.RemoteAddr
 	}
-	return host
+	addr, err := netip.ParseAddr(host)
+	if err != nil {
+		return host
+	}
+	addr = addr.Unmap().WithZone("")
+	if addr.Is6() {
+		return netip.PrefixFrom(addr, 64).Masked().String()
+	}
+	return addr.String()
 }
 
 // methodLabel bounds the method label of the HTTP metrics: a client

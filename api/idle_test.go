@@ -67,3 +67,20 @@ func TestMethodLabel(t *testing.T) {
 		}
 	}
 }
+
+func TestRemoteClient(t *testing.T) {
+	t.Parallel()
+	for remote, want := range map[string]string{
+		"192.0.2.7:5555":                       "192.0.2.7",
+		"[::ffff:192.0.2.7]:5555":              "192.0.2.7",
+		"[2001:db8:1:2:aaaa:bbbb:cccc:dddd]:1": "2001:db8:1:2::/64",
+		"[2001:db8:1:2::1%eth0]:1":             "2001:db8:1:2::/64",
+		"[::1]:80":                             "::/64",
+		"not an address":                       "not an address",
+	} {
+		r := &http.Request{RemoteAddr: remote}
+		if got := remoteClient(r); got != want {
+			t.Errorf("remoteClient(%q) = %q; want %q", remote, got, want)
+		}
+	}
+}
