@@ -267,6 +267,38 @@ func TestHostileStalledReaders(t *testing.T) {
 	}
 }
 
+// TestHostileSlowHeaders: 50 clients open a request and never finish its
+// header (slowloris). The header must arrive within the client idle
+// timeout (at most 30 s): with --client-idle-timeout 2s their connections
+// are closed within seconds.
+func TestHostileSlowHeaders(t *testing.T) {
+	testnet.RequireProcess(t)
+	n := testnet.StartNode(t, testnet.Options{Env: []string{"MESHREG_CLIENT_IDLE_TIMEOUT=2s"}})
+	fdsBefore := fdCount(t, n.PID())
+	for range 50 {
+		conn, err := net.Dial("tcp", n.Host())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if _, err := fmt.Fprintf(conn, "GET /v2/ HTTP/1.1\r\nHost: %s\r\nX-Slow: ", n.Host()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	for held := 0; ; time.Sleep(100 * time.Millisecond) {
+		now := fdCount(t, n.PID()) - fdsBefore
+		held = max(held, now)
+		if now <= 5 && held >= 45 {
+			t.Logf("the node held %d connections with unfinished headers and closed them %s later", held, time.Since(start).Round(time.Millisecond))
+			return
+		}
+		if time.Since(start) > 15*time.Second {
+			t.Fatalf("the node still holds %d more descriptors 15 s after 50 clients began headers they never finish (peak %d)", now, held)
+		}
+	}
+}
+
 // TestHostileMountWithoutFrom: a blob pushed to one repository cannot be
 // pulled into another by mounting it without a source, nor from a source
 // that does not hold it, nor after it was deleted from its repository:
