@@ -28,6 +28,9 @@ type Config struct {
 	// the response for this long (renewed as bytes flow, so a big blob on
 	// a slow link still works).
 	ClientIdleTimeout time.Duration
+	// MaxWritesPerClient bounds the requests with a body (uploads, manifest
+	// PUTs) one client has in flight at once; more get 429.
+	MaxWritesPerClient int
 	// MaxListPage bounds the n of tag and catalog listings.
 	MaxListPage int
 }
@@ -39,6 +42,8 @@ func DefaultConfig() Config {
 		BodyIdleTimeout:   60 * time.Second,
 		ClientIdleTimeout: 60 * time.Second,
 		MaxListPage:       10000,
+
+		MaxWritesPerClient: 64,
 	}
 }
 
@@ -49,6 +54,8 @@ const (
 	MinIdleTimeout     = 10 * time.Millisecond
 	MaxIdleTimeout     = time.Hour
 	MaxMaxListPage     = 1 << 20
+	// MaxMaxWritesPerClient is the upper bound of MaxWritesPerClient.
+	MaxMaxWritesPerClient = 100_000
 )
 
 // Validate reports the first limit that makes no sense, naming the flag
@@ -61,6 +68,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("api: --body-idle-timeout %s is out of range: use %s to %s", c.BodyIdleTimeout, MinIdleTimeout, MaxIdleTimeout)
 	case c.ClientIdleTimeout < MinIdleTimeout || c.ClientIdleTimeout > MaxIdleTimeout:
 		return fmt.Errorf("api: --client-idle-timeout %s is out of range: use %s to %s", c.ClientIdleTimeout, MinIdleTimeout, MaxIdleTimeout)
+	case c.MaxWritesPerClient < 1 || c.MaxWritesPerClient > MaxMaxWritesPerClient:
+		return fmt.Errorf("api: --max-writes-per-client %d is out of range: use 1 to %d", c.MaxWritesPerClient, MaxMaxWritesPerClient)
 	case c.MaxListPage <= 0 || c.MaxListPage > MaxMaxListPage:
 		return fmt.Errorf("api: max list page %d is out of range: use 1 to %d", c.MaxListPage, MaxMaxListPage)
 	}
@@ -75,6 +84,7 @@ type Handler struct {
 	metrics *Metrics
 	log     *slog.Logger
 	mux     *http.ServeMux
+	writes  *writeGate
 }
 
 // New returns the HTTP handler of a node. metrics may be nil.
@@ -82,7 +92,7 @@ func New(cfg Config, reg Registry, node Node, metrics *Metrics, log *slog.Logger
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	h := &Handler{cfg: cfg, reg: reg, node: node, metrics: metrics, log: log}
+	h := &Handler{cfg: cfg, reg: reg, node: node, metrics: metrics, log: log, writes: newWriteGate(cfg.MaxWritesPerClient)}
 	h.mux = http.NewServeMux()
 	h.mux.HandleFunc("GET /healthz", h.healthz)
 	h.mux.HandleFunc("GET /readyz", h.readyz)
@@ -116,6 +126,12 @@ func isV2(path string) bool { return path == "/v2" || len(path) >= 4 && path[:4]
 func (h *Handler) serveV2Route(rt route) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+		release, err := h.writes.admit(r)
+		if err != nil {
+			h.writeError(w, r, err)
+			return
+		}
+		defer release()
 		if err := h.dispatch(w, r, rt); err != nil {
 			h.writeError(w, r, err)
 		}

@@ -186,3 +186,62 @@ func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
+
+// TestWritesInFlightPerClient: a client may have at most
+// MaxWritesPerClient requests with a body in flight; past it, 429
+// TOOMANYREQUESTS, while other clients and reads go on.
+func TestWritesInFlightPerClient(t *testing.T) {
+	t.Parallel()
+	r := newRegistry(t, t.TempDir(), func(c *api.Config) { c.MaxWritesPerClient = 3 })
+	a := clientFrom("127.0.0.1")
+	content := bytes.Repeat([]byte("z"), 1<<20)
+	d := digest.FromBytes(content)
+	type result struct {
+		status int
+		err    error
+	}
+	var writers []*io.PipeWriter
+	results := make(chan result, 3)
+	for range 3 {
+		pr, pw := io.Pipe()
+		writers = append(writers, pw)
+		req, err := http.NewRequest(http.MethodPost, r.url+"/v2/slow/blobs/uploads/?digest="+d.String(), pr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.ContentLength = int64(len(content))
+		go func() {
+			resp, err := a.Do(req)
+			if err != nil {
+				results <- result{err: err}
+				return
+			}
+			resp.Body.Close()
+			results <- result{status: resp.StatusCode}
+		}()
+		if _, err := pw.Write(content[:10]); err != nil { // the request is in flight
+			t.Fatal(err)
+		}
+	}
+	resp, body := post(t, a, r.url+"/v2/slow/blobs/uploads/")
+	expect(t, resp, body, http.StatusTooManyRequests, "TOOMANYREQUESTS")
+	resp, body = post(t, clientFrom("127.0.0.2"), r.url+"/v2/slow/blobs/uploads/")
+	expect(t, resp, body, http.StatusAccepted, "")
+	resp, body = r.do("GET", "/v2/", nil) // reads are not counted
+	expect(t, resp, body, http.StatusOK, "")
+
+	// Finish the slow uploads: each succeeds, and the slots come back.
+	for _, pw := range writers {
+		if _, err := pw.Write(content[10:]); err != nil {
+			t.Fatal(err)
+		}
+		pw.Close()
+	}
+	for range 3 {
+		if res := <-results; res.err != nil || res.status != http.StatusCreated {
+			t.Fatalf("slow upload: %d, %v; want 201", res.status, res.err)
+		}
+	}
+	resp, body = post(t, a, r.url+"/v2/slow/blobs/uploads/")
+	expect(t, resp, body, http.StatusAccepted, "")
+}

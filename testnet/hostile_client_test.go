@@ -38,6 +38,27 @@ func fdCount(t *testing.T, pid int) int {
 	return len(entries)
 }
 
+// fdKinds counts process pid's descriptors by what they are: "socket",
+// "uploads" (temp files of uploads), "other".
+func fdKinds(pid int) map[string]int {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	entries, _ := os.ReadDir(dir)
+	kinds := map[string]int{}
+	for _, e := range entries {
+		target, err := os.Readlink(dir + "/" + e.Name())
+		switch {
+		case err != nil:
+		case strings.HasPrefix(target, "socket:"):
+			kinds["socket"]++
+		case strings.Contains(target, "/uploads/"):
+			kinds["uploads"]++
+		default:
+			kinds["other"]++
+		}
+	}
+	return kinds
+}
+
 // clientAt is an HTTP client whose connections come from ip, one address of
 // 127.0.0.0/8: each address is a different client to the node.
 func clientAt(ip string) *testnet.Client {
@@ -299,6 +320,59 @@ func TestHostileSlowHeaders(t *testing.T) {
 	}
 }
 
+// TestHostileSlowUploadBodies: one client starts 200 monolithic uploads
+// whose bodies trickle (a byte, then nothing). Each would hold a
+// connection and a temp file for as long as it trickles; past
+// --max-writes-per-client (64 by default) the node answers 429 at once,
+// so what one client holds stays bounded, and another client can push.
+func TestHostileSlowUploadBodies(t *testing.T) {
+	testnet.RequireProcess(t)
+	n := testnet.StartNode(t, testnet.Options{})
+	fdsBefore := fdCount(t, n.PID())
+	d := digest.FromString("never sent")
+	var conns []net.Conn
+	for range 200 {
+		conn, err := net.Dial("tcp", n.Host())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if _, err := fmt.Fprintf(conn, "POST /v2/h/slow/blobs/uploads/?digest=%s HTTP/1.1\r\nHost: %s\r\nContent-Length: 1048576\r\n\r\nx", d, n.Host()); err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, conn)
+	}
+	// A refused upload is answered at once; an admitted one not before its
+	// body ends.
+	time.Sleep(2 * time.Second)
+	refused := 0
+	for _, conn := range conns {
+		_ = conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		line := make([]byte, 12)
+		if _, err := io.ReadFull(conn, line); err == nil && string(line) == "HTTP/1.1 429" {
+			refused++
+		}
+	}
+	// A refused connection closes half a second after its answer (net/http
+	// waits so that the client reads the 429 before a reset): poll.
+	held := fdCount(t, n.PID()) - fdsBefore
+	for deadline := time.Now().Add(10 * time.Second); held > 2*64+20 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		held = fdCount(t, n.PID()) - fdsBefore
+	}
+	t.Logf("200 trickling uploads from one client: %d refused with 429; the node holds %d more descriptors (%v)", refused, held, fdKinds(n.PID()))
+	if refused < 200-64 {
+		t.Errorf("only %d of 200 trickling uploads were refused; want all past --max-writes-per-client (64)", refused)
+	}
+	if held > 2*64+20 {
+		t.Errorf("the node holds %d more descriptors for one client's trickling uploads; want at most about 2 per admitted upload", held)
+	}
+	c := clientAt("127.0.0.21")
+	c.Base = n.URL()
+	if _, err := c.PushBytes(t.Context(), "h/other", testnet.RandomBytes(64<<10)); err != nil {
+		t.Fatalf("another client's push during the trickle: %v", err)
+	}
+}
+
 // TestHostileMountWithoutFrom: a blob pushed to one repository cannot be
 // pulled into another by mounting it without a source, nor from a source
 // that does not hold it, nor after it was deleted from its repository:
@@ -380,6 +454,7 @@ func TestHostileFlagValues(t *testing.T) {
 		"shutdown-timeout":       {"0s", "-1s", "1000h"},
 		"max-manifest-size":      {"0", "-5", "1099511627776"},
 		"max-uploads":            {"0", "-1", "1000000000"},
+		"max-writes-per-client":  {"0", "-1", "1000000000"},
 		"max-uploads-per-client": {"0", "-1", "1000000000"},
 		"snapshot-threshold":     {"0"},
 		"trailing-logs":          {"0"},

@@ -25,6 +25,7 @@ func TestServeCheckRefusesOutOfRangeFlags(t *testing.T) {
 		"shutdown-timeout":       {"0s", "-1s", "3ns", "100h"},
 		"max-manifest-size":      {"0", "-1", "10", "1099511627776"},
 		"max-uploads":            {"0", "-1", "100000000"},
+		"max-writes-per-client":  {"0", "-1", "1000000"},
 		"max-uploads-per-client": {"0", "-1", "2000"}, // above --max-uploads (1000)
 		"voters":                 {"0", "-3", "1000"},
 		"replicas":               {"0", "-1", "100000"},

@@ -94,6 +94,7 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 	cfg.API.MaxManifestSize = c.Int64("max-manifest-size")
 	cfg.API.BodyIdleTimeout = c.Duration("body-idle-timeout")
 	cfg.API.ClientIdleTimeout = c.Duration("client-idle-timeout")
+	cfg.API.MaxWritesPerClient = c.Int("max-writes-per-client")
 	cfg.Node.MaxUploads = c.Int("max-uploads")
 	cfg.Node.MaxUploadsPerClient = c.Int("max-uploads-per-client")
 	if err := errors.Join(cfg.Node.Validate(), cfg.API.Validate(), checkOpenable(cfg.Node), checkShutdownTimeout(cfg.ShutdownTimeout)); err != nil {
@@ -188,6 +189,7 @@ type checkedConfig struct {
 	ClientIdleTimeout string   `json:"client-idle-timeout"`
 	MaxUploads        int      `json:"max-uploads"`
 	MaxUploadsPerIP   int      `json:"max-uploads-per-client"`
+	MaxWritesPerIP    int      `json:"max-writes-per-client"`
 	SnapshotThreshold uint64   `json:"snapshot-threshold"`
 	TrailingLogs      uint64   `json:"trailing-logs"`
 	SnapshotInterval  string   `json:"snapshot-interval"`
@@ -225,6 +227,7 @@ func (cfg serveConfig) checked() checkedConfig {
 		ClientIdleTimeout: cfg.API.ClientIdleTimeout.String(),
 		MaxUploads:        cfg.Node.MaxUploads,
 		MaxUploadsPerIP:   cfg.Node.MaxUploadsPerClient,
+		MaxWritesPerIP:    cfg.API.MaxWritesPerClient,
 		SnapshotThreshold: cfg.Node.Consensus.SnapshotThreshold,
 		TrailingLogs:      cfg.Node.Consensus.TrailingLogs,
 		SnapshotInterval:  cfg.Node.Consensus.SnapshotInterval.String(),
