@@ -89,6 +89,11 @@ func (w *idleWriter) renew() {
 	_ = w.rc.SetWriteDeadline(time.Now().Add(w.idle))
 }
 
+// bodyDeadline bounds the reads of the request body from now on.
+func (w *idleWriter) bodyDeadline(idle time.Duration) {
+	_ = w.rc.SetReadDeadline(time.Now().Add(idle))
+}
+
 func (w *idleWriter) WriteHeader(status int) {
 	w.renew()
 	w.ResponseWriter.WriteHeader(status)

@@ -107,6 +107,11 @@ func New(cfg Config, reg Registry, node Node, metrics *Metrics, log *slog.Logger
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	iw := newIdleWriter(w, h.cfg.ClientIdleTimeout)
 	defer iw.renew() // the server flushes the response after we return
+	// After we return, net/http reads what is left of a small request body
+	// (up to 256 KiB) before it answers, with no deadline of its own: a
+	// client trickling a body we refused unread would hold its connection
+	// for good. Give that read the body idle timeout.
+	defer iw.bodyDeadline(h.cfg.BodyIdleTimeout)
 	w, r = iw, r.WithContext(WithClient(r.Context(), remoteClient(r)))
 	rt := parseRoute(r.URL.Path)
 	if rt.kind == routeUnknown && !isV2(r.URL.Path) {

@@ -373,6 +373,39 @@ func TestHostileSlowUploadBodies(t *testing.T) {
 	}
 }
 
+// TestHostileTricklingRefusedBodies: 50 clients send a request the node
+// refuses without reading its body (a bad digest) and trickle the body: a
+// byte, then nothing. net/http reads what is left of a small body before it
+// answers, so without a read deadline each would hold its connection for
+// good; with --body-idle-timeout 2s they are let go within seconds.
+func TestHostileTricklingRefusedBodies(t *testing.T) {
+	testnet.RequireProcess(t)
+	n := testnet.StartNode(t, testnet.Options{Env: []string{"MESHREG_BODY_IDLE_TIMEOUT=2s"}})
+	fdsBefore := fdCount(t, n.PID())
+	for range 50 {
+		conn, err := net.Dial("tcp", n.Host())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if _, err := fmt.Fprintf(conn, "POST /v2/h/trickle/blobs/uploads/?digest=sha256:bad HTTP/1.1\r\nHost: %s\r\nContent-Length: 1000\r\n\r\nx", n.Host()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	for held := 0; ; time.Sleep(100 * time.Millisecond) {
+		now := fdCount(t, n.PID()) - fdsBefore
+		held = max(held, now)
+		if now <= 5 && held >= 45 {
+			t.Logf("the node held %d connections with trickling bodies and let them go %s later", held, time.Since(start).Round(time.Millisecond))
+			return
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("the node still holds %d more descriptors 20 s after 50 clients began trickling bodies (peak %d)", now, held)
+		}
+	}
+}
+
 // TestHostileMountWithoutFrom: a blob pushed to one repository cannot be
 // pulled into another by mounting it without a source, nor from a source
 // that does not hold it, nor after it was deleted from its repository:
