@@ -3,7 +3,6 @@ package testnet_test
 import (
 	"fmt"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -83,16 +82,9 @@ func TestConformance(t *testing.T) {
 	if res.Tests.Passed == 0 {
 		t.Errorf("no conformance test passed")
 	}
-	// Anonymous cross-repository mount (no from=) is off by design: it
-	// would let anyone link any blob the node holds into any repository.
-	// The suite is told so (OCI_API_BLOBS_MOUNT_ANONYMOUS=false) and skips
-	// exactly those tests; nothing else may be skipped.
-	byDesign := 0
-	for _, c := range res.NotPassed {
-		if c.Status == "skipped" && strings.HasSuffix(c.Name, "/blob-mount-anonymous") {
-			byDesign++
-		}
-	}
+	// Anonymous cross-repository mount (no from=) is off by design (see
+	// SkippedByDesign); nothing else may be skipped.
+	byDesign := res.SkippedByDesign()
 	if res.Tests.Bad()-byDesign > 0 || res.Program.Bad()-byDesign > 0 {
 		t.Errorf("conformance: %s (%d skipped by design: anonymous mount); every other test must pass and none may be skipped", res.Summary(), byDesign)
 	} else if res.ExitErr != nil {
