@@ -38,10 +38,19 @@ type registry struct {
 
 func newRegistry(t testing.TB, dir string, tweak func(*api.Config)) *registry {
 	t.Helper()
+	return newRegistryWith(t, dir, nil, tweak)
+}
+
+// newRegistryWith is newRegistry with the node's configuration tweaked too.
+func newRegistryWith(t testing.TB, dir string, nodeTweak func(*node.Config), tweak func(*api.Config)) *registry {
+	t.Helper()
 	log := tlog.Logger(t, slog.LevelWarn)
 	cfg := node.DefaultConfig()
 	cfg.DataDir = dir
 	cfg.P2P.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
+	if nodeTweak != nil {
+		nodeTweak(&cfg)
+	}
 	n, err := node.Open(cfg, log)
 	if err != nil {
 		t.Fatal(err)
@@ -267,10 +276,15 @@ func TestCancelAndMount(t *testing.T) {
 	d := r.pushBlob("src", []byte("shared layer"))
 	resp, body = r.do("POST", "/v2/dst/blobs/uploads/?mount="+d.String()+"&from=src", nil)
 	expect(t, resp, body, 201, "")
+	// Without from, nothing is mounted (the node holding the bytes does not
+	// make them anyone's): the spec's fallback, a new upload session.
 	resp, body = r.do("POST", "/v2/dst2/blobs/uploads/?mount="+d.String(), nil)
-	expect(t, resp, body, 201, "")
+	expect(t, resp, body, 202, "")
+	if !strings.HasPrefix(resp.Header.Get("Location"), "/v2/dst2/blobs/uploads/") {
+		t.Errorf("mount without from: Location %q, want a new upload session", resp.Header.Get("Location"))
+	}
 	resp, body = r.do("GET", "/v2/dst2/blobs/"+d.String(), nil)
-	expect(t, resp, body, 200, "")
+	expect(t, resp, body, 404, "BLOB_UNKNOWN")
 	// Mounting what the source does not hold starts an upload instead.
 	resp, body = r.do("POST", "/v2/dst/blobs/uploads/?mount="+digest.FromString("absent").String()+"&from=src", nil)
 	expect(t, resp, body, 202, "")

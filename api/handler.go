@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/meshreg/meshreg/api/oci"
@@ -22,6 +24,13 @@ type Config struct {
 	// BodyIdleTimeout closes a request whose body sends nothing for this
 	// long, so a stalled client cannot hold an upload open forever.
 	BodyIdleTimeout time.Duration
+	// ClientIdleTimeout closes a connection whose client reads nothing of
+	// the response for this long (renewed as bytes flow, so a big blob on
+	// a slow link still works).
+	ClientIdleTimeout time.Duration
+	// MaxWritesPerClient bounds the requests with a body (uploads, manifest
+	// PUTs) one client has in flight at once; more get 429.
+	MaxWritesPerClient int
 	// MaxListPage bounds the n of tag and catalog listings.
 	MaxListPage int
 }
@@ -29,21 +38,40 @@ type Config struct {
 // DefaultConfig returns the limits a registry operator would expect.
 func DefaultConfig() Config {
 	return Config{
-		MaxManifestSize: 4 << 20,
-		BodyIdleTimeout: 60 * time.Second,
-		MaxListPage:     10000,
+		MaxManifestSize:   4 << 20,
+		BodyIdleTimeout:   60 * time.Second,
+		ClientIdleTimeout: 60 * time.Second,
+		MaxListPage:       10000,
+
+		MaxWritesPerClient: 64,
 	}
 }
 
-// Validate reports the first limit that makes no sense.
+// Ranges of the limits that Validate accepts.
+const (
+	MinMaxManifestSize = 1 << 10
+	MaxMaxManifestSize = 64 << 20
+	MinIdleTimeout     = 10 * time.Millisecond
+	MaxIdleTimeout     = time.Hour
+	MaxMaxListPage     = 1 << 20
+	// MaxMaxWritesPerClient is the upper bound of MaxWritesPerClient.
+	MaxMaxWritesPerClient = 100_000
+)
+
+// Validate reports the first limit that makes no sense, naming the flag
+// that sets it and the range it accepts.
 func (c Config) Validate() error {
 	switch {
-	case c.MaxManifestSize <= 0:
-		return fmt.Errorf("api: max manifest size must be positive, got %d", c.MaxManifestSize)
-	case c.BodyIdleTimeout <= 0:
-		return fmt.Errorf("api: body idle timeout must be positive, got %s", c.BodyIdleTimeout)
-	case c.MaxListPage <= 0:
-		return fmt.Errorf("api: max list page must be positive, got %d", c.MaxListPage)
+	case c.MaxManifestSize < MinMaxManifestSize || c.MaxManifestSize > MaxMaxManifestSize:
+		return fmt.Errorf("api: --max-manifest-size %d is out of range: use %d to %d bytes", c.MaxManifestSize, MinMaxManifestSize, MaxMaxManifestSize)
+	case c.BodyIdleTimeout < MinIdleTimeout || c.BodyIdleTimeout > MaxIdleTimeout:
+		return fmt.Errorf("api: --body-idle-timeout %s is out of range: use %s to %s", c.BodyIdleTimeout, MinIdleTimeout, MaxIdleTimeout)
+	case c.ClientIdleTimeout < MinIdleTimeout || c.ClientIdleTimeout > MaxIdleTimeout:
+		return fmt.Errorf("api: --client-idle-timeout %s is out of range: use %s to %s", c.ClientIdleTimeout, MinIdleTimeout, MaxIdleTimeout)
+	case c.MaxWritesPerClient < 1 || c.MaxWritesPerClient > MaxMaxWritesPerClient:
+		return fmt.Errorf("api: --max-writes-per-client %d is out of range: use 1 to %d", c.MaxWritesPerClient, MaxMaxWritesPerClient)
+	case c.MaxListPage <= 0 || c.MaxListPage > MaxMaxListPage:
+		return fmt.Errorf("api: max list page %d is out of range: use 1 to %d", c.MaxListPage, MaxMaxListPage)
 	}
 	return nil
 }
@@ -56,6 +84,7 @@ type Handler struct {
 	metrics *Metrics
 	log     *slog.Logger
 	mux     *http.ServeMux
+	writes  *writeGate
 }
 
 // New returns the HTTP handler of a node. metrics may be nil.
@@ -63,7 +92,7 @@ func New(cfg Config, reg Registry, node Node, metrics *Metrics, log *slog.Logger
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	h := &Handler{cfg: cfg, reg: reg, node: node, metrics: metrics, log: log}
+	h := &Handler{cfg: cfg, reg: reg, node: node, metrics: metrics, log: log, writes: newWriteGate(cfg.MaxWritesPerClient)}
 	h.mux = http.NewServeMux()
 	h.mux.HandleFunc("GET /healthz", h.healthz)
 	h.mux.HandleFunc("GET /readyz", h.readyz)
@@ -77,6 +106,14 @@ func New(cfg Config, reg Registry, node Node, metrics *Metrics, log *slog.Logger
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	iw := newIdleWriter(w, h.cfg.ClientIdleTimeout)
+	defer iw.renew() // the server flushes the response after we return
+	// After we return, net/http reads what is left of a small request body
+	// (up to 256 KiB) before it answers, with no deadline of its own: a
+	// client trickling a body we refused unread would hold its connection
+	// for good. Give that read the body idle timeout.
+	defer iw.bodyDeadline(h.cfg.BodyIdleTimeout)
+	w, r = iw, r.WithContext(WithClient(r.Context(), remoteClient(r)))
 	rt := parseRoute(r.URL.Path)
 	if rt.kind == routeUnknown && !isV2(r.URL.Path) {
 		h.mux.ServeHTTP(w, r)
@@ -95,6 +132,12 @@ func isV2(path string) bool { return path == "/v2" || len(path) >= 4 && path[:4]
 func (h *Handler) serveV2Route(rt route) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+		release, err := h.writes.admit(r)
+		if err != nil {
+			h.writeError(w, r, err)
+			return
+		}
+		defer release()
 		if err := h.dispatch(w, r, rt); err != nil {
 			h.writeError(w, r, err)
 		}
@@ -122,7 +165,8 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rt route) err
 		fn, ok = methods[http.MethodGet]
 	}
 	if !ok {
-		return oci.Errorf(oci.Unsupported, "method %s is not supported on %s", r.Method, rt.kind)
+		w.Header().Set("Allow", allowed(methods))
+		return oci.Errorf(oci.Unsupported, "method %.20q is not supported on %s: use %s", r.Method, rt.kind, allowed(methods))
 	}
 	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.URL.Query().Get("consistent") == "1" {
 		if b, ok := h.reg.(Barrier); ok {
@@ -154,6 +198,19 @@ func (h *Handler) methods(k routeKind) map[string]handlerFunc {
 		return map[string]handlerFunc{http.MethodGet: h.referrers}
 	}
 	return nil
+}
+
+// allowed lists the methods of a route for the Allow header.
+func allowed(methods map[string]handlerFunc) string {
+	var out []string
+	for m := range methods {
+		out = append(out, m)
+	}
+	if methods[http.MethodGet] != nil {
+		out = append(out, http.MethodHead)
+	}
+	slices.Sort(out)
+	return strings.Join(out, ", ")
 }
 
 func (h *Handler) base(w http.ResponseWriter, r *http.Request, _ route) error {

@@ -64,9 +64,12 @@ func (m *Metrics) serve(route string, w http.ResponseWriter, r *http.Request, ne
 	body := &countingBody{ReadCloser: r.Body}
 	r.Body = body
 	next(cw, r)
-	status := strconv.Itoa(cw.status)
-	m.requests.WithLabelValues(route, r.Method, status).Inc()
-	m.latency.WithLabelValues(route, r.Method, status).Observe(time.Since(start).Seconds())
+	// Every label is bounded: route is one of the router's names, status
+	// one the handlers write, and the client's method is mapped to the
+	// known few or "other".
+	status, method := strconv.Itoa(cw.status), methodLabel(r.Method)
+	m.requests.WithLabelValues(route, method, status).Inc()
+	m.latency.WithLabelValues(route, method, status).Observe(time.Since(start).Seconds())
 	m.bytesIn.Add(float64(body.n))
 	m.bytesOut.Add(float64(cw.n))
 }

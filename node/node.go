@@ -64,6 +64,10 @@ type Config struct {
 	// UploadIdleTimeout expires upload sessions that received nothing for
 	// this long.
 	UploadIdleTimeout time.Duration
+	// MaxUploads bounds the upload sessions open on this node, and
+	// MaxUploadsPerClient those one client (its IP address) has open; a
+	// start past either gets 429 TOOMANYREQUESTS.
+	MaxUploads, MaxUploadsPerClient int
 	// Version is reported in the status document.
 	Version string
 	// Consensus tunes the metadata store; Dir and NodeID are filled in.
@@ -117,10 +121,13 @@ func DefaultConfig() Config {
 		MinFreeDisk:       DefaultMinFreeDisk,
 		ScrubRate:         DefaultScrubRate,
 		ScrubInterval:     DefaultScrubInterval,
+
+		MaxUploads:          1000,
+		MaxUploadsPerClient: 100,
 	}
 }
 
-// Validate reports the first setting that cannot work.
+// Validate reports the settings that cannot work.
 func (c Config) Validate() error {
 	switch {
 	case c.DataDir == "":
@@ -130,30 +137,10 @@ func (c Config) Validate() error {
 	case c.BootstrapExpect > 1 && len(c.P2P.PrivateNetworkKey) == 0 && len(c.JoinToken) < minHelloSecretLen:
 		return fmt.Errorf("node: --bootstrap-expect needs --cluster-key, or the same --join-token (a secret of at least %d characters) on every node "+
 			"that starts together: without either, anyone could pose as one of them", minHelloSecretLen)
-	case c.StabilizationTime < 0:
-		return fmt.Errorf("node: stabilization time must not be negative, got %s", c.StabilizationTime)
-	case c.Voters < 1:
-		return fmt.Errorf("node: voters must be at least 1, got %d", c.Voters)
-	case c.DeadServerTimeout <= 0:
-		return fmt.Errorf("node: dead server timeout must be positive, got %s", c.DeadServerTimeout)
-	case c.UploadIdleTimeout <= 0:
-		return fmt.Errorf("node: upload idle timeout must be positive, got %s", c.UploadIdleTimeout)
-	case c.Replicas < 1:
-		return fmt.Errorf("node: replicas must be at least 1, got %d", c.Replicas)
-	case c.RepairInterval <= 0:
-		return fmt.Errorf("node: repair interval must be positive, got %s", c.RepairInterval)
-	case c.PeerIdleTimeout <= 0:
-		return fmt.Errorf("node: peer idle timeout must be positive, got %s", c.PeerIdleTimeout)
-	case c.ReprovideInterval <= 0:
-		return fmt.Errorf("node: reprovide interval must be positive, got %s", c.ReprovideInterval)
-	case c.MinFreeDisk < 0:
-		return fmt.Errorf("node: --min-free-disk must be 0 (off) or a size, got %d bytes", c.MinFreeDisk)
-	case c.ScrubRate < 0:
-		return fmt.Errorf("node: --scrub-rate must be 0 (off) or bytes per second, got %d", c.ScrubRate)
 	case c.ScrubRate > 0 && c.ScrubInterval < time.Millisecond:
 		return fmt.Errorf("node: --scrub-interval must be at least 1ms, got %s", c.ScrubInterval)
 	}
-	return nil
+	return c.checkRanges() // limits.go
 }
 
 // Node is one registry node. Its methods are safe for concurrent use.
@@ -288,6 +275,7 @@ func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Ho
 	n.gate = newPeerGate()
 	n.gate.meta.Store(meta)
 	host.SetAuthorizer(n.gate.allow)
+	blobs.SetUploadLimits(blobstore.UploadLimits{PerStore: cfg.MaxUploads, PerOwner: cfg.MaxUploadsPerClient})
 	return n
 }
 
@@ -312,7 +300,7 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 	}()
 	go func() { defer wg.Done(); n.membershipLoop(ctx) }()
-	every := min(n.cfg.UploadIdleTimeout/4, time.Minute)
+	every := max(min(n.cfg.UploadIdleTimeout/4, time.Minute), time.Millisecond)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -499,6 +487,8 @@ func (n *Node) RegisterMetrics(reg prometheus.Registerer) {
 			func() float64 { f, _, _ := n.disk.read(false); return float64(f) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_disk_reserve_bytes", Help: "Free bytes kept on the data dir's filesystem (--min-free-disk): below it writes are refused with 507."},
 			func() float64 { return float64(n.cfg.MinFreeDisk) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_upload_sessions_open", Help: "Upload sessions open on this node (at most --max-uploads; starts past it get 429)."},
+			func() float64 { return float64(n.blobs.OpenUploads()) }),
 	)
 	reg.MustRegister(n.metrics.collectors()...)
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshreg_p2p_streams_refused_total",

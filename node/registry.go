@@ -259,27 +259,22 @@ func (n *Node) link(ctx context.Context, repo string, d digest.Digest, size int6
 }
 
 // MountBlob links d into repo when repository from links it (the bytes
-// may be on peers), or, with no from, when this node holds it.
+// may be on peers). Without from it mounts nothing: a blob this node holds
+// for some repository is not the client's to take, so the spec's fallback
+// (a new upload session) applies, and the client proves it has the bytes.
 func (n *Node) MountBlob(ctx context.Context, repo, from string, d digest.Digest) (bool, error) {
+	if from == "" {
+		return false, nil
+	}
 	if err := n.disk.check(); err != nil {
 		return false, err
 	}
-	if from != "" {
-		size, err := n.meta.BlobLink(from, d)
-		if errors.Is(err, consensus.ErrNotFound) {
-			return false, nil
-		}
-		if err != nil {
-			return false, metaError(err, oci.BlobUnknown, "")
-		}
-		return true, n.link(ctx, repo, d, size)
-	}
-	size, err := n.blobs.Stat(d)
-	if errors.Is(err, blobstore.ErrNotFound) {
+	size, err := n.meta.BlobLink(from, d)
+	if errors.Is(err, consensus.ErrNotFound) {
 		return false, nil
 	}
 	if err != nil {
-		return false, blobError(err, d)
+		return false, metaError(err, oci.BlobUnknown, "")
 	}
 	return true, n.link(ctx, repo, d, size)
 }
@@ -288,7 +283,13 @@ func (n *Node) StartUpload(ctx context.Context, repo string) (string, error) {
 	if err := n.disk.check(); err != nil {
 		return "", err
 	}
-	u, err := n.blobs.NewUpload()
+	client := api.ClientFromContext(ctx)
+	u, err := n.blobs.NewUploadFor(client)
+	if errors.Is(err, blobstore.ErrTooManyUploads) {
+		return "", oci.Wrap(oci.TooManyRequests, err, fmt.Sprintf(
+			"too many upload sessions open (at most %d on this node, %d per client): finish or cancel yours (DELETE its Location), or retry once idle ones expire",
+			n.cfg.MaxUploads, n.cfg.MaxUploadsPerClient))
+	}
 	if err != nil {
 		return "", fmt.Errorf("starting upload: %w", n.disk.mapError(err))
 	}

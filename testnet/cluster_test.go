@@ -134,8 +134,8 @@ func TestClusterConformanceOnAFollower(t *testing.T) {
 		t.Logf("%-8s %s\n\t%s", c.Status, c.Name, c.Message)
 	}
 	t.Logf("OCI conformance against follower %s: %s", followers[0].Host(), res.Summary())
-	if res.Tests.Bad() > 0 || res.Tests.Passed == 0 {
-		t.Fatalf("conformance on a follower: %s", res.Tests)
+	if res.Tests.Bad()-res.SkippedByDesign() > 0 || res.Tests.Passed == 0 {
+		t.Fatalf("conformance on a follower: %s (%d skipped by design: anonymous mount)", res.Tests, res.SkippedByDesign())
 	}
 }
 

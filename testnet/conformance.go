@@ -54,7 +54,9 @@ func ConformanceEnv(c ConformanceConfig) []string {
 		"OCI_API_BLOBS_ATOMIC=true",
 		"OCI_API_BLOBS_DELETE=true",
 		"OCI_API_BLOBS_DIGEST_HEADER=true",
-		"OCI_API_BLOBS_MOUNT_ANONYMOUS=true",
+		// A mount without from= is refused by design (a normal upload
+		// session instead): say so, so the suite does not try it.
+		"OCI_API_BLOBS_MOUNT_ANONYMOUS=false",
 		"OCI_API_BLOBS_UPLOAD_CANCEL=true",
 		"OCI_API_MANIFESTS_ATOMIC=true",
 		"OCI_API_MANIFESTS_DELETE=true",
@@ -125,6 +127,20 @@ type ConformanceResult struct {
 // count as failed).
 func (r *ConformanceResult) Summary() string {
 	return fmt.Sprintf("%d passed, %d failed, %d skipped", r.Tests.Passed, r.Tests.Failed+r.Tests.Errors, r.Tests.Skipped+r.Tests.Disabled)
+}
+
+// SkippedByDesign counts the leaf tests skipped because meshreg refuses
+// them on purpose: the anonymous cross-repository mount (no from=), which
+// would let anyone link any blob a node holds into any repository, and
+// which ConformanceEnv declares off.
+func (r *ConformanceResult) SkippedByDesign() int {
+	n := 0
+	for _, c := range r.NotPassed {
+		if c.Status == "skipped" && strings.HasSuffix(c.Name, "/blob-mount-anonymous") {
+			n++
+		}
+	}
+	return n
 }
 
 // RunConformance runs the conformance program against c.Registry. It

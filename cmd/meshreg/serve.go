@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"strings"
@@ -105,10 +104,23 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 	cfg.Node.Consensus.TrailingLogs = c.Uint64("trailing-logs")
 	cfg.API.MaxManifestSize = c.Int64("max-manifest-size")
 	cfg.API.BodyIdleTimeout = c.Duration("body-idle-timeout")
-	if err := errors.Join(cfg.Node.Validate(), cfg.API.Validate(), checkOpenable(cfg.Node)); err != nil {
+	cfg.API.ClientIdleTimeout = c.Duration("client-idle-timeout")
+	cfg.API.MaxWritesPerClient = c.Int("max-writes-per-client")
+	cfg.Node.MaxUploads = c.Int("max-uploads")
+	cfg.Node.MaxUploadsPerClient = c.Int("max-uploads-per-client")
+	if err := errors.Join(cfg.Node.Validate(), cfg.API.Validate(), checkOpenable(cfg.Node), checkShutdownTimeout(cfg.ShutdownTimeout)); err != nil {
 		return cfg, err
 	}
 	return cfg, nil
+}
+
+// checkShutdownTimeout refuses a --shutdown-timeout that leaves in-flight
+// requests no time, or holds a stopping node for more than an hour.
+func checkShutdownTimeout(d time.Duration) error {
+	if d < time.Second || d > time.Hour {
+		return fmt.Errorf("--shutdown-timeout %s is out of range: use 1s to 1h0m0s", d)
+	}
+	return nil
 }
 
 // checkListen rejects a --listen that is not HOST:PORT, without binding it.
@@ -190,6 +202,10 @@ type checkedConfig struct {
 	MaxManifestSize   int64    `json:"max-manifest-size"`
 	UploadIdleTimeout string   `json:"upload-idle-timeout"`
 	BodyIdleTimeout   string   `json:"body-idle-timeout"`
+	ClientIdleTimeout string   `json:"client-idle-timeout"`
+	MaxUploads        int      `json:"max-uploads"`
+	MaxUploadsPerIP   int      `json:"max-uploads-per-client"`
+	MaxWritesPerIP    int      `json:"max-writes-per-client"`
 	SnapshotThreshold uint64   `json:"snapshot-threshold"`
 	TrailingLogs      uint64   `json:"trailing-logs"`
 	SnapshotInterval  string   `json:"snapshot-interval"`
@@ -229,6 +245,10 @@ func (cfg serveConfig) checked() checkedConfig {
 		MaxManifestSize:   cfg.API.MaxManifestSize,
 		UploadIdleTimeout: cfg.Node.UploadIdleTimeout.String(),
 		BodyIdleTimeout:   cfg.API.BodyIdleTimeout.String(),
+		ClientIdleTimeout: cfg.API.ClientIdleTimeout.String(),
+		MaxUploads:        cfg.Node.MaxUploads,
+		MaxUploadsPerIP:   cfg.Node.MaxUploadsPerClient,
+		MaxWritesPerIP:    cfg.API.MaxWritesPerClient,
 		SnapshotThreshold: cfg.Node.Consensus.SnapshotThreshold,
 		TrailingLogs:      cfg.Node.Consensus.TrailingLogs,
 		SnapshotInterval:  cfg.Node.Consensus.SnapshotInterval.String(),
@@ -279,13 +299,7 @@ func serve(ctx context.Context, cfg serveConfig) (err error) {
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w (is another registry running? pass --listen)", cfg.Listen, err)
 	}
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    1 << 20,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	srv := api.NewServer(cfg.API, h, slog.NewLogLogger(log.Handler(), slog.LevelWarn))
 
 	runCtx, stopRun := context.WithCancel(context.Background())
 	runDone := make(chan error, 1)
