@@ -59,8 +59,8 @@ type Store struct {
 	stamps      map[digest.Digest]fileStamp
 	onCorrupt   func(d digest.Digest, size int64, cause error)
 	quarantined atomic.Int64
-	owners    map[string]int // open sessions per owner (upload.go)
-	limits    UploadLimits
+	owners      map[string]int // open sessions per owner (upload.go)
+	limits      UploadLimits
 }
 
 // Open opens (creating if needed) the store under root. It removes every

@@ -39,6 +39,7 @@ func (c Config) checkRanges() error {
 		{"--peer-idle-timeout", c.PeerIdleTimeout, 100 * time.Millisecond, time.Hour},
 		{"--snapshot-interval", c.Consensus.SnapshotInterval, 100 * time.Millisecond, 24 * time.Hour},
 		{"--stabilization-time", c.StabilizationTime, 0, time.Hour},
+		{"--scrub-interval", c.ScrubInterval, time.Millisecond, 365 * 24 * time.Hour},
 	} {
 		if r.val < r.min || r.val > r.max {
 			errs = append(errs, fmt.Errorf("node: %s %s is out of range: use %s to %s", r.flag, r.val, r.min, r.max))

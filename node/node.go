@@ -129,6 +129,9 @@ func DefaultConfig() Config {
 
 // Validate reports the settings that cannot work.
 func (c Config) Validate() error {
+	if err := c.checkRanges(); err != nil { // limits.go
+		return err
+	}
 	switch {
 	case c.DataDir == "":
 		return errors.New("node: data dir is empty: pass --data-dir")
@@ -137,10 +140,8 @@ func (c Config) Validate() error {
 	case c.BootstrapExpect > 1 && len(c.P2P.PrivateNetworkKey) == 0 && len(c.JoinToken) < minHelloSecretLen:
 		return fmt.Errorf("node: --bootstrap-expect needs --cluster-key, or the same --join-token (a secret of at least %d characters) on every node "+
 			"that starts together: without either, anyone could pose as one of them", minHelloSecretLen)
-	case c.ScrubRate > 0 && c.ScrubInterval < time.Millisecond:
-		return fmt.Errorf("node: --scrub-interval must be at least 1ms, got %s", c.ScrubInterval)
 	}
-	return c.checkRanges() // limits.go
+	return nil
 }
 
 // Node is one registry node. Its methods are safe for concurrent use.

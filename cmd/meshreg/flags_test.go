@@ -32,6 +32,8 @@ func TestServeCheckRefusesOutOfRangeFlags(t *testing.T) {
 		"bootstrap-expect":       {"-1", "100000"},
 		"snapshot-threshold":     {"0", "18446744073709551615"},
 		"trailing-logs":          {"0", "18446744073709551615"},
+		"stabilization-time":     {"-1s", "2h"},
+		"scrub-interval":         {"0s", "-1s", "100000h"},
 	}
 	// Every numeric flag must be in the table, so a new one cannot skip
 	// validation.
