@@ -308,7 +308,7 @@ func TestHostilePeer(t *testing.T) {
 				var res struct{ Error string }
 				if json.Unmarshal(ans, &res) != nil || res.Error == "" {
 					t.Errorf("%s accepted %v from a non-member: %s", to.Host(), req, ans)
-				} else if !strings.Contains(res.Error, "not a member") {
+				} else if !strings.Contains(res.Error, "not admitted") {
 					t.Errorf("%s refused %v, but not for being a non-member: %s", to.Host(), req, res.Error)
 				}
 			}
@@ -475,6 +475,8 @@ func TestRemoveLeaderFromLoopback(t *testing.T) {
 	cfg := node.DefaultConfig()
 	cfg.DataDir = leaderDir
 	cfg.Join = []string{rest[0].URL()}
+	cfg.JoinToken = testnet.JoinToken(t, rest[0].Node, time.Hour)
+	cfg.StabilizationTime = testnet.HarnessStabilization
 	back := testnet.StartInProcessNode(t, cfg)
 	testnet.WaitConverged(t, []*testnet.Node{rest[0].Node, rest[1].Node, back.Node}, 3, 3, 60*time.Second)
 	if st := statusOf(t, back); st.Removed || st.NodeID != id {
@@ -502,6 +504,8 @@ func TestStaleMemberHearsAnUnknownLeader(t *testing.T) {
 		cfg := node.DefaultConfig()
 		tweak(0, &cfg)
 		cfg.Join = []string{first[0].URL()}
+		cfg.JoinToken = testnet.JoinToken(t, first[0].Node, time.Hour)
+		cfg.StabilizationTime = testnet.HarnessStabilization
 		n := testnet.StartInProcessNode(t, cfg)
 		testnet.Partition(t, []*testnet.InProcessNode{stale}, []*testnet.InProcessNode{n})
 		added = append(added, n)
@@ -586,6 +590,8 @@ func TestJoinThroughAFollower(t *testing.T) {
 	}
 	cfg := node.DefaultConfig()
 	cfg.Join = []string{followers[0].URL()}
+	cfg.JoinToken = testnet.JoinToken(t, followers[0], time.Hour)
+	cfg.StabilizationTime = testnet.HarnessStabilization
 	joiner := testnet.StartInProcessNode(t, cfg)
 	testnet.WaitConverged(t, append(plain, joiner.Node), 4, 3, 60*time.Second)
 	if !testnet.Eventually(30*time.Second, func() bool { return tagOn(t.Context(), joiner.Node, "join/app", "v1") == d.String() }) {
