@@ -39,6 +39,10 @@ var errNoProvider = errors.New("no peer holds it")
 type fetch struct {
 	d    digest.Digest
 	size int64
+	// sizeGuessed is set when size is not known from the metadata but
+	// taken from a local copy that failed its digest (blobCorrupt): a peer
+	// announcing another size is then not penalised, only skipped.
+	sizeGuessed bool
 
 	flowing     chan struct{} // closed when the first bytes arrive, or at done
 	flowingOnce sync.Once
@@ -68,6 +72,12 @@ func (f *fetch) markFlowing() { f.flowingOnce.Do(func() { close(f.flowing) }) }
 // startFetch returns the fetch of d in progress, or starts one that tries
 // the peers in hint first, then the providers the DHT names.
 func (n *Node) startFetch(d digest.Digest, size int64, hint []peer.ID) (*fetch, error) {
+	return n.startFetchSized(d, size, false, hint)
+}
+
+// startFetchSized is startFetch with a size that may be a guess (see
+// fetch.sizeGuessed).
+func (n *Node) startFetchSized(d digest.Digest, size int64, guessed bool, hint []peer.ID) (*fetch, error) {
 	n.fetchMu.Lock()
 	defer n.fetchMu.Unlock()
 	if f := n.fetches[d]; f != nil {
@@ -80,7 +90,7 @@ func (n *Node) startFetch(d digest.Digest, size int64, hint []peer.ID) (*fetch, 
 	if err != nil {
 		return nil, err
 	}
-	f := &fetch{d: d, size: size, part: part, flowing: make(chan struct{}), done: make(chan struct{})}
+	f := &fetch{d: d, size: size, sizeGuessed: guessed, part: part, flowing: make(chan struct{}), done: make(chan struct{})}
 	n.fetches[d] = f
 	n.bg.Go(func() { n.runFetch(f, hint) })
 	return f, nil
@@ -189,6 +199,10 @@ func (n *Node) fetchFrom(ctx context.Context, f *fetch, queue []peer.ID) (done b
 			continue
 		case answer.Size != f.size:
 			body.Close()
+			if f.sizeGuessed {
+				err = fmt.Errorf("peer %s announced %d bytes, the local copy had %d", p, answer.Size, f.size)
+				continue
+			}
 			n.penalise(p, fmt.Sprintf("announced %d bytes, the blob has %d", answer.Size, f.size))
 			continue
 		}

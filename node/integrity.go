@@ -21,7 +21,10 @@ func (n *Node) blobCorrupt(d digest.Digest, size int64, cause error) {
 		return
 	}
 	n.bg.Go(func() {
-		f, err := n.startFetch(d, size, nil)
+		// The size is the corrupt file's: right for flipped bits, wrong
+		// for a truncated file, so a peer that disagrees is not blamed. A
+		// read that knows the size from the metadata fetches it then.
+		f, err := n.startFetchSized(d, size, true, nil)
 		if err != nil {
 			n.log.Warn("cannot fetch a good copy of a corrupt blob", "digest", d, "err", err)
 			return

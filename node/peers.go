@@ -316,7 +316,9 @@ func (n *Node) meshLoop(ctx context.Context) {
 				}
 				if _, err := n.askInfo(ctx, id); err != nil {
 					n.log.Debug("a member did not answer", "peer", id, "err", err)
+					return
 				}
+				n.routing.AddPeer(id)
 			})
 		}
 		wg.Wait()

@@ -201,7 +201,12 @@ func (n *Node) OpenBlob(ctx context.Context, repo string, d digest.Digest) (io.R
 	if err == nil && size != linked {
 		// Truncated or grown: Verify quarantines it (a 0-byte file would
 		// otherwise be "served" without a byte read to check).
+		// Fetch it with the size the metadata knows before the
+		// quarantine's own repair would guess it from the bad file.
 		f.Close()
+		if _, ferr := n.startFetch(d, linked, nil); ferr != nil {
+			n.log.Warn("cannot fetch a good copy of a blob of the wrong size", "digest", d, "err", ferr)
+		}
 		_ = n.blobs.Verify(ctx, d, false, nil)
 		f, size, err = n.blobs.OpenVerified(d)
 	}

@@ -28,8 +28,9 @@ const DHTProtocolPrefix = "/meshreg"
 // speaks its protocol, and cluster members are connected (Raft, the
 // node's connect loop).
 type Routing struct {
-	dht *dht.IpfsDHT
-	log *slog.Logger
+	dht    *dht.IpfsDHT
+	log    *slog.Logger
+	accept func(peer.ID) bool
 }
 
 // DHTProtocol is the Kademlia protocol id under DHTProtocolPrefix, the
@@ -57,7 +58,22 @@ func NewRouting(h *Host, log *slog.Logger) (*Routing, error) {
 	if err != nil {
 		return nil, fmt.Errorf("p2p: start the DHT: %w", err)
 	}
-	return &Routing{dht: d, log: log}, nil
+	return &Routing{dht: d, log: log, accept: accept}, nil
+}
+
+// AddPeer puts p, a peer the authorizer accepts, in the routing table. The
+// DHT adds peers only when it meets them (a new connection, identify): a
+// node that connected to its peers before it knew they were members
+// refused them then, and would keep an empty table while connected to
+// every one of them. The caller (the node's mesh loop) calls it for each
+// member it is connected to.
+func (r *Routing) AddPeer(p peer.ID) {
+	if !r.accept(p) {
+		return
+	}
+	if _, err := r.dht.RoutingTable().TryAddPeer(p, true, false); err != nil {
+		r.log.Debug("p2p: adding a member to the DHT routing table", "peer", p, "err", err)
+	}
 }
 
 // DigestCID is the DHT key of a blob: a CIDv1 (raw codec) wrapping the
