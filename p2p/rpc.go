@@ -1,8 +1,10 @@
 package p2p
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -91,12 +93,21 @@ func readMessage(r io.Reader, maxLen int) ([]byte, error) {
 	if int64(size) > int64(maxLen) {
 		return nil, fmt.Errorf("message of %d bytes exceeds the limit of %d", size, maxLen)
 	}
-	msg := make([]byte, size)
-	if _, err := io.ReadFull(r, msg); err != nil {
+	// The buffer grows as bytes arrive: a peer that claims maxLen and sends
+	// nothing costs nothing.
+	var msg bytes.Buffer
+	msg.Grow(int(min(size, readMessageChunk)))
+	if _, err := io.CopyN(&msg, r, int64(size)); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
 		return nil, err
 	}
-	return msg, nil
+	return msg.Bytes(), nil
 }
+
+// readMessageChunk is what readMessage allocates before bytes arrive.
+const readMessageChunk = 64 << 10
 
 // openStream opens a stream to peer to on proto within openTimeout.
 func (h *Host) openStream(ctx context.Context, to peer.ID, proto protocol.ID) (network.Stream, error) {
