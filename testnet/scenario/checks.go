@@ -119,6 +119,7 @@ func (r *run) check(ctx context.Context) {
 		}
 	}
 	r.checkExits(ctx)
+	r.checkSeries(ctx)
 	r.checkExpectations()
 	r.fillFigures()
 	r.fillMembers(ctx, running)
