@@ -41,8 +41,8 @@ run:
 
 # Every container scenario (testnet/scenarios): builds the node image, runs
 # each scenario on a Docker network of its own, prints each report and
-# writes it (JSON and Markdown) under testnet-out/. make test runs smoke and
-# failover (testnet/scenario's tests).
+# writes it (JSON and Markdown) under testnet-out/. make test runs smoke,
+# failover and hostile (testnet/scenario's tests).
 testnet:
 	$(GO) run ./testnet/cmd/testnet run -out testnet-out testnet/scenarios/*.toml
 

@@ -34,9 +34,9 @@ import (
 //	intrude       a libp2p host that is not a member opens every cluster
 //	              protocol of every running node (has, blob, index, info,
 //	              hello, replicate), forwards a delete of an acknowledged
-//	              tag to the leader, sends a follower a Raft AppendEntries
-//	              with a higher term, and asks the leader to remove a
-//	              follower (last, as it is the most destructive)
+//	              tag to the leader, asks the leader to remove a follower,
+//	              and sends a follower a Raft AppendEntries with a higher
+//	              term (last: a stranger's term disturbs the leadership)
 //	flood         count upload POSTs to the target within for; the target
 //	              must keep taking pushes (a probe push right after)
 //	slow-readers  count clients open a GET of the largest blob of image
@@ -232,10 +232,6 @@ func (r *run) intrude(ctx context.Context) error {
 		res.Answer += fmt.Sprintf("; GET %s:%s now: %v", p.Repo, p.Tag, gerr)
 	}
 	r.record(res)
-	// raft: an AppendEntries with a higher term to a follower.
-	if len(followers) > 0 {
-		r.record(r.appendEntries(h, followers[0], ids[followers[0]], st.Raft.Term+1))
-	}
 	// member: remove a follower for good, through the leader.
 	if len(followers) > 0 {
 		victim := followers[len(followers)-1]
@@ -254,6 +250,10 @@ func (r *run) intrude(ctx context.Context) error {
 			}
 		}
 		r.record(res)
+	}
+	// raft: an AppendEntries with a higher term to a follower.
+	if len(followers) > 0 {
+		r.record(r.appendEntries(h, followers[0], ids[followers[0]], st.Raft.Term+1))
 	}
 	return nil
 }
