@@ -29,7 +29,7 @@ OCI_VERSION  ?= 1.1
 # make bench BENCH_FLAGS='-blob-size 64MiB -layers 5 -layer-size 1MiB -duration 1s -runs 1'
 BENCH_FLAGS  ?=
 
-.PHONY: all build run test lint unit e2e conformance bench tools image testnet clean
+.PHONY: all build run test lint unit e2e conformance bench tools image testnet fuzz clean
 
 all: build
 
@@ -41,10 +41,17 @@ run:
 
 # Every container scenario (testnet/scenarios): builds the node image, runs
 # each scenario on a Docker network of its own, prints each report and
-# writes it (JSON and Markdown) under testnet-out/. make test runs smoke and
-# failover (testnet/scenario's tests).
+# writes it (JSON and Markdown) under testnet-out/. make test runs smoke,
+# failover and hostile (testnet/scenario's tests).
 testnet:
 	$(GO) run ./testnet/cmd/testnet run -out testnet-out testnet/scenarios/*.toml
+
+# Every fuzz target (testnet/fuzz/targets.txt) for FUZZTIME each, one after
+# another; logs under fuzz-out/, crashers in <package>/testdata/fuzz/.
+# make test runs only the seed corpora (as plain tests), never fuzzes.
+FUZZTIME ?= 60s
+fuzz:
+	GO=$(GO) FUZZTIME=$(FUZZTIME) sh testnet/fuzz/run.sh
 
 # The node image (deploy/Dockerfile): FROM scratch with a static binary,
 # built with the classic builder from a context of its own, so it needs no

@@ -162,6 +162,11 @@ func manifestDigest(reference string, body []byte) (digest.Digest, error) {
 	alg := digest.Canonical
 	var want digest.Digest
 	if isDigest(reference) {
+		// Validate first: hashing with an algorithm go-digest does not
+		// know panics.
+		if err := digest.Digest(reference).Validate(); err != nil {
+			return "", oci.Wrap(oci.DigestInvalid, err, fmt.Sprintf("invalid manifest digest %.300q: use sha256:<hex> or sha512:<hex>", reference))
+		}
 		want = digest.Digest(reference)
 		alg = want.Algorithm()
 	}

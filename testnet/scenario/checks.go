@@ -86,7 +86,17 @@ const maxListed = 20
 
 // check runs the final checks and fills the report.
 func (r *run) check(ctx context.Context) {
-	running := r.cl.running()
+	// A node the runner did not take down but whose container is gone
+	// (it crashed) is judged by checkExits; asking it for every push
+	// would only spend the run's time on connection errors.
+	var running []*node
+	for _, n := range r.cl.running() {
+		if st, err := n.c.State(ctx); err == nil && !st.Running {
+			r.note(fmt.Sprintf("%s is down (exit code %d): not asked for the acknowledged pushes", n.spec.Name, st.ExitCode))
+			continue
+		}
+		running = append(running, n)
+	}
 	// Every acknowledged push, in full, from every running node.
 	acked := r.hist.allAcked()
 	listed := 0
@@ -119,6 +129,7 @@ func (r *run) check(ctx context.Context) {
 		}
 	}
 	r.checkExits(ctx)
+	r.checkSeries(ctx)
 	r.checkExpectations()
 	r.fillFigures()
 	r.fillMembers(ctx, running)

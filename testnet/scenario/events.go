@@ -57,6 +57,12 @@ func (r *run) apply(ctx context.Context, e Event) ([]string, error) {
 	switch e.Action {
 	case "wait":
 		return nil, nil
+	case "intrude":
+		var names []string
+		for _, n := range r.cl.running() {
+			names = append(names, n.spec.Name)
+		}
+		return names, r.intrude(ctx)
 	case "heal":
 		r.heal(ctx)
 		return nil, nil
@@ -177,6 +183,8 @@ func (r *run) apply(ctx context.Context, e Event) ([]string, error) {
 		return names, err
 	case "pull":
 		return names, r.measuredPull(ctx, n, e)
+	case "flood", "slow-readers", "junk-methods", "oversized":
+		return names, r.hostile(ctx, n, e)
 	default:
 		return names, fmt.Errorf("action %q not implemented", e.Action)
 	}

@@ -47,6 +47,10 @@ type Report struct {
 	Docker          []DockerStep       `json:"docker_steps,omitempty"`
 	Measured        []MeasuredPull     `json:"measured_pulls,omitempty"`
 	Expect          []ExpectResult     `json:"expect,omitempty"`
+	// Hostile is every attempt of the hostile actions and what it got.
+	Hostile []HostileResult `json:"hostile,omitempty"`
+	// Series are the nodes' /metrics series counts, at the start and end.
+	Series []SeriesCount `json:"metrics_series,omitempty"`
 }
 
 // Convergence is how long the cluster took to be whole (one leader for
@@ -279,6 +283,7 @@ func (r *Report) Markdown() string {
 			fmt.Fprintf(&b, "| %s | %s | %t | %.1f | %s | %s |\n", d.From, d.To, d.OK, d.Seconds, d.Digest, d.Error)
 		}
 	}
+	r.hostileMarkdown(&b)
 	b.WriteString("\n## Events\n\n(at: since the load began)\n\n| at | action | targets | took | error |\n| --- | --- | --- | --- | --- |\n")
 	for _, e := range r.Events {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", e.At, e.Action, strings.Join(e.Targets, ", "), e.Took, e.Error)

@@ -111,6 +111,7 @@ func (r *run) stages(ctx context.Context) error {
 		return err
 	}
 	stopPoll := r.startPoller(ctx)
+	r.seriesBefore(ctx)
 	r.log.Info("cluster formed; load and perturbations start")
 	r.loadStart = time.Now()
 	var wg sync.WaitGroup

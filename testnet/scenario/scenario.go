@@ -156,6 +156,13 @@ var Actions = []string{
 	"pull",      // pull a named image through the target, measuring bytes served by every node
 	"docker",    // the host's Docker engine pushes to target, pulls back through to
 	"wait",      // do nothing until at; a marker
+	// The hostile actions (see hostile.go): an attacker with no
+	// credentials on the scenario's network.
+	"intrude",      // a libp2p host that is not a member tries every cluster protocol
+	"flood",        // count upload POSTs to target within for
+	"slow-readers", // count GETs of image's largest blob through target, unread for for
+	"junk-methods", // count requests with made-up HTTP methods within for
+	"oversized",    // requests past every size a client may choose
 }
 
 // roleTargets are the event targets that name a node by its role when
@@ -175,6 +182,8 @@ type Event struct {
 	Layers    int      `toml:"layers"`
 	LayerSize Size     `toml:"layer_size"`
 	Label     string   `toml:"label"` // the name expectations refer to (a pull's defaults to its image)
+	Count     int      `toml:"count"` // flood, slow-readers, junk-methods: how many requests
+	For       Duration `toml:"for"`   // flood, junk-methods: within; slow-readers: how long they stall
 }
 
 // Expect is a scenario-specific check on a labelled event. On a pull:
@@ -440,7 +449,7 @@ func (s *Scenario) Validate() error {
 				for _, n := range e.Nodes {
 					target(n)
 				}
-			case "heal", "wait":
+			case "heal", "wait", "intrude":
 			case "add":
 				if !names[e.Target].Later {
 					bad("%s: target %q must be a node declared with later = true", at, e.Target)
@@ -468,10 +477,17 @@ func (s *Scenario) Validate() error {
 				if int64(e.Layers)*int64(e.LayerSize) > maxImageSize {
 					bad("%s: image larger than %d bytes", at, maxImageSize)
 				}
-			case "pull":
+			case "pull", "slow-readers":
 				if !images[e.Image] {
 					bad("%s: image %q is not pushed by an earlier push event", at, e.Image)
 				}
+			}
+			switch limit := map[string]int{"flood": maxFloodCount, "slow-readers": maxSlowReaders, "junk-methods": maxJunkMethods}[e.Action]; {
+			case limit == 0:
+			case e.Count <= 0 || e.Count > limit:
+				bad("%s: count %d: between 1 and %d", at, e.Count, limit)
+			case e.For.Duration <= 0 || e.For.Duration > maxHostileFor:
+				bad("%s: for %v: positive, at most %v", at, e.For.Duration, maxHostileFor)
 			}
 		}
 	}

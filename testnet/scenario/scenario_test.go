@@ -63,6 +63,9 @@ func TestParseRejectsBadFiles(t *testing.T) {
 		{"empty expect", minimal + "[[events]]\naction=\"kill\"\ntarget=\"n1\"\nlabel=\"k\"\n[[expect]]\nevent=\"k\"\n", "nothing to check"},
 		{"label twice", minimal + "[[events]]\naction=\"kill\"\ntarget=\"n1\"\nlabel=\"k\"\n[[events]]\naction=\"heal\"\nlabel=\"k\"\n", "used twice"},
 		{"partition without nodes", minimal + "[[events]]\naction=\"partition\"\n", "nodes (the set cut off) missing"},
+		{"flood without count", minimal + "[[events]]\naction=\"flood\"\ntarget=\"n1\"\nfor=\"1s\"\n", "count 0: between 1 and"},
+		{"unbounded flood", minimal + "[[events]]\naction=\"flood\"\ntarget=\"n1\"\ncount=10\n", "for 0s: positive"},
+		{"slow readers of an unknown image", minimal + "[[events]]\naction=\"slow-readers\"\ntarget=\"n1\"\nimage=\"x\"\ncount=1\nfor=\"1s\"\n", "not pushed by an earlier push"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -151,3 +154,9 @@ func runShipped(t *testing.T, name string) {
 func TestScenarioSmoke(t *testing.T) { runShipped(t, "smoke") }
 
 func TestScenarioFailover(t *testing.T) { runShipped(t, "failover") }
+
+// TestScenarioHostile: an attacker with no credentials on the cluster's
+// network (intrude, flood, slow-readers, junk-methods, oversized) loses
+// nothing acknowledged, takes no node down, is refused every time and
+// does not explode /metrics.
+func TestScenarioHostile(t *testing.T) { runShipped(t, "hostile") }
