@@ -126,8 +126,8 @@ func FuzzServeControl(f *testing.F) {
 		proto byte
 		msg   string
 	}{
-		{0, `{"` + stranger.String() + `":"/ip4/127.0.0.1/tcp/1/p2p/` + stranger.String() + `"}`},
-		{0, `{"` + self + `":"/ip4/10.0.0.1/tcp/4001/p2p/` + self + `"}`},
+		{0, `{"seen":{"` + stranger.String() + `":"/ip4/127.0.0.1/tcp/1/p2p/` + stranger.String() + `"}}`},
+		{0, `{"seen":{"` + self + `":"/ip4/10.0.0.1/tcp/4001/p2p/` + self + `"},"proof":"00"}`},
 		{1, `{"digests":["` + cfgDigest + `","` + layerDigest + `"]}`},
 		{2, `{"digest":"` + cfgDigest + `","size":2,"from":["` + stranger.String() + `"]}`},
 		{3, ``},
@@ -143,11 +143,16 @@ func FuzzServeControl(f *testing.F) {
 		switch proto % 6 {
 		case 0:
 			out := n.serveHello(ctx, stranger, b)
-			var theirs map[string]string
+			var theirs helloMessage
 			if err := json.Unmarshal(out, &theirs); err != nil {
 				t.Fatalf("hello answer %q does not decode: %v", out, err)
 			}
-			for id, addr := range theirs {
+			// A stranger proves neither the cluster key nor the join
+			// token: it learns no peer.
+			if len(theirs.Seen) != 0 {
+				t.Fatalf("hello from a stranger answered with %d peers: %q", len(theirs.Seen), out)
+			}
+			for id, addr := range theirs.Seen {
 				if _, err := peer.Decode(id); err != nil || !strings.HasSuffix(addr, "/p2p/"+id) {
 					t.Fatalf("hello answer names %q at %q", id, addr)
 				}
