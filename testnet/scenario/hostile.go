@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -305,6 +306,7 @@ func (r *run) flood(ctx context.Context, n *node, e Event) error {
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	statuses := map[string]int{}
+	var opened []string // Locations of the sessions the flood opened
 	var mu sync.Mutex
 	jobs := make(chan struct{})
 	var wg sync.WaitGroup
@@ -312,15 +314,21 @@ func (r *run) flood(ctx context.Context, n *node, e Event) error {
 	for range floodWorkers {
 		wg.Go(func() {
 			for range jobs {
-				key := "error"
+				key, loc := "error", ""
 				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, n.c.URL()+"/v2/"+repo+"/blobs/uploads/", nil)
 				if resp, err := client.Do(req); err == nil {
 					key = strconv.Itoa(resp.StatusCode)
+					if resp.StatusCode == http.StatusAccepted {
+						loc = resp.Header.Get("Location")
+					}
 					_, _ = io.Copy(io.Discard, resp.Body)
 					resp.Body.Close()
 				}
 				mu.Lock()
 				statuses[key]++
+				if loc != "" {
+					opened = append(opened, loc)
+				}
 				mu.Unlock()
 			}
 		})
@@ -346,7 +354,14 @@ func (r *run) flood(ctx context.Context, n *node, e Event) error {
 	r.record(HostileResult{Action: "flood", Node: n.spec.Name,
 		Attempt: fmt.Sprintf("%d upload POSTs in %.1fs", e.Count, took.Seconds()),
 		Answer:  fmt.Sprintf("statuses %v", statuses), Refused: bad == 0})
-	// The node must still take a push.
+	// The flood comes from this runner's address, as the pushes do, and a
+	// node bounds the sessions of one client: the flooder cancels its
+	// sessions (what a 429 tells a client to do), then the node must take
+	// a push from that same address again.
+	cancelled := r.cancelUploads(ctx, client, n, opened)
+	r.record(HostileResult{Action: "flood", Node: n.spec.Name,
+		Attempt: fmt.Sprintf("cancel the %d sessions the flood opened", len(opened)),
+		Answer:  fmt.Sprintf("%d cancelled (204)", cancelled), Refused: true})
 	pctx, cancel := context.WithTimeout(ctx, time.Minute)
 	p, err := r.pushImage(pctx, n, r.s.Workload.Repo, "after-flood", 1, 64<<10)
 	cancel()
@@ -357,6 +372,44 @@ func (r *run) flood(ctx context.Context, n *node, e Event) error {
 	}
 	r.record(res)
 	return nil
+}
+
+// cancelUploads DELETEs each upload session at its Location (relative to
+// n's URL or absolute), floodWorkers at a time, and counts the 204s.
+func (r *run) cancelUploads(ctx context.Context, client *http.Client, n *node, locations []string) int {
+	var done atomic.Int64
+	jobs := make(chan string)
+	var wg sync.WaitGroup
+	for range floodWorkers {
+		wg.Go(func() {
+			for loc := range jobs {
+				u := loc
+				if strings.HasPrefix(u, "/") {
+					u = n.c.URL() + u
+				}
+				req, err := http.NewRequestWithContext(ctx, http.MethodDelete, u, nil)
+				if err != nil {
+					continue
+				}
+				if resp, err := client.Do(req); err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode == http.StatusNoContent {
+						done.Add(1)
+					}
+				}
+			}
+		})
+	}
+	for _, loc := range locations {
+		if ctx.Err() != nil {
+			break
+		}
+		jobs <- loc
+	}
+	close(jobs)
+	wg.Wait()
+	return int(done.Load())
 }
 
 // slowReaders opens e.Count GETs of the largest blob of e.Image through n
