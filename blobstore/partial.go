@@ -229,19 +229,29 @@ func (r *partialReader) Read(b []byte) (int, error) {
 }
 
 func (r *partialReader) Seek(offset int64, whence int) (int64, error) {
+	off, err := seekOffset(r.off, r.p.size, offset, whence)
+	if err != nil {
+		return 0, err
+	}
+	r.off = off
+	return off, nil
+}
+
+// seekOffset is where an io.Seeker of a blob of size bytes, now at cur,
+// lands after Seek(offset, whence).
+func seekOffset(cur, size, offset int64, whence int) (int64, error) {
 	switch whence {
 	case io.SeekStart:
 	case io.SeekCurrent:
-		offset += r.off
+		offset += cur
 	case io.SeekEnd:
-		offset += r.p.size
+		offset += size
 	default:
 		return 0, fmt.Errorf("blobstore: seek: bad whence %d", whence)
 	}
 	if offset < 0 {
 		return 0, fmt.Errorf("blobstore: seek to negative offset %d", offset)
 	}
-	r.off = offset
 	return offset, nil
 }
 

@@ -279,20 +279,12 @@ func (r *verifyingReader) fail(why error) error {
 }
 
 func (r *verifyingReader) Seek(offset int64, whence int) (int64, error) {
-	switch whence {
-	case io.SeekStart:
-	case io.SeekCurrent:
-		offset += r.off
-	case io.SeekEnd:
-		offset += r.size
-	default:
-		return 0, fmt.Errorf("blobstore: seek: bad whence %d", whence)
+	off, err := seekOffset(r.off, r.size, offset, whence)
+	if err != nil {
+		return 0, err
 	}
-	if offset < 0 {
-		return 0, fmt.Errorf("blobstore: seek to negative offset %d", offset)
-	}
-	r.off = offset
-	return offset, nil
+	r.off = off
+	return off, nil
 }
 
 func (r *verifyingReader) Close() error { return r.f.Close() }
