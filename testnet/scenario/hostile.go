@@ -144,6 +144,14 @@ func (r *run) intrude(ctx context.Context) error {
 	defer h.Close()
 
 	running := r.cl.running()
+	// Aim at a cluster that has a leader: an election may be under way
+	// (the workload runs on a busy machine); wait for it to settle.
+	for settle := time.Now().Add(30 * time.Second); time.Now().Before(settle) && ctx.Err() == nil; {
+		if r.anyLeader(ctx, running) {
+			break
+		}
+		sleep(ctx, 500*time.Millisecond)
+	}
 	ids := map[*node]peer.ID{}
 	var leader *node
 	var followers []*node
@@ -295,6 +303,16 @@ func (r *run) appendEntries(h *p2p.Host, n *node, id peer.ID, term uint64) Hosti
 	}
 	res.Answer = fmt.Sprintf("answered: term %d, success %t", resp.Term, resp.Success)
 	return res
+}
+
+// anyLeader reports whether one of nodes says it is the Raft leader.
+func (r *run) anyLeader(ctx context.Context, nodes []*node) bool {
+	for _, n := range nodes {
+		if s, err := r.cl.status(ctx, n); err == nil && s.Raft.State == "Leader" {
+			return true
+		}
+	}
+	return false
 }
 
 // flood sends e.Count upload POSTs to n within e.For from floodWorkers
