@@ -1,8 +1,11 @@
 package api
 
 import (
+	"io"
 	"net/http"
 	"time"
+
+	"github.com/meshreg/meshreg/api/oci"
 )
 
 func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) error {
@@ -28,11 +31,54 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) erro
 	}
 	defer content.Close()
 	setBlobHeaders(hdr, d.String())
-	// ServeContent answers Range (206, 416) and conditional requests, and
-	// copies an *os.File with sendfile.
-	http.ServeContent(w, r, "", time.Time{}, content)
+	// ServeContent answers Range (206) and conditional requests, and
+	// copies an *os.File with sendfile. Its own errors (416 for a Range
+	// it cannot serve) are plain text: they become OCI errors here.
+	cw := &contentErrorWriter{ResponseWriter: w}
+	http.ServeContent(cw, r, "", time.Time{}, content)
+	if cw.status != 0 {
+		hdr.Del("X-Content-Type-Options")
+		return oci.Errorf(oci.Unsupported, "the Range header %q cannot be served for this blob (%s): ask for bytes=START-END within the blob",
+			truncate(r.Header.Get("Range")), hdr.Get("Content-Range")).WithStatus(cw.status)
+	}
 	return nil
 }
+
+// contentErrorWriter passes a response through, except an error status
+// (>= 400) and its body, which it holds back so that the caller writes an
+// OCI error instead. It keeps the writer's io.ReaderFrom (sendfile) and
+// unwraps for http.ResponseController.
+type contentErrorWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (c *contentErrorWriter) WriteHeader(code int) {
+	if code >= http.StatusBadRequest {
+		c.status = code
+		return
+	}
+	c.ResponseWriter.WriteHeader(code)
+}
+
+func (c *contentErrorWriter) Write(b []byte) (int, error) {
+	if c.status != 0 {
+		return len(b), nil
+	}
+	return c.ResponseWriter.Write(b)
+}
+
+func (c *contentErrorWriter) ReadFrom(r io.Reader) (int64, error) {
+	if c.status != 0 {
+		return io.Copy(io.Discard, r)
+	}
+	if rf, ok := c.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{c.ResponseWriter}, r)
+}
+
+func (c *contentErrorWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
 
 func (h *Handler) deleteBlob(w http.ResponseWriter, r *http.Request, rt route) error {
 	d, err := parseDigest(rt.ref)
