@@ -295,29 +295,8 @@ func TestHostileStalledReaders(t *testing.T) {
 func TestHostileSlowHeaders(t *testing.T) {
 	testnet.RequireProcess(t)
 	n := testnet.StartNode(t, testnet.Options{Env: []string{"MESHREG_CLIENT_IDLE_TIMEOUT=2s"}})
-	fdsBefore := fdCount(t, n.PID())
-	for range 50 {
-		conn, err := net.Dial("tcp", n.Host())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		if _, err := fmt.Fprintf(conn, "GET /v2/ HTTP/1.1\r\nHost: %s\r\nX-Slow: ", n.Host()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	start := time.Now()
-	for held := 0; ; time.Sleep(100 * time.Millisecond) {
-		now := fdCount(t, n.PID()) - fdsBefore
-		held = max(held, now)
-		if now <= 5 && held >= 45 {
-			t.Logf("the node held %d connections with unfinished headers and closed them %s later", held, time.Since(start).Round(time.Millisecond))
-			return
-		}
-		if time.Since(start) > 15*time.Second {
-			t.Fatalf("the node still holds %d more descriptors 15 s after 50 clients began headers they never finish (peak %d)", now, held)
-		}
-	}
+	stallAndExpectRelease(t, n, "connections with unfinished headers", 15*time.Second,
+		"GET /v2/ HTTP/1.1\r\nHost: %s\r\nX-Slow: ")
 }
 
 // TestHostileSlowUploadBodies: one client starts 200 monolithic uploads
@@ -381,29 +360,8 @@ func TestHostileSlowUploadBodies(t *testing.T) {
 func TestHostileTricklingRefusedBodies(t *testing.T) {
 	testnet.RequireProcess(t)
 	n := testnet.StartNode(t, testnet.Options{Env: []string{"MESHREG_BODY_IDLE_TIMEOUT=2s"}})
-	fdsBefore := fdCount(t, n.PID())
-	for range 50 {
-		conn, err := net.Dial("tcp", n.Host())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		if _, err := fmt.Fprintf(conn, "POST /v2/h/trickle/blobs/uploads/?digest=sha256:bad HTTP/1.1\r\nHost: %s\r\nContent-Length: 1000\r\n\r\nx", n.Host()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	start := time.Now()
-	for held := 0; ; time.Sleep(100 * time.Millisecond) {
-		now := fdCount(t, n.PID()) - fdsBefore
-		held = max(held, now)
-		if now <= 5 && held >= 45 {
-			t.Logf("the node held %d connections with trickling bodies and let them go %s later", held, time.Since(start).Round(time.Millisecond))
-			return
-		}
-		if time.Since(start) > 20*time.Second {
-			t.Fatalf("the node still holds %d more descriptors 20 s after 50 clients began trickling bodies (peak %d)", now, held)
-		}
-	}
+	stallAndExpectRelease(t, n, "connections with trickling bodies", 20*time.Second,
+		"POST /v2/h/trickle/blobs/uploads/?digest=sha256:bad HTTP/1.1\r\nHost: %s\r\nContent-Length: 1000\r\n\r\nx")
 }
 
 // TestHostileMountWithoutFrom: a blob pushed to one repository cannot be
@@ -531,6 +489,37 @@ func TestHostileFlagValues(t *testing.T) {
 					t.Errorf("serve --check --%s=%s: message %q does not name the flag and its range", flag, v, msg)
 				}
 			})
+		}
+	}
+}
+
+// stallAndExpectRelease opens 50 connections to n, sends each the start of
+// a request (format, with n's host for %s) and nothing more, and waits
+// until the node held at least 45 of them and then let all but 5 go,
+// failing after within.
+func stallAndExpectRelease(t *testing.T, n *testnet.Node, what string, within time.Duration, format string) {
+	t.Helper()
+	fdsBefore := fdCount(t, n.PID())
+	for range 50 {
+		conn, err := net.Dial("tcp", n.Host())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if _, err := fmt.Fprintf(conn, format, n.Host()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	for held := 0; ; time.Sleep(100 * time.Millisecond) {
+		now := fdCount(t, n.PID()) - fdsBefore
+		held = max(held, now)
+		if now <= 5 && held >= 45 {
+			t.Logf("the node held %d %s and let them go %s later", held, what, time.Since(start).Round(time.Millisecond))
+			return
+		}
+		if time.Since(start) > within {
+			t.Fatalf("the node still holds %d more descriptors %s after 50 clients opened %s (peak %d)", now, within, what, held)
 		}
 	}
 }
