@@ -91,6 +91,11 @@ func CheckFit(t testing.TB, m Objects, want Want) {
 		t.Fatalf("%s: container ports %+v: want api %d with hostPort %d, p2p %d", m.Source, c.Ports, APIPort, APIPort, P2PPort)
 	}
 
+	env := m.Env(t, c)
+	scheme := "HTTP"
+	if env["MESHREG_TLS_CERT"] != "" {
+		scheme = "HTTPS"
+	}
 	for _, pr := range []struct {
 		name, path string
 		p          *Probe
@@ -102,9 +107,11 @@ func CheckFit(t testing.TB, m Objects, want Want) {
 		if pr.p.HTTPGet.Path != pr.path || c.PortNamed(t, pr.p.HTTPGet.Port) != APIPort {
 			t.Errorf("%s: %s GETs %s on port %s, want %s on the API port %d", m.Source, pr.name, pr.p.HTTPGet.Path, pr.p.HTTPGet.Port, pr.path, APIPort)
 		}
+		if got := pr.p.HTTPGet.Scheme; got != scheme && (got != "" || scheme != "HTTP") {
+			t.Errorf("%s: %s uses scheme %q, want %s (MESHREG_TLS_CERT %q)", m.Source, pr.name, got, scheme, env["MESHREG_TLS_CERT"])
+		}
 	}
 
-	env := m.Env(t, c)
 	if v := m.Volume("data"); v == nil || v.HostPath == nil || v.HostPath.Path != want.DataHostPath || v.HostPath.Type != "DirectoryOrCreate" {
 		t.Errorf("%s: no volume data: hostPath %s, DirectoryOrCreate", m.Source, want.DataHostPath)
 	}
