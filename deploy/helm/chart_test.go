@@ -96,7 +96,17 @@ func TestHelmLint(t *testing.T) {
 	}
 }
 
-func TestChartDefaults(t *testing.T) {
+// TestChart renders the chart and checks the objects, building meshreg
+// once for the three renders.
+func TestChart(t *testing.T) {
+	bin := kubecheck.Binary(t)
+	t.Run("defaults", func(t *testing.T) { chartDefaults(t, bin) })
+	t.Run("everything set", func(t *testing.T) { chartEverythingSet(t, bin) })
+	t.Run("pod network", func(t *testing.T) { chartPodNetwork(t, bin) })
+}
+
+// chartDefaults: the default values give the plain manifest's DaemonSet.
+func chartDefaults(t *testing.T, bin string) {
 	m := render(t, "meshreg", "meshreg")
 	kubecheck.CheckFit(t, m, kubecheck.Want{
 		Name: "meshreg", Namespace: "meshreg",
@@ -105,7 +115,7 @@ func TestChartDefaults(t *testing.T) {
 	})
 	kubecheck.CheckDockerfile(t, m, dockerfile)
 	got := kubecheck.CheckServe(t, m, kubecheck.Serve{
-		Bin:        kubecheck.Binary(t),
+		Bin:        bin,
 		Dockerfile: dockerfile,
 		Files:      map[string]string{"MESHREG_CLUSTER_KEY": kubecheck.TestKey},
 	})
@@ -126,6 +136,13 @@ func TestChartDefaults(t *testing.T) {
 	if v := m.Volume("cluster-key"); v == nil || v.Secret == nil || v.Secret.SecretName != "meshreg-cluster-key" {
 		t.Errorf("the cluster key is not the Secret meshreg-cluster-key, as in the plain manifest: %+v", v)
 	}
+	values, err := os.ReadFile(filepath.Join(chartDir, "values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(values), "kubectl -n meshreg create secret generic meshreg-cluster-key --from-file=swarm.key") {
+		t.Error("values.yaml does not say how to create the cluster key Secret")
+	}
 	if spec.PriorityClassName != "system-node-critical" {
 		t.Errorf("priorityClassName %q, want system-node-critical", spec.PriorityClassName)
 	}
@@ -139,7 +156,8 @@ func TestChartDefaults(t *testing.T) {
 	}
 }
 
-func TestChartEverythingSet(t *testing.T) {
+// chartEverythingSet: every value reaches the objects.
+func chartEverythingSet(t *testing.T, bin string) {
 	m := render(t, "edge", "registry", "-f", everything)
 	kubecheck.CheckFit(t, m, kubecheck.Want{
 		Name: "edge-meshreg", Namespace: "registry",
@@ -149,7 +167,7 @@ func TestChartEverythingSet(t *testing.T) {
 	kubecheck.CheckDockerfile(t, m, dockerfile)
 	cert, key := selfSigned(t)
 	got := kubecheck.CheckServe(t, m, kubecheck.Serve{
-		Bin:        kubecheck.Binary(t),
+		Bin:        bin,
 		Dockerfile: dockerfile,
 		Files: map[string]string{
 			"MESHREG_CLUSTER_KEY":   kubecheck.TestKey,
@@ -238,9 +256,9 @@ func TestChartEverythingSet(t *testing.T) {
 	}
 }
 
-// TestChartPodNetwork: the locality from the pod's labels (KEP-4742), and
+// chartPodNetwork: the locality from the pod's labels (KEP-4742), and
 // the pod's IP advertised when the p2p port is not a hostPort.
-func TestChartPodNetwork(t *testing.T) {
+func chartPodNetwork(t *testing.T, bin string) {
 	m := render(t, "meshreg", "meshreg", "--set", "topologyFromPodLabels=true", "--set", "p2pHostPort=false")
 	kubecheck.CheckFit(t, m, kubecheck.Want{
 		Name: "meshreg", Namespace: "meshreg",
@@ -248,7 +266,7 @@ func TestChartPodNetwork(t *testing.T) {
 		DataHostPath: "/var/lib/meshreg",
 	})
 	got := kubecheck.CheckServe(t, m, kubecheck.Serve{
-		Bin:        kubecheck.Binary(t),
+		Bin:        bin,
 		Dockerfile: dockerfile,
 		Files:      map[string]string{"MESHREG_CLUSTER_KEY": kubecheck.TestKey},
 	})
