@@ -126,6 +126,16 @@ func CheckFit(t testing.TB, m Objects, want Want) {
 		t.Errorf("%s: resources %+v: want cpu and memory requests and a memory limit", m.Source, c.Resources)
 	}
 
+	// The node runs as root (for the hostPath), so every container gets
+	// nothing more than root's file ownership.
+	for _, c := range append(append([]Container{}, ds.Template.Spec.InitContainers...), ds.Template.Spec.Containers...) {
+		sc := c.SecurityContext
+		if sc == nil || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || !sc.ReadOnlyRootFilesystem ||
+			len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" {
+			t.Errorf("%s: container %s: securityContext %+v, want no privilege escalation, a read-only root filesystem and every capability dropped", m.Source, c.Name, sc)
+		}
+	}
+
 	// The Raft address: the pod's own view of its addresses is the pod
 	// network; the host's IP is what stays the same across pod restarts,
 	// and it reaches the pod only through a hostPort.

@@ -102,7 +102,14 @@ type Container struct {
 	ReadinessProbe  *Probe        `yaml:"readinessProbe"`
 	LivenessProbe   *Probe        `yaml:"livenessProbe"`
 	VolumeMounts    []VolumeMount `yaml:"volumeMounts"`
-	Resources       struct {
+	SecurityContext *struct {
+		AllowPrivilegeEscalation *bool `yaml:"allowPrivilegeEscalation"`
+		ReadOnlyRootFilesystem   bool  `yaml:"readOnlyRootFilesystem"`
+		Capabilities             struct {
+			Drop []string `yaml:"drop"`
+		} `yaml:"capabilities"`
+	} `yaml:"securityContext"`
+	Resources struct {
 		Requests map[string]string `yaml:"requests"`
 		Limits   map[string]string `yaml:"limits"`
 	} `yaml:"resources"`
