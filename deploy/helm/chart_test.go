@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -31,6 +32,8 @@ const (
 	chartDir   = "meshreg"
 	everything = "testdata/everything.yaml"
 	dockerfile = "../Dockerfile"
+	// plainManifest is the DaemonSet without Helm.
+	plainManifest = "../kubernetes/meshreg.yaml"
 	// htpasswd is user admin, password secret.
 	htpasswd = "admin:$2a$05$ol.usOOY2SkthFZAr/MOjO7/lgIe2mWVklw5Kk9tQzDfMdFdoN8ZC\n"
 	policy   = "- user: admin\n  repositories: [\"**\"]\n  actions: [pull, push, delete]\n"
@@ -103,6 +106,62 @@ func TestChart(t *testing.T) {
 	t.Run("defaults", func(t *testing.T) { chartDefaults(t, bin) })
 	t.Run("everything set", func(t *testing.T) { chartEverythingSet(t, bin) })
 	t.Run("pod network", func(t *testing.T) { chartPodNetwork(t, bin) })
+	t.Run("defaults equal the plain manifest", func(t *testing.T) { chartEqualsManifest(t, bin) })
+}
+
+// chartEqualsManifest: installed as the README says (release meshreg in
+// the namespace meshreg), the chart runs the node as the plain manifest
+// does: the same effective configuration, ports, probes, volumes, update
+// strategy and resources.
+func chartEqualsManifest(t *testing.T, bin string) {
+	b, err := os.ReadFile(plainManifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := kubecheck.Parse(t, plainManifest, b)
+	chart := render(t, "meshreg", "meshreg")
+	serve := kubecheck.Serve{Bin: bin, Dockerfile: dockerfile, Files: map[string]string{"MESHREG_CLUSTER_KEY": kubecheck.TestKey}}
+	pc, cc := kubecheck.CheckServe(t, plain, serve), kubecheck.CheckServe(t, chart, serve)
+	delete(pc, "cluster-key") // a temp file each
+	delete(cc, "cluster-key")
+	for k := range pc {
+		if _, ok := cc[k]; !ok {
+			cc[k] = nil
+		}
+	}
+	for k, v := range cc {
+		if !reflect.DeepEqual(pc[k], v) {
+			t.Errorf("serve --check: %s is %v with the plain manifest, %v with the chart", k, pc[k], v)
+		}
+	}
+	pe, ce := plain.Env(t, plain.Container(t)), chart.Env(t, chart.Container(t))
+	if pe["MESHREG_ADVERTISE"] != ce["MESHREG_ADVERTISE"] {
+		t.Errorf("MESHREG_ADVERTISE: plain manifest %q, chart %q", pe["MESHREG_ADVERTISE"], ce["MESHREG_ADVERTISE"])
+	}
+	ps, cs := plain.DaemonSet, chart.DaemonSet
+	pcon, ccon := plain.Container(t), chart.Container(t)
+	for _, d := range []struct {
+		what         string
+		plain, chart any
+	}{
+		{"updateStrategy", ps.UpdateStrategy, cs.UpdateStrategy},
+		{"terminationGracePeriodSeconds", ps.Template.Spec.TerminationGracePeriodSeconds, cs.Template.Spec.TerminationGracePeriodSeconds},
+		{"tolerations", ps.Template.Spec.Tolerations, cs.Template.Spec.Tolerations},
+		{"ports", pcon.Ports, ccon.Ports},
+		{"readinessProbe", pcon.ReadinessProbe.HTTPGet.Path + " " + pcon.ReadinessProbe.HTTPGet.Port, ccon.ReadinessProbe.HTTPGet.Path + " " + ccon.ReadinessProbe.HTTPGet.Port},
+		{"livenessProbe", pcon.LivenessProbe.HTTPGet.Path + " " + pcon.LivenessProbe.HTTPGet.Port, ccon.LivenessProbe.HTTPGet.Path + " " + ccon.LivenessProbe.HTTPGet.Port},
+		{"resources", pcon.Resources, ccon.Resources},
+		{"securityContext", pcon.SecurityContext, ccon.SecurityContext},
+		{"data volume", plain.Volume("data"), chart.Volume("data")},
+		{"image", pcon.Image + " " + pcon.ImagePullPolicy, ccon.Image + " " + ccon.ImagePullPolicy},
+	} {
+		if !reflect.DeepEqual(d.plain, d.chart) {
+			t.Errorf("%s: plain manifest %+v, chart %+v", d.what, d.plain, d.chart)
+		}
+	}
+	if pv, cv := plain.Volume("cluster-key"), chart.Volume("cluster-key"); pv == nil || cv == nil || pv.Secret.SecretName != cv.Secret.SecretName {
+		t.Errorf("cluster key Secret: plain manifest %+v, chart %+v", pv, cv)
+	}
 }
 
 // chartDefaults: the default values give the plain manifest's DaemonSet.
