@@ -315,10 +315,12 @@ func chartEverythingSet(t *testing.T, bin string) {
 	}
 }
 
-// chartPodNetwork: the locality from the pod's labels (KEP-4742), and
-// the pod's IP advertised when the p2p port is not a hostPort.
+// chartPodNetwork: the locality from the pod's labels (KEP-4742), the
+// pod's IP advertised when the p2p port is not a hostPort, and a join token
+// from the operator's Secret.
 func chartPodNetwork(t *testing.T, bin string) {
-	m := render(t, "meshreg", "meshreg", "--set", "topologyFromPodLabels=true", "--set", "p2pHostPort=false")
+	m := render(t, "meshreg", "meshreg", "--set", "topologyFromPodLabels=true", "--set", "p2pHostPort=false",
+		"--set", "joinToken.existingSecret=operators-token")
 	kubecheck.CheckFit(t, m, kubecheck.Want{
 		Name: "meshreg", Namespace: "meshreg",
 		Image: "meshreg:dev", PullPolicy: "IfNotPresent",
@@ -329,7 +331,14 @@ func chartPodNetwork(t *testing.T, bin string) {
 		Dockerfile: dockerfile,
 		Files:      map[string]string{"MESHREG_CLUSTER_KEY": kubecheck.TestKey},
 	})
-	checkValues(t, got, map[string]any{"region": kubecheck.Region, "zone": kubecheck.Zone})
+	checkValues(t, got, map[string]any{"region": kubecheck.Region, "zone": kubecheck.Zone, "join-token": "(set)"})
+	if e := m.Container(t).EnvVar("MESHREG_JOIN_TOKEN"); e == nil || e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil ||
+		e.ValueFrom.SecretKeyRef.Name != "operators-token" || e.ValueFrom.SecretKeyRef.Key != "token" {
+		t.Errorf("MESHREG_JOIN_TOKEN %+v, want the key token of the Secret operators-token", e)
+	}
+	if len(m.Secrets) != 0 {
+		t.Errorf("the chart created Secrets %v for an existing one", m.Secrets)
+	}
 	if env := m.Env(t, m.Container(t)); env["MESHREG_ADVERTISE"] != kubecheck.PodIP {
 		t.Errorf("MESHREG_ADVERTISE = %q, want the pod's IP", env["MESHREG_ADVERTISE"])
 	}
