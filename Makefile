@@ -12,14 +12,16 @@ CRANE_VERSION       := v0.22.1
 ORAS_VERSION        := v1.3.6
 CONFORMANCE_VERSION := v0.0.0-20260831232431-97274622c111
 REGISTRY_VERSION    := v3.0.0
+HELM_VERSION        := v3.22.0
 
 CRANE_STAMP       := $(STAMPS)/crane-$(CRANE_VERSION)
 ORAS_STAMP        := $(STAMPS)/oras-$(ORAS_VERSION)
 CONFORMANCE_STAMP := $(STAMPS)/conformance-$(CONFORMANCE_VERSION)
 REGISTRY_STAMP    := $(STAMPS)/registry-$(REGISTRY_VERSION)
+HELM_STAMP        := $(STAMPS)/helm-$(HELM_VERSION)
 
 # The repository's tools come first in PATH for every recipe; the tests
-# find crane, oras and conformance through PATH.
+# find crane, oras, conformance and helm through PATH.
 export PATH := $(TOOLS_BIN):$(PATH)
 
 UNIT_TIMEOUT ?= 15m
@@ -70,7 +72,8 @@ lint:
 # lint, unit tests (every package but testnet), then the end-to-end tests.
 test: lint unit e2e
 
-unit:
+# helm: deploy/helm's test lints and renders the chart with it.
+unit: $(HELM_STAMP)
 	$(GO) test -count=1 -timeout $(UNIT_TIMEOUT) $$($(GO) list ./... | grep -v '/testnet')
 
 # The end-to-end tests start bin/meshreg as real processes and drive them
@@ -89,7 +92,7 @@ conformance: $(E2E_BUILD) $(CONFORMANCE_STAMP)
 bench: build $(REGISTRY_STAMP)
 	$(GO) run ./testnet/bench -meshreg $(BIN) -distribution .tools/bin/registry $(BENCH_FLAGS)
 
-tools: $(CRANE_STAMP) $(ORAS_STAMP) $(CONFORMANCE_STAMP)
+tools: $(CRANE_STAMP) $(ORAS_STAMP) $(CONFORMANCE_STAMP) $(HELM_STAMP)
 
 # go install MODULE@VERSION ignores this module's go.mod; GOFLAGS is cleared
 # so that a -mod setting in the environment cannot break it.
@@ -107,6 +110,10 @@ $(CONFORMANCE_STAMP):
 
 $(REGISTRY_STAMP):
 	GOFLAGS= GOBIN=$(TOOLS_BIN) $(GO) install github.com/distribution/distribution/v3/cmd/registry@$(REGISTRY_VERSION)
+	@mkdir -p $(@D) && touch $@
+
+$(HELM_STAMP):
+	GOFLAGS= GOBIN=$(TOOLS_BIN) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 	@mkdir -p $(@D) && touch $@
 
 clean:
