@@ -70,8 +70,9 @@ type Config struct {
 	// start past either gets 429 TOOMANYREQUESTS.
 	MaxUploads, MaxUploadsPerClient int
 	// Version is reported in the status document and recorded in the data
-	// dir's FORMAT.
+	// dir's FORMAT; Build is the whole build stamp (status, metrics).
 	Version string
+	Build   buildinfo.Info
 	// Consensus tunes the metadata store; Dir and NodeID are filled in.
 	Consensus consensus.Config
 
@@ -115,6 +116,7 @@ func DefaultConfig() Config {
 		DeadServerTimeout: time.Minute,
 		UploadIdleTimeout: time.Hour,
 		Version:           buildinfo.Read().Version,
+		Build:             buildinfo.Read(),
 		Consensus:         consensus.DefaultConfig(),
 		Replicas:          2,
 		RepairInterval:    time.Minute,
@@ -408,6 +410,7 @@ type Status struct {
 	RaftAddress string           `json:"raft_address"`
 	P2PAddrs    []string         `json:"p2p_addrs"`
 	Version     string           `json:"version"`
+	Build       buildinfo.Info   `json:"build"`
 	DataDir     string           `json:"data_dir"`
 	Uptime      string           `json:"uptime"`
 	Blobs       BlobStatus       `json:"blobs"`
@@ -470,6 +473,7 @@ func (n *Node) Status(ctx context.Context) any {
 		RaftAddress: n.host.RaftAddress(),
 		P2PAddrs:    addrs,
 		Version:     n.cfg.Version,
+		Build:       n.cfg.Build,
 		DataDir:     n.cfg.DataDir,
 		Uptime:      time.Since(n.started).Round(time.Second).String(),
 		Blobs:       BlobStatus{Count: count, Bytes: bytes, Fetching: fetching, UnderReplicated: n.underReplicated.Load(), Corrupt: n.metrics.corruptCount.Load(), Quarantined: n.blobs.Quarantined()},
@@ -511,6 +515,7 @@ func (n *Node) RegisterMetrics(reg prometheus.Registerer) {
 			func() float64 { return float64(n.blobs.OpenUploads()) }),
 	)
 	reg.MustRegister(n.metrics.collectors()...)
+	reg.MustRegister(buildInfoMetric(n.cfg.Build))
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshreg_p2p_streams_refused_total",
 		Help: "Inbound libp2p streams reset unread because the peer may not use the protocol (not a member)."},
 		func() float64 { return float64(n.host.RefusedStreams()) }))
