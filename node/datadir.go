@@ -1,6 +1,7 @@
 package node
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -22,7 +23,9 @@ func claimDataDir(dir, version string, log *slog.Logger) (*datadir.Lock, error) 
 		return nil, err
 	}
 	f, err := datadir.CheckFormat(dir, version)
-	if err != nil {
+	if errors.Is(err, datadir.ErrNotRecorded) {
+		log.Warn("could not record the data dir's format; its layouts are unchanged, so the node starts", "data_dir", dir, "err", err)
+	} else if err != nil {
 		_ = lock.Close()
 		return nil, err
 	}

@@ -28,7 +28,7 @@ func lockStoppedDataDir(dir string) (*datadir.Lock, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := datadir.CheckFormat(dir, buildinfo.Read().Version); err != nil {
+	if _, err := datadir.CheckFormat(dir, buildinfo.Read().Version); err != nil && !errors.Is(err, datadir.ErrNotRecorded) {
 		_ = lock.Close()
 		return nil, err
 	}

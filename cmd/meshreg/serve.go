@@ -305,7 +305,7 @@ func serve(ctx context.Context, cfg serveConfig) (err error) {
 	go func() { runDone <- n.Run(runCtx) }()
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- srv.Serve(ln) }()
-	log.Info("meshreg serving", "version", cfg.Node.Version, "listen", ln.Addr().String(), "data_dir", cfg.Node.DataDir,
+	log.Info("meshreg serving", "version", cfg.Node.Version, "commit", cfg.Node.Build.ShortCommit(), "listen", ln.Addr().String(), "data_dir", cfg.Node.DataDir,
 		"url", "http://"+strings.Replace(ln.Addr().String(), "[::]", "localhost", 1)+"/v2/")
 
 	select {

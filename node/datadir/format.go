@@ -27,6 +27,13 @@ const (
 // written in a layout newer than this binary reads.
 var ErrTooNew = errors.New("data dir layout newer than this meshreg reads")
 
+// ErrNotRecorded is wrapped by CheckFormat's error when FORMAT could not be
+// written but what it would record changes no layout version (only
+// written_by, or a missing file that means version 1 anyway): the data dir
+// is usable, and the caller may go on after saying so. A full disk must not
+// keep a node from starting to serve reads.
+var ErrNotRecorded = errors.New("data dir format not recorded")
+
 // Format is the content of <data dir>/FORMAT. The keys are stable: other
 // tools (the upgrade scenario) read them.
 type Format struct {
@@ -94,6 +101,12 @@ func CheckFormat(dir, version string) (Format, error) {
 	// Absent, or the same layouts written by another version (no layout
 	// is older than v1, the first).
 	if err := writeFormat(dir, cur); err != nil {
+		if !ok {
+			f = Format{Blobstore: 1, Metadata: 1} // what an absent FORMAT means
+		}
+		if f.Blobstore == cur.Blobstore && f.Metadata == cur.Metadata {
+			return cur, fmt.Errorf("%w: %w", ErrNotRecorded, err)
+		}
 		return Format{}, err
 	}
 	return cur, nil

@@ -100,3 +100,24 @@ func TestCheckFormat(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckFormatUnwritable: when FORMAT cannot be written but would
+// change no layout version, the data dir is still usable (ErrNotRecorded).
+func TestCheckFormatUnwritable(t *testing.T) {
+	t.Parallel()
+	for _, existing := range []string{"", `{"blobstore":1,"metadata":1,"written_by":"v1.0.0"}`} {
+		dir := t.TempDir()
+		if existing != "" {
+			writeRaw(t, dir, existing)
+		}
+		// A directory where the temp file goes makes every write fail,
+		// as a full disk would, even for root.
+		if err := os.Mkdir(filepath.Join(dir, FormatFile+".tmp"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		f, err := CheckFormat(dir, "v2.0.0")
+		if !errors.Is(err, ErrNotRecorded) || f != Current("v2.0.0") {
+			t.Errorf("FORMAT %q, unwritable: CheckFormat = %+v, %v; want the current format and ErrNotRecorded", existing, f, err)
+		}
+	}
+}

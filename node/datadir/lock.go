@@ -49,7 +49,9 @@ type Lock struct {
 // Acquire takes the exclusive lock of dir, which must exist, without
 // waiting. When another process (or another open Lock in this process)
 // holds it, the error wraps ErrInUse and names the holder. On success the
-// lock file records this process as the holder.
+// lock file records this process as the holder, as far as the disk allows:
+// the record only serves error messages, so a full disk that keeps it from
+// being written does not keep the node from starting.
 func Acquire(dir string) (*Lock, error) {
 	path := filepath.Join(dir, LockFile)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
@@ -66,11 +68,7 @@ func Acquire(dir string) (*Lock, error) {
 	}
 	host, _ := os.Hostname()
 	me, _ := json.Marshal(Holder{PID: os.Getpid(), Hostname: host, Started: time.Now().UTC().Truncate(time.Second)})
-	if err := rewrite(f, append(me, '\n')); err != nil {
-		_ = funlock(f)
-		_ = f.Close()
-		return nil, fmt.Errorf("data dir %s: writing %s: %w", dir, path, err)
-	}
+	_ = rewrite(f, append(me, '\n')) // best effort, see above
 	return &Lock{f: f, path: path}, nil
 }
 
