@@ -35,8 +35,17 @@ BENCH_FLAGS  ?=
 
 all: build
 
+# Build stamps, shown by `meshreg version`, the status document and the
+# meshreg_build_info metric: make build VERSION=v1.2.0 overrides the
+# version (default: git describe; "dev" outside a git work tree).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
+DATE    ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+STAMP   := github.com/meshreg/meshreg/node/buildinfo
+LDFLAGS := -X $(STAMP).version=$(VERSION) -X $(STAMP).commit=$(COMMIT) -X $(STAMP).date=$(DATE)
+
 build:
-	$(GO) build -trimpath -o $(BIN) ./cmd/meshreg
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meshreg
 
 run:
 	$(GO) run ./cmd/meshreg serve
@@ -57,12 +66,14 @@ fuzz:
 
 # The node image (deploy/Dockerfile): FROM scratch with a static binary,
 # built with the classic builder from a context of its own, so it needs no
-# base image and no registry.
+# base image and no registry. Tagged $(IMAGE) and meshreg:$(VERSION).
 IMAGE ?= meshreg:dev
 image:
 	rm -rf .image && mkdir -p .image/data
-	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -ldflags '-s -w' -o .image/meshreg ./cmd/meshreg
-	DOCKER_BUILDKIT=0 docker build -f deploy/Dockerfile -t $(IMAGE) .image
+	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o .image/meshreg ./cmd/meshreg
+	DOCKER_BUILDKIT=0 docker build -f deploy/Dockerfile \
+		--build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) \
+		-t $(IMAGE) -t meshreg:$(VERSION) .image
 	rm -rf .image
 
 lint:

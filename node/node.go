@@ -25,6 +25,7 @@ import (
 	"github.com/meshreg/meshreg/api"
 	"github.com/meshreg/meshreg/blobstore"
 	"github.com/meshreg/meshreg/consensus"
+	"github.com/meshreg/meshreg/node/buildinfo"
 	"github.com/meshreg/meshreg/p2p"
 )
 
@@ -68,8 +69,10 @@ type Config struct {
 	// MaxUploadsPerClient those one client (its IP address) has open; a
 	// start past either gets 429 TOOMANYREQUESTS.
 	MaxUploads, MaxUploadsPerClient int
-	// Version is reported in the status document.
+	// Version is reported in the status document and recorded in the data
+	// dir's FORMAT; Build is the whole build stamp (status, metrics).
 	Version string
+	Build   buildinfo.Info
 	// Consensus tunes the metadata store; Dir and NodeID are filled in.
 	Consensus consensus.Config
 
@@ -112,7 +115,8 @@ func DefaultConfig() Config {
 		StabilizationTime: 10 * time.Second,
 		DeadServerTimeout: time.Minute,
 		UploadIdleTimeout: time.Hour,
-		Version:           "dev",
+		Version:           buildinfo.Read().Version,
+		Build:             buildinfo.Read(),
 		Consensus:         consensus.DefaultConfig(),
 		Replicas:          2,
 		RepairInterval:    time.Minute,
@@ -163,6 +167,9 @@ type Node struct {
 	gate *peerGate
 	// wasRemoved is set once the node logged that it was removed.
 	wasRemoved atomic.Bool
+	// dirLock is the data dir's exclusive lock (datadir.go), released last
+	// by Close; nil for a node made with New.
+	dirLock io.Closer
 
 	// ctx ends at Close; background work started by requests (fetches,
 	// announcements) runs under it and is tracked by bg.
@@ -197,6 +204,15 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	lock, err := claimDataDir(cfg.DataDir, cfg.Version, log) // before anything touches the data dir
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = lock.Close()
+		}
+	}()
 	blobs, err := blobstore.Open(cfg.DataDir, log.With("component", "blobstore"))
 	if err != nil {
 		return nil, fmt.Errorf("node: opening blob store in %s: %w", cfg.DataDir, err)
@@ -252,6 +268,7 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 	host.HandleRequests(vouchProtocol, maxControlLen, rpcTimeout, n.serveVouch)
 	host.ServeBlobs(cfg.PeerIdleTimeout, n.serveBlob)
 	n.fatal = fatal
+	n.dirLock = lock
 	return n, nil
 }
 
@@ -349,8 +366,12 @@ func (n *Node) Close() error {
 	}
 	n.cancel()
 	n.bg.Wait()
-	return errors.Join(wrapErr("closing metadata", n.meta.Close()), wrapErr("closing the DHT", n.routing.Close()),
+	err := errors.Join(wrapErr("closing metadata", n.meta.Close()), wrapErr("closing the DHT", n.routing.Close()),
 		wrapErr("closing the libp2p host", n.host.Close()))
+	if n.dirLock != nil {
+		err = errors.Join(err, wrapErr("unlocking the data dir", n.dirLock.Close()))
+	}
+	return err
 }
 
 // alone reports whether this node is the only voter.
@@ -389,6 +410,7 @@ type Status struct {
 	RaftAddress string           `json:"raft_address"`
 	P2PAddrs    []string         `json:"p2p_addrs"`
 	Version     string           `json:"version"`
+	Build       buildinfo.Info   `json:"build"`
 	DataDir     string           `json:"data_dir"`
 	Uptime      string           `json:"uptime"`
 	Blobs       BlobStatus       `json:"blobs"`
@@ -451,6 +473,7 @@ func (n *Node) Status(ctx context.Context) any {
 		RaftAddress: n.host.RaftAddress(),
 		P2PAddrs:    addrs,
 		Version:     n.cfg.Version,
+		Build:       n.cfg.Build,
 		DataDir:     n.cfg.DataDir,
 		Uptime:      time.Since(n.started).Round(time.Second).String(),
 		Blobs:       BlobStatus{Count: count, Bytes: bytes, Fetching: fetching, UnderReplicated: n.underReplicated.Load(), Corrupt: n.metrics.corruptCount.Load(), Quarantined: n.blobs.Quarantined()},
@@ -492,6 +515,7 @@ func (n *Node) RegisterMetrics(reg prometheus.Registerer) {
 			func() float64 { return float64(n.blobs.OpenUploads()) }),
 	)
 	reg.MustRegister(n.metrics.collectors()...)
+	reg.MustRegister(buildInfoMetric(n.cfg.Build))
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshreg_p2p_streams_refused_total",
 		Help: "Inbound libp2p streams reset unread because the peer may not use the protocol (not a member)."},
 		func() float64 { return float64(n.host.RefusedStreams()) }))

@@ -1,7 +1,6 @@
 package testnet
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -55,22 +54,14 @@ func Binary(tb testing.TB) string {
 	return built.path
 }
 
-// BuildMeshreg builds ./cmd/meshreg of the enclosing module into outDir and
-// returns the binary's path.
+// BuildMeshreg builds ./cmd/meshreg of the enclosing module into outDir,
+// stamped with its git version (GitStamp), and returns the binary's path.
 func BuildMeshreg(ctx context.Context, outDir string) (string, error) {
 	root, err := ModuleRoot()
 	if err != nil {
 		return "", err
 	}
-	out := filepath.Join(outDir, "meshreg")
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, "./cmd/meshreg")
-	cmd.Dir = root
-	var buf bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &buf, &buf
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/meshreg (in %s): %w\n%s", root, err, buf.String())
-	}
-	return out, nil
+	return BuildMeshregWith(ctx, root, outDir, GitStamp(ctx, root).Ldflags())
 }
 
 var moduleRoot struct {

@@ -10,10 +10,11 @@ import (
 )
 
 // BuildImage builds the node image (deploy/Dockerfile, FROM scratch) as
-// tag with the Docker engine: a static linux binary of ./cmd/meshreg and
-// an empty data/ directory in a build context of their own. It needs no
-// base image and no registry. The classic builder is used: the engines
-// here have no buildx.
+// tag with the Docker engine: a static linux binary of ./cmd/meshreg,
+// stamped with its git version (GitStamp; the image is labelled with it
+// too), and an empty data/ directory in a build context of their own. It
+// needs no base image and no registry. The classic builder is used: the
+// engines here have no buildx.
 func BuildImage(ctx context.Context, tag string) error {
 	root, err := ModuleRoot()
 	if err != nil {
@@ -27,13 +28,18 @@ func BuildImage(ctx context.Context, tag string) error {
 	if err := os.Mkdir(filepath.Join(dir, "data"), 0o755); err != nil {
 		return err
 	}
-	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", filepath.Join(dir, "meshreg"), "./cmd/meshreg")
+	stamp := GitStamp(ctx, root)
+	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w "+stamp.Ldflags(), "-o", filepath.Join(dir, "meshreg"), "./cmd/meshreg")
 	build.Dir = root
 	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
 	if err := run(build); err != nil {
 		return fmt.Errorf("testnet: building a static meshreg for the image: %w", err)
 	}
-	docker := exec.CommandContext(ctx, "docker", "build", "-q", "-f", filepath.Join(root, "deploy", "Dockerfile"), "-t", tag, dir)
+	args := []string{"build", "-q", "-f", filepath.Join(root, "deploy", "Dockerfile"), "-t", tag}
+	if stamp.Version != "" {
+		args = append(args, "--build-arg", "VERSION="+stamp.Version, "--build-arg", "COMMIT="+stamp.Commit)
+	}
+	docker := exec.CommandContext(ctx, "docker", append(args, dir)...)
 	docker.Env = append(os.Environ(), "DOCKER_BUILDKIT=0")
 	if err := run(docker); err != nil {
 		return fmt.Errorf("testnet: docker build of the node image %s: %w", tag, err)

@@ -1,9 +1,6 @@
 package main
 
 import (
-	"fmt"
-	"runtime"
-
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
 
@@ -20,14 +17,7 @@ func newApp() *cli.App {
 			clusterCommand(),
 			tokenCommand(),
 			recoverCommand(),
-			{
-				Name:  "version",
-				Usage: "print the version",
-				Action: func(c *cli.Context) error {
-					fmt.Fprintf(c.App.Writer, "meshreg %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
-					return nil
-				},
-			},
+			versionCommand(),
 		},
 	}
 }

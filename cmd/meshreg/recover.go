@@ -1,7 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -9,8 +12,28 @@ import (
 
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node"
+	"github.com/meshreg/meshreg/node/buildinfo"
+	"github.com/meshreg/meshreg/node/datadir"
 	"github.com/meshreg/meshreg/p2p"
 )
+
+// lockStoppedDataDir takes the data dir's lock as `serve` does, so that
+// recover refuses a data dir a running node holds, and checks that this
+// binary reads the data dir's layouts. It does not create the data dir.
+func lockStoppedDataDir(dir string) (*datadir.Lock, error) {
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("data dir %s does not exist: pass the stopped node's --data-dir", dir)
+	}
+	lock, err := datadir.Acquire(dir)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := datadir.CheckFormat(dir, buildinfo.Read().Version); err != nil && !errors.Is(err, datadir.ErrNotRecorded) {
+		_ = lock.Close()
+		return nil, err
+	}
+	return lock, nil
+}
 
 // recoverCommand rewrites a stopped node's Raft configuration after the
 // cluster lost its quorum for good (see README, "Recovering a cluster that
@@ -30,6 +53,11 @@ func recoverCommand() *cli.Command {
 				return fmt.Errorf("recover takes no arguments (got %q): use --data-dir and --keep", c.Args().First())
 			}
 			dir := c.String("data-dir")
+			lock, err := lockStoppedDataDir(dir)
+			if err != nil {
+				return err
+			}
+			defer lock.Close()
 			id, err := p2p.IdentityID(dir)
 			if err != nil {
 				return err

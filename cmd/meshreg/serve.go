@@ -98,7 +98,6 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 		}
 		cfg.Node.P2P.PrivateNetworkKey = key
 	}
-	cfg.Node.Version = version
 	cfg.Node.Consensus.SnapshotThreshold = c.Uint64("snapshot-threshold")
 	cfg.Node.Consensus.SnapshotInterval = c.Duration("snapshot-interval")
 	cfg.Node.Consensus.TrailingLogs = c.Uint64("trailing-logs")
@@ -306,7 +305,7 @@ func serve(ctx context.Context, cfg serveConfig) (err error) {
 	go func() { runDone <- n.Run(runCtx) }()
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- srv.Serve(ln) }()
-	log.Info("meshreg serving", "version", version, "listen", ln.Addr().String(), "data_dir", cfg.Node.DataDir,
+	log.Info("meshreg serving", "version", cfg.Node.Version, "commit", cfg.Node.Build.ShortCommit(), "listen", ln.Addr().String(), "data_dir", cfg.Node.DataDir,
 		"url", "http://"+strings.Replace(ln.Addr().String(), "[::]", "localhost", 1)+"/v2/")
 
 	select {
