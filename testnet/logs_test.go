@@ -2,10 +2,13 @@ package testnet_test
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/meshreg/meshreg/node/logrepeat"
 	"github.com/meshreg/meshreg/testnet"
@@ -79,5 +82,82 @@ func TestUnreachableMemberLogsAFewErrors(t *testing.T) {
 	// Each kind of error: its first line, then one summary per interval.
 	if limitedCount > 12 {
 		t.Errorf("%d ERROR lines in %s after the limiter, want at most 12:\n%s", limitedCount, window, strings.Join(shown, "\n"))
+	}
+}
+
+// TestReplicaCopiesLogApartFromClientPulls: the copy a node makes for
+// --replicas logs "replica copy" at DEBUG (naming the peer, the digest and
+// the bytes), not the INFO line of a blob fetched for a client, which a
+// client pull from a node without the blob still writes.
+func TestReplicaCopiesLogApartFromClientPulls(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a three-node cluster")
+	}
+	var recs []*testnet.LogRecorder
+	logs := func(i int) *slog.Logger {
+		r := testnet.NewLogRecorder(slog.LevelDebug, 100000)
+		recs = append(recs, r)
+		return slog.New(testnet.Tee{r, slog.NewTextHandler(tlog.Writer{T: t}, &slog.HandlerOptions{Level: slog.LevelWarn})})
+	}
+	nodes := testnet.StartInProcessClusterLogged(t, 3, nil, logs)
+	ctx := t.Context()
+	const repo = "e2e/replicalog"
+	c0 := testnet.NewClient(nodes[0].URL())
+	layer := make([]byte, 64<<10)
+	for i := range layer {
+		layer[i] = byte(i * 7)
+	}
+	ld, err := c0.PushBytes(ctx, repo, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest := smallImage(t, c0, repo)
+	var m ocispec.Manifest
+	if err := json.Unmarshal(manifest("v1"), &m); err != nil {
+		t.Fatal(err)
+	}
+	m.Layers = []ocispec.Descriptor{{MediaType: ocispec.MediaTypeImageLayer, Digest: ld, Size: int64(len(layer))}}
+	mb, _ := json.Marshal(m)
+	if _, err := c0.PutManifest(ctx, repo, "v1", ocispec.MediaTypeImageManifest, mb); err != nil {
+		t.Fatal(err)
+	}
+	about := func(msg string, level slog.Level) func(testnet.LogLine) bool {
+		return func(l testnet.LogLine) bool { return l.Msg == msg && l.Level == level && l.Attrs["digest"] == ld.String() }
+	}
+	replica, other := -1, -1
+	for i := 1; i < 3; i++ {
+		if len(recs[i].Lines(about("replica copy", slog.LevelDebug))) > 0 {
+			replica = i
+		} else {
+			other = i
+		}
+	}
+	if replica < 0 || other < 0 {
+		for i := 1; i < 3; i++ {
+			for _, l := range recs[i].Lines(func(l testnet.LogLine) bool { return l.Attrs["digest"] == ld.String() }) {
+				t.Logf("node %d: %s", i, l)
+			}
+		}
+		t.Fatalf("want exactly one node to log a DEBUG \"replica copy\" of the layer (replica %d, other %d)", replica, other)
+	}
+	line := recs[replica].Lines(about("replica copy", slog.LevelDebug))[0]
+	if line.Attrs["peer"] != nodes[0].PeerID().String() || line.Attrs["bytes"] != "65536" {
+		t.Errorf("replica copy line %s: want peer=%s bytes=65536", line, nodes[0].PeerID())
+	}
+	if got := recs[replica].Lines(func(l testnet.LogLine) bool { return l.Level >= slog.LevelInfo && l.Attrs["digest"] == ld.String() }); len(got) > 0 {
+		t.Errorf("the replica copy also logged at INFO: %v", got)
+	}
+	// A client pull from the node without the blob: an INFO line.
+	if err := testnet.NewClient(nodes[other].URL()).VerifyBlob(ctx, repo, ld, int64(len(layer))); err != nil {
+		t.Fatal(err)
+	}
+	if !testnet.Eventually(5*time.Second, func() bool {
+		return len(recs[other].Lines(about("fetched blob from peers", slog.LevelInfo))) == 1
+	}) {
+		t.Errorf("a client pull through node %d logged no INFO \"fetched blob from peers\": %v", other,
+			recs[other].Lines(func(l testnet.LogLine) bool { return l.Attrs["digest"] == ld.String() }))
+	}
+	if got := recs[other].Lines(about("replica copy", slog.LevelDebug)); len(got) > 0 {
+		t.Errorf("a client pull logged as a replica copy: %v", got)
 	}
 }
