@@ -122,7 +122,9 @@ func TestReplicaCopiesLogApartFromClientPulls(t *testing.T) {
 		t.Fatal(err)
 	}
 	about := func(msg string, level slog.Level) func(testnet.LogLine) bool {
-		return func(l testnet.LogLine) bool { return l.Msg == msg && l.Level == level && l.Attrs["digest"] == ld.String() }
+		return func(l testnet.LogLine) bool {
+			return l.Msg == msg && l.Level == level && l.Attrs["digest"] == ld.String()
+		}
 	}
 	replica, other := -1, -1
 	for i := 1; i < 3; i++ {
