@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestServeLoggerCollapsesRepeats: the logger serve builds writes a
@@ -21,6 +22,7 @@ func TestServeLoggerCollapsesRepeats(t *testing.T) {
 	for range 3 {
 		log.Info("manifest pushed", "repository", "app", "reference", "v1")
 	}
+	log.Info("shutting down", "timeout", 30*time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	repeats.Run(ctx) // returns at once, writing what is pending
@@ -31,8 +33,12 @@ func TestServeLoggerCollapsesRepeats(t *testing.T) {
 			t.Fatalf("not JSON: %s", l)
 		}
 		msgs = append(msgs, m["msg"].(string))
+		if m["msg"] == "shutting down" && m["timeout"] != "30s" {
+			t.Errorf("a duration in JSON logs is %#v, want \"30s\"", m["timeout"])
+		}
 	}
-	want := []string{"failed to heartbeat to", "manifest pushed", "manifest pushed", "manifest pushed", "failed to heartbeat to (repeated 99 times in 0s)"}
+	want := []string{"failed to heartbeat to", "manifest pushed", "manifest pushed", "manifest pushed", "shutting down",
+		"failed to heartbeat to (repeated 99 times in 0s)"}
 	if strings.Join(msgs, "|") != strings.Join(want, "|") {
 		t.Errorf("logged %q, want %q", msgs, want)
 	}

@@ -272,6 +272,14 @@ func newLogger(cfg serveConfig, w io.Writer) (*slog.Logger, *logrepeat.Handler) 
 	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
 	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if cfg.LogFormat == "json" {
+		// Durations as text ("1m0s"), as the text format writes them, not
+		// as integer nanoseconds.
+		opts.ReplaceAttr = func(_ []string, a slog.Attr) slog.Attr {
+			if a.Value.Kind() == slog.KindDuration {
+				a.Value = slog.StringValue(a.Value.Duration().String())
+			}
+			return a
+		}
 		h = slog.NewJSONHandler(w, opts)
 	}
 	repeats := logrepeat.New(h, logrepeat.DefaultOptions())
