@@ -53,10 +53,11 @@ const (
 	maxKeyPart = 256
 )
 
-// DefaultKeyAttrs are the attributes meshreg's and Raft's logs name a peer, a member
-// or a join target with, the subsystem (raft, badger) that logged, the
-// blob a failure is about and the OCI error code of a failed request: the
-// same failure about another peer or blob is news, not a repeat.
+// DefaultKeyAttrs are the attributes meshreg's and Raft's logs name a
+// peer, a member or a join target with, the subsystem (raft, badger) that
+// logged, the blob a failure is about and the OCI error code of a failed
+// request: the same failure about another peer or blob is news, not a
+// repeat.
 var DefaultKeyAttrs = []string{"peer", "server-id", "member", "target", "via", "from", "subsystem", "component", "digest", "code"}
 
 // DefaultOptions limits WARN and ERROR records to one summary a minute per
