@@ -179,3 +179,21 @@ func TestRunWritesPendingSummaries(t *testing.T) {
 		t.Errorf("Run did not flush at its end: %q", lines)
 	}
 }
+
+func TestConcurrentRepeatsAreCountedOnce(t *testing.T) {
+	log, h, buf, _ := newTest(t, DefaultOptions())
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 500 {
+				log.Error("failed to appendEntries to", "peer", "A")
+			}
+		})
+	}
+	wg.Wait()
+	h.Flush(context.Background(), true)
+	lines := buf.lines()
+	if len(lines) != 2 || !strings.Contains(lines[1], "(repeated 3999 times in 0s)") {
+		t.Errorf("8×500 concurrent repeats wrote %q, want the first and a summary of 3999", lines)
+	}
+}
