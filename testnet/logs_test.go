@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -72,7 +73,6 @@ func TestUnreachableMemberLogsAFewErrors(t *testing.T) {
 			limitedCount++
 			shown = append(shown, l.String())
 		}
-		repeats[i].Flush(context.Background(), true)
 	}
 	t.Logf("ERROR lines in %s after a member stopped: %d written by the nodes, %d after the repeat limiter (interval %s)",
 		window, rawCount, limitedCount, interval)
@@ -82,6 +82,27 @@ func TestUnreachableMemberLogsAFewErrors(t *testing.T) {
 	// Each kind of error: its first line, then one summary per interval.
 	if limitedCount > 12 {
 		t.Errorf("%d ERROR lines in %s after the limiter, want at most 12:\n%s", limitedCount, window, strings.Join(shown, "\n"))
+	}
+	// Nothing is dropped uncounted: once the nodes stopped and the
+	// pending summaries are written, the lines after the limiter (a
+	// summary counting its repeats) add up to every ERROR written.
+	for i, n := range nodes {
+		n.Stop()
+		repeats[i].Flush(context.Background(), true)
+	}
+	errors := func(l testnet.LogLine) bool { return l.Level >= slog.LevelError }
+	for i := range nodes {
+		written, counted := len(raw[i].Lines(errors)), 0
+		for _, l := range limited[i].Lines(errors) {
+			n, err := strconv.Atoi(l.Attrs["repeated"])
+			if err != nil {
+				n = 1
+			}
+			counted += n
+		}
+		if counted != written {
+			t.Errorf("node %d: %d ERROR records written, the limiter's lines account for %d", i, written, counted)
+		}
 	}
 }
 
