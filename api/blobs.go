@@ -2,6 +2,7 @@ package api
 
 import (
 	"io"
+	"log/slog"
 	"net/http"
 	"time"
 
@@ -90,6 +91,7 @@ func (h *Handler) deleteBlob(w http.ResponseWriter, r *http.Request, rt route) e
 	}
 	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(http.StatusAccepted)
+	h.logWrite(r, "blob deleted", rt.name, slog.String("digest", d.String()))
 	return nil
 }
 

@@ -3,6 +3,7 @@ package api
 import (
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 
 	"github.com/meshreg/meshreg/api/oci"
@@ -77,6 +78,12 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	}
 	hdr.Set("Content-Length", "0")
 	w.WriteHeader(http.StatusCreated)
+	attrs := []slog.Attr{slog.String("reference", rt.ref), slog.String("digest", d.String()),
+		slog.String("media_type", r.Header.Get("Content-Type")), slog.Int("size", len(body))}
+	if len(tags) > 0 {
+		attrs = append(attrs, slog.Any("tags", tags))
+	}
+	h.logWrite(r, "manifest pushed", rt.name, attrs...)
 	return nil
 }
 
@@ -94,6 +101,11 @@ func (h *Handler) deleteManifest(w http.ResponseWriter, r *http.Request, rt rout
 	}
 	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(http.StatusAccepted)
+	msg := "tag deleted"
+	if isDigestReference(rt.ref) {
+		msg = "manifest deleted"
+	}
+	h.logWrite(r, msg, rt.name, slog.String("reference", rt.ref))
 	return nil
 }
 

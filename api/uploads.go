@@ -3,6 +3,7 @@ package api
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 
 	"github.com/opencontainers/go-digest"
@@ -30,6 +31,7 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, rt route) 
 			return err
 		}
 		if mounted {
+			h.logWrite(r, "blob mounted", rt.name, slog.String("from", from), slog.String("digest", d.String()))
 			return blobCreated(w, rt.name, d)
 		}
 		// Not mountable: the spec says to fall back to a new session.
@@ -38,9 +40,11 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, rt route) 
 		if err != nil {
 			return err
 		}
-		if _, err := h.reg.PutBlob(r.Context(), rt.name, d, h.body(w, r)); err != nil {
+		size, err := h.reg.PutBlob(r.Context(), rt.name, d, h.body(w, r))
+		if err != nil {
 			return err
 		}
+		h.logWrite(r, "blob uploaded", rt.name, slog.String("digest", d.String()), slog.Int64("size", size))
 		return blobCreated(w, rt.name, d)
 	}
 	id, err := h.reg.StartUpload(r.Context(), rt.name)
@@ -81,9 +85,11 @@ func (h *Handler) putUpload(w http.ResponseWriter, r *http.Request, rt route) er
 			return err
 		}
 	}
-	if _, err := h.reg.FinishUpload(r.Context(), rt.name, rt.ref, d); err != nil {
+	size, err := h.reg.FinishUpload(r.Context(), rt.name, rt.ref, d)
+	if err != nil {
 		return err
 	}
+	h.logWrite(r, "blob uploaded", rt.name, slog.String("digest", d.String()), slog.Int64("size", size))
 	return blobCreated(w, rt.name, d)
 }
 

@@ -7,6 +7,7 @@ import (
 	"log"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/hashicorp/go-hclog"
@@ -55,8 +56,10 @@ func (badgerLogger) Infof(string, ...any)  {}
 func (badgerLogger) Debugf(string, ...any) {}
 
 // hclogAdapter is an hclog.Logger that writes to slog, so raft's logs join
-// the node's. hclog's key/value arguments are slog's (hclog.Fmt values are
-// formatted); levels map one to one (Trace becomes Debug-4).
+// the node's, with the logger's name as the subsystem attribute. hclog's
+// key/value arguments become slog attributes rendered as text (see
+// renderValue); levels map one to one (Trace becomes Debug-4), except the
+// benign warnings of quietWarnings, which are DEBUG.
 type hclogAdapter struct {
 	l    *slog.Logger
 	name string
@@ -89,22 +92,115 @@ func (h *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
 		return
 	}
 	lv := slogLevel(level)
+	if lv == slog.LevelWarn && quietWarning(msg, args) {
+		lv = slog.LevelDebug
+	}
 	ctx := context.Background()
 	if !h.l.Enabled(ctx, lv) {
 		return
 	}
-	all := make([]any, 0, len(h.args)+len(args)+2)
-	all = append(all, "subsystem", h.name)
-	all = append(all, h.args...)
-	all = append(all, args...)
-	for i, a := range all {
-		if f, ok := a.(hclog.Format); ok && len(f) > 0 { // hclog.Fmt("%+v", x)
-			if format, ok := f[0].(string); ok {
-				all[i] = fmt.Sprintf(format, f[1:]...)
+	attrs := make([]slog.Attr, 0, 1+(len(h.args)+len(args)+1)/2)
+	attrs = append(attrs, slog.String("subsystem", h.name))
+	attrs = appendArgs(attrs, h.args)
+	attrs = appendArgs(attrs, args)
+	h.l.LogAttrs(ctx, lv, msg, attrs...)
+}
+
+// appendArgs appends hclog's key/value arguments as slog attributes: a
+// key that is not a string is printed (slog would write !BADKEY), a
+// value left without a key is EXTRA_VALUE_AT_END (as hclog does), and
+// every value goes through renderValue.
+func appendArgs(attrs []slog.Attr, args []any) []slog.Attr {
+	for i := 0; i < len(args); i += 2 {
+		if i+1 == len(args) {
+			attrs = append(attrs, slog.Any("EXTRA_VALUE_AT_END", renderValue(args[i])))
+			break
+		}
+		key, ok := args[i].(string)
+		if !ok {
+			key = fmt.Sprint(args[i])
+		}
+		attrs = append(attrs, slog.Any(key, renderValue(args[i+1])))
+	}
+	return attrs
+}
+
+// renderValue turns a value raft logs into one that reads the same in text
+// and JSON logs: numbers, booleans, strings, durations and times stay as
+// they are; an hclog.Fmt is formatted; an error is its text; anything else
+// (raft's *Raft, Server, ServerAddress, ...) is its String() or %+v.
+// slog's JSON handler would otherwise marshal a struct's exported fields:
+// raft's node printed as {"RestoreCommittedLogs":false}.
+func renderValue(v any) any {
+	switch x := v.(type) {
+	case nil, string, bool, int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64,
+		float32, float64, time.Duration, time.Time:
+		return v
+	case hclog.Format:
+		if len(x) > 0 {
+			if format, ok := x[0].(string); ok {
+				return fmt.Sprintf(format, x[1:]...)
 			}
 		}
+		return fmt.Sprint([]any(x)...)
+	case error:
+		return x.Error()
+	case fmt.Stringer:
+		return x.String()
 	}
-	h.l.Log(ctx, lv, msg, all...)
+	return fmt.Sprintf("%+v", v)
+}
+
+// quietWarnings are the warnings raft prints in the normal course of a
+// start, a join or a follower's catch-up. They are written at DEBUG, so
+// that a healthy cluster's start-up shows no WARN, while the same message
+// in a situation that means trouble (when is set and says no) stays WARN.
+var quietWarnings = []struct {
+	prefix string
+	when   func(args []any) bool // nil: always
+	why    string
+}{
+	{"no known peers, aborting election", nil,
+		"a node started without a cluster waits to be bootstrapped or to join; the node logs that wait itself"},
+	{"heartbeat timeout reached, not part of a stable configuration or a non-voter", nil,
+		"a node that just joined is a non-voter until promoted: it has no election to start"},
+	{"heartbeat timeout reached, starting election", noLastLeader,
+		"the first election of a starting cluster: there was no leader to lose (with one, it stays WARN)"},
+	{"failed to get previous log", followerBehind,
+		"a new or restarted follower lacks the leader's recent entries; the leader sends older ones next " +
+			"(a missing entry below the follower's last index is a hole in its log and stays WARN)"},
+	{"appendEntries rejected, sending older logs", nil,
+		"the leader's side of a follower's catch-up, the step after the one above"},
+}
+
+func quietWarning(msg string, args []any) bool {
+	for _, q := range quietWarnings {
+		if strings.HasPrefix(msg, q.prefix) {
+			return q.when == nil || q.when(args)
+		}
+	}
+	return false
+}
+
+// argValue is the value of key in hclog's key/value args, or nil.
+func argValue(args []any, key string) any {
+	for i := 0; i+1 < len(args); i += 2 {
+		if k, ok := args[i].(string); ok && k == key {
+			return args[i+1]
+		}
+	}
+	return nil
+}
+
+func noLastLeader(args []any) bool {
+	v := argValue(args, "last-leader-addr")
+	return v == nil || fmt.Sprint(v) == ""
+}
+
+func followerBehind(args []any) bool {
+	prev, ok1 := argValue(args, "previous-index").(uint64)
+	last, ok2 := argValue(args, "last-index").(uint64)
+	return ok1 && ok2 && prev > last
 }
 
 func (h *hclogAdapter) Trace(msg string, args ...any) { h.Log(hclog.Trace, msg, args...) }

@@ -44,6 +44,11 @@ type fetch struct {
 	// announcing another size is then not penalised, only skipped.
 	sizeGuessed bool
 
+	// forClient is set (under Node.fetchMu) when a client read waits on
+	// the fetch: it then logs as a pull at INFO, otherwise as a copy
+	// between nodes (a replica, a repair) at DEBUG.
+	forClient bool
+
 	flowing     chan struct{} // closed when the first bytes arrive, or at done
 	flowingOnce sync.Once
 	done        chan struct{} // closed when the fetch ended
@@ -78,9 +83,16 @@ func (n *Node) startFetch(d digest.Digest, size int64, hint []peer.ID) (*fetch, 
 // startFetchSized is startFetch with a size that may be a guess (see
 // fetch.sizeGuessed).
 func (n *Node) startFetchSized(d digest.Digest, size int64, guessed bool, hint []peer.ID) (*fetch, error) {
+	return n.startFetchFor(d, size, guessed, hint, false)
+}
+
+// startFetchFor is startFetchSized that marks the fetch as one a client
+// waits for when client is set.
+func (n *Node) startFetchFor(d digest.Digest, size int64, guessed bool, hint []peer.ID, client bool) (*fetch, error) {
 	n.fetchMu.Lock()
 	defer n.fetchMu.Unlock()
 	if f := n.fetches[d]; f != nil {
+		f.forClient = f.forClient || client
 		return f, nil
 	}
 	if err := n.disk.check(); err != nil {
@@ -90,7 +102,7 @@ func (n *Node) startFetchSized(d digest.Digest, size int64, guessed bool, hint [
 	if err != nil {
 		return nil, err
 	}
-	f := &fetch{d: d, size: size, sizeGuessed: guessed, part: part, flowing: make(chan struct{}), done: make(chan struct{})}
+	f := &fetch{d: d, size: size, sizeGuessed: guessed, forClient: client, part: part, flowing: make(chan struct{}), done: make(chan struct{})}
 	n.fetches[d] = f
 	n.bg.Go(func() { n.runFetch(f, hint) })
 	return f, nil
@@ -128,16 +140,28 @@ func (n *Node) runFetch(f *fetch, hint []peer.ID) {
 	}
 	n.fetchMu.Lock()
 	delete(n.fetches, f.d)
+	forClient := f.forClient
 	n.fetchMu.Unlock()
 	if err != nil {
 		f.current().Fail(err)
 		f.err = fmt.Errorf("fetching blob %s (%d bytes) from peers: %w", f.d, f.size, err)
-		n.log.Warn("blob fetch failed", "digest", f.d, "size", f.size, "err", err)
+		n.log.Warn("blob fetch failed", "digest", f.d, "size", f.size, "for_client", forClient, "err", err)
 	} else {
 		took := time.Since(start)
 		n.metrics.fetchSeconds.Observe(took.Seconds())
 		n.metrics.fetchRate.Observe(float64(f.size) / max(took.Seconds(), 1e-6))
-		n.log.Info("fetched blob from peers", "digest", f.d, "size", f.size, "took", took.Round(time.Millisecond))
+		f.mu.Lock()
+		source := f.source
+		f.mu.Unlock()
+		// A pull a client waited for is news for the operator; a copy
+		// between nodes (for --replicas, or replacing a corrupt copy) is
+		// routine: the repair sweep and the corruption report say so at
+		// INFO, each copy only at DEBUG.
+		if forClient {
+			n.log.Info("fetched blob from peers", "digest", f.d, "size", f.size, "peer", source, "took", took.Round(time.Millisecond))
+		} else {
+			n.log.Debug("replica copy", "peer", source, "digest", f.d, "bytes", f.size, "took", took.Round(time.Millisecond))
+		}
 	}
 	f.markFlowing()
 	close(f.done)
@@ -391,7 +415,7 @@ func (n *Node) provide(d digest.Digest) {
 // waits until the first bytes arrive, so that a blob no peer has is a
 // BLOB_UNKNOWN error rather than a response cut short.
 func (n *Node) openFetched(ctx context.Context, d digest.Digest, size int64) (io.ReadSeekCloser, error) {
-	f, err := n.startFetch(d, size, nil)
+	f, err := n.startFetchFor(d, size, false, nil, true)
 	if err != nil {
 		return nil, blobError(err, d)
 	}

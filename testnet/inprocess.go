@@ -42,6 +42,13 @@ type InProcessNode struct {
 // test ends.
 func StartInProcessCluster(t testing.TB, size int, tweak func(i int, c *node.Config)) []*InProcessNode {
 	t.Helper()
+	return startInProcessCluster(t, size, tweak, nil)
+}
+
+// startInProcessCluster is StartInProcessCluster with node i logging to
+// logs(i) (to t.Log at WARN when logs is nil).
+func startInProcessCluster(t testing.TB, size int, tweak func(i int, c *node.Config), logs func(i int) *slog.Logger) []*InProcessNode {
+	t.Helper()
 	var nodes []*InProcessNode
 	voters := 0
 	for i := range size {
@@ -64,7 +71,11 @@ func StartInProcessCluster(t testing.TB, size int, tweak func(i int, c *node.Con
 			cfg.JoinToken = tok
 		}
 		voters = cfg.Voters
-		nodes = append(nodes, startInProcess(t, cfg, nil))
+		var log *slog.Logger
+		if logs != nil {
+			log = logs(i)
+		}
+		nodes = append(nodes, startInProcessLogged(t, cfg, nil, log))
 	}
 	plain := make([]*Node, len(nodes))
 	for i, n := range nodes {
@@ -131,7 +142,16 @@ func StartInProcessNode(t testing.TB, cfg node.Config) *InProcessNode {
 // listener if nil).
 func startInProcess(t testing.TB, cfg node.Config, ln net.Listener) *InProcessNode {
 	t.Helper()
-	log := tlog.Logger(t, slog.LevelWarn)
+	return startInProcessLogged(t, cfg, ln, nil)
+}
+
+// startInProcessLogged is startInProcess with the node logging to log (to
+// t.Log at WARN when nil).
+func startInProcessLogged(t testing.TB, cfg node.Config, ln net.Listener, log *slog.Logger) *InProcessNode {
+	t.Helper()
+	if log == nil {
+		log = tlog.Logger(t, slog.LevelWarn)
+	}
 	n, err := node.Open(cfg, log)
 	if err != nil {
 		t.Fatalf("testnet: in-process node: %v", err)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/meshreg/meshreg/api"
 	"github.com/meshreg/meshreg/node"
+	"github.com/meshreg/meshreg/node/logrepeat"
 	"github.com/meshreg/meshreg/p2p"
 )
 
@@ -262,19 +263,37 @@ func printChecked(w io.Writer, cfg serveConfig) error {
 	return enc.Encode(cfg.checked())
 }
 
-func newLogger(cfg serveConfig) *slog.Logger {
+// newLogger returns the node's logger, writing to w in the configured
+// format, with repeats of a WARN or ERROR collapsed into one summary a
+// minute (see logrepeat); run the returned handler's Run for the
+// summaries of records that stopped repeating.
+func newLogger(cfg serveConfig, w io.Writer) (*slog.Logger, *logrepeat.Handler) {
 	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+		// Durations as text ("1m0s"), as the text format writes them, not
+		// as integer nanoseconds.
+		opts.ReplaceAttr = func(_ []string, a slog.Attr) slog.Attr {
+			if a.Value.Kind() == slog.KindDuration {
+				a.Value = slog.StringValue(a.Value.Duration().String())
+			}
+			return a
+		}
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	repeats := logrepeat.New(h, logrepeat.DefaultOptions())
+	return slog.New(repeats), repeats
 }
 
 // serve runs a node until ctx ends, then shuts down gracefully: the
 // listener closes, in-flight requests finish (up to the shutdown timeout),
 // background loops stop, and the stores close.
 func serve(ctx context.Context, cfg serveConfig) (err error) {
-	log := newLogger(cfg)
+	log, repeats := newLogger(cfg, os.Stderr)
+	repeatsCtx, stopRepeats := context.WithCancel(context.Background())
+	repeatsDone := make(chan struct{})
+	go func() { defer close(repeatsDone); repeats.Run(repeatsCtx) }()
+	defer func() { stopRepeats(); <-repeatsDone }() // last: writes what is pending
 	n, err := node.Open(cfg.Node, log)
 	if err != nil {
 		return err
