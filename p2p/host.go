@@ -15,7 +15,6 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -80,6 +79,20 @@ type Config struct {
 	// Gater, if set, vets every dial and accepted connection. Tests and the
 	// testnet harness pass a *PartitionGater to cut nodes apart.
 	Gater connmgr.ConnectionGater
+	// Advertise is the address other nodes reach this one at (the Raft
+	// address, and the first address identify and the DHT give out): an
+	// IP (then the TCP listen port is used) or a multiaddr without /p2p/.
+	// Empty: chosen among the listen addresses (see advertise.go).
+	Advertise string
+	// RouteTargets are hosts (names or IPs) of other nodes, from --join:
+	// without Advertise, the address the route to them leaves from is
+	// preferred.
+	RouteTargets []string
+
+	// interfaces and route replace the system's interface list and
+	// routing table in tests; nil means the system's.
+	interfaces func() ([]NetInterface, error)
+	route      func(ipv6 bool) RouteFunc
 }
 
 // DefaultConfig returns a Config listening on TCP and QUIC port 4001 with
@@ -112,6 +125,11 @@ func (c Config) Validate() error {
 	if c.PrivateNetworkKey != nil && len(tcpOnly(c.ListenAddrs)) == 0 {
 		return errors.New("p2p: a private network needs a TCP listen address (QUIC cannot be used with a private network key)")
 	}
+	if c.Advertise != "" {
+		if _, _, err := parseAdvertise(c.Advertise); err != nil {
+			return err
+		}
+	}
 	if c.LowWater < 0 || c.HighWater <= 0 || c.LowWater > c.HighWater {
 		return fmt.Errorf("p2p: connection watermarks low=%d high=%d: want 0 <= low <= high, high > 0", c.LowWater, c.HighWater)
 	}
@@ -127,6 +145,8 @@ type Host struct {
 	// the streams it turned away.
 	authz   atomic.Pointer[Authorizer]
 	refused atomic.Int64
+	// adv is the address other nodes reach this one at (advertise.go).
+	adv atomic.Pointer[advertised]
 }
 
 // NewHost loads (or, on first start, creates) the identity key in
@@ -191,7 +211,8 @@ func NewHost(cfg Config) (*Host, error) {
 		_ = cm.Close()
 		return nil, err
 	}
-	opts = append(opts, libp2p.ListenAddrStrings(listen...))
+	hst := &Host{gater: cfg.Gater, log: log}
+	opts = append(opts, libp2p.ListenAddrStrings(listen...), libp2p.AddrsFactory(advertisedAddrs(&hst.adv)))
 	if cfg.Gater != nil {
 		opts = append(opts, libp2p.ConnectionGater(cfg.Gater))
 	}
@@ -208,7 +229,15 @@ func NewHost(cfg Config) (*Host, error) {
 		_ = h.Close()
 		return nil, err
 	}
-	hst := &Host{h: h, gater: cfg.Gater, log: log}
+	adv, err := chooseRaftAddr(cfg, h.Network().ListenAddresses())
+	if err != nil {
+		_ = h.Close()
+		return nil, err
+	}
+	hst.h = h
+	hst.adv.Store(&adv)
+	log.Info("p2p: advertising this address to other nodes (the Raft address)", "addr", adv.addr.String(),
+		"interface", adv.iface, "reason", adv.reason)
 	log.Info("p2p: host started", "peer", h.ID().String(), "new_identity", created,
 		"private_network", cfg.PrivateNetworkKey != nil, "addrs", fmt.Sprint(hst.Addrs()))
 	return hst, nil
@@ -401,38 +430,9 @@ func tcpOnly(addrs []string) []string {
 
 var _ io.Closer = (*Host)(nil)
 
-// RaftAddress is the address other members use to reach this host: its
-// first TCP listen address that is not loopback (loopback only if it has
-// nothing else, as in tests on one machine), with /p2p/<id>. TCP is
-// preferred because it works with and without a private-network key.
+// RaftAddress is the address other members use to reach this host, with
+// /p2p/<id>: Config.Advertise, or the listen address chosen for it (see
+// advertise.go).
 func (h *Host) RaftAddress() string {
-	var pick ma.Multiaddr
-	for _, a := range h.h.Addrs() {
-		if _, err := a.ValueForProtocol(ma.P_TCP); err != nil {
-			continue
-		}
-		if pick == nil || (isLoopback(pick) && !isLoopback(a)) {
-			pick = a
-		}
-	}
-	if pick == nil {
-		if addrs := h.h.Addrs(); len(addrs) > 0 {
-			pick = addrs[0]
-		} else {
-			return h.h.ID().String()
-		}
-	}
-	return pick.String() + "/p2p/" + h.h.ID().String()
-}
-
-func isLoopback(a ma.Multiaddr) bool {
-	ip, err := a.ValueForProtocol(ma.P_IP4)
-	if err != nil {
-		ip, err = a.ValueForProtocol(ma.P_IP6)
-	}
-	if err != nil {
-		return false
-	}
-	parsed := net.ParseIP(ip)
-	return parsed != nil && parsed.IsLoopback()
+	return h.adv.Load().addr.String() + "/p2p/" + h.h.ID().String()
 }
