@@ -27,6 +27,9 @@ const (
 	manifestFile = "meshreg.yaml"
 	dockerfile   = "../Dockerfile"
 	joinURL      = "http://meshreg.meshreg.svc.cluster.local:5000"
+	// hostIPStandIn is what the tests give an env var whose value comes
+	// from the downward API's status.hostIP.
+	hostIPStandIn = "192.0.2.10"
 )
 
 type object struct {
@@ -68,7 +71,7 @@ type container struct {
 	Env             []struct {
 		Name      string     `yaml:"name"`
 		Value     *string    `yaml:"value"`
-		ValueFrom *yaml.Node `yaml:"valueFrom"`
+		ValueFrom *valueFrom `yaml:"valueFrom"`
 	} `yaml:"env"`
 	Ports []struct {
 		Name          string `yaml:"name"`
@@ -202,12 +205,17 @@ func (m manifest) container(t *testing.T) container {
 	return cs[0]
 }
 
-// env is the container's environment as the manifest sets it (values
-// only; valueFrom entries are reported).
+// env is the container's environment as the manifest sets it: values,
+// and hostIPStandIn for a fieldRef on status.hostIP; other valueFrom
+// entries are reported.
 func (c container) env(t *testing.T) map[string]string {
 	t.Helper()
 	env := map[string]string{}
 	for _, e := range c.Env {
+		if e.Value == nil && fieldRef(e.ValueFrom) == "status.hostIP" {
+			env[e.Name] = hostIPStandIn
+			continue
+		}
 		if e.Value == nil {
 			t.Errorf("env %s has no literal value; the test cannot run the binary with it", e.Name)
 			continue
@@ -215,6 +223,21 @@ func (c container) env(t *testing.T) map[string]string {
 		env[e.Name] = *e.Value
 	}
 	return env
+}
+
+// valueFrom is an env var's valueFrom; only fieldRef is read.
+type valueFrom struct {
+	FieldRef *struct {
+		FieldPath string `yaml:"fieldPath"`
+	} `yaml:"fieldRef"`
+}
+
+// fieldRef is the fieldPath of a valueFrom's fieldRef, "" if it has none.
+func fieldRef(v *valueFrom) string {
+	if v == nil || v.FieldRef == nil {
+		return ""
+	}
+	return v.FieldRef.FieldPath
 }
 
 func (c container) portNamed(t *testing.T, name string) int {
@@ -341,11 +364,23 @@ func TestManifestObjectsFit(t *testing.T) {
 		case "api":
 			api = p.ContainerPort == 5000 && p.HostPort == 5000 && p.Protocol == "TCP"
 		case "p2p":
-			p2p = p.ContainerPort == 4001 && p.Protocol == "TCP"
+			p2p = p.ContainerPort == 4001 && p.HostPort == 4001 && p.Protocol == "TCP"
 		}
 	}
 	if !api || !p2p {
-		t.Errorf("container ports %+v: want api 5000 with hostPort 5000, p2p 4001", c.Ports)
+		t.Errorf("container ports %+v: want api 5000 with hostPort 5000, p2p 4001 with hostPort 4001", c.Ports)
+	}
+	// The Raft address other nodes store and dial is the host's IP (the
+	// p2p hostPort forwards it to the pod): not a bridge address, and the
+	// same after the pod is recreated.
+	advertise := ""
+	for _, e := range c.Env {
+		if e.Name == "MESHREG_ADVERTISE" {
+			advertise = fieldRef(e.ValueFrom)
+		}
+	}
+	if advertise != "status.hostIP" {
+		t.Errorf("MESHREG_ADVERTISE comes from %q, want a fieldRef on status.hostIP", advertise)
 	}
 
 	for _, pr := range []struct {
@@ -505,6 +540,7 @@ func TestBinaryAcceptsManifest(t *testing.T) {
 		"data-dir":         "/data",
 		"bootstrap-expect": 3.0,
 		"cluster-key":      key,
+		"advertise":        hostIPStandIn,
 	}
 	for k, v := range want {
 		if got[k] != v {
