@@ -30,10 +30,10 @@ import (
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	basicconnmgr "github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
-	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 )
 
@@ -145,6 +145,8 @@ type Host struct {
 	// the streams it turned away.
 	authz   atomic.Pointer[Authorizer]
 	refused atomic.Int64
+	// private is set on a private network (a cluster key).
+	private bool
 	// adv is the address other nodes reach this one at (advertise.go).
 	adv atomic.Pointer[advertised]
 }
@@ -183,7 +185,6 @@ func NewHost(cfg Config) (*Host, error) {
 	listen := cfg.ListenAddrs
 	opts := []libp2p.Option{
 		libp2p.Identity(key),
-		libp2p.Transport(tcp.NewTCPTransport, tcp.DisableReuseport()), // see checkPortsFree
 		// TLS first: it moved blob bytes 10-25% faster than Noise with less
 		// CPU on these machines (AES-GCM in hardware; see the data path
 		// benchmark in datapath_bench_test.go). Noise stays for peers that
@@ -197,6 +198,8 @@ func NewHost(cfg Config) (*Host, error) {
 		libp2p.DisableMetrics(),
 	}
 	if cfg.PrivateNetworkKey != nil {
+		// keycheck.go: inbound peers with no key or another one are logged.
+		opts = append(opts, libp2p.Transport(keyCheckTCP(newKeyChecker(cfg.PrivateNetworkKey, log))))
 		listen = tcpOnly(cfg.ListenAddrs)
 		if len(listen) < len(cfg.ListenAddrs) {
 			log.Warn("p2p: private network: QUIC cannot be used with a private network key, listening on TCP only",
@@ -204,14 +207,14 @@ func NewHost(cfg Config) (*Host, error) {
 		}
 		opts = append(opts, libp2p.PrivateNetwork(pnet.PSK(cfg.PrivateNetworkKey)))
 	} else {
-		opts = append(opts, libp2p.Transport(libp2pquic.NewTransport))
+		opts = append(opts, libp2p.Transport(keyCheckTCP(newKeyChecker(nil, log))), libp2p.Transport(libp2pquic.NewTransport))
 	}
 	if err := checkPortsFree(listen); err != nil {
 		_ = rm.Close()
 		_ = cm.Close()
 		return nil, err
 	}
-	hst := &Host{gater: cfg.Gater, log: log}
+	hst := &Host{gater: cfg.Gater, log: log, private: cfg.PrivateNetworkKey != nil}
 	opts = append(opts, libp2p.ListenAddrStrings(listen...), libp2p.AddrsFactory(advertisedAddrs(&hst.adv)))
 	if cfg.Gater != nil {
 		opts = append(opts, libp2p.ConnectionGater(cfg.Gater))
@@ -308,8 +311,14 @@ func (h *Host) Connect(ctx context.Context, addr string) error {
 		return fmt.Errorf("p2p: connect %q: need a multiaddr with /p2p/<id>: %w", addr, err)
 	}
 	h.h.Peerstore().AddAddrs(info.ID, info.Addrs, peerstore.PermanentAddrTTL)
+	// An explicit connect dials now, even if an earlier dial failed: the
+	// caller paces its retries, and a retry should fail with the real
+	// reason, not libp2p's "dial backoff".
+	if sw, ok := h.h.Network().(*swarm.Swarm); ok {
+		sw.Backoff().Clear(info.ID)
+	}
 	if err := h.h.Connect(ctx, *info); err != nil {
-		return fmt.Errorf("p2p: connect %s: %w", addr, err)
+		return fmt.Errorf("p2p: connect %s: %w", addr, explainConnectError(h.private, err))
 	}
 	return nil
 }

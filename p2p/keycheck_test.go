@@ -1,0 +1,130 @@
+package p2p
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// recordLog keeps the messages of WARN and above (and passes every record
+// on to next).
+type recordLog struct {
+	next slog.Handler
+	mu   *sync.Mutex
+	msgs *[]string
+}
+
+func newRecordLog(next slog.Handler) recordLog {
+	return recordLog{next: next, mu: &sync.Mutex{}, msgs: &[]string{}}
+}
+
+func (r recordLog) Enabled(ctx context.Context, l slog.Level) bool { return true }
+func (r recordLog) Handle(ctx context.Context, rec slog.Record) error {
+	if rec.Level >= slog.LevelWarn {
+		r.mu.Lock()
+		*r.msgs = append(*r.msgs, rec.Message)
+		r.mu.Unlock()
+	}
+	return r.next.Handle(ctx, rec)
+}
+func (r recordLog) WithAttrs(as []slog.Attr) slog.Handler {
+	return recordLog{next: r.next.WithAttrs(as), mu: r.mu, msgs: r.msgs}
+}
+func (r recordLog) WithGroup(g string) slog.Handler {
+	return recordLog{next: r.next.WithGroup(g), mu: r.mu, msgs: r.msgs}
+}
+
+// count is how many recorded messages contain s.
+func (r recordLog) count(s string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, m := range *r.msgs {
+		if strings.Contains(m, s) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestClusterKeyMismatch connects hosts whose private-network keys differ
+// (one has none, or another one): the dialing side's error must say that
+// the cluster key is probably missing or different and name --cluster-key,
+// and the keyed side that is dialed must log it, once per remote a minute
+// however often it retries (and so must a node without a key that a keyed
+// peer dials). A peer with the right key connects and is not logged.
+func TestClusterKeyMismatch(t *testing.T) {
+	t.Parallel()
+	_, key := writeSwarmKey(t)
+	_, otherKey := writeSwarmKey(t)
+	rec, pubRec := newRecordLog(testLogger(t).Handler()), newRecordLog(testLogger(t).Handler())
+	keyed := newTestHost(t, func(c *Config) {
+		c.PrivateNetworkKey = key
+		c.Logger = slog.New(rec)
+	})
+	public := newTestHost(t, func(c *Config) { c.Logger = slog.New(pubRec) })
+	stranger := newTestHost(t, func(c *Config) { c.PrivateNetworkKey = otherKey })
+	friend := newTestHost(t, func(c *Config) { c.PrivateNetworkKey = key })
+
+	const (
+		noKeyWarn    = "without the cluster key"
+		otherKeyWarn = "another cluster key"
+		hasKeyWarn   = "a peer with a cluster key"
+	)
+	connect := func(from, to *Host) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		return from.Connect(ctx, addrOf(t, to, ma.P_TCP))
+	}
+	waitLogged := func(rec recordLog, s string) {
+		t.Helper()
+		deadline := time.Now().Add(3 * time.Second)
+		for rec.count(s) == 0 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	tests := []struct {
+		name     string
+		from, to *Host
+		want     []string // in the dialer's error
+		logged   string   // in the dialed side's WARN
+		log      recordLog
+	}{
+		{name: "no key to key", from: public, to: keyed,
+			want: []string{"probably", "no cluster key", "--cluster-key"}, logged: noKeyWarn, log: rec},
+		{name: "other key to key", from: stranger, to: keyed,
+			want: []string{"probably", "does not match", "--cluster-key"}, logged: otherKeyWarn, log: rec},
+		{name: "key to no key", from: keyed, to: public,
+			want: []string{"probably", "does not match", "--cluster-key"}, logged: hasKeyWarn, log: pubRec},
+	}
+	for _, tt := range tests {
+		for attempt := range 3 {
+			err := connect(tt.from, tt.to)
+			t.Logf("%s, attempt %d: %v", tt.name, attempt, err)
+			if err == nil {
+				t.Fatalf("%s: Connect succeeded", tt.name)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("%s, attempt %d: Connect: %v\nwant it to say %q", tt.name, attempt, err, w)
+				}
+			}
+		}
+		waitLogged(tt.log, tt.logged)
+		if n := tt.log.count(tt.logged); n != 1 {
+			t.Errorf("%s: the dialed side logged %q %d times for 3 attempts in a row, want once", tt.name, tt.logged, n)
+		}
+	}
+	if err := connect(friend, keyed); err != nil {
+		t.Fatalf("same key: Connect: %v", err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := rec.count("cluster key"); n != 2 {
+		t.Errorf("the keyed side logged %d key warnings, want 2 (the right key logs none)", n)
+	}
+}
