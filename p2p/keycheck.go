@@ -201,36 +201,45 @@ func newKeyChecker(psk ipnet.PSK, log *slog.Logger) *keyChecker {
 	return &keyChecker{psk: psk, log: log, now: time.Now, last: map[string]time.Time{}}
 }
 
-// judge classifies the first bytes a peer sent.
+// judge classifies the first bytes a peer sent, as soon as they allow
+// it: libp2p may read them a byte at a time and give up on garbage after
+// a few, so every byte is compared with the multistream header as it
+// comes (decrypted with the key, after the nonce, on a private network).
 func (k *keyChecker) judge(head []byte) verdict {
-	if len(head) >= len(multistreamHeader) && bytes.Equal(head[:len(multistreamHeader)], multistreamHeader) {
-		if k.psk == nil {
-			return verdictOK
-		}
-		return verdictNoKey
-	}
 	if k.psk == nil {
-		if len(head) < len(multistreamHeader) {
-			return verdictUnknown
-		}
-		return verdictHasKey
+		return prefixVerdict(head, verdictHasKey)
 	}
-	if len(head) < pnetNonceLen+len(multistreamHeader) {
+	if v := prefixVerdict(head, verdictUnknown); v == verdictOK && len(head) >= len(multistreamHeader) {
+		return verdictNoKey // the whole header in plain text
+	}
+	if len(head) <= pnetNonceLen {
 		return verdictUnknown
 	}
-	// Decrypt with the key, as libp2p's pnet connection would.
+	// Decrypt what follows the nonce with the key, as libp2p's pnet
+	// connection does.
 	pc, err := pnet.NewProtectedConn(k.psk, &replayConn{r: bytes.NewReader(head)})
 	if err != nil {
 		return verdictUnknown
 	}
-	got := make([]byte, len(multistreamHeader))
-	if _, err := io.ReadFull(pc, got); err != nil {
+	plain := make([]byte, len(head)-pnetNonceLen)
+	if _, err := io.ReadFull(pc, plain); err != nil {
 		return verdictUnknown
 	}
-	if bytes.Equal(got, multistreamHeader) {
+	return prefixVerdict(plain, verdictOtherKey)
+}
+
+// prefixVerdict compares b with the start of the multistream header: the
+// whole header is verdictOK, a differing byte is mismatch, a matching
+// prefix is verdictUnknown.
+func prefixVerdict(b []byte, mismatch verdict) verdict {
+	n := min(len(b), len(multistreamHeader))
+	if !bytes.Equal(b[:n], multistreamHeader[:n]) {
+		return mismatch
+	}
+	if n == len(multistreamHeader) {
 		return verdictOK
 	}
-	return verdictOtherKey
+	return verdictUnknown
 }
 
 // report logs a mismatch, once per remote IP and kind per keyWarnEvery.

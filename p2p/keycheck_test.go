@@ -1,13 +1,16 @@
 package p2p
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/p2p/net/pnet"
 	ma "github.com/multiformats/go-multiaddr"
 )
 
@@ -126,5 +129,68 @@ func TestClusterKeyMismatch(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	if n := rec.count("cluster key"); n != 2 {
 		t.Errorf("the keyed side logged %d key warnings, want 2 (the right key logs none)", n)
+	}
+}
+
+// captureConn is a net.Conn that records what is written to it.
+type captureConn struct {
+	net.Conn
+	buf bytes.Buffer
+}
+
+func (c *captureConn) Write(b []byte) (int, error) { return c.buf.Write(b) }
+
+// TestKeyCheckerJudgesByteByByte feeds the checker what a dialer sends
+// (the multistream header and a security proposal, through pnet when it
+// has a key) one byte at a time, as libp2p may read it: a mismatch must be
+// found by the first byte that shows it (libp2p can give up on garbage
+// after a few), a match only once the whole header decrypted.
+func TestKeyCheckerJudgesByteByByte(t *testing.T) {
+	t.Parallel()
+	_, key := writeSwarmKey(t)
+	_, otherKey := writeSwarmKey(t)
+	hello := append(append([]byte{}, multistreamHeader...), "\x0b/tls/1.0.0\n"...)
+	send := func(psk []byte) []byte {
+		if psk == nil {
+			return hello
+		}
+		c := &captureConn{}
+		pc, err := pnet.NewProtectedConn(psk, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pc.Write(hello); err != nil {
+			t.Fatal(err)
+		}
+		return c.buf.Bytes()
+	}
+	tests := []struct {
+		name          string
+		ours, theirs  []byte
+		want          verdict
+		within, after int // judged after at most within bytes, at least after
+	}{
+		{name: "same key", ours: key, theirs: key, want: verdictOK, within: pnetNonceLen + len(multistreamHeader), after: pnetNonceLen + len(multistreamHeader)},
+		{name: "no key to key", ours: key, want: verdictNoKey, within: len(multistreamHeader), after: len(multistreamHeader)},
+		{name: "other key to key", ours: key, theirs: otherKey, want: verdictOtherKey, within: pnetNonceLen + len(multistreamHeader), after: pnetNonceLen + 1},
+		{name: "key to no key", theirs: key, want: verdictHasKey, within: len(multistreamHeader), after: 1},
+		{name: "no keys", want: verdictOK, within: len(multistreamHeader), after: len(multistreamHeader)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			k := newKeyChecker(tt.ours, testLogger(t))
+			wire := send(tt.theirs)
+			for n := 1; n <= len(wire); n++ {
+				v := k.judge(wire[:n])
+				if v == verdictUnknown {
+					continue
+				}
+				if v != tt.want || n > tt.within || n < tt.after {
+					t.Errorf("judged %d after %d bytes, want %d after %d to %d bytes", v, n, tt.want, tt.after, tt.within)
+				}
+				return
+			}
+			t.Errorf("not judged after all %d bytes", len(wire))
+		})
 	}
 }

@@ -11,10 +11,6 @@ import (
 	manet "github.com/multiformats/go-multiaddr/net"
 )
 
-// ErrPortInUse is wrapped by NewHost's error when a listen port is held by
-// another process (or another host in this one).
-var ErrPortInUse = errors.New("p2p port in use")
-
 // Why the listen sockets must be exclusive: libp2p's TCP transport sets
 // SO_REUSEPORT by default (to dial from the listen port, for NAT
 // traversal), so a second meshreg given the same --p2p-listen would start
@@ -63,11 +59,12 @@ func checkPortsFree(addrs []string) error {
 	return errors.Join(errs...)
 }
 
-// listenError words a failure to bind hostPort.
+// listenError words a failure to bind hostPort. It wraps err, so a
+// port in use is errors.Is(err, syscall.EADDRINUSE).
 func listenError(hostPort, proto string, err error) error {
 	if errors.Is(err, syscall.EADDRINUSE) {
 		return fmt.Errorf("p2p: p2p port %s%s is in use by another process: pass --p2p-listen with a free port (is another meshreg running?): %w",
-			hostPort, proto, ErrPortInUse)
+			hostPort, proto, err)
 	}
 	return fmt.Errorf("p2p: cannot listen on %s%s: %w (check --p2p-listen)", hostPort, proto, err)
 }
