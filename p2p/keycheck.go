@@ -183,6 +183,7 @@ const (
 	verdictNoKey                   // plain multistream: the peer has no key
 	verdictOtherKey                // does not decrypt: another key (or not libp2p)
 	verdictHasKey                  // to a node without a key: not plain multistream
+	verdictHTTP                    // an HTTP request: a --join URL with the p2p port?
 )
 
 // keyChecker judges the first bytes of inbound connections against the
@@ -206,6 +207,16 @@ func newKeyChecker(psk ipnet.PSK, log *slog.Logger) *keyChecker {
 // a few, so every byte is compared with the multistream header as it
 // comes (decrypted with the key, after the nonce, on a private network).
 func (k *keyChecker) judge(head []byte) verdict {
+	if len(head) > 0 && head[0] >= 'A' && head[0] <= 'Z' { // text, not libp2p
+		if len(head) < len("DELETE ") {
+			return verdictUnknown
+		}
+		for _, m := range []string{"GET ", "HEAD ", "POST ", "PUT ", "PATCH ", "DELETE ", "OPTIONS "} {
+			if bytes.HasPrefix(head, []byte(m)) {
+				return verdictHTTP
+			}
+		}
+	}
 	if k.psk == nil {
 		return prefixVerdict(head, verdictHasKey)
 	}
@@ -244,7 +255,7 @@ func prefixVerdict(b []byte, mismatch verdict) verdict {
 
 // report logs a mismatch, once per remote IP and kind per keyWarnEvery.
 func (k *keyChecker) report(v verdict, remote net.Addr) {
-	if v != verdictNoKey && v != verdictOtherKey && v != verdictHasKey {
+	if v == verdictUnknown || v == verdictOK {
 		return
 	}
 	ip := remote.String()
@@ -269,6 +280,11 @@ func (k *keyChecker) report(v verdict, remote net.Addr) {
 		k.last[key] = now
 	}
 	k.mu.Unlock()
+	if v == verdictHTTP {
+		k.log.Warn("p2p: an HTTP client connected to the p2p port and was refused: if it is a meshreg --join, point it at a node's API URL (http://HOST:5000) or at a multiaddr with /p2p/<id>",
+			"remote", remote.String(), "next_report_after", keyWarnEvery)
+		return
+	}
 	if v == verdictHasKey {
 		k.log.Warn("p2p: a peer with a cluster key tried to connect and was refused: its first bytes are not plain libp2p, so it probably runs with a --cluster-key, which this node has not (or it is not libp2p at all)",
 			"remote", remote.String(), "next_report_after", keyWarnEvery)

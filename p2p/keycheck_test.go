@@ -150,7 +150,11 @@ func TestKeyCheckerJudgesByteByByte(t *testing.T) {
 	_, key := writeSwarmKey(t)
 	_, otherKey := writeSwarmKey(t)
 	hello := append(append([]byte{}, multistreamHeader...), "\x0b/tls/1.0.0\n"...)
+	const httpGet = "GET /_meshreg/v1/status HTTP/1.1\r\nHost: x\r\n\r\n"
 	send := func(psk []byte) []byte {
+		if string(psk) == "http" {
+			return []byte(httpGet)
+		}
 		if psk == nil {
 			return hello
 		}
@@ -175,6 +179,8 @@ func TestKeyCheckerJudgesByteByByte(t *testing.T) {
 		{name: "other key to key", ours: key, theirs: otherKey, want: verdictOtherKey, within: pnetNonceLen + len(multistreamHeader), after: pnetNonceLen + 1},
 		{name: "key to no key", theirs: key, want: verdictHasKey, within: len(multistreamHeader), after: 1},
 		{name: "no keys", want: verdictOK, within: len(multistreamHeader), after: len(multistreamHeader)},
+		{name: "HTTP to no key", theirs: []byte("http"), want: verdictHTTP, within: len("DELETE "), after: len("GET ")},
+		{name: "HTTP to key", ours: key, theirs: []byte("http"), want: verdictHTTP, within: len("DELETE "), after: len("GET ")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -114,7 +115,8 @@ func TestSecondProcessOnP2PPortRefused(t *testing.T) {
 // node without one (and one with another key) that joins it through its API
 // URL: the joiner must say that the cluster key is probably missing (or
 // different) and name --cluster-key, and the keyed node must log a WARN
-// about it.
+// about it; so must a plain HTTP request to its p2p port (a --join URL
+// with the wrong port).
 func TestJoinWithoutClusterKeySaysSo(t *testing.T) {
 	t.Parallel()
 	keyed := testnet.StartNode(t, testnet.Options{Args: []string{"--cluster-key", writeClusterKey(t)}})
@@ -141,18 +143,31 @@ func TestJoinWithoutClusterKeySaysSo(t *testing.T) {
 			if !strings.Contains(out, tc.joinerSays) {
 				t.Errorf("the joiner did not say %q; its output:\n%s", tc.joinerSays, out)
 			}
-			deadline := time.Now().Add(10 * time.Second)
-			for {
-				b, _ := os.ReadFile(keyed.LogPath())
-				if strings.Contains(string(b), tc.keyedSays) {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Errorf("the keyed node did not log %q", tc.keyedSays)
-					break
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
+			waitLog(t, keyed, tc.keyedSays)
 		})
+	}
+	// A --join URL with the p2p port: the node says what it got.
+	c := http.Client{Timeout: 5 * time.Second}
+	if resp, err := c.Get("http://127.0.0.1:" + p2pPortOf(t, keyed) + "/_meshreg/v1/status"); err == nil {
+		resp.Body.Close()
+		t.Errorf("the p2p port answered HTTP: %s", resp.Status)
+	}
+	waitLog(t, keyed, "an HTTP client connected to the p2p port")
+}
+
+// waitLog waits up to 10 s for n's log to contain s.
+func waitLog(t *testing.T, n *testnet.Node, s string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, _ := os.ReadFile(n.LogPath())
+		if strings.Contains(string(b), s) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("the node did not log %q", s)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
