@@ -297,6 +297,32 @@ func chooseRaftAddr(cfg Config, listening []ma.Multiaddr) (advertised, error) {
 	if err != nil {
 		return advertised{}, err
 	}
+	first, _ := ma.SplitFirst(base)
+	if first == nil {
+		return advertised{}, fmt.Errorf("p2p: listen address %s has no IP", base)
+	}
+	lip, err := netip.ParseAddr(first.Value())
+	wildcard := err == nil && lip.IsUnspecified()
+	// On 0.0.0.0 libp2p lists every interface's address: note the ones on
+	// bridges, to leave them out of what identify gives peers.
+	var list []NetInterface
+	hidden := map[netip.Addr]bool{}
+	if wildcard {
+		ifaces := cfg.interfaces
+		if ifaces == nil {
+			ifaces = systemInterfaces
+		}
+		if list, err = ifaces(); err != nil {
+			return advertised{}, err
+		}
+		for _, ifc := range list {
+			for _, a := range ifc.Addrs {
+				if r := rankOf(ifc, a.Unmap()); r == rankBridge || r == rankLinkLocal {
+					hidden[a.Unmap()] = true
+				}
+			}
+		}
+	}
 	if cfg.Advertise != "" {
 		ip, m, err := parseAdvertise(cfg.Advertise)
 		if err != nil {
@@ -307,35 +333,14 @@ func chooseRaftAddr(cfg Config, listening []ma.Multiaddr) (advertised, error) {
 				return advertised{}, fmt.Errorf("p2p: --advertise %s: %w", cfg.Advertise, err)
 			}
 		}
-		return advertised{addr: m, reason: "--advertise"}, nil
+		return advertised{addr: m, reason: "--advertise", hidden: hidden}, nil
 	}
-	first, _ := ma.SplitFirst(base)
-	if first == nil {
-		return advertised{}, fmt.Errorf("p2p: listen address %s has no IP", base)
-	}
-	lip, err := netip.ParseAddr(first.Value())
-	if err != nil || !lip.IsUnspecified() {
+	if !wildcard {
 		return advertised{addr: base, reason: "the one address --p2p-listen binds"}, nil
-	}
-	ifaces := cfg.interfaces
-	if ifaces == nil {
-		ifaces = systemInterfaces
 	}
 	route := cfg.route
 	if route == nil {
 		route = systemRoute
-	}
-	list, err := ifaces()
-	if err != nil {
-		return advertised{}, err
-	}
-	hidden := map[netip.Addr]bool{}
-	for _, ifc := range list {
-		for _, a := range ifc.Addrs {
-			if r := rankOf(ifc, a.Unmap()); r == rankBridge || r == rankLinkLocal {
-				hidden[a.Unmap()] = true
-			}
-		}
 	}
 	c, err := ChooseAdvertiseAddr(list, lip.Is6(), cfg.RouteTargets, route(lip.Is6()))
 	if err != nil {
