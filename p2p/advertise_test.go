@@ -222,20 +222,26 @@ func TestConfigValidateAdvertise(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
 		advertise, wantErr string
+		key                bool
 	}{
-		{"10.0.0.5", ""},
-		{"fd00::5", ""},
-		{"/ip4/10.0.0.5/tcp/4001", ""},
-		{"/dns4/node-a.example/tcp/4001", ""},
-		{"/ip4/10.0.0.5/udp/4001/quic-v1", ""},
-		{"0.0.0.0", "other hosts can dial"},
-		{"10.0.0.5:4001", "want an IP address"},
-		{"/ip4/10.0.0.5", "TCP or QUIC port"},
-		{"/ip4/10.0.0.5/tcp/4001/p2p/12D3KooWCxN29wQqEYJ6QZBxLchRD3qgTACnDrWwZt5QQQBmMRPr", "leave out /p2p/"},
+		{"/ip4/10.0.0.5/udp/4001/quic-v1", "QUIC", true},
+		{"/ip4/10.0.0.5/tcp/4001", "", true},
+		{"10.0.0.5", "", false},
+		{"fd00::5", "", false},
+		{"/ip4/10.0.0.5/tcp/4001", "", false},
+		{"/dns4/node-a.example/tcp/4001", "", false},
+		{"/ip4/10.0.0.5/udp/4001/quic-v1", "", false},
+		{"0.0.0.0", "other hosts can dial", false},
+		{"10.0.0.5:4001", "want an IP address", false},
+		{"/ip4/10.0.0.5", "TCP or QUIC port", false},
+		{"/ip4/10.0.0.5/tcp/4001/p2p/12D3KooWCxN29wQqEYJ6QZBxLchRD3qgTACnDrWwZt5QQQBmMRPr", "leave out /p2p/", false},
 	} {
 		c := DefaultConfig()
 		c.DataDir = "d"
 		c.Advertise = tt.advertise
+		if tt.key {
+			c.PrivateNetworkKey = make([]byte, 32)
+		}
 		err := c.Validate()
 		if (tt.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
 			t.Errorf("Validate with Advertise %q: %v, want error %q", tt.advertise, err, tt.wantErr)

@@ -126,8 +126,12 @@ func (c Config) Validate() error {
 		return errors.New("p2p: a private network needs a TCP listen address (QUIC cannot be used with a private network key)")
 	}
 	if c.Advertise != "" {
-		if _, _, err := parseAdvertise(c.Advertise); err != nil {
+		_, m, err := parseAdvertise(c.Advertise)
+		if err != nil {
 			return err
+		}
+		if m != nil && c.PrivateNetworkKey != nil && len(tcpOnly([]string{m.String()})) == 0 {
+			return fmt.Errorf("p2p: --advertise %s is a QUIC address, which a private network (--cluster-key) cannot use: advertise a TCP one", c.Advertise)
 		}
 	}
 	if c.LowWater < 0 || c.HighWater <= 0 || c.LowWater > c.HighWater {

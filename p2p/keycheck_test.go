@@ -200,3 +200,33 @@ func TestKeyCheckerJudgesByteByByte(t *testing.T) {
 		})
 	}
 }
+
+// TestKeyWarningRateLimit: one WARN per remote IP and kind per minute.
+func TestKeyWarningRateLimit(t *testing.T) {
+	t.Parallel()
+	rec := newRecordLog(testLogger(t).Handler())
+	k := newKeyChecker(make([]byte, 32), slog.New(rec))
+	now := time.Unix(1_000_000, 0)
+	k.now = func() time.Time { return now }
+	a := &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 40000}
+	a2 := &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 40001} // same host, new port
+	b := &net.TCPAddr{IP: net.IPv4(10, 0, 0, 2), Port: 40000}
+	k.report(verdictNoKey, a)
+	k.report(verdictNoKey, a2)
+	k.report(verdictOtherKey, a) // another kind
+	k.report(verdictNoKey, b)    // another remote
+	if n := rec.count("cluster key"); n != 3 {
+		t.Errorf("%d WARNs, want 3 (a twice is once)", n)
+	}
+	now = now.Add(keyWarnEvery - time.Second)
+	k.report(verdictNoKey, a)
+	if n := rec.count("cluster key"); n != 3 {
+		t.Errorf("%d WARNs within the minute, want still 3", n)
+	}
+	now = now.Add(2 * time.Second)
+	k.report(verdictNoKey, a)
+	k.report(verdictOK, a) // a match is never logged
+	if n := rec.count("cluster key"); n != 4 {
+		t.Errorf("%d WARNs after the minute, want 4", n)
+	}
+}
