@@ -13,7 +13,8 @@ import (
 )
 
 // The address a node advertises is the one other members store in the Raft
-// configuration and dial, and the first one identify and the DHT hand out.
+// configuration and dial; identify and the DHT hand it out too, without
+// this host's bridge addresses (advertisedAddrs).
 // Listening on 0.0.0.0 (the default) gives libp2p every interface address,
 // and the first of them is often Docker's bridge (172.17.0.1 on docker0,
 // the same on every host that runs Docker): no other host reaches this
@@ -24,7 +25,10 @@ import (
 //  2. the address --p2p-listen binds, when it binds one address;
 //  3. otherwise among this host's interface addresses (ChooseAdvertiseAddr):
 //     never a bridge or loopback address when another exists, and the one
-//     the route to a --join target leaves from before any other.
+//     the route to a --join target leaves from before any other, then the
+//     one of the default route.
+//
+// NewHost logs the choice at INFO: the address, its interface, and why.
 
 // NetInterface is a network interface as address selection sees it.
 type NetInterface struct {

@@ -80,9 +80,10 @@ type Config struct {
 	// testnet harness pass a *PartitionGater to cut nodes apart.
 	Gater connmgr.ConnectionGater
 	// Advertise is the address other nodes reach this one at (the Raft
-	// address, and the first address identify and the DHT give out): an
-	// IP (then the TCP listen port is used) or a multiaddr without /p2p/.
-	// Empty: chosen among the listen addresses (see advertise.go).
+	// address, also added to what identify and the DHT give out, from
+	// which bridge addresses are left out): an IP (then the TCP listen
+	// port is used) or a multiaddr without /p2p/. Empty: chosen among the
+	// listen addresses (see advertise.go).
 	Advertise string
 	// RouteTargets are hosts (names or IPs) of other nodes, from --join:
 	// without Advertise, the address the route to them leaves from is
