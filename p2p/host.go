@@ -15,7 +15,6 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -31,10 +30,10 @@ import (
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	basicconnmgr "github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
-	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 )
 
@@ -80,6 +79,21 @@ type Config struct {
 	// Gater, if set, vets every dial and accepted connection. Tests and the
 	// testnet harness pass a *PartitionGater to cut nodes apart.
 	Gater connmgr.ConnectionGater
+	// Advertise is the address other nodes reach this one at (the Raft
+	// address, also added to what identify and the DHT give out, from
+	// which bridge addresses are left out): an IP (then the TCP listen
+	// port is used) or a multiaddr without /p2p/. Empty: chosen among the
+	// listen addresses (see advertise.go).
+	Advertise string
+	// RouteTargets are hosts (names or IPs) of other nodes, from --join:
+	// without Advertise, the address the route to them leaves from is
+	// preferred.
+	RouteTargets []string
+
+	// interfaces and route replace the system's interface list and
+	// routing table in tests; nil means the system's.
+	interfaces func() ([]NetInterface, error)
+	route      func(ipv6 bool) RouteFunc
 }
 
 // DefaultConfig returns a Config listening on TCP and QUIC port 4001 with
@@ -112,6 +126,15 @@ func (c Config) Validate() error {
 	if c.PrivateNetworkKey != nil && len(tcpOnly(c.ListenAddrs)) == 0 {
 		return errors.New("p2p: a private network needs a TCP listen address (QUIC cannot be used with a private network key)")
 	}
+	if c.Advertise != "" {
+		_, m, err := parseAdvertise(c.Advertise)
+		if err != nil {
+			return err
+		}
+		if m != nil && c.PrivateNetworkKey != nil && len(tcpOnly([]string{m.String()})) == 0 {
+			return fmt.Errorf("p2p: --advertise %s is a QUIC address, which a private network (--cluster-key) cannot use: advertise a TCP one", c.Advertise)
+		}
+	}
 	if c.LowWater < 0 || c.HighWater <= 0 || c.LowWater > c.HighWater {
 		return fmt.Errorf("p2p: connection watermarks low=%d high=%d: want 0 <= low <= high, high > 0", c.LowWater, c.HighWater)
 	}
@@ -127,6 +150,10 @@ type Host struct {
 	// the streams it turned away.
 	authz   atomic.Pointer[Authorizer]
 	refused atomic.Int64
+	// private is set on a private network (a cluster key).
+	private bool
+	// adv is the address other nodes reach this one at (advertise.go).
+	adv atomic.Pointer[advertised]
 }
 
 // NewHost loads (or, on first start, creates) the identity key in
@@ -163,7 +190,6 @@ func NewHost(cfg Config) (*Host, error) {
 	listen := cfg.ListenAddrs
 	opts := []libp2p.Option{
 		libp2p.Identity(key),
-		libp2p.Transport(tcp.NewTCPTransport),
 		// TLS first: it moved blob bytes 10-25% faster than Noise with less
 		// CPU on these machines (AES-GCM in hardware; see the data path
 		// benchmark in datapath_bench_test.go). Noise stays for peers that
@@ -177,6 +203,8 @@ func NewHost(cfg Config) (*Host, error) {
 		libp2p.DisableMetrics(),
 	}
 	if cfg.PrivateNetworkKey != nil {
+		// keycheck.go: inbound peers with no key or another one are logged.
+		opts = append(opts, libp2p.Transport(keyCheckTCP(newKeyChecker(cfg.PrivateNetworkKey, log))))
 		listen = tcpOnly(cfg.ListenAddrs)
 		if len(listen) < len(cfg.ListenAddrs) {
 			log.Warn("p2p: private network: QUIC cannot be used with a private network key, listening on TCP only",
@@ -184,9 +212,15 @@ func NewHost(cfg Config) (*Host, error) {
 		}
 		opts = append(opts, libp2p.PrivateNetwork(pnet.PSK(cfg.PrivateNetworkKey)))
 	} else {
-		opts = append(opts, libp2p.Transport(libp2pquic.NewTransport))
+		opts = append(opts, libp2p.Transport(keyCheckTCP(newKeyChecker(nil, log))), libp2p.Transport(libp2pquic.NewTransport))
 	}
-	opts = append(opts, libp2p.ListenAddrStrings(listen...))
+	if err := checkPortsFree(listen); err != nil {
+		_ = rm.Close()
+		_ = cm.Close()
+		return nil, err
+	}
+	hst := &Host{gater: cfg.Gater, log: log, private: cfg.PrivateNetworkKey != nil}
+	opts = append(opts, libp2p.ListenAddrStrings(listen...), libp2p.AddrsFactory(advertisedAddrs(&hst.adv)))
 	if cfg.Gater != nil {
 		opts = append(opts, libp2p.ConnectionGater(cfg.Gater))
 	}
@@ -199,7 +233,19 @@ func NewHost(cfg Config) (*Host, error) {
 		_ = cm.Close()
 		return nil, fmt.Errorf("p2p: start host: %w", err)
 	}
-	hst := &Host{h: h, gater: cfg.Gater, log: log}
+	if err := checkAllListening(h, listen); err != nil {
+		_ = h.Close()
+		return nil, err
+	}
+	adv, err := chooseRaftAddr(cfg, h.Network().ListenAddresses())
+	if err != nil {
+		_ = h.Close()
+		return nil, err
+	}
+	hst.h = h
+	hst.adv.Store(&adv)
+	log.Info("p2p: advertising this address to other nodes (the Raft address)", "addr", adv.addr.String(),
+		"interface", adv.iface, "reason", adv.reason)
 	log.Info("p2p: host started", "peer", h.ID().String(), "new_identity", created,
 		"private_network", cfg.PrivateNetworkKey != nil, "addrs", fmt.Sprint(hst.Addrs()))
 	return hst, nil
@@ -270,8 +316,14 @@ func (h *Host) Connect(ctx context.Context, addr string) error {
 		return fmt.Errorf("p2p: connect %q: need a multiaddr with /p2p/<id>: %w", addr, err)
 	}
 	h.h.Peerstore().AddAddrs(info.ID, info.Addrs, peerstore.PermanentAddrTTL)
+	// An explicit connect dials now, even if an earlier dial failed: the
+	// caller paces its retries, and a retry should fail with the real
+	// reason, not libp2p's "dial backoff".
+	if sw, ok := h.h.Network().(*swarm.Swarm); ok {
+		sw.Backoff().Clear(info.ID)
+	}
 	if err := h.h.Connect(ctx, *info); err != nil {
-		return fmt.Errorf("p2p: connect %s: %w", addr, err)
+		return fmt.Errorf("p2p: connect %s: %w", addr, explainConnectError(h.private, err))
 	}
 	return nil
 }
@@ -392,38 +444,9 @@ func tcpOnly(addrs []string) []string {
 
 var _ io.Closer = (*Host)(nil)
 
-// RaftAddress is the address other members use to reach this host: its
-// first TCP listen address that is not loopback (loopback only if it has
-// nothing else, as in tests on one machine), with /p2p/<id>. TCP is
-// preferred because it works with and without a private-network key.
+// RaftAddress is the address other members use to reach this host, with
+// /p2p/<id>: Config.Advertise, or the listen address chosen for it (see
+// advertise.go).
 func (h *Host) RaftAddress() string {
-	var pick ma.Multiaddr
-	for _, a := range h.h.Addrs() {
-		if _, err := a.ValueForProtocol(ma.P_TCP); err != nil {
-			continue
-		}
-		if pick == nil || (isLoopback(pick) && !isLoopback(a)) {
-			pick = a
-		}
-	}
-	if pick == nil {
-		if addrs := h.h.Addrs(); len(addrs) > 0 {
-			pick = addrs[0]
-		} else {
-			return h.h.ID().String()
-		}
-	}
-	return pick.String() + "/p2p/" + h.h.ID().String()
-}
-
-func isLoopback(a ma.Multiaddr) bool {
-	ip, err := a.ValueForProtocol(ma.P_IP4)
-	if err != nil {
-		ip, err = a.ValueForProtocol(ma.P_IP6)
-	}
-	if err != nil {
-		return false
-	}
-	parsed := net.ParseIP(ip)
-	return parsed != nil && parsed.IsLoopback()
+	return h.adv.Load().addr.String() + "/p2p/" + h.h.ID().String()
 }

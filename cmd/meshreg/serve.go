@@ -67,6 +67,7 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 	cfg.Node.DataDir = c.String("data-dir")
 	cfg.Node.UploadIdleTimeout = c.Duration("upload-idle-timeout")
 	cfg.Node.P2P.ListenAddrs = c.StringSlice("p2p-listen")
+	cfg.Node.P2P.Advertise = c.String("advertise")
 	cfg.Node.Join = c.StringSlice("join")
 	cfg.Node.Voters = c.Int("voters")
 	cfg.Node.BootstrapExpect = c.Int("bootstrap-expect")
@@ -181,6 +182,7 @@ type checkedConfig struct {
 	DataDir           string   `json:"data-dir"`
 	Listen            string   `json:"listen"`
 	P2PListen         []string `json:"p2p-listen"`
+	Advertise         string   `json:"advertise"`
 	Join              []string `json:"join"`
 	BootstrapExpect   int      `json:"bootstrap-expect"`
 	ClusterKey        string   `json:"cluster-key"`
@@ -224,6 +226,7 @@ func (cfg serveConfig) checked() checkedConfig {
 		DataDir:           cfg.Node.DataDir,
 		Listen:            cfg.Listen,
 		P2PListen:         nonNil(cfg.Node.P2P.ListenAddrs),
+		Advertise:         cfg.Node.P2P.Advertise,
 		Join:              nonNil(cfg.Node.Join),
 		BootstrapExpect:   cfg.Node.BootstrapExpect,
 		ClusterKey:        cfg.ClusterKeyFile,

@@ -61,6 +61,7 @@ func TestServeCheckGoodConfig(t *testing.T) {
 	t.Setenv("MESHREG_LOG_LEVEL", "warn")
 	t.Setenv("MESHREG_BOOTSTRAP_EXPECT", "3")
 	t.Setenv("MESHREG_P2P_LISTEN", "/ip4/0.0.0.0/tcp/4001")
+	t.Setenv("MESHREG_ADVERTISE", "10.0.0.5")
 
 	// An address in use: --check must not bind it.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -91,6 +92,7 @@ func TestServeCheckGoodConfig(t *testing.T) {
 		"upload-idle-timeout": "2h0m0s",
 		"shutdown-timeout":    "30s",
 		"replicas":            2.0,
+		"advertise":           "10.0.0.5",
 	}
 	for k, v := range want {
 		if !reflect.DeepEqual(got[k], v) {
@@ -141,6 +143,8 @@ func TestServeCheckBadConfig(t *testing.T) {
 		{name: "cluster key missing", args: []string{"--cluster-key", filepath.Join(dir, "nope")}, want: "--cluster-key"},
 		{name: "cluster key malformed", args: []string{"--cluster-key", badKey}, want: "swarm.key"},
 		{name: "cluster key with only QUIC", args: []string{"--cluster-key", writeFile(t, filepath.Join(dir, "ok.key"), "/key/swarm/psk/1.0.0/\n/base16/\n"+swarmKeyHex+"\n"), "--p2p-listen", "/ip4/0.0.0.0/udp/4001/quic-v1"}, want: "TCP"},
+		{name: "advertise host:port", args: []string{"--advertise", "10.0.0.5:4001"}, want: "--advertise"},
+		{name: "advertise with peer id", args: []string{"--advertise", "/ip4/10.0.0.5/tcp/4001/p2p/12D3KooWCxN29wQqEYJ6QZBxLchRD3qgTACnDrWwZt5QQQBmMRPr"}, want: "/p2p/"},
 		{name: "zero voters", args: []string{"--voters", "0"}, want: "voters"},
 		{name: "zero snapshot threshold", args: []string{"--snapshot-threshold", "0"}, want: "SnapshotThreshold"},
 		{name: "empty data dir", args: []string{"--data-dir", ""}, want: "data dir"},
