@@ -12,7 +12,7 @@ import (
 )
 
 func newApp() *cli.App {
-	return &cli.App{
+	return withUsageErrors(&cli.App{
 		Name:  "meshreg",
 		Usage: "a peer-to-peer distributed OCI container registry",
 		Commands: []*cli.Command{
@@ -29,7 +29,7 @@ func newApp() *cli.App {
 				},
 			},
 		},
-	}
+	})
 }
 
 // The categories `meshreg serve --help` groups its flags in. Every flag
@@ -104,6 +104,10 @@ func serveCommand() *cli.Command {
 		Flags:  append(flags, checkFlag),
 		Before: altsrc.InitInputSourceWithContext(flags, altsrc.NewYamlSourceFromFlagFunc("config")),
 		Action: func(c *cli.Context) error {
+			if c.Args().Present() {
+				// Flags after an argument are not parsed: `serve data --check` would serve.
+				return fmt.Errorf("meshreg serve takes no arguments, got %q: settings are flags (--data-dir DIR); see meshreg serve --help", c.Args().Slice())
+			}
 			cfg, err := configFromFlags(c)
 			if err != nil {
 				return err
