@@ -102,7 +102,7 @@ func serveCommand() *cli.Command {
 		Name:   "serve",
 		Usage:  "run a registry node (with no flags: 127.0.0.1:5000, data in ./meshreg-data)",
 		Flags:  append(flags, checkFlag),
-		Before: altsrc.InitInputSourceWithContext(flags, altsrc.NewYamlSourceFromFlagFunc("config")),
+		Before: func(c *cli.Context) error { return loadConfigFile(c, flags) },
 		Action: func(c *cli.Context) error {
 			if c.Args().Present() {
 				// Flags after an argument are not parsed: `serve data --check` would serve.

@@ -1,0 +1,158 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestConfigFileRefusesUnknownKeys: a key of the --config file that is no
+// flag of serve stops `serve --check` (and `serve`) with an error naming
+// the key, the file and line, and the nearest valid key; every such key
+// is named at once.
+func TestConfigFileRefusesUnknownKeys(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml string
+		want       []string
+	}{
+		{name: "env spelling", yaml: "data_dir: /var/lib/meshreg\n",
+			want: []string{`unknown key "data_dir" in `, `meshreg.yaml (line 1): did you mean "data-dir"?`}},
+		{name: "a longer name", yaml: "voters: 3\nlisten-addr: 0.0.0.0:5000\n",
+			want: []string{`unknown key "listen-addr"`, `(line 2): did you mean "listen"?`}},
+		{name: "environment variable as key", yaml: "MESHREG_P2P_LISTEN: /ip4/0.0.0.0/tcp/4001\n",
+			want: []string{`unknown key "MESHREG_P2P_LISTEN"`, `did you mean "p2p-listen"?`}},
+		{name: "nothing near", yaml: "storage: s3\n",
+			want: []string{`unknown key "storage"`, "the keys are the flag names of meshreg serve --help"}},
+		{name: "every unknown key at once", yaml: "data_dir: d\nlog_level: debug\nvoters: 3\n",
+			want: []string{`"data_dir"`, `did you mean "data-dir"?`, `"log_level"`, `did you mean "log-level"?`}},
+		{name: "a key given twice", yaml: "voters: 3\nvoters: 5\n",
+			want: []string{`meshreg.yaml, line 2: key "voters" is given twice (first on line 1)`}},
+		{name: "check is no key", yaml: "check: true\n",
+			want: []string{`unknown key "check"`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clearMeshregEnv(t)
+			conf := writeFile(t, filepath.Join(t.TempDir(), "meshreg.yaml"), tc.yaml)
+			out, err := runCheck(t, "--config", conf)
+			if err == nil {
+				t.Fatalf("serve --check accepted it; printed:\n%s", out)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestServeRefusesUnknownConfigKey: `serve` itself (not only --check)
+// stops on an unknown key before it opens anything. The node it would
+// otherwise start is bounded by a 10 s context.
+func TestServeRefusesUnknownConfigKey(t *testing.T) {
+	clearMeshregEnv(t)
+	dir := t.TempDir()
+	conf := writeFile(t, filepath.Join(dir, "meshreg.yaml"), "data-dir: "+filepath.Join(dir, "data")+"\nlisten: 127.0.0.1:0\np2p-listen: [/ip4/127.0.0.1/tcp/0]\nshutdown-timeout: 1s\nlog-level: error\nzone_: a\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	app := newApp()
+	app.Writer, app.ErrWriter = io.Discard, io.Discard
+	err := app.RunContext(ctx, []string{"meshreg", "serve", "--config", conf})
+	if err == nil || !strings.Contains(err.Error(), `unknown key "zone_"`) || !strings.Contains(err.Error(), `did you mean "zone"?`) {
+		t.Fatalf("serve with an unknown config key: %v", err)
+	}
+}
+
+// TestConfigFileValues: a single value is accepted for a list key (and a
+// list, flow or block), a list is refused for a single-value key, and a
+// value the flag cannot parse is named with its file, line and what it
+// needs.
+func TestConfigFileValues(t *testing.T) {
+	good := []struct {
+		name, yaml string
+		key        string
+		want       any
+	}{
+		{name: "scalar for a list", yaml: "p2p-listen: /ip4/127.0.0.1/tcp/4101\n", key: "p2p-listen", want: []any{"/ip4/127.0.0.1/tcp/4101"}},
+		{name: "flow list", yaml: "p2p-listen: [/ip4/127.0.0.1/tcp/4101, /ip4/127.0.0.1/udp/4101/quic-v1]\n", key: "p2p-listen",
+			want: []any{"/ip4/127.0.0.1/tcp/4101", "/ip4/127.0.0.1/udp/4101/quic-v1"}},
+		{name: "block list", yaml: "join:\n  - http://10.0.0.1:5000\n  - http://10.0.0.2:5000\n", key: "join",
+			want: []any{"http://10.0.0.1:5000", "http://10.0.0.2:5000"}},
+		{name: "scalar join", yaml: "join: http://10.0.0.1:5000\n", key: "join", want: []any{"http://10.0.0.1:5000"}},
+		{name: "empty list without a default", yaml: "join: []\n", key: "join", want: []any{}},
+		{name: "a YAML number for a string", yaml: "zone: 1\n", key: "zone", want: "1"},
+		{name: "empty file", yaml: "# nothing set\n", key: "voters", want: 3.0},
+	}
+	for _, tc := range good {
+		t.Run(tc.name, func(t *testing.T) {
+			clearMeshregEnv(t)
+			conf := writeFile(t, filepath.Join(t.TempDir(), "meshreg.yaml"), tc.yaml)
+			out, err := runCheck(t, "--config", conf)
+			if err != nil {
+				t.Fatalf("serve --check: %v", err)
+			}
+			var got map[string]any
+			if err := json.Unmarshal([]byte(out), &got); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got[tc.key], tc.want) {
+				t.Errorf("%s = %#v, want %#v", tc.key, got[tc.key], tc.want)
+			}
+		})
+	}
+	bad := []struct {
+		name, yaml string
+		want       []string
+	}{
+		{name: "duration without a unit", yaml: "voters: 3\nrepair-interval: 5\n",
+			want: []string{`meshreg.yaml, line 2: repair-interval "5": a duration needs a unit, e.g. 5s, 10m, 1h`}},
+		{name: "not a number", yaml: "voters: three\n", want: []string{`meshreg.yaml, line 1: voters "three": not a whole number`}},
+		{name: "list for a single value", yaml: "listen: [127.0.0.1:5000, 127.0.0.1:5001]\n",
+			want: []string{`meshreg.yaml, line 1: listen: takes one value, not a list`}},
+		{name: "mapping", yaml: "p2p:\n  listen: /ip4/0.0.0.0/tcp/4001\n", want: []string{`unknown key "p2p"`}},
+		{name: "mapping for a value", yaml: "listen:\n  host: 0.0.0.0\n", want: []string{`listen: wants a value, not a mapping`}},
+		{name: "empty list for a key with a default", yaml: "p2p-listen: []\n", want: []string{"p2p-listen: an empty list"}},
+		{name: "not a mapping", yaml: "- listen: 1\n", want: []string{"meshreg.yaml, line 1: the file must map flag names to values"}},
+		{name: "two documents", yaml: "voters: 3\n---\nvoters: 5\n", want: []string{"more than one YAML document"}},
+	}
+	for _, tc := range bad {
+		t.Run(tc.name, func(t *testing.T) {
+			clearMeshregEnv(t)
+			conf := writeFile(t, filepath.Join(t.TempDir(), "meshreg.yaml"), tc.yaml)
+			out, err := runCheck(t, "--config", conf)
+			if err == nil {
+				t.Fatalf("serve --check accepted it; printed:\n%s", out)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestConfigFileYAMLError: a file that is not YAML gets one message with
+// the file and line, not the loader's wrapping around yaml's own.
+func TestConfigFileYAMLError(t *testing.T) {
+	clearMeshregEnv(t)
+	conf := writeFile(t, filepath.Join(t.TempDir(), "meshreg.yaml"), "voters: 3\nlisten: [127.0.0.1:5000\nzone: a\n")
+	_, err := runCheck(t, "--config", conf)
+	if err == nil {
+		t.Fatal("serve --check accepted a file that is not YAML")
+	}
+	msg := err.Error()
+	if !strings.HasPrefix(msg, conf+", line ") || !strings.Contains(msg, ": not valid YAML: ") {
+		t.Errorf("error %q does not start with %q and say it is not valid YAML", msg, conf+", line N: not valid YAML: ")
+	}
+	for _, wrap := range []string{"inner error", "Unable to", "yaml: ", "\n"} {
+		if strings.Contains(msg, wrap) {
+			t.Errorf("error %q holds %q", msg, wrap)
+		}
+	}
+}
