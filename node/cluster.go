@@ -184,7 +184,7 @@ func (n *Node) RemoveMember(ctx context.Context, id string) error {
 		return fmt.Errorf("reading the members: %w", err)
 	}
 	if !slices.ContainsFunc(members, func(m consensus.Member) bool { return m.ID == id }) {
-		return fmt.Errorf("%s is not a member (meshreg cluster members lists them): %w", id, api.ErrNotMember)
+		return fmt.Errorf("%s is %w (meshreg cluster members lists the members)", id, api.ErrNotMember)
 	}
 	return n.changeMembership(ctx, memberRequest{Op: "remove", ID: id})
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -98,7 +99,7 @@ func clusterRemove(c *cli.Context) error {
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusNoContent {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("cluster remove %s: %s", id, apiErrorText(resp.Status, msg))
+		return errors.New(apiErrorText(resp.StatusCode, msg)) // the node's message names the member
 	}
 	fmt.Fprintf(c.App.Writer, "removed %s from the cluster\n", id)
 	return nil

@@ -56,13 +56,13 @@ func nodeURL(v string) (string, error) {
 
 // apiErrorText is what a node's error answer says: the message of its
 // first OCI-style JSON error ({"errors":[{"code","message"}]}), or the
-// body's text; with the HTTP status.
-func apiErrorText(status string, body []byte) string {
+// body's text; then the HTTP status and the error code.
+func apiErrorText(status int, body []byte) string {
 	var e struct {
 		Errors []struct{ Code, Message string } `json:"errors"`
 	}
 	if json.Unmarshal(body, &e) == nil && len(e.Errors) > 0 {
-		return fmt.Sprintf("%s (%s, %s)", e.Errors[0].Message, status, e.Errors[0].Code)
+		return fmt.Sprintf("%s; HTTP %d %s", e.Errors[0].Message, status, e.Errors[0].Code)
 	}
-	return fmt.Sprintf("%s (%s)", strings.TrimSpace(string(body)), status)
+	return fmt.Sprintf("%s; HTTP %d", strings.TrimSpace(string(body)), status)
 }

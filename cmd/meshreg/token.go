@@ -24,7 +24,7 @@ func tokenCommand() *cli.Command {
 					"and print it; any member admits a joiner that presents it until it expires",
 				Flags: []cli.Flag{
 					nodeFlag("a member's"),
-					&cli.DurationFlag{Name: "ttl", Value: time.Hour, Usage: "how long the token admits joiners (at most 168h)"},
+					&cli.DurationFlag{Name: "ttl", Value: time.Hour, Usage: "`DURATION` the token admits joiners for (at most 168h)"},
 				},
 				Action: tokenCreate,
 			},
