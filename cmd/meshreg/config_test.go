@@ -156,3 +156,31 @@ func TestConfigFileYAMLError(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckOutputKeysAreTheFlags: `serve --check` prints every setting
+// under its flag's name and nothing else, so that its output is a complete
+// --config file and every key of it is one the loader accepts.
+func TestCheckOutputKeysAreTheFlags(t *testing.T) {
+	clearMeshregEnv(t)
+	out, err := runCheck(t, "--config", writeFile(t, filepath.Join(t.TempDir(), "meshreg.yaml"), "voters: 3\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatal(err)
+	}
+	flags := map[string]bool{}
+	for _, f := range serveFlags() {
+		name := f.Names()[0]
+		flags[name] = true
+		if _, ok := got[name]; !ok {
+			t.Errorf("serve --check does not print --%s (add it to checkedConfig in serve.go)", name)
+		}
+	}
+	for k := range got {
+		if !flags[k] {
+			t.Errorf("serve --check prints %q, which is no flag of serve", k)
+		}
+	}
+}
