@@ -30,7 +30,9 @@ const configKeyIgnored = "config"
 // flags (those not set otherwise), and reports every problem in it at
 // once: a key that is no flag (with the nearest one), a value the flag
 // cannot parse, a list for a single value; each with the file and line.
+// It warns first about misspelt MESHREG_* variables (warnMisspeltEnv).
 func loadConfigFile(c *cli.Context, flags []cli.Flag) error {
+	warnMisspeltEnv(c.App.ErrWriter, os.Environ(), flags)
 	path := c.String("config")
 	if path == "" {
 		return nil
@@ -201,4 +203,31 @@ func kindName(n *yaml.Node) string {
 		return "single value"
 	}
 	return "YAML node"
+}
+
+// warnMisspeltEnv warns on w about each MESHREG_* variable of environ
+// that is no flag's but close to one's (MESHREG_DATADIR for
+// MESHREG_DATA_DIR), which would otherwise be ignored without a word.
+// Variables close to none are left alone: Kubernetes sets
+// MESHREG_SERVICE_HOST and the like for a Service named meshreg.
+func warnMisspeltEnv(w io.Writer, environ []string, flags []cli.Flag) {
+	known := map[string]bool{"MESHREG_NODE": true} // the cluster and token commands'
+	var names []string
+	for _, f := range flags {
+		if df, ok := f.(cli.DocGenerationFlag); ok {
+			for _, e := range df.GetEnvVars() {
+				known[e] = true
+				names = append(names, e)
+			}
+		}
+	}
+	for _, kv := range environ {
+		k, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(k, "MESHREG_") || known[k] {
+			continue
+		}
+		if near, ok := nearest(k, names); ok {
+			fmt.Fprintf(w, "meshreg: warning: %s is not a setting of meshreg serve and is ignored: did you mean %s?\n", k, near)
+		}
+	}
 }

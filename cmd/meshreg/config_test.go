@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -182,5 +183,25 @@ func TestCheckOutputKeysAreTheFlags(t *testing.T) {
 		if !flags[k] {
 			t.Errorf("serve --check prints %q, which is no flag of serve", k)
 		}
+	}
+}
+
+// TestMisspeltEnvironmentVariableWarns: a MESHREG_* variable close to a
+// setting's name gets a warning naming the right one; one close to none
+// (Kubernetes' service variables) does not.
+func TestMisspeltEnvironmentVariableWarns(t *testing.T) {
+	clearMeshregEnv(t)
+	t.Setenv("MESHREG_DATADIR", "/var/lib/meshreg")
+	t.Setenv("MESHREG_SERVICE_HOST", "10.0.0.1")
+	t.Setenv("MESHREG_PORT_5000_TCP", "tcp://10.0.0.1:5000")
+	var errOut bytes.Buffer
+	app := newApp()
+	app.Writer, app.ErrWriter = io.Discard, &errOut
+	if err := app.Run([]string{"meshreg", "serve", "--check"}); err != nil {
+		t.Fatal(err)
+	}
+	want := "meshreg: warning: MESHREG_DATADIR is not a setting of meshreg serve and is ignored: did you mean MESHREG_DATA_DIR?\n"
+	if errOut.String() != want {
+		t.Errorf("stderr:\n%q\nwant\n%q", errOut.String(), want)
 	}
 }
