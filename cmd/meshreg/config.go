@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -171,7 +172,13 @@ func parseYAML(path string, data []byte) (*yaml.Node, error) {
 	} else if err != nil {
 		msg := err.Error()
 		if m := reYAMLLine.FindStringSubmatch(msg); m != nil {
-			return nil, fmt.Errorf("%s, line %s: not valid YAML: %s", path, m[1], m[2])
+			line, _ := strconv.Atoi(m[1])
+			if strings.HasPrefix(m[2], "did not find expected") {
+				// yaml.v3 counts the lines of its parser's errors (unlike
+				// its scanner's) from 0.
+				line++
+			}
+			return nil, fmt.Errorf("%s, line %d: not valid YAML: %s", path, line, m[2])
 		}
 		return nil, fmt.Errorf("%s: not valid YAML: %s", path, strings.TrimPrefix(msg, "yaml: "))
 	}

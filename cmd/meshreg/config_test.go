@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"path/filepath"
 	"reflect"
@@ -139,21 +140,34 @@ func TestConfigFileValues(t *testing.T) {
 }
 
 // TestConfigFileYAMLError: a file that is not YAML gets one message with
-// the file and line, not the loader's wrapping around yaml's own.
+// the file and the line of the mistake, not the loader's wrapping around
+// yaml's own (whose line is 0-based for some errors).
 func TestConfigFileYAMLError(t *testing.T) {
-	clearMeshregEnv(t)
-	conf := writeFile(t, filepath.Join(t.TempDir(), "meshreg.yaml"), "voters: 3\nlisten: [127.0.0.1:5000\nzone: a\n")
-	_, err := runCheck(t, "--config", conf)
-	if err == nil {
-		t.Fatal("serve --check accepted a file that is not YAML")
-	}
-	msg := err.Error()
-	if !strings.HasPrefix(msg, conf+", line ") || !strings.Contains(msg, ": not valid YAML: ") {
-		t.Errorf("error %q does not start with %q and say it is not valid YAML", msg, conf+", line N: not valid YAML: ")
-	}
-	for _, wrap := range []string{"inner error", "Unable to", "yaml: ", "\n"} {
-		if strings.Contains(msg, wrap) {
-			t.Errorf("error %q holds %q", msg, wrap)
+	for _, tc := range []struct {
+		yaml string
+		line int
+	}{
+		{"voters: 3\nlisten: [127.0.0.1:5000\nzone: a\n", 2}, // the list opened on line 2 is not closed
+		{"voters: 3\nzone: a\n- x\n", 3},
+		{"voters: 3\n  zone: a\n", 2},
+		{"voters: 3\nzone: \"a\n", 2},
+		{"voters: 3\njoin:\n  - a\n zone: b\n", 4},
+	} {
+		clearMeshregEnv(t)
+		conf := writeFile(t, filepath.Join(t.TempDir(), "meshreg.yaml"), tc.yaml)
+		_, err := runCheck(t, "--config", conf)
+		if err == nil {
+			t.Errorf("serve --check accepted %q, which is not YAML", tc.yaml)
+			continue
+		}
+		msg := err.Error()
+		if want := fmt.Sprintf("%s, line %d: not valid YAML: ", conf, tc.line); !strings.HasPrefix(msg, want) {
+			t.Errorf("%q: error %q does not start with %q", tc.yaml, msg, want)
+		}
+		for _, wrap := range []string{"inner error", "Unable to", "yaml: ", "\n"} {
+			if strings.Contains(msg, wrap) {
+				t.Errorf("error %q holds %q", msg, wrap)
+			}
 		}
 	}
 }
