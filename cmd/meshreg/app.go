@@ -48,6 +48,9 @@ const (
 // serveFlags are the flags of `meshreg serve`. Each one is also a MESHREG_*
 // environment variable and a key of the YAML file given by --config; a flag
 // on the command line wins over the environment, which wins over the file.
+// The file is read by loadConfigFile (config.go), which takes its keys from
+// these flags and works with any cli.Flag; the altsrc wrappers are kept so
+// that flags added in their style read the same.
 func serveFlags() []cli.Flag {
 	nd, ad := node.DefaultConfig(), api.DefaultConfig()
 	return []cli.Flag{
