@@ -16,8 +16,15 @@ import (
 // or in a MESHREG_* variable) with one line that names the flag, the value
 // and what it needs, and points at --help, instead of urfave/cli's
 // "Incorrect Usage" followed by the whole help text.
+//
+// A command with subcommands and no action of its own prints its help when
+// given nothing, and answers an unknown subcommand with the nearest one
+// (urfave/cli said "No help topic" and exited 3).
 func withUsageErrors(app *cli.App) *cli.App {
 	app.OnUsageError = usageErrorFunc(app.Name, nil)
+	if app.Action == nil {
+		app.Action = unknownCommand(app.Name, app.Commands)
+	}
 	var walk func(prefix string, cmds []*cli.Command)
 	walk = func(prefix string, cmds []*cli.Command) {
 		for _, c := range cmds {
@@ -25,11 +32,36 @@ func withUsageErrors(app *cli.App) *cli.App {
 			if c.OnUsageError == nil {
 				c.OnUsageError = usageErrorFunc(path, c.Flags)
 			}
+			if c.Action == nil && len(c.Subcommands) > 0 {
+				c.Action = unknownCommand(path, c.Subcommands)
+			}
 			walk(path, c.Subcommands)
 		}
 	}
 	walk(app.Name, app.Commands)
 	return app
+}
+
+// unknownCommand is the action of a command (path) that only has
+// subcommands: its help, or an error naming the unknown subcommand.
+func unknownCommand(path string, subs []*cli.Command) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		if !c.Args().Present() {
+			if c.Command == nil || c.Command.Name == "" || c.Command.Name == c.App.Name {
+				return cli.ShowAppHelp(c)
+			}
+			return cli.ShowSubcommandHelp(c)
+		}
+		var names []string
+		for _, s := range subs {
+			names = append(names, s.Names()...)
+		}
+		name, hint := c.Args().First(), ""
+		if near, ok := nearest(name, names); ok {
+			hint = fmt.Sprintf(" (did you mean %q?)", near)
+		}
+		return fmt.Errorf("unknown command %q%s; see %s --help", name, hint, path)
+	}
 }
 
 var (

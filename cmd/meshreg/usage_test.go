@@ -32,6 +32,10 @@ func TestUsageErrorsAreOneLine(t *testing.T) {
 			want: []string{`meshreg serve takes no arguments, got ["data" "--data-dir" "d"]`}},
 		{name: "unknown flag of a subcommand", args: []string{"cluster", "members", "--nod", "x"},
 			want: []string{"unknown flag --nod (did you mean --node?)", "see meshreg cluster members --help"}},
+		{name: "unknown command", args: []string{"serv", "--check"},
+			want: []string{`unknown command "serv" (did you mean "serve"?); see meshreg --help`}},
+		{name: "unknown subcommand", args: []string{"cluster", "member"},
+			want: []string{`unknown command "member" (did you mean "members"?); see meshreg cluster --help`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			clearMeshregEnv(t)
@@ -57,5 +61,18 @@ func TestUsageErrorsAreOneLine(t *testing.T) {
 				t.Errorf("printed more than the error:\n%s", printed)
 			}
 		})
+	}
+}
+
+// TestCommandsWithoutArgumentsShowHelp: meshreg, meshreg cluster and
+// meshreg token with nothing more print their help and succeed.
+func TestCommandsWithoutArgumentsShowHelp(t *testing.T) {
+	for _, args := range [][]string{{}, {"cluster"}, {"token"}} {
+		var out bytes.Buffer
+		app := newApp()
+		app.Writer, app.ErrWriter = &out, &out
+		if err := app.Run(append([]string{"meshreg"}, args...)); err != nil || !strings.Contains(out.String(), "USAGE:") {
+			t.Errorf("meshreg %v: %v\n%s", args, err, out.String())
+		}
 	}
 }
