@@ -34,6 +34,9 @@ func withUsageErrors(app *cli.App) *cli.App {
 			}
 			if c.Action == nil && len(c.Subcommands) > 0 {
 				c.Action = unknownCommand(path, c.Subcommands)
+				if c.UsageText == "" {
+					c.UsageText = path + " command [command options]"
+				}
 			}
 			walk(path, c.Subcommands)
 		}
