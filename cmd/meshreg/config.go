@@ -27,6 +27,10 @@ import (
 // back as a --config file. One file does not include another.
 const configKeyIgnored = "config"
 
+// hiddenSecret is what `serve --check` prints instead of a secret (the
+// join token); in a --config file it is refused, not taken for the secret.
+const hiddenSecret = "(set)"
+
 // loadConfigFile applies the YAML file named by c's --config flag to the
 // flags (those not set otherwise), and reports every problem in it at
 // once: a key that is no flag (with the nearest one), a value the flag
@@ -92,6 +96,10 @@ func loadConfigFile(c *cli.Context, flags []cli.Flag) error {
 			continue
 		}
 		for _, val := range values {
+			if val == hiddenSecret {
+				errs = append(errs, fmt.Errorf("%s: %s %q is how serve --check hides a secret: put the token itself here, or in %s", where, key, val, envOf(f)))
+				break
+			}
 			if err := c.Set(f.Names()[0], val); err != nil {
 				errs = append(errs, fmt.Errorf("%s: %s %q: %s", where, key, val, valueProblem(f, val, err.Error())))
 				break
@@ -140,6 +148,14 @@ func emptyList(f cli.Flag) ([]string, error) {
 		return nil, fmt.Errorf("an empty list: give at least one value, or remove the key for the default (%s)", df.GetValue())
 	}
 	return nil, nil
+}
+
+// envOf names f's first environment variable, or its flag.
+func envOf(f cli.Flag) string {
+	if df, ok := f.(cli.DocGenerationFlag); ok && len(df.GetEnvVars()) > 0 {
+		return df.GetEnvVars()[0]
+	}
+	return "--" + f.Names()[0]
 }
 
 // setElsewhere reports whether f was given on the command line or in one

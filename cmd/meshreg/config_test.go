@@ -219,3 +219,20 @@ func TestMisspeltEnvironmentVariableWarns(t *testing.T) {
 		t.Errorf("stderr:\n%q\nwant\n%q", errOut.String(), want)
 	}
 }
+
+// TestCheckOutputWithATokenDoesNotReadBackAsOne: `serve --check` prints
+// "(set)" for a join token; that output used as a --config file is
+// refused, saying to put the token itself there, rather than joining with
+// the token "(set)".
+func TestCheckOutputWithATokenDoesNotReadBackAsOne(t *testing.T) {
+	clearMeshregEnv(t)
+	dir := t.TempDir()
+	out, err := runCheck(t, "--join-token", "mrj1.secret-token-value-0123456789", "--join", "http://127.0.0.1:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = runCheck(t, "--config", writeFile(t, filepath.Join(dir, "meshreg.yaml"), out))
+	if err == nil || !strings.Contains(err.Error(), `join-token "(set)"`) || !strings.Contains(err.Error(), "the token itself") {
+		t.Errorf("serve --check output with a token read back: %v", err)
+	}
+}
