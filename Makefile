@@ -1,5 +1,6 @@
-# meshreg — `make run` starts a registry on 127.0.0.1:5000 (data in
-# ./meshreg-data); `make test` runs every test. See README.md.
+# meshreg — `make build` builds bin/meshreg; `make run` builds it and starts
+# a registry on 127.0.0.1:5000 (data in ./meshreg-data); `make tools` puts
+# crane and oras in .tools/bin; `make test` runs every test. See README.md.
 
 GO        ?= go
 BIN       := bin/meshreg
@@ -7,7 +8,8 @@ TOOLS_DIR := $(CURDIR)/.tools
 TOOLS_BIN := $(TOOLS_DIR)/bin
 STAMPS    := $(TOOLS_DIR)/stamps
 
-# Pinned test clients and the reference registry (shared/DEPENDENCIES.md).
+# Pinned test clients (crane, oras, the OCI conformance suite) and the
+# reference registry (CNCF Distribution, for the benchmark).
 CRANE_VERSION       := v0.22.1
 ORAS_VERSION        := v1.3.6
 CONFORMANCE_VERSION := v0.0.0-20260831232431-97274622c111
@@ -47,8 +49,13 @@ LDFLAGS := -X $(STAMP).version=$(VERSION) -X $(STAMP).commit=$(COMMIT) -X $(STAM
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meshreg
 
-run:
-	$(GO) run ./cmd/meshreg serve
+# The built binary replaces the recipe's shell (exec), so Ctrl-C reaches
+# meshreg, which stops gracefully, and make reports meshreg's own exit
+# status (go run exits 1 on SIGINT, and make then printed "Error 1").
+# make run ARGS='--listen 0.0.0.0:5000' passes flags to serve.
+ARGS ?=
+run: build
+	exec ./$(BIN) serve $(ARGS)
 
 # Every container scenario (testnet/scenarios): builds the node image, runs
 # each scenario on a Docker network of its own, prints each report and

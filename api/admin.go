@@ -1,12 +1,22 @@
 package api
 
 import (
+	"errors"
 	"net"
 	"net/http"
 	"net/netip"
 
 	"github.com/meshreg/meshreg/api/oci"
 )
+
+// ErrNotMember marks a membership change about a peer that is not a
+// member of the cluster: Node.RemoveMember returns an error wrapping it,
+// and the API answers 404 MEMBER_UNKNOWN.
+var ErrNotMember = errors.New("not a member of the cluster")
+
+// memberUnknown is meshreg's own error code (in the OCI error format) for a
+// member the admin API does not know.
+var memberUnknown = oci.Code{Name: "MEMBER_UNKNOWN", Status: http.StatusNotFound, Message: "cluster member unknown"}
 
 // loopbackOnly serves fn only to requests whose TCP peer is a loopback
 // address (127.0.0.0/8 or ::1), and answers every other one 403 DENIED.

@@ -81,7 +81,8 @@ type Node interface {
 	Ready(ctx context.Context) error
 	// Status is the JSON document served at /_meshreg/v1/status.
 	Status(ctx context.Context) any
-	// RemoveMember removes a member (by peer id) from the cluster for good.
+	// RemoveMember removes a member (by peer id) from the cluster for good;
+	// an error wrapping ErrNotMember if id is no member.
 	RemoveMember(ctx context.Context, id string) error
 }
 

@@ -6,6 +6,7 @@ package api
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -239,7 +240,12 @@ func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
 
 // removeMember removes a cluster member for good (`meshreg cluster remove`).
 func (h *Handler) removeMember(w http.ResponseWriter, r *http.Request) {
-	if err := h.node.RemoveMember(r.Context(), r.PathValue("id")); err != nil {
+	err := h.node.RemoveMember(r.Context(), r.PathValue("id"))
+	if errors.Is(err, ErrNotMember) {
+		h.writeError(w, r, oci.Wrap(memberUnknown, err, err.Error()))
+		return
+	}
+	if err != nil {
 		h.log.Warn("removing a cluster member failed", "member", r.PathValue("id"), "err", err)
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(http.StatusConflict)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/meshreg/meshreg/api"
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/p2p"
 )
@@ -175,6 +177,14 @@ func (n *Node) serveMember(ctx context.Context, from peer.ID, b []byte) []byte {
 func (n *Node) RemoveMember(ctx context.Context, id string) error {
 	if _, err := peer.Decode(id); err != nil {
 		return fmt.Errorf("member id %q is not a peer id: %w", id, err)
+	}
+	// The configuration is replicated: any member knows who is one.
+	members, err := n.meta.Members()
+	if err != nil {
+		return fmt.Errorf("reading the members: %w", err)
+	}
+	if !slices.ContainsFunc(members, func(m consensus.Member) bool { return m.ID == id }) {
+		return fmt.Errorf("%s is %w (meshreg cluster members lists the members)", id, api.ErrNotMember)
 	}
 	return n.changeMembership(ctx, memberRequest{Op: "remove", ID: id})
 }

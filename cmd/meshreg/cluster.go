@@ -2,10 +2,10 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -15,7 +15,7 @@ import (
 // clusterCommand shows and changes cluster membership through any node's
 // API.
 func clusterCommand() *cli.Command {
-	nodeFlag := &cli.StringFlag{Name: "node", Value: "http://127.0.0.1:5000", Usage: "`URL` of any node's API", EnvVars: []string{"MESHREG_NODE"}}
+	nodeFlag := nodeFlag("any node's")
 	return &cli.Command{
 		Name:  "cluster",
 		Usage: "show the cluster's members, or remove one for good",
@@ -40,7 +40,11 @@ func clusterCommand() *cli.Command {
 var httpClient = &http.Client{Timeout: 30 * time.Second}
 
 func clusterMembers(c *cli.Context) error {
-	url := strings.TrimSuffix(c.String("node"), "/") + "/_meshreg/v1/status"
+	base, err := nodeURL(c.String("node"))
+	if err != nil {
+		return err
+	}
+	url := base + "/_meshreg/v1/status"
 	resp, err := httpClient.Get(url)
 	if err != nil {
 		return fmt.Errorf("reading %s: %w (is a node running there? pass --node)", url, err)
@@ -77,9 +81,13 @@ func clusterMembers(c *cli.Context) error {
 func clusterRemove(c *cli.Context) error {
 	id := c.Args().First()
 	if id == "" || c.Args().Len() != 1 {
-		return fmt.Errorf("usage: meshreg cluster remove [--node URL] PEER_ID")
+		return fmt.Errorf("usage: meshreg cluster remove [--node ADDR] PEER_ID")
 	}
-	url := strings.TrimSuffix(c.String("node"), "/") + "/_meshreg/v1/members/" + id
+	base, err := nodeURL(c.String("node"))
+	if err != nil {
+		return err
+	}
+	url := base + "/_meshreg/v1/members/" + id
 	req, err := http.NewRequestWithContext(c.Context, http.MethodDelete, url, nil)
 	if err != nil {
 		return err
@@ -91,7 +99,7 @@ func clusterRemove(c *cli.Context) error {
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusNoContent {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("removing %s: %s: %s", id, resp.Status, strings.TrimSpace(string(msg)))
+		return errors.New(apiErrorText(resp.StatusCode, msg)) // the node's message names the member
 	}
 	fmt.Fprintf(c.App.Writer, "removed %s from the cluster\n", id)
 	return nil

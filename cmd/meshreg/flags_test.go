@@ -1,6 +1,9 @@
 package main
 
 import (
+	"bytes"
+	"io"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -81,6 +84,48 @@ func TestServeCheckAcceptsRangeEdges(t *testing.T) {
 	} {
 		if out, err := runCheck(t, args...); err != nil {
 			t.Errorf("serve --check %v: %v\n%s", args, err, out)
+		}
+	}
+}
+
+// TestServeFlagsAreGrouped: every setting of `meshreg serve` sits in one
+// of the six categories of its --help, and every flag that takes a value
+// names it with one placeholder style: a backquoted UPPERCASE word in its
+// usage (`--listen HOST:PORT`, `--repair-interval DURATION`).
+func TestServeFlagsAreGrouped(t *testing.T) {
+	categories := map[string]bool{"API": true, "Cluster": true, "P2P": true, "Storage": true, "Limits": true, "Logging": true}
+	placeholder := regexp.MustCompile("`[A-Z][A-Z0-9_:]*`")
+	for _, f := range append(serveFlags(), checkFlag) {
+		name := f.Names()[0]
+		if name == "config" || name == "check" {
+			continue // where settings come from and what to do with them: shown first, with --help
+		}
+		cf, ok := f.(cli.CategorizableFlag)
+		if !ok || !categories[cf.GetCategory()] {
+			got := ""
+			if ok {
+				got = cf.GetCategory()
+			}
+			t.Errorf("--%s has category %q, want one of API, Cluster, P2P, Storage, Limits, Logging", name, got)
+		}
+		df, ok := f.(cli.DocGenerationFlag)
+		if !ok {
+			t.Errorf("--%s: not a documented flag", name)
+			continue
+		}
+		if df.TakesValue() && !placeholder.MatchString(df.GetUsage()) {
+			t.Errorf("--%s: usage %q has no backquoted UPPERCASE placeholder", name, df.GetUsage())
+		}
+	}
+	var help bytes.Buffer
+	app := newApp()
+	app.Writer, app.ErrWriter = &help, io.Discard
+	if err := app.Run([]string{"meshreg", "serve", "--help"}); err != nil {
+		t.Fatal(err)
+	}
+	for c := range categories {
+		if !strings.Contains(help.String(), "\n   "+c+"\n") {
+			t.Errorf("serve --help has no %s section:\n%s", c, help.String())
 		}
 	}
 }

@@ -230,7 +230,7 @@ func (cfg serveConfig) checked() checkedConfig {
 		Join:              nonNil(cfg.Node.Join),
 		BootstrapExpect:   cfg.Node.BootstrapExpect,
 		ClusterKey:        cfg.ClusterKeyFile,
-		JoinToken:         map[bool]string{true: "(set)"}[cfg.Node.JoinToken != ""],
+		JoinToken:         map[bool]string{true: hiddenSecret}[cfg.Node.JoinToken != ""],
 		StabilizationTime: cfg.Node.StabilizationTime.String(),
 		Voters:            cfg.Node.Voters,
 		Replicas:          cfg.Node.Replicas,

@@ -23,8 +23,8 @@ func tokenCommand() *cli.Command {
 				Usage: "ask a member (run it on that node's host: the endpoint answers loopback only) for a join token, " +
 					"and print it; any member admits a joiner that presents it until it expires",
 				Flags: []cli.Flag{
-					&cli.StringFlag{Name: "node", Value: "http://127.0.0.1:5000", Usage: "`URL` of a member's API", EnvVars: []string{"MESHREG_NODE"}},
-					&cli.DurationFlag{Name: "ttl", Value: time.Hour, Usage: "how long the token admits joiners (at most 168h)"},
+					nodeFlag("a member's"),
+					&cli.DurationFlag{Name: "ttl", Value: time.Hour, Usage: "`DURATION` the token admits joiners for (at most 168h)"},
 				},
 				Action: tokenCreate,
 			},
@@ -33,7 +33,11 @@ func tokenCommand() *cli.Command {
 }
 
 func tokenCreate(c *cli.Context) error {
-	u := strings.TrimSuffix(c.String("node"), "/") + "/_meshreg/v1/join-tokens?ttl=" + url.QueryEscape(c.Duration("ttl").String())
+	base, err := nodeURL(c.String("node"))
+	if err != nil {
+		return err
+	}
+	u := base + "/_meshreg/v1/join-tokens?ttl=" + url.QueryEscape(c.Duration("ttl").String())
 	req, err := http.NewRequestWithContext(c.Context, http.MethodPost, u, nil)
 	if err != nil {
 		return err
@@ -62,6 +66,6 @@ func tokenCreate(c *cli.Context) error {
 	}
 	fmt.Fprintln(c.App.Writer, tok.Token)
 	fmt.Fprintf(c.App.ErrWriter, "expires %s; start the new node with --join-token (or MESHREG_JOIN_TOKEN) and --join %s\n",
-		tok.Expires.Format(time.RFC3339), strings.TrimSuffix(c.String("node"), "/"))
+		tok.Expires.Format(time.RFC3339), base)
 	return nil
 }

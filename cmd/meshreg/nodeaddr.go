@@ -1,0 +1,68 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+)
+
+// nodeFlag is the --node flag of the commands that talk to a node's API.
+func nodeFlag(whose string) *cli.StringFlag {
+	return &cli.StringFlag{
+		Name:    "node",
+		Value:   "127.0.0.1:5000",
+		Usage:   "`ADDR` of " + whose + " API: HOST:PORT (plain HTTP) or an http(s) URL",
+		EnvVars: []string{"MESHREG_NODE"},
+	}
+}
+
+// nodeURL turns a --node value into the base URL of a node's API, without
+// a trailing slash: an http(s) URL as given, or HOST:PORT as http://HOST:PORT.
+func nodeURL(v string) (string, error) {
+	bad := func(why string) error {
+		return fmt.Errorf("--node %q: %s: want HOST:PORT or an http(s) URL, e.g. 127.0.0.1:5000 or https://meshreg.example:5000", v, why)
+	}
+	s := strings.TrimSpace(v)
+	if s == "" {
+		return "", bad("empty")
+	}
+	if !strings.Contains(s, "://") {
+		host, port, err := net.SplitHostPort(s)
+		switch {
+		case err != nil:
+			return "", bad("no port")
+		case host == "" || port == "":
+			return "", bad("no host or no port")
+		}
+		s = "http://" + s
+	}
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return "", bad("not a URL")
+	case u.Scheme != "http" && u.Scheme != "https":
+		return "", bad("scheme " + u.Scheme + " is not http or https")
+	case u.Host == "":
+		return "", bad("no host")
+	case u.RawQuery != "" || u.Fragment != "":
+		return "", bad("a query or fragment has no place in it")
+	}
+	return strings.TrimSuffix(u.String(), "/"), nil
+}
+
+// apiErrorText is what a node's error answer says: the message of its
+// first OCI-style JSON error ({"errors":[{"code","message"}]}), or the
+// body's text; then the HTTP status and the error code.
+func apiErrorText(status int, body []byte) string {
+	var e struct {
+		Errors []struct{ Code, Message string } `json:"errors"`
+	}
+	if json.Unmarshal(body, &e) == nil && len(e.Errors) > 0 {
+		return fmt.Sprintf("%s; HTTP %d %s", e.Errors[0].Message, status, e.Errors[0].Code)
+	}
+	return fmt.Sprintf("%s; HTTP %d", strings.TrimSpace(string(body)), status)
+}
