@@ -59,3 +59,28 @@ func TestLatencyOf(t *testing.T) {
 		t.Error("no pulls: want zero latency")
 	}
 }
+
+func TestCheckFormat(t *testing.T) {
+	t.Parallel()
+	good := []string{
+		`{"blobstore":1,"metadata":1,"written_by":"meshreg dev"}`,
+		`{"blobstore":2,"metadata":3,"written_by":"v1.2.0 (abc123)","extra":true}`,
+	}
+	for _, f := range good {
+		if err := checkFormat([]byte(f)); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+	bad := []string{
+		``, `not json`, `{}`,
+		`{"blobstore":1,"metadata":1}`,
+		`{"blobstore":0,"metadata":1,"written_by":"x"}`,
+		`{"metadata":1,"written_by":"x"}`,
+		`{"blobstore":1,"written_by":"x"}`,
+	}
+	for _, f := range bad {
+		if err := checkFormat([]byte(f)); err == nil {
+			t.Errorf("%q: accepted", f)
+		}
+	}
+}

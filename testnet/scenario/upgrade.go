@@ -309,6 +309,11 @@ func (r *Report) upgradeMarkdown(b *strings.Builder) {
 	for _, s := range u.Steps {
 		fmt.Fprintf(b, "| %s | %t | %s → %s | %d → %d | %.1f | %.1f | %.1f | %d/%d | %s | %s |\n", s.Node, s.IdentityKept, s.AddressBefore, s.AddressAfter,
 			s.BlobsBefore, s.BlobsAfter, s.StopSeconds, s.ReadySeconds, s.MemberSeconds, s.PreUpgradeServed, s.PreUpgradeChecked,
-			strings.ReplaceAll(s.Format, "|", "\\|"), strings.ReplaceAll(s.Error, "|", "\\|"))
+			cell(s.Format), cell(s.Error))
 	}
+}
+
+// cell makes s fit in one Markdown table cell.
+func cell(s string) string {
+	return strings.NewReplacer("|", "\\|", "\n", "<br>").Replace(s)
 }
