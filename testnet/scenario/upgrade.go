@@ -239,7 +239,13 @@ func (r *run) dataFormat(ctx context.Context, n *node) (string, error) {
 		}
 		return "", fmt.Errorf("reading %s: %w", dataFormatPath, err)
 	}
-	tr := tar.NewReader(strings.NewReader(out))
+	return formatFromTar(out)
+}
+
+// formatFromTar checks the FORMAT file in the tar stream `docker cp`
+// writes and returns it.
+func formatFromTar(stream string) (string, error) {
+	tr := tar.NewReader(strings.NewReader(stream))
 	if _, err := tr.Next(); err != nil {
 		return "", fmt.Errorf("reading %s: docker cp gave no file: %w", dataFormatPath, err)
 	}

@@ -44,7 +44,7 @@ func run(ctx context.Context, args []string) error {
 	out := fs.String("out", "testnet-out", "directory for reports and node logs (one subdirectory per scenario)")
 	keep := fs.Bool("keep", false, "leave the containers and network of each run for debugging")
 	image := fs.String("image", "meshreg-testnet:dev", "tag of the node image to build and run")
-	noBuild := fs.Bool("no-build", false, "use -image as it is, without building it")
+	noBuild := fs.Bool("no-build", false, "use -image (and a scenario's previous-release image, meshreg-testnet:prev-<12 hex>) as they are, without building them")
 	verbose := fs.Bool("v", false, "debug logging")
 	if len(args) == 1 && args[0] == "clean" {
 		log := slog.New(slog.NewTextHandler(os.Stderr, nil))
