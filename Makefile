@@ -60,7 +60,7 @@ run: build
 # Every container scenario (testnet/scenarios): builds the node image, runs
 # each scenario on a Docker network of its own, prints each report and
 # writes it (JSON and Markdown) under testnet-out/. make test runs smoke,
-# failover and hostile (testnet/scenario's tests).
+# failover, hostile and upgrade (testnet/scenario's tests).
 testnet:
 	$(GO) run ./testnet/cmd/testnet run -out testnet-out testnet/scenarios/*.toml
 

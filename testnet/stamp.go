@@ -42,7 +42,7 @@ func (s Stamp) Ldflags() string { return buildinfo.Ldflags(s.Version, s.Commit, 
 
 // BuildMeshregWith builds ./cmd/meshreg of the module at root into outDir
 // with extra linker flags (such as Stamp.Ldflags) and returns the binary's
-// path. The upgrade scenario builds an older revision's work tree with it.
+// path.
 func BuildMeshregWith(ctx context.Context, root, outDir, ldflags string) (string, error) {
 	out := filepath.Join(outDir, "meshreg")
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", ldflags, "-o", out, "./cmd/meshreg")

@@ -17,6 +17,9 @@ type Spec struct {
 	Port    int               // the container port published on 127.0.0.1 (random host port)
 	Labels  map[string]string // besides the run label
 	Args    []string          // the command (the image's ENTRYPOINT is kept)
+	// VolumesFrom names a container (stopped or running) whose volumes
+	// this one mounts: a new image on an old node's data.
+	VolumesFrom string
 }
 
 // Container is a started container. Its address may change when it is
@@ -40,6 +43,9 @@ func (d *Docker) Start(ctx context.Context, s Spec) (*Container, error) {
 		"--label", RunLabel + "=" + d.runID, "-p", fmt.Sprintf("127.0.0.1::%d", s.Port)}
 	for k, v := range s.Labels {
 		args = append(args, "--label", k+"="+v)
+	}
+	if s.VolumesFrom != "" {
+		args = append(args, "--volumes-from", s.VolumesFrom)
 	}
 	args = append(args, s.Image)
 	args = append(args, s.Args...)
@@ -111,6 +117,16 @@ func (c *Container) StartAgain(ctx context.Context) error {
 	}
 	c.expect("")
 	return c.Refresh(ctx)
+}
+
+// Rename gives the container another name on the engine, freeing its own
+// for a successor (Docker's DNS on the network follows names). Name stays
+// the name it was started with.
+func (c *Container) Rename(ctx context.Context, name string) error {
+	if _, err := c.d.run(ctx, "rename", c.ID, name); err != nil {
+		return fmt.Errorf("containers: renaming %s to %s: %w", c.Name, name, err)
+	}
+	return nil
 }
 
 // Pause freezes every process of the container (cgroup freezer): the node

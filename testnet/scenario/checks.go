@@ -128,6 +128,9 @@ func (r *run) check(ctx context.Context) {
 			r.rep.fail("tags disagree: %s", s)
 		}
 	}
+	if r.s.Previous != "" {
+		r.checkUpgrade(ctx, running)
+	}
 	r.checkExits(ctx)
 	r.checkSeries(ctx)
 	r.checkExpectations()

@@ -16,7 +16,7 @@ const stopTimeout = 40 * time.Second
 
 // watched are the actions after which the runner measures how long the
 // cluster takes to be whole again.
-var watched = []string{"heal", "restart", "unpause", "add", "remove"}
+var watched = []string{"heal", "restart", "unpause", "add", "remove", "upgrade"}
 
 // runEvents runs events in order, each at its offset from start (or as
 // soon as the previous one is done, if later). An event that fails is
@@ -183,6 +183,8 @@ func (r *run) apply(ctx context.Context, e Event) ([]string, error) {
 		return names, err
 	case "pull":
 		return names, r.measuredPull(ctx, n, e)
+	case "upgrade":
+		return names, r.upgrade(ctx, n)
 	case "flood", "slow-readers", "junk-methods", "oversized":
 		return names, r.hostile(ctx, n, e)
 	default:

@@ -1,6 +1,8 @@
 package scenario
 
 import (
+	"archive/tar"
+	"strings"
 	"testing"
 	"time"
 )
@@ -57,5 +59,59 @@ func TestLatencyOf(t *testing.T) {
 	}
 	if (latencyOf(nil) != Latency{}) {
 		t.Error("no pulls: want zero latency")
+	}
+}
+
+func TestCheckFormat(t *testing.T) {
+	t.Parallel()
+	good := []string{
+		`{"blobstore":1,"metadata":1,"written_by":"meshreg dev"}`,
+		`{"blobstore":2,"metadata":3,"written_by":"v1.2.0 (abc123)","extra":true}`,
+	}
+	for _, f := range good {
+		if err := checkFormat([]byte(f)); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+	bad := []string{
+		``, `not json`, `{}`,
+		`{"blobstore":1,"metadata":1}`,
+		`{"blobstore":0,"metadata":1,"written_by":"x"}`,
+		`{"metadata":1,"written_by":"x"}`,
+		`{"blobstore":1,"written_by":"x"}`,
+	}
+	for _, f := range bad {
+		if err := checkFormat([]byte(f)); err == nil {
+			t.Errorf("%q: accepted", f)
+		}
+	}
+}
+
+func TestFormatFromTar(t *testing.T) {
+	t.Parallel()
+	stream := func(content string) string {
+		var b strings.Builder
+		tw := tar.NewWriter(&b)
+		if err := tw.WriteHeader(&tar.Header{Name: "FORMAT", Mode: 0o644, Size: int64(len(content))}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write([]byte(content)); err != nil {
+			t.Fatal(err)
+		}
+		if err := tw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		// RunCLI trims its output; the tar padding must not matter.
+		return strings.TrimSpace(b.String())
+	}
+	const good = `{"blobstore":1,"metadata":1,"written_by":"meshreg dev"}`
+	if got, err := formatFromTar(stream(good + "\n")); err != nil || got != good {
+		t.Errorf("a good FORMAT: %q, %v", got, err)
+	}
+	if _, err := formatFromTar(stream(`{"blobstore":1}`)); err == nil {
+		t.Error("a FORMAT without metadata and written_by: accepted")
+	}
+	if _, err := formatFromTar(""); err == nil {
+		t.Error("no tar stream: accepted")
 	}
 }

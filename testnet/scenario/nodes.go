@@ -30,7 +30,9 @@ type node struct {
 	spec  NodeSpec
 	c     *containers.Container // nil until started
 	state string
-	logs  string // captured before a remove
+	logs  string // captured before a remove, or of the containers an upgrade replaced
+	image string // the image its container runs
+	args  []string
 }
 
 // cluster is the runner's view of the nodes. Its methods may be called by

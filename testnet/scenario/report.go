@@ -49,6 +49,9 @@ type Report struct {
 	Expect          []ExpectResult     `json:"expect,omitempty"`
 	// Hostile is every attempt of the hostile actions and what it got.
 	Hostile []HostileResult `json:"hostile,omitempty"`
+	// Upgrade is the rolling upgrade of a scenario with a previous
+	// revision.
+	Upgrade *UpgradeReport `json:"upgrade,omitempty"`
 	// Series are the nodes' /metrics series counts, at the start and end.
 	Series []SeriesCount `json:"metrics_series,omitempty"`
 }
@@ -284,6 +287,7 @@ func (r *Report) Markdown() string {
 		}
 	}
 	r.hostileMarkdown(&b)
+	r.upgradeMarkdown(&b)
 	b.WriteString("\n## Events\n\n(at: since the load began)\n\n| at | action | targets | took | error |\n| --- | --- | --- | --- | --- |\n")
 	for _, e := range r.Events {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", e.At, e.Action, strings.Join(e.Targets, ", "), e.Took, e.Error)

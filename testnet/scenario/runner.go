@@ -23,10 +23,24 @@ type Options struct {
 	OutDir string       // report.json, report.md and node logs go to OutDir/<scenario>
 	Keep   bool         // leave containers and network for debugging
 	Log    *slog.Logger // progress; nil discards
+	// PreviousImage is the image of the scenario's previous revision
+	// (see BuildRevisionImage), needed when it names one: the nodes start
+	// with it and "upgrade" events move them to Image.
+	PreviousImage string
 }
 
 // BuildImage builds the node image once for any number of runs.
 func BuildImage(ctx context.Context, tag string) error { return testnet.BuildImage(ctx, tag) }
+
+// BuildRevisionImage builds the node image of git revision rev (a
+// scenario's previous) as tag.
+func BuildRevisionImage(ctx context.Context, rev, tag string) error {
+	return testnet.BuildRevisionImage(ctx, rev, tag)
+}
+
+// PreviousImageTag is the tag the testnet command and the tests give the
+// image of revision rev.
+func PreviousImageTag(rev string) string { return "meshreg-testnet:prev-" + rev[:min(12, len(rev))] }
 
 // run is the state of one scenario run; its stages are methods.
 type run struct {
@@ -50,6 +64,8 @@ type run struct {
 	repMu     sync.Mutex // guards rep.Events, rep.Docker, rep.Notes, rep.Measured
 	measure   map[string]map[string]float64
 	done      map[string]time.Time // label → when the event was carried out
+	// preUpgrade are the pushes acknowledged before the first upgrade.
+	preUpgrade []pushed
 	// watchers are the convergence measures started by events.
 	watchers sync.WaitGroup
 }
@@ -101,6 +117,12 @@ func (r *run) stages(ctx context.Context) error {
 			r.log.Error("cleanup failed", "err", err)
 		}
 	}()
+	if r.s.Previous != "" {
+		if r.opt.PreviousImage == "" {
+			return fmt.Errorf("the scenario starts from revision %s: build its image (BuildRevisionImage) and pass it as Options.PreviousImage", r.s.Previous)
+		}
+		r.recordVersions(ctx)
+	}
 	if r.net, err = d.CreateNetwork(ctx); err != nil {
 		return err
 	}
@@ -164,12 +186,22 @@ func (r *run) nodeArgs(n *node, join []string) []string {
 }
 
 func (r *run) startContainer(ctx context.Context, n *node, join []string) error {
-	c, err := r.d.Start(ctx, containers.Spec{Name: r.containerName(n), Image: r.opt.Image, Network: r.net, Port: 5000,
+	image := r.opt.Image
+	if r.s.Previous != "" && !n.spec.Later {
+		image = r.opt.PreviousImage
+	}
+	return r.runContainer(ctx, n, image, r.nodeArgs(n, join), "")
+}
+
+// runContainer starts n's container from image with args, on the data
+// volume of the container volumesFrom if not "".
+func (r *run) runContainer(ctx context.Context, n *node, image string, args []string, volumesFrom string) error {
+	c, err := r.d.Start(ctx, containers.Spec{Name: r.containerName(n), Image: image, Network: r.net, Port: 5000,
 		Labels: map[string]string{"meshreg.testnet.node": n.spec.Name, "meshreg.testnet.scenario": r.s.Name},
-		Args:   r.nodeArgs(n, join)})
+		Args:   args, VolumesFrom: volumesFrom})
 	if c != nil {
 		r.cl.mu.Lock()
-		n.c = c
+		n.c, n.image, n.args = c, image, args
 		r.cl.mu.Unlock()
 	}
 	if err != nil {
@@ -358,7 +390,7 @@ func (r *run) collectLogs() {
 			if err != nil {
 				r.log.Warn("reading logs", "node", n.spec.Name, "err", err)
 			}
-			logs = l
+			logs += l
 		}
 		if logs == "" {
 			continue

@@ -16,6 +16,8 @@
 //	replicas = 2
 //	start = "join"            # or "bootstrap-expect" (every node names the others)
 //	args = ["--dead-server-timeout", "15s"]   # given to every node
+//	previous = "3ff7f87…"     # 40-hex git revision: the nodes start with its
+//	                          # image; "upgrade" events move them to the current one
 //
 //	[[nodes]]
 //	name = "n1"
@@ -70,6 +72,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -92,6 +95,10 @@ type Scenario struct {
 	Events          []Event    `toml:"events"`
 	AfterHeal       []Event    `toml:"after_heal"`
 	Expect          []Expect   `toml:"expect"`
+	// Previous is the full git revision of the release the nodes start
+	// with (see Options.PreviousImage); "upgrade" events replace each
+	// node's container by one of the current image on the same data.
+	Previous string `toml:"previous"`
 }
 
 // NodeSpec declares one node.
@@ -163,6 +170,8 @@ var Actions = []string{
 	"slow-readers", // count GETs of image's largest blob through target, unread for for
 	"junk-methods", // count requests with made-up HTTP methods within for
 	"oversized",    // requests past every size a client may choose
+	// See upgrade.go: needs previous.
+	"upgrade", // stop the target gracefully, start the current image on its data volume, wait until it is a member again
 }
 
 // roleTargets are the event targets that name a node by its role when
@@ -332,6 +341,10 @@ const (
 	maxTimeout   = 30 * time.Minute
 )
 
+// fullRevision is a git commit id spelled out: an abbreviation could
+// become ambiguous as history grows.
+var fullRevision = regexp.MustCompile(`^[0-9a-f]{40}$`)
+
 // Validate reports every problem of the scenario at once.
 func (s *Scenario) Validate() error {
 	var errs []error
@@ -344,6 +357,9 @@ func (s *Scenario) Validate() error {
 	}
 	if s.Replicas < 1 {
 		bad("replicas %d: at least 1", s.Replicas)
+	}
+	if s.Previous != "" && !fullRevision.MatchString(s.Previous) {
+		bad("previous %q: the full 40-hex git revision (git rev-parse REV)", s.Previous)
 	}
 	if s.Start != "join" && s.Start != "bootstrap-expect" {
 		bad("start %q: \"join\" or \"bootstrap-expect\"", s.Start)
@@ -469,6 +485,10 @@ func (s *Scenario) Validate() error {
 				}
 			}
 			switch e.Action {
+			case "upgrade":
+				if s.Previous == "" {
+					bad("%s: needs previous (the revision the nodes start with)", at)
+				}
 			case "push":
 				if e.Image == "" {
 					bad("%s: image (its name) missing", at)

@@ -3,7 +3,8 @@
 //	go run ./testnet/cmd/testnet run [-out DIR] [-keep] [-image TAG] testnet/scenarios/smoke.toml [more.toml]
 //	go run ./testnet/cmd/testnet clean   # remove what runs left behind (-keep, or killed runs)
 //
-// It builds the node image once, runs each scenario in turn (see package
+// It builds the node image once (and, for a scenario naming a previous
+// revision, that revision's image), runs each scenario in turn (see package
 // scenario), prints each report and writes it as JSON and Markdown under
 // -out. It exits 1 when any check of any scenario fails.
 package main
@@ -43,7 +44,7 @@ func run(ctx context.Context, args []string) error {
 	out := fs.String("out", "testnet-out", "directory for reports and node logs (one subdirectory per scenario)")
 	keep := fs.Bool("keep", false, "leave the containers and network of each run for debugging")
 	image := fs.String("image", "meshreg-testnet:dev", "tag of the node image to build and run")
-	noBuild := fs.Bool("no-build", false, "use -image as it is, without building it")
+	noBuild := fs.Bool("no-build", false, "use -image (and a scenario's previous-release image, meshreg-testnet:prev-<12 hex>) as they are, without building them")
 	verbose := fs.Bool("v", false, "debug logging")
 	if len(args) == 1 && args[0] == "clean" {
 		log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -80,7 +81,17 @@ func run(ctx context.Context, args []string) error {
 	}
 	var failed []string
 	for _, s := range scenarios {
-		rep, err := scenario.Run(ctx, s, scenario.Options{Image: *image, OutDir: *out, Keep: *keep, Log: log})
+		opt := scenario.Options{Image: *image, OutDir: *out, Keep: *keep, Log: log}
+		if s.Previous != "" {
+			opt.PreviousImage = scenario.PreviousImageTag(s.Previous)
+			if !*noBuild {
+				log.Info("building the previous release's node image", "revision", s.Previous, "tag", opt.PreviousImage)
+				if err := scenario.BuildRevisionImage(ctx, s.Previous, opt.PreviousImage); err != nil {
+					return err
+				}
+			}
+		}
+		rep, err := scenario.Run(ctx, s, opt)
 		fmt.Println(rep.Markdown())
 		if err != nil || !rep.Passed {
 			failed = append(failed, s.Name)
