@@ -255,6 +255,7 @@ func (m *Meta) DeleteManifest(ctx context.Context, repo string, d digest.Digest)
 		}
 		delete(s.manifests[repo], d)
 		maps.DeleteFunc(s.tags[repo], func(_ string, v digest.Digest) bool { return v == d })
+		s.forgetIfEmpty(repo)
 		return nil
 	})
 }
@@ -283,6 +284,7 @@ func (m *Meta) UnlinkBlob(ctx context.Context, repo string, d digest.Digest) err
 			return fmt.Errorf("nodefake: blob %s is not linked to repository %s: %w", d, repo, consensus.ErrNotFound)
 		}
 		delete(s.links[repo], d)
+		s.forgetIfEmpty(repo)
 		return nil
 	})
 }
@@ -413,6 +415,14 @@ type state struct {
 func newState() *state {
 	return &state{repos: map[string]bool{}, manifests: map[string]map[digest.Digest]consensus.ManifestRecord{},
 		tags: map[string]map[string]digest.Digest{}, links: map[string]map[digest.Digest]int64{}}
+}
+
+// forgetIfEmpty drops repo from the list once it holds no manifest, tag or
+// blob link (as consensus does after a manifest delete or an unlink).
+func (s *state) forgetIfEmpty(repo string) {
+	if len(s.manifests[repo]) == 0 && len(s.tags[repo]) == 0 && len(s.links[repo]) == 0 {
+		delete(s.repos, repo)
+	}
 }
 
 // inner returns outer[k], made if missing.
