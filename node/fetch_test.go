@@ -100,17 +100,7 @@ func TestFetchFailsOverFromABadNearestHolder(t *testing.T) {
 			hold(t, far, "r/app", blob)
 
 			start := time.Now()
-			var got []byte
-			var err error
-			for range 3 { // a client retries a download cut short
-				got, err = pull(t.Context(), puller, "r/app", d)
-				if err == nil && len(got) == size && digest.FromBytes(got) != d {
-					t.Fatalf("the client received a complete blob of %d bytes that does not match %s", len(got), d)
-				}
-				if err == nil {
-					break
-				}
-			}
+			got, err := pullRetrying(t, puller, "r/app", d)
 			if err != nil || !bytes.Equal(got, blob) {
 				t.Fatalf("pull past the bad holder: %d bytes, %v", len(got), err)
 			}
@@ -136,6 +126,25 @@ func TestFetchFailsOverFromABadNearestHolder(t *testing.T) {
 	}
 }
 
+// pullRetrying pulls d through n as a client that retries a download cut
+// short does (docker, containerd), for up to 5 s. It fails the test if a
+// complete blob that does not match d is ever handed out.
+func pullRetrying(t *testing.T, n *Node, repo string, d digest.Digest) ([]byte, error) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got, err := pull(t.Context(), n, repo, d)
+		if err == nil && digest.FromBytes(got) != d {
+			t.Fatalf("the client received a complete blob of %d bytes that does not match %s", len(got), d)
+		}
+		if err == nil || time.Now().After(deadline) {
+			return got, err
+		}
+		t.Logf("pull cut short, retrying: %d bytes, %v", len(got), err)
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // TestFetchTriesAPenalisedHolderLast: once a holder sent wrong bytes, the
 // next blob comes from another holder first, even a farther one.
 func TestFetchTriesAPenalisedHolderLast(t *testing.T) {
@@ -151,10 +160,8 @@ func TestFetchTriesAPenalisedHolderLast(t *testing.T) {
 		hold(t, near, "r/app", b)
 		hold(t, far, "r/app", b)
 	}
-	for range 3 {
-		if got, err := pull(t.Context(), puller, "r/app", d1); err == nil && bytes.Equal(got, first) {
-			break
-		}
+	if got, err := pullRetrying(t, puller, "r/app", d1); err != nil || !bytes.Equal(got, first) {
+		t.Fatalf("first pull: %d bytes, %v", len(got), err)
 	}
 	if !penalised(puller, near.host.ID().String()) {
 		t.Fatalf("the holder that sent wrong bytes is not penalised")
