@@ -11,6 +11,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshreg/meshreg/blobstore"
 	dto "github.com/prometheus/client_model/go"
 )
 
@@ -222,4 +224,44 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// slowRetry is a blob store whose second partial copy of a blob (the
+// fetch's retry after wrong bytes) takes a while to start: the moment
+// between two attempts, made long enough to land in.
+type slowRetry struct {
+	BlobStore
+	partials atomic.Int32
+}
+
+func (s *slowRetry) NewPartial(d digest.Digest, size int64) (*blobstore.Partial, error) {
+	if s.partials.Add(1) == 2 {
+		time.Sleep(300 * time.Millisecond)
+	}
+	return s.BlobStore.NewPartial(d, size)
+}
+
+// TestPullDuringARefetchWaits: the first holder's bytes failed the digest
+// and the next attempt has not begun; a client that retries at once is
+// served the blob once it arrives, not told the blob is unknown.
+func TestPullDuringARefetchWaits(t *testing.T) {
+	t.Parallel()
+	fn := newFakeNet(t)
+	puller := fn.add("a", nil)
+	puller.blobs = &slowRetry{BlobStore: puller.blobs} // before any request: no race
+	liar := fn.add("a", nil, (&serveCounter{fault: corrupt}).option())
+	honest := fn.add("b", nil)
+	blob, d := randomBlob(5, 1<<20)
+	hold(t, liar, "r/app", blob)
+	hold(t, honest, "r/app", blob)
+
+	got, err := pull(t.Context(), puller, "r/app", d)
+	if err == nil && !bytes.Equal(got, blob) {
+		t.Fatalf("the first pull handed out %d wrong bytes without an error", len(got))
+	}
+	t.Logf("first pull: %d bytes, %v", len(got), err)
+	got, err = pull(t.Context(), puller, "r/app", d) // at once, while the slow holder starts
+	if err != nil || !bytes.Equal(got, blob) {
+		t.Fatalf("a pull retried during the re-fetch: %d bytes, %v; want the blob", len(got), err)
+	}
 }
