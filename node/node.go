@@ -147,7 +147,7 @@ func (c Config) Validate() error {
 // Node is one registry node. Its methods are safe for concurrent use.
 type Node struct {
 	cfg     Config
-	opts    options
+	opts    options // test harness options (options.go)
 	blobs   BlobStore
 	meta    Metadata
 	host    Transport
@@ -274,6 +274,9 @@ func New(cfg Config, parts Parts, log *slog.Logger, opts ...Option) *Node {
 		fetches: map[digest.Digest]*fetch{}, providerCache: map[digest.Digest]providerEntry{}, serving: map[digest.Digest]map[peer.ID]int{},
 		uploads: map[string]string{}, seen: map[string]string{}, lastContact: map[string]time.Time{},
 	}
+	for _, o := range opts {
+		o(&n.opts)
+	}
 	n.underReplicated.Store(-1) // no sweep yet
 	n.disk = newDiskGuard(cfg.DataDir, cfg.MinFreeDisk, func() string { return n.host.ID().String() },
 		n.metrics.writesRefused.WithLabelValues("disk"), log.With("component", "disk"))
@@ -285,9 +288,6 @@ func New(cfg Config, parts Parts, log *slog.Logger, opts ...Option) *Node {
 	n.gate.meta.Store(&members)
 	host.SetAuthorizer(n.gate.allow)
 	blobs.SetUploadLimits(blobstore.UploadLimits{PerStore: cfg.MaxUploads, PerOwner: cfg.MaxUploadsPerClient})
-	for _, o := range opts {
-		o(&n.opts)
-	}
 	n.serveProtocols(host)
 	return n
 }
