@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,100 +19,7 @@ import (
 	"github.com/meshreg/meshreg/api"
 	"github.com/meshreg/meshreg/node"
 	"github.com/meshreg/meshreg/node/logrepeat"
-	"github.com/meshreg/meshreg/p2p"
 )
-
-const defaultShutdownTimeout = 30 * time.Second
-
-// flagGetter reads parsed flags; *cli.Context is one.
-type flagGetter interface {
-	String(name string) string
-	Duration(name string) time.Duration
-	Int(name string) int
-	Int64(name string) int64
-	Uint64(name string) uint64
-	StringSlice(name string) []string
-}
-
-// serveConfig is everything `meshreg serve` was told.
-type serveConfig struct {
-	// ConfigFile and ClusterKeyFile are the --config and --cluster-key
-	// paths as given ("" if none); the key's bytes are in Node.P2P.
-	ConfigFile      string
-	ClusterKeyFile  string
-	Listen          string
-	LogLevel        slog.Level
-	LogFormat       string
-	ShutdownTimeout time.Duration
-	Node            node.Config
-	API             api.Config
-}
-
-func configFromFlags(c flagGetter) (serveConfig, error) {
-	cfg := serveConfig{
-		ConfigFile:      c.String("config"),
-		Listen:          c.String("listen"),
-		LogFormat:       c.String("log-format"),
-		ShutdownTimeout: c.Duration("shutdown-timeout"),
-		Node:            node.DefaultConfig(),
-		API:             api.DefaultConfig(),
-	}
-	if err := cfg.LogLevel.UnmarshalText([]byte(c.String("log-level"))); err != nil {
-		return cfg, fmt.Errorf("--log-level %q: use debug, info, warn or error", c.String("log-level"))
-	}
-	if cfg.LogFormat != "text" && cfg.LogFormat != "json" {
-		return cfg, fmt.Errorf("--log-format %q: use text or json", cfg.LogFormat)
-	}
-	cfg.Node.DataDir = c.String("data-dir")
-	cfg.Node.UploadIdleTimeout = c.Duration("upload-idle-timeout")
-	cfg.Node.P2P.ListenAddrs = c.StringSlice("p2p-listen")
-	cfg.Node.P2P.Advertise = c.String("advertise")
-	cfg.Node.Join = c.StringSlice("join")
-	cfg.Node.Voters = c.Int("voters")
-	cfg.Node.BootstrapExpect = c.Int("bootstrap-expect")
-	cfg.Node.JoinToken = c.String("join-token")
-	cfg.Node.StabilizationTime = c.Duration("stabilization-time")
-	cfg.Node.DeadServerTimeout = c.Duration("dead-server-timeout")
-	cfg.Node.Replicas = c.Int("replicas")
-	cfg.Node.Region = c.String("region")
-	cfg.Node.Zone = c.String("zone")
-	cfg.Node.RepairInterval = c.Duration("repair-interval")
-	cfg.Node.ReprovideInterval = c.Duration("reprovide-interval")
-	cfg.Node.PeerIdleTimeout = c.Duration("peer-idle-timeout")
-	cfg.Node.ScrubInterval = c.Duration("scrub-interval")
-	var serr error
-	cfg.Node.MinFreeDisk, serr = parseSize("min-free-disk", c.String("min-free-disk"))
-	if serr != nil {
-		return cfg, serr
-	}
-	if cfg.Node.ScrubRate, serr = parseSize("scrub-rate", c.String("scrub-rate")); serr != nil {
-		return cfg, serr
-	}
-	if err := checkListen(cfg.Listen); err != nil {
-		return cfg, err
-	}
-	if path := c.String("cluster-key"); path != "" {
-		cfg.ClusterKeyFile = path
-		key, err := p2p.LoadPrivateNetworkKey(path)
-		if err != nil {
-			return cfg, fmt.Errorf("--cluster-key: %w", err)
-		}
-		cfg.Node.P2P.PrivateNetworkKey = key
-	}
-	cfg.Node.Consensus.SnapshotThreshold = c.Uint64("snapshot-threshold")
-	cfg.Node.Consensus.SnapshotInterval = c.Duration("snapshot-interval")
-	cfg.Node.Consensus.TrailingLogs = c.Uint64("trailing-logs")
-	cfg.API.MaxManifestSize = c.Int64("max-manifest-size")
-	cfg.API.BodyIdleTimeout = c.Duration("body-idle-timeout")
-	cfg.API.ClientIdleTimeout = c.Duration("client-idle-timeout")
-	cfg.API.MaxWritesPerClient = c.Int("max-writes-per-client")
-	cfg.Node.MaxUploads = c.Int("max-uploads")
-	cfg.Node.MaxUploadsPerClient = c.Int("max-uploads-per-client")
-	if err := errors.Join(cfg.Node.Validate(), cfg.API.Validate(), checkOpenable(cfg.Node), checkShutdownTimeout(cfg.ShutdownTimeout)); err != nil {
-		return cfg, err
-	}
-	return cfg, nil
-}
 
 // checkShutdownTimeout refuses a --shutdown-timeout that leaves in-flight
 // requests no time, or holds a stopping node for more than an hour.
@@ -172,98 +78,6 @@ func checkJoin(target string) error {
 		return fmt.Errorf("--join %q: a multiaddr needs /p2p/<peer id>", target)
 	}
 	return nil
-}
-
-// checkedConfig is what `meshreg serve --check` prints: the effective
-// settings under the names of their flags (so it reads like a --config
-// file), with the cluster key's path but never its bytes.
-type checkedConfig struct {
-	Config            string   `json:"config,omitempty"`
-	DataDir           string   `json:"data-dir"`
-	Listen            string   `json:"listen"`
-	P2PListen         []string `json:"p2p-listen"`
-	Advertise         string   `json:"advertise"`
-	Join              []string `json:"join"`
-	BootstrapExpect   int      `json:"bootstrap-expect"`
-	ClusterKey        string   `json:"cluster-key"`
-	JoinToken         string   `json:"join-token"` // "(set)" or "", never the token
-	StabilizationTime string   `json:"stabilization-time"`
-	Voters            int      `json:"voters"`
-	Replicas          int      `json:"replicas"`
-	Region            string   `json:"region"`
-	Zone              string   `json:"zone"`
-	RepairInterval    string   `json:"repair-interval"`
-	PeerIdleTimeout   string   `json:"peer-idle-timeout"`
-	ReprovideInterval string   `json:"reprovide-interval"`
-	MinFreeDisk       string   `json:"min-free-disk"`
-	ScrubRate         string   `json:"scrub-rate"`
-	ScrubInterval     string   `json:"scrub-interval"`
-	DeadServerTimeout string   `json:"dead-server-timeout"`
-	LogLevel          string   `json:"log-level"`
-	LogFormat         string   `json:"log-format"`
-	MaxManifestSize   int64    `json:"max-manifest-size"`
-	UploadIdleTimeout string   `json:"upload-idle-timeout"`
-	BodyIdleTimeout   string   `json:"body-idle-timeout"`
-	ClientIdleTimeout string   `json:"client-idle-timeout"`
-	MaxUploads        int      `json:"max-uploads"`
-	MaxUploadsPerIP   int      `json:"max-uploads-per-client"`
-	MaxWritesPerIP    int      `json:"max-writes-per-client"`
-	SnapshotThreshold uint64   `json:"snapshot-threshold"`
-	TrailingLogs      uint64   `json:"trailing-logs"`
-	SnapshotInterval  string   `json:"snapshot-interval"`
-	ShutdownTimeout   string   `json:"shutdown-timeout"`
-}
-
-func (cfg serveConfig) checked() checkedConfig {
-	nonNil := func(s []string) []string {
-		if s == nil {
-			return []string{}
-		}
-		return s
-	}
-	return checkedConfig{
-		Config:            cfg.ConfigFile,
-		DataDir:           cfg.Node.DataDir,
-		Listen:            cfg.Listen,
-		P2PListen:         nonNil(cfg.Node.P2P.ListenAddrs),
-		Advertise:         cfg.Node.P2P.Advertise,
-		Join:              nonNil(cfg.Node.Join),
-		BootstrapExpect:   cfg.Node.BootstrapExpect,
-		ClusterKey:        cfg.ClusterKeyFile,
-		JoinToken:         map[bool]string{true: hiddenSecret}[cfg.Node.JoinToken != ""],
-		StabilizationTime: cfg.Node.StabilizationTime.String(),
-		Voters:            cfg.Node.Voters,
-		Replicas:          cfg.Node.Replicas,
-		Region:            cfg.Node.Region,
-		Zone:              cfg.Node.Zone,
-		RepairInterval:    cfg.Node.RepairInterval.String(),
-		PeerIdleTimeout:   cfg.Node.PeerIdleTimeout.String(),
-		ReprovideInterval: cfg.Node.ReprovideInterval.String(),
-		MinFreeDisk:       formatSize(cfg.Node.MinFreeDisk),
-		ScrubRate:         formatSize(cfg.Node.ScrubRate),
-		ScrubInterval:     cfg.Node.ScrubInterval.String(),
-		DeadServerTimeout: cfg.Node.DeadServerTimeout.String(),
-		LogLevel:          strings.ToLower(cfg.LogLevel.String()),
-		LogFormat:         cfg.LogFormat,
-		MaxManifestSize:   cfg.API.MaxManifestSize,
-		UploadIdleTimeout: cfg.Node.UploadIdleTimeout.String(),
-		BodyIdleTimeout:   cfg.API.BodyIdleTimeout.String(),
-		ClientIdleTimeout: cfg.API.ClientIdleTimeout.String(),
-		MaxUploads:        cfg.Node.MaxUploads,
-		MaxUploadsPerIP:   cfg.Node.MaxUploadsPerClient,
-		MaxWritesPerIP:    cfg.API.MaxWritesPerClient,
-		SnapshotThreshold: cfg.Node.Consensus.SnapshotThreshold,
-		TrailingLogs:      cfg.Node.Consensus.TrailingLogs,
-		SnapshotInterval:  cfg.Node.Consensus.SnapshotInterval.String(),
-		ShutdownTimeout:   cfg.ShutdownTimeout.String(),
-	}
-}
-
-// printChecked writes the effective configuration as indented JSON.
-func printChecked(w io.Writer, cfg serveConfig) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(cfg.checked())
 }
 
 // newLogger returns the node's logger, writing to w in the configured
