@@ -7,12 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
 	"os"
 	"strings"
-	"time"
 
-	ma "github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -20,65 +17,6 @@ import (
 	"github.com/meshreg/meshreg/node"
 	"github.com/meshreg/meshreg/node/logrepeat"
 )
-
-// checkShutdownTimeout refuses a --shutdown-timeout that leaves in-flight
-// requests no time, or holds a stopping node for more than an hour.
-func checkShutdownTimeout(d time.Duration) error {
-	if d < time.Second || d > time.Hour {
-		return fmt.Errorf("--shutdown-timeout %s is out of range: use 1s to 1h0m0s", d)
-	}
-	return nil
-}
-
-// checkListen rejects a --listen that is not HOST:PORT, without binding it.
-func checkListen(listen string) error {
-	_, port, err := net.SplitHostPort(listen)
-	if err == nil && port == "" {
-		err = errors.New("missing port")
-	}
-	if err != nil {
-		return fmt.Errorf("--listen %q: want HOST:PORT: %w", listen, err)
-	}
-	return nil
-}
-
-// checkOpenable runs the checks node.Open would make later on the parts
-// node.Config.Validate leaves out (the libp2p and Raft settings, with the
-// paths and ids Open fills in stubbed), and checks that every --join
-// target has a form a node can dial, so a mistake fails at start (and in
-// `serve --check`) rather than in a join loop that retries forever. It
-// touches no file and no socket.
-func checkOpenable(nc node.Config) error {
-	pc := nc.P2P
-	pc.DataDir = nc.DataDir
-	cc := nc.Consensus
-	cc.Dir, cc.NodeID = nc.DataDir, "check"
-	errs := []error{pc.Validate(), cc.Validate()}
-	for _, j := range nc.Join {
-		errs = append(errs, checkJoin(j))
-	}
-	return errors.Join(errs...)
-}
-
-// checkJoin accepts what the node's join loop can dial: an http(s) URL
-// with a host, or a multiaddr naming the peer with /p2p/<id>.
-func checkJoin(target string) error {
-	if strings.HasPrefix(target, "http://") || strings.HasPrefix(target, "https://") {
-		u, err := url.Parse(target)
-		if err != nil || u.Host == "" {
-			return fmt.Errorf("--join %q: not a usable URL (want http://HOST:PORT)", target)
-		}
-		return nil
-	}
-	m, err := ma.NewMultiaddr(target)
-	if err != nil {
-		return fmt.Errorf("--join %q: neither an http(s) URL nor a multiaddr: %w", target, err)
-	}
-	if _, err := m.ValueForProtocol(ma.P_P2P); err != nil {
-		return fmt.Errorf("--join %q: a multiaddr needs /p2p/<peer id>", target)
-	}
-	return nil
-}
 
 // newLogger returns the node's logger, writing to w in the configured
 // format, with repeats of a WARN or ERROR collapsed into one summary a
