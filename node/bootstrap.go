@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -18,13 +20,55 @@ import (
 // helloMessage, whose proof admits the sender (hello_admission.go).
 const helloProtocol = "/meshreg/hello/1.0.0"
 
-// The deterministic bootstrap of --bootstrap-expect N, as Consul does it:
-// every node collects the peers it can reach through --join and what they
-// have seen in turn; once a node has seen N (itself included), the one with
-// the lowest peer id among them bootstraps a cluster of all of them as
-// voters. The others never bootstrap: they become members when that leader
-// reaches them. So nodes that name each other form one cluster, not
-// several, whatever order they start in.
+// The deterministic bootstrap of --bootstrap-expect N, as Consul does it,
+// made safe for nodes that start later or more than N at once:
+//
+//   - Every node collects the peers it can reach through --join and what
+//     they have seen in turn, and tells in each hello whether it is a member
+//     of a cluster.
+//   - A node that hears from a member joins that cluster (as a non-voter,
+//     like any joiner; the shared secret or cluster key admits it), whatever
+//     --bootstrap-expect says: bootstrap-expect is for the first start of a
+//     fleet only. A DaemonSet on a new host, started with the same arguments
+//     as the first ones, thus joins.
+//   - Otherwise the node with the lowest peer id among those seen bootstraps,
+//     once N nodes (itself included) have promised it: a node promises the
+//     lowest id it has seen (not itself), says so in its hellos, and keeps
+//     that promise for promiseTTL, renewed while that id stays the lowest it
+//     knows. It never promises two nodes at once, and a node that holds a
+//     promise to another never bootstraps. The bootstrapper makes a cluster
+//     of itself and the N-1 lowest of the nodes that promised it, all
+//     voters; the rest (more than N started at once) see the members and
+//     join. Two bootstraps would need two sets of N promised nodes: among
+//     fewer than 2N nodes they share one, which promised only one of them.
+//
+// So nodes that name each other form one cluster, not several, whatever
+// order they start in. (A promise expires after promiseTTL: a bootstrapper
+// that takes longer than that to bring its cluster up, cut off from the
+// nodes that promised it, could let them promise another.)
+
+// promiseTTL is how long a promise holds without renewal; a bootstrapper
+// counts a promise it heard of within promiseFresh, so that it still holds
+// when the bootstrapper's configuration reaches the promising node.
+const (
+	promiseTTL   = 30 * time.Second
+	promiseFresh = promiseTTL / 3
+)
+
+// bootState is a node's side of the --bootstrap-expect exchange.
+type bootState struct {
+	mu sync.Mutex
+	// promisedTo is the peer this node promised, until promisedUntil.
+	promisedTo    string
+	promisedUntil time.Time
+	// promisedMe maps the peers that said they promised this node to when
+	// it last heard so.
+	promisedMe map[string]time.Time
+	// bootstrapping is set once this node decided to bootstrap.
+	bootstrapping bool
+	// member is a peer that said it is a member of a cluster ("" if none).
+	member string
+}
 
 // seenPeers is what a node has learned for the bootstrap.
 func (n *Node) seenPeers() map[string]string {
@@ -43,6 +87,100 @@ func (n *Node) addSeen(peers map[string]string) {
 	}
 }
 
+// heard records an admitted hello message from peer from: whom it has
+// seen, whether it promised this node, whether it is a member.
+func (n *Node) heard(from peer.ID, msg helloMessage) {
+	n.addSeen(msg.Seen)
+	b := &n.boot
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.promisedMe == nil {
+		b.promisedMe = map[string]time.Time{}
+	}
+	if msg.Promised == n.host.ID().String() {
+		b.promisedMe[from.String()] = time.Now()
+	} else {
+		delete(b.promisedMe, from.String())
+	}
+	if msg.Member && b.member == "" {
+		b.member = from.String()
+	}
+}
+
+// helloFor is this node's hello message (request or answer): whom it has
+// seen, whether it is a member, and whom it promised (renewing the promise
+// while that peer is the lowest id it knows).
+func (n *Node) helloFor() helloMessage {
+	seen := n.seenPeers()
+	msg := helloMessage{Seen: seen, Member: n.isMember()}
+	b := &n.boot
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := time.Now()
+	if msg.Member || b.bootstrapping || b.member != "" {
+		return msg
+	}
+	live := b.promisedTo != "" && now.Before(b.promisedUntil)
+	self := n.host.ID().String()
+	lowest := self
+	for id := range seen {
+		lowest = min(lowest, id)
+	}
+	switch {
+	case lowest != self && (!live || b.promisedTo == lowest):
+		b.promisedTo, b.promisedUntil = lowest, now.Add(promiseTTL)
+		msg.Promised = lowest
+	case live:
+		msg.Promised = b.promisedTo
+	}
+	return msg
+}
+
+// bootstrapSet returns the servers this node bootstraps with, once it is
+// the lowest id it has seen, holds no promise to another, and enough peers
+// promised it; nil otherwise. It returns a set at most once.
+func (n *Node) bootstrapSet() []consensus.Server {
+	seen := n.seenPeers()
+	self := n.host.ID().String()
+	ids := slices.Sorted(maps.Keys(seen))
+	if len(ids) < n.cfg.BootstrapExpect || ids[0] != self {
+		return nil
+	}
+	b := &n.boot
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := time.Now()
+	if b.bootstrapping || b.member != "" || (b.promisedTo != "" && b.promisedTo != self && now.Before(b.promisedUntil)) {
+		return nil
+	}
+	servers := []consensus.Server{{ID: self, Address: seen[self]}}
+	for _, id := range ids[1:] {
+		if len(servers) == n.cfg.BootstrapExpect {
+			break
+		}
+		if at, ok := b.promisedMe[id]; ok && now.Sub(at) < promiseFresh {
+			servers = append(servers, consensus.Server{ID: id, Address: seen[id]})
+		}
+	}
+	if len(servers) < n.cfg.BootstrapExpect {
+		return nil
+	}
+	b.bootstrapping = true
+	return servers
+}
+
+// clusterMember is a peer that said it is a member of a cluster, with its
+// address, or "" if none did.
+func (n *Node) clusterMember() (id, addr string) {
+	n.boot.mu.Lock()
+	id = n.boot.member
+	n.boot.mu.Unlock()
+	if id == "" {
+		return "", ""
+	}
+	return id, n.seenPeers()[id]
+}
+
 // serveHello records the sender's view and answers with this node's, if
 // the sender is admitted (hello_admission.go); otherwise it answers with
 // nothing.
@@ -53,14 +191,21 @@ func (n *Node) serveHello(ctx context.Context, from peer.ID, b []byte) []byte {
 		out, _ := json.Marshal(helloMessage{})
 		return out
 	}
-	n.addSeen(theirs.Seen)
-	out, _ := json.Marshal(n.signHello(helloMessage{Seen: n.seenPeers()}, "answer", from))
+	n.heard(from, theirs)
+	out, _ := json.Marshal(n.signHello(n.helloFor(), "answer", from))
 	return out
 }
 
 // expectLoop runs the bootstrap of --bootstrap-expect until this node is a
-// member of a cluster or ctx ends.
+// member of a cluster or ctx ends: it bootstraps one, or joins one that
+// exists.
 func (n *Node) expectLoop(ctx context.Context) {
+	if n.isMember() {
+		// Restarted: the join loop checks that it still is one, and tells
+		// the leader a new address.
+		n.joinLoop(ctx)
+		return
+	}
 	self := n.host.ID().String()
 	n.addSeen(map[string]string{self: n.host.RaftAddress()})
 	for attempt := 1; !n.isMember(); attempt++ {
@@ -80,21 +225,22 @@ func (n *Node) expectLoop(ctx context.Context) {
 				n.gate.admit(p, admissionTTL)
 			}
 		}
-		if len(seen) >= n.cfg.BootstrapExpect {
-			ids := slices.Sorted(maps.Keys(seen))
-			if ids[0] == self {
-				var servers []consensus.Server
-				for _, id := range ids {
-					servers = append(servers, consensus.Server{ID: id, Address: seen[id]})
-				}
-				if err := n.meta.BootstrapWith(servers); err != nil {
-					n.log.Error("bootstrap failed", "err", err)
-				} else {
-					n.log.Info("bootstrapped the cluster: this node has the lowest peer id", "servers", len(servers))
-				}
-				return
-			}
+		if id, addr := n.clusterMember(); id != "" {
+			n.log.Info("found an existing cluster: joining it instead of bootstrapping", "member", id, "expect", n.cfg.BootstrapExpect)
+			n.joinThrough(ctx, append([]string{addr}, n.cfg.Join...))
+			return
 		}
+		if servers := n.bootstrapSet(); servers != nil {
+			if err := n.meta.BootstrapWith(servers); err != nil {
+				n.log.Error("bootstrap failed", "err", err)
+			} else {
+				n.log.Info("bootstrapped the cluster: this node has the lowest peer id", "servers", len(servers))
+			}
+			n.join.done()
+			return
+		}
+		n.join.wait("waiting for peers before bootstrapping (--bootstrap-expect " + strconv.Itoa(n.cfg.BootstrapExpect) +
+			"): seen " + strconv.Itoa(len(seen)) + " through --join " + strings.Join(n.cfg.Join, ", "))
 		if attempt%10 == 1 {
 			n.log.Info("waiting for peers before bootstrapping", "seen", len(seen), "expect", n.cfg.BootstrapExpect)
 		}
@@ -104,6 +250,7 @@ func (n *Node) expectLoop(ctx context.Context) {
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+	n.join.done()
 }
 
 // hello exchanges views with target (an http(s) URL or a multiaddr).
@@ -126,7 +273,7 @@ func (n *Node) hello(ctx context.Context, target string) {
 	if err != nil || id == n.host.ID() {
 		return
 	}
-	req, _ := json.Marshal(n.signHello(helloMessage{Seen: n.seenPeers()}, "request", id))
+	req, _ := json.Marshal(n.signHello(n.helloFor(), "request", id))
 	resp, err := n.host.Request(ctx, id, helloProtocol, req, maxControlLen)
 	if err != nil {
 		return
@@ -136,5 +283,5 @@ func (n *Node) hello(ctx context.Context, target string) {
 		n.log.Warn("bootstrap: ignoring the answer of a peer without the cluster key or the same --join-token", "peer", id)
 		return
 	}
-	n.addSeen(theirs.Seen)
+	n.heard(id, theirs)
 }

@@ -163,6 +163,10 @@ type Node struct {
 	gate *peerGate
 	// wasRemoved is set once the node logged that it was removed.
 	wasRemoved atomic.Bool
+	// join is what the node waits for to become a member (joinstate.go);
+	// boot its side of the --bootstrap-expect exchange (bootstrap.go).
+	join joinState
+	boot bootState
 
 	// ctx ends at Close; background work started by requests (fetches,
 	// announcements) runs under it and is tracked by bg.
@@ -274,6 +278,7 @@ func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Ho
 	n.scrub = newScrubber(n, cfg.ScrubRate, cfg.ScrubInterval)
 	blobs.OnCorrupt(n.blobCorrupt)
 	n.gate = newPeerGate()
+	n.gate.helloOpen = n.privateNetwork() || n.sharedSecret() != ""
 	n.gate.meta.Store(meta)
 	host.SetAuthorizer(n.gate.allow)
 	blobs.SetUploadLimits(blobstore.UploadLimits{PerStore: cfg.MaxUploads, PerOwner: cfg.MaxUploadsPerClient})
@@ -377,7 +382,13 @@ func wrapErr(what string, err error) error {
 
 // Ready returns nil when the node can take writes.
 func (n *Node) Ready(ctx context.Context) error {
+	if n.join.removedWhileDown() || n.removed() {
+		return errors.New(n.membershipProblem())
+	}
 	if !n.meta.Ready() {
+		if w := n.join.describe(); w != "" {
+			return errors.New("the metadata store has no Raft leader yet: " + w)
+		}
 		return errors.New("the metadata store has no Raft leader yet")
 	}
 	return nil
@@ -413,6 +424,10 @@ type Status struct {
 	// knows a configuration that no longer names it): it takes no writes
 	// until it joins again (restart it with --join).
 	Removed bool `json:"removed"`
+	// Join is what the node waits for to become a member (a --join target
+	// that fails, peers before a bootstrap, a rejoin after removal); absent
+	// once it is one.
+	Join *JoinStatus `json:"join,omitempty"`
 }
 
 // BlobStatus counts the blobs this node holds.
@@ -467,7 +482,8 @@ func (n *Node) Status(ctx context.Context) any {
 
 		Disk:    n.disk.status(),
 		Scrub:   n.scrub.status(),
-		Removed: n.removed(),
+		Removed: n.removed() || n.join.removedWhileDown(),
+		Join:    n.join.status(),
 	}
 }
 
