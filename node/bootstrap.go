@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"maps"
 	"slices"
 	"strconv"
@@ -54,6 +55,10 @@ const (
 	promiseTTL   = 30 * time.Second
 	promiseFresh = promiseTTL / 3
 )
+
+// expectQuiet is how long a --bootstrap-expect node tolerates unreachable
+// --join targets before it reports them (peers start at different times).
+const expectQuiet = 10 * time.Second
 
 // bootState is a node's side of the --bootstrap-expect exchange.
 type bootState struct {
@@ -200,17 +205,25 @@ func (n *Node) serveHello(ctx context.Context, from peer.ID, b []byte) []byte {
 // member of a cluster or ctx ends: it bootstraps one, or joins one that
 // exists.
 func (n *Node) expectLoop(ctx context.Context) {
-	if n.isMember() {
-		// Restarted: the join loop checks that it still is one, and tells
-		// the leader a new address.
+	if n.isMember() || n.removed() {
+		// Restarted: the join loop checks that it still is a member (or
+		// joins again), and tells the leader a new address.
 		n.joinLoop(ctx)
 		return
 	}
 	self := n.host.ID().String()
 	n.addSeen(map[string]string{self: n.host.RaftAddress()})
+	waiting := "waiting for peers before bootstrapping (--bootstrap-expect " + strconv.Itoa(n.cfg.BootstrapExpect) +
+		") or for a member of an existing cluster, through --join " + strings.Join(n.cfg.Join, ", ")
+	n.join.wait(waiting)
+	start := time.Now()
 	for attempt := 1; !n.isMember(); attempt++ {
 		for _, target := range n.cfg.Join {
-			n.hello(ctx, target)
+			// Peers starting together miss each other at first: a target
+			// that still fails after expectQuiet is worth a warning.
+			if err := n.hello(ctx, target); err != nil && time.Since(start) > expectQuiet {
+				n.join.failed(n.log, target, err, 500*time.Millisecond)
+			}
 		}
 		for id, addr := range n.seenPeers() {
 			if id != self {
@@ -239,8 +252,7 @@ func (n *Node) expectLoop(ctx context.Context) {
 			n.join.done()
 			return
 		}
-		n.join.wait("waiting for peers before bootstrapping (--bootstrap-expect " + strconv.Itoa(n.cfg.BootstrapExpect) +
-			"): seen " + strconv.Itoa(len(seen)) + " through --join " + strings.Join(n.cfg.Join, ", "))
+		n.join.setWaiting(waiting + "; seen " + strconv.Itoa(len(seen)) + " (this one included)")
 		if attempt%10 == 1 {
 			n.log.Info("waiting for peers before bootstrapping", "seen", len(seen), "expect", n.cfg.BootstrapExpect)
 		}
@@ -253,8 +265,9 @@ func (n *Node) expectLoop(ctx context.Context) {
 	n.join.done()
 }
 
-// hello exchanges views with target (an http(s) URL or a multiaddr).
-func (n *Node) hello(ctx context.Context, target string) {
+// hello exchanges views with target (an http(s) URL or a multiaddr). The
+// error says why no view came back.
+func (n *Node) hello(ctx context.Context, target string) error {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	addr := target
@@ -262,26 +275,27 @@ func (n *Node) hello(ctx context.Context, target string) {
 		var err error
 		if addr, err = raftAddressOf(ctx, target); err != nil {
 			n.log.Debug("bootstrap: peer not reachable yet", "target", target, "err", err)
-			return
+			return err
 		}
 	}
 	if err := n.host.Connect(ctx, addr); err != nil {
 		n.log.Debug("bootstrap: peer not reachable yet", "target", target, "err", err)
-		return
+		return err
 	}
 	id, err := peerOf(n.host, consensus.Server{Address: addr})
 	if err != nil || id == n.host.ID() {
-		return
+		return err // nil for this node itself (a --join list naming all)
 	}
 	req, _ := json.Marshal(n.signHello(n.helloFor(), "request", id))
 	resp, err := n.host.Request(ctx, id, helloProtocol, req, maxControlLen)
 	if err != nil {
-		return
+		return err
 	}
 	var theirs helloMessage
 	if json.Unmarshal(resp, &theirs) != nil || !n.helloAdmitted(theirs, "answer", id) {
 		n.log.Warn("bootstrap: ignoring the answer of a peer without the cluster key or the same --join-token", "peer", id)
-		return
+		return errors.New("peer " + id.String() + " answered without proof of the cluster key or the same --join-token")
 	}
 	n.heard(id, theirs)
+	return nil
 }

@@ -282,6 +282,12 @@ func (n *Node) joinLoop(ctx context.Context) {
 			n.log.Info("this node's Raft address changed since it joined; asking the leader to record the new one",
 				"old", addr, "new", n.host.RaftAddress())
 		}
+	} else if n.removed() {
+		// It knows a configuration without itself: removed before it
+		// stopped (by an operator, or cut off while running).
+		n.join.setRemovedWhileDown(true)
+		n.log.Warn("this node was removed from the cluster before it stopped: rejoining as a non-voter; "+
+			"its blobs stay, its metadata comes back from the leader", "join", n.cfg.Join)
 	}
 	n.joinThrough(ctx, n.cfg.Join)
 }
@@ -291,8 +297,8 @@ func (n *Node) joinLoop(ctx context.Context) {
 // status what it waits for.
 func (n *Node) joinThrough(ctx context.Context, targets []string) {
 	if n.join.removedWhileDown() {
-		n.join.wait("this node was removed from the cluster while it was down (longer than --dead-server-timeout); " +
-			"rejoining through " + strings.Join(targets, ", ") + " as a non-voter")
+		n.join.wait("this node was removed from the cluster while it was down or unreachable (longer than the leader's " +
+			"--dead-server-timeout) or by `meshreg cluster remove`; rejoining through " + strings.Join(targets, ", ") + " as a non-voter")
 	} else {
 		n.join.wait("waiting to join the cluster through " + strings.Join(targets, ", "))
 	}

@@ -67,6 +67,15 @@ func (j *joinState) wait(what string) {
 	j.active = true
 }
 
+// setWaiting changes the sentence of the current phase, keeping its
+// attempts and last failure.
+func (j *joinState) setWaiting(what string) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.st.Waiting = what
+	j.active = true
+}
+
 // setRemovedWhileDown marks the node as removed while it was down.
 func (j *joinState) setRemovedWhileDown(v bool) {
 	j.mu.Lock()

@@ -156,7 +156,7 @@ func TestRemovedVoterComesBack(t *testing.T) {
 	var body string
 	if !testnet.Eventually(30*time.Second, func() bool {
 		_, body, _ = back.Ready(ctx)
-		return strings.Contains(body, "removed from the cluster while it was down") && strings.Contains(body, "rejoining through")
+		return strings.Contains(body, "removed from the cluster while it was down") && strings.Contains(body, "rejoining through "+live[0].URL())
 	}) {
 		t.Fatalf("/readyz of the removed node says %q", body)
 	}
@@ -294,4 +294,68 @@ func containsAll(s string, subs []string) bool {
 		}
 	}
 	return true
+}
+
+// TestFleetVoterRebootedPastDeadServerTimeout: the DaemonSet case of a
+// reboot. A fleet started with --bootstrap-expect 3 and a shared
+// --join-token loses a voter for longer than --dead-server-timeout; the
+// node, restarted with its data dir, its address and the same arguments,
+// finds out it was removed, is admitted again by the shared secret, and is
+// a ready voter serving every tag.
+func TestFleetVoterRebootedPastDeadServerTimeout(t *testing.T) {
+	cfgs := make([]node.Config, 3)
+	nodes, _ := testnet.StartInProcessExpecting(t, 3, 3, func(i int, c *node.Config) {
+		c.JoinToken = fleetSecret
+		c.StabilizationTime = testnet.HarnessStabilization
+		c.DeadServerTimeout = 2 * time.Second
+		cfgs[i] = *c
+	})
+	plain := []*testnet.Node{nodes[0].Node, nodes[1].Node, nodes[2].Node}
+	testnet.WaitConverged(t, plain, 3, 3, 60*time.Second)
+	leaderNode, _ := testnet.Leader(t, plain, 30*time.Second)
+	var victim *testnet.InProcessNode
+	var vcfg node.Config
+	var live []*testnet.Node
+	for i, n := range nodes {
+		if victim == nil && n.Node != leaderNode {
+			victim, vcfg = n, cfgs[i]
+			continue
+		}
+		live = append(live, n.Node)
+	}
+	ctx := t.Context()
+	const repo = "fleet/daemonset-reboot"
+	lc := testnet.NewClient(leaderNode.URL())
+	manifest := smallImage(t, lc, repo)
+	d1, err := lc.PutManifest(ctx, repo, "v1", ocispec.MediaTypeImageManifest, manifest("1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testnet.AssertAgree(t, plain, 20*time.Second, repo)
+	vs := statusOf(t, victim)
+	victim.Stop()
+	testnet.WaitConverged(t, live, 2, 2, 30*time.Second)
+	d2, err := lc.PutManifest(ctx, repo, "v2", ocispec.MediaTypeImageManifest, manifest("2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	addr, err := ma.NewMultiaddr(vs.RaftAddress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen, _ := ma.SplitFunc(addr, func(c ma.Component) bool { return c.Protocol().Code == ma.P_P2P })
+	vcfg.P2P.ListenAddrs = []string{listen.String()}
+	back := testnet.RestartInProcessNode(t, vcfg)
+	all := append(live, back.Node)
+	testnet.WaitConverged(t, all, 3, 3, 45*time.Second)
+	waitReady(t, all, 20*time.Second)
+	if st := statusOf(t, back); st.Removed || st.NodeID != vs.NodeID {
+		t.Fatalf("after rejoining: node %s (was %s), removed %v", st.NodeID, vs.NodeID, st.Removed)
+	}
+	for tag, d := range map[string]string{"v1": d1.String(), "v2": d2.String()} {
+		if !testnet.Eventually(10*time.Second, func() bool { return tagOn(ctx, back.Node, repo, tag) == d }) {
+			t.Errorf("the rebooted node serves %s:%s as %q, want %s", repo, tag, tagOn(ctx, back.Node, repo, tag), d)
+		}
+	}
 }
