@@ -32,16 +32,23 @@ const helloProtocol = "/meshreg/hello/1.0.0"
 //     --bootstrap-expect says: bootstrap-expect is for the first start of a
 //     fleet only. A DaemonSet on a new host, started with the same arguments
 //     as the first ones, thus joins.
-//   - Otherwise the node with the lowest peer id among those seen bootstraps,
-//     once N nodes (itself included) have promised it: a node promises the
-//     lowest id it has seen (not itself), says so in its hellos, and keeps
-//     that promise for promiseTTL, renewed while that id stays the lowest it
-//     knows. It never promises two nodes at once, and a node that holds a
-//     promise to another never bootstraps. The bootstrapper makes a cluster
-//     of itself and the N-1 lowest of the nodes that promised it, all
-//     voters; the rest (more than N started at once) see the members and
-//     join. Two bootstraps would need two sets of N promised nodes: among
-//     fewer than 2N nodes they share one, which promised only one of them.
+//   - Otherwise the node with the lowest peer id among those it heard from
+//     lately (within promiseTTL: a node seen once and gone does not hold the
+//     others up) bootstraps, once N nodes (itself included) have promised
+//     it: a node promises the lowest such id (not itself), says so in its
+//     hellos, and keeps that promise for promiseTTL, renewed while that id
+//     stays the lowest it hears from. It never promises two nodes at once,
+//     and a node that holds a promise to another never bootstraps. The
+//     bootstrapper makes a cluster of itself and the N-1 lowest of the
+//     nodes that promised it lately (promiseFresh), all voters; the rest
+//     (more than N started at once) see the members and join. Two
+//     bootstraps would need two sets of N promised nodes: among fewer than
+//     2N nodes they share one, which promised only one of them.
+//   - A node releases its promise early when the peer it promised says it
+//     promised another for long enough (releaseMargin): that peer cannot
+//     bootstrap before its own promise expires, by when it no longer counts
+//     the released promise (it counts only promises heard within
+//     promiseFresh, and a hello takes at most helloTimeout).
 //
 // So nodes that name each other form one cluster, not several, whatever
 // order they start in. (A promise expires after promiseTTL: a bootstrapper
@@ -52,8 +59,10 @@ const helloProtocol = "/meshreg/hello/1.0.0"
 // counts a promise it heard of within promiseFresh, so that it still holds
 // when the bootstrapper's configuration reaches the promising node.
 const (
-	promiseTTL   = 30 * time.Second
-	promiseFresh = promiseTTL / 3
+	promiseTTL    = 10 * time.Second
+	promiseFresh  = 3 * time.Second
+	helloTimeout  = 3 * time.Second
+	releaseMargin = promiseFresh + helloTimeout + time.Second
 )
 
 // expectQuiet is how long a --bootstrap-expect node tolerates unreachable
@@ -73,6 +82,21 @@ type bootState struct {
 	bootstrapping bool
 	// member is a peer that said it is a member of a cluster ("" if none).
 	member string
+	// heard maps the peers this node exchanged admitted hellos with to
+	// when it last did.
+	heard map[string]time.Time
+}
+
+// lowestLive is the lowest of this node's id and those it heard from
+// within promiseTTL. Called with b.mu held.
+func (b *bootState) lowestLive(self string, now time.Time) string {
+	lowest := self
+	for id, at := range b.heard {
+		if now.Sub(at) < promiseTTL {
+			lowest = min(lowest, id)
+		}
+	}
+	return lowest
 }
 
 // seenPeers is what a node has learned for the bootstrap.
@@ -100,12 +124,18 @@ func (n *Node) heard(from peer.ID, msg helloMessage) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.promisedMe == nil {
-		b.promisedMe = map[string]time.Time{}
+		b.promisedMe, b.heard = map[string]time.Time{}, map[string]time.Time{}
 	}
+	now := time.Now()
+	b.heard[from.String()] = now
 	if msg.Promised == n.host.ID().String() {
-		b.promisedMe[from.String()] = time.Now()
+		b.promisedMe[from.String()] = now
 	} else {
 		delete(b.promisedMe, from.String())
+	}
+	if b.promisedTo == from.String() && msg.Promised != "" && msg.Promised != from.String() &&
+		time.Duration(msg.PromisedMs)*time.Millisecond >= releaseMargin {
+		b.promisedTo = "" // it promised another: it will not bootstrap for a while
 	}
 	if msg.Member && b.member == "" {
 		b.member = from.String()
@@ -127,16 +157,13 @@ func (n *Node) helloFor() helloMessage {
 	}
 	live := b.promisedTo != "" && now.Before(b.promisedUntil)
 	self := n.host.ID().String()
-	lowest := self
-	for id := range seen {
-		lowest = min(lowest, id)
-	}
+	lowest := b.lowestLive(self, now)
 	switch {
 	case lowest != self && (!live || b.promisedTo == lowest):
 		b.promisedTo, b.promisedUntil = lowest, now.Add(promiseTTL)
-		msg.Promised = lowest
+		msg.Promised, msg.PromisedMs = lowest, promiseTTL.Milliseconds()
 	case live:
-		msg.Promised = b.promisedTo
+		msg.Promised, msg.PromisedMs = b.promisedTo, b.promisedUntil.Sub(now).Milliseconds()
 	}
 	return msg
 }
@@ -148,22 +175,22 @@ func (n *Node) bootstrapSet() []consensus.Server {
 	seen := n.seenPeers()
 	self := n.host.ID().String()
 	ids := slices.Sorted(maps.Keys(seen))
-	if len(ids) < n.cfg.BootstrapExpect || ids[0] != self {
-		return nil
-	}
 	b := &n.boot
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := time.Now()
+	if len(ids) < n.cfg.BootstrapExpect || b.lowestLive(self, now) != self {
+		return nil
+	}
 	if b.bootstrapping || b.member != "" || (b.promisedTo != "" && b.promisedTo != self && now.Before(b.promisedUntil)) {
 		return nil
 	}
 	servers := []consensus.Server{{ID: self, Address: seen[self]}}
-	for _, id := range ids[1:] {
+	for _, id := range ids {
 		if len(servers) == n.cfg.BootstrapExpect {
 			break
 		}
-		if at, ok := b.promisedMe[id]; ok && now.Sub(at) < promiseFresh {
+		if at, ok := b.promisedMe[id]; ok && id != self && now.Sub(at) < promiseFresh {
 			servers = append(servers, consensus.Server{ID: id, Address: seen[id]})
 		}
 	}
@@ -268,7 +295,7 @@ func (n *Node) expectLoop(ctx context.Context) {
 // hello exchanges views with target (an http(s) URL or a multiaddr). The
 // error says why no view came back.
 func (n *Node) hello(ctx context.Context, target string) error {
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, helloTimeout)
 	defer cancel()
 	addr := target
 	if strings.HasPrefix(target, "http://") || strings.HasPrefix(target, "https://") {

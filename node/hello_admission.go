@@ -33,8 +33,10 @@ type helloMessage struct {
 	// Member is true when the sender is a member of a cluster: the
 	// receiver joins it instead of bootstrapping (bootstrap.go).
 	Member bool `json:"member,omitempty"`
-	// Promised is the peer id the sender promised to let bootstrap.
-	Promised string `json:"promised,omitempty"`
+	// Promised is the peer id the sender promised to let bootstrap, for
+	// PromisedMs more milliseconds (bootstrap.go).
+	Promised   string `json:"promised,omitempty"`
+	PromisedMs int64  `json:"promised_ms,omitempty"`
 	// Proof is the sender's HMAC (hex) when there is no cluster key.
 	Proof string `json:"proof,omitempty"`
 }

@@ -70,22 +70,26 @@ func TestLateJoinersWithBootstrapExpect(t *testing.T) {
 	}
 }
 
-// TestBootstrapExpectOneMoreThanExpected: four nodes start at the same
-// moment, each naming all four and expecting three. Exactly one cluster
-// forms (one bootstrap of three voters) and the fourth joins it.
-func TestBootstrapExpectOneMoreThanExpected(t *testing.T) {
-	tweak := func(_ int, c *node.Config) {
-		c.JoinToken = fleetSecret
-		c.BootstrapExpect = 3
-		c.StabilizationTime = testnet.HarnessStabilization
+// TestBootstrapExpectMoreThanExpected: four (then five) nodes start at the
+// same moment, each naming all and expecting three. Exactly one cluster
+// forms (one bootstrap of three voters) and the others join it.
+func TestBootstrapExpectMoreThanExpected(t *testing.T) {
+	for _, size := range []int{4, 5} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			tweak := func(_ int, c *node.Config) {
+				c.JoinToken = fleetSecret
+				c.BootstrapExpect = 3
+				c.StabilizationTime = testnet.HarnessStabilization
+			}
+			all, _ := testnet.StartInProcessExpecting(t, size, size, tweak)
+			var plain []*testnet.Node
+			for _, n := range all {
+				plain = append(plain, n.Node)
+			}
+			testnet.WaitConverged(t, plain, size, 3, 60*time.Second)
+			waitReady(t, plain, 20*time.Second)
+		})
 	}
-	all, _ := testnet.StartInProcessExpecting(t, 4, 4, tweak)
-	var plain []*testnet.Node
-	for _, n := range all {
-		plain = append(plain, n.Node)
-	}
-	testnet.WaitConverged(t, plain, 4, 3, 60*time.Second)
-	waitReady(t, plain, 20*time.Second)
 }
 
 // TestRemovedVoterComesBack: a voter is down longer than
