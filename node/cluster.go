@@ -322,6 +322,9 @@ func (n *Node) joinThrough(ctx context.Context, targets []string) {
 			if ctx.Err() != nil {
 				return
 			}
+			if errors.Is(err, errJoinSelf) {
+				continue // a --join list that names every node names this one too
+			}
 			refused = refused || strings.Contains(err.Error(), ErrNotAdmitted.Error())
 			failures = append(failures, failure{target, err})
 		}
@@ -339,6 +342,9 @@ func (n *Node) joinThrough(ctx context.Context, targets []string) {
 		}
 	}
 }
+
+// errJoinSelf: a --join target is this node itself.
+var errJoinSelf = errors.New("the join target is this node itself")
 
 // joinVia sends a join request to target: a multiaddr with /p2p/<id>, or an
 // http(s) URL of a node's API, whose status names its Raft address.
@@ -360,7 +366,7 @@ func (n *Node) joinVia(ctx context.Context, target string) error {
 		return err
 	}
 	if id == n.host.ID() {
-		return errors.New("the join target is this node itself")
+		return errJoinSelf
 	}
 	// The target may send this node the log before it knows the
 	// configuration: let it (and, below, the leader it names) through.
