@@ -268,6 +268,7 @@ func (n *Node) expectLoop(ctx context.Context) {
 		if id, addr := n.clusterMember(); id != "" {
 			n.log.Info("found an existing cluster: joining it instead of bootstrapping", "member", id, "expect", n.cfg.BootstrapExpect)
 			n.joinThrough(ctx, append([]string{addr}, n.cfg.Join...))
+			n.watchRemoval(ctx)
 			return
 		}
 		if servers := n.bootstrapSet(); servers != nil {
@@ -277,6 +278,7 @@ func (n *Node) expectLoop(ctx context.Context) {
 				n.log.Info("bootstrapped the cluster: this node has the lowest peer id", "servers", len(servers))
 			}
 			n.join.done()
+			n.watchRemoval(ctx)
 			return
 		}
 		n.join.setWaiting(waiting + "; seen " + strconv.Itoa(len(seen)) + " (this one included)")
@@ -290,6 +292,7 @@ func (n *Node) expectLoop(ctx context.Context) {
 		}
 	}
 	n.join.done()
+	n.watchRemoval(ctx)
 }
 
 // hello exchanges views with target (an http(s) URL or a multiaddr). The

@@ -269,10 +269,19 @@ func (n *Node) memberAddress() (string, bool) {
 // keeps its suffrage; or if the cluster removed it while it was down
 // (rejoin.go): it then joins again as a non-voter. Otherwise a node that
 // already is a member does not ask again.
+//
+// Then, as a member, it watches for a removal it misses while running
+// (rejoin.go).
 func (n *Node) joinLoop(ctx context.Context) {
 	if len(n.cfg.Join) == 0 {
 		return
 	}
+	n.joinOnce(ctx)
+	n.watchRemoval(ctx)
+}
+
+// joinOnce is joinLoop's join, once.
+func (n *Node) joinOnce(ctx context.Context) {
 	if addr, ok := n.memberAddress(); ok {
 		if addr == n.host.RaftAddress() {
 			if !n.removedWhileDown(ctx) {

@@ -70,27 +70,81 @@ func (n *Node) removedWhileDown(ctx context.Context) bool {
 		if n.meta.Status().LeaderID != "" {
 			return false
 		}
-		for _, target := range n.cfg.Join {
-			member, known, err := n.checkVia(ctx, target)
-			if err != nil {
-				n.log.Debug("membership check failed", "target", target, "err", err)
-				continue
-			}
-			if !known {
-				continue
-			}
-			if member {
-				return false
-			}
-			n.join.setRemovedWhileDown(true)
-			n.log.Warn("this node was removed from the cluster while it was down (longer than the leader's --dead-server-timeout): "+
-				"rejoining as a non-voter; its blobs stay, its metadata comes back from the leader", "told_by", target)
-			return true
+		if removed, sure := n.checkRound(ctx); sure {
+			return removed
 		}
 		select {
 		case <-ctx.Done():
 			return false
 		case <-time.After(min(wait.step(), 5*time.Second)):
+		}
+	}
+}
+
+// checkRound asks the --join targets, in turn, whether this node is in
+// their configuration, until one answers for sure (sure: it is a member
+// that knows a leader). On a "no" it marks the node removed.
+func (n *Node) checkRound(ctx context.Context) (removed, sure bool) {
+	for _, target := range n.cfg.Join {
+		member, known, err := n.checkVia(ctx, target)
+		if err != nil {
+			n.log.Debug("membership check failed", "target", target, "err", err)
+			continue
+		}
+		if !known {
+			continue
+		}
+		if member {
+			return false, true
+		}
+		n.join.setRemovedWhileDown(true)
+		n.log.Warn("this node was removed from the cluster while it was down or unreachable (longer than the leader's --dead-server-timeout): "+
+			"rejoining as a non-voter; its blobs stay, its metadata comes back from the leader", "told_by", target)
+		return true, true
+	}
+	return false, false
+}
+
+// Leaderless members check now and then whether they were removed: a
+// member cut off from the others (a partition) longer than the leader's
+// --dead-server-timeout misses its removal just as a stopped one does, and
+// would wait for a leader for good.
+const (
+	// leaderlessCheckAfter is how long a member goes without a leader
+	// before it asks; leaderlessCheckEvery how often it asks again.
+	leaderlessCheckAfter = 10 * time.Second
+	leaderlessCheckEvery = 10 * time.Second
+)
+
+// watchRemoval runs, once this node is a member, until ctx ends: when it
+// has had no leader for leaderlessCheckAfter, it asks the --join targets
+// whether it is still a member, and joins again if it is not.
+func (n *Node) watchRemoval(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var leaderless, asked time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		if !n.isMember() || n.meta.Status().LeaderID != "" {
+			// Not a member (removed: noteRemoved says so), or following.
+			leaderless = time.Time{}
+			continue
+		}
+		if leaderless.IsZero() {
+			leaderless = now
+		}
+		if now.Sub(leaderless) < leaderlessCheckAfter || now.Sub(asked) < leaderlessCheckEvery {
+			continue
+		}
+		asked = now
+		if removed, _ := n.checkRound(ctx); removed {
+			n.joinThrough(ctx, n.cfg.Join)
+			leaderless = time.Time{}
 		}
 	}
 }

@@ -363,3 +363,31 @@ func TestFleetVoterRebootedPastDeadServerTimeout(t *testing.T) {
 		}
 	}
 }
+
+// TestMemberCutOffPastDeadServerTimeoutComesBack: a running voter is cut
+// off from the others (a partition) for longer than
+// --dead-server-timeout and removed; it never learns it, as a stopped one
+// would not. Once the partition heals it finds out by itself, rejoins, and
+// is a ready voter again, without a restart.
+func TestMemberCutOffPastDeadServerTimeoutComesBack(t *testing.T) {
+	nodes := testnet.StartInProcessCluster(t, 3, func(_ int, c *node.Config) { c.DeadServerTimeout = 2 * time.Second })
+	plain := []*testnet.Node{nodes[0].Node, nodes[1].Node, nodes[2].Node}
+	leaderNode, _ := testnet.Leader(t, plain, 30*time.Second)
+	var cut *testnet.InProcessNode
+	var rest []*testnet.InProcessNode
+	for i, n := range nodes {
+		if cut == nil && i > 0 && n.Node != leaderNode {
+			cut = n
+			continue
+		}
+		rest = append(rest, n)
+	}
+	testnet.Partition(t, []*testnet.InProcessNode{cut}, rest)
+	testnet.WaitConverged(t, []*testnet.Node{rest[0].Node, rest[1].Node}, 2, 2, 30*time.Second)
+	if st := statusOf(t, cut); len(st.Raft.Members) != 3 {
+		t.Fatalf("the cut-off node learned its removal (%d members): the test needs it not to", len(st.Raft.Members))
+	}
+	testnet.Heal(t, []*testnet.InProcessNode{cut}, rest)
+	testnet.WaitConverged(t, plain, 3, 3, 50*time.Second)
+	waitReady(t, plain, 20*time.Second)
+}
