@@ -85,6 +85,27 @@ type bootState struct {
 	// heard maps the peers this node exchanged admitted hellos with to
 	// when it last did.
 	heard map[string]time.Time
+	// lastRefusalLog and refusedSince rate-limit the log of refused hellos.
+	lastRefusalLog time.Time
+	refusedSince   int
+}
+
+// refusalLogEvery is how often a refused hello is logged at most: hello
+// is open to anyone on a fleet with a shared --join-token, so strangers
+// must not flood the log.
+const refusalLogEvery = time.Minute
+
+// refusal counts a refused hello and reports whether to log it now, with
+// how many went unlogged since the last line.
+func (b *bootState) refusal(now time.Time) (more int, log bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.lastRefusalLog.IsZero() && now.Sub(b.lastRefusalLog) < refusalLogEvery {
+		b.refusedSince++
+		return 0, false
+	}
+	more, b.refusedSince, b.lastRefusalLog = b.refusedSince, 0, now
+	return more, true
 }
 
 // lowestLive is the lowest of this node's id and those it heard from
@@ -219,7 +240,10 @@ func (n *Node) clusterMember() (id, addr string) {
 func (n *Node) serveHello(ctx context.Context, from peer.ID, b []byte) []byte {
 	var theirs helloMessage
 	if json.Unmarshal(b, &theirs) != nil || !n.helloAdmitted(theirs, "request", from) {
-		n.log.Warn("refused a bootstrap hello from a peer without the cluster key or the same --join-token", "from", from)
+		if more, ok := n.boot.refusal(time.Now()); ok {
+			n.log.Warn("refused a bootstrap hello from a peer without the cluster key or the same --join-token",
+				"from", from, "more_refused_since_last_line", more)
+		}
 		out, _ := json.Marshal(helloMessage{})
 		return out
 	}
@@ -310,7 +334,7 @@ func (n *Node) hello(ctx context.Context, target string) error {
 	}
 	if err := n.host.Connect(ctx, addr); err != nil {
 		n.log.Debug("bootstrap: peer not reachable yet", "target", target, "err", err)
-		return err
+		return explainConnect(err)
 	}
 	id, err := peerOf(n.host, consensus.Server{Address: addr})
 	if err != nil || id == n.host.ID() {

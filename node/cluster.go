@@ -368,7 +368,7 @@ func (n *Node) joinVia(ctx context.Context, target string) error {
 		}
 	}
 	if err := n.host.Connect(ctx, addr); err != nil {
-		return err
+		return explainConnect(err)
 	}
 	id, err := peerOf(n.host, consensus.Server{Address: addr})
 	if err != nil {
@@ -431,6 +431,10 @@ func raftAddressOf(ctx context.Context, base string) (string, error) {
 			// was expected: the URL names a p2p port.
 			return "", fmt.Errorf("%s answers with libp2p, not HTTP: it is a node's p2p port, not its API; "+
 				"--join wants the API URL (http://host:5000) or a multiaddr with /p2p/<peer id> (the raft_address of a member's status)", base)
+		}
+		if strings.Contains(err.Error(), "does not look like a TLS handshake") {
+			return "", fmt.Errorf("%s answers without TLS: it is a node's p2p port, or an API that serves plain HTTP (then use http://); "+
+				"--join wants the API URL (http://host:5000) or a multiaddr with /p2p/<peer id>: %w", base, err)
 		}
 		return "", err
 	}

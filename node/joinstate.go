@@ -191,3 +191,15 @@ func (n *Node) membershipError() error {
 	}
 	return oci.Wrap(oci.Unavailable, errors.New("not a member of the cluster"), p+"; retry on another node")
 }
+
+// explainConnect says what a failed libp2p connection to a join target
+// most likely means, when libp2p's own words do not.
+func explainConnect(err error) error {
+	if strings.Contains(err.Error(), "failed to negotiate security protocol") {
+		// A private network's handshake is garbage to a node without the
+		// same key, and the other way round.
+		return fmt.Errorf("no secure libp2p connection: the cluster key (--cluster-key) is missing or wrong here or there "+
+			"(every node needs the same one, or none): %w", err)
+	}
+	return err
+}

@@ -53,3 +53,23 @@ func TestJoinFailuresWarnOncePerReason(t *testing.T) {
 		t.Errorf("after done: status %+v, describe %q", j.status(), j.describe())
 	}
 }
+
+// TestHelloRefusalsAreLoggedOncePerMinute: strangers' hellos are counted,
+// not each logged.
+func TestHelloRefusalsAreLoggedOncePerMinute(t *testing.T) {
+	var b bootState
+	now := time.Now()
+	logged := 0
+	for i := range 100 {
+		if _, ok := b.refusal(now.Add(time.Duration(i) * 100 * time.Millisecond)); ok {
+			logged++
+		}
+	}
+	if logged != 1 {
+		t.Fatalf("%d of 100 refusals in 10 s logged, want 1", logged)
+	}
+	more, ok := b.refusal(now.Add(2 * time.Minute))
+	if !ok || more != 99 {
+		t.Fatalf("a minute later: logged %v, %d more since, want true and 99", ok, more)
+	}
+}

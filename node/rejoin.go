@@ -161,7 +161,7 @@ func (n *Node) checkVia(ctx context.Context, target string) (member, known bool,
 		}
 	}
 	if err := n.host.Connect(ctx, addr); err != nil {
-		return false, false, err
+		return false, false, explainConnect(err)
 	}
 	id, err := peerOf(n.host, consensus.Server{Address: addr})
 	if err != nil {

@@ -2,6 +2,7 @@ package testnet_test
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -236,8 +237,9 @@ func joinStatusOf(t *testing.T, n *testnet.Node) joinStatus {
 // TestJoinErrorsSayWhatIsWrong: --join pointed at a member's p2p port (an
 // http URL whose port speaks libp2p) says that --join wants the API URL or
 // a multiaddr with /p2p/; a --join nobody answers says what the node waits
-// for. Both in /readyz and in the status, while the node retries with a
-// growing pause.
+// for; a --join to a cluster with a key this node lacks says the cluster
+// key is missing or wrong. Each in /readyz and in the status, while the
+// node retries with a growing pause.
 func TestJoinErrorsSayWhatIsWrong(t *testing.T) {
 	member := testnet.StartInProcessNode(t, node.DefaultConfig())
 	ms := statusOf(t, member)
@@ -253,12 +255,20 @@ func TestJoinErrorsSayWhatIsWrong(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	kc := node.DefaultConfig()
+	kc.P2P.PrivateNetworkKey = make([]byte, 32)
+	if _, err := rand.Read(kc.P2P.PrivateNetworkKey); err != nil {
+		t.Fatal(err)
+	}
+	keyed := testnet.StartInProcessNode(t, kc)
 	cases := []struct {
 		name, join string
 		want       []string
 	}{
 		{"p2p port", "http://127.0.0.1:" + port, []string{"p2p", "API URL", "/p2p/"}},
+		{"p2p port over https", "https://127.0.0.1:" + port, []string{"p2p", "API URL", "/p2p/"}},
 		{"nobody there", "http://" + dead, []string{"waiting to join", "http://" + dead, "connection refused"}},
+		{"keyed cluster, no key", keyed.URL(), []string{"waiting to join", keyed.URL(), "--cluster-key"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -280,6 +290,9 @@ func TestJoinErrorsSayWhatIsWrong(t *testing.T) {
 				return js.Attempts >= 2 && js.Target == tc.join && containsAll(js.Waiting+" "+js.LastError, tc.want)
 			}) {
 				t.Fatalf("status join: %+v, want %q", js, tc.want)
+			}
+			if tc.name != "nobody there" {
+				return
 			}
 			// Backing off: a handful of attempts in 6 s, not one a second.
 			before := joinStatusOf(t, joiner.Node).Attempts
