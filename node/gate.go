@@ -167,6 +167,9 @@ func (n *Node) noteRemoved() {
 		n.wasRemoved.Store(false)
 		return
 	}
+	if n.join.removedWhileDown() {
+		return // rejoining already (rejoin.go), and says so
+	}
 	if n.wasRemoved.CompareAndSwap(false, true) {
 		n.log.Warn("this node was removed from the cluster: it takes no writes and its Raft state is " +
 			n.meta.Status().State + "; restart it with --join <a member> to join again")

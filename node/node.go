@@ -421,8 +421,11 @@ type Status struct {
 	// Scrub is the background re-hashing of stored blobs.
 	Scrub ScrubStatus `json:"scrub"`
 	// Removed is true once this node was removed from the cluster (it
-	// knows a configuration that no longer names it): it takes no writes
-	// until it joins again (restart it with --join).
+	// knows a configuration that no longer names it, or a member that
+	// knows a leader told it so): it takes no writes until it joins again.
+	// With --join it rejoins by itself at start, or once it finds out while
+	// running (Join says through which target); without, restart it with
+	// --join.
 	Removed bool `json:"removed"`
 	// Join is what the node waits for to become a member (a --join target
 	// that fails, peers before a bootstrap, a rejoin after removal); absent
