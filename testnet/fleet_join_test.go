@@ -21,6 +21,20 @@ import (
 // key: every node gets the same one.
 const fleetSecret = "a-fleet-wide-join-secret-0123456789"
 
+// fleetAdmissions are the two ways a --bootstrap-expect fleet admits its
+// nodes: the same cluster key (as deploy/kubernetes ships) or the same
+// --join-token as a shared secret. Each sets one of them on a config.
+func fleetAdmissions(t *testing.T) map[string]func(c *node.Config) {
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		t.Fatal(err)
+	}
+	return map[string]func(c *node.Config){
+		"shared join token": func(c *node.Config) { c.JoinToken = fleetSecret },
+		"cluster key":       func(c *node.Config) { c.P2P.PrivateNetworkKey = key },
+	}
+}
+
 // waitReady waits until every node answers /readyz with 200.
 func waitReady(t *testing.T, nodes []*testnet.Node, timeout time.Duration) {
 	t.Helper()
@@ -37,14 +51,20 @@ func waitReady(t *testing.T, nodes []*testnet.Node, timeout time.Duration) {
 }
 
 // TestLateJoinersWithBootstrapExpect: a DaemonSet gives every node the same
-// arguments (--join naming all, --bootstrap-expect 3, one shared
-// --join-token). Three start and form the cluster; a fourth and a fifth
+// arguments (--join naming all, --bootstrap-expect 3, one cluster key or
+// one shared --join-token). Three start and form the cluster; a fourth and a fifth
 // started later with the same arguments find the cluster and join it
 // (bootstrap-expect is for the first start only), become ready, and take
 // writes that every node then serves.
 func TestLateJoinersWithBootstrapExpect(t *testing.T) {
+	for name, admit := range fleetAdmissions(t) {
+		t.Run(name, func(t *testing.T) { lateJoiners(t, admit) })
+	}
+}
+
+func lateJoiners(t *testing.T, admit func(c *node.Config)) {
 	tweak := func(_ int, c *node.Config) {
-		c.JoinToken = fleetSecret
+		admit(c)
 		c.BootstrapExpect = 3
 		c.StabilizationTime = testnet.HarnessStabilization
 	}
@@ -314,15 +334,21 @@ func containsAll(s string, subs []string) bool {
 }
 
 // TestFleetVoterRebootedPastDeadServerTimeout: the DaemonSet case of a
-// reboot. A fleet started with --bootstrap-expect 3 and a shared
-// --join-token loses a voter for longer than --dead-server-timeout; the
+// reboot. A fleet started with --bootstrap-expect 3 and a cluster key or a
+// shared --join-token loses a voter for longer than --dead-server-timeout; the
 // node, restarted with its data dir, its address and the same arguments,
-// finds out it was removed, is admitted again by the shared secret, and is
+// finds out it was removed, is admitted again by the key or secret, and is
 // a ready voter serving every tag.
 func TestFleetVoterRebootedPastDeadServerTimeout(t *testing.T) {
+	for name, admit := range fleetAdmissions(t) {
+		t.Run(name, func(t *testing.T) { fleetReboot(t, admit) })
+	}
+}
+
+func fleetReboot(t *testing.T, admit func(c *node.Config)) {
 	cfgs := make([]node.Config, 3)
 	nodes, _ := testnet.StartInProcessExpecting(t, 3, 3, func(i int, c *node.Config) {
-		c.JoinToken = fleetSecret
+		admit(c)
 		c.StabilizationTime = testnet.HarnessStabilization
 		c.DeadServerTimeout = 2 * time.Second
 		cfgs[i] = *c
