@@ -46,7 +46,8 @@ type Config struct {
 	Join []string
 	// BootstrapExpect, when above 1, makes a node with no state wait until
 	// it has seen that many nodes (itself included) through Join before one
-	// of them bootstraps a cluster of all (see bootstrap.go).
+	// of them bootstraps a cluster of that many, or until it hears from a
+	// member of an existing cluster, which it joins (see bootstrap.go).
 	BootstrapExpect int
 	// JoinToken is the join token (issued by a member, see admission.go)
 	// this node presents when it joins through Join. Not needed with a
