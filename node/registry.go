@@ -64,6 +64,9 @@ func (n *Node) PutManifest(ctx context.Context, repo, reference, contentType str
 	if err := n.disk.check(); err != nil {
 		return "", "", err
 	}
+	if err := n.membershipError(); err != nil {
+		return "", "", err
+	}
 	p, err := manifest.Parse(contentType, body)
 	if err != nil {
 		return "", "", manifestError(err)
@@ -260,6 +263,9 @@ func (n *Node) announce(d digest.Digest) {
 }
 
 func (n *Node) link(ctx context.Context, repo string, d digest.Digest, size int64) error {
+	if err := n.membershipError(); err != nil {
+		return err
+	}
 	err := n.meta.LinkBlob(ctx, repo, d, size)
 	return metaError(n.disk.mapError(err), oci.BlobUnknown, "linking blob "+d.String()+" to repository "+repo)
 }
