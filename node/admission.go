@@ -24,11 +24,16 @@ import (
 //     could connect at all holds the key, so it is admitted; or
 //   - the joiner presents a join token (--join-token) that a member issued
 //     and that has not expired; or
-//   - it is a member already, coming back on a new address.
+//   - it is a member already, coming back on a new address; or
+//   - the cluster was started with --bootstrap-expect and a shared
+//     --join-token (no cluster key), and the joiner proves it holds the same
+//     secret (an HMAC, see hello_admission.go): a node started later with
+//     the DaemonSet's arguments, or a member removed while it was down.
 //
 // --bootstrap-expect cannot use member-issued tokens (before the bootstrap
 // there is no member): it needs the cluster key or the same --join-token on
-// every node as a shared secret (hello_admission.go).
+// every node as a shared secret (hello_admission.go), and that secret then
+// keeps admitting nodes for as long as the members run with it.
 //
 // Otherwise the join is refused, and the joiner is told why and what to do:
 // a node with neither a cluster key nor tokens out accepts no members.
@@ -207,6 +212,9 @@ func (n *Node) admitJoin(from peer.ID, req memberRequest) error {
 	// is a member already, whatever became of its token. Its identity is
 	// libp2p's, or vouched for by the member that relays its request.
 	if n.isMemberID(req.ID) && (from.String() == req.ID || n.isMemberID(from.String())) {
+		return nil
+	}
+	if n.joinProved(req, from) {
 		return nil
 	}
 	if req.Token == "" {

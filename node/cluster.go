@@ -127,6 +127,9 @@ type memberRequest struct {
 	ID      string `json:"id"`                // the member's peer id, its Raft server id
 	Address string `json:"address,omitempty"` // its Raft address (join)
 	Token   string `json:"token,omitempty"`   // join token (join; see admission.go)
+	// Proof is the joiner's HMAC under the shared --join-token of a
+	// --bootstrap-expect fleet (join; see hello_admission.go).
+	Proof string `json:"proof,omitempty"`
 }
 
 type memberResult struct {
@@ -135,6 +138,9 @@ type memberResult struct {
 	// joiner admits it (see peerGate), since the leader, not necessarily
 	// the node it joined through, sends it the log.
 	Leader string `json:"leader,omitempty"`
+	// Member answers a "check": whether the asking node is in the
+	// configuration of the node that answers (see rejoin.go).
+	Member bool `json:"member,omitempty"`
 }
 
 // serveMember applies a membership request when this node leads, or
@@ -149,6 +155,9 @@ func (n *Node) serveMember(ctx context.Context, from peer.ID, b []byte) []byte {
 	// only from a member.
 	var req memberRequest
 	err := json.Unmarshal(b, &req)
+	if err == nil && req.Op == "check" {
+		return n.serveCheck(from, req) // rejoin.go
+	}
 	if err == nil {
 		if req.Op == "join" {
 			err = n.admitJoin(from, req)
@@ -267,45 +276,94 @@ func (n *Node) memberAddress() (string, bool) {
 // joinLoop asks the --join targets, in turn, to add this node until one
 // does or ctx ends. A restarted member asks again only if its Raft address
 // changed (a new IP or port): the leader then records the new address and
-// keeps its suffrage. Otherwise a node that already is a member does not ask
-// again.
+// keeps its suffrage; or if the cluster removed it while it was down
+// (rejoin.go): it then joins again as a non-voter. Otherwise a node that
+// already is a member does not ask again.
+//
+// Then, as a member, it watches for a removal it misses while running
+// (rejoin.go).
 func (n *Node) joinLoop(ctx context.Context) {
 	if len(n.cfg.Join) == 0 {
 		return
 	}
+	n.joinOnce(ctx)
+	n.watchRemoval(ctx)
+}
+
+// joinOnce is joinLoop's join, once.
+func (n *Node) joinOnce(ctx context.Context) {
 	if addr, ok := n.memberAddress(); ok {
 		if addr == n.host.RaftAddress() {
-			return
-		}
-		n.log.Info("this node's Raft address changed since it joined; asking the leader to record the new one",
-			"old", addr, "new", n.host.RaftAddress())
-	}
-	for attempt := 1; ; attempt++ {
-		refused := false
-		for _, target := range n.cfg.Join {
-			err := n.joinVia(ctx, target)
-			if err == nil {
-				n.log.Info("joined the cluster", "via", target)
+			if !n.removedWhileDown(ctx) {
 				return
 			}
-			if strings.Contains(err.Error(), ErrNotAdmitted.Error()) {
-				refused = true
-				n.log.Error("the cluster refused to admit this node; will retry", "via", target, "attempt", attempt, "err", err)
-				continue
-			}
-			n.log.Warn("join failed; will retry", "via", target, "attempt", attempt, "err", err)
+		} else {
+			n.log.Info("this node's Raft address changed since it joined; asking the leader to record the new one",
+				"old", addr, "new", n.host.RaftAddress())
 		}
-		wait := time.Second
+	} else if n.removed() {
+		// It knows a configuration without itself: removed before it
+		// stopped (by an operator, or cut off while running).
+		n.join.setRemovedWhileDown(true)
+		n.log.Warn("this node was removed from the cluster before it stopped: rejoining as a non-voter; "+
+			"its blobs stay, its metadata comes back from the leader", "join", n.cfg.Join)
+	}
+	n.joinThrough(ctx, n.cfg.Join)
+}
+
+// joinThrough asks targets, in turn, to add this node until one does or ctx
+// ends, backing off between rounds (joinstate.go) and telling in the join
+// status what it waits for.
+func (n *Node) joinThrough(ctx context.Context, targets []string) {
+	if n.join.removedWhileDown() {
+		n.join.wait("this node was removed from the cluster while it was down or unreachable (longer than the leader's " +
+			"--dead-server-timeout) or by `meshreg cluster remove`; rejoining through " + strings.Join(targets, ", ") + " as a non-voter")
+	} else {
+		n.join.wait("waiting to join the cluster through " + strings.Join(targets, ", "))
+	}
+	type failure struct {
+		target string
+		err    error
+	}
+	var wait backoff
+	for attempt := 1; ; attempt++ {
+		refused := false
+		var failures []failure
+		for _, target := range targets {
+			err := n.joinVia(ctx, target)
+			if err == nil {
+				n.log.Info("joined the cluster", "via", target, "attempt", attempt,
+					"rejoined_after_removal", n.join.removedWhileDown())
+				n.join.setRemovedWhileDown(false)
+				n.join.done()
+				return
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, errJoinSelf) {
+				continue // a --join list that names every node names this one too
+			}
+			refused = refused || strings.Contains(err.Error(), ErrNotAdmitted.Error())
+			failures = append(failures, failure{target, err})
+		}
+		pause := wait.step()
 		if refused {
-			wait = refusedJoinRetry
+			pause = max(pause, refusedJoinRetry)
+		}
+		for _, f := range failures {
+			n.join.failed(n.log, f.target, f.err, pause)
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(wait):
+		case <-time.After(pause):
 		}
 	}
 }
+
+// errJoinSelf: a --join target is this node itself.
+var errJoinSelf = errors.New("the join target is this node itself")
 
 // joinVia sends a join request to target: a multiaddr with /p2p/<id>, or an
 // http(s) URL of a node's API, whose status names its Raft address.
@@ -320,19 +378,20 @@ func (n *Node) joinVia(ctx context.Context, target string) error {
 		}
 	}
 	if err := n.host.Connect(ctx, addr); err != nil {
-		return err
+		return explainConnect(err)
 	}
 	id, err := peerOf(n.host, consensus.Server{Address: addr})
 	if err != nil {
 		return err
 	}
 	if id == n.host.ID() {
-		return errors.New("the join target is this node itself")
+		return errJoinSelf
 	}
 	// The target may send this node the log before it knows the
 	// configuration: let it (and, below, the leader it names) through.
 	n.gate.admit(id, admissionTTL)
-	req, _ := json.Marshal(memberRequest{Op: "join", ID: n.host.ID().String(), Address: n.host.RaftAddress(), Token: n.cfg.JoinToken})
+	req, _ := json.Marshal(memberRequest{Op: "join", ID: n.host.ID().String(), Address: n.host.RaftAddress(), Token: n.cfg.JoinToken,
+		Proof: n.joinProof(id)})
 	resp, err := n.host.Request(ctx, id, memberProtocol, req, maxControlLen)
 	if err != nil {
 		return err
@@ -377,11 +436,21 @@ func raftAddressOf(ctx context.Context, base string) (string, error) {
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
+		if strings.Contains(err.Error(), "multistream") {
+			// libp2p's first bytes ("\x13/multistream/1.0.0") where HTTP
+			// was expected: the URL names a p2p port.
+			return "", fmt.Errorf("%s answers with libp2p, not HTTP: it is a node's p2p port, not its API; "+
+				"--join wants the API URL (http://host:5000) or a multiaddr with /p2p/<peer id> (the raft_address of a member's status)", base)
+		}
+		if strings.Contains(err.Error(), "does not look like a TLS handshake") {
+			return "", fmt.Errorf("%s answers without TLS: it is a node's p2p port, or an API that serves plain HTTP (then use http://); "+
+				"--join wants the API URL (http://host:5000) or a multiaddr with /p2p/<peer id>: %w", base, err)
+		}
 		return "", err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("GET %s: %s", req.URL, resp.Status)
+		return "", fmt.Errorf("GET %s: %s (is it a meshreg API URL?)", req.URL, resp.Status)
 	}
 	var st struct {
 		RaftAddress string `json:"raft_address"`

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
-	"errors"
 	"log/slog"
 	"strings"
 	"testing"
@@ -15,39 +14,9 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/opencontainers/go-digest"
 
-	"github.com/meshreg/meshreg/api/oci"
 	"github.com/meshreg/meshreg/p2p"
 	"github.com/meshreg/meshreg/testnet/tlog"
 )
-
-// FuzzManifestDigest: whatever the reference, manifestDigest answers
-// without panicking, and what it returns is the body's digest.
-func FuzzManifestDigest(f *testing.F) {
-	body := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"a/b","digest":"` + cfgDigest + `","size":2},"layers":[]}`
-	f.Add("latest", body)
-	f.Add(digest.FromString(body).String(), body)
-	f.Add(digest.SHA512.FromString(body).String(), body)
-	f.Add(digest.FromString("other").String(), body)
-	f.Add("sha256:abc", body)
-	f.Add("md5:d41d8cd98f00b204e9800998ecf8427e", body)
-	f.Add("sha384:"+strings.Repeat("0", 96), "")
-	f.Fuzz(func(t *testing.T, ref, body string) {
-		d, err := manifestDigest(ref, []byte(body))
-		if err != nil {
-			var e *oci.Error
-			if !errors.As(err, &e) {
-				t.Fatalf("manifestDigest(%q): error without an OCI code: %v", ref, err)
-			}
-			return
-		}
-		if d.Validate() != nil || d.Algorithm().FromString(body) != d {
-			t.Fatalf("manifestDigest(%q) = %s, not the body's digest", ref, d)
-		}
-		if isDigest(ref) && string(d) != ref {
-			t.Fatalf("manifestDigest(%q) = %s", ref, d)
-		}
-	})
-}
 
 // FuzzControlMessages decodes arbitrary bytes as each JSON message of the
 // node-to-node protocols, the way their handlers and callers decode them:

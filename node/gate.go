@@ -24,7 +24,11 @@ import (
 //	                                          and asks admitJoin about joins
 //	/meshreg/hello/1.0.0                      members and admitted peers; anyone while
 //	                                          this node has no Raft configuration yet
-//	                                          (the --bootstrap-expect exchange)
+//	                                          (the --bootstrap-expect exchange), or
+//	                                          when it has a cluster key or a fleet's
+//	                                          shared --join-token (serveHello admits
+//	                                          the sender; a late joiner learns there
+//	                                          is a cluster to join)
 //	raft, forward, index, info, has,          members and admitted peers
 //	replicate, blob, vouch, kad (DHT),
 //	anything new
@@ -44,6 +48,10 @@ type peerGate struct {
 	// unknownRaft receives (without blocking) the peers refused on the
 	// Raft protocol, for vouchLoop.
 	unknownRaft chan peer.ID
+	// helloOpen lets anyone open helloProtocol even once this node is
+	// configured: set when serveHello can tell who is admitted (a cluster
+	// key or a shared secret).
+	helloOpen bool
 
 	mu       sync.Mutex
 	admitted map[peer.ID]time.Time // until when
@@ -67,7 +75,7 @@ func (g *peerGate) allow(p peer.ID, proto protocol.ID) bool {
 	case memberProtocol:
 		return true
 	case helloProtocol:
-		if !g.configured() {
+		if g.helloOpen || !g.configured() {
 			return true
 		}
 	}
@@ -158,6 +166,9 @@ func (n *Node) noteRemoved() {
 	if !n.removed() {
 		n.wasRemoved.Store(false)
 		return
+	}
+	if n.join.removedWhileDown() {
+		return // rejoining already (rejoin.go), and says so
 	}
 	if n.wasRemoved.CompareAndSwap(false, true) {
 		n.log.Warn("this node was removed from the cluster: it takes no writes and its Raft state is " +

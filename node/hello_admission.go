@@ -30,6 +30,13 @@ const minHelloSecretLen = 16
 type helloMessage struct {
 	// Seen maps the peer ids the sender has seen to their Raft addresses.
 	Seen map[string]string `json:"seen"`
+	// Member is true when the sender is a member of a cluster: the
+	// receiver joins it instead of bootstrapping (bootstrap.go).
+	Member bool `json:"member,omitempty"`
+	// Promised is the peer id the sender promised to let bootstrap, for
+	// PromisedMs more milliseconds (bootstrap.go).
+	Promised   string `json:"promised,omitempty"`
+	PromisedMs int64  `json:"promised_ms,omitempty"`
 	// Proof is the sender's HMAC (hex) when there is no cluster key.
 	Proof string `json:"proof,omitempty"`
 }
@@ -61,4 +68,46 @@ func (n *Node) helloAdmitted(msg helloMessage, role string, from peer.ID) bool {
 	}
 	want := helloProof(n.cfg.JoinToken, role, from, n.host.ID())
 	return hmac.Equal([]byte(want), []byte(msg.Proof))
+}
+
+// sharedSecret is the --join-token a --bootstrap-expect fleet without a
+// cluster key shares as its secret, "" if this node has none. Such a
+// fleet's members also admit joiners that prove it (joinProved): a node
+// started later with the same arguments as the first ones (a DaemonSet on
+// a new host, or a member removed while it was down) joins without a
+// member-issued token.
+func (n *Node) sharedSecret() string {
+	if n.privateNetwork() || n.cfg.BootstrapExpect <= 1 || len(n.cfg.JoinToken) < minHelloSecretLen {
+		return ""
+	}
+	return n.cfg.JoinToken
+}
+
+// joinProof is this node's proof of the shared secret for a join request
+// sent to peer to, "" without a shared secret.
+func (n *Node) joinProof(to peer.ID) string {
+	if s := n.sharedSecret(); s != "" {
+		return helloProof(s, "join", n.host.ID(), to)
+	}
+	return ""
+}
+
+// joinProved reports whether a join request that peer from sent or relayed
+// carries the joiner's proof of the shared secret. The joiner made it for
+// the node it sent the request to: this node, or the member from that
+// relays it (admitJoin lets only members relay).
+func (n *Node) joinProved(req memberRequest, from peer.ID) bool {
+	s := n.sharedSecret()
+	if s == "" || req.Proof == "" {
+		return false
+	}
+	joiner, err := peer.Decode(req.ID)
+	if err != nil {
+		return false
+	}
+	to := n.host.ID()
+	if from != joiner {
+		to = from
+	}
+	return hmac.Equal([]byte(helloProof(s, "join", joiner, to)), []byte(req.Proof))
 }

@@ -47,7 +47,8 @@ type Config struct {
 	Join []string
 	// BootstrapExpect, when above 1, makes a node with no state wait until
 	// it has seen that many nodes (itself included) through Join before one
-	// of them bootstraps a cluster of all (see bootstrap.go).
+	// of them bootstraps a cluster of that many, or until it hears from a
+	// member of an existing cluster, which it joins (see bootstrap.go).
 	BootstrapExpect int
 	// JoinToken is the join token (issued by a member, see admission.go)
 	// this node presents when it joins through Join. Not needed with a
@@ -167,6 +168,10 @@ type Node struct {
 	// dirLock is the data dir's exclusive lock (datadir.go), released last
 	// by Close; nil for a node made with New.
 	dirLock io.Closer
+	// join is what the node waits for to become a member (joinstate.go);
+	// boot its side of the --bootstrap-expect exchange (bootstrap.go).
+	join joinState
+	boot bootState
 
 	// ctx ends at Close; background work started by requests (fetches,
 	// announcements) runs under it and is tracked by bg.
@@ -284,6 +289,7 @@ func New(cfg Config, parts Parts, log *slog.Logger, opts ...Option) *Node {
 	n.scrub = newScrubber(n, cfg.ScrubRate, cfg.ScrubInterval)
 	blobs.OnCorrupt(n.blobCorrupt)
 	n.gate = newPeerGate()
+	n.gate.helloOpen = n.privateNetwork() || n.sharedSecret() != ""
 	var members Membership = meta
 	n.gate.meta.Store(&members)
 	host.SetAuthorizer(n.gate.allow)
@@ -407,7 +413,13 @@ func wrapErr(what string, err error) error {
 
 // Ready returns nil when the node can take writes.
 func (n *Node) Ready(ctx context.Context) error {
+	if n.join.removedWhileDown() || n.removed() {
+		return errors.New(n.membershipProblem())
+	}
 	if !n.meta.Ready() {
+		if w := n.join.describe(); w != "" {
+			return errors.New("the metadata store has no Raft leader yet: " + w)
+		}
 		return errors.New("the metadata store has no Raft leader yet")
 	}
 	return nil
@@ -441,9 +453,16 @@ type Status struct {
 	// Scrub is the background re-hashing of stored blobs.
 	Scrub ScrubStatus `json:"scrub"`
 	// Removed is true once this node was removed from the cluster (it
-	// knows a configuration that no longer names it): it takes no writes
-	// until it joins again (restart it with --join).
+	// knows a configuration that no longer names it, or a member that
+	// knows a leader told it so): it takes no writes until it joins again.
+	// With --join it rejoins by itself at start, or once it finds out while
+	// running (Join says through which target); without, restart it with
+	// --join.
 	Removed bool `json:"removed"`
+	// Join is what the node waits for to become a member (a --join target
+	// that fails, peers before a bootstrap, a rejoin after removal); absent
+	// once it is one.
+	Join *JoinStatus `json:"join,omitempty"`
 }
 
 // BlobStatus counts the blobs this node holds.
@@ -499,7 +518,8 @@ func (n *Node) Status(ctx context.Context) any {
 
 		Disk:    n.disk.status(),
 		Scrub:   n.scrub.status(),
-		Removed: n.removed(),
+		Removed: n.removed() || n.join.removedWhileDown(),
+		Join:    n.join.status(),
 	}
 }
 

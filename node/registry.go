@@ -15,6 +15,7 @@ import (
 	"github.com/meshreg/meshreg/api/oci"
 	"github.com/meshreg/meshreg/blobstore"
 	"github.com/meshreg/meshreg/consensus"
+	"github.com/meshreg/meshreg/node/manifest"
 )
 
 // readCatchUpTimeout bounds the catch-up of a read that found nothing.
@@ -52,7 +53,7 @@ func (n *Node) GetManifest(ctx context.Context, repo, reference string) (api.Man
 
 // resolve turns a reference into a digest, looking tags up.
 func (n *Node) resolve(ctx context.Context, repo, reference string) (digest.Digest, error) {
-	if isDigest(reference) {
+	if manifest.IsDigest(reference) {
 		return digest.Digest(reference), nil
 	}
 	d, err := orCatchUp(ctx, n, func() (digest.Digest, error) { return n.meta.ResolveTag(repo, reference) })
@@ -63,26 +64,29 @@ func (n *Node) PutManifest(ctx context.Context, repo, reference, contentType str
 	if err := n.disk.check(); err != nil {
 		return "", "", err
 	}
-	p, err := parseManifest(contentType, body)
-	if err != nil {
+	if err := n.membershipError(); err != nil {
 		return "", "", err
 	}
-	d, err := manifestDigest(reference, body)
+	p, err := manifest.Parse(contentType, body)
 	if err != nil {
-		return "", "", err
+		return "", "", manifestError(err)
+	}
+	d, err := manifest.Digest(reference, body)
+	if err != nil {
+		return "", "", manifestError(err)
 	}
 	rec := consensus.ManifestRecord{
 		Repo:         repo,
 		Digest:       d,
-		MediaType:    p.mediaType,
+		MediaType:    p.MediaType,
 		Body:         body,
-		ArtifactType: p.artifactType,
-		Annotations:  p.annotations,
+		ArtifactType: p.ArtifactType,
+		Annotations:  p.Annotations,
 	}
-	if p.subject != nil {
-		rec.Subject = p.subject.Digest
+	if p.Subject != nil {
+		rec.Subject = p.Subject.Digest
 	}
-	if !isDigest(reference) {
+	if !manifest.IsDigest(reference) {
 		tags = append([]string{reference}, tags...)
 	}
 	// The metadata store's bounds (tags per write, ...), before any work.
@@ -100,8 +104,8 @@ func (n *Node) PutManifest(ctx context.Context, repo, reference, contentType str
 			return "", "", err
 		}
 	}
-	refs := make([]blobRef, len(p.blobs))
-	for i, b := range p.blobs {
+	refs := make([]blobRef, len(p.Blobs))
+	for i, b := range p.Blobs {
 		refs[i] = blobRef{d: b.Digest, size: b.Size}
 	}
 	if err := n.ensureReplicas(ctx, refs); err != nil {
@@ -116,8 +120,8 @@ func (n *Node) PutManifest(ctx context.Context, repo, reference, contentType str
 // checkReferences accepts a manifest only when every blob and child
 // manifest it names is in the repository. The subject is exempt: a
 // referrer may be pushed before its subject.
-func (n *Node) checkReferences(repo string, p parsedManifest) error {
-	for _, b := range p.blobs {
+func (n *Node) checkReferences(repo string, p manifest.Manifest) error {
+	for _, b := range p.Blobs {
 		size, err := n.meta.BlobLink(repo, b.Digest)
 		if errors.Is(err, consensus.ErrNotFound) {
 			return oci.Errorf(oci.ManifestBlobUnknown, "blob %s is not in repository %s: push it before the manifest", b.Digest, repo).
@@ -130,7 +134,7 @@ func (n *Node) checkReferences(repo string, p parsedManifest) error {
 			return oci.Errorf(oci.ManifestInvalid, "descriptor of blob %s says %d bytes but the blob has %d", b.Digest, b.Size, size)
 		}
 	}
-	for _, c := range p.children {
+	for _, c := range p.Children {
 		_, err := n.meta.Manifest(repo, c.Digest)
 		if errors.Is(err, consensus.ErrNotFound) {
 			return oci.Errorf(oci.ManifestBlobUnknown, "manifest %s is not in repository %s: push it before the index", c.Digest, repo).
@@ -144,7 +148,7 @@ func (n *Node) checkReferences(repo string, p parsedManifest) error {
 }
 
 func (n *Node) DeleteManifest(ctx context.Context, repo, reference string) error {
-	if isDigest(reference) {
+	if manifest.IsDigest(reference) {
 		err := n.meta.DeleteManifest(ctx, repo, digest.Digest(reference))
 		return metaError(err, oci.ManifestUnknown, "manifest "+reference+" is not in repository "+repo)
 	}
@@ -259,6 +263,9 @@ func (n *Node) announce(d digest.Digest) {
 }
 
 func (n *Node) link(ctx context.Context, repo string, d digest.Digest, size int64) error {
+	if err := n.membershipError(); err != nil {
+		return err
+	}
 	err := n.meta.LinkBlob(ctx, repo, d, size)
 	return metaError(n.disk.mapError(err), oci.BlobUnknown, "linking blob "+d.String()+" to repository "+repo)
 }

@@ -240,6 +240,16 @@ func (n *Node) copyBlob(ctx context.Context, r blobRef, held, live []peer.ID, ta
 		n.metrics.replicated.Inc()
 		count++
 	}
+	if count < target && !contains(held, n.host.ID()) {
+		// No other live node lacks it (two live nodes, say): this node,
+		// which the manifest came through, makes the next copy itself.
+		if err := n.replicate(ctx, replicateRequest{Digest: r.d, Size: r.size, From: from}); err != nil {
+			errs = append(errs, fmt.Errorf("this node: %w", err))
+		} else {
+			n.metrics.replicated.Inc()
+			count++
+		}
+	}
 	if count < target {
 		return fmt.Errorf("blob %s is held by %d of %d nodes: %w", r.d, count, target, errors.Join(errs...))
 	}

@@ -235,3 +235,20 @@ func cut(t testing.TB, a, b []*InProcessNode, block bool) {
 		}
 	}
 }
+
+// RestartInProcessNode starts a node again on the data dir and libp2p
+// listen addresses of cfg as given (a host that reboots keeps its
+// address), without waiting for it to be ready.
+func RestartInProcessNode(t testing.TB, cfg node.Config) *InProcessNode {
+	t.Helper()
+	if cfg.P2P.Gater == nil {
+		cfg.P2P.Gater = p2p.NewPartitionGater()
+	}
+	return startInProcess(t, cfg, nil)
+}
+
+// Ready reads the node's /readyz: its status code and body.
+func (n *Node) Ready(ctx context.Context) (int, string, error) {
+	code, _, body, err := NewClient(n.URL()).Get(ctx, "/readyz", nil)
+	return code, string(body), err
+}

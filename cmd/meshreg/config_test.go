@@ -190,7 +190,7 @@ func TestCheckOutputKeysAreTheFlags(t *testing.T) {
 		name := f.Names()[0]
 		flags[name] = true
 		if _, ok := got[name]; !ok {
-			t.Errorf("serve --check does not print --%s (add it to checkedConfig in serve.go)", name)
+			t.Errorf("serve --check does not print --%s (settings are declared in serveConfig.settings)", name)
 		}
 	}
 	for k := range got {

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
-	"github.com/urfave/cli/v2/altsrc"
 )
 
 // withUsageErrors makes every command of app answer a mistake in its
@@ -103,18 +102,18 @@ func usageErrorFunc(path string, flags []cli.Flag) cli.OnUsageErrorFunc {
 // an operator can act on; reason is the parser's own explanation.
 func valueProblem(f cli.Flag, value, reason string) string {
 	switch f.(type) {
-	case *cli.DurationFlag, *altsrc.DurationFlag:
+	case *cli.DurationFlag:
 		if _, err := strconv.ParseFloat(strings.TrimSpace(value), 64); err == nil {
 			return "a duration needs a unit, e.g. 5s, 10m, 1h"
 		}
 		if _, err := time.ParseDuration(value); err != nil {
 			return "not a duration: want a number and a unit, e.g. 500ms, 5s, 10m, 1h"
 		}
-	case *cli.IntFlag, *altsrc.IntFlag, *cli.Int64Flag, *altsrc.Int64Flag:
+	case *cli.IntFlag, *cli.Int64Flag:
 		return "not a whole number"
-	case *cli.Uint64Flag, *altsrc.Uint64Flag, *cli.UintFlag, *altsrc.UintFlag:
+	case *cli.Uint64Flag, *cli.UintFlag:
 		return "not a whole number of 0 or more"
-	case *cli.BoolFlag, *altsrc.BoolFlag:
+	case *cli.BoolFlag:
 		return "want true or false"
 	}
 	return reason

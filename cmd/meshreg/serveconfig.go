@@ -1,0 +1,223 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/meshreg/meshreg/api"
+	"github.com/meshreg/meshreg/node"
+	"github.com/meshreg/meshreg/p2p"
+)
+
+const defaultShutdownTimeout = 30 * time.Second
+
+// serveConfig is everything `meshreg serve` was told.
+type serveConfig struct {
+	// ConfigFile and ClusterKeyFile are the --config and --cluster-key
+	// paths as given ("" if none); the key's bytes are in Node.P2P.
+	ConfigFile      string
+	ClusterKeyFile  string
+	Listen          string
+	LogLevel        slog.Level
+	LogFormat       string
+	ShutdownTimeout time.Duration
+	Node            node.Config
+	API             api.Config
+}
+
+// defaultServeConfig is what `meshreg serve` runs with when told nothing:
+// the defaults of its flags.
+func defaultServeConfig() *serveConfig {
+	return &serveConfig{
+		Listen:          "127.0.0.1:5000",
+		LogLevel:        slog.LevelInfo,
+		LogFormat:       "text",
+		ShutdownTimeout: defaultShutdownTimeout,
+		Node:            node.DefaultConfig(),
+		API:             api.DefaultConfig(),
+	}
+}
+
+// settings declares every setting of `meshreg serve`, one line each (see
+// setting.go): a new setting is a new line here and nothing else. The
+// order is the order of `serve --check`'s output; --help sorts by name
+// within each category.
+func (cfg *serveConfig) settings() []setting {
+	nc, ac := &cfg.Node, &cfg.API
+	return []setting{
+		stringSetting(&nc.DataDir, "data-dir", catStorage, "`DIR` holding blobs and metadata"),
+		stringSetting(&cfg.Listen, "listen", catAPI, "`HOST:PORT` of the registry API"),
+		listSetting(&nc.P2P.ListenAddrs, "p2p-listen", catP2P, "libp2p listen `MULTIADDR` (repeatable)"),
+		stringSetting(&nc.P2P.Advertise, "advertise", catP2P, "`ADDR` other nodes reach this one at (its Raft address): an IP (the --p2p-listen TCP port is used) or a multiaddr such as /ip4/10.0.0.5/tcp/4001; in a DaemonSet, the host IP (status.hostIP). Default: chosen among the interface addresses, never a bridge or loopback one when another exists"),
+		listSetting(&nc.Join, "join", catCluster, "join the cluster of the node at `ADDR`: an http(s) URL of its API or a multiaddr with /p2p/<id> (repeatable)"),
+		intSetting(&nc.BootstrapExpect, "bootstrap-expect", catCluster, "with --join: wait until `N` nodes (this one included) see each other, then the lowest peer id bootstraps them all"),
+		stringSetting(&cfg.ClusterKeyFile, "cluster-key", catP2P, "libp2p private-network key `FILE` (swarm.key format); nodes without it cannot connect"),
+		secretSetting(&nc.JoinToken, "join-token", catCluster, "`TOKEN` from `meshreg token create` on a member: admits this node when it joins (not needed with --cluster-key)"),
+		durationSetting(&nc.StabilizationTime, "stabilization-time", catCluster, "a non-voter is promoted only after it was healthy and caught up for `DURATION`"),
+		intSetting(&nc.Voters, "voters", catCluster, "how many Raft voters (`N`) the leader keeps"),
+		intSetting(&nc.Replicas, "replicas", catStorage, "a manifest PUT returns once `N` nodes (or every live node, if fewer) hold each of its blobs"),
+		stringSetting(&nc.Region, "region", catP2P, "`REGION` this node runs in; blobs are fetched from peers in the same zone, then region, first"),
+		stringSetting(&nc.Zone, "zone", catP2P, "`ZONE` (within --region) this node runs in"),
+		durationSetting(&nc.RepairInterval, "repair-interval", catStorage, "every `DURATION`, check that held blobs have --replicas live copies and make missing ones"),
+		durationSetting(&nc.PeerIdleTimeout, "peer-idle-timeout", catP2P, "abandon a blob transfer from a peer that sends nothing for `DURATION`, and try the next holder"),
+		durationSetting(&nc.ReprovideInterval, "reprovide-interval", catP2P, "every `DURATION`, announce every held blob in the DHT again"),
+		sizeSetting(&nc.MinFreeDisk, "min-free-disk", catStorage, "free `SIZE` kept on the data dir's filesystem for the metadata store: below it, pushes are refused with 507 until space is freed (0: off)"),
+		sizeSetting(&nc.ScrubRate, "scrub-rate", catStorage, "`SIZE` per second the background scrub reads to re-hash stored blobs (corrupt ones are quarantined and fetched again; 0: off)"),
+		durationSetting(&nc.ScrubInterval, "scrub-interval", catStorage, "`DURATION` to pause between two scrub passes over every stored blob"),
+		durationSetting(&nc.DeadServerTimeout, "dead-server-timeout", catCluster, "remove a member unreachable for `DURATION` from the cluster for good"),
+		levelSetting(&cfg.LogLevel, "log-level", catLogging, "`LEVEL` of the least important lines logged: debug, info, warn or error"),
+		choiceSetting(&cfg.LogFormat, "log-format", catLogging, "`FORMAT` of log lines: text or json", "text", "json"),
+		int64Setting(&ac.MaxManifestSize, "max-manifest-size", catLimits, "largest manifest accepted, in `BYTES`"),
+		durationSetting(&nc.UploadIdleTimeout, "upload-idle-timeout", catLimits, "expire upload sessions idle for `DURATION`"),
+		durationSetting(&ac.BodyIdleTimeout, "body-idle-timeout", catLimits, "cut off a request whose body sends nothing for `DURATION`"),
+		durationSetting(&ac.ClientIdleTimeout, "client-idle-timeout", catLimits, "cut off a client that reads nothing of a response for `DURATION` (renewed as bytes flow)"),
+		intSetting(&nc.MaxUploads, "max-uploads", catLimits, "`N` upload sessions at most open on this node; more get 429"),
+		intSetting(&nc.MaxUploadsPerClient, "max-uploads-per-client", catLimits, "`N` upload sessions at most one client (IP address) may have open; more get 429"),
+		intSetting(&ac.MaxWritesPerClient, "max-writes-per-client", catLimits, "`N` requests with a body (blob and manifest uploads) one client (IP address) may have in flight at once; more get 429"),
+		uint64Setting(&nc.Consensus.SnapshotThreshold, "snapshot-threshold", catCluster, "`N` Raft log entries between metadata snapshots"),
+		uint64Setting(&nc.Consensus.TrailingLogs, "trailing-logs", catCluster, "`N` Raft log entries kept after a snapshot, for followers that lag a little"),
+		durationSetting(&nc.Consensus.SnapshotInterval, "snapshot-interval", catCluster, "every `DURATION`, check whether a snapshot is due"),
+		durationSetting(&cfg.ShutdownTimeout, "shutdown-timeout", catAPI, "`DURATION` in-flight requests may run after SIGTERM or SIGINT"),
+	}
+}
+
+// configFromFlags fills a serveConfig from the parsed flags (which hold
+// the MESHREG_* environment and the --config file too) and checks it as
+// node.Open and api.New would, touching no file but the cluster key and
+// no socket.
+func configFromFlags(c flagGetter) (serveConfig, error) {
+	cfg := defaultServeConfig()
+	cfg.ConfigFile = c.String(configFlag.Name)
+	var errs []error // every value that does not parse, at once
+	for _, s := range cfg.settings() {
+		errs = append(errs, s.read(c))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return *cfg, err
+	}
+	if err := checkListen(cfg.Listen); err != nil {
+		return *cfg, err
+	}
+	if path := cfg.ClusterKeyFile; path != "" {
+		key, err := p2p.LoadPrivateNetworkKey(path)
+		if err != nil {
+			return *cfg, fmt.Errorf("--cluster-key: %w", err)
+		}
+		cfg.Node.P2P.PrivateNetworkKey = key
+	}
+	if err := errors.Join(cfg.Node.Validate(), cfg.API.Validate(), checkOpenable(cfg.Node), checkShutdownTimeout(cfg.ShutdownTimeout)); err != nil {
+		return *cfg, err
+	}
+	return *cfg, nil
+}
+
+// checkShutdownTimeout refuses a --shutdown-timeout that leaves in-flight
+// requests no time, or holds a stopping node for more than an hour.
+func checkShutdownTimeout(d time.Duration) error {
+	if d < time.Second || d > time.Hour {
+		return fmt.Errorf("--shutdown-timeout %s is out of range: use 1s to 1h0m0s", d)
+	}
+	return nil
+}
+
+// checkListen rejects a --listen that is not HOST:PORT, without binding it.
+func checkListen(listen string) error {
+	_, port, err := net.SplitHostPort(listen)
+	if err == nil && port == "" {
+		err = errors.New("missing port")
+	}
+	if err != nil {
+		return fmt.Errorf("--listen %q: want HOST:PORT: %w", listen, err)
+	}
+	return nil
+}
+
+// checkOpenable runs the checks node.Open would make later on the parts
+// node.Config.Validate leaves out (the libp2p and Raft settings, with the
+// paths and ids Open fills in stubbed), and checks that every --join
+// target has a form a node can dial, so a mistake fails at start (and in
+// `serve --check`) rather than in a join loop that retries forever. It
+// touches no file and no socket.
+func checkOpenable(nc node.Config) error {
+	pc := nc.P2P
+	pc.DataDir = nc.DataDir
+	cc := nc.Consensus
+	cc.Dir, cc.NodeID = nc.DataDir, "check"
+	errs := []error{pc.Validate(), cc.Validate()}
+	for _, j := range nc.Join {
+		errs = append(errs, checkJoin(j))
+	}
+	return errors.Join(errs...)
+}
+
+// checkJoin accepts what the node's join loop can dial: an http(s) URL
+// with a host, or a multiaddr naming the peer with /p2p/<id>.
+func checkJoin(target string) error {
+	if strings.HasPrefix(target, "http://") || strings.HasPrefix(target, "https://") {
+		u, err := url.Parse(target)
+		if err != nil || u.Host == "" {
+			return fmt.Errorf("--join %q: not a usable URL (want http://HOST:PORT)", target)
+		}
+		return nil
+	}
+	m, err := ma.NewMultiaddr(target)
+	if err != nil {
+		return fmt.Errorf("--join %q: neither an http(s) URL nor a multiaddr: %w", target, err)
+	}
+	if _, err := m.ValueForProtocol(ma.P_P2P); err != nil {
+		return fmt.Errorf("--join %q: a multiaddr needs /p2p/<peer id>", target)
+	}
+	return nil
+}
+
+// printChecked writes what `meshreg serve --check` prints: the effective
+// settings as indented JSON under the names of their flags, in the order
+// of the table, so that it reads back as a --config file; --config's own
+// path first if one was read. The cluster key is printed as its path,
+// never its bytes, and the join token as hiddenSecret.
+func printChecked(w io.Writer, cfg serveConfig) error {
+	var obj bytes.Buffer
+	obj.WriteByte('{')
+	field := func(key string, v any) error {
+		if obj.Len() > 1 {
+			obj.WriteByte(',')
+		}
+		k, _ := json.Marshal(key)
+		val, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("printing %s: %w", key, err)
+		}
+		obj.Write(k)
+		obj.WriteByte(':')
+		obj.Write(val)
+		return nil
+	}
+	if cfg.ConfigFile != "" {
+		if err := field(configFlag.Name, cfg.ConfigFile); err != nil {
+			return err
+		}
+	}
+	for _, s := range cfg.settings() {
+		if err := field(s.name, s.show()); err != nil {
+			return err
+		}
+	}
+	obj.WriteByte('}')
+	var out bytes.Buffer
+	if err := json.Indent(&out, obj.Bytes(), "", "  "); err != nil {
+		return fmt.Errorf("printing the configuration: %w", err)
+	}
+	out.WriteByte('\n')
+	_, err := w.Write(out.Bytes())
+	return err
+}
