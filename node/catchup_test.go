@@ -49,3 +49,22 @@ func TestReadCatchesUpBeforeNotFound(t *testing.T) {
 		t.Errorf("the 404 took %v: catching up should cost one round trip to the leader", took)
 	}
 }
+
+// TestManifestPutCatchesUpOnItsBlobs: blobs pushed through the leader a
+// moment ago, not yet applied on a follower, do not make a manifest PUT
+// through the follower fail with MANIFEST_BLOB_UNKNOWN.
+func TestManifestPutCatchesUpOnItsBlobs(t *testing.T) {
+	t.Parallel()
+	fn := newFakeNet(t)
+	leader := fn.add("a", nil)
+	follower := fn.add("a", nil)
+	follower.meta.(interface{ SetLag(time.Duration) }).SetLag(300 * time.Millisecond)
+	var blobs []digest.Digest
+	_, err := pushImageThrough(t, leader, follower, "r/app", 40, &blobs)
+	if err != nil {
+		t.Fatalf("manifest PUT through a follower behind the leader that took its blobs: %v", err)
+	}
+	if d, err := follower.meta.ResolveTag("r/app", "v1"); err != nil {
+		t.Errorf("tag v1 after the PUT: %s, %v", d, err)
+	}
+}

@@ -35,23 +35,34 @@ func sweep(t *testing.T, n *Node) (under, repaired int) {
 }
 
 // pushImage pushes a config and a layer through n, then a manifest naming
-// them, as tag v1 of repo.
-func pushImage(t *testing.T, n *Node, repo string, seed uint64) (layers []digest.Digest, err error) {
+// them, as tag v1 of repo; it returns the blobs' digests.
+func pushImage(t *testing.T, n *Node, repo string, seed uint64) ([]digest.Digest, error) {
+	t.Helper()
+	var blobs []digest.Digest
+	_, err := pushImageThrough(t, n, n, repo, seed, &blobs)
+	return blobs, err
+}
+
+// pushImageThrough pushes the blobs of an image through blobsTo and its
+// manifest (tag v1) through manifestTo, appending the blobs' digests to
+// blobs.
+func pushImageThrough(t *testing.T, blobsTo, manifestTo *Node, repo string, seed uint64, blobs *[]digest.Digest) (digest.Digest, error) {
 	t.Helper()
 	ctx := t.Context()
 	var descs []ocispec.Descriptor
 	for i := range 2 {
 		b, d := randomBlob(seed+uint64(i), 256<<10)
-		if _, err := n.PutBlob(ctx, repo, d, bytes.NewReader(b)); err != nil {
+		if _, err := blobsTo.PutBlob(ctx, repo, d, bytes.NewReader(b)); err != nil {
 			t.Fatal(err)
 		}
+		*blobs = append(*blobs, d)
 		descs = append(descs, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: d, Size: int64(len(b))})
 	}
 	descs[0].MediaType = ocispec.MediaTypeImageConfig
 	body, _ := json.Marshal(ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest,
 		Config: descs[0], Layers: descs[1:]})
-	_, _, err = n.PutManifest(ctx, repo, "v1", ocispec.MediaTypeImageManifest, body, nil)
-	return []digest.Digest{descs[0].Digest, descs[1].Digest}, err
+	d, _, err := manifestTo.PutManifest(ctx, repo, "v1", ocispec.MediaTypeImageManifest, body, nil)
+	return d, err
 }
 
 // TestPushAcknowledgedOnlyOnceReplicated: with --replicas 2, a manifest
