@@ -5,7 +5,10 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -447,5 +450,25 @@ func testBlobStore(t *testing.T, s BlobStore) {
 	}
 	if removed := s.ExpireUploads(0); removed != 1 || s.OpenUploads() != 0 {
 		t.Errorf("ExpireUploads(0) removed %d, %d left", removed, s.OpenUploads())
+	}
+}
+
+// TestFakesStayInTests: no production file imports the fakes (they are
+// not durable, authenticated or bounded).
+func TestFakesStayInTests(t *testing.T) {
+	t.Parallel()
+	const fakes = `"github.com/meshreg/meshreg/node/nodefake"`
+	err := filepath.WalkDir("..", func(path string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err == nil && bytes.Contains(b, []byte(fakes)) {
+			t.Errorf("%s imports %s, which is for tests only", path, fakes)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
