@@ -160,7 +160,7 @@ func (n *Node) CreateJoinToken(ttl time.Duration) (token string, expires time.Ti
 	if !n.isMember() {
 		return "", time.Time{}, errors.New("this node is not a member of a cluster yet, so other nodes would not accept its tokens: ask a member")
 	}
-	key := n.host.LibP2P().Peerstore().PrivKey(n.host.ID())
+	key := n.host.PrivateKey()
 	if key == nil {
 		return "", time.Time{}, errors.New("this node's identity key is not available to sign the token")
 	}

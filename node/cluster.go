@@ -12,14 +12,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/libp2p/go-libp2p/core/peerstore"
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/meshreg/meshreg/api"
 	"github.com/meshreg/meshreg/consensus"
-	"github.com/meshreg/meshreg/p2p"
 )
 
 // The node-to-node control protocols, carried by p2p's request/response
@@ -52,7 +49,10 @@ type forwardResult struct {
 
 // forwarder sends a follower's writes to the leader over libp2p.
 type forwarder struct {
-	host *p2p.Host
+	host interface {
+		PeerRequester
+		Connections
+	}
 	// applied is the local applied index; set once the store is open.
 	applied func() uint64
 }
@@ -95,10 +95,10 @@ func waitApplied(ctx context.Context, applied func() uint64, index uint64) error
 
 // peerOf is the peer id of a Raft server, whose address it records when it
 // is a multiaddr.
-func peerOf(h *p2p.Host, s consensus.Server) (peer.ID, error) {
+func peerOf(h Connections, s consensus.Server) (peer.ID, error) {
 	if m, err := ma.NewMultiaddr(s.Address); err == nil {
 		if info, err := peer.AddrInfoFromP2pAddr(m); err == nil {
-			h.LibP2P().Peerstore().AddAddrs(info.ID, info.Addrs, peerstore.PermanentAddrTTL)
+			h.RememberPeer(*info)
 			return info.ID, nil
 		}
 	}
@@ -544,7 +544,7 @@ func (n *Node) noteContacts() {
 // connected reports whether this node has a live connection to the peer.
 func (n *Node) connected(id string) bool {
 	pid, err := peer.Decode(id)
-	return err == nil && n.host.LibP2P().Network().Connectedness(pid) == network.Connected
+	return err == nil && n.host.Connected(pid)
 }
 
 // slogWriter turns raft's transport log lines into debug records.

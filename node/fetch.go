@@ -426,15 +426,24 @@ func (n *Node) openFetched(ctx context.Context, d digest.Digest, size int64) (io
 	}
 	select {
 	case <-f.done:
-		if f.err != nil {
-			n.metrics.reads.WithLabelValues("failed").Inc()
-			return nil, oci.Errorf(oci.BlobUnknown, "blob %s is linked in the registry but no node could serve it: %v", d, f.err)
-		}
 	default:
 		if r, ok := f.current().NewReader(); ok {
 			n.metrics.reads.WithLabelValues("peer").Inc()
 			return r, nil
 		}
+		// The attempt ended: committed (the blob is on disk, or about to
+		// be), or failed its digest with the next holder not begun yet.
+		// Wait for the fetch rather than answer a blob it may yet bring
+		// as unknown (a client retrying at once would get a 404).
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-f.done:
+		}
+	}
+	if f.err != nil {
+		n.metrics.reads.WithLabelValues("failed").Inc()
+		return nil, oci.Errorf(oci.BlobUnknown, "blob %s is linked in the registry but no node could serve it: %v", d, f.err)
 	}
 	// Committed already: read it from disk.
 	file, _, err := n.blobs.OpenVerified(d)

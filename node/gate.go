@@ -44,7 +44,7 @@ import (
 type peerGate struct {
 	// meta is the metadata store once it is open; until then only
 	// admitted peers pass.
-	meta atomic.Pointer[consensus.Store]
+	meta atomic.Pointer[Membership]
 	// unknownRaft receives (without blocking) the peers refused on the
 	// Raft protocol, for vouchLoop.
 	unknownRaft chan peer.ID
@@ -97,7 +97,7 @@ func (g *peerGate) isMember(p peer.ID) bool {
 	if meta == nil {
 		return false
 	}
-	members, err := meta.Members()
+	members, err := (*meta).Members()
 	if err != nil {
 		return false
 	}
@@ -117,7 +117,7 @@ func (g *peerGate) configured() bool {
 	if meta == nil {
 		return false
 	}
-	members, err := meta.Members()
+	members, err := (*meta).Members()
 	return err == nil && len(members) > 0
 }
 

@@ -101,10 +101,6 @@ type Config struct {
 	ScrubRate int64
 	// ScrubInterval is the pause between two scrub passes over every blob.
 	ScrubInterval time.Duration
-	// ServeFault, when set, wraps the bytes this node sends to peers. The
-	// testnet harness uses it to make a corrupt or slow peer; it is nil in
-	// production.
-	ServeFault func(d digest.Digest, r io.Reader) io.Reader
 }
 
 // DefaultConfig returns the configuration of `meshreg serve` with no flags.
@@ -152,10 +148,11 @@ func (c Config) Validate() error {
 // Node is one registry node. Its methods are safe for concurrent use.
 type Node struct {
 	cfg     Config
-	blobs   *blobstore.Store
-	meta    *consensus.Store
-	host    *p2p.Host
-	routing *p2p.Routing
+	opts    options // test harness options (options.go)
+	blobs   BlobStore
+	meta    Metadata
+	host    Transport
+	routing Providers
 	log     *slog.Logger
 	started time.Time
 	metrics *nodeMetrics
@@ -205,7 +202,7 @@ var (
 
 // Open opens the blob store, starts the libp2p host, opens the metadata
 // store with Raft over libp2p, and returns a node over them.
-func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
+func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -262,33 +259,28 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 		_ = meta.Close()
 		return nil, fmt.Errorf("node: %w", err)
 	}
-	n = New(cfg, blobs, meta, host, routing, log)
-	host.HandleRequests(forwardProtocol, maxForwardLen, rpcTimeout, n.diskChecked(n.serveForwarded))
-	host.HandleRequests(memberProtocol, maxControlLen, rpcTimeout, n.serveMember)
-	host.HandleRequests(helloProtocol, maxControlLen, rpcTimeout, n.serveHello)
-	host.HandleRequests(indexProtocol, maxControlLen, rpcTimeout, n.serveIndex)
-	host.HandleRequests(healthProtocol, maxControlLen, rpcTimeout, n.serveHealth)
-	host.HandleRequests(infoProtocol, maxControlLen, rpcTimeout, n.serveInfo)
-	host.HandleRequests(hasProtocol, maxControlLen, rpcTimeout, n.serveHas)
-	host.HandleRequests(replicateProtocol, maxControlLen, replicateTimeout, n.serveReplicate)
-	host.HandleRequests(vouchProtocol, maxControlLen, rpcTimeout, n.serveVouch)
-	host.ServeBlobs(cfg.PeerIdleTimeout, n.serveBlob)
+	n = New(cfg, Parts{Blobs: blobs, Meta: meta, Transport: host, Providers: routing}, log, opts...)
 	n.fatal = fatal
 	n.dirLock = lock
 	return n, nil
 }
 
-// New returns a node over an open blob store, metadata store, libp2p host
-// and DHT; Close closes the last three. It makes the node's gate the host's
-// authorizer: from then on only members reach the cluster protocols.
-func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Host, routing *p2p.Routing, log *slog.Logger) *Node {
+// New returns a node over its parts (an open blob store, metadata store,
+// peer transport and provider routing); Close closes the last three. It
+// makes the node's gate the transport's authorizer (from then on only
+// members reach the cluster protocols) and registers the node's protocols.
+func New(cfg Config, parts Parts, log *slog.Logger, opts ...Option) *Node {
+	blobs, meta, host := parts.Blobs, parts.Meta, parts.Transport
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Node{
-		cfg: cfg, blobs: blobs, meta: meta, host: host, routing: routing, log: log,
+		cfg: cfg, blobs: blobs, meta: meta, host: host, routing: parts.Providers, log: log,
 		started: time.Now(), metrics: newNodeMetrics(), peers: newPeerBook(peerLabels{Region: cfg.Region, Zone: cfg.Zone}),
 		ctx: ctx, cancel: cancel,
 		fetches: map[digest.Digest]*fetch{}, providerCache: map[digest.Digest]providerEntry{}, serving: map[digest.Digest]map[peer.ID]int{},
 		uploads: map[string]string{}, seen: map[string]string{}, lastContact: map[string]time.Time{},
+	}
+	for _, o := range opts {
+		o(&n.opts)
 	}
 	n.underReplicated.Store(-1) // no sweep yet
 	n.disk = newDiskGuard(cfg.DataDir, cfg.MinFreeDisk, func() string { return n.host.ID().String() },
@@ -298,10 +290,26 @@ func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Ho
 	blobs.OnCorrupt(n.blobCorrupt)
 	n.gate = newPeerGate()
 	n.gate.helloOpen = n.privateNetwork() || n.sharedSecret() != ""
-	n.gate.meta.Store(meta)
+	var members Membership = meta
+	n.gate.meta.Store(&members)
 	host.SetAuthorizer(n.gate.allow)
 	blobs.SetUploadLimits(blobstore.UploadLimits{PerStore: cfg.MaxUploads, PerOwner: cfg.MaxUploadsPerClient})
+	n.serveProtocols(host)
 	return n
+}
+
+// serveProtocols registers the node's side of every protocol it answers.
+func (n *Node) serveProtocols(s ProtocolServer) {
+	s.HandleRequests(forwardProtocol, maxForwardLen, rpcTimeout, n.diskChecked(n.serveForwarded))
+	s.HandleRequests(memberProtocol, maxControlLen, rpcTimeout, n.serveMember)
+	s.HandleRequests(helloProtocol, maxControlLen, rpcTimeout, n.serveHello)
+	s.HandleRequests(indexProtocol, maxControlLen, rpcTimeout, n.serveIndex)
+	s.HandleRequests(healthProtocol, maxControlLen, rpcTimeout, n.serveHealth)
+	s.HandleRequests(infoProtocol, maxControlLen, rpcTimeout, n.serveInfo)
+	s.HandleRequests(hasProtocol, maxControlLen, rpcTimeout, n.serveHas)
+	s.HandleRequests(replicateProtocol, maxControlLen, replicateTimeout, n.serveReplicate)
+	s.HandleRequests(vouchProtocol, maxControlLen, rpcTimeout, n.serveVouch)
+	s.ServeBlobs(n.cfg.PeerIdleTimeout, n.serveBlob)
 }
 
 // Run runs the node's background loops until ctx ends: joining the
@@ -543,5 +551,8 @@ func (n *Node) RegisterMetrics(reg prometheus.Registerer) {
 }
 
 // Host is the node's libp2p host; the testnet harness partitions nodes
-// through it.
-func (n *Node) Host() *p2p.Host { return n.host }
+// through it. It is nil for a node whose transport is not libp2p (a fake).
+func (n *Node) Host() *p2p.Host {
+	h, _ := n.host.(*p2p.Host)
+	return h
+}

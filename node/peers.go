@@ -310,7 +310,7 @@ func (n *Node) meshLoop(ctx context.Context) {
 				ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 				defer cancel()
 				if !n.connected(m.ID) {
-					if err := n.host.LibP2P().Connect(ctx, peer.AddrInfo{ID: id}); err != nil {
+					if err := n.host.Dial(ctx, id); err != nil {
 						return
 					}
 				}

@@ -56,8 +56,8 @@ func (n *Node) serveBlob(ctx context.Context, from peer.ID, req p2p.BlobRequest)
 	}
 	release := n.startServing(d, from)
 	var r io.Reader = body
-	if n.cfg.ServeFault != nil {
-		r = n.cfg.ServeFault(d, r)
+	if n.opts.serveFault != nil {
+		r = n.opts.serveFault(d, r)
 	}
 	return p2p.BlobAnswer{Status: p2p.BlobOK, Size: size, Depth: depth},
 		&servedBlob{Reader: r, c: body, n: n, release: release}

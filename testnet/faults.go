@@ -7,7 +7,8 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// Faults a node can be given (node.Config.ServeFault) to play a bad peer.
+// Faults a node can be given (node.WithServeFault, through
+// StartInProcessClusterWith) to play a bad peer.
 
 // CorruptPeer makes a node send wrong bytes: one bit of every MiB it serves
 // to a peer is flipped, so the size is right and only the digest tells.

@@ -42,12 +42,20 @@ type InProcessNode struct {
 // test ends.
 func StartInProcessCluster(t testing.TB, size int, tweak func(i int, c *node.Config)) []*InProcessNode {
 	t.Helper()
-	return startInProcessCluster(t, size, tweak, nil)
+	return startInProcessCluster(t, size, tweak, nil, nil)
 }
 
-// startInProcessCluster is StartInProcessCluster with node i logging to
-// logs(i) (to t.Log at WARN when logs is nil).
-func startInProcessCluster(t testing.TB, size int, tweak func(i int, c *node.Config), logs func(i int) *slog.Logger) []*InProcessNode {
+// StartInProcessClusterWith is StartInProcessCluster with node i built
+// with the test options opts(i) (nil: none), such as node.WithServeFault to
+// play a bad peer.
+func StartInProcessClusterWith(t testing.TB, size int, tweak func(i int, c *node.Config), opts func(i int) []node.Option) []*InProcessNode {
+	t.Helper()
+	return startInProcessCluster(t, size, tweak, nil, opts)
+}
+
+// startInProcessCluster is StartInProcessClusterWith with node i logging
+// to logs(i) (to t.Log at WARN when logs is nil).
+func startInProcessCluster(t testing.TB, size int, tweak func(i int, c *node.Config), logs func(i int) *slog.Logger, opts func(i int) []node.Option) []*InProcessNode {
 	t.Helper()
 	var nodes []*InProcessNode
 	voters := 0
@@ -75,7 +83,11 @@ func startInProcessCluster(t testing.TB, size int, tweak func(i int, c *node.Con
 		if logs != nil {
 			log = logs(i)
 		}
-		nodes = append(nodes, startInProcessLogged(t, cfg, nil, log))
+		var o []node.Option
+		if opts != nil {
+			o = opts(i)
+		}
+		nodes = append(nodes, startInProcessLogged(t, cfg, nil, log, o...))
 	}
 	plain := make([]*Node, len(nodes))
 	for i, n := range nodes {
@@ -147,12 +159,12 @@ func startInProcess(t testing.TB, cfg node.Config, ln net.Listener) *InProcessNo
 
 // startInProcessLogged is startInProcess with the node logging to log (to
 // t.Log at WARN when nil).
-func startInProcessLogged(t testing.TB, cfg node.Config, ln net.Listener, log *slog.Logger) *InProcessNode {
+func startInProcessLogged(t testing.TB, cfg node.Config, ln net.Listener, log *slog.Logger, opts ...node.Option) *InProcessNode {
 	t.Helper()
 	if log == nil {
 		log = tlog.Logger(t, slog.LevelWarn)
 	}
-	n, err := node.Open(cfg, log)
+	n, err := node.Open(cfg, log, opts...)
 	if err != nil {
 		t.Fatalf("testnet: in-process node: %v", err)
 	}

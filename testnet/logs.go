@@ -16,7 +16,7 @@ import (
 // to logs(i), so that a test can check what a node logs.
 func StartInProcessClusterLogged(t testing.TB, size int, tweak func(i int, c *node.Config), logs func(i int) *slog.Logger) []*InProcessNode {
 	t.Helper()
-	return startInProcessCluster(t, size, tweak, logs)
+	return startInProcessCluster(t, size, tweak, logs, nil)
 }
 
 // LogLine is one record a LogRecorder kept: its time, level, message and

@@ -166,15 +166,17 @@ func waitLinked(t *testing.T, n *testnet.Node, repo string, d digest.Digest) {
 func badNearestHolder(t *testing.T, fault func(digest.Digest, io.Reader) io.Reader, peerIdle time.Duration, seed uint64, size int64) (origin, bad, puller *testnet.InProcessNode, repo string, blob []byte, d digest.Digest) {
 	t.Helper()
 	zones := []string{"a", "b", "b"}
-	nodes := testnet.StartInProcessCluster(t, 3, func(i int, c *node.Config) {
+	nodes := testnet.StartInProcessClusterWith(t, 3, func(i int, c *node.Config) {
 		c.Zone = zones[i]
 		c.Replicas = 1
 		if peerIdle != 0 {
 			c.PeerIdleTimeout = peerIdle
 		}
+	}, func(i int) []node.Option {
 		if i == 1 {
-			c.ServeFault = fault
+			return []node.Option{node.WithServeFault(fault)}
 		}
+		return nil
 	})
 	origin, bad, puller = nodes[0], nodes[1], nodes[2]
 	repo = testnet.UniqueRepo("e2e/bad-holder")
@@ -386,11 +388,13 @@ func TestPeersAbandonAStalledHolder(t *testing.T) {
 // still running, and the range is served from the part already written.
 func TestPeersShareOneFetch(t *testing.T) {
 	t.Parallel()
-	nodes := testnet.StartInProcessCluster(t, 2, func(i int, c *node.Config) {
+	nodes := testnet.StartInProcessClusterWith(t, 2, func(i int, c *node.Config) {
 		c.Replicas = 1
+	}, func(i int) []node.Option {
 		if i == 0 {
-			c.ServeFault = testnet.SlowPeer(16<<20, 0) // a fetch of 32 MiB takes 2 s
+			return []node.Option{node.WithServeFault(testnet.SlowPeer(16<<20, 0))} // a fetch of 32 MiB takes 2 s
 		}
+		return nil
 	})
 	origin, puller := nodes[0], nodes[1]
 	repo := testnet.UniqueRepo("e2e/share")

@@ -1,0 +1,193 @@
+package node
+
+import (
+	"context"
+	"io"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/meshreg/meshreg/blobstore"
+	"github.com/meshreg/meshreg/consensus"
+	"github.com/meshreg/meshreg/p2p"
+)
+
+// The seams below the node: the four parts a node is made of, as the small
+// interfaces it uses. Open wires the real ones (blobstore.Store,
+// consensus.Store, p2p.Host, p2p.Routing); node's tests wire in-memory
+// fakes (fakes_test.go), and each interface has a conformance suite that
+// both pass (seams_test.go). All methods may be called concurrently.
+
+// Parts are what New composes a node from. New takes ownership of Meta,
+// Transport and Providers (Close closes them); Blobs stays the caller's.
+type Parts struct {
+	Blobs     BlobStore
+	Meta      Metadata
+	Transport Transport
+	Providers Providers
+}
+
+// MetadataReader reads the replicated metadata. Reads are local: on a
+// follower they may lag the leader (catchUp waits for it).
+type MetadataReader interface {
+	Manifest(repo string, d digest.Digest) (consensus.ManifestRecord, error)
+	ResolveTag(repo, tag string) (digest.Digest, error)
+	Tags(repo, last string, n int) ([]string, error)
+	Repositories(last string, n int) ([]string, error)
+	BlobLink(repo string, d digest.Digest) (int64, error)
+	Referrers(repo string, subject digest.Digest, artifactType, last string, n int) ([]ocispec.Descriptor, error)
+	// AppliedIndex is how far this node has applied the log: a read after
+	// it reaches an index sees every write up to that index.
+	AppliedIndex() uint64
+}
+
+// MetadataWriter changes the replicated metadata. A write returns once
+// committed and applied on this node (a follower forwards it to the
+// leader); it fails with consensus.ErrNotLeader when no leader is known.
+type MetadataWriter interface {
+	PutManifest(ctx context.Context, m consensus.ManifestRecord, tags ...string) error
+	// CheckPutManifest validates a manifest write as the apply would,
+	// without writing (the proposer's check before Raft).
+	CheckPutManifest(m consensus.ManifestRecord, tags ...string) error
+	DeleteManifest(ctx context.Context, repo string, d digest.Digest) error
+	DeleteTag(ctx context.Context, repo, tag string) error
+	LinkBlob(ctx context.Context, repo string, d digest.Digest, size int64) error
+	UnlinkBlob(ctx context.Context, repo string, d digest.Digest) error
+	// ApplyForwarded applies, on the leader, a command a follower
+	// forwarded (see forwarder).
+	ApplyForwarded(ctx context.Context, cmd []byte) error
+}
+
+// Membership is the Raft cluster: who is in it, who leads, and the
+// changes only the leader makes.
+type Membership interface {
+	Status() consensus.Status
+	// Ready reports whether writes can be committed now (a leader is known).
+	Ready() bool
+	Members() ([]consensus.Member, error)
+	AddNonvoter(ctx context.Context, id, addr string) error
+	Promote(ctx context.Context, id string) error
+	RemoveServer(ctx context.Context, id string) error
+	TransferLeadership(ctx context.Context) error
+	BootstrapWith(servers []consensus.Server) error
+}
+
+// Metadata is the whole metadata store a node runs on.
+type Metadata interface {
+	MetadataReader
+	MetadataWriter
+	Membership
+	io.Closer
+}
+
+// Identity is who this node is on the peer network.
+type Identity interface {
+	ID() peer.ID
+	// Addrs are the listen addresses, as multiaddrs ending in /p2p/<id>.
+	Addrs() []ma.Multiaddr
+	// RaftAddress is the address other members reach this node at.
+	RaftAddress() string
+	// PrivateKey signs what peers must trust came from ID (join tokens).
+	PrivateKey() crypto.PrivKey
+}
+
+// PeerRequester asks other peers: control requests (one message each way)
+// and blob transfers.
+type PeerRequester interface {
+	Request(ctx context.Context, to peer.ID, proto protocol.ID, req []byte, maxLen int) ([]byte, error)
+	// FetchBlob asks from for a blob; with a BlobOK answer the body
+	// follows, and fails once it moves no bytes for idle.
+	FetchBlob(ctx context.Context, from peer.ID, req p2p.BlobRequest, idle time.Duration) (p2p.BlobAnswer, io.ReadCloser, error)
+}
+
+// Connections are the links to other peers.
+type Connections interface {
+	// Connect connects to a multiaddr ending in /p2p/<id> and remembers it.
+	Connect(ctx context.Context, addr string) error
+	// Dial connects to a peer at the addresses known for it.
+	Dial(ctx context.Context, p peer.ID) error
+	Connected(p peer.ID) bool
+	RememberPeer(info peer.AddrInfo)
+}
+
+// ProtocolServer answers this node's protocols. Handlers run on their own
+// goroutines; the authorizer is asked before any handler, for every
+// inbound stream.
+type ProtocolServer interface {
+	HandleRequests(proto protocol.ID, maxLen int, timeout time.Duration, fn p2p.HandlerFunc)
+	ServeBlobs(idle time.Duration, fn p2p.BlobServer)
+	SetAuthorizer(fn p2p.Authorizer)
+	// RefusedStreams counts the inbound streams the authorizer refused.
+	RefusedStreams() int64
+}
+
+// Transport is the peer network as a node uses it.
+type Transport interface {
+	Identity
+	PeerRequester
+	Connections
+	ProtocolServer
+	io.Closer
+}
+
+// Providers is the provider routing (the DHT): which peers hold a blob.
+type Providers interface {
+	// Provide announces that this node holds d.
+	Provide(ctx context.Context, d digest.Digest) error
+	// FindProviders returns up to limit peers that announced d.
+	FindProviders(ctx context.Context, d digest.Digest, limit int) ([]peer.ID, error)
+	// AddPeer offers p to the routing table (a member this node reached).
+	AddPeer(p peer.ID)
+	// RoutingTableSize is how many peers the routing knows; 0: alone.
+	RoutingTableSize() int
+	io.Closer
+}
+
+// BlobReader reads the blobs held on this node's disk.
+type BlobReader interface {
+	Stats() (blobs, bytes int64)
+	Walk(fn func(d digest.Digest, size int64) bool) error
+	// Held reports whether a complete copy of d is here, unchanged since
+	// it was verified.
+	Held(d digest.Digest) bool
+	// Verify re-hashes d when needed (or always, with force); a corrupt
+	// copy is quarantined and reported to the OnCorrupt callback.
+	Verify(ctx context.Context, d digest.Digest, force bool, throttle func(n int) error) error
+	OpenVerified(d digest.Digest) (io.ReadSeekCloser, int64, error)
+	Quarantined() int64
+	OnCorrupt(fn func(d digest.Digest, size int64, cause error))
+}
+
+// BlobWriter stores blobs, whole or as they arrive from peers.
+type BlobWriter interface {
+	Put(d digest.Digest, r io.Reader) (int64, error)
+	NewPartial(d digest.Digest, size int64) (*blobstore.Partial, error)
+}
+
+// Uploads are the client upload sessions in progress.
+type Uploads interface {
+	NewUploadFor(owner string) (*blobstore.Upload, error)
+	Upload(id string) (*blobstore.Upload, error)
+	ExpireUploads(idle time.Duration) int
+	OpenUploads() int
+	SetUploadLimits(l blobstore.UploadLimits)
+}
+
+// BlobStore is the blob storage a node runs on.
+type BlobStore interface {
+	BlobReader
+	BlobWriter
+	Uploads
+}
+
+var (
+	_ Metadata  = (*consensus.Store)(nil)
+	_ Transport = (*p2p.Host)(nil)
+	_ Providers = (*p2p.Routing)(nil)
+	_ BlobStore = (*blobstore.Store)(nil)
+)
