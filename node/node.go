@@ -176,11 +176,11 @@ type Node struct {
 	join joinState
 	boot bootState
 
-	// ctx ends at Close; background work started by requests (fetches,
-	// announcements) runs under it and is tracked by bg.
-	ctx    context.Context
-	cancel context.CancelFunc
-	bg     sync.WaitGroup
+	// bg owns the background work started by requests (fetches,
+	// announcements, replica copies; work.go); ctx is its context, which
+	// ends when Close begins.
+	bg  *workers
+	ctx context.Context
 	// fatal receives the metadata store's storage failure (OnFatal); Run
 	// returns it.
 	fatal chan error
@@ -282,11 +282,11 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 // and DHT; Close closes the last three. It makes the node's gate the host's
 // authorizer: from then on only members reach the cluster protocols.
 func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Host, routing *p2p.Routing, log *slog.Logger) *Node {
-	ctx, cancel := context.WithCancel(context.Background())
+	bg := newWorkers()
 	n := &Node{
 		cfg: cfg, blobs: blobs, meta: meta, host: host, routing: routing, log: log,
 		started: time.Now(), metrics: newNodeMetrics(), peers: newPeerBook(peerLabels{Region: cfg.Region, Zone: cfg.Zone}),
-		ctx: ctx, cancel: cancel,
+		bg: bg, ctx: bg.Context(),
 		fetches: map[digest.Digest]*fetch{}, providerCache: map[digest.Digest]providerEntry{}, serving: map[digest.Digest]map[peer.ID]int{},
 		uploads: map[string]string{}, seen: map[string]string{}, lastContact: map[string]time.Time{},
 	}
@@ -304,58 +304,40 @@ func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Ho
 	return n
 }
 
-// Run runs the node's background loops until ctx ends: joining the
-// cluster, promoting non-voters (on the leader), expiring idle uploads.
+// Run runs the node's background loops (loops.go) until ctx ends:
+// keeping connected to every member, joining the cluster, keeping its
+// voters (on the leader), admitting vouched-for peers, re-replicating and
+// re-announcing blobs, scrubbing them, expiring idle uploads. A failure of
+// the metadata store's storage stops them all, and Run returns it; Run
+// returns only once every loop has stopped.
 func (n *Node) Run(ctx context.Context) error {
-	ctx, stop := context.WithCancel(ctx) // a storage failure (n.fatal) ends the loops too
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	wg.Add(7)
-	go func() { defer wg.Done(); n.meshLoop(ctx) }()
-	go func() { defer wg.Done(); _ = n.scrub.Run(ctx) }()
-	go func() { defer wg.Done(); n.vouchLoop(ctx) }()
-	go func() { defer wg.Done(); n.repairLoop(ctx) }()
-	go func() { defer wg.Done(); n.provideLoop(ctx) }()
-	go func() {
-		defer wg.Done()
-		if n.cfg.BootstrapExpect > 1 {
-			n.expectLoop(ctx)
-		} else {
-			n.joinLoop(ctx)
-		}
-	}()
-	go func() { defer wg.Done(); n.membershipLoop(ctx) }()
-	every := max(min(n.cfg.UploadIdleTimeout/4, time.Minute), time.Millisecond)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			stop()
-			return nil
-		case err := <-n.fatal:
-			stop()
-			return fmt.Errorf("node: stopping: %w", err)
-		case <-t.C:
-			n.expireUploads()
-		}
+	join := loopFunc(n.joinLoop)
+	if n.cfg.BootstrapExpect > 1 {
+		join = n.expectLoop
 	}
+	return runLoops(ctx,
+		storageWatch{failed: n.fatal},
+		newMesher(meshEvery, n.meshRound),
+		n.scrub,
+		loopFunc(n.vouchLoop),
+		newRepairer(n.cfg.RepairInterval, n.repairSweep, &n.underReplicated, n.log),
+		newReprovider(n.blobs, n.routing, n.provide, n.cfg.ReprovideInterval, n.log),
+		join,
+		loopFunc(n.membershipLoop),
+		newUploadExpiry(n.blobs, n.cfg.UploadIdleTimeout, n.forgetExpiredUploads, n.log),
+	)
 }
 
-// expireUploads removes upload sessions idle past the configured timeout.
-func (n *Node) expireUploads() {
-	removed := n.blobs.ExpireUploads(n.cfg.UploadIdleTimeout)
-	if removed == 0 {
-		return
-	}
+// forgetExpiredUploads drops the upload sessions the blob store expired
+// from the node's record of who opened them.
+func (n *Node) forgetExpiredUploads() {
 	n.mu.Lock()
+	defer n.mu.Unlock()
 	for id := range n.uploads {
 		if _, err := n.blobs.Upload(id); errors.Is(err, blobstore.ErrUploadNotFound) {
 			delete(n.uploads, id)
 		}
 	}
-	n.mu.Unlock()
-	n.log.Info("expired idle uploads", "count", removed, "idle", n.cfg.UploadIdleTimeout)
 }
 
 // Close hands leadership to another voter if this node leads one, then
@@ -371,8 +353,7 @@ func (n *Node) Close() error {
 		}
 		cancel()
 	}
-	n.cancel()
-	n.bg.Wait()
+	n.bg.Close()
 	err := errors.Join(wrapErr("closing metadata", n.meta.Close()), wrapErr("closing the DHT", n.routing.Close()),
 		wrapErr("closing the libp2p host", n.host.Close()))
 	if n.dirLock != nil {
