@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/meshreg/meshreg/testnet/tlog"
@@ -310,5 +311,37 @@ func TestUploadExpiry(t *testing.T) {
 	}
 	if uploads.idle != 4*time.Millisecond {
 		t.Errorf("expired uploads idle for %v, want the timeout", uploads.idle)
+	}
+}
+
+func TestVoucherAsksOncePerIntervalAndAdmitsVouched(t *testing.T) {
+	t.Parallel()
+	member, stranger, by := peer.ID("member-behind"), peer.ID("stranger"), peer.ID("member")
+	unknown := make(chan peer.ID)
+	var mu sync.Mutex
+	asked := map[peer.ID]int{}
+	var admitted []peer.ID
+	v := newVoucher(unknown, func(_ context.Context, p peer.ID) (peer.ID, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		asked[p]++
+		return by, p == member
+	}, func(p peer.ID) {
+		mu.Lock()
+		defer mu.Unlock()
+		admitted = append(admitted, p)
+	}, tlog.Logger(t, slog.LevelWarn))
+	stop := runInBackground(t, v)
+	for _, p := range []peer.ID{stranger, member, stranger, member, stranger} {
+		unknown <- p // unbuffered: the voucher took each in turn
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	if asked[stranger] != 1 || asked[member] != 1 {
+		t.Errorf("members asked %v, want once per peer within vouchEvery", asked)
+	}
+	if len(admitted) != 1 || admitted[0] != member {
+		t.Errorf("admitted %v, want only the peer a member vouched for", admitted)
 	}
 }

@@ -319,7 +319,7 @@ func (n *Node) Run(ctx context.Context) error {
 		storageWatch{failed: n.fatal},
 		newMesher(meshEvery, n.meshRound),
 		n.scrub,
-		loopFunc(n.vouchLoop),
+		newVoucher(n.gate.unknownRaft, n.vouched, func(p peer.ID) { n.gate.admit(p, admissionTTL) }, n.log),
 		newRepairer(n.cfg.RepairInterval, n.repairSweep, &n.underReplicated, n.log),
 		newReprovider(n.blobs, n.routing, n.provide, n.cfg.ReprovideInterval, n.log),
 		join,
