@@ -46,7 +46,7 @@ func runInBackground(t *testing.T, l loop) (stop func() error) {
 
 func TestWorkers(t *testing.T) {
 	t.Parallel()
-	w := newWorkers()
+	w := newWorkers(context.WithCancel(context.Background()))
 	var finished atomic.Bool
 	started := make(chan struct{})
 	if !w.Go(func() {
@@ -72,7 +72,7 @@ func TestWorkersGoDuringClose(t *testing.T) {
 	t.Parallel()
 	// Work that starts more work while Close waits (a fetch announcing
 	// its blob) is refused, not raced against the wait.
-	w := newWorkers()
+	w := newWorkers(context.WithCancel(context.Background()))
 	refused := make(chan bool, 1)
 	w.Go(func() {
 		<-w.Context().Done()

@@ -176,11 +176,11 @@ type Node struct {
 	join joinState
 	boot bootState
 
-	// bg owns the background work started by requests (fetches,
-	// announcements, replica copies; work.go); ctx is its context, which
-	// ends when Close begins.
-	bg  *workers
+	// ctx ends when Close begins; background work started by requests
+	// (fetches, announcements, replica copies) runs under it, owned by bg
+	// (work.go).
 	ctx context.Context
+	bg  *workers
 	// fatal receives the metadata store's storage failure (OnFatal); Run
 	// returns it.
 	fatal chan error
@@ -282,11 +282,11 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 // and DHT; Close closes the last three. It makes the node's gate the host's
 // authorizer: from then on only members reach the cluster protocols.
 func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Host, routing *p2p.Routing, log *slog.Logger) *Node {
-	bg := newWorkers()
+	ctx, cancel := context.WithCancel(context.Background())
 	n := &Node{
 		cfg: cfg, blobs: blobs, meta: meta, host: host, routing: routing, log: log,
 		started: time.Now(), metrics: newNodeMetrics(), peers: newPeerBook(peerLabels{Region: cfg.Region, Zone: cfg.Zone}),
-		bg: bg, ctx: bg.Context(),
+		ctx: ctx, bg: newWorkers(ctx, cancel),
 		fetches: map[digest.Digest]*fetch{}, providerCache: map[digest.Digest]providerEntry{}, serving: map[digest.Digest]map[peer.ID]int{},
 		uploads: map[string]string{}, seen: map[string]string{}, lastContact: map[string]time.Time{},
 	}
@@ -304,12 +304,12 @@ func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Ho
 	return n
 }
 
-// Run runs the node's background loops (loops.go) until ctx ends:
-// keeping connected to every member, joining the cluster, keeping its
-// voters (on the leader), admitting vouched-for peers, re-replicating and
-// re-announcing blobs, scrubbing them, expiring idle uploads. A failure of
-// the metadata store's storage stops them all, and Run returns it; Run
-// returns only once every loop has stopped.
+// Run runs the node's background loops until ctx ends: joining the
+// cluster, promoting non-voters (on the leader), expiring idle uploads;
+// and keeping connected to every member, admitting vouched-for peers,
+// re-replicating, re-announcing and scrubbing blobs. They run in one
+// errgroup (loops.go): a failure of the metadata store's storage stops
+// them all, and Run returns it. Run returns once every loop has stopped.
 func (n *Node) Run(ctx context.Context) error {
 	join := loopFunc(n.joinLoop)
 	if n.cfg.BootstrapExpect > 1 {

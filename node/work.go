@@ -13,7 +13,7 @@ var errShuttingDown = errors.New("node: shutting down")
 // blob fetches, DHT announcements, replica copies. It is raft's goFunc
 // with its shutdownCh: Go refuses once Close began (a WaitGroup must not
 // grow while Wait runs), and Close waits for every goroutine it accepted.
-// Those goroutines run under Context, which ends when Close begins.
+// Those goroutines run under Context, which Close ends first.
 type workers struct {
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -23,8 +23,9 @@ type workers struct {
 	wg     sync.WaitGroup
 }
 
-func newWorkers() *workers {
-	ctx, cancel := context.WithCancel(context.Background())
+// newWorkers returns the owner of work that runs under ctx; Close ends ctx
+// with cancel.
+func newWorkers(ctx context.Context, cancel context.CancelFunc) *workers {
 	return &workers{ctx: ctx, cancel: cancel}
 }
 
