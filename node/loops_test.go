@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/meshreg/meshreg/blobstore"
 	"github.com/meshreg/meshreg/testnet/tlog"
 )
 
@@ -343,5 +345,68 @@ func TestVoucherAsksOncePerIntervalAndAdmitsVouched(t *testing.T) {
 	}
 	if len(admitted) != 1 || admitted[0] != member {
 		t.Errorf("admitted %v, want only the peer a member vouched for", admitted)
+	}
+}
+
+// fakeScrubbed holds blobs of 10 bytes each; those in corrupt fail.
+type fakeScrubbed struct {
+	fakeBlobs
+	corrupt map[digest.Digest]bool
+}
+
+func (f fakeScrubbed) Verify(_ context.Context, d digest.Digest, force bool, throttle func(int) error) error {
+	if !force {
+		return errors.New("the scrub must re-hash verified blobs too")
+	}
+	if err := throttle(10); err != nil {
+		return err
+	}
+	if f.corrupt[d] {
+		return fmt.Errorf("%w: %s", blobstore.ErrCorrupt, d)
+	}
+	return nil
+}
+
+// fakeCounter sums what is added to it.
+type fakeCounter struct {
+	mu  sync.Mutex
+	sum float64
+}
+
+func (c *fakeCounter) Add(v float64) { c.mu.Lock(); c.sum += v; c.mu.Unlock() }
+
+func (c *fakeCounter) value() float64 { c.mu.Lock(); defer c.mu.Unlock(); return c.sum }
+
+func TestScrubberPass(t *testing.T) {
+	t.Parallel()
+	bad := digest.FromString("bad")
+	blobs := fakeScrubbed{fakeBlobs{digest.FromString("a"), bad, digest.FromString("b")}, map[digest.Digest]bool{bad: true}}
+	scrubbed := &fakeCounter{}
+	s := newScrubber(blobs, scrubbed, 1<<30, time.Millisecond, tlog.Logger(t, slog.LevelWarn))
+	stop := runInBackground(t, s)
+	eventually(t, "a pass", func() bool { return s.status().Passes >= 1 })
+	if err := stop(); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	st := s.status()
+	if st.Running {
+		t.Error("status says running after Run returned")
+	}
+	if st.LastPassBlobs != 2 || st.LastPassBytes != 20 {
+		t.Errorf("last pass checked %d blobs, %d bytes; want 2 good blobs of 10 bytes", st.LastPassBlobs, st.LastPassBytes)
+	}
+	if st.CorruptFound < 1 {
+		t.Errorf("corrupt found %d, want the bad blob counted", st.CorruptFound)
+	}
+	if got := scrubbed.value(); got < 30 {
+		t.Errorf("scrubbed bytes metric %v, want at least one pass of 30", got)
+	}
+}
+
+func TestScrubberOff(t *testing.T) {
+	t.Parallel()
+	s := newScrubber(fakeScrubbed{}, &fakeCounter{}, 0, time.Millisecond, nil)
+	if err := s.Run(context.Background()); err != nil { // returns at once
+		t.Fatalf("Run with rate 0 = %v", err)
 	}
 }

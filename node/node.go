@@ -294,7 +294,7 @@ func New(cfg Config, blobs *blobstore.Store, meta *consensus.Store, host *p2p.Ho
 	n.disk = newDiskGuard(cfg.DataDir, cfg.MinFreeDisk, func() string { return n.host.ID().String() },
 		n.metrics.writesRefused.WithLabelValues("disk"), log.With("component", "disk"))
 	n.disk.warnSmall()
-	n.scrub = newScrubber(n, cfg.ScrubRate, cfg.ScrubInterval)
+	n.scrub = newScrubber(blobs, n.metrics.scrubbed, cfg.ScrubRate, cfg.ScrubInterval, log)
 	blobs.OnCorrupt(n.blobCorrupt)
 	n.gate = newPeerGate()
 	n.gate.helloOpen = n.privateNetwork() || n.sharedSecret() != ""
