@@ -103,8 +103,11 @@ func (n *Node) startFetchFor(d digest.Digest, size int64, guessed bool, hint []p
 		return nil, err
 	}
 	f := &fetch{d: d, size: size, sizeGuessed: guessed, forClient: client, part: part, flowing: make(chan struct{}), done: make(chan struct{})}
+	if !n.bg.Go(func() { n.runFetch(f, hint) }) {
+		part.Fail(errShuttingDown)
+		return nil, errShuttingDown
+	}
 	n.fetches[d] = f
-	n.bg.Go(func() { n.runFetch(f, hint) })
 	return f, nil
 }
 
@@ -398,7 +401,7 @@ func (n *Node) dropProvider(d digest.Digest, p peer.ID) {
 }
 
 // provide announces in the DHT that this node holds d. Failures only cost
-// findability until the next sweep (see provideLoop), so they are logged.
+// findability until the next sweep (see reprovider), so they are logged.
 func (n *Node) provide(d digest.Digest) {
 	ctx, cancel := context.WithTimeout(n.ctx, time.Minute)
 	defer cancel()

@@ -40,13 +40,13 @@ import (
 // accept before it knows the configuration), and the peers it bootstraps
 // with under --bootstrap-expect. And a peer that opens a Raft stream while
 // outside this node's configuration is admitted once a member vouches for
-// it (vouchLoop): this node's configuration may be out of date.
+// it (voucher): this node's configuration may be out of date.
 type peerGate struct {
 	// meta is the metadata store once it is open; until then only
 	// admitted peers pass.
 	meta atomic.Pointer[Membership]
 	// unknownRaft receives (without blocking) the peers refused on the
-	// Raft protocol, for vouchLoop.
+	// Raft protocol, for the voucher.
 	unknownRaft chan peer.ID
 	// helloOpen lets anyone open helloProtocol even once this node is
 	// configured: set when serveHello can tell who is admitted (a cluster
@@ -85,7 +85,7 @@ func (g *peerGate) allow(p peer.ID, proto protocol.ID) bool {
 	if proto == p2p.RaftProtocol {
 		select {
 		case g.unknownRaft <- p:
-		default: // vouchLoop is busy: the peer's Raft retries come back
+		default: // the voucher is busy: the peer's Raft retries come back
 		}
 	}
 	return false
@@ -198,51 +198,6 @@ func (n *Node) serveVouch(ctx context.Context, from peer.ID, b []byte) []byte {
 	}
 	out, _ := json.Marshal(ans)
 	return out
-}
-
-// vouchEvery is how often one unknown peer may make this node ask its
-// members about it.
-const vouchEvery = 5 * time.Second
-
-// vouchLoop lets a member whose configuration is out of date hear from a
-// leader it does not know yet. A node that was down while the membership
-// changed restarts with the old configuration; if a new member leads now,
-// its AppendEntries would be refused forever. So when a peer outside the
-// configuration opens a Raft stream, this node asks the members it knows
-// whether that peer is one of theirs, and admits it if one says so. Only
-// members are believed, and each peer is asked about at most once per
-// vouchEvery, so a stranger opening Raft streams costs a few small
-// requests, and gains nothing.
-func (n *Node) vouchLoop(ctx context.Context) {
-	asked := map[peer.ID]time.Time{}
-	for {
-		var p peer.ID
-		select {
-		case <-ctx.Done():
-			return
-		case p = <-n.gate.unknownRaft:
-		}
-		now := time.Now()
-		if now.Sub(asked[p]) < vouchEvery {
-			continue
-		}
-		if len(asked) >= maxAdmitted {
-			for q, at := range asked {
-				if now.Sub(at) >= vouchEvery {
-					delete(asked, q)
-				}
-			}
-			if len(asked) >= maxAdmitted {
-				continue
-			}
-		}
-		asked[p] = now
-		if by, ok := n.vouched(ctx, p); ok {
-			n.gate.admit(p, admissionTTL)
-			n.log.Info("admitted a Raft peer this node's configuration does not name yet: a member vouched for it",
-				"peer", p.String(), "vouched_by", by.String())
-		}
-	}
 }
 
 // vouched asks up to three members whether p is in their configuration.

@@ -173,11 +173,11 @@ type Node struct {
 	join joinState
 	boot bootState
 
-	// ctx ends at Close; background work started by requests (fetches,
-	// announcements) runs under it and is tracked by bg.
-	ctx    context.Context
-	cancel context.CancelFunc
-	bg     sync.WaitGroup
+	// ctx ends when Close begins; background work started by requests
+	// (fetches, announcements, replica copies) runs under it, owned by bg
+	// (work.go).
+	ctx context.Context
+	bg  *workers
 	// fatal receives the metadata store's storage failure (OnFatal); Run
 	// returns it.
 	fatal chan error
@@ -275,7 +275,7 @@ func New(cfg Config, parts Parts, log *slog.Logger, opts ...Option) *Node {
 	n := &Node{
 		cfg: cfg, blobs: blobs, meta: meta, host: host, routing: parts.Providers, log: log,
 		started: time.Now(), metrics: newNodeMetrics(), peers: newPeerBook(peerLabels{Region: cfg.Region, Zone: cfg.Zone}),
-		ctx: ctx, cancel: cancel,
+		ctx: ctx, bg: newWorkers(ctx, cancel),
 		fetches: map[digest.Digest]*fetch{}, providerCache: map[digest.Digest]providerEntry{}, serving: map[digest.Digest]map[peer.ID]int{},
 		uploads: map[string]string{}, seen: map[string]string{}, lastContact: map[string]time.Time{},
 	}
@@ -286,7 +286,7 @@ func New(cfg Config, parts Parts, log *slog.Logger, opts ...Option) *Node {
 	n.disk = newDiskGuard(cfg.DataDir, cfg.MinFreeDisk, func() string { return n.host.ID().String() },
 		n.metrics.writesRefused.WithLabelValues("disk"), log.With("component", "disk"))
 	n.disk.warnSmall()
-	n.scrub = newScrubber(n, cfg.ScrubRate, cfg.ScrubInterval)
+	n.scrub = newScrubber(blobs, n.metrics.scrubbed, cfg.ScrubRate, cfg.ScrubInterval, log)
 	blobs.OnCorrupt(n.blobCorrupt)
 	n.gate = newPeerGate()
 	n.gate.helloOpen = n.privateNetwork() || n.sharedSecret() != ""
@@ -313,57 +313,39 @@ func (n *Node) serveProtocols(s ProtocolServer) {
 }
 
 // Run runs the node's background loops until ctx ends: joining the
-// cluster, promoting non-voters (on the leader), expiring idle uploads.
+// cluster, promoting non-voters (on the leader), expiring idle uploads;
+// and keeping connected to every member, admitting vouched-for peers,
+// re-replicating, re-announcing and scrubbing blobs. They run in one
+// errgroup (loops.go): a failure of the metadata store's storage stops
+// them all, and Run returns it. Run returns once every loop has stopped.
 func (n *Node) Run(ctx context.Context) error {
-	ctx, stop := context.WithCancel(ctx) // a storage failure (n.fatal) ends the loops too
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	wg.Add(7)
-	go func() { defer wg.Done(); n.meshLoop(ctx) }()
-	go func() { defer wg.Done(); _ = n.scrub.Run(ctx) }()
-	go func() { defer wg.Done(); n.vouchLoop(ctx) }()
-	go func() { defer wg.Done(); n.repairLoop(ctx) }()
-	go func() { defer wg.Done(); n.provideLoop(ctx) }()
-	go func() {
-		defer wg.Done()
-		if n.cfg.BootstrapExpect > 1 {
-			n.expectLoop(ctx)
-		} else {
-			n.joinLoop(ctx)
-		}
-	}()
-	go func() { defer wg.Done(); n.membershipLoop(ctx) }()
-	every := max(min(n.cfg.UploadIdleTimeout/4, time.Minute), time.Millisecond)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			stop()
-			return nil
-		case err := <-n.fatal:
-			stop()
-			return fmt.Errorf("node: stopping: %w", err)
-		case <-t.C:
-			n.expireUploads()
-		}
+	join := loopFunc(n.joinLoop)
+	if n.cfg.BootstrapExpect > 1 {
+		join = n.expectLoop
 	}
+	return runLoops(ctx,
+		storageWatch{failed: n.fatal},
+		newMesher(meshEvery, n.meshRound),
+		n.scrub,
+		newVoucher(n.gate.unknownRaft, n.vouched, func(p peer.ID) { n.gate.admit(p, admissionTTL) }, n.log),
+		newRepairer(n.cfg.RepairInterval, n.repairSweep, &n.underReplicated, n.log),
+		newReprovider(n.blobs, n.routing, n.provide, n.cfg.ReprovideInterval, n.log),
+		join,
+		loopFunc(n.membershipLoop),
+		newUploadExpiry(n.blobs, n.cfg.UploadIdleTimeout, n.forgetExpiredUploads, n.log),
+	)
 }
 
-// expireUploads removes upload sessions idle past the configured timeout.
-func (n *Node) expireUploads() {
-	removed := n.blobs.ExpireUploads(n.cfg.UploadIdleTimeout)
-	if removed == 0 {
-		return
-	}
+// forgetExpiredUploads drops the upload sessions the blob store expired
+// from the node's record of who opened them.
+func (n *Node) forgetExpiredUploads() {
 	n.mu.Lock()
+	defer n.mu.Unlock()
 	for id := range n.uploads {
 		if _, err := n.blobs.Upload(id); errors.Is(err, blobstore.ErrUploadNotFound) {
 			delete(n.uploads, id)
 		}
 	}
-	n.mu.Unlock()
-	n.log.Info("expired idle uploads", "count", removed, "idle", n.cfg.UploadIdleTimeout)
 }
 
 // Close hands leadership to another voter if this node leads one, then
@@ -379,8 +361,7 @@ func (n *Node) Close() error {
 		}
 		cancel()
 	}
-	n.cancel()
-	n.bg.Wait()
+	n.bg.Close()
 	err := errors.Join(wrapErr("closing metadata", n.meta.Close()), wrapErr("closing the DHT", n.routing.Close()),
 		wrapErr("closing the libp2p host", n.host.Close()))
 	if n.dirLock != nil {

@@ -276,7 +276,7 @@ func (n *Node) isMemberPeer(p peer.ID) bool {
 	return false
 }
 
-// meshEvery is how often meshLoop checks on every member.
+// meshEvery is how often the mesh (mesher) checks on every member.
 const meshEvery = time.Second
 
 // liveWindow is how recently a member must have answered to count as live:
@@ -284,50 +284,39 @@ const meshEvery = time.Second
 // so an answer, not a connection, says a member can take a copy of a blob.
 const liveWindow = 3 * meshEvery
 
-// meshLoop keeps this node connected to every member, not only to the
-// leader as Raft would: blobs move between any two nodes, and the DHT's
-// routing table fills from these connections. Every round it also asks
-// each member for its labels and load, which measures the round trip and
-// tells which members answer (livePeers).
-func (n *Node) meshLoop(ctx context.Context) {
-	t := time.NewTicker(meshEvery)
-	defer t.Stop()
-	for {
-		members, err := n.meta.Members()
-		if err != nil {
-			members = nil
+// meshRound is one round of the mesh (mesher, loop_mesh.go): it connects
+// to every member this node is not connected to and asks each for its
+// labels and load, and offers those that answer to the DHT.
+func (n *Node) meshRound(ctx context.Context) {
+	members, err := n.meta.Members()
+	if err != nil {
+		members = nil
+	}
+	var wg sync.WaitGroup
+	for _, m := range members {
+		if m.ID == n.host.ID().String() {
+			continue
 		}
-		var wg sync.WaitGroup
-		for _, m := range members {
-			if m.ID == n.host.ID().String() {
-				continue
-			}
-			id, err := peerOf(n.host, consensus.Server{ID: m.ID, Address: m.Address})
-			if err != nil {
-				continue
-			}
-			wg.Go(func() {
-				ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-				defer cancel()
-				if !n.connected(m.ID) {
-					if err := n.host.Dial(ctx, id); err != nil {
-						return
-					}
-				}
-				if _, err := n.askInfo(ctx, id); err != nil {
-					n.log.Debug("a member did not answer", "peer", id, "err", err)
+		id, err := peerOf(n.host, consensus.Server{ID: m.ID, Address: m.Address})
+		if err != nil {
+			continue
+		}
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			defer cancel()
+			if !n.connected(m.ID) {
+				if err := n.host.Dial(ctx, id); err != nil {
 					return
 				}
-				n.routing.AddPeer(id)
-			})
-		}
-		wg.Wait()
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+			}
+			if _, err := n.askInfo(ctx, id); err != nil {
+				n.log.Debug("a member did not answer", "peer", id, "err", err)
+				return
+			}
+			n.routing.AddPeer(id)
+		})
 	}
+	wg.Wait()
 }
 
 // spreadFirst orders candidates for a new copy of a blob: peers outside

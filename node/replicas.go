@@ -256,30 +256,6 @@ func (n *Node) copyBlob(ctx context.Context, r blobRef, held, live []peer.ID, ta
 	return nil
 }
 
-// repairLoop keeps --replicas copies of the blobs this node holds: every
-// interval it counts the live copies of each, and for a blob with too few,
-// the lowest-id holder asks other nodes to copy it. A node that left for
-// good thus has its blobs re-replicated by the survivors.
-func (n *Node) repairLoop(ctx context.Context) {
-	t := time.NewTicker(n.cfg.RepairInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		under, repaired, err := n.repairSweep(ctx)
-		n.underReplicated.Store(int64(under))
-		if err != nil && ctx.Err() == nil {
-			n.log.Warn("replica repair sweep failed", "err", err)
-		}
-		if repaired > 0 || under > 0 {
-			n.log.Info("replica repair sweep", "copied", repaired, "still_under_replicated", under)
-		}
-	}
-}
-
 // repairSweep checks every local blob once; it returns how many are still
 // under-replicated and how many it copied.
 func (n *Node) repairSweep(ctx context.Context) (under, repaired int, err error) {
@@ -332,48 +308,3 @@ func (n *Node) repairSweep(ctx context.Context) (under, repaired int, err error)
 	}
 	return under, repaired, err
 }
-
-// provideLoop announces every local blob in the DHT: once the routing
-// table has peers after start, then every interval. Blobs committed in
-// between are announced at commit; the sweep renews records before they
-// expire (48 h) and covers announcements that failed. It is rate-limited
-// so that 100,000 blobs do not flood the cluster.
-func (n *Node) provideLoop(ctx context.Context) {
-	for n.routing.RoutingTableSize() == 0 {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
-	}
-	for {
-		start := time.Now()
-		count := 0
-		limiter := time.NewTicker(time.Second / provideRate)
-		g, gctx := errgroup.WithContext(ctx)
-		g.SetLimit(8)
-		_ = n.blobs.Walk(func(d digest.Digest, _ int64) bool {
-			select {
-			case <-gctx.Done():
-				return false
-			case <-limiter.C:
-			}
-			count++
-			g.Go(func() error { n.provide(d); return nil })
-			return true
-		})
-		_ = g.Wait()
-		limiter.Stop()
-		if count > 0 {
-			n.log.Info("announced the blobs held in the DHT", "count", count, "took", time.Since(start).Round(time.Millisecond))
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(n.cfg.ReprovideInterval):
-		}
-	}
-}
-
-// provideRate bounds announcements per second in a sweep.
-const provideRate = 200

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -29,7 +30,9 @@ const (
 // the blob store, which reports it to the node (blobCorrupt: counted, and
 // fetched again from peers).
 type scrubber struct {
-	n        *Node
+	blobs    scrubbedBlobs
+	scrubbed counter // bytes re-hashed (meshreg_scrub_bytes_total)
+	log      *slog.Logger
 	rate     int64 // bytes per second; 0: off
 	interval time.Duration
 
@@ -51,8 +54,19 @@ type ScrubStatus struct {
 	CorruptFound int64 `json:"corrupt_found"`
 }
 
-func newScrubber(n *Node, rate int64, interval time.Duration) *scrubber {
-	return &scrubber{n: n, rate: rate, interval: interval,
+// scrubbedBlobs are the blobs the scrub lists and re-hashes
+// (blobstore.Store): Verify with force re-hashes even a blob verified
+// before, calls throttle after each read, and quarantines a corrupt copy.
+type scrubbedBlobs interface {
+	Walk(fn func(d digest.Digest, size int64) bool) error
+	Verify(ctx context.Context, d digest.Digest, force bool, throttle func(n int) error) error
+}
+
+// counter is the part of a Prometheus counter the scrub adds to.
+type counter interface{ Add(float64) }
+
+func newScrubber(blobs scrubbedBlobs, scrubbed counter, rate int64, interval time.Duration, log *slog.Logger) *scrubber {
+	return &scrubber{blobs: blobs, scrubbed: scrubbed, log: log, rate: rate, interval: interval,
 		st: ScrubStatus{RateBytesPerSecond: rate, Interval: interval.String()}}
 }
 
@@ -83,7 +97,7 @@ func (s *scrubber) Run(ctx context.Context) error {
 		s.st.LastPassEnded = &end
 		s.st.LastPassBlobs, s.st.LastPassBytes = blobs, bytes
 		s.mu.Unlock()
-		s.n.log.Info("scrubbed the stored blobs", "blobs", blobs, "bytes", bytes, "corrupt", corrupt,
+		s.log.Info("scrubbed the stored blobs", "blobs", blobs, "bytes", bytes, "corrupt", corrupt,
 			"took", end.Sub(start).Round(time.Millisecond))
 		wait = s.interval
 	}
@@ -102,23 +116,23 @@ func (s *scrubber) pass(ctx context.Context) (blobs, bytes, corrupt int64) {
 		s.mu.Unlock()
 	}()
 	var all []digest.Digest
-	if err := s.n.blobs.Walk(func(d digest.Digest, _ int64) bool {
+	if err := s.blobs.Walk(func(d digest.Digest, _ int64) bool {
 		all = append(all, d)
 		return ctx.Err() == nil
 	}); err != nil {
-		s.n.log.Warn("scrub: listing the stored blobs failed", "err", err)
+		s.log.Warn("scrub: listing the stored blobs failed", "err", err)
 	}
 	start := time.Now()
 	var read int64
 	throttle := func(n int) error {
 		read += int64(n)
-		s.n.metrics.scrubbed.Add(float64(n))
+		s.scrubbed.Add(float64(n))
 		due := start.Add(time.Duration(float64(read) / float64(s.rate) * float64(time.Second)))
 		return sleepCtx(ctx, time.Until(due))
 	}
 	for _, d := range all {
 		before := read
-		err := s.n.blobs.Verify(ctx, d, true, throttle)
+		err := s.blobs.Verify(ctx, d, true, throttle)
 		switch {
 		case ctx.Err() != nil:
 			return blobs, bytes, corrupt
@@ -133,7 +147,7 @@ func (s *scrubber) pass(ctx context.Context) (blobs, bytes, corrupt int64) {
 		case errors.Is(err, blobstore.ErrNotFound):
 			// Deleted or quarantined since the listing.
 		default:
-			s.n.log.Warn("scrub: verifying a blob failed", "digest", d, "err", err)
+			s.log.Warn("scrub: verifying a blob failed", "digest", d, "err", err)
 		}
 	}
 	return blobs, bytes, corrupt

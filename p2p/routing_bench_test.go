@@ -12,7 +12,7 @@ import (
 )
 
 // BenchmarkProvide measures what announcing blobs costs, to size the
-// reprovide sweep (node's provideLoop): one provide per op, on a DHT of
+// reprovide sweep (node's reprovider): one provide per op, on a DHT of
 // five hosts in one process, sequentially and 8 at a time (the sweep's
 // concurrency).
 func BenchmarkProvide(b *testing.B) {
