@@ -186,7 +186,7 @@ func (s *Store) Members() ([]Member, error) {
 	}
 	members := []Member{}
 	for _, srv := range f.Configuration().Servers {
-		members = append(members, Member{ID: string(srv.ID), Address: string(srv.Address), Suffrage: srv.Suffrage.String()})
+		members = append(members, Member{ID: string(srv.ID), Address: string(srv.Address), Suffrage: suffrageOf(srv.Suffrage)})
 	}
 	return members, nil
 }

@@ -260,7 +260,7 @@ func wantMembers(t *testing.T, s *Store, want map[string]string) {
 	}
 	got := map[string]string{}
 	for _, m := range members {
-		got[m.ID] = m.Suffrage
+		got[m.ID] = string(m.Suffrage)
 	}
 	if !maps.Equal(got, want) {
 		t.Fatalf("members seen by %s = %v, want %v", s.cfg.NodeID, got, want)

@@ -199,7 +199,7 @@ func (n *Node) RemoveMember(ctx context.Context, id string) error {
 }
 
 func (n *Node) changeMembership(ctx context.Context, req memberRequest) error {
-	if req.Op == "remove" && req.ID == n.host.ID().String() && n.meta.Status().State == "Leader" {
+	if req.Op == "remove" && req.ID == n.host.ID().String() && n.meta.Status().State == consensus.Leader {
 		// A leader that removes itself steps down mid-change and is left
 		// shut down; hand leadership over first, then the new leader
 		// removes this node (below, as for any follower).
@@ -483,7 +483,7 @@ func (n *Node) membershipLoop(ctx context.Context) {
 		}
 		n.noteContacts()
 		n.noteRemoved()
-		if n.meta.Status().State != "Leader" {
+		if n.meta.Status().State != consensus.Leader {
 			clear(unreachableSince)
 			promote.reset()
 			continue
@@ -562,7 +562,7 @@ func (w slogWriter) Write(p []byte) (int, error) {
 const indexProtocol = "/meshreg/index/1.0.0"
 
 func (n *Node) serveIndex(ctx context.Context, from peer.ID, _ []byte) []byte {
-	if n.meta.Status().State != "Leader" {
+	if n.meta.Status().State != consensus.Leader {
 		return []byte(`{"error":"not the leader"}`)
 	}
 	out, _ := json.Marshal(map[string]uint64{"index": n.meta.AppliedIndex()})
@@ -579,7 +579,7 @@ func (n *Node) Barrier(ctx context.Context) error { return n.catchUp(ctx) }
 // just pushed through another node).
 func (n *Node) catchUp(ctx context.Context) error {
 	st := n.meta.Status()
-	if st.State == "Leader" {
+	if st.State == consensus.Leader {
 		return nil
 	}
 	if st.LeaderID == "" {

@@ -362,7 +362,7 @@ func (n *Node) expireUploads() {
 // closes the metadata store and the libp2p host. Callers stop serving
 // requests first.
 func (n *Node) Close() error {
-	if n.meta.Status().State == "Leader" && !n.alone() {
+	if n.meta.Status().State == consensus.Leader && !n.alone() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := n.meta.TransferLeadership(ctx); err != nil {
 			n.log.Warn("leadership transfer before stopping failed; the others will elect a leader", "err", err)
@@ -389,7 +389,7 @@ func (n *Node) alone() bool {
 	}
 	voters := 0
 	for _, m := range members {
-		if m.Suffrage == "Voter" {
+		if m.Suffrage == consensus.Voter {
 			voters++
 		}
 	}
