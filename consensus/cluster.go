@@ -151,19 +151,14 @@ func (s *Store) forward(ctx context.Context, cmd []byte) error {
 // partition would otherwise wait for its whole deadline, although the
 // majority elected another leader within an election timeout.
 func (s *Store) watchLeader(ctx context.Context, id raft.ServerID, moved func()) {
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if _, now := s.raft.LeaderWithID(); now != id {
-			moved()
-			return
+	st, changes := s.Watch(ctx)
+	for st.LeaderID == string(id) {
+		var open bool
+		if st, open = <-changes; !open {
+			return // ctx ended, or the store closed (the write fails with it)
 		}
 	}
+	moved()
 }
 
 // Barrier waits until every write committed before it is applied locally,

@@ -95,6 +95,14 @@ type fsm struct {
 	// onFatal is Config.OnFatal; fault is Config.ApplyFault (tests only).
 	onFatal func(error)
 	fault   func(index uint64) error
+	// onApplied and onConfig, when set, hear of each entry applied (and
+	// each restore) and of each configuration committed (watch.go). They
+	// run on raft's FSM goroutine and must not block.
+	onApplied func(Applied)
+	onConfig  func()
+	// configIndex is the Raft index of the latest configuration committed
+	// (or of the state restored from a snapshot, which carries one).
+	configIndex atomic.Uint64
 	// failed holds the storage error that stopped the FSM for good (see
 	// Apply); nil while it works.
 	failed atomic.Pointer[error]
@@ -107,7 +115,20 @@ type fsm struct {
 	gen uint64
 }
 
-var _ raft.FSM = (*fsm)(nil)
+var (
+	_ raft.FSM                = (*fsm)(nil)
+	_ raft.ConfigurationStore = (*fsm)(nil)
+)
+
+// StoreConfiguration is raft's word that a membership configuration was
+// committed. The state keeps none (raft has it in its log and snapshots);
+// the store's watchers hear of it.
+func (f *fsm) StoreConfiguration(index uint64, _ raft.Configuration) {
+	f.configIndex.Store(index)
+	if f.onConfig != nil {
+		f.onConfig()
+	}
+}
 
 // Apply applies a committed log entry. It must be deterministic: the same
 // entries in the same order leave every node with the same bytes.
@@ -224,7 +245,13 @@ func (f *fsm) apply(index uint64, data []byte) (resp, err error) {
 			return nil, err
 		}
 	}
-	return resp, txn.Commit()
+	if err := txn.Commit(); err != nil {
+		return nil, err
+	}
+	if f.onApplied != nil {
+		f.onApplied(Applied{Index: index, Kind: kindOf(c.Op), Repo: c.Repo, Digest: c.Digest, Tag: c.Tag, Failed: resp != nil})
+	}
+	return resp, nil
 }
 
 // dropTags removes the repository's tags that point at d, deleteTagBatch
@@ -627,6 +654,26 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("consensus: restoring FSM snapshot (after %d keys): %w", n, err)
 	}
 	f.log.Info("restored FSM from snapshot", "keys", n)
+	var idx uint64
+	err = f.db.View(func(txn *badger.Txn) error {
+		v, _, err := tx{txn}.get([]byte(keyApplied))
+		idx = decodeUint64(v)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("consensus: reading the applied index after a restore: %w", err)
+	}
+	// The snapshot's configuration is at most as new as the snapshot; its
+	// own index is not given to the FSM, so the state's stands in for it.
+	if idx > f.configIndex.Load() {
+		f.configIndex.Store(idx)
+	}
+	if f.onApplied != nil {
+		f.onApplied(Applied{Index: idx, Kind: KindRestore})
+	}
+	if f.onConfig != nil {
+		f.onConfig() // the snapshot carries a configuration too
+	}
 	return nil
 }
 

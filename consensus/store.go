@@ -194,8 +194,9 @@ func raftConfig(c Config, logger *hclogAdapter) *raft.Config {
 const gcInterval = 10 * time.Minute
 
 // Store is the replicated metadata store. Its methods are safe for
-// concurrent use. It owns one goroutine (value-log GC) besides raft's and
-// badger's; Close stops them all.
+// concurrent use. It owns two goroutines (value-log GC, publishing the
+// cluster view to watchers) besides raft's and badger's; Close stops them
+// all.
 type Store struct {
 	cfg    Config
 	log    *slog.Logger
@@ -207,6 +208,14 @@ type Store struct {
 	// database, so Close never closes it under them.
 	mu     sync.RWMutex
 	closed bool
+
+	// cluster and applied publish events (watch.go); observer feeds
+	// cluster from raft. watchMu orders reading raft's view with
+	// publishing it.
+	watchMu  sync.Mutex
+	cluster  *hub[State]
+	applied  *hub[Applied]
+	observer *raft.Observer
 
 	stop      chan struct{} // closed by Close
 	wg        sync.WaitGroup
@@ -277,6 +286,12 @@ func Open(cfg Config) (s *Store, err error) {
 		}
 	}
 	f := &fsm{db: fsmDB, log: log, onFatal: cfg.OnFatal, fault: cfg.ApplyFault}
+	applied, err := f.appliedIndex()
+	if err != nil {
+		return nil, fmt.Errorf("consensus: reading the applied index: %w", err)
+	}
+	appliedHub, kick := newHub(appliedBuffer, Applied{Index: applied}), make(kicker, 1)
+	f.onApplied, f.onConfig = appliedHub.publish, kick.kick
 	r, err := raft.NewRaft(rc, f, newLogCache(logs), stable, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("consensus: starting raft: %w", err)
@@ -284,14 +299,20 @@ func Open(cfg Config) (s *Store, err error) {
 	undo[0] = func() {} // raft owns the transport now: Shutdown closes it
 	undo = append(undo, func() { _ = r.Shutdown().Error() })
 
-	s = &Store{cfg: cfg, log: log, raft: r, fsm: f, raftDB: raftDB, stop: make(chan struct{})}
+	s = &Store{cfg: cfg, log: log, raft: r, fsm: f, raftDB: raftDB, stop: make(chan struct{}),
+		cluster: newHub(watchBuffer, State{}), applied: appliedHub}
 	if !cfg.NoBootstrap && s.alone() {
 		if err := s.waitForLeader(cfg.LeaderTimeout); err != nil {
 			return nil, err
 		}
 	}
-	s.wg.Add(1)
+	obs := make(chan raft.Observation, 64)
+	s.observer = raft.NewObserver(obs, false, watchedObservation)
+	r.RegisterObserver(s.observer)
+	s.refresh() // Watch works as soon as Open returns
+	s.wg.Add(2)
 	go s.gcLoop()
+	go s.watchLoop(obs, kick)
 	return s, nil
 }
 
@@ -381,6 +402,11 @@ func (s *Store) Close() error {
 			s.raftDB.Close(),
 			s.fsm.db.Close(),
 		)
+		s.raft.DeregisterObserver(s.observer)
+		// Raft is shut down: watchers see that, then their channels close.
+		s.refresh()
+		s.cluster.close()
+		s.applied.close()
 		err = s.closeErr
 	})
 	if errors.Is(err, ErrClosed) {
