@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/meshreg/meshreg/consensus/state"
 )
 
 // This file holds what a multi-node cluster needs beyond the single node:
@@ -103,11 +105,11 @@ func (e *ForwardError) Unwrap() error {
 // the leader it fails with ErrNotLeader, and the follower may retry. Safe for
 // concurrent use.
 func (s *Store) ApplyForwarded(ctx context.Context, cmd []byte) error {
-	c, err := decodeCommand(cmd)
+	c, err := state.DecodeCommand(cmd)
 	if err != nil {
 		return fmt.Errorf("consensus: forwarded write: %w: %w", ErrInvalidCommand, err)
 	}
-	if err := c.validate(); err != nil {
+	if err := c.Validate(); err != nil {
 		return fmt.Errorf("forwarded write: %w", err)
 	}
 	return s.apply(ctx, cmd)

@@ -327,7 +327,7 @@ func TestClusterWritesThroughFollowers(t *testing.T) {
 			t.Errorf("ApplyForwarded(%q) = %v, want ErrInvalidCommand", garbage, err)
 		}
 	}
-	cmd, _ := command{Op: opLinkBlob, Repo: "r", Digest: blob, Size: 1}.encode()
+	cmd, _ := command{Op: opLinkBlob, Repo: "r", Digest: blob, Size: 1}.Encode()
 	if err := fs[0].ApplyForwarded(ctx, cmd); !errors.Is(err, ErrNotLeader) {
 		t.Errorf("ApplyForwarded on a follower = %v, want ErrNotLeader", err)
 	}

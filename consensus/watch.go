@@ -4,7 +4,8 @@ import (
 	"context"
 
 	"github.com/hashicorp/raft"
-	"github.com/opencontainers/go-digest"
+
+	"github.com/meshreg/meshreg/consensus/state"
 )
 
 // Events. The store publishes two streams, each as the current value plus a
@@ -39,52 +40,23 @@ type State struct {
 	MembershipIndex uint64
 }
 
-// CommandKind names what an applied entry did.
-type CommandKind string
+// CommandKind names what an applied entry did (see state.Kind).
+type CommandKind = state.Kind
 
 const (
-	KindPutManifest    CommandKind = "put_manifest"
-	KindDeleteManifest CommandKind = "delete_manifest"
-	KindDeleteTag      CommandKind = "delete_tag"
-	KindLinkBlob       CommandKind = "link_blob"
-	KindUnlinkBlob     CommandKind = "unlink_blob"
-	// KindRestore: the whole state was replaced by a snapshot up to Index;
-	// a follower of the stream reads it again.
-	KindRestore CommandKind = "restore"
-	// KindInvalid: the entry did not decode to a known command (it changed
-	// nothing but the applied index).
-	KindInvalid CommandKind = "invalid"
+	KindPutManifest    = state.KindPutManifest
+	KindDeleteManifest = state.KindDeleteManifest
+	KindDeleteTag      = state.KindDeleteTag
+	KindLinkBlob       = state.KindLinkBlob
+	KindUnlinkBlob     = state.KindUnlinkBlob
+	KindRestore        = state.KindRestore
+	KindInvalid        = state.KindInvalid
 )
 
-// kindOf is the kind of a decoded command.
-func kindOf(o op) CommandKind {
-	switch o {
-	case opPutManifest:
-		return KindPutManifest
-	case opDeleteManifest:
-		return KindDeleteManifest
-	case opDeleteTag:
-		return KindDeleteTag
-	case opLinkBlob:
-		return KindLinkBlob
-	case opUnlinkBlob:
-		return KindUnlinkBlob
-	}
-	return KindInvalid
-}
-
-// Applied is one entry the FSM applied. The value a subscription starts
-// from has only Index set (the last entry applied before it).
-type Applied struct {
-	Index  uint64
-	Kind   CommandKind
-	Repo   string
-	Digest digest.Digest // "" for a tag delete
-	Tag    string        // a tag delete's tag
-	// Failed: the command was refused (not found, out of bounds) and
-	// changed nothing but the applied index.
-	Failed bool
-}
+// Applied is one entry the FSM applied: its Raft index, kind and what it
+// named. The value a subscription starts from has only Index set (the last
+// entry applied before it).
+type Applied = state.Applied
 
 // Buffers of each subscriber's channel (see the semantics above).
 const (
