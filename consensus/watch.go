@@ -2,6 +2,7 @@ package consensus
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/hashicorp/raft"
 
@@ -140,4 +141,24 @@ func (k kicker) kick() {
 	case k <- struct{}{}:
 	default:
 	}
+}
+
+// WaitApplied waits until this node has applied every command entry up to
+// index (AppliedIndex reaches it): a follower that waits for the index the
+// leader applied a write at reads that write. It fails with ctx's error, or
+// ErrClosed if the store closes first.
+func (s *Store) WaitApplied(ctx context.Context, index uint64) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the subscription
+	cur, applied := s.WatchApplied(ctx)
+	for cur.Index < index {
+		var open bool
+		if cur, open = <-applied; !open {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			return fmt.Errorf("consensus: %w", ErrClosed)
+		}
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package consensus
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 )
@@ -173,4 +174,33 @@ func next(t *testing.T, ch <-chan State, what string) State {
 		t.Fatalf("%s: no event in 10s", what)
 	}
 	return State{}
+}
+
+// TestWaitApplied: WaitApplied returns once the index is applied, at once
+// for one already applied, and with ctx's error when it ends first.
+func TestWaitApplied(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, testConfig(t, t.TempDir()))
+	ctx := context.Background()
+	mustPut(t, s, manifest("repo", "x", ""), "")
+	done := s.AppliedIndex()
+	if err := s.WaitApplied(ctx, done); err != nil {
+		t.Fatalf("WaitApplied(%d), already applied: %v", done, err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- s.WaitApplied(ctx, done+1) }()
+	mustPut(t, s, manifest("repo", "y", ""), "")
+	select {
+	case err := <-waited:
+		if err != nil {
+			t.Errorf("WaitApplied(%d): %v", done+1, err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("WaitApplied did not return after the write")
+	}
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if err := s.WaitApplied(short, done+100); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("WaitApplied of a future index: %v, want the deadline", err)
+	}
 }

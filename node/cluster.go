@@ -54,8 +54,9 @@ type forwardResult struct {
 // forwarder sends a follower's writes to the leader over libp2p.
 type forwarder struct {
 	host *p2p.Host
-	// applied is the local applied index; set once the store is open.
-	applied func() uint64
+	// waitApplied waits until this node applied an index
+	// (consensus.Store.WaitApplied); set once the store is open.
+	waitApplied func(ctx context.Context, index uint64) error
 }
 
 var _ consensus.Forwarder = (*forwarder)(nil)
@@ -76,20 +77,10 @@ func (f *forwarder) Forward(ctx context.Context, leader consensus.Server, cmd []
 	if res.Code != "" {
 		return &consensus.ForwardError{Code: res.Code, Msg: res.Msg}
 	}
-	return waitApplied(ctx, f.applied, res.Index)
-}
-
-// waitApplied waits until applied (this node's applied index) reaches
-// index: a write the leader applied at index is then visible here too.
-func waitApplied(ctx context.Context, applied func() uint64, index uint64) error {
-	t := time.NewTicker(2 * time.Millisecond)
-	defer t.Stop()
-	for applied() < index {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("the leader committed the write, but this node has not applied it yet: %w", ctx.Err())
-		case <-t.C:
-		}
+	// Once this node applied the leader's index, the write is visible here
+	// too.
+	if err := f.waitApplied(ctx, res.Index); err != nil {
+		return fmt.Errorf("the leader committed the write, but this node has not applied it yet: %w", err)
 	}
 	return nil
 }
@@ -650,5 +641,5 @@ func (n *Node) catchUp(ctx context.Context) error {
 	if err := json.Unmarshal(resp, &res); err != nil || res.Error != "" {
 		return fmt.Errorf("asking leader %s for its index: %v %s", id, err, res.Error)
 	}
-	return waitApplied(ctx, n.meta.AppliedIndex, res.Index)
+	return n.meta.WaitApplied(ctx, res.Index)
 }

@@ -256,7 +256,7 @@ func Open(cfg Config, log *slog.Logger) (n *Node, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: opening metadata in %s: %w", cc.Dir, err)
 	}
-	fw.applied = meta.AppliedIndex
+	fw.waitApplied = meta.WaitApplied
 	routing, err := p2p.NewRouting(host, log.With("component", "dht"))
 	if err != nil {
 		_ = meta.Close()
