@@ -66,15 +66,10 @@ func (f *fsm) StoreConfiguration(index uint64, _ raft.Configuration) {
 	}
 }
 
-// Apply applies a committed log entry. It must be deterministic: the same
-// entries in the same order leave every node with the same bytes.
-//
-// The entry's effect and its index are written in one transaction, and an
-// entry whose index is not above the stored index is skipped, so replaying
-// the log after a restart (or applying an entry twice) changes nothing. The
-// one exception is a manifest delete, whose tags go in bounded transactions
-// first (see dropTags): replayed, it removes whatever tags are left, then the
-// manifest, with the same end state.
+// Apply applies a committed log entry with state.Apply, which is
+// deterministic (the same entries in the same order leave every node with
+// the same bytes) and idempotent (replaying the log after a restart changes
+// nothing); see there.
 //
 // The response is the command's error or nil: ErrNotFound, or
 // ErrInvalidCommand for an entry outside the bounds of state/limits.go (whoever
