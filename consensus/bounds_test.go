@@ -194,7 +194,7 @@ func TestClusterRefusesInjectedEntries(t *testing.T) {
 		if len(cmd.Body) > MaxManifestBytes {
 			continue // FSM-level only: a 6 MB entry is slow on a loaded machine
 		}
-		data, err := cmd.encode()
+		data, err := cmd.Encode()
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/meshreg/meshreg/consensus/state"
 )
 
 // This file holds what a multi-node cluster needs beyond the single node:
@@ -103,11 +105,11 @@ func (e *ForwardError) Unwrap() error {
 // the leader it fails with ErrNotLeader, and the follower may retry. Safe for
 // concurrent use.
 func (s *Store) ApplyForwarded(ctx context.Context, cmd []byte) error {
-	c, err := decodeCommand(cmd)
+	c, err := state.DecodeCommand(cmd)
 	if err != nil {
 		return fmt.Errorf("consensus: forwarded write: %w: %w", ErrInvalidCommand, err)
 	}
-	if err := c.validate(); err != nil {
+	if err := c.Validate(); err != nil {
 		return fmt.Errorf("forwarded write: %w", err)
 	}
 	return s.apply(ctx, cmd)
@@ -151,19 +153,14 @@ func (s *Store) forward(ctx context.Context, cmd []byte) error {
 // partition would otherwise wait for its whole deadline, although the
 // majority elected another leader within an election timeout.
 func (s *Store) watchLeader(ctx context.Context, id raft.ServerID, moved func()) {
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if _, now := s.raft.LeaderWithID(); now != id {
-			moved()
-			return
+	st, changes := s.Watch(ctx)
+	for st.LeaderID == string(id) {
+		var open bool
+		if st, open = <-changes; !open {
+			return // ctx ended, or the store closed (the write fails with it)
 		}
 	}
+	moved()
 }
 
 // Barrier waits until every write committed before it is applied locally,
@@ -186,7 +183,7 @@ func (s *Store) Members() ([]Member, error) {
 	}
 	members := []Member{}
 	for _, srv := range f.Configuration().Servers {
-		members = append(members, Member{ID: string(srv.ID), Address: string(srv.Address), Suffrage: srv.Suffrage.String()})
+		members = append(members, Member{ID: string(srv.ID), Address: string(srv.Address), Suffrage: suffrageOf(srv.Suffrage)})
 	}
 	return members, nil
 }

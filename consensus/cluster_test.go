@@ -260,7 +260,7 @@ func wantMembers(t *testing.T, s *Store, want map[string]string) {
 	}
 	got := map[string]string{}
 	for _, m := range members {
-		got[m.ID] = m.Suffrage
+		got[m.ID] = string(m.Suffrage)
 	}
 	if !maps.Equal(got, want) {
 		t.Fatalf("members seen by %s = %v, want %v", s.cfg.NodeID, got, want)
@@ -327,7 +327,7 @@ func TestClusterWritesThroughFollowers(t *testing.T) {
 			t.Errorf("ApplyForwarded(%q) = %v, want ErrInvalidCommand", garbage, err)
 		}
 	}
-	cmd, _ := command{Op: opLinkBlob, Repo: "r", Digest: blob, Size: 1}.encode()
+	cmd, _ := command{Op: opLinkBlob, Repo: "r", Digest: blob, Size: 1}.Encode()
 	if err := fs[0].ApplyForwarded(ctx, cmd); !errors.Is(err, ErrNotLeader) {
 		t.Errorf("ApplyForwarded on a follower = %v, want ErrNotLeader", err)
 	}

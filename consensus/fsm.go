@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,75 +13,12 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/hashicorp/raft"
-	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/meshreg/meshreg/consensus/state"
 )
-
-// op names a command. The set is closed: a node that meets an op it does not
-// know fails that entry (the same way on every node) and moves on.
-type op byte
-
-const (
-	opPutManifest op = iota + 1
-	opDeleteManifest
-	opDeleteTag
-	opLinkBlob
-	opUnlinkBlob
-)
-
-// command is one replicated write. Each op uses a subset of the fields.
-//
-// Encoding: the op byte, then the JSON of the struct. encoding/json writes
-// fields in declaration order and map keys sorted, so a command always
-// encodes to the same bytes.
-type command struct {
-	Op           op                `json:"-"`
-	Repo         string            `json:"repo"`
-	Digest       digest.Digest     `json:"digest"`
-	Tag          string            `json:"tag,omitempty"`  // opDeleteTag
-	Tags         []string          `json:"tags,omitempty"` // opPutManifest
-	Size         int64             `json:"size,omitempty"`
-	MediaType    string            `json:"mediaType,omitempty"`
-	ArtifactType string            `json:"artifactType,omitempty"`
-	Subject      digest.Digest     `json:"subject,omitempty"`
-	Annotations  map[string]string `json:"annotations,omitempty"`
-	Body         []byte            `json:"body,omitempty"`
-}
-
-func (c command) encode() ([]byte, error) {
-	b, err := json.Marshal(c)
-	if err != nil {
-		return nil, fmt.Errorf("consensus: encoding command: %w", err)
-	}
-	return append([]byte{byte(c.Op)}, b...), nil
-}
-
-// decodeCommand decodes an encoded command; the error wraps
-// ErrInvalidCommand. The command still has to be validated.
-func decodeCommand(b []byte) (command, error) {
-	var c command
-	if len(b) == 0 {
-		return c, fmt.Errorf("consensus: %w: empty command", ErrInvalidCommand)
-	}
-	if err := json.Unmarshal(b[1:], &c); err != nil {
-		return c, fmt.Errorf("consensus: %w: decoding command: %w", ErrInvalidCommand, err)
-	}
-	c.Op = op(b[0])
-	return c, nil
-}
-
-// manifestMeta is what a repository knows of a manifest it holds
-// (m<repo>·<digest>); the bytes are shared (b<digest>).
-type manifestMeta struct {
-	MediaType    string            `json:"mediaType,omitempty"`
-	Subject      digest.Digest     `json:"subject,omitempty"`
-	ArtifactType string            `json:"artifactType,omitempty"`
-	Annotations  map[string]string `json:"annotations,omitempty"`
-	Size         int64             `json:"size"`
-}
 
 // fsm is the registry metadata as a raft.FSM over a badger database (see
-// keys.go for the layout).
+// consensus/state for the apply and the layout).
 //
 // Concurrency: raft calls Apply, Snapshot and Restore from its FSM goroutine,
 // one at a time. Persist and Release of a snapshot run on raft's snapshot
@@ -95,6 +31,14 @@ type fsm struct {
 	// onFatal is Config.OnFatal; fault is Config.ApplyFault (tests only).
 	onFatal func(error)
 	fault   func(index uint64) error
+	// onApplied and onConfig, when set, hear of each entry applied (and
+	// each restore) and of each configuration committed (watch.go). They
+	// run on raft's FSM goroutine and must not block.
+	onApplied func(Applied)
+	onConfig  func()
+	// configIndex is the Raft index of the latest configuration committed
+	// (or of the state restored from a snapshot, which carries one).
+	configIndex atomic.Uint64
 	// failed holds the storage error that stopped the FSM for good (see
 	// Apply); nil while it works.
 	failed atomic.Pointer[error]
@@ -107,20 +51,28 @@ type fsm struct {
 	gen uint64
 }
 
-var _ raft.FSM = (*fsm)(nil)
+var (
+	_ raft.FSM                = (*fsm)(nil)
+	_ raft.ConfigurationStore = (*fsm)(nil)
+)
 
-// Apply applies a committed log entry. It must be deterministic: the same
-// entries in the same order leave every node with the same bytes.
-//
-// The entry's effect and its index are written in one transaction, and an
-// entry whose index is not above the stored index is skipped, so replaying
-// the log after a restart (or applying an entry twice) changes nothing. The
-// one exception is a manifest delete, whose tags go in bounded transactions
-// first (see dropTags): replayed, it removes whatever tags are left, then the
-// manifest, with the same end state.
+// StoreConfiguration is raft's word that a membership configuration was
+// committed. The state keeps none (raft has it in its log and snapshots);
+// the store's watchers hear of it.
+func (f *fsm) StoreConfiguration(index uint64, _ raft.Configuration) {
+	f.configIndex.Store(index)
+	if f.onConfig != nil {
+		f.onConfig()
+	}
+}
+
+// Apply applies a committed log entry with state.Apply, which is
+// deterministic (the same entries in the same order leave every node with
+// the same bytes) and idempotent (replaying the log after a restart changes
+// nothing); see there.
 //
 // The response is the command's error or nil: ErrNotFound, or
-// ErrInvalidCommand for an entry outside the bounds of limits.go (whoever
+// ErrInvalidCommand for an entry outside the bounds of state/limits.go (whoever
 // proposed it). A failing command leaves no trace but the applied index.
 //
 // Apply never panics. A storage failure leaves the applied index where it
@@ -143,9 +95,12 @@ func (f *fsm) Apply(l *raft.Log) (result any) {
 			result = f.fail(l.Index, fmt.Errorf("panic: %v", p))
 		}
 	}()
-	resp, err := f.apply(l.Index, l.Data)
+	a, ok, resp, err := state.Apply(f.db, l.Index, l.Data, f.fault)
 	if err != nil {
 		return f.fail(l.Index, err)
+	}
+	if ok && f.onApplied != nil {
+		f.onApplied(a)
 	}
 	return resp
 }
@@ -175,352 +130,21 @@ func (f *fsm) fail(index uint64, cause error) error {
 	return err
 }
 
-// apply returns the command's result and, separately, any storage error.
-func (f *fsm) apply(index uint64, data []byte) (resp, err error) {
-	txn := f.db.NewTransaction(true)
-	defer func() { txn.Discard() }()
-	v, _, err := tx{txn}.get([]byte(keyApplied))
-	if err != nil {
-		return nil, err
-	}
-	if index <= decodeUint64(v) {
-		return nil, nil // already applied: a replay
-	}
-	c, resp := decodeCommand(data)
-	if resp == nil {
-		resp = c.validate()
-	}
-	if resp == nil && c.Op == opDeleteManifest {
-		txn.Discard()
-		if err := f.dropTags(c.Repo, c.Digest); err != nil {
-			return nil, err
-		}
-		txn = f.db.NewTransaction(true)
-	}
-	if resp == nil {
-		resp, err = tx{txn}.execute(c)
-		if err == nil {
-			err = txn.Set([]byte(keyApplied), encodeUint64(index))
-		}
-		// A safety net: the bounds keep every command far inside one
-		// transaction, but should one not fit, that is decided by the
-		// same bytes on every node, so it is the command's error too.
-		if errors.Is(err, badger.ErrTxnTooBig) {
-			resp, err = fmt.Errorf("consensus: entry %d: %w: its writes do not fit in one transaction (%w)", index, ErrInvalidCommand, err), nil
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
-	if resp != nil {
-		txn.Discard()
-		txn = f.db.NewTransaction(true)
-		if err := txn.Set([]byte(keyApplied), encodeUint64(index)); err != nil {
-			return nil, err
-		}
-	}
-	if f.fault != nil {
-		if err := f.fault(index); err != nil {
-			return nil, err
-		}
-	}
-	return resp, txn.Commit()
-}
-
-// dropTags removes the repository's tags that point at d, deleteTagBatch
-// of them per transaction, so that deleting a manifest with any number of
-// tags stays within badger's transaction limits. These transactions leave
-// the applied index alone: after a crash, the delete is applied again and
-// removes what is left. Readers may meanwhile see the manifest with some of
-// its tags gone, never a tag without its manifest.
-func (f *fsm) dropTags(repo string, d digest.Digest) error {
-	prefix := keyPrefix(prefixTagByDig, repo, string(d))
-	for {
-		n, err := f.dropTagBatch(repo, d, prefix)
-		if err != nil || n < deleteTagBatch {
-			return err
-		}
-	}
-}
-
-func (f *fsm) dropTagBatch(repo string, d digest.Digest, prefix []byte) (int, error) {
-	txn := f.db.NewTransaction(true)
-	defer txn.Discard()
-	t := tx{txn}
-	tags := t.keysAfter(prefix, "", deleteTagBatch)
-	if len(tags) == 0 {
-		return 0, nil
-	}
-	for _, tag := range tags {
-		if err := t.Delete(tagKey(repo, tag)); err != nil {
-			return 0, err
-		}
-		if err := t.Delete(tagByDigestKey(repo, d, tag)); err != nil {
-			return 0, err
-		}
-	}
-	return len(tags), txn.Commit()
-}
-
 // appliedIndex is the index of the last command entry applied (0 if none).
 func (f *fsm) appliedIndex() (uint64, error) {
 	var idx uint64
-	err := f.view(func(t tx) error {
-		v, _, err := t.get([]byte(keyApplied))
-		idx = decodeUint64(v)
+	err := f.view(func(r state.Reader) (err error) {
+		idx, err = r.AppliedIndex()
 		return err
 	})
 	return idx, err
 }
 
 // view runs fn in a read-only transaction, excluded from Restore.
-func (f *fsm) view(fn func(t tx) error) error {
+func (f *fsm) view(fn func(r state.Reader) error) error {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return f.db.View(func(txn *badger.Txn) error { return fn(tx{txn}) })
-}
-
-// tx adds the FSM's reads and writes to a badger transaction.
-type tx struct{ *badger.Txn }
-
-// get returns the value at k; ok is false when there is none.
-func (t tx) get(k []byte) (v []byte, ok bool, err error) {
-	item, err := t.Get(k)
-	if errors.Is(err, badger.ErrKeyNotFound) {
-		return nil, false, nil
-	}
-	if err != nil {
-		return nil, false, err
-	}
-	v, err = item.ValueCopy(nil)
-	return v, err == nil, err
-}
-
-// hasPrefix reports whether any key starts with prefix.
-func (t tx) hasPrefix(prefix []byte) bool {
-	it := t.NewIterator(badger.IteratorOptions{Prefix: prefix})
-	defer it.Close()
-	it.Rewind()
-	return it.Valid()
-}
-
-// keysAfter returns the keys starting with prefix, in byte order, without the
-// prefix: those strictly after `after` when it is not empty, at most n of
-// them (all when n < 0). The result is never nil.
-func (t tx) keysAfter(prefix []byte, after string, n int) []string {
-	out := []string{}
-	if n == 0 {
-		return out
-	}
-	it := t.NewIterator(badger.IteratorOptions{Prefix: prefix})
-	defer it.Close()
-	for it.Seek(append(append([]byte{}, prefix...), after...)); it.Valid(); it.Next() {
-		name := string(it.Item().Key()[len(prefix):])
-		if after != "" && name <= after {
-			continue
-		}
-		out = append(out, name)
-		if len(out) == n {
-			break
-		}
-	}
-	return out
-}
-
-func (t tx) setJSON(k []byte, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	return t.Set(k, b)
-}
-
-// execute runs one validated command in the transaction. A command that
-// cannot apply to the state (ErrNotFound) is a command error (resp).
-func (t tx) execute(c command) (resp, err error) {
-	switch c.Op {
-	case opPutManifest:
-		return nil, t.putManifest(c)
-	case opDeleteManifest:
-		return t.deleteManifest(c.Repo, c.Digest)
-	case opDeleteTag:
-		return t.deleteTag(c.Repo, c.Tag)
-	case opLinkBlob:
-		return nil, t.linkBlob(c.Repo, c.Digest, c.Size)
-	case opUnlinkBlob:
-		return t.unlinkBlob(c.Repo, c.Digest)
-	}
-	return fmt.Errorf("consensus: unknown command %d", c.Op), nil
-}
-
-// putManifest adds the manifest to the repository unless it is there
-// already, then points each tag at it.
-func (t tx) putManifest(c command) error {
-	mk := manifestKey(c.Repo, c.Digest)
-	_, present, err := t.get(mk)
-	if err != nil {
-		return err
-	}
-	if !present {
-		annotations := boundedAnnotations(c.Annotations)
-		meta := manifestMeta{MediaType: c.MediaType, Subject: c.Subject, ArtifactType: c.ArtifactType,
-			Annotations: annotations, Size: int64(len(c.Body))}
-		if err := t.setJSON(mk, meta); err != nil {
-			return err
-		}
-		if err := t.addRef(c.Digest, c.Body); err != nil {
-			return err
-		}
-		if c.Subject != "" {
-			desc := ocispec.Descriptor{MediaType: c.MediaType, Digest: c.Digest, Size: meta.Size,
-				ArtifactType: c.ArtifactType, Annotations: annotations}
-			if err := t.setJSON(referrerKey(c.Repo, c.Subject, c.Digest), desc); err != nil {
-				return err
-			}
-		}
-		if err := t.Set(repoKey(c.Repo), nil); err != nil {
-			return err
-		}
-	}
-	for _, tag := range c.Tags {
-		if err := t.setTag(c.Repo, tag, c.Digest); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// addRef counts one more repository holding the manifest, storing its bytes
-// with the first.
-func (t tx) addRef(d digest.Digest, body []byte) error {
-	v, _, err := t.get(refCountKey(d))
-	if err != nil {
-		return err
-	}
-	n := decodeUint64(v)
-	if n == 0 {
-		if err := t.Set(bodyKey(d), body); err != nil {
-			return err
-		}
-	}
-	return t.Set(refCountKey(d), encodeUint64(n+1))
-}
-
-// dropRef counts one repository fewer, dropping the bytes with the last.
-func (t tx) dropRef(d digest.Digest) error {
-	v, _, err := t.get(refCountKey(d))
-	if err != nil {
-		return err
-	}
-	if n := decodeUint64(v); n > 1 {
-		return t.Set(refCountKey(d), encodeUint64(n-1))
-	}
-	if err := t.Delete(bodyKey(d)); err != nil {
-		return err
-	}
-	return t.Delete(refCountKey(d))
-}
-
-func (t tx) setTag(repo, tag string, d digest.Digest) error {
-	old, ok, err := t.get(tagKey(repo, tag))
-	if err != nil {
-		return err
-	}
-	if ok && digest.Digest(old) == d {
-		return nil
-	}
-	if ok {
-		if err := t.Delete(tagByDigestKey(repo, digest.Digest(old), tag)); err != nil {
-			return err
-		}
-	}
-	if err := t.Set(tagKey(repo, tag), []byte(d)); err != nil {
-		return err
-	}
-	return t.Set(tagByDigestKey(repo, d, tag), nil)
-}
-
-// deleteManifest removes the manifest from the repository with the tags
-// pointing at it and its referrer entry.
-func (t tx) deleteManifest(repo string, d digest.Digest) (resp, err error) {
-	mk := manifestKey(repo, d)
-	v, ok, err := t.get(mk)
-	if err != nil {
-		return nil, err
-	}
-	if !ok {
-		return fmt.Errorf("consensus: manifest %s is not in repository %s: %w", d, repo, ErrNotFound), nil
-	}
-	var meta manifestMeta
-	if err := json.Unmarshal(v, &meta); err != nil {
-		return nil, fmt.Errorf("decoding %q: %w", mk, err)
-	}
-	for _, tag := range t.keysAfter(keyPrefix(prefixTagByDig, repo, string(d)), "", -1) {
-		if err := t.Delete(tagKey(repo, tag)); err != nil {
-			return nil, err
-		}
-		if err := t.Delete(tagByDigestKey(repo, d, tag)); err != nil {
-			return nil, err
-		}
-	}
-	if meta.Subject != "" {
-		if err := t.Delete(referrerKey(repo, meta.Subject, d)); err != nil {
-			return nil, err
-		}
-	}
-	if err := t.Delete(mk); err != nil {
-		return nil, err
-	}
-	if err := t.dropRef(d); err != nil {
-		return nil, err
-	}
-	return nil, t.forgetRepoIfEmpty(repo)
-}
-
-func (t tx) deleteTag(repo, tag string) (resp, err error) {
-	v, ok, err := t.get(tagKey(repo, tag))
-	if err != nil {
-		return nil, err
-	}
-	if !ok {
-		return fmt.Errorf("consensus: tag %s is not in repository %s: %w", tag, repo, ErrNotFound), nil
-	}
-	if err := t.Delete(tagKey(repo, tag)); err != nil {
-		return nil, err
-	}
-	return nil, t.Delete(tagByDigestKey(repo, digest.Digest(v), tag))
-}
-
-func (t tx) linkBlob(repo string, d digest.Digest, size int64) error {
-	if err := t.Set(blobLinkKey(repo, d), encodeUint64(uint64(size))); err != nil {
-		return err
-	}
-	return t.Set(repoKey(repo), nil)
-}
-
-func (t tx) unlinkBlob(repo string, d digest.Digest) (resp, err error) {
-	_, ok, err := t.get(blobLinkKey(repo, d))
-	if err != nil {
-		return nil, err
-	}
-	if !ok {
-		return fmt.Errorf("consensus: blob %s is not linked to repository %s: %w", d, repo, ErrNotFound), nil
-	}
-	if err := t.Delete(blobLinkKey(repo, d)); err != nil {
-		return nil, err
-	}
-	return nil, t.forgetRepoIfEmpty(repo)
-}
-
-// forgetRepoIfEmpty drops the repository from the list once it holds no
-// manifest, tag or blob link.
-func (t tx) forgetRepoIfEmpty(repo string) error {
-	for _, p := range []byte{prefixManifest, prefixTag, prefixBlobLink} {
-		if t.hasPrefix(keyPrefix(p, repo)) {
-			return nil
-		}
-	}
-	return t.Delete(repoKey(repo))
+	return f.db.View(func(txn *badger.Txn) error { return fn(state.NewReader(txn)) })
 }
 
 // Snapshot opens a read-only transaction (a consistent view of the state as
@@ -627,6 +251,25 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("consensus: restoring FSM snapshot (after %d keys): %w", n, err)
 	}
 	f.log.Info("restored FSM from snapshot", "keys", n)
+	var idx uint64
+	err = f.db.View(func(txn *badger.Txn) (err error) {
+		idx, err = state.NewReader(txn).AppliedIndex()
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("consensus: reading the applied index after a restore: %w", err)
+	}
+	// The snapshot's configuration is at most as new as the snapshot; its
+	// own index is not given to the FSM, so the state's stands in for it.
+	if idx > f.configIndex.Load() {
+		f.configIndex.Store(idx)
+	}
+	if f.onApplied != nil {
+		f.onApplied(Applied{Index: idx, Kind: KindRestore})
+	}
+	if f.onConfig != nil {
+		f.onConfig() // the snapshot carries a configuration too
+	}
 	return nil
 }
 

@@ -16,7 +16,7 @@ import (
 // applyCmd applies c as the command entry at index.
 func applyCmd(t testing.TB, f *fsm, index uint64, c command) error {
 	t.Helper()
-	data, err := c.encode()
+	data, err := c.Encode()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,12 +44,12 @@ func TestCommandEncodingIsDeterministic(t *testing.T) {
 		m.Annotations[fmt.Sprintf("k%02d", i)] = "v"
 	}
 	c := putCmd(m, "latest")
-	first, err := c.encode()
+	first, err := c.Encode()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for range 20 {
-		again, _ := c.encode()
+		again, _ := c.Encode()
 		if !bytes.Equal(first, again) {
 			t.Fatal("the same command encoded to different bytes")
 		}

@@ -28,7 +28,7 @@ func fuzzCommands(f *testing.F, cmds ...command) []byte {
 	f.Helper()
 	var parts [][]byte
 	for _, c := range cmds {
-		b, err := c.encode()
+		b, err := c.Encode()
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -104,7 +104,7 @@ func FuzzFSMApply(f *testing.F) {
 			refused := derr != nil
 			var verr error
 			if !refused {
-				verr = c.validate()
+				verr = c.Validate()
 				refused = verr != nil
 			}
 			if refused && !sameState(before, after) {

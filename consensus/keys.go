@@ -2,9 +2,6 @@ package consensus
 
 import (
 	"encoding/binary"
-	"strings"
-
-	"github.com/opencontainers/go-digest"
 )
 
 // Storage layout. Everything lives under Config.Dir:
@@ -14,89 +11,18 @@ import (
 //	│   ├── l<index>                   log entry (index: uint64 big-endian) → encoded raft.Log
 //	│   └── s<key>                     stable store value (raft's keys: CurrentTerm, LastVoteTerm, …)
 //	├── snapshots/                     raft.FileSnapshotStore, the two newest snapshots
-//	└── fsm/                           badger: the replicated state (the FSM)
-//	    ├── a                          applied Raft index (uint64 big-endian)
-//	    ├── b<digest>                  manifest bytes, stored once per digest
-//	    ├── c<digest>                  repositories holding the manifest (uint64 big-endian)
-//	    ├── r<repo>                    repository exists (empty value)
-//	    ├── m<repo>·<digest>           manifest in repository → manifestMeta (JSON)
-//	    ├── t<repo>·<tag>              tag → digest
-//	    ├── g<repo>·<digest>·<tag>     reverse tag index: tags pointing at digest (empty value)
-//	    ├── l<repo>·<digest>           blob link → size (uint64 big-endian)
-//	    └── f<repo>·<subject>·<digest> referrer → ocispec.Descriptor (JSON)
-//
-// "·" is the byte 0x00, which no repository name, tag or digest may contain
-// (writes with one are refused), so a prefix such as t<repo>· never matches
-// another repository, and badger's byte order is the lexical order of tags
-// and repository names that listing needs.
+//	└── fsm/                           badger: the replicated state (the FSM); its layout
+//	                                   is drawn in consensus/state (keys.go)
 const (
-	// raft/
 	prefixLog    = 'l'
 	prefixStable = 's'
-
-	// fsm/
-	keyApplied     = "a"
-	prefixBody     = 'b'
-	prefixRefCount = 'c'
-	prefixRepo     = 'r'
-	prefixManifest = 'm'
-	prefixTag      = 't'
-	prefixTagByDig = 'g'
-	prefixBlobLink = 'l'
-	prefixReferrer = 'f'
-	sep            = 0x00
-	maxNameLength  = 4096 // repository names and tags; far above what the API accepts
 )
-
-// key joins a one-byte prefix and parts separated by sep.
-func key(prefix byte, parts ...string) []byte {
-	n := 1
-	for _, p := range parts {
-		n += len(p) + 1
-	}
-	k := make([]byte, 1, n)
-	k[0] = prefix
-	for i, p := range parts {
-		if i > 0 {
-			k = append(k, sep)
-		}
-		k = append(k, p...)
-	}
-	return k
-}
-
-// keyPrefix is key(prefix, parts...) followed by sep: the prefix of every
-// key one level below parts.
-func keyPrefix(prefix byte, parts ...string) []byte {
-	return append(key(prefix, parts...), sep)
-}
 
 func logKey(index uint64) []byte {
 	return binary.BigEndian.AppendUint64([]byte{prefixLog}, index)
 }
 
 func stableKey(k []byte) []byte { return append([]byte{prefixStable}, k...) }
-
-func bodyKey(d digest.Digest) []byte     { return key(prefixBody, string(d)) }
-func refCountKey(d digest.Digest) []byte { return key(prefixRefCount, string(d)) }
-func repoKey(repo string) []byte         { return key(prefixRepo, repo) }
-func manifestKey(repo string, d digest.Digest) []byte {
-	return key(prefixManifest, repo, string(d))
-}
-func tagKey(repo, tag string) []byte { return key(prefixTag, repo, tag) }
-func tagByDigestKey(repo string, d digest.Digest, tag string) []byte {
-	return key(prefixTagByDig, repo, string(d), tag)
-}
-func blobLinkKey(repo string, d digest.Digest) []byte { return key(prefixBlobLink, repo, string(d)) }
-func referrerKey(repo string, subject, d digest.Digest) []byte {
-	return key(prefixReferrer, repo, string(subject), string(d))
-}
-
-// validName reports whether s can be part of a key: non-empty, bounded and
-// free of the separator byte.
-func validName(s string) bool {
-	return s != "" && len(s) <= maxNameLength && !strings.ContainsRune(s, sep)
-}
 
 func encodeUint64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
 

@@ -59,7 +59,7 @@ func openFSM(t testing.TB) *fsm {
 func dump(t testing.TB, f *fsm) map[string]string {
 	t.Helper()
 	out := map[string]string{}
-	err := f.view(func(t tx) error {
+	err := f.db.View(func(t *badger.Txn) error {
 		it := t.NewIterator(badger.IteratorOptions{})
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {

@@ -7,7 +7,7 @@ import (
 // Status is a node's view of the Raft cluster.
 type Status struct {
 	// State is Follower, Candidate, Leader or Shutdown.
-	State         string `json:"state"`
+	State         Role   `json:"state"`
 	LeaderID      string `json:"leader_id"`
 	LeaderAddress string `json:"leader_address"`
 	Term          uint64 `json:"term"`
@@ -28,7 +28,7 @@ type Member struct {
 	ID      string `json:"id"`
 	Address string `json:"address"`
 	// Suffrage is Voter, Nonvoter or Staging.
-	Suffrage string `json:"suffrage"`
+	Suffrage Suffrage `json:"suffrage"`
 }
 
 // Status reports the node's Raft state. It does not block on Raft's main
@@ -36,7 +36,7 @@ type Member struct {
 func (s *Store) Status() Status {
 	addr, id := s.raft.LeaderWithID()
 	st := Status{
-		State:         s.raft.State().String(),
+		State:         roleOf(s.raft.State()),
 		LeaderID:      string(id),
 		LeaderAddress: string(addr),
 		Term:          s.raft.CurrentTerm(),

@@ -3,15 +3,17 @@
 // persisted in badger. Writes go through the Raft log and return once
 // committed and applied; reads are served from the local state.
 //
-// The Raft log and stable store are on badger too (logstore.go,
-// stablestore.go); keys.go draws the storage layout.
+// The state itself, its deterministic apply and its reads are package
+// consensus/state; this package wires it to Raft: the FSM, snapshots,
+// membership, forwarding and events (watch.go). The Raft log and stable
+// store are on badger too (logstore.go, stablestore.go); keys.go draws the
+// storage layout.
 package consensus
 
 import (
 	"context"
 	_ "crypto/sha256" // digest algorithms PutManifest verifies bodies with
 	_ "crypto/sha512"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,38 +26,29 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/meshreg/meshreg/consensus/state"
 )
 
 var (
 	// ErrNotFound: the manifest, tag, blob link or repository does not exist.
-	ErrNotFound = errors.New("not found")
+	ErrNotFound = state.ErrNotFound
 	// ErrNotLeader: the write could not be committed because this node is
 	// not (or stopped being) the Raft leader, or no leader took it in time.
 	ErrNotLeader = errors.New("not the raft leader")
 	// ErrClosed: the store is closed.
 	ErrClosed = errors.New("metadata store closed")
-	// ErrInvalidCommand: a write is outside the bounds of limits.go, or
+	// ErrInvalidCommand: a write is outside the bounds of state/limits.go, or
 	// bytes given to ApplyForwarded or found in the log are not a valid
 	// write. The FSM refuses such an entry the same way on every node.
-	ErrInvalidCommand = errors.New("invalid command")
+	ErrInvalidCommand = state.ErrInvalidCommand
 	// ErrStorageFailed: the FSM could not write to its database (disk I/O,
 	// no space): it applies nothing more until the node restarts.
 	ErrStorageFailed = errors.New("metadata storage failed")
 )
 
 // ManifestRecord is a manifest as a repository holds it.
-type ManifestRecord struct {
-	Repo      string
-	Digest    digest.Digest
-	MediaType string
-	Body      []byte
-	// Subject is the digest of the manifest this one refers to, "" if none.
-	Subject digest.Digest
-	// ArtifactType is resolved: the manifest's artifactType, else its
-	// config's media type.
-	ArtifactType string
-	Annotations  map[string]string
-}
+type ManifestRecord = state.ManifestRecord
 
 // Config configures a Store. Start from DefaultConfig.
 type Config struct {
@@ -194,8 +187,9 @@ func raftConfig(c Config, logger *hclogAdapter) *raft.Config {
 const gcInterval = 10 * time.Minute
 
 // Store is the replicated metadata store. Its methods are safe for
-// concurrent use. It owns one goroutine (value-log GC) besides raft's and
-// badger's; Close stops them all.
+// concurrent use. It owns two goroutines (value-log GC, publishing the
+// cluster view to watchers) besides raft's and badger's; Close stops them
+// all.
 type Store struct {
 	cfg    Config
 	log    *slog.Logger
@@ -207,6 +201,14 @@ type Store struct {
 	// database, so Close never closes it under them.
 	mu     sync.RWMutex
 	closed bool
+
+	// cluster and applied publish events (watch.go); observer feeds
+	// cluster from raft. watchMu orders reading raft's view with
+	// publishing it.
+	watchMu  sync.Mutex
+	cluster  *hub[State]
+	applied  *hub[Applied]
+	observer *raft.Observer
 
 	stop      chan struct{} // closed by Close
 	wg        sync.WaitGroup
@@ -277,6 +279,12 @@ func Open(cfg Config) (s *Store, err error) {
 		}
 	}
 	f := &fsm{db: fsmDB, log: log, onFatal: cfg.OnFatal, fault: cfg.ApplyFault}
+	applied, err := f.appliedIndex()
+	if err != nil {
+		return nil, fmt.Errorf("consensus: reading the applied index: %w", err)
+	}
+	appliedHub, kick := newHub(appliedBuffer, Applied{Index: applied}), make(kicker, 1)
+	f.onApplied, f.onConfig = appliedHub.publish, kick.kick
 	r, err := raft.NewRaft(rc, f, newLogCache(logs), stable, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("consensus: starting raft: %w", err)
@@ -284,14 +292,20 @@ func Open(cfg Config) (s *Store, err error) {
 	undo[0] = func() {} // raft owns the transport now: Shutdown closes it
 	undo = append(undo, func() { _ = r.Shutdown().Error() })
 
-	s = &Store{cfg: cfg, log: log, raft: r, fsm: f, raftDB: raftDB, stop: make(chan struct{})}
+	s = &Store{cfg: cfg, log: log, raft: r, fsm: f, raftDB: raftDB, stop: make(chan struct{}),
+		cluster: newHub(watchBuffer, State{}), applied: appliedHub}
 	if !cfg.NoBootstrap && s.alone() {
 		if err := s.waitForLeader(cfg.LeaderTimeout); err != nil {
 			return nil, err
 		}
 	}
-	s.wg.Add(1)
+	obs := make(chan raft.Observation, 64)
+	s.observer = raft.NewObserver(obs, false, watchedObservation)
+	r.RegisterObserver(s.observer)
+	s.refresh() // Watch works as soon as Open returns
+	s.wg.Add(2)
 	go s.gcLoop()
+	go s.watchLoop(obs, kick)
 	return s, nil
 }
 
@@ -381,6 +395,11 @@ func (s *Store) Close() error {
 			s.raftDB.Close(),
 			s.fsm.db.Close(),
 		)
+		s.raft.DeregisterObserver(s.observer)
+		// Raft is shut down: watchers see that, then their channels close.
+		s.refresh()
+		s.cluster.close()
+		s.applied.close()
 		err = s.closeErr
 	})
 	if errors.Is(err, ErrClosed) {
@@ -396,7 +415,7 @@ func (s *Store) Close() error {
 
 // PutManifest adds the manifest to m.Repo (a no-op if it is there) and
 // points each tag at it (last writer wins). The write must stay within the
-// bounds of limits.go (at most MaxTagsPerWrite tags, a body of at most
+// bounds of state/limits.go (at most MaxTagsPerWrite tags, a body of at most
 // MaxManifestBytes, a manifest media type, ...), else the error wraps
 // ErrInvalidCommand and names the limit. Annotations beyond MaxAnnotations
 // or MaxAnnotationBytes are not kept in the record and the referrers index
@@ -406,49 +425,49 @@ func (s *Store) PutManifest(ctx context.Context, m ManifestRecord, tags ...strin
 }
 
 // CheckPutManifest reports, without writing, whether PutManifest(m,
-// tags...) is within the bounds of limits.go: the error wraps
+// tags...) is within the bounds of state/limits.go: the error wraps
 // ErrInvalidCommand and names the limit. Callers check before the work a
 // write depends on (replicating blobs, say).
 func (s *Store) CheckPutManifest(m ManifestRecord, tags ...string) error {
-	return putCommand(m, tags).validate()
+	return putCommand(m, tags).Validate()
 }
 
-func putCommand(m ManifestRecord, tags []string) command {
-	return command{Op: opPutManifest, Repo: m.Repo, Digest: m.Digest, Tags: tags,
+func putCommand(m ManifestRecord, tags []string) state.Command {
+	return state.Command{Op: state.OpPutManifest, Repo: m.Repo, Digest: m.Digest, Tags: tags,
 		MediaType: m.MediaType, ArtifactType: m.ArtifactType, Subject: m.Subject,
-		Annotations: boundedAnnotations(m.Annotations), Body: m.Body}
+		Annotations: state.BoundedAnnotations(m.Annotations), Body: m.Body}
 }
 
 // DeleteManifest removes the manifest from the repository, with every tag in
 // it that points at the manifest and its referrer entry. ErrNotFound if the
 // repository does not hold it.
 func (s *Store) DeleteManifest(ctx context.Context, repo string, d digest.Digest) error {
-	return s.write(ctx, command{Op: opDeleteManifest, Repo: repo, Digest: d})
+	return s.write(ctx, state.Command{Op: state.OpDeleteManifest, Repo: repo, Digest: d})
 }
 
 // DeleteTag removes the tag; ErrNotFound if there is none.
 func (s *Store) DeleteTag(ctx context.Context, repo, tag string) error {
-	return s.write(ctx, command{Op: opDeleteTag, Repo: repo, Tag: tag})
+	return s.write(ctx, state.Command{Op: state.OpDeleteTag, Repo: repo, Tag: tag})
 }
 
 // LinkBlob makes the blob pullable from the repository.
 func (s *Store) LinkBlob(ctx context.Context, repo string, d digest.Digest, size int64) error {
-	return s.write(ctx, command{Op: opLinkBlob, Repo: repo, Digest: d, Size: size})
+	return s.write(ctx, state.Command{Op: state.OpLinkBlob, Repo: repo, Digest: d, Size: size})
 }
 
 // UnlinkBlob removes the blob from the repository; ErrNotFound if it is not
 // linked.
 func (s *Store) UnlinkBlob(ctx context.Context, repo string, d digest.Digest) error {
-	return s.write(ctx, command{Op: opUnlinkBlob, Repo: repo, Digest: d})
+	return s.write(ctx, state.Command{Op: state.OpUnlinkBlob, Repo: repo, Digest: d})
 }
 
 // write validates the command and commits it: through Raft on the leader,
 // through the Forwarder elsewhere (see forward).
-func (s *Store) write(ctx context.Context, c command) error {
-	if err := c.validate(); err != nil {
+func (s *Store) write(ctx context.Context, c state.Command) error {
+	if err := c.Validate(); err != nil {
 		return err
 	}
-	data, err := c.encode()
+	data, err := c.Encode()
 	if err != nil {
 		return err
 	}
@@ -527,7 +546,7 @@ func raftError(err error) error {
 // --- reads: local state, no network ---
 
 // view runs fn on the FSM's state unless the store is closed.
-func (s *Store) view(fn func(t tx) error) error {
+func (s *Store) view(fn func(r state.Reader) error) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
@@ -536,111 +555,48 @@ func (s *Store) view(fn func(t tx) error) error {
 	return s.fsm.view(fn)
 }
 
+// read runs one read of the state (see package state) unless the store is
+// closed.
+func read[T any](s *Store, fn func(r state.Reader) (T, error)) (T, error) {
+	var out T
+	err := s.view(func(r state.Reader) (err error) {
+		out, err = fn(r)
+		return err
+	})
+	return out, err
+}
+
 // Manifest returns the manifest as the repository holds it.
 func (s *Store) Manifest(repo string, d digest.Digest) (ManifestRecord, error) {
-	notFound := fmt.Errorf("consensus: manifest %s is not in repository %s: %w", d, repo, ErrNotFound)
-	if !validName(repo) || !validName(string(d)) {
-		return ManifestRecord{}, notFound
-	}
-	var rec ManifestRecord
-	err := s.view(func(t tx) error {
-		v, ok, err := t.get(manifestKey(repo, d))
-		if err != nil || !ok {
-			return errors.Join(err, notFound)
-		}
-		var meta manifestMeta
-		if err := json.Unmarshal(v, &meta); err != nil {
-			return fmt.Errorf("consensus: decoding manifest %s in %s: %w", d, repo, err)
-		}
-		body, ok, err := t.get(bodyKey(d))
-		if err != nil || !ok {
-			return errors.Join(err, fmt.Errorf("consensus: bytes of manifest %s are missing", d))
-		}
-		rec = ManifestRecord{Repo: repo, Digest: d, MediaType: meta.MediaType, Body: body,
-			Subject: meta.Subject, ArtifactType: meta.ArtifactType, Annotations: meta.Annotations}
-		return nil
-	})
-	return rec, err
+	return read(s, func(r state.Reader) (ManifestRecord, error) { return r.Manifest(repo, d) })
 }
 
 // ResolveTag returns the digest the tag points at.
 func (s *Store) ResolveTag(repo, tag string) (digest.Digest, error) {
-	notFound := fmt.Errorf("consensus: tag %s is not in repository %s: %w", tag, repo, ErrNotFound)
-	if !validName(repo) || !validName(tag) {
-		return "", notFound
-	}
-	var d digest.Digest
-	err := s.view(func(t tx) error {
-		v, ok, err := t.get(tagKey(repo, tag))
-		if err != nil || !ok {
-			return errors.Join(err, notFound)
-		}
-		d = digest.Digest(v)
-		return nil
-	})
-	return d, err
+	return read(s, func(r state.Reader) (digest.Digest, error) { return r.ResolveTag(repo, tag) })
 }
 
 // Tags lists the repository's tags in byte order: those strictly after last
 // (all if last is ""), at most n (all if n < 0). ErrNotFound if the
 // repository does not exist; a repository without tags gives an empty slice.
 func (s *Store) Tags(repo, last string, n int) ([]string, error) {
-	notFound := fmt.Errorf("consensus: repository %s: %w", repo, ErrNotFound)
-	if !validName(repo) {
-		return nil, notFound
-	}
-	var tags []string
-	err := s.view(func(t tx) error {
-		_, ok, err := t.get(repoKey(repo))
-		if err != nil || !ok {
-			return errors.Join(err, notFound)
-		}
-		tags = t.keysAfter(keyPrefix(prefixTag, repo), last, n)
-		return nil
-	})
-	return tags, err
+	return read(s, func(r state.Reader) ([]string, error) { return r.Tags(repo, last, n) })
 }
 
 // Repositories lists repository names like Tags lists tags.
 func (s *Store) Repositories(last string, n int) ([]string, error) {
-	var repos []string
-	err := s.view(func(t tx) error {
-		repos = t.keysAfter([]byte{prefixRepo}, last, n)
-		return nil
-	})
-	return repos, err
+	return read(s, func(r state.Reader) ([]string, error) { return r.Repositories(last, n) })
 }
 
 // RepositoryExists reports whether the repository holds any manifest, tag
 // or blob link.
 func (s *Store) RepositoryExists(repo string) (bool, error) {
-	if !validName(repo) {
-		return false, nil
-	}
-	var ok bool
-	err := s.view(func(t tx) (err error) {
-		_, ok, err = t.get(repoKey(repo))
-		return err
-	})
-	return ok, err
+	return read(s, func(r state.Reader) (bool, error) { return r.RepositoryExists(repo) })
 }
 
 // BlobLink returns the size of a blob linked to the repository.
 func (s *Store) BlobLink(repo string, d digest.Digest) (int64, error) {
-	notFound := fmt.Errorf("consensus: blob %s is not linked to repository %s: %w", d, repo, ErrNotFound)
-	if !validName(repo) || !validName(string(d)) {
-		return 0, notFound
-	}
-	var size int64
-	err := s.view(func(t tx) error {
-		v, ok, err := t.get(blobLinkKey(repo, d))
-		if err != nil || !ok {
-			return errors.Join(err, notFound)
-		}
-		size = int64(decodeUint64(v))
-		return nil
-	})
-	return size, err
+	return read(s, func(r state.Reader) (int64, error) { return r.BlobLink(repo, d) })
 }
 
 // Referrers returns the descriptors of the repository's manifests whose
@@ -649,31 +605,11 @@ func (s *Store) BlobLink(repo string, d digest.Digest) (int64, error) {
 // them (all when n < 0). The result is never nil. Each descriptor is
 // bounded (annotations: MaxAnnotationBytes), so a page of n is too.
 func (s *Store) Referrers(repo string, subject digest.Digest, artifactType, last string, n int) ([]ocispec.Descriptor, error) {
-	descs := []ocispec.Descriptor{}
-	if !validName(repo) || !validName(string(subject)) || n == 0 {
-		return descs, nil
-	}
-	err := s.view(func(t tx) error {
-		prefix := keyPrefix(prefixReferrer, repo, string(subject))
-		it := t.NewIterator(badger.IteratorOptions{Prefix: prefix})
-		defer it.Close()
-		for it.Seek(append(append([]byte{}, prefix...), last...)); it.Valid(); it.Next() {
-			if last != "" && string(it.Item().Key()[len(prefix):]) <= last {
-				continue
-			}
-			var d ocispec.Descriptor
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &d) }); err != nil {
-				return fmt.Errorf("consensus: decoding referrer %q: %w", it.Item().Key(), err)
-			}
-			if artifactType != "" && d.ArtifactType != artifactType {
-				continue
-			}
-			descs = append(descs, d)
-			if len(descs) == n {
-				break
-			}
-		}
-		return nil
+	descs, err := read(s, func(r state.Reader) ([]ocispec.Descriptor, error) {
+		return r.Referrers(repo, subject, artifactType, last, n)
 	})
+	if descs == nil {
+		descs = []ocispec.Descriptor{}
+	}
 	return descs, err
 }

@@ -472,7 +472,7 @@ func TestFollowerRefusesWrites(t *testing.T) {
 	if _, err := s.Repositories("", -1); err != nil {
 		t.Errorf("reads fail without a leader: %v", err)
 	}
-	if st := s.Status(); st.State != raft.Follower.String() || len(st.Members) != 0 {
+	if st := s.Status(); st.State != Follower || len(st.Members) != 0 {
 		t.Errorf("Status = %+v", st)
 	}
 }

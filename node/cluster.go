@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -53,8 +54,9 @@ type forwarder struct {
 		PeerRequester
 		Connections
 	}
-	// applied is the local applied index; set once the store is open.
-	applied func() uint64
+	// waitApplied waits until this node applied an index
+	// (consensus.Store.WaitApplied); set once the store is open.
+	waitApplied func(ctx context.Context, index uint64) error
 }
 
 var _ consensus.Forwarder = (*forwarder)(nil)
@@ -75,20 +77,10 @@ func (f *forwarder) Forward(ctx context.Context, leader consensus.Server, cmd []
 	if res.Code != "" {
 		return &consensus.ForwardError{Code: res.Code, Msg: res.Msg}
 	}
-	return waitApplied(ctx, f.applied, res.Index)
-}
-
-// waitApplied waits until applied (this node's applied index) reaches
-// index: a write the leader applied at index is then visible here too.
-func waitApplied(ctx context.Context, applied func() uint64, index uint64) error {
-	t := time.NewTicker(2 * time.Millisecond)
-	defer t.Stop()
-	for applied() < index {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("the leader committed the write, but this node has not applied it yet: %w", ctx.Err())
-		case <-t.C:
-		}
+	// Once this node applied the leader's index, the write is visible here
+	// too.
+	if err := f.waitApplied(ctx, res.Index); err != nil {
+		return fmt.Errorf("the leader committed the write, but this node has not applied it yet: %w", err)
 	}
 	return nil
 }
@@ -199,7 +191,7 @@ func (n *Node) RemoveMember(ctx context.Context, id string) error {
 }
 
 func (n *Node) changeMembership(ctx context.Context, req memberRequest) error {
-	if req.Op == "remove" && req.ID == n.host.ID().String() && n.meta.Status().State == "Leader" {
+	if req.Op == "remove" && req.ID == n.host.ID().String() && n.meta.Status().State == consensus.Leader {
 		// A leader that removes itself steps down mid-change and is left
 		// shut down; hand leadership over first, then the new leader
 		// removes this node (below, as for any follower).
@@ -414,18 +406,14 @@ func (n *Node) joinVia(ctx context.Context, target string) error {
 func (n *Node) waitOtherLeader(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for {
-		if id := n.meta.Status().LeaderID; id != "" && id != n.host.ID().String() {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("no new leader after handing leadership over: %w; retry shortly", ctx.Err())
-		case <-t.C:
+	st, changes := n.meta.Watch(ctx)
+	for st.LeaderID == "" || st.LeaderID == n.host.ID().String() {
+		var open bool
+		if st, open = <-changes; !open {
+			return fmt.Errorf("no new leader after handing leadership over: %w; retry shortly", cmp.Or(ctx.Err(), consensus.ErrClosed))
 		}
 	}
+	return nil
 }
 
 // raftAddressOf reads a node's Raft address from its status document.
@@ -470,57 +458,108 @@ func raftAddressOf(ctx context.Context, base string) (string, error) {
 // Removing a dead voter never costs the quorum: this node leads, so a
 // majority of the voters is alive, and it stays a majority of the smaller
 // set.
+//
+// It is driven by the store's events (consensus.Store.Watch): a change of
+// leader or role starts or stops the leader's work at once, a membership
+// change is looked at at once (this node removed, a new non-voter). Only
+// what no Raft event reports runs on a timer, every upkeepEvery: whether
+// members are connected (the status's contact times, and a dead member's
+// cfg.DeadServerTimeout, which must pass) and whether non-voters stay
+// healthy (cfg.StabilizationTime, which must pass without a break).
 func (n *Node) membershipLoop(ctx context.Context) {
-	t := time.NewTicker(time.Second)
+	st, changes := n.meta.Watch(ctx)
+	up := newUpkeep()
+	t := time.NewTicker(upkeepEvery)
 	defer t.Stop()
-	unreachableSince := map[string]time.Time{}
-	promote := newPromoter()
 	for {
+		n.membershipStep(ctx, up, st)
 		select {
 		case <-ctx.Done():
 			return
+		case next, open := <-changes:
+			if !open {
+				changes = nil // the store closed; the node stops too
+				continue
+			}
+			st = latestState(next, changes)
 		case <-t.C:
 		}
-		n.noteContacts()
-		n.noteRemoved()
-		if n.meta.Status().State != "Leader" {
-			clear(unreachableSince)
-			promote.reset()
+	}
+}
+
+// upkeepEvery is how often membershipLoop looks at what no event reports
+// (see there).
+const upkeepEvery = time.Second
+
+// upkeep is the leader's membership state, owned by membershipLoop.
+type upkeep struct {
+	unreachableSince map[string]time.Time
+	promote          *promoter
+}
+
+func newUpkeep() *upkeep {
+	return &upkeep{unreachableSince: map[string]time.Time{}, promote: newPromoter()}
+}
+
+// latestState returns the newest state waiting in changes, or st: a burst
+// of changes is handled once.
+func latestState(st consensus.State, changes <-chan consensus.State) consensus.State {
+	for {
+		select {
+		case next, open := <-changes:
+			if !open {
+				return st
+			}
+			st = next
+		default:
+			return st
+		}
+	}
+}
+
+// membershipStep is one round of membershipLoop, with st the store's
+// latest view: it records contacts and a removal of this node, and on the
+// leader removes members unreachable for too long and promotes non-voters.
+func (n *Node) membershipStep(ctx context.Context, up *upkeep, st consensus.State) {
+	n.noteContacts()
+	n.noteRemoved()
+	if st.Role != consensus.Leader {
+		clear(up.unreachableSince)
+		up.promote.reset()
+		return
+	}
+	members, err := n.meta.Members()
+	if err != nil {
+		return
+	}
+	now := time.Now()
+	for _, m := range members {
+		if m.ID == n.host.ID().String() {
 			continue
 		}
-		members, err := n.meta.Members()
-		if err != nil {
+		if n.connected(m.ID) {
+			delete(up.unreachableSince, m.ID)
 			continue
 		}
-		now := time.Now()
-		for _, m := range members {
-			if m.ID == n.host.ID().String() {
-				continue
-			}
-			if n.connected(m.ID) {
-				delete(unreachableSince, m.ID)
-				continue
-			}
-			since, seen := unreachableSince[m.ID]
-			if !seen {
-				unreachableSince[m.ID] = now
-				continue
-			}
-			if now.Sub(since) < n.cfg.DeadServerTimeout {
-				continue
-			}
-			if err := n.meta.RemoveServer(ctx, m.ID); err != nil {
-				n.log.Warn("removing an unreachable member failed", "peer", m.ID, "err", err)
-				continue
-			}
-			delete(unreachableSince, m.ID)
-			n.log.Warn("removed a member unreachable for too long", "peer", m.ID, "suffrage", m.Suffrage,
-				"unreachable_for", now.Sub(since).Round(time.Second))
+		since, seen := up.unreachableSince[m.ID]
+		if !seen {
+			up.unreachableSince[m.ID] = now
+			continue
 		}
-		// Promotion (promotion.go) sees the configuration after removals.
-		if members, err = n.meta.Members(); err == nil {
-			promote.step(ctx, n, members)
+		if now.Sub(since) < n.cfg.DeadServerTimeout {
+			continue
 		}
+		if err := n.meta.RemoveServer(ctx, m.ID); err != nil {
+			n.log.Warn("removing an unreachable member failed", "peer", m.ID, "err", err)
+			continue
+		}
+		delete(up.unreachableSince, m.ID)
+		n.log.Warn("removed a member unreachable for too long", "peer", m.ID, "suffrage", m.Suffrage,
+			"unreachable_for", now.Sub(since).Round(time.Second))
+	}
+	// Promotion (promotion.go) sees the configuration after removals.
+	if members, err = n.meta.Members(); err == nil {
+		up.promote.step(ctx, n, members)
 	}
 }
 
@@ -562,7 +601,7 @@ func (w slogWriter) Write(p []byte) (int, error) {
 const indexProtocol = "/meshreg/index/1.0.0"
 
 func (n *Node) serveIndex(ctx context.Context, from peer.ID, _ []byte) []byte {
-	if n.meta.Status().State != "Leader" {
+	if n.meta.Status().State != consensus.Leader {
 		return []byte(`{"error":"not the leader"}`)
 	}
 	out, _ := json.Marshal(map[string]uint64{"index": n.meta.AppliedIndex()})
@@ -579,7 +618,7 @@ func (n *Node) Barrier(ctx context.Context) error { return n.catchUp(ctx) }
 // just pushed through another node).
 func (n *Node) catchUp(ctx context.Context) error {
 	st := n.meta.Status()
-	if st.State == "Leader" {
+	if st.State == consensus.Leader {
 		return nil
 	}
 	if st.LeaderID == "" {
@@ -602,5 +641,5 @@ func (n *Node) catchUp(ctx context.Context) error {
 	if err := json.Unmarshal(resp, &res); err != nil || res.Error != "" {
 		return fmt.Errorf("asking leader %s for its index: %v %s", id, err, res.Error)
 	}
-	return waitApplied(ctx, n.meta.AppliedIndex, res.Index)
+	return n.meta.WaitApplied(ctx, res.Index)
 }

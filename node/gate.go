@@ -172,7 +172,7 @@ func (n *Node) noteRemoved() {
 	}
 	if n.wasRemoved.CompareAndSwap(false, true) {
 		n.log.Warn("this node was removed from the cluster: it takes no writes and its Raft state is " +
-			n.meta.Status().State + "; restart it with --join <a member> to join again")
+			n.meta.Status().State.String() + "; restart it with --join <a member> to join again")
 	}
 }
 

@@ -253,7 +253,7 @@ func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: opening metadata in %s: %w", cc.Dir, err)
 	}
-	fw.applied = meta.AppliedIndex
+	fw.waitApplied = meta.WaitApplied
 	routing, err := p2p.NewRouting(host, log.With("component", "dht"))
 	if err != nil {
 		_ = meta.Close()
@@ -352,7 +352,7 @@ func (n *Node) forgetExpiredUploads() {
 // closes the metadata store and the libp2p host. Callers stop serving
 // requests first.
 func (n *Node) Close() error {
-	if n.meta.Status().State == "Leader" && !n.alone() {
+	if n.meta.Status().State == consensus.Leader && !n.alone() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := n.meta.TransferLeadership(ctx); err != nil {
 			n.log.Warn("leadership transfer before stopping failed; the others will elect a leader", "err", err)
@@ -378,7 +378,7 @@ func (n *Node) alone() bool {
 	}
 	voters := 0
 	for _, m := range members {
-		if m.Suffrage == "Voter" {
+		if m.Suffrage == consensus.Voter {
 			voters++
 		}
 	}

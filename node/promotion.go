@@ -104,9 +104,9 @@ func promotions(members []consensus.Member, healthySince map[string]time.Time, n
 	var ready []candidate
 	for _, m := range members {
 		switch m.Suffrage {
-		case "Voter":
+		case consensus.Voter:
 			voters++
-		case "Nonvoter":
+		case consensus.Nonvoter:
 			if since, ok := healthySince[m.ID]; ok && now.Sub(since) >= stabilization {
 				ready = append(ready, candidate{m.ID, since})
 			}
@@ -148,7 +148,7 @@ func (p *promoter) step(ctx context.Context, n *Node, members []consensus.Member
 	now := time.Now()
 	current := map[string]bool{}
 	for _, m := range members {
-		if m.Suffrage != "Nonvoter" || m.ID == n.host.ID().String() {
+		if m.Suffrage != consensus.Nonvoter || m.ID == n.host.ID().String() {
 			continue
 		}
 		current[m.ID] = true

@@ -13,8 +13,8 @@ func TestPromotions(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
 	const stab = 10 * time.Second
 	long, short := now.Add(-time.Minute), now.Add(-time.Second)
-	v := func(id string) consensus.Member { return consensus.Member{ID: id, Suffrage: "Voter"} }
-	nv := func(id string) consensus.Member { return consensus.Member{ID: id, Suffrage: "Nonvoter"} }
+	v := func(id string) consensus.Member { return consensus.Member{ID: id, Suffrage: consensus.Voter} }
+	nv := func(id string) consensus.Member { return consensus.Member{ID: id, Suffrage: consensus.Nonvoter} }
 	tests := []struct {
 		name    string
 		members []consensus.Member
@@ -46,7 +46,7 @@ func TestPromotions(t *testing.T) {
 			}
 			voters := 0
 			for _, m := range tc.members {
-				if m.Suffrage == "Voter" {
+				if m.Suffrage == consensus.Voter {
 					voters++
 				}
 			}

@@ -28,7 +28,7 @@ const readCatchUpTimeout = 2 * time.Second
 // that cannot reach one answers from what it has.
 func orCatchUp[T any](ctx context.Context, n *Node, read func() (T, error)) (T, error) {
 	v, err := read()
-	if !errors.Is(err, consensus.ErrNotFound) || n.meta.Status().State == "Leader" {
+	if !errors.Is(err, consensus.ErrNotFound) || n.meta.Status().State == consensus.Leader {
 		return v, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, readCatchUpTimeout)

@@ -119,34 +119,57 @@ const (
 // watchRemoval runs, once this node is a member, until ctx ends: when it
 // has had no leader for leaderlessCheckAfter, it asks the --join targets
 // whether it is still a member, and joins again if it is not.
+//
+// It follows the store's events (a leader lost or found, a membership
+// change); its only timer runs while this node is a leaderless member,
+// since what it waits for then is time passing without a leader.
 func (n *Node) watchRemoval(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
+	st, changes := n.meta.Watch(ctx)
+	timer := time.NewTimer(leaderlessCheckAfter)
+	timer.Stop() // armed only while leaderless
+	defer timer.Stop()
 	var leaderless, asked time.Time
 	for {
+		var wake <-chan time.Time
+		if now := time.Now(); !n.isMember() || st.LeaderID != "" {
+			// Not a member (removed: noteRemoved says so), or following.
+			leaderless = time.Time{}
+		} else {
+			if leaderless.IsZero() {
+				leaderless = now
+			}
+			due := later(leaderless.Add(leaderlessCheckAfter), asked.Add(leaderlessCheckEvery))
+			if !now.Before(due) {
+				asked = now
+				if removed, _ := n.checkRound(ctx); removed {
+					n.joinThrough(ctx, n.cfg.Join)
+					leaderless = time.Time{}
+				}
+				continue
+			}
+			timer.Reset(due.Sub(now))
+			wake = timer.C
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case next, open := <-changes:
+			if !open {
+				return // the store closed; the node stops too
+			}
+			st = latestState(next, changes)
+		case <-wake:
 		}
-		now := time.Now()
-		if !n.isMember() || n.meta.Status().LeaderID != "" {
-			// Not a member (removed: noteRemoved says so), or following.
-			leaderless = time.Time{}
-			continue
-		}
-		if leaderless.IsZero() {
-			leaderless = now
-		}
-		if now.Sub(leaderless) < leaderlessCheckAfter || now.Sub(asked) < leaderlessCheckEvery {
-			continue
-		}
-		asked = now
-		if removed, _ := n.checkRound(ctx); removed {
-			n.joinThrough(ctx, n.cfg.Join)
-			leaderless = time.Time{}
-		}
+		timer.Stop() // since Go 1.23, a stopped timer delivers nothing stale
 	}
+}
+
+// later returns the later of two times.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // checkVia asks target whether this node is in its configuration: known is

@@ -44,6 +44,8 @@ type MetadataReader interface {
 	// AppliedIndex is how far this node has applied the log: a read after
 	// it reaches an index sees every write up to that index.
 	AppliedIndex() uint64
+	// WaitApplied returns once this node applied the log up to index.
+	WaitApplied(ctx context.Context, index uint64) error
 }
 
 // MetadataWriter changes the replicated metadata. A write returns once
@@ -75,6 +77,10 @@ type Membership interface {
 	RemoveServer(ctx context.Context, id string) error
 	TransferLeadership(ctx context.Context) error
 	BootstrapWith(servers []consensus.Server) error
+	// Watch returns this node's view of the cluster (role, leader, term,
+	// membership index) and a channel of the views after each change; a
+	// slow reader may miss intermediate views but always gets the latest.
+	Watch(ctx context.Context) (consensus.State, <-chan consensus.State)
 }
 
 // Metadata is the whole metadata store a node runs on.

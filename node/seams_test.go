@@ -66,12 +66,40 @@ func testMetadata(t *testing.T, m Metadata, self string) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if st := m.Status(); st.State != "Leader" || st.LeaderID != self {
+	if st := m.Status(); st.State != consensus.Leader || st.LeaderID != self {
 		t.Errorf("status of the only member: state %q, leader %q", st.State, st.LeaderID)
 	}
 	if ms, err := m.Members(); err != nil || !slices.ContainsFunc(ms, func(x consensus.Member) bool { return x.ID == self }) {
 		t.Errorf("members %v, %v: want %s among them", ms, err, self)
 	}
+	// Watch: the current view, then a view after each membership change.
+	view, views := m.Watch(ctx)
+	if view.Role != consensus.Leader || view.LeaderID != self {
+		t.Errorf("Watch: role %q, leader %q; want %s leading", view.Role, view.LeaderID, self)
+	}
+	if err := m.AddNonvoter(ctx, "node-watched", "/ip4/127.0.0.1/tcp/9/p2p/node-watched"); err != nil {
+		t.Fatalf("AddNonvoter: %v", err)
+	}
+	select {
+	case v := <-views:
+		if v.MembershipIndex <= view.MembershipIndex {
+			t.Errorf("Watch after a member was added: membership index %d, was %d", v.MembershipIndex, view.MembershipIndex)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Watch delivered nothing within 10s of a member added")
+	}
+	if err := m.RemoveServer(ctx, "node-watched"); err != nil {
+		t.Fatalf("RemoveServer: %v", err)
+	}
+	// WaitApplied: at once for what is applied; until ctx ends for what is not.
+	if err := m.WaitApplied(ctx, m.AppliedIndex()); err != nil {
+		t.Errorf("WaitApplied(applied index): %v", err)
+	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	if err := m.WaitApplied(short, m.AppliedIndex()+1000); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("WaitApplied(an index never written) = %v; want the context's deadline", err)
+	}
+	cancel()
 	notFound := func(what string, err error) {
 		t.Helper()
 		if !errors.Is(err, consensus.ErrNotFound) {

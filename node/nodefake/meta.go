@@ -25,6 +25,8 @@ type Cluster struct {
 	members []consensus.Member
 	metas   map[string]*Meta
 	leader  string
+	// configIndex moves with each membership change (State.MembershipIndex).
+	configIndex uint64
 }
 
 type entry struct {
@@ -42,10 +44,11 @@ func (c *Cluster) Join(id, addr string) *Meta {
 	defer c.mu.Unlock()
 	m := &Meta{c: c, id: id, st: newState()}
 	c.metas[id] = m
-	c.members = append(c.members, consensus.Member{ID: id, Address: addr, Suffrage: "Voter"})
+	c.members = append(c.members, consensus.Member{ID: id, Address: addr, Suffrage: consensus.Voter})
 	if c.leader == "" {
 		c.leader = id
 	}
+	c.changedLocked(true)
 	return m
 }
 
@@ -54,6 +57,7 @@ func (c *Cluster) Lead(id string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.leader = id
+	c.changedLocked(false)
 }
 
 // Meta is one member's view of a Cluster; it implements node.Metadata.
@@ -66,6 +70,7 @@ type Meta struct {
 	applied int // entries of c.log applied to st
 	lag     time.Duration
 	closed  bool
+	watch   watchers
 }
 
 // SetLag makes this member apply each write lag after it was committed
@@ -299,7 +304,7 @@ func (m *Meta) Status() consensus.Status {
 	c := m.c
 	c.mu.Lock()
 	m.catchUp(false)
-	st := consensus.Status{State: "Follower", LeaderID: c.leader, Members: slices.Clone(c.members), Term: 1,
+	st := consensus.Status{State: consensus.Follower, LeaderID: c.leader, Members: slices.Clone(c.members), Term: 1,
 		CommitIndex: uint64(len(c.log)), LastIndex: uint64(len(c.log))}
 	for _, mb := range c.members {
 		if mb.ID == c.leader {
@@ -308,12 +313,12 @@ func (m *Meta) Status() consensus.Status {
 	}
 	c.mu.Unlock()
 	if c.leader == m.id {
-		st.State = "Leader"
+		st.State = consensus.Leader
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
-		st.State = "Shutdown"
+		st.State = consensus.Shutdown
 	}
 	st.AppliedIndex = uint64(m.applied)
 	return st
@@ -347,7 +352,8 @@ func (m *Meta) member(ctx context.Context, fn func(c *Cluster) error) error {
 func (m *Meta) AddNonvoter(ctx context.Context, id, addr string) error {
 	return m.member(ctx, func(c *Cluster) error {
 		if !slices.ContainsFunc(c.members, func(x consensus.Member) bool { return x.ID == id }) {
-			c.members = append(c.members, consensus.Member{ID: id, Address: addr, Suffrage: "Nonvoter"})
+			c.members = append(c.members, consensus.Member{ID: id, Address: addr, Suffrage: consensus.Nonvoter})
+			c.changedLocked(true)
 		}
 		return nil
 	})
@@ -357,7 +363,8 @@ func (m *Meta) Promote(ctx context.Context, id string) error {
 	return m.member(ctx, func(c *Cluster) error {
 		for i := range c.members {
 			if c.members[i].ID == id {
-				c.members[i].Suffrage = "Voter"
+				c.members[i].Suffrage = consensus.Voter
+				c.changedLocked(true)
 				return nil
 			}
 		}
@@ -368,6 +375,7 @@ func (m *Meta) Promote(ctx context.Context, id string) error {
 func (m *Meta) RemoveServer(ctx context.Context, id string) error {
 	return m.member(ctx, func(c *Cluster) error {
 		c.members = slices.DeleteFunc(c.members, func(x consensus.Member) bool { return x.ID == id })
+		c.changedLocked(true)
 		return nil
 	})
 }
@@ -376,8 +384,9 @@ func (m *Meta) RemoveServer(ctx context.Context, id string) error {
 func (m *Meta) TransferLeadership(ctx context.Context) error {
 	return m.member(ctx, func(c *Cluster) error {
 		for _, x := range c.members {
-			if x.ID != m.id && x.Suffrage == "Voter" {
+			if x.ID != m.id && x.Suffrage == consensus.Voter {
 				c.leader = x.ID
+				c.changedLocked(false)
 				return nil
 			}
 		}
@@ -399,6 +408,8 @@ func (m *Meta) Close() error {
 	if m.c.leader == m.id {
 		m.c.leader = ""
 	}
+	m.c.changedLocked(false)
+	m.watch.close()
 	return nil
 }
 

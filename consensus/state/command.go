@@ -1,0 +1,109 @@
+package state
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Op names a command. The set is closed: a node that meets an op it does not
+// know fails that entry (the same way on every node) and moves on.
+type Op byte
+
+const (
+	OpPutManifest Op = iota + 1
+	OpDeleteManifest
+	OpDeleteTag
+	OpLinkBlob
+	OpUnlinkBlob
+)
+
+// Command is one replicated write. Each op uses a subset of the fields.
+//
+// Encoding: the op byte, then the JSON of the struct. encoding/json writes
+// fields in declaration order and map keys sorted, so a command always
+// encodes to the same bytes.
+type Command struct {
+	Op           Op                `json:"-"`
+	Repo         string            `json:"repo"`
+	Digest       digest.Digest     `json:"digest"`
+	Tag          string            `json:"tag,omitempty"`  // OpDeleteTag
+	Tags         []string          `json:"tags,omitempty"` // OpPutManifest
+	Size         int64             `json:"size,omitempty"`
+	MediaType    string            `json:"mediaType,omitempty"`
+	ArtifactType string            `json:"artifactType,omitempty"`
+	Subject      digest.Digest     `json:"subject,omitempty"`
+	Annotations  map[string]string `json:"annotations,omitempty"`
+	Body         []byte            `json:"body,omitempty"`
+}
+
+// Encode returns the bytes a command travels and is logged as.
+func (c Command) Encode() ([]byte, error) {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("consensus: encoding command: %w", err)
+	}
+	return append([]byte{byte(c.Op)}, b...), nil
+}
+
+// DecodeCommand decodes an encoded command; the error wraps
+// ErrInvalidCommand. The command still has to be validated.
+func DecodeCommand(b []byte) (Command, error) {
+	var c Command
+	if len(b) == 0 {
+		return c, fmt.Errorf("consensus: %w: empty command", ErrInvalidCommand)
+	}
+	if err := json.Unmarshal(b[1:], &c); err != nil {
+		return c, fmt.Errorf("consensus: %w: decoding command: %w", ErrInvalidCommand, err)
+	}
+	c.Op = Op(b[0])
+	return c, nil
+}
+
+// Kind names what an applied entry did (Applied.Kind).
+type Kind string
+
+const (
+	KindPutManifest    Kind = "put_manifest"
+	KindDeleteManifest Kind = "delete_manifest"
+	KindDeleteTag      Kind = "delete_tag"
+	KindLinkBlob       Kind = "link_blob"
+	KindUnlinkBlob     Kind = "unlink_blob"
+	// KindRestore: the whole state was replaced by a snapshot up to Index;
+	// a follower of the stream reads it again.
+	KindRestore Kind = "restore"
+	// KindInvalid: the entry did not decode to a known command (it changed
+	// nothing but the applied index).
+	KindInvalid Kind = "invalid"
+)
+
+// Kind is the kind of the op.
+func (o Op) Kind() Kind {
+	switch o {
+	case OpPutManifest:
+		return KindPutManifest
+	case OpDeleteManifest:
+		return KindDeleteManifest
+	case OpDeleteTag:
+		return KindDeleteTag
+	case OpLinkBlob:
+		return KindLinkBlob
+	case OpUnlinkBlob:
+		return KindUnlinkBlob
+	}
+	return KindInvalid
+}
+
+// Applied is one entry applied to the state: its Raft index, its kind and
+// what it named.
+type Applied struct {
+	Index  uint64
+	Kind   Kind
+	Repo   string
+	Digest digest.Digest // "" for a tag delete
+	Tag    string        // a tag delete's tag
+	// Failed: the command was refused (not found, out of bounds) and
+	// changed nothing but the applied index.
+	Failed bool
+}
