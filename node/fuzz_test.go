@@ -136,9 +136,7 @@ func FuzzServeControl(f *testing.F) {
 			if err := json.Unmarshal(out, &res); err != nil || res.Error == "" {
 				t.Fatalf("replicate from a non-member answered %q (%v)", out, err)
 			}
-			n.fetchMu.Lock()
-			inflight := len(n.fetches)
-			n.fetchMu.Unlock()
+			inflight := n.fetches.InProgress()
 			if inflight != 0 {
 				t.Fatalf("replicate from a non-member started %d fetches", inflight)
 			}

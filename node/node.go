@@ -26,6 +26,7 @@ import (
 	"github.com/meshreg/meshreg/blobstore"
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/buildinfo"
+	"github.com/meshreg/meshreg/node/fetch"
 	"github.com/meshreg/meshreg/p2p"
 )
 
@@ -182,9 +183,10 @@ type Node struct {
 	// returns it.
 	fatal chan error
 
-	fetchMu         sync.Mutex
-	fetches         map[digest.Digest]*fetch          // in progress
-	providerCache   map[digest.Digest]providerEntry   // recent DHT lookups
+	// fetches copies blobs from peers to this disk, once each (fetch.go).
+	fetches *fetch.Engine
+
+	fetchMu         sync.Mutex                        // guards serving
 	serving         map[digest.Digest]map[peer.ID]int // peers this node sends each blob to
 	underReplicated atomic.Int64                      // after the last repair sweep
 
@@ -276,7 +278,7 @@ func New(cfg Config, parts Parts, log *slog.Logger, opts ...Option) *Node {
 		cfg: cfg, blobs: blobs, meta: meta, host: host, routing: parts.Providers, log: log,
 		started: time.Now(), metrics: newNodeMetrics(), peers: newPeerBook(peerLabels{Region: cfg.Region, Zone: cfg.Zone}),
 		ctx: ctx, bg: newWorkers(ctx, cancel),
-		fetches: map[digest.Digest]*fetch{}, providerCache: map[digest.Digest]providerEntry{}, serving: map[digest.Digest]map[peer.ID]int{},
+		serving: map[digest.Digest]map[peer.ID]int{},
 		uploads: map[string]string{}, seen: map[string]string{}, lastContact: map[string]time.Time{},
 	}
 	for _, o := range opts {
@@ -286,6 +288,7 @@ func New(cfg Config, parts Parts, log *slog.Logger, opts ...Option) *Node {
 	n.disk = newDiskGuard(cfg.DataDir, cfg.MinFreeDisk, func() string { return n.host.ID().String() },
 		n.metrics.writesRefused.WithLabelValues("disk"), log.With("component", "disk"))
 	n.disk.warnSmall()
+	n.fetches = n.newFetches()
 	n.scrub = newScrubber(blobs, n.metrics.scrubbed, cfg.ScrubRate, cfg.ScrubInterval, log)
 	blobs.OnCorrupt(n.blobCorrupt)
 	n.gate = newPeerGate()
@@ -466,9 +469,7 @@ type BlobStatus struct {
 
 func (n *Node) Status(ctx context.Context) any {
 	count, bytes := n.blobs.Stats()
-	n.fetchMu.Lock()
-	fetching := len(n.fetches)
-	n.fetchMu.Unlock()
+	fetching := n.fetches.InProgress()
 	n.mu.Lock()
 	uploads := len(n.uploads)
 	contacts := maps.Clone(n.lastContact)

@@ -134,8 +134,8 @@ func (n *Node) replicate(ctx context.Context, req replicateRequest) error {
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-f.done:
-		return f.err
+	case <-f.Done():
+		return f.Err()
 	}
 }
 
@@ -211,7 +211,7 @@ func (n *Node) copyBlob(ctx context.Context, r blobRef, held, live []peer.ID, ta
 	}
 	var lacking []peer.ID
 	for _, p := range live {
-		if !contains(held, p) {
+		if !slices.Contains(held, p) {
 			lacking = append(lacking, p)
 		}
 	}
@@ -240,7 +240,7 @@ func (n *Node) copyBlob(ctx context.Context, r blobRef, held, live []peer.ID, ta
 		n.metrics.replicated.Inc()
 		count++
 	}
-	if count < target && !contains(held, n.host.ID()) {
+	if count < target && !slices.Contains(held, n.host.ID()) {
 		// No other live node lacks it (two live nodes, say): this node,
 		// which the manifest came through, makes the next copy itself.
 		if err := n.replicate(ctx, replicateRequest{Digest: r.d, Size: r.size, From: from}); err != nil {
