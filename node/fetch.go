@@ -20,7 +20,7 @@ import (
 // newFetches returns the node's fetch engine. Call it once n.disk is set.
 func (n *Node) newFetches() *fetch.Engine {
 	peers := fetch.NewPeers(fetch.PeersConfig{
-		Net: n.host, Providers: n.routing, Cluster: fetchCluster{n: n},
+		Net: n.host, Providers: n.routing, Cluster: peerView{n: n},
 		Idle: n.cfg.PeerIdleTimeout, Lookup: n.metrics.lookup, Log: n.log,
 	})
 	return fetch.New(fetch.Config{
@@ -51,25 +51,6 @@ type fetchPartials struct{ n *Node }
 
 func (p fetchPartials) NewPartial(d digest.Digest, size int64) (*blobstore.Partial, error) {
 	return p.n.blobs.NewPartial(d, size)
-}
-
-// fetchCluster is the cluster as the peer source sees it.
-type fetchCluster struct{ n *Node }
-
-var _ fetch.Cluster = fetchCluster{}
-
-func (c fetchCluster) IsMember(p peer.ID) bool { return c.n.isMemberPeer(p) }
-func (c fetchCluster) Live() []peer.ID         { return c.n.livePeers() }
-func (c fetchCluster) Holders(ctx context.Context, peers []peer.ID, digests []digest.Digest) map[digest.Digest][]peer.ID {
-	return c.n.holders(ctx, peers, digests)
-}
-func (c fetchCluster) Penalise(p peer.ID, why string) { c.n.penalise(p, why) }
-
-// Order puts the nearest peers first, and the least loaded first among
-// those as near.
-func (c fetchCluster) Order(ctx context.Context, peers []peer.ID) {
-	c.n.peers.nearestFirst(peers)
-	c.n.leastLoadedFirst(ctx, peers)
 }
 
 func (n *Node) penalise(p peer.ID, why string) {

@@ -8,7 +8,7 @@ import (
 )
 
 // repairer keeps --replicas copies of the blobs this node holds: every
-// interval it runs a sweep (repairSweep in replicas.go), which counts the
+// interval it runs a sweep (replicate.Replicator.Sweep), which counts the
 // live copies of each blob, and for a blob with too few, the lowest-id
 // holder asks other nodes to copy it. A node that left for good thus has
 // its blobs re-replicated by the survivors.

@@ -27,6 +27,7 @@ import (
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/buildinfo"
 	"github.com/meshreg/meshreg/node/fetch"
+	"github.com/meshreg/meshreg/node/replicate"
 	"github.com/meshreg/meshreg/p2p"
 )
 
@@ -185,6 +186,8 @@ type Node struct {
 
 	// fetches copies blobs from peers to this disk, once each (fetch.go).
 	fetches *fetch.Engine
+	// replicas keeps --replicas copies of blobs (replicas.go).
+	replicas *replicate.Replicator
 
 	fetchMu         sync.Mutex                        // guards serving
 	serving         map[digest.Digest]map[peer.ID]int // peers this node sends each blob to
@@ -289,6 +292,7 @@ func New(cfg Config, parts Parts, log *slog.Logger, opts ...Option) *Node {
 		n.metrics.writesRefused.WithLabelValues("disk"), log.With("component", "disk"))
 	n.disk.warnSmall()
 	n.fetches = n.newFetches()
+	n.replicas = n.newReplicas()
 	n.scrub = newScrubber(blobs, n.metrics.scrubbed, cfg.ScrubRate, cfg.ScrubInterval, log)
 	blobs.OnCorrupt(n.blobCorrupt)
 	n.gate = newPeerGate()
@@ -309,8 +313,8 @@ func (n *Node) serveProtocols(s ProtocolServer) {
 	s.HandleRequests(indexProtocol, maxControlLen, rpcTimeout, n.serveIndex)
 	s.HandleRequests(healthProtocol, maxControlLen, rpcTimeout, n.serveHealth)
 	s.HandleRequests(infoProtocol, maxControlLen, rpcTimeout, n.serveInfo)
-	s.HandleRequests(hasProtocol, maxControlLen, rpcTimeout, n.serveHas)
-	s.HandleRequests(replicateProtocol, maxControlLen, replicateTimeout, n.serveReplicate)
+	s.HandleRequests(replicate.HasProtocol, maxControlLen, rpcTimeout, n.replicas.ServeHas)
+	s.HandleRequests(replicate.ReplicateProtocol, maxControlLen, replicate.Timeout, n.replicas.ServeReplicate)
 	s.HandleRequests(vouchProtocol, maxControlLen, rpcTimeout, n.serveVouch)
 	s.ServeBlobs(n.cfg.PeerIdleTimeout, n.serveBlob)
 }
@@ -331,7 +335,7 @@ func (n *Node) Run(ctx context.Context) error {
 		newMesher(meshEvery, n.meshRound),
 		n.scrub,
 		newVoucher(n.gate.unknownRaft, n.vouched, func(p peer.ID) { n.gate.admit(p, admissionTTL) }, n.log),
-		newRepairer(n.cfg.RepairInterval, n.repairSweep, &n.underReplicated, n.log),
+		newRepairer(n.cfg.RepairInterval, n.replicas.Sweep, &n.underReplicated, n.log),
 		newReprovider(n.blobs, n.routing, n.provide, n.cfg.ReprovideInterval, n.log),
 		join,
 		loopFunc(n.membershipLoop),
