@@ -335,7 +335,7 @@ func (n *Node) Run(ctx context.Context) error {
 		newMesher(meshEvery, n.meshRound),
 		n.scrub,
 		newVoucher(n.gate.unknownRaft, n.vouched, func(p peer.ID) { n.gate.admit(p, admissionTTL) }, n.log),
-		newRepairer(n.cfg.RepairInterval, n.replicas.Sweep, &n.underReplicated, n.log),
+		replicate.NewRepairer(n.cfg.RepairInterval, n.replicas.Sweep, &n.underReplicated, n.log),
 		newReprovider(n.blobs, n.routing, n.provide, n.cfg.ReprovideInterval, n.log),
 		join,
 		loopFunc(n.membershipLoop),
