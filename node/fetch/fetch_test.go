@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/meshreg/meshreg/blobstore"
+	"github.com/meshreg/meshreg/testnet/tlog"
 )
 
 // testOwner is the owner of a test's fetch goroutines (the node's workers
@@ -57,16 +57,7 @@ func (o *testOwner) close() {
 	o.wg.Wait()
 }
 
-func testLog(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(b)))
-	return len(b), nil
-}
+func testLog(t *testing.T) *slog.Logger { return tlog.Logger(t, slog.LevelDebug) }
 
 func newStore(t *testing.T) *blobstore.Store {
 	s, err := blobstore.Open(t.TempDir(), testLog(t))

@@ -18,6 +18,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/meshreg/meshreg/testnet/tlog"
 )
 
 // fakeCluster is a few replicators wired to one another in memory: every
@@ -90,7 +92,7 @@ func newFakeCluster(t *testing.T, replicas int, zones ...string) *fakeCluster {
 		ids[i] = ptest.RandPeerIDFatal(t)
 	}
 	slices.Sort(ids)
-	log := slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	log := tlog.Logger(t, slog.LevelDebug)
 	for i, z := range zones {
 		n := &fakeNode{c: c, id: ids[i], zone: z, blobs: &fakeBlobs{held: map[digest.Digest]int64{}},
 			copies: prometheus.NewCounter(prometheus.CounterOpts{Name: "copies"})}
@@ -100,13 +102,6 @@ func newFakeCluster(t *testing.T, replicas int, zones ...string) *fakeCluster {
 		c.byID[n.id] = n
 	}
 	return c
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(b)))
-	return len(b), nil
 }
 
 func (n *fakeNode) ID() peer.ID { return n.id }
