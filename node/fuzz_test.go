@@ -14,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/meshreg/meshreg/node/replicate"
 	"github.com/meshreg/meshreg/p2p"
 	"github.com/meshreg/meshreg/testnet/tlog"
 )
@@ -28,10 +29,10 @@ func FuzzControlMessages(f *testing.F) {
 		memberRequest{Op: "remove", ID: id},
 		memberResult{Error: "leader: no such member"},
 		forwardResult{Code: "not_found", Msg: "consensus: not found", Index: 42},
-		hasRequest{Digests: []digest.Digest{cfgDigest, layerDigest}},
-		hasResult{Has: []bool{true, false}},
-		replicateRequest{Digest: cfgDigest, Size: 2, From: []string{id}},
-		replicateResult{Error: "bad request"},
+		replicate.HasRequest{Digests: []digest.Digest{cfgDigest, layerDigest}},
+		replicate.HasResult{Has: []bool{true, false}},
+		replicate.Request{Digest: cfgDigest, Size: 2, From: []string{id}},
+		replicate.Result{Error: "bad request"},
 		infoAnswer{peerLabels: peerLabels{Region: "eu", Zone: "eu-1a"}, Load: 1.5},
 		map[string]string{id: "/ip4/127.0.0.1/tcp/4001/p2p/" + id},
 		map[string]uint64{"index": 7},
@@ -50,10 +51,10 @@ func FuzzControlMessages(f *testing.F) {
 		roundTrip(t, b, &memberRequest{}, &memberRequest{})
 		roundTrip(t, b, &memberResult{}, &memberResult{})
 		roundTrip(t, b, &forwardResult{}, &forwardResult{})
-		roundTrip(t, b, &hasRequest{}, &hasRequest{})
-		roundTrip(t, b, &hasResult{}, &hasResult{})
-		roundTrip(t, b, &replicateRequest{}, &replicateRequest{})
-		roundTrip(t, b, &replicateResult{}, &replicateResult{})
+		roundTrip(t, b, &replicate.HasRequest{}, &replicate.HasRequest{})
+		roundTrip(t, b, &replicate.HasResult{}, &replicate.HasResult{})
+		roundTrip(t, b, &replicate.Request{}, &replicate.Request{})
+		roundTrip(t, b, &replicate.Result{}, &replicate.Result{})
 		roundTrip(t, b, &infoAnswer{}, &infoAnswer{})
 		roundTrip(t, b, &map[string]string{}, &map[string]string{})
 		roundTrip(t, b, &p2p.BlobRequest{}, &p2p.BlobRequest{})
@@ -127,18 +128,16 @@ func FuzzServeControl(f *testing.F) {
 				}
 			}
 		case 1:
-			if out := n.serveHas(ctx, stranger, b); len(out) != 0 {
+			if out := n.replicas.ServeHas(ctx, stranger, b); len(out) != 0 {
 				t.Fatalf("has from a non-member answered %q", out)
 			}
 		case 2:
-			out := n.serveReplicate(ctx, stranger, b)
-			var res replicateResult
+			out := n.replicas.ServeReplicate(ctx, stranger, b)
+			var res replicate.Result
 			if err := json.Unmarshal(out, &res); err != nil || res.Error == "" {
 				t.Fatalf("replicate from a non-member answered %q (%v)", out, err)
 			}
-			n.fetchMu.Lock()
-			inflight := len(n.fetches)
-			n.fetchMu.Unlock()
+			inflight := n.fetches.InProgress()
 			if inflight != 0 {
 				t.Fatalf("replicate from a non-member started %d fetches", inflight)
 			}

@@ -5,6 +5,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/protocol"
 
+	"github.com/meshreg/meshreg/node/replicate"
 	"github.com/meshreg/meshreg/p2p"
 )
 
@@ -23,7 +24,7 @@ func TestNonMembersReachNoClusterProtocol(t *testing.T) {
 	}
 	ctx := t.Context()
 	refused := n.host.RefusedStreams()
-	for _, proto := range []string{hasProtocol, replicateProtocol, infoProtocol, indexProtocol, forwardProtocol, vouchProtocol} {
+	for _, proto := range []string{replicate.HasProtocol, replicate.ReplicateProtocol, infoProtocol, indexProtocol, forwardProtocol, vouchProtocol} {
 		if ans, err := stranger.Request(ctx, n.host.ID(), protocol.ID(proto), []byte(`{}`), maxControlLen); err == nil {
 			t.Errorf("%s answered a non-member: %.100q", proto, ans)
 		}

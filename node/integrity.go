@@ -6,6 +6,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/meshreg/meshreg/node/fetch"
 )
 
 // blobCorrupt is the blob store's report of a stored blob that did not
@@ -24,7 +26,7 @@ func (n *Node) blobCorrupt(d digest.Digest, size int64, cause error) {
 		// The size is the corrupt file's: right for flipped bits, wrong
 		// for a truncated file, so a peer that disagrees is not blamed. A
 		// read that knows the size from the metadata fetches it then.
-		f, err := n.startFetchSized(d, size, true, nil)
+		f, err := n.fetches.Start(fetch.Request{Digest: d, Size: size, SizeGuessed: true})
 		if err != nil {
 			n.log.Warn("cannot fetch a good copy of a corrupt blob", "digest", d, "err", err)
 			return
@@ -32,11 +34,11 @@ func (n *Node) blobCorrupt(d digest.Digest, size int64, cause error) {
 		select {
 		case <-n.ctx.Done():
 			return
-		case <-f.done:
+		case <-f.Done():
 		}
-		if f.err != nil {
+		if f.Err() != nil {
 			n.log.Warn("no good copy of a corrupt blob could be fetched; it is missing on this node until a peer has one",
-				"digest", d, "err", f.err)
+				"digest", d, "err", f.Err())
 			return
 		}
 		n.log.Info("replaced a corrupt blob with a good copy from a peer", "digest", d)

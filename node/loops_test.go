@@ -155,43 +155,6 @@ func TestStorageWatch(t *testing.T) {
 	}
 }
 
-func TestRepairerStoresEachSweep(t *testing.T) {
-	t.Parallel()
-	var sweeps atomic.Int64
-	var under atomic.Int64
-	under.Store(-1)
-	r := newRepairer(time.Millisecond, func(context.Context) (int, int, error) {
-		sweeps.Add(1)
-		return 3, 1, nil
-	}, &under, tlog.Logger(t, slog.LevelWarn))
-	stop := runInBackground(t, r)
-	eventually(t, "two sweeps", func() bool { return sweeps.Load() >= 2 })
-	if err := stop(); err != nil {
-		t.Fatalf("Run = %v", err)
-	}
-	if got := under.Load(); got != 3 {
-		t.Errorf("under-replicated gauge = %d, want 3", got)
-	}
-}
-
-func TestRepairerWaitsAnInterval(t *testing.T) {
-	t.Parallel()
-	var under atomic.Int64
-	under.Store(-1)
-	r := newRepairer(time.Hour, func(context.Context) (int, int, error) {
-		t.Error("swept before the first interval")
-		return 0, 0, nil
-	}, &under, tlog.Logger(t, slog.LevelWarn))
-	stop := runInBackground(t, r)
-	time.Sleep(20 * time.Millisecond)
-	if err := stop(); err != nil {
-		t.Fatalf("Run = %v", err)
-	}
-	if under.Load() != -1 {
-		t.Error("the gauge changed without a sweep")
-	}
-}
-
 // fakeBlobs lists fixed digests.
 type fakeBlobs []digest.Digest
 

@@ -26,6 +26,8 @@ import (
 	"github.com/meshreg/meshreg/blobstore"
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/buildinfo"
+	"github.com/meshreg/meshreg/node/fetch"
+	"github.com/meshreg/meshreg/node/replicate"
 	"github.com/meshreg/meshreg/p2p"
 )
 
@@ -182,9 +184,12 @@ type Node struct {
 	// returns it.
 	fatal chan error
 
-	fetchMu         sync.Mutex
-	fetches         map[digest.Digest]*fetch          // in progress
-	providerCache   map[digest.Digest]providerEntry   // recent DHT lookups
+	// fetches copies blobs from peers to this disk, once each (fetch.go).
+	fetches *fetch.Engine
+	// replicas keeps --replicas copies of blobs (replicas.go).
+	replicas *replicate.Replicator
+
+	fetchMu         sync.Mutex                        // guards serving
 	serving         map[digest.Digest]map[peer.ID]int // peers this node sends each blob to
 	underReplicated atomic.Int64                      // after the last repair sweep
 
@@ -276,7 +281,7 @@ func New(cfg Config, parts Parts, log *slog.Logger, opts ...Option) *Node {
 		cfg: cfg, blobs: blobs, meta: meta, host: host, routing: parts.Providers, log: log,
 		started: time.Now(), metrics: newNodeMetrics(), peers: newPeerBook(peerLabels{Region: cfg.Region, Zone: cfg.Zone}),
 		ctx: ctx, bg: newWorkers(ctx, cancel),
-		fetches: map[digest.Digest]*fetch{}, providerCache: map[digest.Digest]providerEntry{}, serving: map[digest.Digest]map[peer.ID]int{},
+		serving: map[digest.Digest]map[peer.ID]int{},
 		uploads: map[string]string{}, seen: map[string]string{}, lastContact: map[string]time.Time{},
 	}
 	for _, o := range opts {
@@ -286,6 +291,8 @@ func New(cfg Config, parts Parts, log *slog.Logger, opts ...Option) *Node {
 	n.disk = newDiskGuard(cfg.DataDir, cfg.MinFreeDisk, func() string { return n.host.ID().String() },
 		n.metrics.writesRefused.WithLabelValues("disk"), log.With("component", "disk"))
 	n.disk.warnSmall()
+	n.fetches = n.newFetches()
+	n.replicas = n.newReplicas()
 	n.scrub = newScrubber(blobs, n.metrics.scrubbed, cfg.ScrubRate, cfg.ScrubInterval, log)
 	blobs.OnCorrupt(n.blobCorrupt)
 	n.gate = newPeerGate()
@@ -306,8 +313,8 @@ func (n *Node) serveProtocols(s ProtocolServer) {
 	s.HandleRequests(indexProtocol, maxControlLen, rpcTimeout, n.serveIndex)
 	s.HandleRequests(healthProtocol, maxControlLen, rpcTimeout, n.serveHealth)
 	s.HandleRequests(infoProtocol, maxControlLen, rpcTimeout, n.serveInfo)
-	s.HandleRequests(hasProtocol, maxControlLen, rpcTimeout, n.serveHas)
-	s.HandleRequests(replicateProtocol, maxControlLen, replicateTimeout, n.serveReplicate)
+	s.HandleRequests(replicate.HasProtocol, maxControlLen, rpcTimeout, n.replicas.ServeHas)
+	s.HandleRequests(replicate.ReplicateProtocol, maxControlLen, replicate.Timeout, n.replicas.ServeReplicate)
 	s.HandleRequests(vouchProtocol, maxControlLen, rpcTimeout, n.serveVouch)
 	s.ServeBlobs(n.cfg.PeerIdleTimeout, n.serveBlob)
 }
@@ -328,7 +335,7 @@ func (n *Node) Run(ctx context.Context) error {
 		newMesher(meshEvery, n.meshRound),
 		n.scrub,
 		newVoucher(n.gate.unknownRaft, n.vouched, func(p peer.ID) { n.gate.admit(p, admissionTTL) }, n.log),
-		newRepairer(n.cfg.RepairInterval, n.repairSweep, &n.underReplicated, n.log),
+		replicate.NewRepairer(n.cfg.RepairInterval, n.replicas.Sweep, &n.underReplicated, n.log),
 		newReprovider(n.blobs, n.routing, n.provide, n.cfg.ReprovideInterval, n.log),
 		join,
 		loopFunc(n.membershipLoop),
@@ -466,9 +473,7 @@ type BlobStatus struct {
 
 func (n *Node) Status(ctx context.Context) any {
 	count, bytes := n.blobs.Stats()
-	n.fetchMu.Lock()
-	fetching := len(n.fetches)
-	n.fetchMu.Unlock()
+	fetching := n.fetches.InProgress()
 	n.mu.Lock()
 	uploads := len(n.uploads)
 	contacts := maps.Clone(n.lastContact)

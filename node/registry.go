@@ -16,6 +16,7 @@ import (
 	"github.com/meshreg/meshreg/blobstore"
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/manifest"
+	"github.com/meshreg/meshreg/node/replicate"
 )
 
 // readCatchUpTimeout bounds the catch-up of a read that found nothing.
@@ -104,9 +105,9 @@ func (n *Node) PutManifest(ctx context.Context, repo, reference, contentType str
 			return "", "", err
 		}
 	}
-	refs := make([]blobRef, len(p.Blobs))
+	refs := make([]replicate.Ref, len(p.Blobs))
 	for i, b := range p.Blobs {
-		refs[i] = blobRef{d: b.Digest, size: b.Size}
+		refs[i] = replicate.Ref{Digest: b.Digest, Size: b.Size}
 	}
 	if err := n.ensureReplicas(ctx, refs); err != nil {
 		return "", "", err

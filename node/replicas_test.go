@@ -27,7 +27,7 @@ func holdersOf(fn *fakeNet, d digest.Digest) []int {
 // --repair-interval.
 func sweep(t *testing.T, n *Node) (under, repaired int) {
 	t.Helper()
-	under, repaired, err := n.repairSweep(t.Context())
+	under, repaired, err := n.replicas.Sweep(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -99,23 +99,7 @@ func (n *Node) inFlight(d digest.Digest, from peer.ID, completeOnly bool) (io.Re
 	if completeOnly {
 		return nil, 0, 0
 	}
-	n.fetchMu.Lock()
-	f := n.fetches[d]
-	n.fetchMu.Unlock()
-	if f == nil {
-		return nil, 0, 0
-	}
-	f.mu.Lock()
-	part, source, depth := f.part, f.source, f.depth
-	f.mu.Unlock()
-	if depth == 0 || source == from {
-		return nil, 0, 0
-	}
-	r, ok := part.NewReader()
-	if !ok {
-		return nil, 0, 0
-	}
-	return r, f.size, depth
+	return n.fetches.Reader(d, from)
 }
 
 // servingTo lists the peers other than asker that this node is sending d to.

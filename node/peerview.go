@@ -1,0 +1,40 @@
+package node
+
+import (
+	"context"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/meshreg/meshreg/node/fetch"
+	"github.com/meshreg/meshreg/node/replicate"
+)
+
+// peerView is the cluster as the fetches and replication see it: who is a
+// member, who is live, where each is, and who holds what.
+type peerView struct{ n *Node }
+
+var (
+	_ fetch.Cluster     = peerView{}
+	_ replicate.Cluster = peerView{}
+)
+
+func (v peerView) IsMember(p peer.ID) bool { return v.n.isMemberPeer(p) }
+func (v peerView) Live() []peer.ID         { return v.n.livePeers() }
+
+func (v peerView) Holders(ctx context.Context, peers []peer.ID, digests []digest.Digest) map[digest.Digest][]peer.ID {
+	return v.n.replicas.Holders(ctx, peers, digests)
+}
+
+// Penalise records a peer that sent wrong bytes (see penaltyTime).
+func (v peerView) Penalise(p peer.ID, why string) { v.n.penalise(p, why) }
+
+// Order puts the nearest peers first, and the least loaded first among
+// those as near.
+func (v peerView) Order(ctx context.Context, peers []peer.ID) {
+	v.n.peers.nearestFirst(peers)
+	v.n.leastLoadedFirst(ctx, peers)
+}
+
+// SpreadFirst puts peers outside this node's zone first.
+func (v peerView) SpreadFirst(peers []peer.ID) { v.n.peers.spreadFirst(peers) }
