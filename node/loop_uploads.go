@@ -2,8 +2,11 @@ package node
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
+
+	"github.com/meshreg/meshreg/blobstore"
 )
 
 // uploadExpirer removes the upload sessions idle for longer than idle and
@@ -47,5 +50,17 @@ func (u *uploadExpiry) Run(ctx context.Context) error {
 		}
 		u.forget()
 		u.log.Info("expired idle uploads", "count", removed, "idle", u.idle)
+	}
+}
+
+// forgetExpiredUploads drops the upload sessions the blob store expired
+// from the node's record of who opened them.
+func (n *Node) forgetExpiredUploads() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for id := range n.uploads {
+		if _, err := n.blobs.Upload(id); errors.Is(err, blobstore.ErrUploadNotFound) {
+			delete(n.uploads, id)
+		}
 	}
 }

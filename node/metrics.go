@@ -67,3 +67,30 @@ func (m *nodeMetrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.bytesServed, m.bytesFetched, m.reads, m.penalties, m.fetchSeconds, m.fetchRate, m.lookup, m.replicated,
 		m.writesRefused, m.corrupt, m.scrubbed}
 }
+
+// RegisterMetrics adds the node's storage gauges to reg.
+func (n *Node) RegisterMetrics(reg prometheus.Registerer) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_blobs_stored", Help: "Blobs held on this node's disk."},
+			func() float64 { c, _ := n.blobs.Stats(); return float64(c) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_blob_bytes_stored", Help: "Bytes of blobs held on this node's disk."},
+			func() float64 { _, b := n.blobs.Stats(); return float64(b) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_raft_applied_index", Help: "Last Raft log index applied to the metadata store."},
+			func() float64 { return float64(n.meta.Status().AppliedIndex) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_dht_routing_table_peers", Help: "Peers in this node's DHT routing table."},
+			func() float64 { return float64(n.routing.RoutingTableSize()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_blobs_under_replicated", Help: "Blobs held here with fewer live copies than min(replicas, live nodes) at the last repair sweep (-1: none yet)."},
+			func() float64 { return float64(n.underReplicated.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_disk_free_bytes", Help: "Free bytes on the filesystem of the data dir (read at most once a second)."},
+			func() float64 { f, _, _ := n.disk.read(false); return float64(f) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_disk_reserve_bytes", Help: "Free bytes kept on the data dir's filesystem (--min-free-disk): below it writes are refused with 507."},
+			func() float64 { return float64(n.cfg.MinFreeDisk) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_upload_sessions_open", Help: "Upload sessions open on this node (at most --max-uploads; starts past it get 429)."},
+			func() float64 { return float64(n.blobs.OpenUploads()) }),
+	)
+	reg.MustRegister(n.metrics.collectors()...)
+	reg.MustRegister(buildInfoMetric(n.cfg.Build))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshreg_p2p_streams_refused_total",
+		Help: "Inbound libp2p streams reset unread because the peer may not use the protocol (not a member)."},
+		func() float64 { return float64(n.host.RefusedStreams()) }))
+}

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -20,132 +19,14 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/opencontainers/go-digest"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshreg/meshreg/api"
 	"github.com/meshreg/meshreg/blobstore"
 	"github.com/meshreg/meshreg/consensus"
-	"github.com/meshreg/meshreg/node/buildinfo"
 	"github.com/meshreg/meshreg/node/fetch"
 	"github.com/meshreg/meshreg/node/replicate"
 	"github.com/meshreg/meshreg/p2p"
 )
-
-// Config is what a node needs to know to run.
-type Config struct {
-	// DataDir holds the blobs and the metadata:
-	//
-	//	<DataDir>/
-	//	├── blobs/<alg>/<2 hex>/<hex>   blob contents (package blobstore)
-	//	├── uploads/<id>                upload sessions in progress
-	//	├── p2p/identity.key            the libp2p identity: peer id = Raft server id
-	//	└── meta/                       Raft log, snapshots and FSM (package consensus)
-	DataDir string
-	// P2P configures the libp2p host; its DataDir is filled in.
-	P2P p2p.Config
-	// Join names members of an existing cluster to join (multiaddrs with
-	// /p2p/<id>, or http(s) URLs of their API). Without it a node with no
-	// state bootstraps a one-node cluster of itself.
-	Join []string
-	// BootstrapExpect, when above 1, makes a node with no state wait until
-	// it has seen that many nodes (itself included) through Join before one
-	// of them bootstraps a cluster of that many, or until it hears from a
-	// member of an existing cluster, which it joins (see bootstrap.go).
-	BootstrapExpect int
-	// JoinToken is the join token (issued by a member, see admission.go)
-	// this node presents when it joins through Join. Not needed with a
-	// cluster key.
-	JoinToken string
-	// Voters is how many voters the leader keeps, promoting non-voters
-	// (an odd count: an even Voters keeps one less; see promotion.go).
-	Voters int
-	// StabilizationTime is how long a non-voter must stay healthy and
-	// caught up with the leader's log before it is promoted to voter.
-	StabilizationTime time.Duration
-	// DeadServerTimeout is how long a member may stay unreachable before
-	// the leader removes it from the cluster for good.
-	DeadServerTimeout time.Duration
-	// UploadIdleTimeout expires upload sessions that received nothing for
-	// this long.
-	UploadIdleTimeout time.Duration
-	// MaxUploads bounds the upload sessions open on this node, and
-	// MaxUploadsPerClient those one client (its IP address) has open; a
-	// start past either gets 429 TOOMANYREQUESTS.
-	MaxUploads, MaxUploadsPerClient int
-	// Version is reported in the status document and recorded in the data
-	// dir's FORMAT; Build is the whole build stamp (status, metrics).
-	Version string
-	Build   buildinfo.Info
-	// Consensus tunes the metadata store; Dir and NodeID are filled in.
-	Consensus consensus.Config
-
-	// Region and Zone say where the node runs; a node fetches blobs from
-	// peers in its own zone first, then its own region.
-	Region, Zone string
-	// Replicas is how many nodes must hold every blob of a manifest before
-	// the manifest PUT is acknowledged (fewer when fewer nodes are live).
-	Replicas int
-	// RepairInterval is how often the node checks that the blobs it holds
-	// still have Replicas live copies, and has missing ones made.
-	RepairInterval time.Duration
-	// ReprovideInterval is how often the node announces every blob it
-	// holds in the DHT again (records expire after 48 h).
-	ReprovideInterval time.Duration
-	// PeerIdleTimeout is how long a blob transfer between peers may move
-	// no bytes before it is abandoned (the fetcher tries the next holder).
-	PeerIdleTimeout time.Duration
-	// MinFreeDisk is the free space (bytes) the node keeps on its data
-	// dir's filesystem: below it, blob uploads and metadata writes are
-	// refused with 507 (see disk.go). 0 turns the early refusal off.
-	MinFreeDisk int64
-	// ScrubRate bounds how many bytes a second the background scrub reads
-	// to re-hash stored blobs; 0 turns the scrub off.
-	ScrubRate int64
-	// ScrubInterval is the pause between two scrub passes over every blob.
-	ScrubInterval time.Duration
-}
-
-// DefaultConfig returns the configuration of `meshreg serve` with no flags.
-func DefaultConfig() Config {
-	return Config{
-		DataDir:           "meshreg-data",
-		P2P:               p2p.DefaultConfig(),
-		Voters:            3,
-		StabilizationTime: 10 * time.Second,
-		DeadServerTimeout: time.Minute,
-		UploadIdleTimeout: time.Hour,
-		Version:           buildinfo.Read().Version,
-		Build:             buildinfo.Read(),
-		Consensus:         consensus.DefaultConfig(),
-		Replicas:          2,
-		RepairInterval:    time.Minute,
-		ReprovideInterval: 12 * time.Hour,
-		PeerIdleTimeout:   30 * time.Second,
-		MinFreeDisk:       DefaultMinFreeDisk,
-		ScrubRate:         DefaultScrubRate,
-		ScrubInterval:     DefaultScrubInterval,
-
-		MaxUploads:          1000,
-		MaxUploadsPerClient: 100,
-	}
-}
-
-// Validate reports the settings that cannot work.
-func (c Config) Validate() error {
-	if err := c.checkRanges(); err != nil { // limits.go
-		return err
-	}
-	switch {
-	case c.DataDir == "":
-		return errors.New("node: data dir is empty: pass --data-dir")
-	case c.BootstrapExpect > 1 && len(c.Join) == 0:
-		return errors.New("node: --bootstrap-expect needs --join to name the other nodes")
-	case c.BootstrapExpect > 1 && len(c.P2P.PrivateNetworkKey) == 0 && len(c.JoinToken) < minHelloSecretLen:
-		return fmt.Errorf("node: --bootstrap-expect needs --cluster-key, or the same --join-token (a secret of at least %d characters) on every node "+
-			"that starts together: without either, anyone could pose as one of them", minHelloSecretLen)
-	}
-	return nil
-}
 
 // Node is one registry node. Its methods are safe for concurrent use.
 type Node struct {
@@ -343,18 +224,6 @@ func (n *Node) Run(ctx context.Context) error {
 	)
 }
 
-// forgetExpiredUploads drops the upload sessions the blob store expired
-// from the node's record of who opened them.
-func (n *Node) forgetExpiredUploads() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for id := range n.uploads {
-		if _, err := n.blobs.Upload(id); errors.Is(err, blobstore.ErrUploadNotFound) {
-			delete(n.uploads, id)
-		}
-	}
-}
-
 // Close hands leadership to another voter if this node leads one, then
 // closes the metadata store and the libp2p host. Callers stop serving
 // requests first.
@@ -397,143 +266,6 @@ func wrapErr(what string, err error) error {
 		return nil
 	}
 	return fmt.Errorf("node: %s: %w", what, err)
-}
-
-// Ready returns nil when the node can take writes.
-func (n *Node) Ready(ctx context.Context) error {
-	if n.join.removedWhileDown() || n.removed() {
-		return errors.New(n.membershipProblem())
-	}
-	if !n.meta.Ready() {
-		if w := n.join.describe(); w != "" {
-			return errors.New("the metadata store has no Raft leader yet: " + w)
-		}
-		return errors.New("the metadata store has no Raft leader yet")
-	}
-	return nil
-}
-
-// Status is the document served at /_meshreg/v1/status.
-type Status struct {
-	NodeID      string           `json:"node_id"` // the peer id, also the Raft server id
-	RaftAddress string           `json:"raft_address"`
-	P2PAddrs    []string         `json:"p2p_addrs"`
-	Version     string           `json:"version"`
-	Build       buildinfo.Info   `json:"build"`
-	DataDir     string           `json:"data_dir"`
-	Uptime      string           `json:"uptime"`
-	Blobs       BlobStatus       `json:"blobs"`
-	Raft        consensus.Status `json:"raft"`
-	Uploads     int              `json:"uploads_in_progress"`
-	Region      string           `json:"region,omitempty"`
-	Zone        string           `json:"zone,omitempty"`
-	Replicas    int              `json:"replicas"`
-	// DHTPeers is the size of the DHT routing table.
-	DHTPeers int `json:"dht_peers"`
-	// Peers are the nodes this one knows as sources of blobs.
-	Peers []PeerStatus `json:"peers"`
-	// MemberLastContact is when this node last had a libp2p connection to
-	// each member (checked every second).
-	MemberLastContact map[string]time.Time `json:"member_last_contact"`
-	// Disk is the free space of the data dir's filesystem and whether
-	// writes are refused for lack of it.
-	Disk DiskStatus `json:"disk"`
-	// Scrub is the background re-hashing of stored blobs.
-	Scrub ScrubStatus `json:"scrub"`
-	// Removed is true once this node was removed from the cluster (it
-	// knows a configuration that no longer names it, or a member that
-	// knows a leader told it so): it takes no writes until it joins again.
-	// With --join it rejoins by itself at start, or once it finds out while
-	// running (Join says through which target); without, restart it with
-	// --join.
-	Removed bool `json:"removed"`
-	// Join is what the node waits for to become a member (a --join target
-	// that fails, peers before a bootstrap, a rejoin after removal); absent
-	// once it is one.
-	Join *JoinStatus `json:"join,omitempty"`
-}
-
-// BlobStatus counts the blobs this node holds.
-type BlobStatus struct {
-	Count int64 `json:"count"`
-	Bytes int64 `json:"bytes"`
-	// Fetching is how many blobs are being fetched from peers now.
-	Fetching int `json:"fetching"`
-	// UnderReplicated is how many of the blobs this node holds had fewer
-	// than min(replicas, live nodes) live copies at the last repair sweep
-	// (-1: no sweep yet).
-	UnderReplicated int64 `json:"under_replicated"`
-	// Corrupt is how many stored blobs were found not to match their
-	// digest since the node started (each quarantined and fetched again).
-	Corrupt int64 `json:"corrupt"`
-	// Quarantined is how many corrupt files were moved to quarantine/ in
-	// the data dir since the node started.
-	Quarantined int64 `json:"quarantined"`
-}
-
-func (n *Node) Status(ctx context.Context) any {
-	count, bytes := n.blobs.Stats()
-	fetching := n.fetches.InProgress()
-	n.mu.Lock()
-	uploads := len(n.uploads)
-	contacts := maps.Clone(n.lastContact)
-	n.mu.Unlock()
-	var addrs []string
-	for _, a := range n.host.Addrs() {
-		addrs = append(addrs, a.String())
-	}
-	return Status{
-		NodeID:      n.host.ID().String(),
-		RaftAddress: n.host.RaftAddress(),
-		P2PAddrs:    addrs,
-		Version:     n.cfg.Version,
-		Build:       n.cfg.Build,
-		DataDir:     n.cfg.DataDir,
-		Uptime:      time.Since(n.started).Round(time.Second).String(),
-		Blobs:       BlobStatus{Count: count, Bytes: bytes, Fetching: fetching, UnderReplicated: n.underReplicated.Load(), Corrupt: n.metrics.corruptCount.Load(), Quarantined: n.blobs.Quarantined()},
-		Raft:        n.meta.Status(),
-		Uploads:     uploads,
-		Region:      n.cfg.Region,
-		Zone:        n.cfg.Zone,
-		Replicas:    n.cfg.Replicas,
-		DHTPeers:    n.routing.RoutingTableSize(),
-
-		Peers: n.peers.snapshot(),
-
-		MemberLastContact: contacts,
-
-		Disk:    n.disk.status(),
-		Scrub:   n.scrub.status(),
-		Removed: n.removed() || n.join.removedWhileDown(),
-		Join:    n.join.status(),
-	}
-}
-
-// RegisterMetrics adds the node's storage gauges to reg.
-func (n *Node) RegisterMetrics(reg prometheus.Registerer) {
-	reg.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_blobs_stored", Help: "Blobs held on this node's disk."},
-			func() float64 { c, _ := n.blobs.Stats(); return float64(c) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_blob_bytes_stored", Help: "Bytes of blobs held on this node's disk."},
-			func() float64 { _, b := n.blobs.Stats(); return float64(b) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_raft_applied_index", Help: "Last Raft log index applied to the metadata store."},
-			func() float64 { return float64(n.meta.Status().AppliedIndex) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_dht_routing_table_peers", Help: "Peers in this node's DHT routing table."},
-			func() float64 { return float64(n.routing.RoutingTableSize()) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_blobs_under_replicated", Help: "Blobs held here with fewer live copies than min(replicas, live nodes) at the last repair sweep (-1: none yet)."},
-			func() float64 { return float64(n.underReplicated.Load()) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_disk_free_bytes", Help: "Free bytes on the filesystem of the data dir (read at most once a second)."},
-			func() float64 { f, _, _ := n.disk.read(false); return float64(f) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_disk_reserve_bytes", Help: "Free bytes kept on the data dir's filesystem (--min-free-disk): below it writes are refused with 507."},
-			func() float64 { return float64(n.cfg.MinFreeDisk) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_upload_sessions_open", Help: "Upload sessions open on this node (at most --max-uploads; starts past it get 429)."},
-			func() float64 { return float64(n.blobs.OpenUploads()) }),
-	)
-	reg.MustRegister(n.metrics.collectors()...)
-	reg.MustRegister(buildInfoMetric(n.cfg.Build))
-	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshreg_p2p_streams_refused_total",
-		Help: "Inbound libp2p streams reset unread because the peer may not use the protocol (not a member)."},
-		func() float64 { return float64(n.host.RefusedStreams()) }))
 }
 
 // Host is the node's libp2p host; the testnet harness partitions nodes
