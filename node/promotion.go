@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"slices"
 	"time"
 
@@ -132,29 +133,41 @@ func promotions(members []consensus.Member, healthySince map[string]time.Time, n
 	return out
 }
 
-// promoter is the leader's promotion state, owned by membershipLoop.
+// promoter is the leader's promotion state, owned by the membership loop
+// (loop_membership.go).
 type promoter struct {
+	self string // this node: never a candidate
+	// health checks a non-voter (Node.checkHealth); promote makes it a
+	// voter (Membership.Promote).
+	health        func(ctx context.Context, id string) error
+	promote       func(ctx context.Context, id string) error
+	stabilization time.Duration
+	voters        int
+	log           *slog.Logger
+
 	healthySince map[string]time.Time
 }
 
-func newPromoter() *promoter { return &promoter{healthySince: map[string]time.Time{}} }
+func newPromoter(self string, health, promote func(ctx context.Context, id string) error, stabilization time.Duration, voters int, log *slog.Logger) *promoter {
+	return &promoter{self: self, health: health, promote: promote, stabilization: stabilization, voters: voters, log: log,
+		healthySince: map[string]time.Time{}}
+}
 
 // reset forgets every health record (this node stopped leading).
 func (p *promoter) reset() { clear(p.healthySince) }
 
 // step checks the health of every non-voter in members and promotes those
-// that promotions picks. It returns how many it promoted.
-func (p *promoter) step(ctx context.Context, n *Node, members []consensus.Member) int {
-	now := time.Now()
+// that promotions picks at now. It returns how many it promoted.
+func (p *promoter) step(ctx context.Context, members []consensus.Member, now time.Time) int {
 	current := map[string]bool{}
 	for _, m := range members {
-		if m.Suffrage != consensus.Nonvoter || m.ID == n.host.ID().String() {
+		if m.Suffrage != consensus.Nonvoter || m.ID == p.self {
 			continue
 		}
 		current[m.ID] = true
-		if err := n.checkHealth(ctx, m.ID); err != nil {
+		if err := p.health(ctx, m.ID); err != nil {
 			if _, was := p.healthySince[m.ID]; was {
-				n.log.Info("a non-voter is not healthy; its stabilization starts again", "peer", m.ID, "err", err)
+				p.log.Info("a non-voter is not healthy; its stabilization starts again", "peer", m.ID, "err", err)
 			}
 			delete(p.healthySince, m.ID)
 			continue
@@ -169,13 +182,13 @@ func (p *promoter) step(ctx context.Context, n *Node, members []consensus.Member
 		}
 	}
 	promoted := 0
-	for _, id := range promotions(members, p.healthySince, now, n.cfg.StabilizationTime, n.cfg.Voters) {
-		if err := n.meta.Promote(ctx, id); err != nil {
-			n.log.Warn("promoting a non-voter failed", "peer", id, "err", err)
+	for _, id := range promotions(members, p.healthySince, now, p.stabilization, p.voters) {
+		if err := p.promote(ctx, id); err != nil {
+			p.log.Warn("promoting a non-voter failed", "peer", id, "err", err)
 			break // the next promotions would leave an even count
 		}
 		promoted++
-		n.log.Info("promoted a non-voter", "peer", id, "healthy_for", now.Sub(p.healthySince[id]).Round(time.Second))
+		p.log.Info("promoted a non-voter", "peer", id, "healthy_for", now.Sub(p.healthySince[id]).Round(time.Second))
 		delete(p.healthySince, id)
 	}
 	return promoted
