@@ -208,9 +208,10 @@ func (n *Node) admitJoin(from peer.ID, req memberRequest) error {
 	if n.privateNetwork() {
 		return nil
 	}
-	// A member that comes back on a new address asks again (joinLoop); it
-	// is a member already, whatever became of its token. Its identity is
-	// libp2p's, or vouched for by the member that relays its request.
+	// A member that comes back on a new address asks again (the join
+	// loop, loop_join.go); it is a member already, whatever became of its
+	// token. Its identity is libp2p's, or vouched for by the member that
+	// relays its request.
 	if n.isMemberID(req.ID) && (from.String() == req.ID || n.isMemberID(from.String())) {
 		return nil
 	}

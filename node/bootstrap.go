@@ -6,7 +6,6 @@ import (
 	"errors"
 	"maps"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -250,73 +249,6 @@ func (n *Node) serveHello(ctx context.Context, from peer.ID, b []byte) []byte {
 	n.heard(from, theirs)
 	out, _ := json.Marshal(n.signHello(n.helloFor(), "answer", from))
 	return out
-}
-
-// expectLoop runs the bootstrap of --bootstrap-expect until this node is a
-// member of a cluster or ctx ends: it bootstraps one, or joins one that
-// exists.
-func (n *Node) expectLoop(ctx context.Context) {
-	if n.isMember() || n.removed() {
-		// Restarted: the join loop checks that it still is a member (or
-		// joins again), and tells the leader a new address.
-		n.joinLoop(ctx)
-		return
-	}
-	self := n.host.ID().String()
-	n.addSeen(map[string]string{self: n.host.RaftAddress()})
-	waiting := "waiting for peers before bootstrapping (--bootstrap-expect " + strconv.Itoa(n.cfg.BootstrapExpect) +
-		") or for a member of an existing cluster, through --join " + strings.Join(n.cfg.Join, ", ")
-	n.join.wait(waiting)
-	start := time.Now()
-	for attempt := 1; !n.isMember(); attempt++ {
-		for _, target := range n.cfg.Join {
-			// Peers starting together miss each other at first: a target
-			// that still fails after expectQuiet is worth a warning.
-			if err := n.hello(ctx, target); err != nil && time.Since(start) > expectQuiet {
-				n.join.failed(n.log, target, err, 500*time.Millisecond)
-			}
-		}
-		for id, addr := range n.seenPeers() {
-			if id != self {
-				n.hello(ctx, addr)
-			}
-		}
-		seen := n.seenPeers()
-		// The one that bootstraps sends the others the log before they
-		// know the configuration (see peerGate).
-		for id := range seen {
-			if p, err := peer.Decode(id); err == nil && id != self {
-				n.gate.admit(p, admissionTTL)
-			}
-		}
-		if id, addr := n.clusterMember(); id != "" {
-			n.log.Info("found an existing cluster: joining it instead of bootstrapping", "member", id, "expect", n.cfg.BootstrapExpect)
-			n.joinThrough(ctx, append([]string{addr}, n.cfg.Join...))
-			n.watchRemoval(ctx)
-			return
-		}
-		if servers := n.bootstrapSet(); servers != nil {
-			if err := n.meta.BootstrapWith(servers); err != nil {
-				n.log.Error("bootstrap failed", "err", err)
-			} else {
-				n.log.Info("bootstrapped the cluster: this node has the lowest peer id", "servers", len(servers))
-			}
-			n.join.done()
-			n.watchRemoval(ctx)
-			return
-		}
-		n.join.setWaiting(waiting + "; seen " + strconv.Itoa(len(seen)) + " (this one included)")
-		if attempt%10 == 1 {
-			n.log.Info("waiting for peers before bootstrapping", "seen", len(seen), "expect", n.cfg.BootstrapExpect)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
-	n.join.done()
-	n.watchRemoval(ctx)
 }
 
 // hello exchanges views with target (an http(s) URL or a multiaddr). The

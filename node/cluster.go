@@ -265,24 +265,8 @@ func (n *Node) memberAddress() (string, bool) {
 	return "", false
 }
 
-// joinLoop asks the --join targets, in turn, to add this node until one
-// does or ctx ends. A restarted member asks again only if its Raft address
-// changed (a new IP or port): the leader then records the new address and
-// keeps its suffrage; or if the cluster removed it while it was down
-// (rejoin.go): it then joins again as a non-voter. Otherwise a node that
-// already is a member does not ask again.
-//
-// Then, as a member, it watches for a removal it misses while running
-// (rejoin.go).
-func (n *Node) joinLoop(ctx context.Context) {
-	if len(n.cfg.Join) == 0 {
-		return
-	}
-	n.joinOnce(ctx)
-	n.watchRemoval(ctx)
-}
-
-// joinOnce is joinLoop's join, once.
+// joinOnce asks the --join targets to add this node, unless it already is
+// a member at the same address and still in the cluster (see joiner).
 func (n *Node) joinOnce(ctx context.Context) {
 	if addr, ok := n.memberAddress(); ok {
 		if addr == n.host.RaftAddress() {

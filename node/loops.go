@@ -14,16 +14,6 @@ type loop interface {
 	Run(ctx context.Context) error
 }
 
-// loopFunc is a loop whose body is a function of the node that only ever
-// ends with ctx (membership, joining, vouching: their bodies live beside
-// the protocol they drive).
-type loopFunc func(ctx context.Context)
-
-func (f loopFunc) Run(ctx context.Context) error {
-	f(ctx)
-	return nil
-}
-
 // runLoops runs loops in one errgroup until ctx ends or one of them fails.
 // The first failure cancels the others; runLoops returns it once all have
 // returned, so nothing of the node runs in the background after it.

@@ -29,6 +29,15 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// loopFunc is a loop whose body is a function that only ever ends with
+// ctx (the node's own loops are types, each in its loop_*.go).
+type loopFunc func(ctx context.Context)
+
+func (f loopFunc) Run(ctx context.Context) error {
+	f(ctx)
+	return nil
+}
+
 // runInBackground runs l until the test ends (or stop is called) and
 // returns stop, which cancels it and returns what Run returned.
 func runInBackground(t *testing.T, l loop) (stop func() error) {

@@ -207,10 +207,6 @@ func (n *Node) serveProtocols(s ProtocolServer) {
 // errgroup (loops.go): a failure of the metadata store's storage stops
 // them all, and Run returns it. Run returns once every loop has stopped.
 func (n *Node) Run(ctx context.Context) error {
-	join := loopFunc(n.joinLoop)
-	if n.cfg.BootstrapExpect > 1 {
-		join = n.expectLoop
-	}
 	return runLoops(ctx,
 		storageWatch{failed: n.fatal},
 		newMesher(meshEvery, n.meshRound),
@@ -218,7 +214,7 @@ func (n *Node) Run(ctx context.Context) error {
 		newVoucher(n.gate.unknownRaft, n.vouched, func(p peer.ID) { n.gate.admit(p, admissionTTL) }, n.log),
 		replicate.NewRepairer(n.cfg.RepairInterval, n.replicas.Sweep, &n.underReplicated, n.log),
 		newReprovider(n.blobs, n.routing, n.provide, n.cfg.ReprovideInterval, n.log),
-		join,
+		n.joining(),
 		newMembership(n.meta, n.host.ID().String(), n.connected, n.checkHealth, n.noteMembership,
 			upkeepRules{DeadServerTimeout: n.cfg.DeadServerTimeout, StabilizationTime: n.cfg.StabilizationTime, Voters: n.cfg.Voters}, n.log),
 		newUploadExpiry(n.blobs, n.cfg.UploadIdleTimeout, n.forgetExpiredUploads, n.log),
