@@ -61,6 +61,7 @@ type membership struct {
 	rules upkeepRules
 	log   *slog.Logger
 	now   func() time.Time // time.Now; tests move it on
+	every time.Duration    // upkeepEvery; tests lengthen it to see events alone at work
 
 	unreachableSince map[string]time.Time
 	promote          *promoter
@@ -71,7 +72,7 @@ type membership struct {
 func newMembership(meta clusterChanges, self string, connected func(id string) bool, health func(ctx context.Context, id string) error,
 	note func(), rules upkeepRules, log *slog.Logger) *membership {
 	return &membership{
-		meta: meta, self: self, connected: connected, note: note, rules: rules, log: log, now: time.Now,
+		meta: meta, self: self, connected: connected, note: note, rules: rules, log: log, now: time.Now, every: upkeepEvery,
 		unreachableSince: map[string]time.Time{},
 		promote:          newPromoter(self, health, meta.Promote, rules.StabilizationTime, rules.Voters, log),
 	}
@@ -83,7 +84,7 @@ const upkeepEvery = time.Second
 
 func (m *membership) Run(ctx context.Context) error {
 	st, changes := m.meta.Watch(ctx)
-	t := time.NewTicker(upkeepEvery)
+	t := time.NewTicker(m.every)
 	defer t.Stop()
 	for {
 		m.step(ctx, st)
