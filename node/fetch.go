@@ -9,7 +9,6 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/meshreg/meshreg/api/oci"
-	"github.com/meshreg/meshreg/blobstore"
 	"github.com/meshreg/meshreg/node/fetch"
 )
 
@@ -49,7 +48,7 @@ func (n *Node) startFetch(d digest.Digest, size int64, hint []peer.ID) (*fetch.F
 // read at each call (a test swaps it for a slow one after New).
 type fetchPartials struct{ n *Node }
 
-func (p fetchPartials) NewPartial(d digest.Digest, size int64) (*blobstore.Partial, error) {
+func (p fetchPartials) NewPartial(d digest.Digest, size int64) (fetch.Partial, error) {
 	return p.n.blobs.NewPartial(d, size)
 }
 

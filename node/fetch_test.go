@@ -12,7 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/meshreg/meshreg/blobstore"
+	"github.com/meshreg/meshreg/node/fetch"
 	dto "github.com/prometheus/client_model/go"
 )
 
@@ -234,7 +234,7 @@ type slowRetry struct {
 	partials atomic.Int32
 }
 
-func (s *slowRetry) NewPartial(d digest.Digest, size int64) (*blobstore.Partial, error) {
+func (s *slowRetry) NewPartial(d digest.Digest, size int64) (fetch.Partial, error) {
 	if s.partials.Add(1) == 2 {
 		time.Sleep(300 * time.Millisecond)
 	}

@@ -54,12 +54,12 @@ func (fn *fakeNet) add(zone string, tweak func(*Config), opts ...Option) *Node {
 		tweak(&cfg)
 	}
 	log := tlog.Logger(t, slog.LevelDebug).With("node", len(fn.nodes))
-	blobs, err := blobstore.Open(cfg.DataDir, log)
+	store, err := blobstore.Open(cfg.DataDir, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	meta := fn.meta.Join(tr.ID().String(), tr.RaftAddress())
-	n := New(cfg, Parts{Blobs: blobs, Meta: meta, Transport: tr, Providers: fn.book.Routing(tr.ID())}, log, opts...)
+	n := New(cfg, Parts{Blobs: diskBlobs{store}, Meta: meta, Transport: tr, Providers: fn.book.Routing(tr.ID())}, log, opts...)
 	t.Cleanup(func() {
 		if err := n.Close(); err != nil {
 			t.Errorf("closing node: %v", err)

@@ -145,7 +145,7 @@ func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 		_ = meta.Close()
 		return nil, fmt.Errorf("node: %w", err)
 	}
-	n = New(cfg, Parts{Blobs: blobs, Meta: meta, Transport: host, Providers: routing}, log, opts...)
+	n = New(cfg, Parts{Blobs: diskBlobs{blobs}, Meta: meta, Transport: host, Providers: routing}, log, opts...)
 	n.fatal = fatal
 	n.dirLock = lock
 	return n, nil

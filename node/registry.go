@@ -313,7 +313,7 @@ func (n *Node) StartUpload(ctx context.Context, repo string) (string, error) {
 }
 
 // upload finds a session opened for repo.
-func (n *Node) upload(repo, id string) (*blobstore.Upload, error) {
+func (n *Node) upload(repo, id string) (Upload, error) {
 	n.mu.Lock()
 	owner, ok := n.uploads[id]
 	n.mu.Unlock()

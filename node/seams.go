@@ -14,6 +14,7 @@ import (
 
 	"github.com/meshreg/meshreg/blobstore"
 	"github.com/meshreg/meshreg/consensus"
+	"github.com/meshreg/meshreg/node/fetch"
 	"github.com/meshreg/meshreg/p2p"
 )
 
@@ -154,33 +155,72 @@ type Providers interface {
 	io.Closer
 }
 
-// BlobReader reads the blobs held on this node's disk.
+// BlobReader reads the blobs held on this node's disk. Errors wrap the
+// sentinels of package blobstore (ErrNotFound, ErrCorrupt, ...).
 type BlobReader interface {
 	Stats() (blobs, bytes int64)
+	// Walk calls fn for every blob held until fn returns false.
 	Walk(fn func(d digest.Digest, size int64) bool) error
 	// Held reports whether a complete copy of d is here, unchanged since
 	// it was verified.
 	Held(d digest.Digest) bool
-	// Verify re-hashes d when needed (or always, with force); a corrupt
-	// copy is quarantined and reported to the OnCorrupt callback.
+	// Verify re-hashes d when needed (or always, with force), calling
+	// throttle (if not nil) before each chunk; a corrupt copy is
+	// quarantined, reported to the OnCorrupt callback, and Verify fails
+	// with blobstore.ErrCorrupt; a missing one with blobstore.ErrNotFound.
 	Verify(ctx context.Context, d digest.Digest, force bool, throttle func(n int) error) error
+	// OpenVerified opens d for a reader that must never get wrong bytes:
+	// a corrupt copy fails the read (blobstore.ErrCorrupt) before its end,
+	// and is quarantined and reported as Verify does. It can seek (ranges).
 	OpenVerified(d digest.Digest) (io.ReadSeekCloser, int64, error)
+	// Quarantined is how many corrupt copies were moved aside.
 	Quarantined() int64
+	// OnCorrupt sets the function told of each corrupt copy, once each, on
+	// the goroutine that found it; set it before the store is used.
 	OnCorrupt(fn func(d digest.Digest, size int64, cause error))
 }
 
 // BlobWriter stores blobs, whole or as they arrive from peers.
 type BlobWriter interface {
+	// Put stores the bytes of r as d and returns their size; bytes that do
+	// not match d fail with blobstore.ErrDigestMismatch and keep nothing.
+	// Putting a blob held already succeeds (concurrent pushes of one blob).
 	Put(d digest.Digest, r io.Reader) (int64, error)
-	NewPartial(d digest.Digest, size int64) (*blobstore.Partial, error)
+	// NewPartial starts a copy of d written as it arrives from a peer (the
+	// fetch engine is its only user, so the interface is fetch's).
+	NewPartial(d digest.Digest, size int64) (fetch.Partial, error)
 }
 
-// Uploads are the client upload sessions in progress.
+// Upload is one client upload session (blobstore.Upload on disk). Append,
+// Commit and Cancel on one session are serialised; ID and Size never block.
+type Upload interface {
+	// ID is the session's id, as in its URL.
+	ID() string
+	// Size is how many bytes the session holds.
+	Size() int64
+	// Append adds r's bytes at the end; if r fails midway the session is
+	// left as it was before the call.
+	Append(r io.Reader) (int64, error)
+	// Commit stores the bytes as blob d and ends the session. On a
+	// mismatch it fails with blobstore.ErrDigestMismatch and the session
+	// stays open, unchanged.
+	Commit(d digest.Digest) (int64, error)
+	// Cancel ends the session and drops its bytes.
+	Cancel() error
+}
+
+// Uploads are the client upload sessions in progress. A session ended
+// (committed, cancelled, expired) is blobstore.ErrUploadNotFound.
 type Uploads interface {
-	NewUploadFor(owner string) (*blobstore.Upload, error)
-	Upload(id string) (*blobstore.Upload, error)
+	// NewUploadFor starts a session for owner ("": none); at a limit it
+	// fails with blobstore.ErrTooManyUploads and starts nothing.
+	NewUploadFor(owner string) (Upload, error)
+	Upload(id string) (Upload, error)
+	// ExpireUploads cancels the sessions idle for longer than idle and
+	// says how many; a session in the middle of a call is never idle.
 	ExpireUploads(idle time.Duration) int
 	OpenUploads() int
+	// SetUploadLimits bounds the sessions NewUploadFor opens from now on.
 	SetUploadLimits(l blobstore.UploadLimits)
 }
 
@@ -195,5 +235,5 @@ var (
 	_ Metadata  = (*consensus.Store)(nil)
 	_ Transport = (*p2p.Host)(nil)
 	_ Providers = (*p2p.Routing)(nil)
-	_ BlobStore = (*blobstore.Store)(nil)
+	_ BlobStore = diskBlobs{}
 )

@@ -399,7 +399,7 @@ func TestBlobStoreConformance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	testBlobStore(t, s)
+	testBlobStore(t, diskBlobs{s})
 }
 
 func testBlobStore(t *testing.T, s BlobStore) {

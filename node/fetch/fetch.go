@@ -1,8 +1,9 @@
 // Package fetch copies a blob to this node's disk once, however many
 // clients and peers wait for it: the fetch-once engine. Its bytes go to a
-// blobstore.Partial that those readers follow while it grows. Where the
-// bytes come from is a Source: the other peers today (Peers), an upstream
-// registry tomorrow; every source writes into the same Partial.
+// Partial (blobstore.Partial on disk) that those readers follow while it
+// grows. Where the bytes come from is a Source: the other peers today
+// (Peers), an upstream registry tomorrow; every source writes into the
+// same Partial.
 package fetch
 
 import (
@@ -17,8 +18,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/meshreg/meshreg/blobstore"
 )
 
 // timeout bounds a whole fetch of one blob.
@@ -36,7 +35,31 @@ type Source interface {
 
 // Partials makes the partial copies a fetch writes into (the blob store).
 type Partials interface {
-	NewPartial(d digest.Digest, size int64) (*blobstore.Partial, error)
+	NewPartial(d digest.Digest, size int64) (Partial, error)
+}
+
+// Partial is one attempt at a blob of known digest and size: one writer
+// (the source) while any number of readers follow it. *blobstore.Partial
+// is the one on disk; its doc comment holds the full contract.
+type Partial interface {
+	// Write appends bytes; writing past the size fails with an error
+	// wrapping blobstore.ErrDigestMismatch (the sender is not sending this
+	// blob).
+	Write(b []byte) (int, error)
+	// Written is how many bytes the writer stored so far.
+	Written() int64
+	// Commit checks that every byte arrived and matches the digest, and
+	// stores the blob; otherwise the partial fails and the error wraps
+	// blobstore.ErrDigestMismatch.
+	Commit() error
+	// Fail ends the attempt without a blob; readers get
+	// blobstore.ErrPartialFailed (wrapping cause). A no-op once ended.
+	Fail(cause error)
+	// NewReader returns a reader from the first byte that waits for the
+	// writer and never sees the last byte before Commit verified it. It
+	// reports false once the attempt ended and its last reader is gone
+	// (then read the committed blob from the store).
+	NewReader() (io.ReadSeekCloser, bool)
 }
 
 // Metrics are what the engine counts; nil fields are not counted.
@@ -114,9 +137,9 @@ type Fetch struct {
 	err         error         // why it failed; read after done
 
 	mu     sync.Mutex
-	part   *blobstore.Partial // the attempt in progress
-	source peer.ID            // where the bytes come from now
-	depth  int                // hops from a complete copy; 0: no source yet
+	part   Partial // the attempt in progress
+	source peer.ID // where the bytes come from now
+	depth  int     // hops from a complete copy; 0: no source yet
 }
 
 // Start returns the fetch of req.Digest in progress, or starts one.
@@ -251,7 +274,7 @@ func (f *Fetch) Flowing() <-chan struct{} { return f.flowing }
 func (f *Fetch) Err() error { return f.err }
 
 // Current is the attempt in progress: the Partial readers follow.
-func (f *Fetch) Current() *blobstore.Partial {
+func (f *Fetch) Current() Partial {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.part
@@ -281,7 +304,7 @@ func (f *Fetch) Restart() error {
 
 // Writer writes fetched bytes into part (the attempt from Current) and
 // counts them.
-func (f *Fetch) Writer(part *blobstore.Partial) io.Writer {
+func (f *Fetch) Writer(part Partial) io.Writer {
 	return &writer{f: f, part: part}
 }
 
@@ -289,7 +312,7 @@ func (f *Fetch) markFlowing() { f.flowingOnce.Do(func() { close(f.flowing) }) }
 
 type writer struct {
 	f    *Fetch
-	part *blobstore.Partial
+	part Partial
 }
 
 func (w *writer) Write(b []byte) (int, error) {
