@@ -21,7 +21,7 @@ import (
 // The seams below the node: the four parts a node is made of, as the small
 // interfaces it uses. Open wires the real ones (blobstore.Store,
 // consensus.Store, p2p.Host, p2p.Routing); node's tests wire in-memory
-// fakes (fakes_test.go), and each interface has a conformance suite that
+// fakes (package nodefake), and each interface has a conformance suite that
 // both pass (seams_test.go). All methods may be called concurrently.
 
 // Parts are what New composes a node from. New takes ownership of Meta,

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -33,6 +34,7 @@ var (
 	_ Metadata  = (*nodefake.Meta)(nil)
 	_ Transport = (*nodefake.Transport)(nil)
 	_ Providers = (*nodefake.Routing)(nil)
+	_ BlobStore = adaptBlobs[*nodefake.Partial, *nodefake.Upload]{}
 )
 
 func TestMetadataConformance(t *testing.T) {
@@ -390,19 +392,77 @@ func testProviders(t *testing.T, rs []Providers, ids []peer.ID) {
 	}
 }
 
-// TestBlobStoreConformance checks blobstore.Store, the one implementation
-// of BlobStore: a fake would have to make blobstore.Partial and Upload
-// values, which only the store can.
+// TestBlobStoreConformance checks the blob store on disk and the one in
+// memory. Each subtest gets a fresh store and a hook that damages a held
+// blob as a stray write to its file would.
 func TestBlobStoreConformance(t *testing.T) {
 	t.Parallel()
-	s, err := blobstore.Open(t.TempDir(), tlog.Logger(t, slog.LevelWarn))
-	if err != nil {
-		t.Fatal(err)
-	}
-	testBlobStore(t, diskBlobs{s})
+	t.Run("blobstore", func(t *testing.T) {
+		t.Parallel()
+		testBlobStore(t, func(t *testing.T) (BlobStore, func(digest.Digest)) {
+			root := t.TempDir()
+			s, err := blobstore.Open(root, tlog.Logger(t, slog.LevelWarn))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return diskBlobs{s}, func(d digest.Digest) {
+				enc := d.Encoded()
+				path := filepath.Join(root, "blobs", string(d.Algorithm()), enc[:2], enc)
+				b, err := os.ReadFile(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b[0] ^= 1
+				if err := os.WriteFile(path, b, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				// The write's times may fall in the clock tick of the commit
+				// (coarse file timestamps); an hour back, the stamp differs
+				// for sure, as it does for any write a tick later.
+				old := time.Now().Add(-time.Hour)
+				if err := os.Chtimes(path, old, old); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	})
+	t.Run("nodefake", func(t *testing.T) {
+		t.Parallel()
+		testBlobStore(t, func(t *testing.T) (BlobStore, func(digest.Digest)) {
+			s := nodefake.NewBlobs()
+			return memBlobs(s), func(d digest.Digest) {
+				if !s.Corrupt(d) {
+					t.Fatalf("corrupting %s, which is not held", d)
+				}
+			}
+		})
+	})
 }
 
-func testBlobStore(t *testing.T, s BlobStore) {
+// memBlobs is an in-memory blob store as the seam.
+func memBlobs(s *nodefake.Blobs) BlobStore {
+	return adaptBlobs[*nodefake.Partial, *nodefake.Upload]{s}
+}
+
+func testBlobStore(t *testing.T, open func(t *testing.T) (BlobStore, func(digest.Digest))) {
+	for _, tc := range []struct {
+		name string
+		test func(t *testing.T, s BlobStore, corrupt func(digest.Digest))
+	}{
+		{"blobs", testBlobsPutAndRead},
+		{"partial", testBlobsPartial},
+		{"uploads", testBlobsUploads},
+		{"corruption", testBlobsCorruption},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s, corrupt := open(t)
+			tc.test(t, s, corrupt)
+		})
+	}
+}
+
+func testBlobsPutAndRead(t *testing.T, s BlobStore, _ func(digest.Digest)) {
 	ctx := t.Context()
 	blob, d := randomBlob(30, 100<<10)
 	if s.Held(d) {
@@ -411,11 +471,33 @@ func testBlobStore(t *testing.T, s BlobStore) {
 	if _, _, err := s.OpenVerified(d); !errors.Is(err, blobstore.ErrNotFound) {
 		t.Errorf("OpenVerified of a missing blob: %v, want ErrNotFound", err)
 	}
+	if err := s.Verify(ctx, d, false, nil); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Errorf("Verify of a missing blob: %v, want ErrNotFound", err)
+	}
+	if _, err := s.Put(d, bytes.NewReader(blob[1:])); !errors.Is(err, blobstore.ErrDigestMismatch) || s.Held(d) {
+		t.Errorf("Put of the wrong bytes: %v, held %v; want ErrDigestMismatch and nothing kept", err, s.Held(d))
+	}
+	for _, bad := range []digest.Digest{"sha256:../../etc/passwd", "md5:d41d8cd98f00b204e9800998ecf8427e", ""} {
+		if _, err := s.Put(bad, bytes.NewReader(nil)); err == nil || s.Held(bad) {
+			t.Errorf("Put(%q) = %v, held %v; want a malformed digest refused", bad, err, s.Held(bad))
+		}
+	}
 	if n, err := s.Put(d, bytes.NewReader(blob)); err != nil || n != int64(len(blob)) {
 		t.Fatalf("Put = %d, %v", n, err)
 	}
+	if n, err := s.Put(d, bytes.NewReader(blob)); err != nil || n != int64(len(blob)) {
+		t.Errorf("Put of a blob held already = %d, %v; want it to succeed", n, err)
+	}
 	if !s.Held(d) || s.Verify(ctx, d, true, nil) != nil {
 		t.Errorf("a blob just put is not held, or fails verification")
+	}
+	var throttled int
+	if err := s.Verify(ctx, d, true, func(n int) error { throttled += n; return nil }); err != nil || throttled != len(blob) {
+		t.Errorf("a forced Verify throttled %d bytes, %v; want the %d of the blob", throttled, err, len(blob))
+	}
+	stop := errors.New("slow down")
+	if err := s.Verify(ctx, d, true, func(int) error { return stop }); !errors.Is(err, stop) {
+		t.Errorf("Verify with a failing throttle: %v, want the throttle's error", err)
 	}
 	if count, bytes := s.Stats(); count != 1 || bytes != int64(len(blob)) {
 		t.Errorf("Stats = %d blobs, %d bytes", count, bytes)
@@ -429,6 +511,19 @@ func testBlobStore(t *testing.T, s BlobStore) {
 	if !bytes.Equal(got, blob) {
 		t.Errorf("OpenVerified read %d bytes, not the blob", len(got))
 	}
+	// A range: seek, then read.
+	r, _, err = s.OpenVerified(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Seek(1000, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	part := make([]byte, 100)
+	if _, err := io.ReadFull(r, part); err != nil || !bytes.Equal(part, blob[1000:1100]) {
+		t.Errorf("range read at 1000: %v, match %v", err, bytes.Equal(part, blob[1000:1100]))
+	}
+	r.Close()
 
 	// A partial copy arriving from a peer: committed only when it matches.
 	other, od := randomBlob(31, 10<<10)
@@ -464,7 +559,113 @@ func testBlobStore(t *testing.T, s BlobStore) {
 	if slices.Sort(walked); !slices.Equal(walked, slices.Sorted(slices.Values([]digest.Digest{d, od}))) {
 		t.Errorf("Walk saw %v", walked)
 	}
+	walked = nil
+	if err := s.Walk(func(d digest.Digest, _ int64) bool { walked = append(walked, d); return false }); err != nil || len(walked) != 1 {
+		t.Errorf("Walk told to stop at once saw %v, %v", walked, err)
+	}
+}
 
+// testBlobsPartial: readers follow a partial copy while it grows, never
+// get its last byte before it is verified, and learn of a failure.
+func testBlobsPartial(t *testing.T, s BlobStore, _ func(digest.Digest)) {
+	blob, d := randomBlob(32, 64<<10)
+	p, err := s.NewPartial(d, int64(len(blob)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	early, ok := p.NewReader()
+	if !ok {
+		t.Fatal("no reader of a partial just started")
+	}
+	defer early.Close()
+	read := make(chan []byte, 1)
+	go func() {
+		b, err := io.ReadAll(early)
+		if err != nil {
+			t.Errorf("reader that started before the bytes: %v", err)
+		}
+		read <- b
+	}()
+	if _, err := p.Write(blob); err != nil {
+		t.Fatal(err)
+	}
+	if p.Written() != int64(len(blob)) {
+		t.Errorf("Written = %d, want %d", p.Written(), len(blob))
+	}
+	// Every byte is written but none verified: a reader gets all but the last.
+	r, ok := p.NewReader()
+	if !ok {
+		t.Fatal("no reader of a partial in progress")
+	}
+	head := make([]byte, len(blob)-1)
+	if _, err := io.ReadFull(r, head); err != nil || !bytes.Equal(head, blob[:len(blob)-1]) {
+		t.Fatalf("reading all but the last byte before commit: %v", err)
+	}
+	select {
+	case b := <-read:
+		t.Fatalf("a reader finished (%d bytes) before the commit verified the blob", len(b))
+	case <-time.After(50 * time.Millisecond):
+	}
+	if _, err := p.Write([]byte{0}); !errors.Is(err, blobstore.ErrDigestMismatch) {
+		t.Errorf("a write past the size: %v, want ErrDigestMismatch", err)
+	}
+	if err := p.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if b := <-read; !bytes.Equal(b, blob) {
+		t.Errorf("the early reader got %d bytes, not the blob", len(b))
+	}
+	if rest, err := io.ReadAll(r); err != nil || len(rest) != 1 || rest[0] != blob[len(blob)-1] {
+		t.Errorf("the last byte after commit: %v, %v", rest, err)
+	}
+	r.Close()
+	early.Close()
+	if r, ok := p.NewReader(); ok {
+		r.Close()
+		t.Errorf("a reader of a committed partial whose readers are gone; want the store's copy instead")
+	}
+	if !s.Held(d) {
+		t.Errorf("the committed partial is not held")
+	}
+
+	// A failed partial: its readers get ErrPartialFailed, and nothing is held.
+	other, od := randomBlob(33, 1000)
+	p, err = s.NewPartial(od, int64(len(other)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Write(other[:500]); err != nil {
+		t.Fatal(err)
+	}
+	r, _ = p.NewReader()
+	defer r.Close()
+	failed := make(chan error, 1)
+	go func() { _, err := io.ReadAll(r); failed <- err }()
+	cause := errors.New("peer went away")
+	p.Fail(cause)
+	if err := <-failed; !errors.Is(err, blobstore.ErrPartialFailed) || !errors.Is(err, cause) {
+		t.Errorf("a reader of a failed partial: %v, want ErrPartialFailed wrapping the cause", err)
+	}
+	if _, err := p.Write(other[500:]); err == nil {
+		t.Errorf("a write after Fail succeeded")
+	}
+	if s.Held(od) {
+		t.Errorf("a failed partial is held")
+	}
+	short, sd := randomBlob(34, 100)
+	p, err = s.NewPartial(sd, int64(len(short)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Write(short[:50]); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Commit(); !errors.Is(err, blobstore.ErrDigestMismatch) || s.Held(sd) {
+		t.Errorf("commit of half the bytes: %v, held %v; want ErrDigestMismatch", err, s.Held(sd))
+	}
+}
+
+func testBlobsUploads(t *testing.T, s BlobStore, _ func(digest.Digest)) {
 	s.SetUploadLimits(blobstore.UploadLimits{PerStore: 2, PerOwner: 1})
 	u, err := s.NewUploadFor("client")
 	if err != nil {
@@ -476,8 +677,143 @@ func testBlobStore(t *testing.T, s BlobStore) {
 	if got, err := s.Upload(u.ID()); err != nil || got.ID() != u.ID() || s.OpenUploads() != 1 {
 		t.Errorf("Upload(%s) = %v, %v; %d open", u.ID(), got, err, s.OpenUploads())
 	}
+	if removed := s.ExpireUploads(time.Hour); removed != 0 || s.OpenUploads() != 1 {
+		t.Errorf("ExpireUploads(1h) removed %d of a session just used, %d left", removed, s.OpenUploads())
+	}
 	if removed := s.ExpireUploads(0); removed != 1 || s.OpenUploads() != 0 {
 		t.Errorf("ExpireUploads(0) removed %d, %d left", removed, s.OpenUploads())
+	}
+	if _, err := s.Upload(u.ID()); !errors.Is(err, blobstore.ErrUploadNotFound) {
+		t.Errorf("an expired session: %v, want ErrUploadNotFound", err)
+	}
+	for _, id := range []string{"", "../x", strings.Repeat("0", 32)} {
+		if _, err := s.Upload(id); !errors.Is(err, blobstore.ErrUploadNotFound) {
+			t.Errorf("Upload(%q): %v, want ErrUploadNotFound", id, err)
+		}
+	}
+
+	// Chunks, a wrong digest (the session stays), the right one (it ends).
+	blob, d := randomBlob(35, 30<<10)
+	u, err = s.NewUploadFor("client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.NewUploadFor(""); err != nil {
+		t.Fatalf("a session without owner under the store's limit: %v", err)
+	}
+	if _, err := s.NewUploadFor("another"); !errors.Is(err, blobstore.ErrTooManyUploads) {
+		t.Errorf("a third session past the store's limit of 2: %v, want ErrTooManyUploads", err)
+	}
+	for _, chunk := range [][]byte{blob[:10000], blob[10000:]} {
+		if _, err := u.Append(bytes.NewReader(chunk)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := u.Append(io.MultiReader(bytes.NewReader([]byte("junk")), iotest.ErrReader(errors.New("client went away")))); err == nil || u.Size() != int64(len(blob)) {
+		t.Errorf("a failed append: %v, size %d; want an error and the session as it was (%d)", err, u.Size(), len(blob))
+	}
+	if _, err := u.Commit(digest.FromString("other")); !errors.Is(err, blobstore.ErrDigestMismatch) || u.Size() != int64(len(blob)) {
+		t.Errorf("commit under the wrong digest: %v, size %d; want ErrDigestMismatch, the session unchanged", err, u.Size())
+	}
+	if size, err := u.Commit(d); err != nil || size != int64(len(blob)) || !s.Held(d) {
+		t.Fatalf("commit = %d, %v, held %v", size, err, s.Held(d))
+	}
+	if _, err := s.Upload(u.ID()); !errors.Is(err, blobstore.ErrUploadNotFound) {
+		t.Errorf("a committed session: %v, want ErrUploadNotFound", err)
+	}
+	if _, err := u.Append(bytes.NewReader(blob)); !errors.Is(err, blobstore.ErrUploadNotFound) {
+		t.Errorf("append to a committed session: %v, want ErrUploadNotFound", err)
+	}
+	c, err := s.NewUploadFor("client")
+	if err != nil {
+		t.Fatalf("the client's slot was not given back at commit: %v", err)
+	}
+	if err := c.Cancel(); err != nil || s.OpenUploads() != 1 {
+		t.Errorf("Cancel: %v, %d open; want 1 (the ownerless one)", err, s.OpenUploads())
+	}
+	if err := c.Cancel(); !errors.Is(err, blobstore.ErrUploadNotFound) {
+		t.Errorf("a second Cancel: %v, want ErrUploadNotFound", err)
+	}
+}
+
+// testBlobsCorruption: a damaged copy is no longer held, fails Verify and
+// reads with ErrCorrupt, is reported once through OnCorrupt and moved
+// aside; a push of the right bytes heals it.
+func testBlobsCorruption(t *testing.T, s BlobStore, corrupt func(digest.Digest)) {
+	ctx := t.Context()
+	type report struct {
+		d    digest.Digest
+		size int64
+	}
+	reports := make(chan report, 10)
+	s.OnCorrupt(func(d digest.Digest, size int64, cause error) {
+		if !errors.Is(cause, blobstore.ErrCorrupt) {
+			t.Errorf("OnCorrupt cause %v, want ErrCorrupt", cause)
+		}
+		reports <- report{d, size}
+	})
+	blob, d := randomBlob(36, 20<<10)
+	other, od := randomBlob(37, 20<<10)
+	for _, b := range [][]byte{blob, other} {
+		if _, err := s.Put(digest.FromBytes(b), bytes.NewReader(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reported := func(d digest.Digest, size int64) {
+		t.Helper()
+		select {
+		case r := <-reports:
+			if r.d != d || r.size != size {
+				t.Errorf("OnCorrupt(%s, %d), want (%s, %d)", r.d, r.size, d, size)
+			}
+		default:
+			t.Errorf("no OnCorrupt report of %s", d)
+		}
+		select {
+		case r := <-reports:
+			t.Errorf("a second report, of %s", r.d)
+		default:
+		}
+	}
+
+	corrupt(d)
+	if s.Held(d) {
+		t.Errorf("a blob written to since it was verified is held")
+	}
+	if err := s.Verify(ctx, d, false, nil); !errors.Is(err, blobstore.ErrCorrupt) {
+		t.Errorf("Verify of a damaged blob: %v, want ErrCorrupt", err)
+	}
+	reported(d, int64(len(blob)))
+	if s.Quarantined() != 1 || s.Held(d) {
+		t.Errorf("quarantined %d, held %v; want 1 moved aside", s.Quarantined(), s.Held(d))
+	}
+	if count, _ := s.Stats(); count != 1 {
+		t.Errorf("Stats count %d blobs, want the 1 left", count)
+	}
+	if err := s.Verify(ctx, d, true, nil); !errors.Is(err, blobstore.ErrNotFound) {
+		t.Errorf("Verify of a quarantined blob: %v, want ErrNotFound", err)
+	}
+
+	// Read: never the wrong bytes, the error before the end.
+	corrupt(od)
+	r, _, err := s.OpenVerified(od)
+	if err == nil {
+		got, rerr := io.ReadAll(r)
+		r.Close()
+		if !errors.Is(rerr, blobstore.ErrCorrupt) || len(got) == len(other) {
+			t.Errorf("reading a damaged blob: %d bytes, %v; want ErrCorrupt before the end", len(got), rerr)
+		}
+	} else if !errors.Is(err, blobstore.ErrCorrupt) {
+		t.Errorf("OpenVerified of a damaged blob: %v", err)
+	}
+	reported(od, int64(len(other)))
+	if s.Quarantined() != 2 {
+		t.Errorf("quarantined %d, want 2", s.Quarantined())
+	}
+
+	// A push of the right bytes brings it back.
+	if _, err := s.Put(d, bytes.NewReader(blob)); err != nil || !s.Held(d) || s.Verify(ctx, d, true, nil) != nil {
+		t.Errorf("a push after the quarantine: %v, held %v", err, s.Held(d))
 	}
 }
 
