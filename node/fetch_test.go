@@ -93,6 +93,7 @@ func TestFetchFailsOverFromABadNearestHolder(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			fn := newFakeNet(t)
+			fn.inMemory = true
 			bad, honest := &serveCounter{fault: tc.fault}, &serveCounter{}
 			puller := fn.add("a", nil)
 			near := fn.add("a", nil, bad.option())

@@ -18,19 +18,24 @@ import (
 
 // A fakeNet builds nodes over the in-memory parts of package nodefake (a
 // network, a metadata cluster, a provider book) and a real blob store in a
-// temporary directory: fast, no sockets, with every node's protocols
-// wired as in production (New registers them).
+// temporary directory, or one in memory (inMemory): fast, no sockets, with
+// every node's protocols wired as in production (New registers them).
 type fakeNet struct {
 	t    *testing.T
 	net  *nodefake.Network
 	meta *nodefake.Cluster
 	book *nodefake.ProviderBook
+	// inMemory gives the nodes added from then on an in-memory blob store
+	// (nodefake.Blobs, kept in mem) instead of one on disk.
+	inMemory bool
+	mem      map[*Node]*nodefake.Blobs
 	// nodes are in the order added; the first leads the metadata.
 	nodes []*Node
 }
 
 func newFakeNet(t *testing.T) *fakeNet {
-	return &fakeNet{t: t, net: nodefake.NewNetwork(), meta: nodefake.NewCluster(), book: nodefake.NewProviderBook()}
+	return &fakeNet{t: t, net: nodefake.NewNetwork(), meta: nodefake.NewCluster(), book: nodefake.NewProviderBook(),
+		mem: map[*Node]*nodefake.Blobs{}}
 }
 
 // add starts a node in zone (region "r1" unless tweak changes it), with
@@ -54,12 +59,22 @@ func (fn *fakeNet) add(zone string, tweak func(*Config), opts ...Option) *Node {
 		tweak(&cfg)
 	}
 	log := tlog.Logger(t, slog.LevelDebug).With("node", len(fn.nodes))
-	store, err := blobstore.Open(cfg.DataDir, log)
-	if err != nil {
-		t.Fatal(err)
+	var blobs BlobStore
+	mem := nodefake.NewBlobs()
+	if fn.inMemory {
+		blobs = memBlobs(mem)
+	} else {
+		store, err := blobstore.Open(cfg.DataDir, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blobs = diskBlobs{store}
 	}
 	meta := fn.meta.Join(tr.ID().String(), tr.RaftAddress())
-	n := New(cfg, Parts{Blobs: diskBlobs{store}, Meta: meta, Transport: tr, Providers: fn.book.Routing(tr.ID())}, log, opts...)
+	n := New(cfg, Parts{Blobs: blobs, Meta: meta, Transport: tr, Providers: fn.book.Routing(tr.ID())}, log, opts...)
+	if fn.inMemory {
+		fn.mem[n] = mem
+	}
 	t.Cleanup(func() {
 		if err := n.Close(); err != nil {
 			t.Errorf("closing node: %v", err)

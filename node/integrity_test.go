@@ -1,0 +1,44 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/meshreg/meshreg/blobstore"
+)
+
+// TestCorruptCopyIsReplacedFromAPeer: a client read finds this node's copy
+// of a blob damaged. The client gets an error before the end, never the
+// wrong bytes; the copy is quarantined and counted, a good one is fetched
+// from a peer, and the next read serves it.
+func TestCorruptCopyIsReplacedFromAPeer(t *testing.T) {
+	t.Parallel()
+	fn := newFakeNet(t)
+	fn.inMemory = true
+	holder := fn.add("a", nil)
+	peer := fn.add("b", nil)
+	blob, d := randomBlob(7, 1<<20)
+	hold(t, holder, "r/app", blob)
+	hold(t, peer, "r/app", blob)
+	if !fn.mem[holder].Corrupt(d) {
+		t.Fatal("the holder does not hold the blob")
+	}
+
+	got, err := pull(t.Context(), holder, "r/app", d)
+	if !errors.Is(err, blobstore.ErrCorrupt) || len(got) >= len(blob) {
+		t.Fatalf("reading the damaged copy: %d bytes, %v; want ErrCorrupt before the end", len(got), err)
+	}
+	got, err = pullRetrying(t, holder, "r/app", d)
+	if err != nil || !bytes.Equal(got, blob) {
+		t.Fatalf("reading after the quarantine: %d bytes, %v; want the blob from the peer", len(got), err)
+	}
+	st := holder.Status(context.Background()).(Status).Blobs
+	if st.Corrupt != 1 || st.Quarantined != 1 {
+		t.Errorf("status: %d corrupt, %d quarantined; want 1 and 1", st.Corrupt, st.Quarantined)
+	}
+	if !fn.mem[holder].Held(d) {
+		t.Errorf("the good copy fetched from the peer is not held")
+	}
+}
