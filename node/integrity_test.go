@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/meshreg/meshreg/blobstore"
 )
@@ -40,5 +41,40 @@ func TestCorruptCopyIsReplacedFromAPeer(t *testing.T) {
 	}
 	if !fn.mem[holder].Held(d) {
 		t.Errorf("the good copy fetched from the peer is not held")
+	}
+}
+
+// TestScrubReplacesRotFromAPeer: decay the blob store cannot see (the copy
+// is still held) is found by the scrub's forced re-hash; the copy is
+// quarantined and a good one fetched from a peer.
+func TestScrubReplacesRotFromAPeer(t *testing.T) {
+	t.Parallel()
+	fn := newFakeNet(t)
+	fn.inMemory = true
+	fast := func(c *Config) { c.ScrubRate = 1 << 40 }
+	holder := fn.add("a", fast)
+	peer := fn.add("b", nil)
+	blob, d := randomBlob(8, 1<<20)
+	hold(t, holder, "r/app", blob)
+	hold(t, peer, "r/app", blob)
+	if !fn.mem[holder].Rot(d) || !fn.mem[holder].Held(d) {
+		t.Fatal("the rotten copy is not held")
+	}
+
+	if blobs, _, corrupt := holder.scrub.pass(t.Context()); blobs != 0 || corrupt != 1 {
+		t.Fatalf("scrub pass: %d good, %d corrupt; want the one blob found corrupt", blobs, corrupt)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !fn.mem[holder].Held(d) {
+		if time.Now().After(deadline) {
+			t.Fatal("no good copy was fetched within 5s of the scrub")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got, err := pull(t.Context(), holder, "r/app", d); err != nil || !bytes.Equal(got, blob) {
+		t.Errorf("reading the copy fetched after the scrub: %d bytes, %v", len(got), err)
+	}
+	if st := holder.Status(context.Background()).(Status); st.Blobs.Corrupt != 1 || st.Scrub.CorruptFound != 1 {
+		t.Errorf("status: %d corrupt, scrub found %d; want 1 and 1", st.Blobs.Corrupt, st.Scrub.CorruptFound)
 	}
 }
