@@ -74,7 +74,7 @@ func TestTLSServing(t *testing.T) {
 	crane := testnet.Runner{T: t, Path: testnet.Tool(t, "crane"), Dir: work, Env: trust}
 	ref := n.Host() + "/" + testnet.UniqueRepo("e2e/tls-crane") + ":v1"
 	layer := filepath.Join(work, "layer.tar")
-	if _, err := testnet.WriteLayerTar(layer, "tls", 2, 64<<10); err != nil {
+	if _, err := testnet.WriteLayerTar(layer, "tls", 4, 1<<20); err != nil {
 		t.Fatal(err)
 	}
 	out := strings.TrimSpace(string(crane.Run("append", "--oci-empty-base", "-t", ref, "-f", layer)))
