@@ -227,3 +227,21 @@ func TestPlainHTTPWarnsBeyondLoopback(t *testing.T) {
 		}
 	}
 }
+
+// TestTLSJoin: nodes serving HTTPS join each other by their https API
+// URL, trusting the CA through SSL_CERT_FILE, as the Helm chart has them.
+func TestTLSJoin(t *testing.T) {
+	t.Parallel()
+	ca := tlstest.NewCA(t, "meshreg e2e cluster CA")
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Cert)
+	opts := func() testnet.Options {
+		cert, key := ca.Server(t, 200).Files(t)
+		return testnet.Options{Args: []string{"--tls-cert", cert, "--tls-key", key}, Env: []string{"SSL_CERT_FILE=" + ca.CertFile}, TLSRoots: roots}
+	}
+	first := testnet.StartNode(t, opts())
+	o := opts()
+	o.Args = append(o.Args, "--join", first.URL(), "--join-token", testnet.JoinToken(t, first, time.Hour))
+	second := testnet.StartNode(t, o)
+	testnet.WaitConverged(t, []*testnet.Node{first, second}, 2, testnet.ExpectedVoters(2, 3), 60*time.Second)
+}
