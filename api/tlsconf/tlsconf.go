@@ -132,11 +132,13 @@ type Reloader struct {
 	CheckInterval time.Duration
 	now           func() time.Time
 
-	mu      sync.Mutex
-	cert    *tls.Certificate
-	loaded  [2]stamp // the stamps of the files cert came from
-	failed  [2]stamp // the stamps of the last pair that did not load
-	checked time.Time
+	mu     sync.Mutex
+	cert   *tls.Certificate
+	loaded [2]stamp // the stamps of the files cert came from
+	failed [2]stamp // the stamps of the last pair that did not load
+	// unreadable is set while a file cannot be stat'ed (logged once).
+	unreadable bool
+	checked    time.Time
 }
 
 // NewReloader loads the pair once; an error there is the caller's (the
@@ -185,12 +187,13 @@ func (r *Reloader) Current() *tls.Certificate {
 	r.checked = now
 	st, err := r.stamps()
 	if err != nil {
-		if st != r.failed {
-			r.failed = st
+		if !r.unreadable {
+			r.unreadable = true
 			r.log.Error("TLS certificate files unreadable: serving the previous certificate", "err", err)
 		}
 		return r.cert
 	}
+	r.unreadable = false
 	if st == r.loaded || st == r.failed {
 		return r.cert
 	}

@@ -124,6 +124,23 @@ func TestReloaderPicksUpRotationKeepsOldOnBadPair(t *testing.T) {
 	if n := strings.Count(logs.String(), "does not load"); n != 1 {
 		t.Errorf("%d errors logged for one bad pair, want 1:\n%s", n, logs.String())
 	}
+	// The files vanish for a while (a Secret remounted): the old pair
+	// stays, one error is logged.
+	if err := os.Rename(cert, cert+".away"); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		clock = clock.Add(DefaultCheckInterval)
+		if got := serial(t, r.Current()); got != 11 {
+			t.Fatalf("without the files: serial %d, want the previous 11", got)
+		}
+	}
+	if n := strings.Count(logs.String(), "unreadable"); n != 1 {
+		t.Errorf("%d errors logged for missing files, want 1:\n%s", n, logs.String())
+	}
+	if err := os.Rename(cert+".away", cert); err != nil {
+		t.Fatal(err)
+	}
 	// Then the key arrives: the pair loads.
 	rotate(t, bad, cert, key, time.Now().Add(3*time.Minute))
 	clock = clock.Add(DefaultCheckInterval)
