@@ -34,6 +34,11 @@ type Config struct {
 	MaxWritesPerClient int
 	// MaxListPage bounds the n of tag and catalog listings.
 	MaxListPage int
+	// RequireClientCert refuses, with 401 UNAUTHORIZED, every request but
+	// the health probes (/healthz, /readyz) that did not come over TLS with
+	// a client certificate the listener verified (--tls-client-ca). The
+	// handshake already failed for a certificate that does not verify.
+	RequireClientCert bool
 }
 
 // DefaultConfig returns the limits a registry operator would expect.
@@ -115,6 +120,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// for good. Give that read the body idle timeout.
 	defer iw.bodyDeadline(h.cfg.BodyIdleTimeout)
 	w, r = iw, r.WithContext(WithClient(r.Context(), remoteClient(r)))
+	if h.cfg.RequireClientCert && !isProbe(r.URL.Path) && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
+		h.writeError(w, r, oci.Errorf(oci.Unauthorized, "a client certificate signed by this node's --tls-client-ca is required"))
+		return
+	}
 	rt := parseRoute(r.URL.Path)
 	if rt.kind == routeUnknown && !isV2(r.URL.Path) {
 		h.mux.ServeHTTP(w, r)
@@ -126,6 +135,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h.serveV2Route(rt)(w, r)
 }
+
+// isProbe reports whether path is a health probe, which is served to
+// every caller (a kubelet sends no client certificate).
+func isProbe(path string) bool { return path == "/healthz" || path == "/readyz" }
 
 func isV2(path string) bool { return path == "/v2" || len(path) >= 4 && path[:4] == "/v2/" }
 

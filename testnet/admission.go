@@ -44,18 +44,22 @@ func JoinToken(t testing.TB, n *Node, ttl time.Duration) string {
 
 // TryJoinToken is JoinToken returning its error.
 func TryJoinToken(ctx context.Context, n *Node, ttl time.Duration) (string, error) {
-	return JoinTokenAt(ctx, n.URL(), ttl)
+	return joinTokenWith(ctx, n.HTTPClient(), n.URL(), ttl)
 }
 
 // JoinTokenAt asks the node whose API is at base (on loopback) for a join
 // token valid for ttl.
 func JoinTokenAt(ctx context.Context, base string, ttl time.Duration) (string, error) {
+	return joinTokenWith(ctx, http.DefaultClient, base, ttl)
+}
+
+func joinTokenWith(ctx context.Context, client *http.Client, base string, ttl time.Duration) (string, error) {
 	u := base + "/_meshreg/v1/join-tokens?ttl=" + ttl.String()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
 	if err != nil {
 		return "", err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return "", fmt.Errorf("POST %s: %w", u, err)
 	}

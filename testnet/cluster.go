@@ -82,7 +82,7 @@ func (n *Node) Status(ctx context.Context) (NodeStatus, error) {
 	if err != nil {
 		return st, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := n.HTTPClient().Do(req)
 	if err != nil {
 		return st, err
 	}

@@ -2,6 +2,8 @@ package testnet
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"net/http"
@@ -41,6 +43,10 @@ type Options struct {
 	Env          []string      // extra environment, KEY=VALUE
 	ReadyTimeout time.Duration // how long to wait for /readyz; default 60s
 	StopTimeout  time.Duration // how long Stop waits after SIGTERM; default 30s
+	// TLSRoots, set when Args has --tls-cert and --tls-key, are the CAs
+	// that signed the node's certificate: URL is then https and the
+	// readiness probe trusts them.
+	TLSRoots *x509.CertPool
 }
 
 // Node is a meshreg registry under test: either a process the harness
@@ -129,8 +135,24 @@ func (n *Node) External() bool { return n.external }
 // Host is the registry's host:port, as used in image references.
 func (n *Node) Host() string { return n.host }
 
-// URL is the registry's base URL, http://host:port.
-func (n *Node) URL() string { return "http://" + n.host }
+// URL is the registry's base URL, http://host:port (https with
+// Options.TLSRoots).
+func (n *Node) URL() string {
+	if n.opts.TLSRoots != nil {
+		return "https://" + n.host
+	}
+	return "http://" + n.host
+}
+
+// HTTPClient is a client for the node: one trusting Options.TLSRoots when
+// it serves TLS.
+func (n *Node) HTTPClient() *http.Client {
+	c := &http.Client{Timeout: 30 * time.Second}
+	if n.opts.TLSRoots != nil {
+		c.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: n.opts.TLSRoots}, ForceAttemptHTTP2: true}
+	}
+	return c
+}
 
 // DataDir is the node's --data-dir ("" for an external registry).
 func (n *Node) DataDir() string { return n.dataDir }
@@ -169,7 +191,7 @@ func (n *Node) start(bin string) error {
 	n.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), n.opts.ReadyTimeout)
 	defer cancel()
-	if err := p.WaitHTTP(ctx, n.URL()+readyPath(), http.StatusOK); err != nil {
+	if err := p.WaitHTTPWith(ctx, n.HTTPClient(), n.URL()+readyPath(), http.StatusOK); err != nil {
 		p.Kill()
 		return err
 	}

@@ -151,7 +151,12 @@ func (p *Process) Kill() {
 // WaitHTTP polls url until it answers with status want, the process exits,
 // or ctx ends. It returns the last status or error seen when it gives up.
 func (p *Process) WaitHTTP(ctx context.Context, url string, want int) error {
-	client := &http.Client{Timeout: 2 * time.Second}
+	return p.WaitHTTPWith(ctx, &http.Client{Timeout: 2 * time.Second}, url, want)
+}
+
+// WaitHTTPWith is WaitHTTP with the client given (one that trusts a
+// test CA, say).
+func (p *Process) WaitHTTPWith(ctx context.Context, client *http.Client, url string, want int) error {
 	last := "no answer yet"
 	for {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/meshreg/meshreg/api"
+	"github.com/meshreg/meshreg/api/tlsconf"
 	"github.com/meshreg/meshreg/node"
 	"github.com/meshreg/meshreg/node/logrepeat"
 )
@@ -73,14 +74,26 @@ func serve(ctx context.Context, cfg serveConfig) (err error) {
 		return fmt.Errorf("listening on %s: %w (is another registry running? pass --listen)", cfg.Listen, err)
 	}
 	srv := api.NewServer(cfg.API, h, slog.NewLogLogger(log.Handler(), slog.LevelWarn))
+	scheme, serveLn := "http", srv.Serve
+	if cfg.TLS.Enabled() {
+		if srv.TLSConfig, err = tlsconf.Server(cfg.TLS, log.With("component", "tls")); err != nil {
+			ln.Close()
+			return err
+		}
+		scheme = "https"
+		serveLn = func(ln net.Listener) error { return srv.ServeTLS(ln, "", "") } // the certificate comes from TLSConfig.GetCertificate
+	} else if !isLoopback(cfg.Listen) {
+		log.Warn("serving plain HTTP beyond loopback: registry traffic and credentials travel unencrypted; pass --tls-cert and --tls-key", "listen", cfg.Listen)
+	}
 
 	runCtx, stopRun := context.WithCancel(context.Background())
 	runDone := make(chan error, 1)
 	go func() { runDone <- n.Run(runCtx) }()
 	serveDone := make(chan error, 1)
-	go func() { serveDone <- srv.Serve(ln) }()
+	go func() { serveDone <- serveLn(ln) }()
 	log.Info("meshreg serving", "version", cfg.Node.Version, "commit", cfg.Node.Build.ShortCommit(), "listen", ln.Addr().String(), "data_dir", cfg.Node.DataDir,
-		"url", "http://"+strings.Replace(ln.Addr().String(), "[::]", "localhost", 1)+"/v2/")
+		"tls", cfg.TLS.Enabled(), "client_certs", cfg.TLS.ClientCA != "",
+		"url", scheme+"://"+strings.Replace(ln.Addr().String(), "[::]", "localhost", 1)+"/v2/")
 
 	select {
 	case err = <-serveDone:
@@ -99,4 +112,19 @@ func serve(ctx context.Context, cfg serveConfig) (err error) {
 	}
 	stopRun()
 	return errors.Join(err, <-runDone)
+}
+
+// isLoopback reports whether a --listen HOST:PORT binds loopback only: an
+// empty host, 0.0.0.0 or :: is every interface, a name other than
+// localhost may resolve to anything.
+func isLoopback(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -15,6 +15,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/meshreg/meshreg/api"
+	"github.com/meshreg/meshreg/api/tlsconf"
 	"github.com/meshreg/meshreg/node"
 	"github.com/meshreg/meshreg/p2p"
 )
@@ -31,8 +32,11 @@ type serveConfig struct {
 	LogLevel        slog.Level
 	LogFormat       string
 	ShutdownTimeout time.Duration
-	Node            node.Config
-	API             api.Config
+	// TLS names the API's certificate, key and client CA files (all ""
+	// for plain HTTP).
+	TLS  tlsconf.Files
+	Node node.Config
+	API  api.Config
 }
 
 // defaultServeConfig is what `meshreg serve` runs with when told nothing:
@@ -57,6 +61,9 @@ func (cfg *serveConfig) settings() []setting {
 	return []setting{
 		stringSetting(&nc.DataDir, "data-dir", catStorage, "`DIR` holding blobs and metadata"),
 		stringSetting(&cfg.Listen, "listen", catAPI, "`HOST:PORT` of the registry API"),
+		stringSetting(&cfg.TLS.Cert, "tls-cert", catAPI, "serve the API over HTTPS with the certificate (chain) in PEM `FILE`; re-read when the file changes (needs --tls-key)"),
+		stringSetting(&cfg.TLS.Key, "tls-key", catAPI, "private key PEM `FILE` of --tls-cert"),
+		stringSetting(&cfg.TLS.ClientCA, "tls-client-ca", catAPI, "require client certificates signed by the CA in PEM `FILE` (every endpoint but /healthz and /readyz; needs --tls-cert)"),
 		listSetting(&nc.P2P.ListenAddrs, "p2p-listen", catP2P, "libp2p listen `MULTIADDR` (repeatable)"),
 		stringSetting(&nc.P2P.Advertise, "advertise", catP2P, "`ADDR` other nodes reach this one at (its Raft address): an IP (the --p2p-listen TCP port is used) or a multiaddr such as /ip4/10.0.0.5/tcp/4001; in a DaemonSet, the host IP (status.hostIP). Default: chosen among the interface addresses, never a bridge or loopback one when another exists"),
 		listSetting(&nc.Join, "join", catCluster, "join the cluster of the node at `ADDR`: an http(s) URL of its API or a multiaddr with /p2p/<id> (repeatable)"),
@@ -108,6 +115,10 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 	if err := checkListen(cfg.Listen); err != nil {
 		return *cfg, err
 	}
+	if err := cfg.TLS.Check(); err != nil {
+		return *cfg, err
+	}
+	cfg.API.RequireClientCert = cfg.TLS.ClientCA != ""
 	if path := cfg.ClusterKeyFile; path != "" {
 		key, err := p2p.LoadPrivateNetworkKey(path)
 		if err != nil {
