@@ -14,14 +14,16 @@
 //	  - users: [bob]
 //	    repos: ["team/**"]
 //	    allow: [pull]
-//	  - users: [anonymous]          # clients without credentials
+//	  - users: [anonymous]          # every client, even without credentials
 //	    repos: ["public/**"]
 //	    allow: [pull]
 //	  - users: [alice]
 //	    allow: [admin]              # cluster endpoints; no repos
 //
 // users are htpasswd user names, or one of the two reserved names
-// `anonymous` (no credentials) and `authenticated` (any valid user).
+// `anonymous` (every client, with or without credentials: what anonymous
+// clients may do, logged-in users may do too) and `authenticated` (any
+// valid user).
 // Repository globs match segment by segment (segments are split at /):
 // within a segment, path.Match syntax (`*` is any run of characters but
 // /, `?`, `[a-z]`); a segment that is exactly `**` matches any number of
@@ -245,11 +247,11 @@ func MatchRepo(glob, repo string) bool {
 func (r *rule) names(id auth.Identity) bool {
 	for _, u := range r.users {
 		switch {
-		case u == UserAnonymous && id.IsAnonymous():
-			return true
+		case u == UserAnonymous:
+			return true // what anonymous clients may do, every client may
 		case u == UserAuthenticated && !id.IsAnonymous():
 			return true
-		case u == UserAnonymous || u == UserAuthenticated:
+		case u == UserAuthenticated:
 			// reserved: never a user's own name
 		case !id.IsAnonymous() && u == id.User:
 			return true

@@ -57,7 +57,9 @@ func TestAuthorize(t *testing.T) {
 		{alice, "", auth.Admin, true},
 		{bob, "", auth.Admin, false},
 		{anon, "", auth.Admin, false},
-		{auth.Identity{User: "anonymous"}, "public/x", auth.Pull, false}, // a user named anonymous is not anonymous
+		{bob, "public/x", auth.Pull, true}, // what anonymous may do, everyone may
+		{bob, "public/x", auth.Push, false},
+		{auth.Identity{User: "authenticated"}, "lib/go/stable", auth.Pull, true}, // a valid user, whatever the name
 	}
 	for _, c := range cases {
 		if got := p.Authorize(c.id, c.repo, c.a); got != c.want {
