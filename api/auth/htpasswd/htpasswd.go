@@ -87,10 +87,19 @@ func Open(path string, onError func(error)) (*File, error) {
 	return &File{w: w, ok: map[[32]byte]struct{}{}}, nil
 }
 
+// unknownUserHash is a bcrypt hash of the default cost, made once.
+var unknownUserHash = sync.OnceValue(func() []byte {
+	h, _ := bcrypt.GenerateFromPassword([]byte("no such user"), bcrypt.DefaultCost)
+	return h
+})
+
 // Verify reports whether password is user's.
 func (f *File) Verify(user, password string) bool {
 	hash, found := f.w.Get()[user]
 	if !found {
+		// As slow as a wrong password, so timing does not tell which
+		// user names exist.
+		_ = bcrypt.CompareHashAndPassword(unknownUserHash(), []byte(password))
 		return false
 	}
 	key := sha256.Sum256([]byte(user + "\x00" + password + "\x00" + string(hash)))
