@@ -34,6 +34,9 @@ type registry struct {
 	dir  string
 	node *node.Node
 	srv  *httptest.Server
+	// hdr is sent with every request (a copy of a registry with
+	// Authorization set is a client logged in as someone).
+	hdr []string
 }
 
 func newRegistry(t testing.TB, dir string, tweak func(*api.Config)) *registry {
@@ -93,6 +96,7 @@ func (r *registry) do(method, path string, body []byte, hdr ...string) (*http.Re
 	if err != nil {
 		r.t.Fatal(err)
 	}
+	hdr = append(append([]string(nil), r.hdr...), hdr...)
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}

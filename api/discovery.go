@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -70,7 +71,7 @@ func (h *Handler) catalog(w http.ResponseWriter, r *http.Request, _ route) error
 		return err
 	}
 	repos, err := page(w, "/v2/_catalog", last, n, func(last string, n int) ([]string, error) {
-		return h.reg.Repositories(r.Context(), last, n)
+		return h.pullableRepositories(r.Context(), last, n)
 	})
 	if err != nil {
 		return err
@@ -139,4 +140,30 @@ func (h *Handler) referrers(w http.ResponseWriter, r *http.Request, rt route) er
 		Manifests     []ocispec.Descriptor `json:"manifests"`
 	}{2, ocispec.MediaTypeImageIndex, descs})
 	return nil
+}
+
+// pullableRepositories lists up to n repositories after last that the
+// request's client may pull: with access control on, it reads on past the
+// ones it hides until it has n or the list ends.
+func (h *Handler) pullableRepositories(ctx context.Context, last string, n int) ([]string, error) {
+	if h.cfg.Auth == nil {
+		return h.reg.Repositories(ctx, last, n)
+	}
+	var out []string
+	for len(out) < n {
+		raw, err := h.reg.Repositories(ctx, last, n)
+		if err != nil {
+			return nil, err
+		}
+		for _, repo := range raw {
+			if h.mayPull(ctx, repo) && len(out) < n {
+				out = append(out, repo)
+			}
+		}
+		if len(raw) < n {
+			break
+		}
+		last = raw[len(raw)-1]
+	}
+	return out, nil
 }

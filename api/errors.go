@@ -51,6 +51,9 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, err error) 
 	}
 	h.log.Log(r.Context(), level, "request failed", "method", r.Method, "path", r.URL.Path, "status", status, "code", e.Code.Name, "err", err)
 	body, _ := json.Marshal(errorBody{Errors: []errorEntry{{Code: e.Code.Name, Message: msg, Detail: e.Detail}}})
+	if status == http.StatusUnauthorized && h.cfg.Auth != nil {
+		w.Header().Set("WWW-Authenticate", h.cfg.Auth.Authn.Challenge())
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", itoa(int64(len(body))))
 	w.WriteHeader(status)

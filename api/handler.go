@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshreg/meshreg/api/auth"
 	"github.com/meshreg/meshreg/api/oci"
 )
 
@@ -39,6 +40,9 @@ type Config struct {
 	// a client certificate the listener verified (--tls-client-ca). The
 	// handshake already failed for a certificate that does not verify.
 	RequireClientCert bool
+	// Auth turns authentication and access control on for /v2/ and the
+	// admin endpoints; nil leaves /v2/ open and admin to loopback clients.
+	Auth *auth.Guard
 }
 
 // DefaultConfig returns the limits a registry operator would expect.
@@ -78,6 +82,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("api: --max-writes-per-client %d is out of range: use 1 to %d", c.MaxWritesPerClient, MaxMaxWritesPerClient)
 	case c.MaxListPage <= 0 || c.MaxListPage > MaxMaxListPage:
 		return fmt.Errorf("api: max list page %d is out of range: use 1 to %d", c.MaxListPage, MaxMaxListPage)
+	case c.Auth != nil && (c.Auth.Authn == nil || c.Auth.Authz == nil):
+		return errors.New("api: authentication needs both an authenticator and an authorizer")
 	}
 	return nil
 }
@@ -103,8 +109,8 @@ func New(cfg Config, reg Registry, node Node, metrics *Metrics, log *slog.Logger
 	h.mux.HandleFunc("GET /healthz", h.healthz)
 	h.mux.HandleFunc("GET /readyz", h.readyz)
 	h.mux.HandleFunc("GET /_meshreg/v1/status", h.status)
-	h.mux.HandleFunc("DELETE /_meshreg/v1/members/{id}", h.loopbackOnly(h.removeMember))
-	h.mux.HandleFunc("POST /_meshreg/v1/join-tokens", h.loopbackOnly(h.createJoinToken))
+	h.mux.HandleFunc("DELETE /_meshreg/v1/members/{id}", h.adminOnly(h.removeMember))
+	h.mux.HandleFunc("POST /_meshreg/v1/join-tokens", h.adminOnly(h.createJoinToken))
 	if metrics != nil {
 		h.mux.Handle("GET /metrics", metrics.handler())
 	}
@@ -181,6 +187,12 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rt route) err
 	if !ok {
 		w.Header().Set("Allow", allowed(methods))
 		return oci.Errorf(oci.Unsupported, "method %.20q is not supported on %s: use %s", r.Method, rt.kind, allowed(methods))
+	}
+	if h.cfg.Auth != nil {
+		var err error
+		if r, err = h.authorize(r, rt); err != nil {
+			return err
+		}
 	}
 	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.URL.Query().Get("consistent") == "1" {
 		if b, ok := h.reg.(Barrier); ok {

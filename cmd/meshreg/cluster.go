@@ -23,14 +23,14 @@ func clusterCommand() *cli.Command {
 			{
 				Name:   "members",
 				Usage:  "list the members: peer id, Raft address, suffrage, leader",
-				Flags:  []cli.Flag{nodeFlag},
+				Flags:  append([]cli.Flag{nodeFlag}, credentialFlags()...),
 				Action: clusterMembers,
 			},
 			{
 				Name:      "remove",
 				Usage:     "remove a member (by peer id) from the cluster for good",
 				ArgsUsage: "PEER_ID",
-				Flags:     []cli.Flag{nodeFlag},
+				Flags:     append([]cli.Flag{nodeFlag}, credentialFlags()...),
 				Action:    clusterRemove,
 			},
 		},
@@ -45,7 +45,11 @@ func clusterMembers(c *cli.Context) error {
 		return err
 	}
 	url := base + "/_meshreg/v1/status"
-	resp, err := httpClient.Get(url)
+	req, err := http.NewRequestWithContext(c.Context, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := httpClient.Do(withCredentials(c, req))
 	if err != nil {
 		return fmt.Errorf("reading %s: %w (is a node running there? pass --node)", url, err)
 	}
@@ -92,7 +96,7 @@ func clusterRemove(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	resp, err := httpClient.Do(req)
+	resp, err := httpClient.Do(withCredentials(c, req))
 	if err != nil {
 		return fmt.Errorf("DELETE %s: %w (is a node running there? pass --node)", url, err)
 	}

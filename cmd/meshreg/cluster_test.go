@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 )
 
 func TestNodeURL(t *testing.T) {
@@ -36,7 +38,7 @@ func TestNodeURL(t *testing.T) {
 // startServe runs `meshreg serve` in this process on loopback ports, with
 // its data in a temporary directory, until the test ends; it returns the
 // API's HOST:PORT once the node is ready.
-func startServe(t *testing.T) string {
+func startServe(t *testing.T, extra ...string) string {
 	t.Helper()
 	clearMeshregEnv(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -53,8 +55,8 @@ func startServe(t *testing.T) string {
 	go func() {
 		app := newApp()
 		app.Writer, app.ErrWriter = io.Discard, io.Discard
-		done <- app.RunContext(ctx, []string{"meshreg", "serve", "--data-dir", dataDir, "--listen", addr,
-			"--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--log-level", "error", "--shutdown-timeout", "1s"})
+		done <- app.RunContext(ctx, append([]string{"meshreg", "serve", "--data-dir", dataDir, "--listen", addr,
+			"--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--log-level", "error", "--shutdown-timeout", "1s"}, extra...))
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -139,5 +141,50 @@ func TestClusterCommandsAgainstANode(t *testing.T) {
 	var ue interface{ Error() string }
 	if _, err := runMeshreg(t, "cluster", "members", "--node", "127.0.0.1"); !errors.As(err, &ue) || !strings.Contains(err.Error(), `--node "127.0.0.1": no port`) {
 		t.Errorf("--node without a port: %v", err)
+	}
+}
+
+// TestClusterCommandsWithAuth: against a node with --auth-htpasswd and
+// --auth-policy, the admin commands send --username/--password (or
+// MESHREG_USERNAME/MESHREG_PASSWORD); without the admin right they fail
+// saying why.
+func TestClusterCommandsWithAuth(t *testing.T) {
+	dir := t.TempDir()
+	users := filepath.Join(dir, "htpasswd")
+	pol := filepath.Join(dir, "policy.yaml")
+	var lines []string
+	for _, u := range []string{"alice", "bob"} {
+		h, err := bcrypt.GenerateFromPassword([]byte(u+"-pw"), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, u+":"+string(h))
+	}
+	writeFile(t, users, strings.Join(lines, "\n")+"\n")
+	writeFile(t, pol, "rules:\n  - users: [authenticated]\n    repos: [\"**\"]\n    allow: [pull]\n  - users: [alice]\n    allow: [admin]\n")
+	addr := startServe(t, "--auth-htpasswd", users, "--auth-policy", pol)
+
+	if out, err := runMeshreg(t, "cluster", "members", "--node", addr, "--username", "alice", "--password", "alice-pw"); err != nil || !strings.Contains(out, "Voter") {
+		t.Errorf("cluster members as alice: %v\n%s", err, out)
+	}
+	if out, err := runMeshreg(t, "token", "create", "--node", addr, "--username", "alice", "--password", "alice-pw"); err != nil || !strings.Contains(out, "--join http://"+addr) {
+		t.Errorf("token create as alice: %v\n%s", err, out)
+	}
+	if _, err := runMeshreg(t, "token", "create", "--node", addr); err == nil || !strings.Contains(err.Error(), "UNAUTHORIZED") {
+		t.Errorf("token create without credentials: %v, want UNAUTHORIZED", err)
+	}
+	if _, err := runMeshreg(t, "token", "create", "--node", addr, "--username", "bob", "--password", "bob-pw"); err == nil || !strings.Contains(err.Error(), "DENIED") || !strings.Contains(err.Error(), "admin") {
+		t.Errorf("token create as bob: %v, want DENIED naming the admin right", err)
+	}
+	t.Setenv("MESHREG_USERNAME", "bob")
+	t.Setenv("MESHREG_PASSWORD", "bob-pw")
+	const stranger = "12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo"
+	if _, err := runMeshreg(t, "cluster", "remove", "--node", addr, stranger); err == nil || !strings.Contains(err.Error(), "admin") {
+		t.Errorf("cluster remove as bob (from the environment): %v, want a denial naming the admin right", err)
+	}
+	t.Setenv("MESHREG_USERNAME", "alice")
+	t.Setenv("MESHREG_PASSWORD", "alice-pw")
+	if _, err := runMeshreg(t, "cluster", "remove", "--node", addr, stranger); err == nil || !strings.Contains(err.Error(), "is not a member") {
+		t.Errorf("cluster remove as alice (from the environment): %v, want the node's 'not a member'", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"strings"
 
@@ -65,4 +66,24 @@ func apiErrorText(status int, body []byte) string {
 		return fmt.Sprintf("%s; HTTP %d %s", e.Errors[0].Message, status, e.Errors[0].Code)
 	}
 	return fmt.Sprintf("%s; HTTP %d", strings.TrimSpace(string(body)), status)
+}
+
+// credentialFlags are the --username and --password of the commands that
+// talk to a node's API: with a node's --auth-htpasswd on, the admin
+// endpoints need a user with the admin right. MESHREG_USERNAME and
+// MESHREG_PASSWORD keep the password out of the process list.
+func credentialFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "username", Usage: "`USER` to authenticate as (Basic auth), for a node with --auth-htpasswd", EnvVars: []string{"MESHREG_USERNAME"}},
+		&cli.StringFlag{Name: "password", Usage: "`PASSWORD` of --username (prefer MESHREG_PASSWORD: flags show in ps)", EnvVars: []string{"MESHREG_PASSWORD"}},
+	}
+}
+
+// withCredentials sets Basic auth on req from --username and --password,
+// when a user is given.
+func withCredentials(c *cli.Context, req *http.Request) *http.Request {
+	if user := c.String("username"); user != "" {
+		req.SetBasicAuth(user, c.String("password"))
+	}
+	return req
 }

@@ -64,6 +64,9 @@ func serve(ctx context.Context, cfg serveConfig) (err error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	n.RegisterMetrics(reg)
+	if cfg.API.Auth, err = authGuard(cfg, log.With("component", "auth")); err != nil {
+		return err
+	}
 	h, err := api.New(cfg.API, n, n, api.NewMetrics(reg), log.With("component", "api"))
 	if err != nil {
 		return err

@@ -26,8 +26,12 @@ const defaultShutdownTimeout = 30 * time.Second
 type serveConfig struct {
 	// ConfigFile and ClusterKeyFile are the --config and --cluster-key
 	// paths as given ("" if none); the key's bytes are in Node.P2P.
-	ConfigFile      string
-	ClusterKeyFile  string
+	ConfigFile     string
+	ClusterKeyFile string
+	// AuthHtpasswd and AuthPolicy are the --auth-htpasswd and
+	// --auth-policy paths ("" if none); see authGuard.
+	AuthHtpasswd    string
+	AuthPolicy      string
 	Listen          string
 	LogLevel        slog.Level
 	LogFormat       string
@@ -94,6 +98,8 @@ func (cfg *serveConfig) settings() []setting {
 		uint64Setting(&nc.Consensus.SnapshotThreshold, "snapshot-threshold", catCluster, "`N` Raft log entries between metadata snapshots"),
 		uint64Setting(&nc.Consensus.TrailingLogs, "trailing-logs", catCluster, "`N` Raft log entries kept after a snapshot, for followers that lag a little"),
 		durationSetting(&nc.Consensus.SnapshotInterval, "snapshot-interval", catCluster, "every `DURATION`, check whether a snapshot is due"),
+		stringSetting(&cfg.AuthHtpasswd, "auth-htpasswd", catAPI, "htpasswd `FILE` of users (bcrypt entries only, `htpasswd -B`): turns on Basic authentication for /v2/ and the admin endpoints; reloaded when it changes"),
+		stringSetting(&cfg.AuthPolicy, "auth-policy", catAPI, "access policy `FILE` (YAML: who may pull, push, delete in which repositories, and who is admin); without it every user may do everything and anonymous clients nothing; reloaded when it changes"),
 		durationSetting(&cfg.ShutdownTimeout, "shutdown-timeout", catAPI, "`DURATION` in-flight requests may run after SIGTERM or SIGINT"),
 	}
 }
@@ -125,6 +131,9 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 			return *cfg, fmt.Errorf("--cluster-key: %w", err)
 		}
 		cfg.Node.P2P.PrivateNetworkKey = key
+	}
+	if _, err := authGuard(*cfg, nil); err != nil {
+		return *cfg, err
 	}
 	if err := errors.Join(cfg.Node.Validate(), cfg.API.Validate(), checkOpenable(cfg.Node), checkShutdownTimeout(cfg.ShutdownTimeout)); err != nil {
 		return *cfg, err

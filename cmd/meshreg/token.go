@@ -20,12 +20,13 @@ func tokenCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			{
 				Name: "create",
-				Usage: "ask a member (run it on that node's host: the endpoint answers loopback only) for a join token, " +
+				Usage: "ask a member for a join token (run it on that node's host, as the endpoint answers loopback only; " +
+					"with the node's --auth-htpasswd on, from anywhere as a user with the admin right), " +
 					"and print it; any member admits a joiner that presents it until it expires",
-				Flags: []cli.Flag{
+				Flags: append([]cli.Flag{
 					nodeFlag("a member's"),
 					&cli.DurationFlag{Name: "ttl", Value: time.Hour, Usage: "`DURATION` the token admits joiners for (at most 168h)"},
-				},
+				}, credentialFlags()...),
 				Action: tokenCreate,
 			},
 		},
@@ -42,7 +43,7 @@ func tokenCreate(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	resp, err := httpClient.Do(req)
+	resp, err := httpClient.Do(withCredentials(c, req))
 	if err != nil {
 		return fmt.Errorf("POST %s: %w (is a node running there? pass --node)", u, err)
 	}

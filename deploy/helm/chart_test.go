@@ -36,7 +36,7 @@ const (
 	plainManifest = "../kubernetes/meshreg.yaml"
 	// htpasswd is user admin, password secret.
 	htpasswd = "admin:$2a$05$ol.usOOY2SkthFZAr/MOjO7/lgIe2mWVklw5Kk9tQzDfMdFdoN8ZC\n"
-	policy   = "- user: admin\n  repositories: [\"**\"]\n  actions: [pull, push, delete]\n"
+	policy   = "rules:\n  - users: [admin]\n    repos: [\"**\"]\n    allow: [pull, push, delete]\n  - users: [admin]\n    allow: [admin]\n"
 )
 
 // helmBin is the helm program: from PATH, else from the repository's

@@ -1,0 +1,127 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	"github.com/meshreg/meshreg/api/auth"
+	"github.com/meshreg/meshreg/api/oci"
+)
+
+type identityKey struct{}
+
+// identityFrom returns the identity authorize stored in ctx (Anonymous
+// when authentication is off or outside a request).
+func identityFrom(ctx context.Context) auth.Identity {
+	id, _ := ctx.Value(identityKey{}).(auth.Identity)
+	return id
+}
+
+// routeAction is the right a /v2/ request needs on its repository.
+// Everything about an upload session (status and cancel included) is push.
+func routeAction(k routeKind, method string) auth.Action {
+	switch {
+	case k == routeUploads || k == routeUpload:
+		return auth.Push
+	case method == http.MethodPut || method == http.MethodPatch || method == http.MethodPost:
+		return auth.Push
+	case method == http.MethodDelete:
+		return auth.Delete
+	}
+	return auth.Pull
+}
+
+// authenticate finds who r comes from; a wrong password is 401 with the
+// challenge, never anonymous access.
+func (h *Handler) authenticate(r *http.Request) (auth.Identity, error) {
+	id, err := h.cfg.Auth.Authn.Authenticate(r)
+	if errors.Is(err, auth.ErrBadCredentials) {
+		return auth.Anonymous, oci.Errorf(oci.Unauthorized, "wrong user name or password")
+	}
+	if err != nil {
+		return auth.Anonymous, oci.Wrap(oci.Unauthorized, err, "authentication failed")
+	}
+	return id, nil
+}
+
+// refuse is the error for id lacking action on what: 401 with the
+// challenge for anonymous clients (credentials may help), 403 DENIED for
+// an authenticated user (they would not).
+func refuse(id auth.Identity, action auth.Action, what string) error {
+	if id.IsAnonymous() {
+		return oci.Errorf(oci.Unauthorized, "authentication required: anonymous clients may not %s %s; log in (docker login)", action, what)
+	}
+	return oci.Errorf(oci.Denied, "user %q lacks the %s right on %s: ask for it in the access policy", id.User, action, what)
+}
+
+// authorize is the one access check of a /v2/ request, called by dispatch
+// once the route is known. It stores the identity in the request's
+// context (for the catalog's filter) and returns the request to go on
+// with: a cross-repository mount whose source the client may not pull
+// loses its mount and becomes a plain upload session, as the spec lets a
+// registry do, so the client uploads the bytes it claims to have.
+func (h *Handler) authorize(r *http.Request, rt route) (*http.Request, error) {
+	g := h.cfg.Auth
+	id, err := h.authenticate(r)
+	if err != nil {
+		return r, err
+	}
+	r = r.WithContext(context.WithValue(r.Context(), identityKey{}, id))
+	switch rt.kind {
+	case routeBase:
+		// docker login checks its credentials here; an anonymous client
+		// gets the challenge and goes on without credentials.
+		if id.IsAnonymous() {
+			return r, oci.Errorf(oci.Unauthorized, "authentication required")
+		}
+		return r, nil
+	case routeCatalog:
+		return r, nil // filtered by what id may pull
+	}
+	action := routeAction(rt.kind, r.Method)
+	if !g.Authz.Authorize(id, rt.name, action) {
+		return r, refuse(id, action, "repository "+truncate(rt.name))
+	}
+	if rt.kind == routeUploads {
+		q := r.URL.Query()
+		if from := q.Get("from"); q.Has("mount") && from != "" && !g.Authz.Authorize(id, from, auth.Pull) {
+			q.Del("mount")
+			q.Del("from")
+			u := *r.URL
+			u.RawQuery = q.Encode()
+			r2 := r.Clone(r.Context())
+			r2.URL = &u
+			return r2, nil
+		}
+	}
+	return r, nil
+}
+
+// mayPull reports whether the request's client may pull repo (always,
+// with authentication off).
+func (h *Handler) mayPull(ctx context.Context, repo string) bool {
+	return h.cfg.Auth == nil || h.cfg.Auth.Authz.Authorize(identityFrom(ctx), repo, auth.Pull)
+}
+
+// adminOnly guards the cluster's mutating admin endpoints: with
+// authentication on, the caller needs the admin right; without it, only
+// clients on the node's own machine (loopback) are served.
+func (h *Handler) adminOnly(fn http.HandlerFunc) http.HandlerFunc {
+	loop := h.loopbackOnly(fn)
+	return func(w http.ResponseWriter, r *http.Request) {
+		if h.cfg.Auth == nil {
+			loop(w, r)
+			return
+		}
+		id, err := h.authenticate(r)
+		if err == nil && !h.cfg.Auth.Authz.Authorize(id, "", auth.Admin) {
+			err = refuse(id, auth.Admin, "the cluster ("+r.Method+" "+truncate(r.URL.Path)+")")
+		}
+		if err != nil {
+			h.writeError(w, r, err)
+			return
+		}
+		fn(w, r)
+	}
+}

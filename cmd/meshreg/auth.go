@@ -1,0 +1,43 @@
+package main
+
+import (
+	"errors"
+	"log/slog"
+
+	"github.com/meshreg/meshreg/api/auth"
+	"github.com/meshreg/meshreg/api/auth/htpasswd"
+	"github.com/meshreg/meshreg/api/auth/policy"
+)
+
+// authGuard opens the --auth-htpasswd and --auth-policy files (nil, nil
+// when authentication is off). A file that later changes into something
+// invalid keeps the last good contents and is logged to log (nil: not
+// logged, as in `serve --check`).
+func authGuard(cfg serveConfig, log *slog.Logger) (*auth.Guard, error) {
+	if cfg.AuthHtpasswd == "" {
+		if cfg.AuthPolicy != "" {
+			return nil, errors.New("--auth-policy needs --auth-htpasswd: the policy names users, and the htpasswd file says who they are")
+		}
+		return nil, nil
+	}
+	onError := func(what string) func(error) {
+		return func(err error) {
+			if log != nil {
+				log.Error("reloading "+what+" failed; the last good one stays in effect", "err", err)
+			}
+		}
+	}
+	users, err := htpasswd.Open(cfg.AuthHtpasswd, onError("--auth-htpasswd"))
+	if err != nil {
+		return nil, err
+	}
+	g := &auth.Guard{Authn: &auth.Basic{Users: users}, Authz: auth.AuthenticatedOnly}
+	if cfg.AuthPolicy != "" {
+		p, err := policy.Open(cfg.AuthPolicy, onError("--auth-policy"))
+		if err != nil {
+			return nil, err
+		}
+		g.Authz = p
+	}
+	return g, nil
+}
