@@ -72,7 +72,8 @@ type Config struct {
 
 	// Transport carries Raft RPCs. nil means an in-memory transport whose
 	// address is NodeID: enough for a one-node cluster. Open takes ownership:
-	// raft closes it when the store closes.
+	// raft closes it when the store closes. A *raft.NetworkTransport is
+	// used without pipelined replication (see withoutPipeline).
 	Transport raft.Transport
 	// NoBootstrap keeps a node with no Raft state from bootstrapping (for a
 	// node that will be added to an existing cluster); Open then does not
@@ -230,10 +231,7 @@ func Open(cfg Config) (s *Store, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	trans := cfg.Transport
-	if trans == nil {
-		_, trans = raft.NewInmemTransport(raft.ServerAddress(cfg.NodeID))
-	}
+	trans := raftTransport(cfg)
 	var undo []func() // on failure, in reverse
 	defer func() {
 		if err != nil {
