@@ -16,12 +16,13 @@ const ReloadInterval = time.Second
 // requests is safe; a stat runs at most once per ReloadInterval.
 //
 // A file that changes into something that does not parse keeps the last
-// good value in effect, and OnError is told (so a typo in the file does
-// not lock everyone out, or let everyone in).
+// good value in effect, and OnReload is told the error (so a typo in the
+// file does not lock everyone out, or let everyone in); a change applied
+// is told to OnReload with a nil error.
 type Watched[T any] struct {
-	path    string
-	parse   func(data []byte) (T, error)
-	OnError func(err error)
+	path     string
+	parse    func(data []byte) (T, error)
+	OnReload func(err error)
 
 	mu      sync.Mutex
 	val     T
@@ -78,11 +79,13 @@ func (w *Watched[T]) Get() T {
 		return w.val
 	}
 	w.val, w.mod, w.size = v, fi.ModTime(), fi.Size()
+	w.fail(nil)
 	return w.val
 }
 
+// fail tells OnReload how a reload went (nil: applied).
 func (w *Watched[T]) fail(err error) {
-	if w.OnError != nil {
-		w.OnError(err)
+	if w.OnReload != nil {
+		w.OnReload(err)
 	}
 }
