@@ -177,6 +177,11 @@ func TestAuditLog(t *testing.T) {
 	if l["result"] != "error" || !strings.Contains(l["err"].(string), "line") {
 		t.Errorf("rejected reload: %v (want result error and the error with its line)", l)
 	}
+	// The file stays broken: no further line, however many checks.
+	time.Sleep(auth.ReloadInterval + 200*time.Millisecond)
+	resp, body = bob.do("GET", "/v2/team/app/tags/list", nil)
+	expect(t, resp, body, 200, "")
+	expectLines(t, "still broken", auditLines(t, logs))
 }
 
 // TestAuditAdminWithoutAuth: with authentication off, a member removal

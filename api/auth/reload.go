@@ -29,6 +29,7 @@ type Watched[T any] struct {
 	mod     time.Time
 	size    int64
 	checked time.Time
+	lastErr string // the error last told to OnReload, "" after a good reload
 	now     func() time.Time
 }
 
@@ -83,8 +84,18 @@ func (w *Watched[T]) Get() T {
 	return w.val
 }
 
-// fail tells OnReload how a reload went (nil: applied).
+// fail tells OnReload how a reload went (nil: applied). A file that stays
+// broken is told once, not once per check: again only when the error
+// changes or after a good version.
 func (w *Watched[T]) fail(err error) {
+	if err != nil {
+		if err.Error() == w.lastErr {
+			return
+		}
+		w.lastErr = err.Error()
+	} else {
+		w.lastErr = ""
+	}
 	if w.OnReload != nil {
 		w.OnReload(err)
 	}
