@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 
+	"github.com/meshreg/meshreg/api/auth"
 	"github.com/meshreg/meshreg/api/oci"
 )
 
@@ -28,9 +29,11 @@ var memberUnknown = oci.Code{Name: "MEMBER_UNKNOWN", Status: http.StatusNotFound
 func (h *Handler) loopbackOnly(fn http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if !fromLoopback(r) {
-			h.writeError(w, r, oci.Errorf(oci.Denied,
+			err := oci.Errorf(oci.Denied,
 				"%s %s is an admin endpoint, served only to clients on the node's own machine (loopback) until authentication is configured: run the command on the node, e.g. `meshreg cluster remove --node http://127.0.0.1:5000 ID`",
-				r.Method, truncate(r.URL.Path)))
+				r.Method, truncate(r.URL.Path))
+			h.logDenied(r, auth.Anonymous, auth.Admin, adminAttrs(r), err)
+			h.writeError(w, r, err)
 			return
 		}
 		fn(w, r)

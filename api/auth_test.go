@@ -68,11 +68,19 @@ func authRegistry(t *testing.T) (r *registry, usersFile string) {
 	if err := os.WriteFile(policyFile, []byte(testPolicy), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	users, err := htpasswd.Open(usersFile, func(err error) { t.Errorf("reload: %v", err) })
+	users, err := htpasswd.Open(usersFile, func(err error) {
+		if err != nil {
+			t.Errorf("reload: %v", err)
+		}
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pol, err := policy.Open(policyFile, func(err error) { t.Errorf("reload: %v", err) })
+	pol, err := policy.Open(policyFile, func(err error) {
+		if err != nil {
+			t.Errorf("reload: %v", err)
+		}
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

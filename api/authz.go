@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 
 	"github.com/meshreg/meshreg/api/auth"
@@ -65,6 +66,9 @@ func (h *Handler) authorize(r *http.Request, rt route) (*http.Request, error) {
 	g := h.cfg.Auth
 	id, err := h.authenticate(r)
 	if err != nil {
+		if rt.kind != routeBase && rt.kind != routeCatalog {
+			h.auditRefusal(r, id, routeAction(rt.kind, r.Method), rt, err)
+		}
 		return r, err
 	}
 	r = r.WithContext(context.WithValue(r.Context(), identityKey{}, id))
@@ -81,7 +85,9 @@ func (h *Handler) authorize(r *http.Request, rt route) (*http.Request, error) {
 	}
 	action := routeAction(rt.kind, r.Method)
 	if !g.Authz.Authorize(id, rt.name, action) {
-		return r, refuse(id, action, "repository "+truncate(rt.name))
+		err := refuse(id, action, "repository "+truncate(rt.name))
+		h.auditRefusal(r, id, action, rt, err)
+		return r, err
 	}
 	if rt.kind == routeUploads {
 		q := r.URL.Query()
@@ -108,7 +114,7 @@ func (h *Handler) mayPull(ctx context.Context, repo string) bool {
 // authentication on, the caller needs the admin right; without it, only
 // clients on the node's own machine (loopback) are served.
 func (h *Handler) adminOnly(fn http.HandlerFunc) http.HandlerFunc {
-	loop := h.loopbackOnly(fn)
+	loop := h.loopbackOnly(h.auditAdmin(fn, auth.Anonymous))
 	return func(w http.ResponseWriter, r *http.Request) {
 		if h.cfg.Auth == nil {
 			loop(w, r)
@@ -119,9 +125,70 @@ func (h *Handler) adminOnly(fn http.HandlerFunc) http.HandlerFunc {
 			err = refuse(id, auth.Admin, "the cluster ("+r.Method+" "+truncate(r.URL.Path)+")")
 		}
 		if err != nil {
+			h.logDenied(r, id, auth.Admin, adminAttrs(r), err)
 			h.writeError(w, r, err)
 			return
 		}
-		fn(w, r)
+		h.auditAdmin(fn, id)(w, r)
 	}
 }
+
+// auditRefusal audits a refused write (push or delete); a refused read
+// is not an audit event.
+func (h *Handler) auditRefusal(r *http.Request, id auth.Identity, action auth.Action, rt route, err error) {
+	if action != auth.Push && action != auth.Delete {
+		return
+	}
+	attrs := []slog.Attr{slog.String("repository", truncate(rt.name))}
+	if rt.ref != "" && rt.kind != routeUpload {
+		attrs = append(attrs, slog.String("reference", truncate(rt.ref)))
+	}
+	h.logDenied(r, id, action, attrs, err)
+}
+
+// adminAttrs names an admin request in its audit line.
+func adminAttrs(r *http.Request) []slog.Attr {
+	return []slog.Attr{slog.String("method", r.Method), slog.String("path", truncate(r.URL.Path))}
+}
+
+// auditAdmin serves fn and writes the audit line of the admin request it
+// served: result ok for a 2xx answer, error with the status otherwise.
+func (h *Handler) auditAdmin(fn http.HandlerFunc, id auth.Identity) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		fn(rec, r)
+		attrs := []slog.Attr{slog.String("user", id.String()), slog.String("action", string(auth.Admin))}
+		attrs = append(attrs, adminAttrs(r)...)
+		attrs = append(attrs, slog.String("client", clientAddr(r)))
+		if rec.status/100 == 2 {
+			attrs = append(attrs, slog.String("result", "ok"))
+		} else {
+			attrs = append(attrs, slog.String("result", "error"), slog.Int("status", rec.status))
+		}
+		audit(r.Context(), h.log, "admin "+adminWhat(r), attrs...)
+	}
+}
+
+// adminWhat is the admin action of r, for the audit line's message.
+func adminWhat(r *http.Request) string {
+	switch {
+	case r.Method == http.MethodDelete && r.PathValue("id") != "":
+		return "member removal"
+	case r.Method == http.MethodPost && r.URL.Path == "/_meshreg/v1/join-tokens":
+		return "join token creation"
+	}
+	return "request"
+}
+
+// statusRecorder remembers the status an http.Handler answered.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }

@@ -16,18 +16,20 @@ const ReloadInterval = time.Second
 // requests is safe; a stat runs at most once per ReloadInterval.
 //
 // A file that changes into something that does not parse keeps the last
-// good value in effect, and OnError is told (so a typo in the file does
-// not lock everyone out, or let everyone in).
+// good value in effect, and OnReload is told the error (so a typo in the
+// file does not lock everyone out, or let everyone in); a change applied
+// is told to OnReload with a nil error.
 type Watched[T any] struct {
-	path    string
-	parse   func(data []byte) (T, error)
-	OnError func(err error)
+	path     string
+	parse    func(data []byte) (T, error)
+	OnReload func(err error)
 
 	mu      sync.Mutex
 	val     T
 	mod     time.Time
 	size    int64
 	checked time.Time
+	lastErr string // the error last told to OnReload, "" after a good reload
 	now     func() time.Time
 }
 
@@ -78,11 +80,23 @@ func (w *Watched[T]) Get() T {
 		return w.val
 	}
 	w.val, w.mod, w.size = v, fi.ModTime(), fi.Size()
+	w.fail(nil)
 	return w.val
 }
 
+// fail tells OnReload how a reload went (nil: applied). A file that stays
+// broken is told once, not once per check: again only when the error
+// changes or after a good version.
 func (w *Watched[T]) fail(err error) {
-	if w.OnError != nil {
-		w.OnError(err)
+	if err != nil {
+		if err.Error() == w.lastErr {
+			return
+		}
+		w.lastErr = err.Error()
+	} else {
+		w.lastErr = ""
+	}
+	if w.OnReload != nil {
+		w.OnReload(err)
 	}
 }

@@ -4,15 +4,16 @@ import (
 	"errors"
 	"log/slog"
 
+	"github.com/meshreg/meshreg/api"
 	"github.com/meshreg/meshreg/api/auth"
 	"github.com/meshreg/meshreg/api/auth/htpasswd"
 	"github.com/meshreg/meshreg/api/auth/policy"
 )
 
 // authGuard opens the --auth-htpasswd and --auth-policy files (nil, nil
-// when authentication is off). A file that later changes into something
-// invalid keeps the last good contents and is logged to log (nil: not
-// logged, as in `serve --check`).
+// when authentication is off). Every later change of either file is an
+// audit line in log (nil: not logged, as in `serve --check`): applied, or
+// rejected with the error (the last good contents stay in effect).
 func authGuard(cfg serveConfig, log *slog.Logger) (*auth.Guard, error) {
 	if cfg.AuthHtpasswd == "" {
 		if cfg.AuthPolicy != "" {
@@ -20,20 +21,13 @@ func authGuard(cfg serveConfig, log *slog.Logger) (*auth.Guard, error) {
 		}
 		return nil, nil
 	}
-	onError := func(what string) func(error) {
-		return func(err error) {
-			if log != nil {
-				log.Error("reloading "+what+" failed; the last good one stays in effect", "err", err)
-			}
-		}
-	}
-	users, err := htpasswd.Open(cfg.AuthHtpasswd, onError("--auth-htpasswd"))
+	users, err := htpasswd.Open(cfg.AuthHtpasswd, api.AuditReload(log, "--auth-htpasswd", cfg.AuthHtpasswd))
 	if err != nil {
 		return nil, err
 	}
 	g := &auth.Guard{Authn: &auth.Basic{Users: users}, Authz: auth.AuthenticatedOnly}
 	if cfg.AuthPolicy != "" {
-		p, err := policy.Open(cfg.AuthPolicy, onError("--auth-policy"))
+		p, err := policy.Open(cfg.AuthPolicy, api.AuditReload(log, "--auth-policy", cfg.AuthPolicy))
 		if err != nil {
 			return nil, err
 		}

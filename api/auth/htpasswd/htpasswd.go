@@ -70,8 +70,10 @@ var _ auth.Verifier = (*File)(nil)
 // maxCached bounds the remembered successful checks.
 const maxCached = 10_000
 
-// Open reads path; errors name the file and the line.
-func Open(path string, onError func(error)) (*File, error) {
+// Open reads path; errors name the file and the line. onReload (if not
+// nil) is told of every later change of the file: nil when it was
+// applied, the error when it was rejected (the last good one stays).
+func Open(path string, onReload func(error)) (*File, error) {
 	parse := func(data []byte) (Users, error) {
 		u, err := Parse(data)
 		if err != nil {
@@ -83,7 +85,7 @@ func Open(path string, onError func(error)) (*File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--auth-htpasswd: %w", err)
 	}
-	w.OnError = onError
+	w.OnReload = onReload
 	return &File{w: w, ok: map[[32]byte]struct{}{}}, nil
 }
 

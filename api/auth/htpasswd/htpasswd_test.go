@@ -64,7 +64,11 @@ func TestVerifyAndReload(t *testing.T) {
 	}
 	// A broken file keeps the last good users and reports the error.
 	var reported error
-	f.w.OnError = func(err error) { reported = err }
+	f.w.OnReload = func(err error) {
+		if err != nil {
+			reported = err
+		}
+	}
 	if err := os.WriteFile(path, []byte("bob:{SHA}x\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -319,8 +319,10 @@ type Watched struct{ w *auth.Watched[*Policy] }
 
 var _ auth.Authorizer = (*Watched)(nil)
 
-// Open reads path; errors name the file and the line.
-func Open(path string, onError func(error)) (*Watched, error) {
+// Open reads path; errors name the file and the line. onReload (if not
+// nil) is told of every later change of the file: nil when it was
+// applied, the error when it was rejected (the last good one stays).
+func Open(path string, onReload func(error)) (*Watched, error) {
 	parse := func(data []byte) (*Policy, error) {
 		p, err := Parse(bytes.TrimPrefix(data, []byte("\xef\xbb\xbf")))
 		if err != nil {
@@ -332,7 +334,7 @@ func Open(path string, onError func(error)) (*Watched, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--auth-policy: %w", err)
 	}
-	w.OnError = onError
+	w.OnReload = onReload
 	return &Watched{w: w}, nil
 }
 
