@@ -174,8 +174,8 @@ func TestAuditLog(t *testing.T) {
 	expect(t, resp, body, 202, "")
 	auditLines(t, logs)
 	l = reload("policy rejected", "rules:\n  - users: [bob]\n    allow: [fly]\n", "--auth-policy reload rejected; the last good one stays in effect")
-	if l["result"] != "error" || !strings.Contains(l["err"].(string), "line") {
-		t.Errorf("rejected reload: %v (want result error and the error with its line)", l)
+	if l["result"] != "error" || !strings.Contains(l["err"].(string), "line") || l["level"] != "WARN" {
+		t.Errorf("rejected reload: %v (want a WARN, result error and the error with its line)", l)
 	}
 	// The file stays broken: no further line, however many checks.
 	time.Sleep(auth.ReloadInterval + 200*time.Millisecond)

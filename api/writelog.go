@@ -20,7 +20,13 @@ import (
 
 // audit writes one audit line.
 func audit(ctx context.Context, log *slog.Logger, msg string, attrs ...slog.Attr) {
-	log.LogAttrs(ctx, slog.LevelInfo, msg, append([]slog.Attr{slog.Bool("audit", true)}, attrs...)...)
+	auditAt(ctx, log, slog.LevelInfo, msg, attrs...)
+}
+
+// auditAt is audit at another level: a rejected access file is a WARN, since
+// the operator's change did not take effect.
+func auditAt(ctx context.Context, log *slog.Logger, level slog.Level, msg string, attrs ...slog.Attr) {
+	log.LogAttrs(ctx, level, msg, append([]slog.Attr{slog.Bool("audit", true)}, attrs...)...)
 }
 
 // logWrite writes the one INFO audit line of a write the registry
@@ -62,7 +68,7 @@ func AuditReload(log *slog.Logger, what, path string) func(error) {
 		}
 		attrs := []slog.Attr{slog.String("file", path)}
 		if err != nil {
-			audit(context.Background(), log, what+" reload rejected; the last good one stays in effect",
+			auditAt(context.Background(), log, slog.LevelWarn, what+" reload rejected; the last good one stays in effect",
 				append(attrs, slog.String("result", "error"), slog.String("err", err.Error()))...)
 			return
 		}
