@@ -43,6 +43,9 @@ type Config struct {
 	// Auth turns authentication and access control on for /v2/ and the
 	// admin endpoints; nil leaves /v2/ open and admin to loopback clients.
 	Auth *auth.Guard
+	// RateLimits turns rate limits on for /v2/ (health probes, metrics and
+	// admin endpoints are never limited); nil limits nothing.
+	RateLimits RateLimiter
 }
 
 // DefaultConfig returns the limits a registry operator would expect.
@@ -191,6 +194,11 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rt route) err
 	if h.cfg.Auth != nil {
 		var err error
 		if r, err = h.authorize(r, rt); err != nil {
+			return err
+		}
+	}
+	if h.cfg.RateLimits != nil {
+		if err := h.rateLimit(w, r, rt); err != nil {
 			return err
 		}
 	}
