@@ -191,16 +191,20 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rt route) err
 		w.Header().Set("Allow", allowed(methods))
 		return oci.Errorf(oci.Unsupported, "method %.20q is not supported on %s: use %s", r.Method, rt.kind, allowed(methods))
 	}
+	var denied error
 	if h.cfg.Auth != nil {
-		var err error
-		if r, err = h.authorize(r, rt); err != nil {
+		r, denied = h.authorize(r, rt)
+	}
+	if h.cfg.RateLimits != nil {
+		// A refused request (a wrong password too) is charged to its
+		// client, so guessing is limited, but not to the repository,
+		// whose bucket only clients allowed in may drain.
+		if err := h.rateLimit(w, r, rt, denied == nil); err != nil {
 			return err
 		}
 	}
-	if h.cfg.RateLimits != nil {
-		if err := h.rateLimit(w, r, rt); err != nil {
-			return err
-		}
+	if denied != nil {
+		return denied
 	}
 	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.URL.Query().Get("consistent") == "1" {
 		if b, ok := h.reg.(Barrier); ok {

@@ -20,11 +20,12 @@ type RateLimiter interface {
 var _ RateLimiter = (*ratelimit.Limiter)(nil)
 
 // rateLimit is the one rate check of a /v2/ request, called by dispatch
-// right after the access check (so the user is known). Over a limit, the
-// answer is 429 TOOMANYREQUESTS with Retry-After in whole seconds.
-func (h *Handler) rateLimit(w http.ResponseWriter, r *http.Request, rt route) error {
+// right after the access check (so the user is known); the repository is
+// charged only when the request was allowed in. Over a limit, the answer
+// is 429 TOOMANYREQUESTS with Retry-After in whole seconds.
+func (h *Handler) rateLimit(w http.ResponseWriter, r *http.Request, rt route, allowed bool) error {
 	repo := rt.name
-	if rt.kind == routeBase || rt.kind == routeCatalog {
+	if !allowed || rt.kind == routeBase || rt.kind == routeCatalog {
 		repo = ""
 	}
 	ref := h.cfg.RateLimits.Allow(ClientFromContext(r.Context()), identityFrom(r.Context()).User, repo)

@@ -106,6 +106,12 @@ users: [{users: [bot], requests-per-second: 1000, burst: 1000}]
 	resp, body = bob.do("GET", "/v2/", nil)
 	expect(t, resp, body, 200, "")
 
+	// Refused requests drain their client's bucket (the anonymous
+	// address's), never the repository's.
+	for range 3 {
+		resp, body = r.do("GET", "/v2/ci/app/tags/list", nil)
+		expect(t, resp, body, 401, "UNAUTHORIZED")
+	}
 	// bot's override lifts its client limit, but ci/app allows 3.
 	for range 3 {
 		resp, body = bot.do("GET", "/v2/ci/app/tags/list", nil)
@@ -121,9 +127,18 @@ users: [{users: [bot], requests-per-second: 1000, burst: 1000}]
 		resp, body = bot.do("GET", "/v2/team/app/tags/list", nil)
 		expect(t, resp, body, 404, "NAME_UNKNOWN")
 	}
+	// Password guessing from the anonymous address: one try is left,
+	// then 429.
+	resp, body = r.as("alice", "guess1").do("GET", "/v2/", nil)
+	expect(t, resp, body, 401, "UNAUTHORIZED")
+	resp, body = r.as("alice", "guess2").do("GET", "/v2/", nil)
+	expectRetryAfter(t, resp, body, "client")
+	if !strings.Contains(string(body), "client 127.0.0.1") {
+		t.Errorf("429 body %s does not name the address", body)
+	}
 	resp, body = r.do("GET", "/metrics", nil)
 	expect(t, resp, body, 200, "")
-	for _, want := range []string{`meshreg_rate_limited_total{limit="client"} 1`, `meshreg_rate_limited_total{limit="repository"} 1`} {
+	for _, want := range []string{`meshreg_rate_limited_total{limit="client"} 2`, `meshreg_rate_limited_total{limit="repository"} 1`} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %s:\n%s", want, grepLines(string(body), "rate_limited"))
 		}

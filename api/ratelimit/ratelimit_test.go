@@ -2,6 +2,8 @@ package ratelimit
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -140,5 +142,88 @@ func TestParseErrorsNameTheLine(t *testing.T) {
 				t.Fatalf("Parse: %v, want an error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestFloodOfAddressesAtDefaultBound: 4×MaxBuckets distinct IPv6 /64s and
+// repositories leave MaxBuckets buckets of each kind.
+func TestFloodOfAddressesAtDefaultBound(t *testing.T) {
+	t.Parallel()
+	l, _ := fixed(mustParse(t, sample))
+	for i := range 4 * MaxBuckets {
+		l.Allow(fmt.Sprintf("2001:db8:%x:%x::/64", i>>16, i&0xffff), "", fmt.Sprintf("ci/%d", i))
+	}
+	if c, r := l.Buckets(); c != MaxBuckets || r != MaxBuckets {
+		t.Fatalf("buckets: %d clients, %d repositories; want %d each", c, r, MaxBuckets)
+	}
+}
+
+func TestChangedConfigStartsAfresh(t *testing.T) {
+	t.Parallel()
+	cur := mustParse(t, "clients: {requests-per-second: 0.001, burst: 1}\n")
+	l := New(func() *Config { return cur })
+	if r := l.Allow("a", "", ""); r != nil {
+		t.Fatal(r)
+	}
+	if r := l.Allow("a", "", ""); r == nil {
+		t.Fatal("2nd request allowed past a burst of 1")
+	}
+	cur = mustParse(t, "clients: {requests-per-second: 0.001, burst: 2}\n")
+	for i := range 2 {
+		if r := l.Allow("a", "", ""); r != nil {
+			t.Fatalf("request %d under the new limits: %+v", i, r)
+		}
+	}
+}
+
+// TestOpenReloads: a changed file is in effect within about a second; a
+// change into something invalid keeps the last good limits and is reported.
+func TestOpenReloads(t *testing.T) {
+	t.Parallel()
+	file := filepath.Join(t.TempDir(), "limits.yaml")
+	write := func(s string) {
+		if err := os.WriteFile(file, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("clients: {requests-per-second: 0.001, burst: 1}\n")
+	errs := make(chan error, 10)
+	l, err := Open(file, func(err error) { errs <- err })
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Allow("a", "", "")
+	if l.Allow("a", "", "") == nil {
+		t.Fatal("2nd request allowed past a burst of 1")
+	}
+	write("clients: {requests-per-second: 0.001, burst: 1}\nbogus: 1\n")
+	// Allow polls the file: keep asking until the error is reported.
+	deadline := time.Now().Add(5 * time.Second)
+	for reported := false; !reported; {
+		if r := l.Allow("a", "", ""); r == nil {
+			t.Fatal("an invalid file lifted the limits")
+		}
+		select {
+		case err := <-errs:
+			if !strings.Contains(err.Error(), "line 2") || !strings.Contains(err.Error(), file) {
+				t.Fatalf("reload error %v does not name the file and line", err)
+			}
+			reported = true
+		case <-time.After(50 * time.Millisecond):
+			if time.Now().After(deadline) {
+				t.Fatal("no reload error within 5s")
+			}
+		}
+	}
+	if l.Allow("a", "", "") == nil {
+		t.Fatal("an invalid file lifted the limits")
+	}
+	write("clients: {requests-per-second: 1000, burst: 1000}\n")
+	deadline = time.Now().Add(5 * time.Second)
+	for l.Allow("a", "", "") != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the new limits were not in effect within 5s")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
