@@ -166,6 +166,9 @@ func (c *Config) addEntry(section string, n *yaml.Node) error {
 			if s == "" {
 				return fmt.Errorf("line %d: an empty user name", n.Line)
 			}
+			if s == "anonymous" || s == "authenticated" {
+				return fmt.Errorf("line %d: %q is not a user: anonymous clients have the clients limit, each by address", n.Line, s)
+			}
 			if _, dup := c.users[s]; dup {
 				return fmt.Errorf("line %d: user %q has a limit already", n.Line, s)
 			}

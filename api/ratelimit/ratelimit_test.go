@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -133,6 +134,7 @@ func TestParseErrorsNameTheLine(t *testing.T) {
 		{"no repos", "repositories:\n  - {requests-per-second: 1, burst: 1}\n", "line 2: repositories entry names no repos"},
 		{"users key in repos", "repositories:\n  - {users: [a], requests-per-second: 1, burst: 1}\n", "line 2: unknown key \"users\""},
 		{"duplicate user", "users:\n  - {users: [a], requests-per-second: 1, burst: 1}\n  - {users: [a], requests-per-second: 2, burst: 1}\n", "line 3: user \"a\" has a limit already"},
+		{"reserved user", "users:\n  - {users: [anonymous], requests-per-second: 1, burst: 1}\n", "line 2: \"anonymous\" is not a user"},
 		{"not a list", "users: {a: 1}\n", "line 1: users: want a list"},
 		{"bad number", "clients: {requests-per-second: fast, burst: 1}\n", "line 1"},
 	} {
@@ -226,4 +228,39 @@ func TestOpenReloads(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+func BenchmarkAllow(b *testing.B) {
+	c, err := Parse([]byte(sample))
+	if err != nil {
+		b.Fatal(err)
+	}
+	l := New(func() *Config { return c })
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		l.Allow(fmt.Sprintf("10.0.%d.%d", (i>>8)&255, i&255), "", "ci/app")
+	}
+}
+
+func TestBucketMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("measures the heap")
+	}
+	l, _ := fixed(mustParse(t, sample))
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range MaxBuckets {
+		l.Allow(fmt.Sprintf("2001:db8:%x:%x::/64", i>>16, i&0xffff), "", "")
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := float64(after.HeapAlloc-before.HeapAlloc) / MaxBuckets
+	t.Logf("%d client buckets: %.0f bytes each, %.1f MiB", MaxBuckets, per, per*MaxBuckets/(1<<20))
+	if per > 1024 {
+		t.Errorf("a bucket takes %.0f bytes, want under 1 KiB", per)
+	}
+	runtime.KeepAlive(l)
 }
