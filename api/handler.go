@@ -43,6 +43,9 @@ type Config struct {
 	// Auth turns authentication and access control on for /v2/ and the
 	// admin endpoints; nil leaves /v2/ open and admin to loopback clients.
 	Auth *auth.Guard
+	// RateLimits turns rate limits on for /v2/ (health probes, metrics and
+	// admin endpoints are never limited); nil limits nothing.
+	RateLimits RateLimiter
 }
 
 // DefaultConfig returns the limits a registry operator would expect.
@@ -188,11 +191,20 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rt route) err
 		w.Header().Set("Allow", allowed(methods))
 		return oci.Errorf(oci.Unsupported, "method %.20q is not supported on %s: use %s", r.Method, rt.kind, allowed(methods))
 	}
+	var denied error
 	if h.cfg.Auth != nil {
-		var err error
-		if r, err = h.authorize(r, rt); err != nil {
+		r, denied = h.authorize(r, rt)
+	}
+	if h.cfg.RateLimits != nil {
+		// A refused request (a wrong password too) is charged to its
+		// client, so guessing is limited, but not to the repository,
+		// whose bucket only clients allowed in may drain.
+		if err := h.rateLimit(w, r, rt, denied == nil); err != nil {
 			return err
 		}
+	}
+	if denied != nil {
+		return denied
 	}
 	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.URL.Query().Get("consistent") == "1" {
 		if b, ok := h.reg.(Barrier); ok {

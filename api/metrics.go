@@ -18,6 +18,9 @@ type Metrics struct {
 	bytesIn  prometheus.Counter
 	bytesOut prometheus.Counter
 	inFlight prometheus.Gauge
+	// rateLimited counts requests refused by --rate-limits, by the limit
+	// hit: "client" or "repository" (the only two values).
+	rateLimited *prometheus.CounterVec
 }
 
 // NewMetrics registers the HTTP metrics in reg and serves everything reg
@@ -46,8 +49,14 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 			Name: "meshreg_http_requests_in_flight",
 			Help: "HTTP requests being served.",
 		}),
+		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshreg_rate_limited_total",
+			Help: "Requests refused with 429 by --rate-limits, by the limit hit (client or repository).",
+		}, []string{"limit"}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.bytesIn, m.bytesOut, m.inFlight)
+	m.rateLimited.WithLabelValues("client")
+	m.rateLimited.WithLabelValues("repository")
+	reg.MustRegister(m.requests, m.latency, m.bytesIn, m.bytesOut, m.inFlight, m.rateLimited)
 	return m
 }
 

@@ -8,6 +8,7 @@ import (
 	"github.com/meshreg/meshreg/api/auth"
 	"github.com/meshreg/meshreg/api/auth/htpasswd"
 	"github.com/meshreg/meshreg/api/auth/policy"
+	"github.com/meshreg/meshreg/api/ratelimit"
 )
 
 // authGuard opens the --auth-htpasswd and --auth-policy files (nil, nil
@@ -34,4 +35,27 @@ func authGuard(cfg serveConfig, log *slog.Logger) (*auth.Guard, error) {
 		g.Authz = p
 	}
 	return g, nil
+}
+
+// rateLimiter opens the --rate-limits file (nil, nil without one). A file
+// that later changes into something invalid keeps the last good limits
+// and is logged to log (nil: not logged).
+//
+// The limits have a file of their own rather than a section of the
+// --auth-policy: they apply with authentication off too (anonymous
+// clients by address), and they are capacity tuning for the node's
+// operator, not grants of access.
+func rateLimiter(cfg serveConfig, log *slog.Logger) (api.RateLimiter, error) {
+	if cfg.RateLimits == "" {
+		return nil, nil
+	}
+	l, err := ratelimit.Open(cfg.RateLimits, func(err error) {
+		if log != nil {
+			log.Error("reloading --rate-limits failed; the last good limits stay in effect", "err", err)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
 }

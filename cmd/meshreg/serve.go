@@ -67,6 +67,9 @@ func serve(ctx context.Context, cfg serveConfig) (err error) {
 	if cfg.API.Auth, err = authGuard(cfg, log.With("component", "auth")); err != nil {
 		return err
 	}
+	if cfg.API.RateLimits, err = rateLimiter(cfg, log.With("component", "ratelimit")); err != nil {
+		return err
+	}
 	h, err := api.New(cfg.API, n, n, api.NewMetrics(reg), log.With("component", "api"))
 	if err != nil {
 		return err

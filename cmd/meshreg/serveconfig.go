@@ -30,8 +30,10 @@ type serveConfig struct {
 	ClusterKeyFile string
 	// AuthHtpasswd and AuthPolicy are the --auth-htpasswd and
 	// --auth-policy paths ("" if none); see authGuard.
-	AuthHtpasswd    string
-	AuthPolicy      string
+	AuthHtpasswd string
+	AuthPolicy   string
+	// RateLimits is the --rate-limits path ("" if none); see rateLimiter.
+	RateLimits      string
 	Listen          string
 	LogLevel        slog.Level
 	LogFormat       string
@@ -94,6 +96,7 @@ func (cfg *serveConfig) settings() []setting {
 		durationSetting(&ac.ClientIdleTimeout, "client-idle-timeout", catLimits, "cut off a client that reads nothing of a response for `DURATION` (renewed as bytes flow)"),
 		intSetting(&nc.MaxUploads, "max-uploads", catLimits, "`N` upload sessions at most open on this node; more get 429"),
 		intSetting(&nc.MaxUploadsPerClient, "max-uploads-per-client", catLimits, "`N` upload sessions at most one client (IP address) may have open; more get 429"),
+		stringSetting(&cfg.RateLimits, "rate-limits", catLimits, "rate limits `FILE` (YAML: token buckets per client, user and repository); over a limit /v2/ answers 429 with Retry-After; reloaded when it changes"),
 		intSetting(&ac.MaxWritesPerClient, "max-writes-per-client", catLimits, "`N` requests with a body (blob and manifest uploads) one client (IP address) may have in flight at once; more get 429"),
 		uint64Setting(&nc.Consensus.SnapshotThreshold, "snapshot-threshold", catCluster, "`N` Raft log entries between metadata snapshots"),
 		uint64Setting(&nc.Consensus.TrailingLogs, "trailing-logs", catCluster, "`N` Raft log entries kept after a snapshot, for followers that lag a little"),
@@ -133,6 +136,9 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 		cfg.Node.P2P.PrivateNetworkKey = key
 	}
 	if _, err := authGuard(*cfg, nil); err != nil {
+		return *cfg, err
+	}
+	if _, err := rateLimiter(*cfg, nil); err != nil {
 		return *cfg, err
 	}
 	if err := errors.Join(cfg.Node.Validate(), cfg.API.Validate(), checkOpenable(cfg.Node), checkShutdownTimeout(cfg.ShutdownTimeout)); err != nil {
