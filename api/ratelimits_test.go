@@ -22,7 +22,11 @@ func rateLimited(t *testing.T, limits string, withAuth bool) *registry {
 	if err := os.WriteFile(file, []byte(limits), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	lim, err := ratelimit.Open(file, func(err error) { t.Errorf("reload: %v", err) })
+	lim, err := ratelimit.Open(file, func(err error) {
+		if err != nil {
+			t.Errorf("reload: %v", err)
+		}
+	})
 	if err != nil {
 		t.Fatal(err)
 	}

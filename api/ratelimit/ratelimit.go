@@ -377,10 +377,11 @@ func (c *lru) get(key string, r Rate) *rate.Limiter {
 	return lim
 }
 
-// Open reads path and returns a Limiter that reloads it when it changes
-// (a file that turns invalid keeps the last good limits and is reported
-// to onError). Errors name the file and the line.
-func Open(path string, onError func(error)) (*Limiter, error) {
+// Open reads path and returns a Limiter that reloads it when it changes;
+// onReload is told how each reload went (nil: applied; an error: the file
+// turned invalid and the last good limits stay). Errors name the file and
+// the line.
+func Open(path string, onReload func(error)) (*Limiter, error) {
 	parse := func(data []byte) (*Config, error) {
 		c, err := Parse(data)
 		if err != nil {
@@ -392,6 +393,6 @@ func Open(path string, onError func(error)) (*Limiter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--rate-limits: %w", err)
 	}
-	w.OnError = onError
+	w.OnReload = onReload
 	return New(w.Get), nil
 }

@@ -37,9 +37,9 @@ func authGuard(cfg serveConfig, log *slog.Logger) (*auth.Guard, error) {
 	return g, nil
 }
 
-// rateLimiter opens the --rate-limits file (nil, nil without one). A file
-// that later changes into something invalid keeps the last good limits
-// and is logged to log (nil: not logged).
+// rateLimiter opens the --rate-limits file (nil, nil without one). Each
+// reload is an audit line on log (nil: not logged); a file that changes
+// into something invalid keeps the last good limits.
 //
 // The limits have a file of their own rather than a section of the
 // --auth-policy: they apply with authentication off too (anonymous
@@ -49,11 +49,7 @@ func rateLimiter(cfg serveConfig, log *slog.Logger) (api.RateLimiter, error) {
 	if cfg.RateLimits == "" {
 		return nil, nil
 	}
-	l, err := ratelimit.Open(cfg.RateLimits, func(err error) {
-		if log != nil {
-			log.Error("reloading --rate-limits failed; the last good limits stay in effect", "err", err)
-		}
-	})
+	l, err := ratelimit.Open(cfg.RateLimits, api.AuditReload(log, "--rate-limits", cfg.RateLimits))
 	if err != nil {
 		return nil, err
 	}
