@@ -19,9 +19,7 @@ package ratelimit
 import (
 	"bytes"
 	"container/list"
-	"errors"
 	"fmt"
-	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -78,7 +76,7 @@ type Config struct {
 }
 
 type repoEntry struct {
-	globs [][]string
+	globs []auth.RepoGlob
 	rate  Rate
 }
 
@@ -175,7 +173,7 @@ func (c *Config) addEntry(section string, n *yaml.Node) error {
 			c.users[s] = r
 			continue
 		}
-		g, err := parseGlob(s)
+		g, err := auth.ParseRepoGlob(s)
 		if err != nil {
 			return fmt.Errorf("line %d: %w", n.Line, err)
 		}
@@ -186,50 +184,6 @@ func (c *Config) addEntry(section string, n *yaml.Node) error {
 		c.repos = append(c.repos, e)
 	}
 	return nil
-}
-
-// parseGlob splits a repository glob as the access policy does: path.Match
-// within a segment, and a whole `**` segment for any number of segments.
-func parseGlob(g string) ([]string, error) {
-	if g == "" {
-		return nil, errors.New("an empty repository glob")
-	}
-	segs := strings.Split(g, "/")
-	for _, s := range segs {
-		switch {
-		case s == "":
-			return nil, fmt.Errorf("repository glob %q has an empty segment", g)
-		case s == "**":
-		case strings.Contains(s, "**"):
-			return nil, fmt.Errorf("repository glob %q: ** must be a whole segment", g)
-		default:
-			if _, err := path.Match(s, ""); err != nil {
-				return nil, fmt.Errorf("repository glob %q: bad segment %q: %v", g, s, err)
-			}
-		}
-	}
-	return segs, nil
-}
-
-func matchGlob(glob, repo []string) bool {
-	if len(glob) == 0 {
-		return len(repo) == 0
-	}
-	if glob[0] == "**" {
-		for i := 0; i <= len(repo); i++ {
-			if matchGlob(glob[1:], repo[i:]) {
-				return true
-			}
-		}
-		return false
-	}
-	if len(repo) == 0 {
-		return false
-	}
-	if ok, _ := path.Match(glob[0], repo[0]); !ok {
-		return false
-	}
-	return matchGlob(glob[1:], repo[1:])
 }
 
 func knownKeys(n *yaml.Node, keys ...string) error {
@@ -262,7 +216,7 @@ func (c *Config) repoRate(repo string) (Rate, bool) {
 	segs := strings.Split(repo, "/")
 	for _, e := range c.repos {
 		for _, g := range e.globs {
-			if matchGlob(g, segs) {
+			if g.Match(segs) {
 				return e.rate, true
 			}
 		}

@@ -35,7 +35,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"path"
 	"slices"
 	"strings"
 
@@ -63,7 +62,7 @@ type Policy struct {
 
 type rule struct {
 	users  []string // resolved: groups expanded
-	repos  [][]string
+	repos  []auth.RepoGlob
 	allow  []auth.Action
 	admins bool
 }
@@ -176,7 +175,7 @@ func buildRule(rd ruleDoc, groups map[string][]string) (rule, error) {
 		return r, errors.New("grants repository actions but lists no repos (use \"**\" for all)")
 	}
 	for _, g := range rd.Repos {
-		segs, err := parseGlob(g)
+		segs, err := auth.ParseRepoGlob(g)
 		if err != nil {
 			return r, err
 		}
@@ -193,55 +192,11 @@ func actionList() string {
 	return strings.Join(s, ", ")
 }
 
-func parseGlob(g string) ([]string, error) {
-	if g == "" {
-		return nil, errors.New("an empty repository glob")
-	}
-	segs := strings.Split(g, "/")
-	for _, s := range segs {
-		if s == "" {
-			return nil, fmt.Errorf("repository glob %q has an empty segment", g)
-		}
-		if s == "**" {
-			continue
-		}
-		if strings.Contains(s, "**") {
-			return nil, fmt.Errorf("repository glob %q: ** must be a whole segment (a/**/b), not part of one", g)
-		}
-		if _, err := path.Match(s, ""); err != nil {
-			return nil, fmt.Errorf("repository glob %q: bad segment %q: %v", g, s, err)
-		}
-	}
-	return segs, nil
-}
-
-// matchGlob matches repository segments against glob segments.
-func matchGlob(glob, repo []string) bool {
-	if len(glob) == 0 {
-		return len(repo) == 0
-	}
-	if glob[0] == "**" {
-		for i := 0; i <= len(repo); i++ {
-			if matchGlob(glob[1:], repo[i:]) {
-				return true
-			}
-		}
-		return false
-	}
-	if len(repo) == 0 {
-		return false
-	}
-	if ok, _ := path.Match(glob[0], repo[0]); !ok {
-		return false
-	}
-	return matchGlob(glob[1:], repo[1:])
-}
-
 // MatchRepo reports whether a repository glob matches repo (for tests and
 // documentation; an invalid glob matches nothing).
 func MatchRepo(glob, repo string) bool {
-	segs, err := parseGlob(glob)
-	return err == nil && matchGlob(segs, strings.Split(repo, "/"))
+	g, err := auth.ParseRepoGlob(glob)
+	return err == nil && g.Match(strings.Split(repo, "/"))
 }
 
 func (r *rule) names(id auth.Identity) bool {
@@ -281,7 +236,7 @@ func (p *Policy) Authorize(id auth.Identity, repo string, a auth.Action) bool {
 			continue
 		}
 		for _, g := range r.repos {
-			if matchGlob(g, segs) {
+			if g.Match(segs) {
 				return true
 			}
 		}
