@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"slices"
 	"sync"
@@ -309,4 +310,64 @@ func leafNotAfter(c *tls.Certificate) time.Time {
 		}
 	}
 	return time.Time{}
+}
+
+// ClientFiles names the PEM files of a client of a node's API: CA, a
+// CA (bundle) trusted besides the system's roots; Cert and Key (both or
+// neither), a client certificate to present, for a node with
+// --tls-client-ca. Flags name the flags they come from, for errors.
+type ClientFiles struct {
+	CA, Cert, Key             string
+	CAFlag, CertFlag, KeyFlag string
+}
+
+// Client returns the TLS configuration of an HTTP client of a node's API,
+// or nil when f names no file (the system's defaults then). The files are
+// read once.
+func Client(f ClientFiles) (*tls.Config, error) {
+	switch {
+	case f.CA == "" && f.Cert == "" && f.Key == "":
+		return nil, nil
+	case f.Cert != "" && f.Key == "":
+		return nil, fmt.Errorf("%s needs %s (the certificate's private key)", f.CertFlag, f.KeyFlag)
+	case f.Key != "" && f.Cert == "":
+		return nil, fmt.Errorf("%s needs %s (the certificate of that key)", f.KeyFlag, f.CertFlag)
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if f.CA != "" {
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool() // no system roots here: the CA alone
+		}
+		b, err := os.ReadFile(f.CA)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", f.CAFlag, err)
+		}
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("%s %s: no PEM certificate in the file", f.CAFlag, f.CA)
+		}
+		cfg.RootCAs = pool
+	}
+	if f.Cert != "" {
+		c, err := tls.LoadX509KeyPair(f.Cert, f.Key)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s / %s %s: %w", f.CertFlag, f.Cert, f.KeyFlag, f.Key, err)
+		}
+		cfg.Certificates = []tls.Certificate{c}
+	}
+	return cfg, nil
+}
+
+// HTTPClient returns an HTTP client for occasional requests to nodes (a
+// CLI command, a join): f's TLS configuration (see Client), the timeout
+// given, its own transport and no idle connection kept, so that no node
+// waits on one when it shuts down.
+func HTTPClient(f ClientFiles, timeout time.Duration) (*http.Client, error) {
+	cfg, err := Client(f)
+	if err != nil {
+		return nil, err
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig, tr.DisableKeepAlives = cfg, true
+	return &http.Client{Transport: tr, Timeout: timeout}, nil
 }
