@@ -27,14 +27,23 @@
 // against the same blob from the holder's disk, the time to first byte of
 // a -peer-ttfb-size blob fetched from a peer, and a fan-out of an image of
 // -fanout-layers × -fanout-layer-size to 4 nodes of a 5-node cluster at
-// once, with each node's peer egress; printed as a third table. Giving
-// -peers explicitly runs that section alone (plus the cluster section if
-// -cluster is given explicitly too): `go run ./testnet/bench -peers`.
+// once, with each node's peer egress; printed as a third table:
+// `go run ./testnet/bench -peers` runs that section alone.
+//
+// Then, unless -access=false, it measures what TLS and authentication
+// cost (see access.go): a pull of one -access-blob-size blob and manifest
+// GETs by tag (-conns × -duration) on meshreg and Distribution, each plain
+// and with TLS (a CA and certificate the benchmark makes) and htpasswd
+// Basic auth on, all four servers running at once; printed as a fourth
+// table with meshreg's goal (TLS+auth at least 90% of plain for the blob,
+// 80% for manifest GETs). `go run ./testnet/bench -access` runs that
+// section alone. Giving -peers or -access explicitly runs only the
+// sections given explicitly.
 //
 // A quick run: -quick, short for -blob-size 64MiB -layers 5 -layer-size
 // 1MiB -duration 1s -runs 1 -cluster-writes 100 -peer-blob-size 64MiB
-// -peer-ttfb-size 8MiB -peer-ttfb-runs 3 -fanout-layer-size 8MiB (flags
-// given explicitly win).
+// -peer-ttfb-size 8MiB -peer-ttfb-runs 3 -fanout-layer-size 8MiB
+// -access-blob-size 64MiB (flags given explicitly win).
 package main
 
 import (
@@ -75,18 +84,23 @@ type config struct {
 	fanoutLayers               int
 	fanoutLayerSize            byteSize
 	peerGetTimeout             time.Duration
+
+	access         bool
+	accessBlobSize byteSize
 }
 
 // quickFlags are the values -quick sets, unless the flag is given.
 var quickFlags = map[string]string{
 	"blob-size": "64MiB", "layers": "5", "layer-size": "1MiB", "duration": "1s", "runs": "1", "cluster-writes": "100",
 	"peer-blob-size": "64MiB", "peer-ttfb-size": "8MiB", "peer-ttfb-runs": "3", "fanout-layer-size": "8MiB",
+	"access-blob-size": "64MiB",
 }
 
 func main() {
 	var c config
 	c.blobSize, c.layerSize = 512<<20, 8<<20
 	c.peerBlobSize, c.peerTTFBSize, c.fanoutLayerSize = 512<<20, 64<<20, 64<<20
+	c.accessBlobSize = 256 << 20
 	flag.StringVar(&c.meshreg, "meshreg", "bin/meshreg", "meshreg binary (make build)")
 	flag.StringVar(&c.distribution, "distribution", "", "CNCF Distribution `registry` binary (default: from PATH, else .tools/bin/registry)")
 	flag.Var(&c.blobSize, "blob-size", "size of the single blob pushed and pulled")
@@ -111,14 +125,19 @@ func main() {
 	flag.IntVar(&c.fanoutLayers, "fanout-layers", 4, "layers of the image pulled by 4 nodes at once in the fan-out measurement")
 	flag.Var(&c.fanoutLayerSize, "fanout-layer-size", "size of each layer of the fan-out image")
 	flag.DurationVar(&c.peerGetTimeout, "peer-get-timeout", 5*time.Minute, "give up on one blob GET or push in the peer section after this long")
+	flag.BoolVar(&c.access, "access", true, "also benchmark TLS and htpasswd auth: a blob pull and manifest GETs on meshreg and Distribution, each plain and with TLS and Basic auth on; given explicitly, run only this section (and the others given explicitly)")
+	flag.Var(&c.accessBlobSize, "access-blob-size", "size of the blob pulled in the access section")
 	quick := flag.Bool("quick", false, "a quick run: "+quickSummary())
 	flag.Parse()
 	given := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	c.sideBySide = true
-	if given["peers"] && c.peers {
+	if given["peers"] && c.peers || given["access"] && c.access {
+		// Only the sections asked for by name.
 		c.sideBySide = false
 		c.cluster = c.cluster && given["cluster"]
+		c.peers = c.peers && given["peers"]
+		c.access = c.access && given["access"]
 	}
 	if *quick {
 		for name, v := range quickFlags {
@@ -164,8 +183,11 @@ func run(c config) error {
 	if _, err := os.Stat(meshregBin); err != nil {
 		return fmt.Errorf("meshreg binary: %w (run `make build`)", err)
 	}
+	if c.access && c.accessBlobSize < 1 {
+		return errors.New("-access-blob-size must be positive")
+	}
 	var distBin string
-	if c.sideBySide {
+	if c.sideBySide || c.access {
 		if distBin, err = findDistribution(c.distribution); err != nil {
 			return err
 		}
@@ -207,6 +229,13 @@ func run(c config) error {
 	}
 	if c.peers {
 		t, err := runPeers(ctx, c, meshregBin, filepath.Join(root, "peers"))
+		if err != nil {
+			return err
+		}
+		add(t)
+	}
+	if c.access {
+		t, err := runAccess(ctx, c, meshregBin, distBin, filepath.Join(root, "access"))
 		if err != nil {
 			return err
 		}

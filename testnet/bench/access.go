@@ -1,0 +1,214 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/meshreg/meshreg/api/tlsconf/tlstest"
+	"github.com/meshreg/meshreg/testnet"
+)
+
+// The access section (see main.go) measures what TLS and authentication
+// cost: a blob pull and manifest GETs by tag on meshreg and on
+// Distribution, each plain and with TLS and htpasswd Basic auth on.
+
+// accessLabel names the servers with TLS and auth on.
+const accessLabel = "TLS+auth"
+
+// Goals of the access section: with TLS and auth on, meshreg pulls a blob
+// at no less than accessBlobGoal and answers manifest GETs at no less than
+// accessManifestGoal of its plain rate.
+const (
+	accessBlobGoal     = 0.90
+	accessManifestGoal = 0.80
+)
+
+// access is a TLS and htpasswd setup the benchmark makes: a CA, a server
+// certificate for 127.0.0.1, and one user, whose password every client
+// sends as Basic auth on every request (as docker and containerd do
+// against a registry that accepts Basic auth).
+type access struct {
+	certFile, keyFile, htpasswd string
+	roots                       *x509.CertPool
+	user, password              string
+}
+
+// newAccess writes the CA, the certificate and the htpasswd file into dir.
+// The password's bcrypt hash has the default cost of Go's bcrypt (10), as
+// `htpasswd -B -C 10` makes.
+func newAccess(dir string) (*access, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	ca, err := tlstest.MakeCA(dir, "meshreg bench CA")
+	if err != nil {
+		return nil, err
+	}
+	leaf, err := ca.Issue(2, x509.ExtKeyUsageServerAuth, []string{"localhost"})
+	if err != nil {
+		return nil, err
+	}
+	a := &access{certFile: filepath.Join(dir, "tls.crt"), keyFile: filepath.Join(dir, "tls.key"),
+		htpasswd: filepath.Join(dir, "htpasswd"), roots: x509.NewCertPool(), user: "bench"}
+	a.roots.AddCert(ca.Cert)
+	a.password = "bench-" + testnet.RandomHex(8)
+	hash, err := bcrypt.GenerateFromPassword([]byte(a.password), bcrypt.DefaultCost)
+	if err != nil {
+		return nil, err
+	}
+	for f, b := range map[string][]byte{a.certFile: leaf.CertPEM, a.keyFile: leaf.KeyPEM, a.htpasswd: []byte(a.user + ":" + string(hash) + "\n")} {
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+// basicAuth sends Basic credentials with every request.
+type basicAuth struct {
+	next           http.RoundTripper
+	user, password string
+}
+
+func (b basicAuth) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	req.SetBasicAuth(b.user, b.password)
+	return b.next.RoundTrip(req)
+}
+
+// accessMetrics are the metrics of the access section, from metrics.
+func accessMetrics() []metric {
+	var ms []metric
+	for _, m := range metrics {
+		if m.name == "blob pull" || m.name == "manifest GET by tag" {
+			ms = append(ms, m)
+		}
+	}
+	return ms
+}
+
+// runAccess starts meshreg and Distribution, each plain and with TLS and
+// auth on, gives each the same -access-blob-size blob and a one-layer
+// image (untimed), then measures the blob pull and the manifest GETs on
+// every server -runs times, rotating which goes first, and returns the
+// table. The servers are stopped when it returns.
+func runAccess(ctx context.Context, c config, meshregBin, distBin, root string) (string, error) {
+	acc, err := newAccess(filepath.Join(root, "pki"))
+	if err != nil {
+		return "", fmt.Errorf("making the CA, certificate and htpasswd file: %w", err)
+	}
+	var servers []*server
+	defer func() {
+		for _, s := range servers {
+			s.stop()
+		}
+	}()
+	starts := []func() (*server, error){
+		func() (*server, error) {
+			return startMeshregWith(ctx, meshregBin, filepath.Join(root, "meshreg"), "meshreg", nil)
+		},
+		func() (*server, error) {
+			return startMeshregWith(ctx, meshregBin, filepath.Join(root, "meshreg-access"), "meshreg "+accessLabel, acc)
+		},
+		func() (*server, error) {
+			return startDistributionWith(ctx, distBin, filepath.Join(root, "distribution"), nil)
+		},
+		func() (*server, error) {
+			return startDistributionWith(ctx, distBin, filepath.Join(root, "distribution-access"), acc)
+		},
+	}
+	for _, start := range starts {
+		s, err := start()
+		if err != nil {
+			return "", err
+		}
+		servers = append(servers, s)
+	}
+	logf("access: %s; blob %s; %d conns × %v; %d runs; %d CPUs", strings.Join(names(servers), ", "), c.accessBlobSize, c.conns, c.duration, c.runs, runtime.NumCPU())
+
+	ac := c
+	ac.blobSize, ac.layers, ac.layerSize = c.accessBlobSize, 1, 1<<20
+	w := newWorkload(ac, 0)
+	for _, s := range servers {
+		if _, _, err := blobPush(ctx, s, w); err != nil {
+			return "", fmt.Errorf("access: pushing the blob to %s: %w", s.name, err)
+		}
+		if _, _, err := imagePush(ctx, s, w); err != nil {
+			return "", fmt.Errorf("access: pushing the image to %s: %w", s.name, err)
+		}
+	}
+	res := newResults(servers)
+	for run := range c.runs {
+		order := slices.Concat(servers[run%len(servers):], servers[:run%len(servers)])
+		for _, m := range accessMetrics() {
+			for _, s := range order {
+				v, note, err := m.measure(ctx, s, w)
+				if err != nil {
+					return "", fmt.Errorf("access run %d, %s, %s: %w", run+1, m.name, s.name, err)
+				}
+				res.add(m.name, s, v, note)
+				logf("access run %d  %-22s %-28s %10.2f %s %s", run+1, m.name, s.name, v, m.unit, note)
+			}
+		}
+	}
+	return res.accessTable(c, servers[0], servers[1], servers[2], servers[3]), nil
+}
+
+func names(servers []*server) []string {
+	var n []string
+	for _, s := range servers {
+		n = append(n, s.name)
+	}
+	return n
+}
+
+// accessTable renders the access section: each metric's median on the
+// four servers, the TLS+auth/plain ratio of each registry, and whether
+// meshreg meets its goal.
+func (r *results) accessTable(c config, mesh, meshAcc, dist, distAcc *server) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "| metric (median of %d) | meshreg | meshreg %s | ratio (goal) | %s | %s | ratio |\n", c.runs, accessLabel, dist.name, distAcc.name)
+	b.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	rows := []struct {
+		key, label string
+		goal       float64
+	}{
+		{"blob pull", fmt.Sprintf("pull one %s blob, MB/s", c.accessBlobSize), accessBlobGoal},
+		{"manifest GET by tag", fmt.Sprintf("manifest GET by tag, %d conns, req/s", c.conns), accessManifestGoal},
+	}
+	ratio := func(a, b float64) float64 {
+		if b == 0 {
+			return 0
+		}
+		return a / b
+	}
+	var verdicts []string
+	for _, row := range rows {
+		m, ma := median(r.samples[row.key][mesh]), median(r.samples[row.key][meshAcc])
+		d, da := median(r.samples[row.key][dist]), median(r.samples[row.key][distAcc])
+		mr := ratio(ma, m)
+		met := "met"
+		if mr < row.goal {
+			met = "NOT met"
+		}
+		verdicts = append(verdicts, fmt.Sprintf("%s %.2f× of plain (goal ≥ %.2f×: %s)", row.key, mr, row.goal, met))
+		fmt.Fprintf(&b, "| %s | %.0f | %.0f | %.2f× (≥ %.2f×) | %.0f | %.0f | %.2f× |\n", row.label, m, ma, mr, row.goal, d, da, ratio(da, d))
+	}
+	fmt.Fprintf(&b, "\nmeshreg with TLS and auth: %s.\n", strings.Join(verdicts, "; "))
+	fmt.Fprintf(&b, "%s; %d CPUs; %s; loopback; four servers running, rotating which goes first; TLS 1.3 over HTTP/1.1, "+
+		"Basic auth on every request (bcrypt cost %d); %s.\n",
+		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), bcrypt.DefaultCost, mesh.version)
+	b.WriteString(commandLine())
+	r.writeNotes(&b, "blob pull", "manifest GET by tag")
+	return b.String()
+}
