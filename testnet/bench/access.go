@@ -158,10 +158,31 @@ func runAccess(ctx context.Context, c config, meshregBin, distBin, root string) 
 				}
 				res.add(m.name, s, v, note)
 				logf("access run %d  %-22s %-28s %10.2f %s %s", run+1, m.name, s.name, v, m.unit, note)
+				// Distribution with htpasswd runs bcrypt for the requests
+				// still queued when the measurement ends: let it finish
+				// before the next server is measured on the same CPUs.
+				if err := sleepCtx(ctx, accessSettle); err != nil {
+					return "", err
+				}
 			}
 		}
 	}
 	return res.accessTable(c, servers[0], servers[1], servers[2], servers[3]), nil
+}
+
+// accessSettle is the pause between two measurements of the access
+// section.
+const accessSettle = 2 * time.Second
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func names(servers []*server) []string {
