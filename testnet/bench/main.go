@@ -131,14 +131,7 @@ func main() {
 	flag.Parse()
 	given := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	c.sideBySide = true
-	if given["peers"] && c.peers || given["access"] && c.access {
-		// Only the sections asked for by name.
-		c.sideBySide = false
-		c.cluster = c.cluster && given["cluster"]
-		c.peers = c.peers && given["peers"]
-		c.access = c.access && given["access"]
-	}
+	c.selectSections(given)
 	if *quick {
 		for name, v := range quickFlags {
 			if !given[name] {
@@ -151,6 +144,19 @@ func main() {
 	if err := run(c); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
+	}
+}
+
+// selectSections decides which sections run, given the flags set
+// explicitly: all of them (but those turned off), or, when -peers or
+// -access is given, only the ones given.
+func (c *config) selectSections(given map[string]bool) {
+	c.sideBySide = true
+	if given["peers"] && c.peers || given["access"] && c.access {
+		c.sideBySide = false
+		c.cluster = c.cluster && given["cluster"]
+		c.peers = c.peers && given["peers"]
+		c.access = c.access && given["access"]
 	}
 }
 

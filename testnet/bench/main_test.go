@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"testing"
 )
 
@@ -63,6 +64,66 @@ func TestPercentile(t *testing.T) {
 	} {
 		if got := percentile(tt.in, tt.p); got != tt.want {
 			t.Errorf("percentile(%d samples, %v) = %v, want %v", len(tt.in), tt.p, got, tt.want)
+		}
+	}
+}
+
+// TestSelectSections: every section by default; -peers or -access given
+// alone runs that section only; -access=false leaves the others.
+func TestSelectSections(t *testing.T) {
+	type sections struct{ sideBySide, cluster, peers, access bool }
+	for _, tt := range []struct {
+		name string
+		set  map[string]bool // flags given, with their values
+		want sections
+	}{
+		{"defaults", nil, sections{true, true, true, true}},
+		{"-access", map[string]bool{"access": true}, sections{false, false, false, true}},
+		{"-peers", map[string]bool{"peers": true}, sections{false, false, true, false}},
+		{"-access -cluster", map[string]bool{"access": true, "cluster": true}, sections{false, true, false, true}},
+		{"-access=false", map[string]bool{"access": false}, sections{true, true, true, false}},
+	} {
+		c := config{cluster: true, peers: true, access: true}
+		given := map[string]bool{}
+		for name, v := range tt.set {
+			given[name] = true
+			switch name {
+			case "access":
+				c.access = v
+			case "peers":
+				c.peers = v
+			case "cluster":
+				c.cluster = v
+			}
+		}
+		c.selectSections(given)
+		if got := (sections{c.sideBySide, c.cluster, c.peers, c.access}); got != tt.want {
+			t.Errorf("%s: sections %+v, want %+v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// TestAccessTableGoal: the access table says whether meshreg with TLS and
+// auth meets each goal, from the medians.
+func TestAccessTableGoal(t *testing.T) {
+	mesh, meshAcc := &server{name: "meshreg", version: "v"}, &server{name: "meshreg " + accessLabel}
+	dist, distAcc := &server{name: "Distribution"}, &server{name: "Distribution " + accessLabel}
+	r := newResults([]*server{mesh, meshAcc, dist, distAcc})
+	for _, v := range []struct {
+		s         *server
+		blob, get float64
+	}{{mesh, 1000, 10000}, {meshAcc, 500, 9000}, {dist, 800, 3000}, {distAcc, 300, 10}} {
+		r.add("blob pull", v.s, v.blob, "")
+		r.add("manifest GET by tag", v.s, v.get, "")
+	}
+	got := r.accessTable(config{runs: 1, conns: 32, accessBlobSize: 64 << 20}, mesh, meshAcc, dist, distAcc)
+	for _, want := range []string{
+		"| pull one 64MiB blob, MB/s | 1000 | 500 | 0.50× (≥ 0.90×) | 800 | 300 | 0.38× |",
+		"blob pull 0.50× of plain (goal ≥ 0.90×: NOT met)",
+		"manifest GET by tag 0.90× of plain (goal ≥ 0.80×: met)",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("table lacks %q:\n%s", want, got)
 		}
 	}
 }
