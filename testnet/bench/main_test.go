@@ -1,8 +1,11 @@
 package main
 
 import (
+	"os"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestByteSize(t *testing.T) {
@@ -125,5 +128,31 @@ func TestAccessTableGoal(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("table lacks %q:\n%s", want, got)
 		}
+	}
+}
+
+// TestAccessOrder: each registry's plain and TLS+auth servers are
+// measured back to back, which first alternating.
+func TestAccessOrder(t *testing.T) {
+	m, ma, d, da := &server{name: "m"}, &server{name: "ma"}, &server{name: "d"}, &server{name: "da"}
+	all := []*server{m, ma, d, da}
+	for run, want := range [][]*server{{m, ma, d, da}, {ma, m, da, d}, {d, da, m, ma}, {da, d, ma, m}, {m, ma, d, da}} {
+		if got := accessOrder(all, run); !slices.Equal(got, want) {
+			t.Errorf("run %d: order %v, want %v", run, names(got), names(want))
+		}
+	}
+}
+
+// TestCPUTicks: this process's CPU time grows while it works.
+func TestCPUTicks(t *testing.T) {
+	before, err := cpuTicks(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(100 * time.Millisecond); time.Now().Before(end); {
+	}
+	after, err := cpuTicks(os.Getpid())
+	if err != nil || after <= before {
+		t.Errorf("CPU ticks %d then %d after 100 ms of work (%v), want them to grow", before, after, err)
 	}
 }
