@@ -33,10 +33,7 @@ type serveConfig struct {
 	AuthHtpasswd string
 	AuthPolicy   string
 	// RateLimits is the --rate-limits path ("" if none); see rateLimiter.
-	RateLimits string
-	// JoinTLSCA is the --join-tls-ca path ("" if none): the CA that
-	// https --join URLs are verified with, besides the system's.
-	JoinTLSCA       string
+	RateLimits      string
 	Listen          string
 	LogLevel        slog.Level
 	LogFormat       string
@@ -46,6 +43,10 @@ type serveConfig struct {
 	TLS  tlsconf.Files
 	Node node.Config
 	API  api.Config
+
+	// JoinTLSCA is the --join-tls-ca path ("" if none): the CA that
+	// https --join URLs are verified with, besides the system's.
+	JoinTLSCA string
 }
 
 // defaultServeConfig is what `meshreg serve` runs with when told nothing:
