@@ -201,3 +201,65 @@ func TestContainerdPullsThroughHostsToml(t *testing.T) {
 	}
 	t.Logf("pull with the node down, through the fallback: %s", time.Since(start).Round(time.Millisecond))
 }
+
+// TestPreloadACopyInEveryZone: two nodes in zones a and b (one replica,
+// the image pushed to the node in a). `preload --zones` through the node
+// in a alone names zone b as getting no copy; through both nodes, the node
+// in b holds the image's blobs too.
+func TestPreloadACopyInEveryZone(t *testing.T) {
+	testnet.RequireProcess(t)
+	base := []string{"--replicas", "1", "--stabilization-time", testnet.HarnessStabilization.String()}
+	a := testnet.StartNode(t, testnet.Options{Args: append(append([]string{}, base...), "--zone", "a")})
+	b := testnet.StartNode(t, testnet.Options{Args: append(append([]string{}, base...), "--zone", "b",
+		"--join", a.URL(), "--join-token", testnet.JoinToken(t, a, time.Hour))})
+	testnet.WaitConverged(t, []*testnet.Node{a, b}, 2, testnet.ExpectedVoters(2, 3), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if !testnet.Eventually(30*time.Second, func() bool {
+		st, err := a.Status(ctx)
+		bst, err2 := b.Status(ctx)
+		return err == nil && err2 == nil && st.KnowsZone(bst.NodeID, "b")
+	}) {
+		t.Fatal("node a never learned node b's zone")
+	}
+
+	crane := testnet.Tool(t, "crane")
+	work := t.TempDir()
+	r := testnet.Runner{T: t, Path: crane, Dir: work}
+	repo := testnet.UniqueRepo("e2e/zones")
+	m := pushPlatformImage(t, r, work, a.Host()+"/"+repo+":v1", "linux/amd64", 2)
+	image := a.Host() + "/" + repo + ":v1"
+	preload := func(nodes ...*testnet.Node) testnet.CmdResult {
+		args := []string{"preload", "--zones", "--platform", "linux/amd64"}
+		for _, n := range nodes {
+			args = append(args, "--node", n.URL())
+		}
+		res := testnet.Cmd{Path: testnet.Binary(t), Args: append(args, image), Timeout: time.Minute}.Run(ctx)
+		t.Logf("meshreg %s:\n%s%s", strings.Join(args, " "), res.Stdout, res.Stderr)
+		if res.Err != nil {
+			t.Fatalf("meshreg preload: %v", res.Err)
+		}
+		return res
+	}
+
+	res := preload(a)
+	if !strings.Contains(string(res.Stderr), "zone a: through "+a.URL()) || !strings.Contains(string(res.Stderr), "zone b: no --node in it") {
+		t.Errorf("through a alone: the output does not name zone a's node and zone b's missing copy")
+	}
+	if st, _ := b.Status(ctx); st.Blobs.Count != 0 {
+		t.Errorf("node b holds %d blobs after a preload through a alone", st.Blobs.Count)
+	}
+
+	res = preload(a, b)
+	if !strings.Contains(string(res.Stderr), "zone b: through "+b.URL()) || !strings.Contains(string(res.Stderr), "preloaded 1 of 1 images through 2 node(s)") {
+		t.Errorf("through a and b: the output does not name zone b's node")
+	}
+	want := int64(1 + len(m.Layers))
+	var st testnet.NodeStatus
+	if !testnet.Eventually(10*time.Second, func() bool {
+		st, _ = b.Status(ctx)
+		return st.Blobs.Count == want
+	}) {
+		t.Errorf("node b holds %d blobs after the preload, want the image's %d", st.Blobs.Count, want)
+	}
+}

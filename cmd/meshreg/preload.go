@@ -50,8 +50,8 @@ func preloadCommand() *cli.Command {
 		ArgsUsage: "IMAGE...",
 		Description: "Reads each image's manifests and blobs through the node, which keeps them; the bytes are\n" +
 			"verified and discarded here. IMAGE is [REGISTRY/]REPOSITORY[:TAG][@DIGEST]: the registry\n" +
-			"part is sent as ?ns=REGISTRY (the mirror's upstream), except when it is the node's own\n" +
-			"HOST:PORT: `preload 127.0.0.1:5000/team/app:v1` reads team/app pushed to the cluster.",
+			"part is sent as ?ns=REGISTRY (the mirror's upstream), except when it is the HOST:PORT of\n" +
+			"a --node: `preload 127.0.0.1:5000/team/app:v1` reads team/app pushed to the cluster.",
 		Flags: append([]cli.Flag{
 			&cli.StringSliceFlag{
 				Name:    "node",
@@ -125,7 +125,11 @@ func preloadAction(c *cli.Context) error {
 		all:         all,
 		concurrency: conc,
 		stall:       c.Duration("stall-timeout"),
+		ownHosts:    map[string]bool{},
 		log:         log,
+	}
+	for _, base := range nodes {
+		p.ownHosts[urlHost(base)] = true
 	}
 	defer p.client.CloseIdleConnections()
 	if c.Bool("zones") {
@@ -137,11 +141,14 @@ func preloadAction(c *cli.Context) error {
 	start := time.Now()
 	var total preloadStats
 	var failed []string
+	ok := 0
 	for _, ref := range refs {
+		good := true
 		for _, base := range nodes {
 			st, err := p.image(c.Context, base, ref)
 			total.add(st)
 			if err != nil {
+				good = false
 				fmt.Fprintf(log, "FAILED %s via %s: %v\n", ref, base, err)
 				failed = append(failed, fmt.Sprintf("%s (via %s)", ref, base))
 				if c.Context.Err() != nil {
@@ -149,9 +156,12 @@ func preloadAction(c *cli.Context) error {
 				}
 			}
 		}
+		if good {
+			ok++
+		}
 	}
 	fmt.Fprintf(log, "preloaded %d of %d images through %d node(s): %d blobs, %s in %s\n",
-		len(refs)*len(nodes)-len(failed), len(refs)*len(nodes), len(nodes), total.blobs.Load(), humanBytes(total.bytes.Load()), time.Since(start).Round(time.Millisecond))
+		ok, len(refs), len(nodes), total.blobs.Load(), humanBytes(total.bytes.Load()), time.Since(start).Round(time.Millisecond))
 	if len(failed) > 0 {
 		return fmt.Errorf("preload failed for %s", strings.Join(failed, ", "))
 	}
@@ -166,6 +176,7 @@ type preloader struct {
 	all            bool
 	concurrency    int
 	stall          time.Duration
+	ownHosts       map[string]bool // HOST:PORT of every --node
 	log            io.Writer
 	logMu          sync.Mutex
 }
@@ -191,11 +202,11 @@ func (p *preloader) logf(format string, args ...any) {
 	fmt.Fprintf(p.log, format+"\n", args...)
 }
 
-// nsFor is the ?ns= value for ref read through base: the registry the
-// image names, or none when that is the node itself (content pushed to
-// the cluster).
-func nsFor(base string, ref imageRef) string {
-	if ref.Registry == urlHost(base) {
+// nsFor is the ?ns= value for ref: the registry the image names, or none
+// when that is one of the nodes given (content pushed to the cluster, read
+// through any of its nodes).
+func (p *preloader) nsFor(ref imageRef) string {
+	if p.ownHosts[ref.Registry] {
 		return ""
 	}
 	return ref.Registry
@@ -214,7 +225,7 @@ func v2URL(base, ns, repo, kind, reference string) string {
 func (p *preloader) image(ctx context.Context, base string, ref imageRef) (*preloadStats, error) {
 	start := time.Now()
 	st := &preloadStats{}
-	ns := nsFor(base, ref)
+	ns := p.nsFor(ref)
 	blobs := map[digest.Digest]ocispec.Descriptor{}
 	var order []digest.Digest
 	if err := p.walk(ctx, base, ns, ref, ref.Reference(), ref.Digest, 0, st, blobs, &order); err != nil {
@@ -231,7 +242,7 @@ func (p *preloader) image(ctx context.Context, base string, ref imageRef) (*prel
 			}
 			st.blobs.Add(1)
 			st.bytes.Add(desc.Size)
-			p.logf("%s: blob %s %s in %s", ref, desc.Digest, humanBytes(desc.Size), time.Since(t0).Round(time.Millisecond))
+			p.logf("%s: blob %s %s in %s via %s", ref, desc.Digest, humanBytes(desc.Size), time.Since(t0).Round(time.Millisecond), base)
 			return nil
 		})
 	}
