@@ -353,3 +353,25 @@ func TestPreloadVerifiesWhatTheNodeSends(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseImageRef: whatever parses prints back to a reference that
+// parses to the same thing, and its registry is a name a hosts dir could
+// hold (never a path).
+func FuzzParseImageRef(f *testing.F) {
+	for _, s := range []string{"nginx", "docker.io/library/nginx:1.27", "ghcr.io/org/app@sha256:" + strings.Repeat("a", 64), "127.0.0.1:5000/team/app:v1", "[::1]:5000/a/b", "localhost/x", "../x/y", "a:b/c"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		r, err := parseImageRef(s)
+		if err != nil {
+			return
+		}
+		again, err := parseImageRef(r.String())
+		if err != nil || again != r {
+			t.Fatalf("%q parsed to %+v, which prints as %q and parses to %+v, %v", s, r, r.String(), again, err)
+		}
+		if err := validRegistryName(r.Registry); err != nil || strings.ContainsAny(r.Registry, "/\\") || strings.Contains(r.Registry, "..") {
+			t.Fatalf("%q: registry %q: %v", s, r.Registry, err)
+		}
+	})
+}
