@@ -15,11 +15,12 @@ import (
 )
 
 // EnvContainerd is the containerd socket the real-containerd tests use
-// (default DefaultContainerdAddress: the Docker engine's containerd).
+// (default: the first of ContainerdAddresses that exists).
 const EnvContainerd = "MESHREG_E2E_CONTAINERD"
 
-// DefaultContainerdAddress is where the Docker engine's containerd listens.
-const DefaultContainerdAddress = "/var/run/docker/containerd/containerd.sock"
+// ContainerdAddresses are where a Docker engine's containerd listens: its
+// own (dockerd started it), else the system's (containerd.io packages).
+var ContainerdAddresses = []string{"/var/run/docker/containerd/containerd.sock", "/run/containerd/containerd.sock"}
 
 // Containerd is the machine's containerd, driven through ctr in a
 // namespace of the test's own (meshreg-e2e-<random>), which is emptied and
@@ -39,11 +40,16 @@ func UseContainerd(t testing.TB) *Containerd {
 	t.Helper()
 	ctr, err := exec.LookPath("ctr")
 	if err != nil {
-		t.Fatalf("ctr not found in PATH: the real-containerd tests need containerd's ctr and a containerd socket (%s, or %s)", DefaultContainerdAddress, EnvContainerd)
+		t.Fatalf("ctr not found in PATH: the real-containerd tests need containerd's ctr (Debian: containerd or containerd.io) and a containerd socket (%s, or set %s)", strings.Join(ContainerdAddresses, " or "), EnvContainerd)
 	}
 	addr := os.Getenv(EnvContainerd)
+	for _, a := range ContainerdAddresses {
+		if _, err := os.Stat(a); addr == "" && err == nil {
+			addr = a
+		}
+	}
 	if addr == "" {
-		addr = DefaultContainerdAddress
+		t.Fatalf("no containerd socket at %s: start containerd (the Docker engine runs one) or set %s", strings.Join(ContainerdAddresses, " or "), EnvContainerd)
 	}
 	b := make([]byte, 6)
 	if _, err := rand.Read(b); err != nil {
