@@ -9,7 +9,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/meshreg/meshreg/node/fetch"
@@ -119,5 +121,67 @@ func TestMirroredRepositoryReadsFromItsOrigin(t *testing.T) {
 	wg.Wait()
 	if got := origins.calls.Load(); got != 1 {
 		t.Errorf("origin called %d times for two nodes, want once", got)
+	}
+}
+
+// TestOriginFetchPerRegion: with --upstream-fetch region, a node chooses
+// the fetcher among the nodes of its own region: alone in region r2, it
+// fetches from the origin itself a blob that the cluster-wide choice
+// gives to a node of r1; by default it asks that node.
+func TestOriginFetchPerRegion(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name                  string
+		perRegion             bool
+		wantHere, wantAskedR1 float64
+	}{
+		{"per cluster", false, 0, 1},
+		{"per region", true, 1, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			fn := newFakeNet(t)
+			origins := &countingOrigins{blobs: map[digest.Digest][]byte{}}
+			var nodes []*Node
+			var ids []peer.ID
+			for i, region := range []string{"r1", "r1", "r2"} {
+				n := fn.add(string(rune('a'+i)), func(c *Config) {
+					c.Origins, c.Region, c.OriginFetchPerRegion = origins, region, tc.perRegion
+				})
+				nodes = append(nodes, n)
+				ids = append(ids, n.host.ID())
+			}
+			r2 := nodes[2]
+			// A blob the cluster-wide choice gives to a node of r1.
+			var blob []byte
+			var d digest.Digest
+			for seed := uint64(100); ; seed++ {
+				if blob, d = randomBlob(seed, 1<<20); fetch.Choose(d, ids) != r2.host.ID() {
+					break
+				}
+			}
+			origins.blobs[d] = blob
+			if err := nodes[0].meta.LinkBlob(t.Context(), "up.example/app", d, int64(len(blob))); err != nil {
+				t.Fatal(err)
+			}
+			got, err := pull(t.Context(), r2, "up.example/app", d)
+			if err != nil || !bytes.Equal(got, blob) {
+				t.Fatalf("pull: %v (%d bytes)", err, len(got))
+			}
+			if got := origins.calls.Load(); got != 1 {
+				t.Errorf("origin called %d times, want once", got)
+			}
+			// The client's last byte comes at the commit; the fetch ends
+			// (and counts) right after.
+			for deadline := time.Now().Add(5 * time.Second); r2.fetches.InProgress() > 0 && time.Now().Before(deadline); {
+				time.Sleep(5 * time.Millisecond)
+			}
+			if got := counterValue(t, r2.metrics.originBlobs); got != tc.wantHere {
+				t.Errorf("the r2 node fetched %v blobs from the origin itself, want %v", got, tc.wantHere)
+			}
+			if got := counterValue(t, r2.metrics.originDelegated); got != tc.wantAskedR1 {
+				t.Errorf("the r2 node asked another node %v times, want %v", got, tc.wantAskedR1)
+			}
+		})
 	}
 }

@@ -95,17 +95,32 @@ type originCall struct {
 type testOrigin struct {
 	blob    []byte
 	breakAt int64
+	// stallAt makes the first call's stream send nothing after that many
+	// bytes until its context ends (0: never).
+	stallAt int64
+	// wrong flips a byte of every stream.
+	wrong bool
 
 	mu    sync.Mutex
 	calls []originCall
 }
 
-func (o *testOrigin) fn(_ context.Context, repo string, d digest.Digest, size, offset int64) (io.ReadCloser, error) {
+func (o *testOrigin) fn(ctx context.Context, repo string, d digest.Digest, size, offset int64) (io.ReadCloser, error) {
 	o.mu.Lock()
 	first := len(o.calls) == 0
 	o.calls = append(o.calls, originCall{repo: repo, offset: offset})
 	o.mu.Unlock()
 	rest := o.blob[offset:]
+	if o.wrong {
+		rest = bytes.Clone(rest)
+		rest[len(rest)/2] ^= 1
+	}
+	if first && o.stallAt > 0 {
+		return io.NopCloser(io.MultiReader(bytes.NewReader(rest[:o.stallAt]), readerFunc(func([]byte) (int, error) {
+			<-ctx.Done()
+			return 0, ctx.Err()
+		}))), nil
+	}
 	if first && o.breakAt > 0 {
 		return io.NopCloser(io.MultiReader(bytes.NewReader(rest[:o.breakAt]), errReader{errors.New("connection reset by upstream")})), nil
 	}
@@ -182,6 +197,9 @@ func TestOriginSourceDecides(t *testing.T) {
 		serves      bool
 		delegated   bool // the request came from another member
 		breakAt     int64
+		stallAt     int64
+		wrong       bool
+		wantErr     bool
 
 		wantDelegatedTo []peer.ID
 		wantOffsets     []int64 // the origin calls here
@@ -191,6 +209,10 @@ func TestOriginSourceDecides(t *testing.T) {
 			wantOffsets: []int64{0}},
 		{name: "chosen: a broken stream resumes at its offset", members: []peer.ID{self}, breakAt: 7000,
 			wantOffsets: []int64{0, 7000}},
+		{name: "chosen: a stream that stalls is dropped and asked again at its offset", members: []peer.ID{self}, stallAt: 5000,
+			wantOffsets: []int64{0, 5000}},
+		{name: "chosen: wrong bytes from the origin fail the fetch", members: []peer.ID{self}, wrong: true,
+			wantOffsets: []int64{0}, wantErr: true},
 		{name: "not chosen: asks the chosen member and streams from it", members: []peer.ID{self, other}, serves: true,
 			wantDelegatedTo: []peer.ID{other}},
 		{name: "not chosen, the chosen member refuses: fetches it here", members: []peer.ID{self, other},
@@ -209,12 +231,12 @@ func TestOriginSourceDecides(t *testing.T) {
 				peers[other] = holds(blob, nil)
 			}
 			net := &fakeNet{self: self, peers: peers}
-			origin := &testOrigin{blob: blob, breakAt: tc.breakAt}
+			origin := &testOrigin{blob: blob, breakAt: tc.breakAt, stallAt: tc.stallAt, wrong: tc.wrong}
 			del := &fakeDelegator{err: tc.delegateErr}
 			fallbacks, bytesIn := counter(), counter()
 			ps := NewPeers(PeersConfig{Net: net, Providers: net, Cluster: net, Idle: time.Second, Log: testLog(t)})
 			src := NewOriginSource(OriginConfig{Self: self, Origins: origin, Peers: ps, Delegator: del,
-				Fetchers: func(string) []peer.ID { return tc.members }, Idle: time.Second,
+				Fetchers: func(string) []peer.ID { return tc.members }, Idle: 200 * time.Millisecond,
 				Metrics: OriginMetrics{Fallbacks: fallbacks, Bytes: bytesIn}, Log: testLog(t)})
 			store := newStore(t)
 			e := New(Config{Partials: store, Sources: []Source{ps, src}, Go: newTestOwner(t).Go, Log: testLog(t)})
@@ -223,7 +245,11 @@ func TestOriginSourceDecides(t *testing.T) {
 				t.Fatal(err)
 			}
 			wait(t, f)
-			if f.Err() != nil || !store.Held(d) {
+			if tc.wantErr {
+				if f.Err() == nil || store.Held(d) {
+					t.Fatalf("err %v, held %v; want a failure and no blob", f.Err(), store.Held(d))
+				}
+			} else if f.Err() != nil || !store.Held(d) {
 				t.Fatalf("err %v, held %v; want the blob", f.Err(), store.Held(d))
 			}
 			var offsets []int64
@@ -249,7 +275,7 @@ func TestOriginSourceDecides(t *testing.T) {
 			if got := value(fallbacks); got != tc.wantFallbacks {
 				t.Errorf("%v fallbacks counted, want %v", got, tc.wantFallbacks)
 			}
-			if len(tc.wantOffsets) > 0 {
+			if len(tc.wantOffsets) > 0 && !tc.wantErr {
 				if got := value(bytesIn); got != float64(len(blob)) {
 					t.Errorf("%v origin bytes counted, want %d", got, len(blob))
 				}
