@@ -287,12 +287,20 @@ func (f *Fetch) SizeGuessed() bool { return f.sizeGuessed }
 // Hint is the peers the request named (see Request.Hint).
 func (f *Fetch) Hint() []peer.ID { return f.hint }
 
-// Origin is where the blob comes from when no peer holds it (nil: peers
-// only), and whether another member delegated that fetch to this node.
-func (f *Fetch) Origin() (o *Origin, delegated bool) {
+// Origin is where the blob comes from when no peer holds it (see
+// Request.Origin); nil: peers only.
+func (f *Fetch) Origin() *Origin {
 	f.e.mu.Lock()
 	defer f.e.mu.Unlock()
-	return f.origin, f.delegated
+	return f.origin
+}
+
+// Delegated reports whether another member asked this node to fetch the
+// blob from its origin (see Request.Delegated).
+func (f *Fetch) Delegated() bool {
+	f.e.mu.Lock()
+	defer f.e.mu.Unlock()
+	return f.delegated
 }
 
 // Done is closed when the fetch ended; Err then says how.

@@ -202,7 +202,7 @@ func (s *OriginSource) Chosen(d digest.Digest, name string) peer.ID {
 
 // Fill fetches f's blob from its origin, here or behind the chosen member.
 func (s *OriginSource) Fill(ctx context.Context, f *Fetch) error {
-	o, delegated := f.Origin()
+	o, delegated := f.Origin(), f.Delegated()
 	if o == nil {
 		return ErrNoOrigin
 	}

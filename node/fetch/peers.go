@@ -94,11 +94,11 @@ func (s *Peers) Name() string { return "peers" }
 // times.
 func (s *Peers) Fill(ctx context.Context, f *Fetch) error {
 	rounds := lookupRounds
-	switch origin, delegated := f.Origin(); {
-	case delegated:
+	switch {
+	case f.Delegated():
 		// The member that asked found no holder: go to the origin.
 		return ErrNoProvider
-	case origin != nil:
+	case f.Origin() != nil:
 		// A blob with an origin that no peer holds is no race with a
 		// commit a moment ago: the origin source coordinates the members
 		// fetching it at once.
