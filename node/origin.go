@@ -41,7 +41,7 @@ type originAnswer struct {
 
 func (n *Node) newOriginSource(peers *fetch.Peers) *fetch.OriginSource {
 	return fetch.NewOriginSource(fetch.OriginConfig{
-		Self: n.host.ID(), Origins: n.cfg.Origins, Fetchers: n.originFetchers,
+		Self: n.host.ID(), Origins: nodeOrigins{n: n}, Fetchers: n.originFetchers,
 		Delegator: originDelegator{n: n}, Peers: peers, Idle: n.cfg.PeerIdleTimeout,
 		DelegateTimeout: originFlowWait + 5*time.Second,
 		Metrics: fetch.OriginMetrics{Blobs: n.metrics.originBlobs, Bytes: n.metrics.originBytes,
@@ -50,14 +50,33 @@ func (n *Node) newOriginSource(peers *fetch.Peers) *fetch.OriginSource {
 	})
 }
 
+// nodeOrigins are the node's origins, looked up at each call: those of
+// Config.Origins (the upstreams; nil: none).
+type nodeOrigins struct{ n *Node }
+
+var _ fetch.RegionalOrigins = nodeOrigins{}
+
+func (o nodeOrigins) Origin(name string) (fetch.OriginFunc, bool) {
+	if o.n.cfg.Origins == nil {
+		return nil, false
+	}
+	return o.n.cfg.Origins.Origin(name)
+}
+
+// FetchPerRegion: the origin's own setting if it has one, else
+// --upstream-fetch.
+func (o nodeOrigins) FetchPerRegion(name string) bool {
+	if r, ok := o.n.cfg.Origins.(fetch.RegionalOrigins); ok {
+		return r.FetchPerRegion(name)
+	}
+	return o.n.cfg.OriginFetchPerRegion
+}
+
 // originFetchers are the members that may fetch from origin name: this
 // node and the live members, only those of this node's region when one
 // member per region fetches from it.
 func (n *Node) originFetchers(name string) []peer.ID {
-	perRegion := n.cfg.OriginFetchPerRegion
-	if r, ok := n.cfg.Origins.(fetch.RegionalOrigins); ok {
-		perRegion = r.FetchPerRegion(name)
-	}
+	perRegion := nodeOrigins{n: n}.FetchPerRegion(name)
 	out := []peer.ID{n.host.ID()}
 	for _, p := range n.livePeers() {
 		if perRegion && n.cfg.Region != "" && !n.peers.inRegion(p, n.cfg.Region) {
@@ -80,14 +99,11 @@ func (b *peerBook) inRegion(p peer.ID, region string) bool {
 // configured origin reads from origin NAME, repository <rest>; nil for
 // any other repository (pushed content, served from the cluster only).
 func (n *Node) mirrorOrigin(repo string) *fetch.Origin {
-	if n.cfg.Origins == nil {
-		return nil
-	}
 	name, rest, ok := strings.Cut(repo, "/")
 	if !ok || rest == "" {
 		return nil
 	}
-	if _, known := n.cfg.Origins.Origin(name); !known {
+	if _, known := (nodeOrigins{n: n}).Origin(name); !known {
 		return nil
 	}
 	return &fetch.Origin{Name: name, Repo: rest}
@@ -130,7 +146,7 @@ func (n *Node) serveOriginFetch(ctx context.Context, from peer.ID, raw []byte) [
 	if err := json.Unmarshal(raw, &req); err != nil {
 		return answer(fmt.Errorf("bad origin fetch request: %w", err))
 	}
-	if err := req.Validate(n.cfg.Origins); err != nil {
+	if err := req.Validate(nodeOrigins{n: n}); err != nil {
 		n.log.Warn("refused an origin fetch asked for by a member", "peer", from, "err", err)
 		return answer(err)
 	}
