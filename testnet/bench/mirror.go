@@ -9,12 +9,14 @@ package main
 //
 // -runs times, with two fresh images of -mirror-layers × -mirror-layer-size
 // random layers (a config and a manifest each) pushed straight to the
-// upstream:
+// upstream (three, C too):
 //
 //  1. direct: one client pulls image A from the upstream through the
 //     proxy (manifest, then config and layers one at a time, digests
 //     checked): the time a host without meshreg takes;
-//  2. cluster: the five nodes each pull image B at once through meshreg
+//  2. one node: image C through node 1 alone, from the upstream through
+//     meshreg (what a mirror costs without sharing);
+//  3. cluster: the five nodes each pull image B at once through meshreg
 //     (`?ns=NAME`): manifest, config, layers one at a time. The time from
 //     the first GET to the last byte of the slowest node, and the
 //     upstream's egress (bytes of blob GETs) ÷ image size: 1.00 means each
@@ -169,6 +171,7 @@ func pullVia(ctx context.Context, c config, hc *http.Client, s *server, img *ima
 type mirrorSamples struct {
 	imageSize       int64
 	direct, cluster []float64 // s
+	single          []float64 // s, one node alone
 	egress          []float64 // upstream blob egress during the cluster pull ÷ image size
 	egressAll       []float64 // all upstream bytes during it ÷ image size
 	ttfb            []float64 // ms
@@ -216,9 +219,10 @@ func runMirror(ctx context.Context, c config, bin, distBin, dir string) (string,
 	for rep := range c.runs {
 		a := newImage(fmt.Sprintf("direct-%d", rep+1), c.mirrorLayers, lsize, 5, rep)
 		b := newImage(fmt.Sprintf("cluster-%d", rep+1), c.mirrorLayers, lsize, 6, rep)
-		a.repo, b.repo = mirrorRepo, mirrorRepo
+		one := newImage(fmt.Sprintf("single-%d", rep+1), c.mirrorLayers, lsize, 8, rep)
+		a.repo, b.repo, one.repo = mirrorRepo, mirrorRepo, mirrorRepo
 		ms.imageSize = b.size
-		for _, img := range []*image{a, b} {
+		for _, img := range []*image{a, b, one} {
 			if err := img.push(ctx, c, up); err != nil {
 				return "", fmt.Errorf("mirror: run %d: push upstream: %w", rep+1, err)
 			}
@@ -230,6 +234,13 @@ func runMirror(ctx context.Context, c config, bin, distBin, dir string) (string,
 			return "", fmt.Errorf("mirror: run %d, direct pull: %w", rep+1, err)
 		}
 		ms.direct = append(ms.direct, end.Sub(start).Seconds())
+
+		start = time.Now()
+		end, err = pullVia(ctx, c, hcs[0], cl.nodes[0], one, query)
+		if err != nil {
+			return "", fmt.Errorf("mirror: run %d, pull through %s alone: %w", rep+1, cl.nodes[0].name, err)
+		}
+		ms.single = append(ms.single, end.Sub(start).Seconds())
 
 		all0, blobs0 := proxy.all.Load(), proxy.blobs.Load()
 		ends := make([]time.Time, len(cl.nodes))
@@ -253,8 +264,8 @@ func runMirror(ctx context.Context, c config, bin, distBin, dir string) (string,
 		egress, egressAll := float64(proxy.blobs.Load()-blobs0)/size, float64(proxy.all.Load()-all0)/size
 		ms.cluster = append(ms.cluster, last.Sub(start).Seconds())
 		ms.egress, ms.egressAll = append(ms.egress, egress), append(ms.egressAll, egressAll)
-		logf("mirror run %d  %d × %s: direct %.2f s; %d nodes at once %.2f s; upstream egress %.2f× the image (blobs), %.2f× (all responses)",
-			rep+1, c.mirrorLayers, c.mirrorLayerSize, ms.direct[rep], len(cl.nodes), ms.cluster[rep], egress, egressAll)
+		logf("mirror run %d  %d × %s: direct %.2f s; through one node alone %.2f s; %d nodes at once %.2f s; upstream egress %.2f× the image (blobs), %.2f× (all responses)",
+			rep+1, c.mirrorLayers, c.mirrorLayerSize, ms.direct[rep], ms.single[rep], len(cl.nodes), ms.cluster[rep], egress, egressAll)
 	}
 
 	n1, n2 := cl.nodes[0], cl.nodes[1]
@@ -304,13 +315,18 @@ func mirrorTable(c config, ms *mirrorSamples) string {
 	if direct > 0 {
 		row("**cluster pull / direct pull** (goal ≤ 1.5×)", "**%.2f×**", cluster/direct)
 	}
+	single := median(ms.single)
+	row("one pull of a same-size fresh image through one node alone (from the upstream through meshreg), s", "%.2f", single)
+	if single > 0 {
+		row("cluster pull / pull through one node alone", "%.2f×", cluster/single)
+	}
 	row(fmt.Sprintf("time to first byte of a %s blob cached in the cluster (pulled through node 1), GET through node 2 from a peer, p50 of %d, ms", c.peerTTFBSize, c.peerTTFBRuns), "%.2f", percentile(ms.ttfb, 50))
 	fmt.Fprintf(&b, "\n%s; %d CPUs; %s; %s; meshreg processes and CNCF Distribution v3 (the upstream, filesystem storage) on loopback; "+
 		"upstream egress counted by a reverse proxy in the benchmark process; every pull: the manifest, then the config and the layers one at a time, digests checked.\n",
 		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), ms.version)
 	var per []string
 	for i := range ms.egress {
-		per = append(per, fmt.Sprintf("%.2f× in %.2f s (direct %.2f s)", ms.egress[i], ms.cluster[i], ms.direct[i]))
+		per = append(per, fmt.Sprintf("%.2f× in %.2f s (direct %.2f s, one node alone %.2f s)", ms.egress[i], ms.cluster[i], ms.direct[i], ms.single[i]))
 	}
 	fmt.Fprintf(&b, "Per run: %s.\n", strings.Join(per, ", "))
 	b.WriteString(commandLine())
