@@ -9,6 +9,7 @@ package fetch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -233,11 +234,15 @@ func (e *Engine) run(ctx context.Context, f *Fetch) {
 	if e.cfg.Announce != nil {
 		_ = e.cfg.Go(func(context.Context) { e.cfg.Announce(f.d) })
 	}
-	var err error
+	err := ErrNoProvider
 	names := make([]string, 0, len(e.cfg.Sources))
 	for _, s := range e.cfg.Sources {
+		serr := s.Fill(ctx, f)
+		if errors.Is(serr, ErrNoOrigin) {
+			continue // not a source of this blob: the error stays the last real one
+		}
 		names = append(names, s.Name())
-		if err = s.Fill(ctx, f); err == nil || ctx.Err() != nil {
+		if err = serr; err == nil || ctx.Err() != nil {
 			break
 		}
 	}

@@ -383,3 +383,27 @@ func TestOriginRequestValidate(t *testing.T) {
 		t.Error("accepted with no origins configured")
 	}
 }
+
+// TestFetchWithoutOriginKeepsThePeersError: a blob with no origin that no
+// peer holds fails with the peers' answer, as before origins existed.
+func TestFetchWithoutOriginKeepsThePeersError(t *testing.T) {
+	t.Parallel()
+	self, member := ptest.RandPeerIDFatal(t), ptest.RandPeerIDFatal(t)
+	net := &fakeNet{self: self, peers: map[peer.ID]fakePeer{member: nil}, providers: []peer.ID{member}}
+	ps := NewPeers(PeersConfig{Net: net, Providers: net, Cluster: net, Idle: time.Second, Log: testLog(t)})
+	origin := &testOrigin{blob: []byte("never asked")}
+	src := NewOriginSource(OriginConfig{Self: self, Origins: origin, Peers: ps, Delegator: &fakeDelegator{},
+		Fetchers: func(string) []peer.ID { return []peer.ID{self} }, Log: testLog(t)})
+	e := New(Config{Partials: newStore(t), Sources: []Source{ps, src}, Go: newTestOwner(t).Go, Log: testLog(t)})
+	f, err := e.Start(Request{Digest: digest.FromString("nobody"), Size: 6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait(t, f)
+	if f.Err() == nil || !strings.Contains(f.Err().Error(), "from peers: peer "+member.String()) {
+		t.Fatalf("err = %v, want the member's answer", f.Err())
+	}
+	if len(origin.callList()) != 0 {
+		t.Error("a blob without an origin was fetched from one")
+	}
+}
