@@ -48,7 +48,10 @@ func (r *Registry) Resolve(ctx context.Context, repo, ref string) (ocispec.Descr
 		return ocispec.Descriptor{}, err
 	}
 	drain(resp)
-	want, _ := digest.Parse(ref)
+	var want digest.Digest
+	if d, err := digest.Parse(ref); err == nil {
+		want = d
+	}
 	desc := ocispec.Descriptor{MediaType: mediaTypeOf(resp.Header.Get("Content-Type")), Size: -1}
 	if n, err := strconv.ParseInt(resp.Header.Get("Content-Length"), 10, 64); err == nil && n >= 0 {
 		desc.Size = n

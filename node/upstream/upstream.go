@@ -163,6 +163,10 @@ func (r *Registry) Name() string { return r.name }
 // URL is the upstream's base URL.
 func (r *Registry) URL() string { return r.base.String() }
 
+// CloseIdleConnections closes the client's idle keep-alive connections
+// (at shutdown, and in tests before checking for leaked goroutines).
+func (r *Registry) CloseIdleConnections() { r.client.CloseIdleConnections() }
+
 // Status returns a copy of what the last requests showed.
 func (r *Registry) Status() Status {
 	r.mu.Lock()
