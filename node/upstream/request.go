@@ -180,7 +180,7 @@ func (r *Registry) unauthorizedMessage(authenticated bool, detail string) string
 	case have:
 		m = fmt.Sprintf("upstream %s refused the credentials for it: check --upstream-credentials", r.name)
 	default:
-		m = fmt.Sprintf("upstream %s requires credentials and none are configured for %q: add them to the --upstream-credentials file", r.name, r.name)
+		m = fmt.Sprintf("upstream %s requires credentials for this repository (or it does not exist) and none are configured for %q: add them to the --upstream-credentials file", r.name, r.name)
 	}
 	if detail != "" {
 		m += " (upstream said: " + detail + ")"

@@ -207,7 +207,15 @@ func buildClient(cfg Config) (*http.Client, error) {
 	}
 	if cfg.Client != nil {
 		c := *cfg.Client
-		if tr, ok := c.Transport.(*http.Transport); ok && tlsCfg != nil {
+		if tlsCfg != nil {
+			rt := c.Transport
+			if rt == nil {
+				rt = http.DefaultTransport
+			}
+			tr, ok := rt.(*http.Transport)
+			if !ok {
+				return nil, errors.New("CAFile and SkipVerify need the client's Transport to be an *http.Transport")
+			}
 			tr = tr.Clone()
 			tr.TLSClientConfig = tlsCfg
 			c.Transport = tr
