@@ -90,6 +90,28 @@ func TestAgainstDistribution(t *testing.T) {
 	if _, err := r.Blob(ctx, "team/app", digest.FromString("absent"), 6, 0); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("absent blob: %v, want ErrNotFound", err)
 	}
+	// The upstream's own access log: one whole GET and one Range GET.
+	if n, err := reg.BlobGETs(d1, 200); err != nil || n != 1 {
+		t.Errorf("upstream logged %d 200 GETs of the layer (%v), want 1", n, err)
+	}
+	if n, err := reg.BlobGETs(d1, 206); err != nil || n != 1 {
+		t.Errorf("upstream logged %d 206 GETs of the layer (%v), want 1", n, err)
+	}
+
+	// Upstream down: unavailable (the caller serves what it knew); back up: fine.
+	reg.Stop()
+	if _, err := r.Resolve(ctx, "team/app", "v1"); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("upstream stopped: %v, want ErrUnavailable", err)
+	}
+	if st := r.Status(); st.LastErrorAt.IsZero() || st.LastSuccess.After(st.LastErrorAt) {
+		t.Errorf("Status after the outage = %+v, want the error last", st)
+	}
+	if err := reg.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := r.Resolve(ctx, "team/app", "v1"); err != nil || got.Digest != index.Digest {
+		t.Fatalf("upstream back: %+v, %v", got, err)
+	}
 
 	for name, creds := range map[string]Credentials{
 		"anonymous":      nil,

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -56,9 +57,10 @@ type Registry struct {
 	URL     string // http://127.0.0.1:port
 	LogPath string
 
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
+	bin, cfgPath, dir string
+	cmd               *exec.Cmd
+	done              chan struct{}
+	err               error
 }
 
 const config = `version: 0.1
@@ -120,34 +122,112 @@ func Start(ctx context.Context, opts Options) (*Registry, error) {
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
-	r := &Registry{Addr: addr, URL: "http://" + addr, LogPath: filepath.Join(opts.Dir, "registry.log"), done: make(chan struct{})}
-	logf, err := os.OpenFile(r.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	r.cmd = exec.Command(bin, "serve", cfgPath)
-	r.cmd.Dir = opts.Dir
-	r.cmd.Stdout, r.cmd.Stderr = logf, logf
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "REGISTRY_") && !strings.HasPrefix(kv, "OTEL_") {
-			r.cmd.Env = append(r.cmd.Env, kv)
-		}
-	}
-	r.cmd.Env = append(r.cmd.Env, "OTEL_TRACES_EXPORTER=none")
-	if err := r.cmd.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("distribution: start %s: %w", bin, err)
-	}
-	go func() {
-		r.err = r.cmd.Wait()
-		logf.Close()
-		close(r.done)
-	}()
-	if err := r.waitReady(ctx); err != nil {
-		r.Stop()
+	r := &Registry{Addr: addr, URL: "http://" + addr, LogPath: filepath.Join(opts.Dir, "registry.log"),
+		bin: bin, cfgPath: cfgPath, dir: opts.Dir}
+	if err := r.Restart(ctx); err != nil {
 		return nil, err
 	}
 	return r, nil
+}
+
+// Restart starts the process again (after Stop) on the same address and
+// data, as an upstream that comes back after an outage.
+func (r *Registry) Restart(ctx context.Context) error {
+	if r.done != nil {
+		select {
+		case <-r.done:
+		default:
+			return errors.New("distribution: Restart while running; Stop first")
+		}
+	}
+	logf, err := os.OpenFile(r.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(r.bin, "serve", r.cfgPath)
+	cmd.Dir = r.dir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "REGISTRY_") && !strings.HasPrefix(kv, "OTEL_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "OTEL_TRACES_EXPORTER=none")
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("distribution: start %s: %w", r.bin, err)
+	}
+	done := make(chan struct{})
+	r.cmd, r.done = cmd, done
+	go func() {
+		r.err = cmd.Wait()
+		logf.Close()
+		close(done)
+	}()
+	if err := r.waitReady(ctx); err != nil {
+		r.Stop()
+		return err
+	}
+	return nil
+}
+
+// Request is one line of the registry's access log.
+type Request struct {
+	Method, Path string // Path with its query
+	Status       int
+	Bytes        int64 // body bytes sent
+}
+
+// Requests parses the access log (common log format lines such as
+// `127.0.0.1 - - [date] "GET /v2/x/blobs/sha256:… HTTP/1.1" 200 1234 "" "ua"`)
+// so a test can count what the upstream served.
+func (r *Registry) Requests() ([]Request, error) {
+	data, err := os.ReadFile(r.LogPath)
+	if err != nil {
+		return nil, err
+	}
+	var out []Request
+	for _, line := range strings.Split(string(data), "\n") {
+		_, rest, ok := strings.Cut(line, `] "`)
+		if !ok || strings.HasPrefix(line, "time=") {
+			continue
+		}
+		reqLine, rest, ok := strings.Cut(rest, `" `)
+		if !ok {
+			continue
+		}
+		f := strings.Fields(reqLine)
+		g := strings.Fields(rest)
+		if len(f) != 3 || len(g) < 2 {
+			continue
+		}
+		status, err1 := strconv.Atoi(g[0])
+		n, err2 := strconv.ParseInt(g[1], 10, 64)
+		if err1 != nil {
+			continue
+		}
+		if err2 != nil {
+			n = 0
+		}
+		out = append(out, Request{Method: f[0], Path: f[1], Status: status, Bytes: n})
+	}
+	return out, nil
+}
+
+// BlobGETs counts the GETs of blob d that the registry answered with
+// status (0 = any), from its access log.
+func (r *Registry) BlobGETs(d digest.Digest, status int) (int, error) {
+	reqs, err := r.Requests()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, q := range reqs {
+		if q.Method == http.MethodGet && strings.Contains(q.Path, "/blobs/"+d.String()) && (status == 0 || q.Status == status) {
+			n++
+		}
+	}
+	return n, nil
 }
 
 func (r *Registry) waitReady(ctx context.Context) error {
@@ -174,6 +254,9 @@ func (r *Registry) waitReady(ctx context.Context) error {
 
 // Stop ends the process (SIGTERM, then SIGKILL after 5 s) and waits for it.
 func (r *Registry) Stop() {
+	if r.done == nil {
+		return
+	}
 	select {
 	case <-r.done:
 		return
