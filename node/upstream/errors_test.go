@@ -209,3 +209,35 @@ func TestRepeatedErrorsLoggedOnce(t *testing.T) {
 		t.Errorf("the second line does not count the 49 repeats:\n%s", logs.buf.String())
 	}
 }
+
+func TestCanceledByCallerIsNotAnUpstreamError(t *testing.T) {
+	f := newFakeRegistry(t)
+	release := make(chan struct{})
+	f.hook = func(w http.ResponseWriter, r *http.Request) bool {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		return true
+	}
+	defer close(release)
+	r := newTestRegistry(t, f, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	_, err := r.Resolve(ctx, "a/b", "t")
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	if st := r.Status(); st.LastError != "" {
+		t.Errorf("a canceled request shows as an upstream error: %q", st.LastError)
+	}
+
+	// The request's own timeout is the upstream's fault.
+	r.reqTimeout = 50 * time.Millisecond
+	if _, err := r.Resolve(context.Background(), "a/b", "t"); !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("timeout: %v, want ErrUnavailable (deadline exceeded)", err)
+	}
+	if st := r.Status(); !strings.Contains(st.LastError, "no answer in time") {
+		t.Errorf("Status.LastError = %q, want the timeout", st.LastError)
+	}
+}
