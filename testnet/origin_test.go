@@ -168,10 +168,14 @@ func TestOriginFetchedOncePerCluster(t *testing.T) {
 	defer cancel()
 	results := make([]pullResult, len(nodes))
 	var wg sync.WaitGroup
+	start := time.Now()
 	for i, n := range nodes {
 		wg.Go(func() { results[i] = pullOrigin(ctx, n, d, int64(len(blob))) })
 	}
 	wg.Wait()
+	for i, r := range results {
+		t.Logf("node %d (chosen %v): first byte after %s", i, nodes[i].PeerID() == chosen, r.firstByte.Sub(start))
+	}
 	origin.mu.Lock()
 	ended := origin.ended
 	origin.mu.Unlock()
