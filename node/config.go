@@ -8,6 +8,7 @@ import (
 
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/buildinfo"
+	"github.com/meshreg/meshreg/node/fetch"
 	"github.com/meshreg/meshreg/p2p"
 )
 
@@ -88,6 +89,16 @@ type Config struct {
 	ScrubRate int64
 	// ScrubInterval is the pause between two scrub passes over every blob.
 	ScrubInterval time.Duration
+
+	// Origins are where blobs of mirrored repositories come from when no
+	// peer holds them (the upstreams, by name); nil: none. A repository
+	// <NAME>/<repo> with NAME an origin here reads from origin NAME,
+	// repository <repo> (see fetch.OriginSource: one member fetches it).
+	Origins fetch.Origins
+	// OriginFetchPerRegion makes one member per region (of those with the
+	// same Region), not one per cluster, fetch a blob from its origin,
+	// unless the Origins decide per origin (fetch.RegionalOrigins).
+	OriginFetchPerRegion bool
 }
 
 // DefaultConfig returns the configuration of `meshreg serve` with no flags.

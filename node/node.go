@@ -67,6 +67,8 @@ type Node struct {
 
 	// fetches copies blobs from peers to this disk, once each (fetch.go).
 	fetches *fetch.Engine
+	// origins is the fetches' source of last resort (origin.go).
+	origins *fetch.OriginSource
 	// replicas keeps --replicas copies of blobs (replicas.go).
 	replicas *replicate.Replicator
 
@@ -197,6 +199,7 @@ func (n *Node) serveProtocols(s ProtocolServer) {
 	s.HandleRequests(replicate.HasProtocol, maxControlLen, rpcTimeout, n.replicas.ServeHas)
 	s.HandleRequests(replicate.ReplicateProtocol, maxControlLen, replicate.Timeout, n.replicas.ServeReplicate)
 	s.HandleRequests(vouchProtocol, maxControlLen, rpcTimeout, n.serveVouch)
+	s.HandleRequests(originProtocol, maxControlLen, rpcTimeout, n.serveOriginFetch)
 	s.ServeBlobs(n.cfg.PeerIdleTimeout, n.serveBlob)
 }
 

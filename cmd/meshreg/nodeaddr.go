@@ -89,13 +89,18 @@ func nodeClientFlags() []cli.Flag {
 	}
 }
 
+// nodeTLSFiles are the TLS files nodeClientFlags name.
+func nodeTLSFiles(c *cli.Context) tlsconf.ClientFiles {
+	return tlsconf.ClientFiles{
+		CA: c.String("tls-ca"), Cert: c.String("tls-client-cert"), Key: c.String("tls-client-key"),
+		CAFlag: "--tls-ca", CertFlag: "--tls-client-cert", KeyFlag: "--tls-client-key",
+	}
+}
+
 // nodeDo sends req to a node with the client that nodeClientFlags
 // describe: its TLS files and, when a user is given, Basic auth.
 func nodeDo(c *cli.Context, req *http.Request) (*http.Response, error) {
-	client, err := tlsconf.HTTPClient(tlsconf.ClientFiles{
-		CA: c.String("tls-ca"), Cert: c.String("tls-client-cert"), Key: c.String("tls-client-key"),
-		CAFlag: "--tls-ca", CertFlag: "--tls-client-cert", KeyFlag: "--tls-client-key",
-	}, 30*time.Second)
+	client, err := tlsconf.HTTPClient(nodeTLSFiles(c), 30*time.Second)
 	if err != nil {
 		return nil, err
 	}

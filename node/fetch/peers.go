@@ -93,6 +93,17 @@ func (s *Peers) Name() string { return "peers" }
 // Fill tries the hinted peers, then looks for holders up to lookupRounds
 // times.
 func (s *Peers) Fill(ctx context.Context, f *Fetch) error {
+	rounds := lookupRounds
+	switch {
+	case f.Delegated():
+		// The member that asked found no holder: go to the origin.
+		return ErrNoProvider
+	case f.Origin() != nil:
+		// A blob with an origin that no peer holds is no race with a
+		// commit a moment ago: the origin source coordinates the members
+		// fetching it at once.
+		rounds = 1
+	}
 	err := ErrNoProvider
 	done := false
 	if len(f.hint) > 0 {
@@ -100,7 +111,7 @@ func (s *Peers) Fill(ctx context.Context, f *Fetch) error {
 		// try them before spending a DHT lookup.
 		done, err = s.fetchFrom(ctx, f, f.hint)
 	}
-	for round := 0; round < lookupRounds && !done; round++ {
+	for round := 0; round < rounds && !done; round++ {
 		if round > 0 {
 			select {
 			case <-ctx.Done():

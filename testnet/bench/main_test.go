@@ -71,22 +71,24 @@ func TestPercentile(t *testing.T) {
 	}
 }
 
-// TestSelectSections: every section by default; -peers or -access given
-// alone runs that section only; -access=false leaves the others.
+// TestSelectSections: every section by default; -peers, -mirror or
+// -access given runs only the sections given; -access=false leaves the
+// others.
 func TestSelectSections(t *testing.T) {
-	type sections struct{ sideBySide, cluster, peers, access bool }
+	type sections struct{ sideBySide, cluster, peers, mirror, access bool }
 	for _, tt := range []struct {
 		name string
 		set  map[string]bool // flags given, with their values
 		want sections
 	}{
-		{"defaults", nil, sections{true, true, true, true}},
-		{"-access", map[string]bool{"access": true}, sections{false, false, false, true}},
-		{"-peers", map[string]bool{"peers": true}, sections{false, false, true, false}},
-		{"-access -cluster", map[string]bool{"access": true, "cluster": true}, sections{false, true, false, true}},
-		{"-access=false", map[string]bool{"access": false}, sections{true, true, true, false}},
+		{"defaults", nil, sections{true, true, true, true, true}},
+		{"-access", map[string]bool{"access": true}, sections{false, false, false, false, true}},
+		{"-peers", map[string]bool{"peers": true}, sections{false, false, true, false, false}},
+		{"-mirror -access", map[string]bool{"mirror": true, "access": true}, sections{false, false, false, true, true}},
+		{"-access -cluster", map[string]bool{"access": true, "cluster": true}, sections{false, true, false, false, true}},
+		{"-access=false", map[string]bool{"access": false}, sections{true, true, true, true, false}},
 	} {
-		c := config{cluster: true, peers: true, access: true}
+		c := config{cluster: true, peers: true, mirror: true, access: true}
 		given := map[string]bool{}
 		for name, v := range tt.set {
 			given[name] = true
@@ -95,12 +97,14 @@ func TestSelectSections(t *testing.T) {
 				c.access = v
 			case "peers":
 				c.peers = v
+			case "mirror":
+				c.mirror = v
 			case "cluster":
 				c.cluster = v
 			}
 		}
 		c.selectSections(given)
-		if got := (sections{c.sideBySide, c.cluster, c.peers, c.access}); got != tt.want {
+		if got := (sections{c.sideBySide, c.cluster, c.peers, c.mirror, c.access}); got != tt.want {
 			t.Errorf("%s: sections %+v, want %+v", tt.name, got, tt.want)
 		}
 	}
