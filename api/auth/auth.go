@@ -83,7 +83,9 @@ type TokenError struct {
 	Err    error
 }
 
-func (e *TokenError) Error() string { return "invalid bearer token (" + e.Reason + "): " + e.Err.Error() }
+func (e *TokenError) Error() string {
+	return "invalid bearer token (" + e.Reason + "): " + e.Err.Error()
+}
 func (e *TokenError) Unwrap() error { return e.Err }
 
 // ErrNoSigningKey: the token service has no signing key yet (a fresh
