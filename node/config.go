@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/meshreg/meshreg/api/auth/token"
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/buildinfo"
 	"github.com/meshreg/meshreg/p2p"
@@ -82,6 +83,12 @@ type Config struct {
 	ScrubRate int64
 	// ScrubInterval is the pause between two scrub passes over every blob.
 	ScrubInterval time.Duration
+	// TokenKeys turns the token service's signing keys on: the leader
+	// writes a key when the cluster has none and a new one every
+	// TokenKeyRotation (loop_tokenkeys.go). TokenTTL is the tokens'
+	// lifetime: how long a retired key is kept.
+	TokenKeys                  bool
+	TokenKeyRotation, TokenTTL time.Duration
 }
 
 // DefaultConfig returns the configuration of `meshreg serve` with no flags.
@@ -103,6 +110,8 @@ func DefaultConfig() Config {
 		MinFreeDisk:       DefaultMinFreeDisk,
 		ScrubRate:         DefaultScrubRate,
 		ScrubInterval:     DefaultScrubInterval,
+		TokenKeyRotation:  token.DefaultRotation,
+		TokenTTL:          token.DefaultTTL,
 
 		MaxUploads:          1000,
 		MaxUploadsPerClient: 100,
