@@ -98,9 +98,11 @@ func (h *Handler) authorize(r *http.Request, rt route) (*http.Request, error) {
 		return r, nil // filtered by what id may pull
 	}
 	action := routeAction(rt.kind, r.Method)
-	if id.Grant != nil && !id.Grant.Allows(rt.name, action) {
+	if id.Grant != nil && !id.Grant.Allows(rt.name, action) && (id.Grant.External() || g.Authz.Authorize(auth.Identity{User: id.User}, rt.name, action)) {
 		// 401 with the challenge naming the scope: the client asks the
-		// token service for it (the policy decides there).
+		// token service for it (the policy would grant it). When the
+		// policy would not, the answer below is the same as with Basic
+		// auth: 403 DENIED for a user, 401 for anonymous.
 		err := oci.Errorf(oci.Unauthorized, "the bearer token does not grant %s on repository %s: ask the token service for scope %s",
 			action, truncate(rt.name), requestScope(r))
 		h.auditRefusal(r, id, action, rt, err)
