@@ -8,6 +8,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/meshreg/meshreg/api/auth/token"
 )
 
 // Metrics are the HTTP layer's Prometheus metrics.
@@ -66,6 +68,9 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 		Name: "meshreg_auth_token_verification_failures_total",
 		Help: "Bearer tokens refused on /v2/, by reason (expired, signature, unknown_key, audience, issuer, unknown_user, ...).",
 	}, []string{"reason"})
+	for _, r := range token.Reasons {
+		m.tokenFailures.WithLabelValues(r)
+	}
 	m.rateLimited.WithLabelValues("client")
 	m.rateLimited.WithLabelValues("repository")
 	reg.MustRegister(m.requests, m.latency, m.bytesIn, m.bytesOut, m.inFlight, m.rateLimited, m.tokensIssued, m.tokenFailures)
