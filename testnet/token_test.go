@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -235,4 +236,67 @@ func TestTokenFromAnExternalIssuer(t *testing.T) {
 			t.Errorf("%s failures = %v, %v; want 1", reason, v, err)
 		}
 	}
+}
+
+// TestDockerLoginPushPull: the Docker engine against a node with an
+// htpasswd file: `docker login` (through the token service), then push and
+// pull of an image built FROM scratch, all with Bearer tokens, in a
+// throwaway DOCKER_CONFIG; `docker logout` after.
+func TestDockerLoginPushPull(t *testing.T) {
+	t.Parallel()
+	docker := requireDocker(t)
+	testnet.RequireProcess(t)
+	work := t.TempDir()
+	users, pol := filepath.Join(work, "htpasswd"), filepath.Join(work, "policy.yaml")
+	writeHtpasswd(t, users, "alice", "bob")
+	if err := os.WriteFile(pol, []byte(authPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n := testnet.StartNode(t, testnet.Options{Args: []string{"--auth-htpasswd", users, "--auth-policy", pol}})
+	fetchToken(t, n, "") // the node has its signing key
+	config := filepath.Join(work, "docker-config")
+	r := testnet.Runner{T: t, Path: docker, Dir: t.TempDir(), Env: []string{"DOCKER_CONFIG=" + config}}
+
+	// A wrong password is refused at login.
+	if res := dockerLogin(t, r, n.Host(), "alice", "wrong"); res.Err == nil {
+		t.Fatalf("docker login with a wrong password succeeded:\n%s", res.Stdout)
+	}
+	issued := metric(t, n, "meshreg_auth_tokens_issued_total")
+	if res := dockerLogin(t, r, n.Host(), "alice", "alice-pw"); res.Err != nil {
+		t.Fatalf("docker login: %v\n%s", res.Err, res.Stderr)
+	}
+	t.Cleanup(func() { // even when the test fails half-way
+		c := exec.Command(docker, "logout", n.Host())
+		c.Env = append(os.Environ(), r.Env...)
+		_ = c.Run()
+	})
+	if cfg, err := os.ReadFile(filepath.Join(config, "config.json")); err != nil || !strings.Contains(string(cfg), n.Host()) {
+		t.Fatalf("docker login wrote no credentials for %s in the throwaway config: %v\n%s", n.Host(), err, cfg)
+	}
+	if after := metric(t, n, "meshreg_auth_tokens_issued_total"); after <= issued {
+		t.Errorf("docker login did not go through the token service (tokens issued %v before, %v after)", issued, after)
+	}
+
+	issued = metric(t, n, "meshreg_auth_tokens_issued_total")
+	dockerRoundTripIn(t, r, "public/hello", n, n) // public: the round trip checks the manifest anonymously
+	if after := metric(t, n, "meshreg_auth_tokens_issued_total"); after <= issued {
+		t.Errorf("docker push and pull did not go through the token service (tokens issued %v before, %v after)", issued, after)
+	}
+	r.Run("logout", n.Host())
+	if cfg, _ := os.ReadFile(filepath.Join(config, "config.json")); strings.Contains(string(cfg), n.Host()) {
+		t.Errorf("docker logout left credentials for %s:\n%s", n.Host(), cfg)
+	}
+}
+
+// dockerLogin runs `docker login HOST -u user --password-stdin`.
+func dockerLogin(t *testing.T, r testnet.Runner, host, user, password string) testnet.CmdResult {
+	t.Helper()
+	cmd := exec.CommandContext(t.Context(), r.Path, "login", host, "-u", user, "--password-stdin")
+	cmd.Env = append(os.Environ(), r.Env...)
+	cmd.Stdin = strings.NewReader(password + "\n")
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	t.Logf("$ docker login %s -u %s --password-stdin  [%v]", host, user, err)
+	return testnet.CmdResult{Stdout: []byte(stdout.String()), Stderr: []byte(stderr.String()), Err: err}
 }
