@@ -3,7 +3,9 @@ package api_test
 import (
 	"encoding/base64"
 	"encoding/json"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -328,4 +330,45 @@ func TestTokenEndpointWithoutKeyIsUnavailable(t *testing.T) {
 	if resp.Header.Get("Retry-After") == "" {
 		t.Error("503 without Retry-After")
 	}
+}
+
+// TestTokenLoginFailureIsAudited: a wrong password at the token endpoint
+// is one audit line naming the user claimed and the client; a token issued
+// is none (it changes nothing).
+func TestTokenLoginFailureIsAudited(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	usersFile := filepath.Join(dir, "htpasswd")
+	if err := os.WriteFile(usersFile, htpasswdLines(t, "alice"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	users, err := htpasswd.Open(usersFile, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := testKeys(t)
+	svc, err := token.New(token.Config{}, token.NewKeys(func() ([]byte, error) { return keys, nil }), users, auth.AuthenticatedOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &logBuffer{}
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg := api.DefaultConfig()
+	cfg.Auth = &auth.Guard{Authn: &token.Authenticator{Service: svc, Basic: &auth.Basic{Users: users}}, Authz: auth.Scoped(auth.AuthenticatedOnly)}
+	cfg.Tokens = svc
+	h, err := api.New(cfg, nil, nil, nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	r := &registry{t: t, url: srv.URL}
+
+	resp, body, _ := getToken(t, r.as("alice", "guess"), "repository:a:pull")
+	expect(t, resp, body, 401, "UNAUTHORIZED")
+	expectLines(t, "wrong password", auditLines(t, logs), map[string]any{
+		"msg": "login denied", "audit": true, "claimed_user": "alice", "endpoint": "token", "client": "127.0.0.1", "result": "denied"})
+	resp, body, _ = getToken(t, r.as("alice", "alice-pw"), "repository:a:pull")
+	expect(t, resp, body, 200, "")
+	expectLines(t, "token issued", auditLines(t, logs))
 }
