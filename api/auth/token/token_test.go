@@ -46,7 +46,7 @@ type memKeys struct{ b []byte }
 
 func (m *memKeys) read() ([]byte, error) { return m.b, nil }
 
-func (m *memKeys) set(t *testing.T, s *KeySet) {
+func (m *memKeys) set(t testing.TB, s *KeySet) {
 	t.Helper()
 	b, err := s.Encode()
 	if err != nil {
@@ -63,7 +63,7 @@ type fixture struct {
 	now   time.Time
 }
 
-func newFixture(t *testing.T, cfg Config) *fixture {
+func newFixture(t testing.TB, cfg Config) *fixture {
 	t.Helper()
 	f := &fixture{keys: &memKeys{}, users: users{"alice": true, "bob": true}, now: time.Unix(1_800_000_000, 0)}
 	set, _, err := Rotate(nil, f.now, DefaultRotation, DefaultTTL+Leeway)
@@ -80,7 +80,7 @@ func newFixture(t *testing.T, cfg Config) *fixture {
 	return f
 }
 
-func (f *fixture) issue(t *testing.T, user string, scopes ...string) Issued {
+func (f *fixture) issue(t testing.TB, user string, scopes ...string) Issued {
 	t.Helper()
 	is, err := f.svc.Issue(auth.Identity{User: user}, "", scopes)
 	if err != nil {
@@ -504,4 +504,34 @@ func selfSigned(t *testing.T, cn string, parent *x509.Certificate, parentKey *ec
 	}
 	cert, _ := x509.ParseCertificate(der)
 	return key, cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+// TestVerifiedTokenCache: a token verified once is remembered, but what can
+// change is checked on every use: its expiry, its user, and whether its key
+// is still in the cluster's set.
+func TestVerifiedTokenCache(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, Config{})
+	tok := f.issue(t, "alice", "repository:team/app:pull").Token
+	if _, err := f.svc.Verify(tok); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.svc.verified) != 1 {
+		t.Fatalf("%d tokens remembered, want 1", len(f.svc.verified))
+	}
+	// The set is replaced by one without the token's key.
+	other, _, err := Rotate(nil, f.now, DefaultRotation, DefaultTTL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.keys.set(t, other)
+	_, err = f.svc.Verify(tok)
+	wantReason(t, err, "unknown_key")
+	f.keys.set(t, f.set)
+	if _, err := f.svc.Verify(tok); err != nil {
+		t.Fatalf("the key is back, the token was refused: %v", err)
+	}
+	// A forged token is never served from the cache of a good one.
+	_, err = f.svc.Verify(tamper(tok))
+	wantReason(t, err, "signature")
 }
