@@ -157,24 +157,35 @@ func decodeKeySet(b []byte) (*signingKeys, error) {
 // concurrent use.
 type Keys struct {
 	read func() ([]byte, error)
+	now  func() time.Time
 
-	mu   sync.Mutex
-	raw  []byte
-	keys *signingKeys
+	mu    sync.Mutex
+	raw   []byte
+	keys  *signingKeys
+	read0 time.Time // when raw was read
 }
 
+// keysFresh is how long keys read are used before reading again: a
+// rotation reaches requests within this long of being applied.
+const keysFresh = 250 * time.Millisecond
+
 // NewKeys reads keys through read.
-func NewKeys(read func() ([]byte, error)) *Keys { return &Keys{read: read} }
+func NewKeys(read func() ([]byte, error)) *Keys { return &Keys{read: read, now: time.Now} }
 
 // get returns the current keys; auth.ErrNoSigningKey when there are none.
 func (k *Keys) get() (*signingKeys, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	now := k.now()
+	if k.keys != nil && now.Sub(k.read0) < keysFresh && now.Sub(k.read0) >= 0 {
+		return k.keys, nil
+	}
 	b, err := k.read()
 	if err != nil {
 		return nil, fmt.Errorf("token: reading the signing keys: %w", err)
 	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
 	if k.keys != nil && string(b) == string(k.raw) {
+		k.read0 = now
 		return k.keys, nil
 	}
 	if len(b) == 0 {
@@ -184,7 +195,7 @@ func (k *Keys) get() (*signingKeys, error) {
 	if err != nil {
 		return nil, err
 	}
-	k.raw, k.keys = append([]byte(nil), b...), keys
+	k.raw, k.keys, k.read0 = append([]byte(nil), b...), keys, now
 	return keys, nil
 }
 

@@ -77,6 +77,9 @@ func newFixture(t testing.TB, cfg Config) *fixture {
 		t.Fatal(err)
 	}
 	f.svc.now = func() time.Time { return f.now }
+	// The tests change the key set between requests: read it every time.
+	var tick time.Time
+	f.svc.keys.now = func() time.Time { tick = tick.Add(time.Hour); return tick }
 	return f
 }
 
@@ -534,4 +537,30 @@ func TestVerifiedTokenCache(t *testing.T) {
 	// A forged token is never served from the cache of a good one.
 	_, err = f.svc.Verify(tamper(tok))
 	wantReason(t, err, "signature")
+}
+
+// TestKeysAreReadAgainAfterAWhile: the key set is read from the state at
+// most every keysFresh, and decoded again only when its bytes change.
+func TestKeysAreReadAgainAfterAWhile(t *testing.T) {
+	t.Parallel()
+	set1, _, _ := Rotate(nil, time.Now(), time.Hour, time.Hour)
+	set2, _, _ := Rotate(nil, time.Now(), time.Hour, time.Hour)
+	b1, _ := set1.Encode()
+	b2, _ := set2.Encode()
+	cur, reads := b1, 0
+	k := NewKeys(func() ([]byte, error) { reads++; return cur, nil })
+	now := time.Unix(1_800_000_000, 0)
+	k.now = func() time.Time { return now }
+	first, err := k.get()
+	if err != nil || first.kid != set1.Keys[0].ID {
+		t.Fatalf("get = %v, %v", first, err)
+	}
+	cur = b2
+	if got, _ := k.get(); got != first || reads != 1 {
+		t.Errorf("read again within keysFresh (%d reads)", reads)
+	}
+	now = now.Add(keysFresh)
+	if got, _ := k.get(); got.kid != set2.Keys[0].ID || reads != 2 {
+		t.Errorf("the new set was not read after keysFresh (%d reads)", reads)
+	}
 }
