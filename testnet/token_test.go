@@ -153,6 +153,29 @@ func TestTokensAcrossTheCluster(t *testing.T) {
 	}
 	t.Logf("crane push+pull: %v tokens issued", after-before)
 
+	// oras, logged in on node 2, pushes there and pulls from node 3.
+	n2 := nodes[1]
+	oras := testnet.Runner{T: t, Path: testnet.Tool(t, "oras"), Dir: work, Env: []string{"HOME=" + home, "DOCKER_CONFIG=" + filepath.Join(home, ".docker")}}
+	oras.Run("login", "--plain-http", "-u", "alice", "-p", "alice-pw", n2.Host())
+	if err := os.WriteFile(filepath.Join(work, "notes.txt"), []byte("through the token service\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before = metric(t, n2, "meshreg_auth_tokens_issued_total")
+	oras.Run("push", "--plain-http", "--no-tty", n2.Host()+"/team/oras:v1", "notes.txt:text/plain")
+	if after := metric(t, n2, "meshreg_auth_tokens_issued_total"); after <= before {
+		t.Errorf("oras pushed without the token service (tokens issued %v before, %v after)", before, after)
+	}
+	oras.Run("login", "--plain-http", "-u", "alice", "-p", "alice-pw", n3.Host())
+	pulled := filepath.Join(work, "oras-pulled")
+	if !testnet.Eventually(10*time.Second, func() bool {
+		return oras.Try("pull", "--plain-http", "--no-tty", "-o", pulled, n3.Host()+"/team/oras:v1").Err == nil
+	}) {
+		t.Fatal("oras could not pull team/oras:v1 from node 3")
+	}
+	if b, err := os.ReadFile(filepath.Join(pulled, "notes.txt")); err != nil || string(b) != "through the token service\n" {
+		t.Errorf("oras pulled %q, %v", b, err)
+	}
+
 	// A token from node 1, used on node 3.
 	aliceTok := "Bearer " + fetchToken(t, n1, "alice", "repository:team/app:pull")
 	bobTok := "Bearer " + fetchToken(t, n1, "bob", "repository:team/app:pull")
