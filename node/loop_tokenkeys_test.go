@@ -2,14 +2,18 @@ package node
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/meshreg/meshreg/api/auth"
 	"github.com/meshreg/meshreg/api/auth/token"
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/consensus/state"
+	"github.com/meshreg/meshreg/testnet/tlog"
 )
 
 // memSettings is a settings store in memory (test only).
@@ -78,4 +82,89 @@ func TestTokenKeyRotator(t *testing.T) {
 	if have, err := k.round(ctx); err != nil || !have || len(store.keys(t).Keys) != 1 {
 		t.Fatalf("a broken set was not replaced (%v)", err)
 	}
+}
+
+// TestTokenKeysThroughRaft: a real one-node cluster with the token service
+// on writes its first key through Raft soon after it starts; a rotation
+// (played a day later) replaces the current key, and a token signed by the
+// previous one still verifies, read from the node's state as every node
+// reads it.
+func TestTokenKeysThroughRaft(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.DataDir = t.TempDir()
+	cfg.P2P.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
+	cfg.TokenKeys = true
+	n, err := Open(cfg, tlog.Logger(t, slog.LevelWarn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+		if err := n.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	}()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if b, err := n.TokenKeys(); err == nil && b != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no token signing key 15 s after start")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	users := allUsers{}
+	svc, err := token.New(token.Config{}, token.NewKeys(n.TokenKeys), users, auth.AuthenticatedOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := svc.Issue(auth.Identity{User: "alice"}, "", []string{"repository:a:pull"})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	r := n.tokenKeys().(*tokenKeyRotator)
+	r.now = func() time.Time { return time.Now().Add(cfg.TokenKeyRotation) }
+	if _, err := r.round(ctx); err != nil {
+		t.Fatalf("rotation: %v", err)
+	}
+	b, _ := n.TokenKeys()
+	var set token.KeySet
+	if err := json.Unmarshal(b, &set); err != nil || len(set.Keys) != 2 {
+		t.Fatalf("after the rotation the state holds %d keys (%v), want 2", len(set.Keys), err)
+	}
+	time.Sleep(300 * time.Millisecond) // the service reads the set again
+	if _, err := svc.Verify(old.Token); err != nil {
+		t.Errorf("a token signed by the previous key was refused after the rotation: %v", err)
+	}
+	fresh, err := svc.Issue(auth.Identity{User: "alice"}, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kid := kidOf(t, fresh.Token); kid != set.Keys[0].ID || kid == kidOf(t, old.Token) {
+		t.Errorf("a token issued after the rotation has kid %s, want the new key %s", kid, set.Keys[0].ID)
+	}
+}
+
+type allUsers struct{}
+
+func (allUsers) Verify(string, string) bool { return true }
+func (allUsers) Exists(string) bool         { return true }
+
+func kidOf(t *testing.T, tok string) string {
+	t.Helper()
+	h, err := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hdr struct{ Kid string }
+	if err := json.Unmarshal(h, &hdr); err != nil {
+		t.Fatal(err)
+	}
+	return hdr.Kid
 }
