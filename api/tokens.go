@@ -107,8 +107,13 @@ func (h *Handler) token(w http.ResponseWriter, r *http.Request) {
 		h.tokenError(w, r, oci.Wrap(oci.Unavailable, err, err.Error()))
 		return
 	}
-	if err != nil {
+	if errors.Is(err, token.ErrBadRequest) {
 		h.tokenError(w, r, oci.Wrap(oci.Unsupported, err, err.Error()).WithStatus(http.StatusBadRequest))
+		return
+	}
+	if err != nil {
+		h.log.Error("token service failed", "err", err)
+		h.tokenError(w, r, oci.Wrap(oci.Unknown, err, "the token service failed: see the node's log"))
 		return
 	}
 	if h.metrics != nil {

@@ -372,3 +372,46 @@ func TestTokenLoginFailureIsAudited(t *testing.T) {
 	expect(t, resp, body, 200, "")
 	expectLines(t, "token issued", auditLines(t, logs))
 }
+
+func TestTokenRequestErrors(t *testing.T) {
+	t.Parallel()
+	r, _, _ := tokenRegistry(t, testKeys(t), "")
+	alice := r.as("alice", "alice-pw")
+	for name, c := range map[string]struct {
+		method, query, form string
+		status             int
+	}{
+		"another service":  {"GET", "service=elsewhere&scope=repository:a:pull", "", 400},
+		"too many scopes":  {"GET", "service=meshreg" + strings.Repeat("&scope=repository:a:pull", 33), "", 400},
+		"huge query":       {"GET", "scope=" + strings.Repeat("a", 70<<10), "", 400},
+		"no grant type":    {"POST", "", "username=alice&password=alice-pw", 400},
+		"client grant":     {"POST", "", "grant_type=client_credentials", 400},
+		"huge form":        {"POST", "", "grant_type=password&scope=" + strings.Repeat("a", 70<<10), 400},
+		"wrong form creds": {"POST", "", "grant_type=password&username=alice&password=x", 401},
+	} {
+		var body []byte
+		hdr := []string{}
+		if c.form != "" {
+			body, hdr = []byte(c.form), []string{"Content-Type", "application/x-www-form-urlencoded"}
+		}
+		client := alice
+		if c.method == "POST" {
+			client = r
+		}
+		resp, b := client.do(c.method, "/_meshreg/v1/token?"+c.query, body, hdr...)
+		if resp.StatusCode != c.status {
+			t.Errorf("%s: status %d, want %d; %s", name, resp.StatusCode, c.status, b)
+			continue
+		}
+		var e struct {
+			Errors []struct{ Code, Message string } `json:"errors"`
+		}
+		if err := json.Unmarshal(b, &e); err != nil || len(e.Errors) != 1 || e.Errors[0].Message == "" {
+			t.Errorf("%s: body %s is not an error with a message", name, b)
+		}
+	}
+	// A Bearer token is not a login at the token endpoint.
+	_, _, tok := getToken(t, alice, "repository:team/app:pull")
+	resp, body := r.bearer(tok).do("GET", "/_meshreg/v1/token?service=meshreg", nil)
+	expect(t, resp, body, 401, "UNAUTHORIZED")
+}

@@ -122,6 +122,10 @@ func (s *Service) Login(user, password string) bool {
 	return s.users != nil && user != "" && s.users.Verify(user, password)
 }
 
+// ErrBadRequest: a token request the client must change (another service,
+// too many scopes).
+var ErrBadRequest = errors.New("bad token request")
+
 // Issued is a signed token and its lifetime.
 type Issued struct {
 	Token     string
@@ -136,10 +140,10 @@ type Issued struct {
 // auth.ErrNoSigningKey (wrapped) when the cluster has no key yet.
 func (s *Service) Issue(id auth.Identity, service string, scopes []string) (Issued, error) {
 	if service != "" && service != s.cfg.Service {
-		return Issued{}, fmt.Errorf("token: service %q is not this registry's (%q): use the service of the challenge", truncate(service), s.cfg.Service)
+		return Issued{}, fmt.Errorf("token: %w: service %q is not this registry's (%q): use the service of the challenge", ErrBadRequest, truncate(service), s.cfg.Service)
 	}
 	if len(scopes) > MaxScopes {
-		return Issued{}, fmt.Errorf("token: %d scopes in one request: at most %d", len(scopes), MaxScopes)
+		return Issued{}, fmt.Errorf("token: %w: %d scopes in one request: at most %d", ErrBadRequest, len(scopes), MaxScopes)
 	}
 	keys, err := s.keys.get()
 	if err != nil {
