@@ -379,7 +379,7 @@ func TestTokenRequestErrors(t *testing.T) {
 	alice := r.as("alice", "alice-pw")
 	for name, c := range map[string]struct {
 		method, query, form string
-		status             int
+		status              int
 	}{
 		"another service":  {"GET", "service=elsewhere&scope=repository:a:pull", "", 400},
 		"too many scopes":  {"GET", "service=meshreg" + strings.Repeat("&scope=repository:a:pull", 33), "", 400},
