@@ -17,6 +17,9 @@ const (
 	OpDeleteTag
 	OpLinkBlob
 	OpUnlinkBlob
+	// OpPutSetting stores a named cluster setting (Name, Body): a record
+	// from a closed set of names (settings.go), replaced whole.
+	OpPutSetting
 )
 
 // Command is one replicated write. Each op uses a subset of the fields.
@@ -36,6 +39,7 @@ type Command struct {
 	Subject      digest.Digest     `json:"subject,omitempty"`
 	Annotations  map[string]string `json:"annotations,omitempty"`
 	Body         []byte            `json:"body,omitempty"`
+	Name         string            `json:"name,omitempty"` // OpPutSetting
 }
 
 // Encode returns the bytes a command travels and is logged as.
@@ -70,6 +74,7 @@ const (
 	KindDeleteTag      Kind = "delete_tag"
 	KindLinkBlob       Kind = "link_blob"
 	KindUnlinkBlob     Kind = "unlink_blob"
+	KindPutSetting     Kind = "put_setting"
 	// KindRestore: the whole state was replaced by a snapshot up to Index;
 	// a follower of the stream reads it again.
 	KindRestore Kind = "restore"
@@ -91,6 +96,8 @@ func (o Op) Kind() Kind {
 		return KindLinkBlob
 	case OpUnlinkBlob:
 		return KindUnlinkBlob
+	case OpPutSetting:
+		return KindPutSetting
 	}
 	return KindInvalid
 }
@@ -103,6 +110,8 @@ type Applied struct {
 	Repo   string
 	Digest digest.Digest // "" for a tag delete
 	Tag    string        // a tag delete's tag
+	// Setting is the name of the setting a put_setting entry wrote.
+	Setting string
 	// Failed: the command was refused (not found, out of bounds) and
 	// changed nothing but the applied index.
 	Failed bool

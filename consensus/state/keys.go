@@ -19,7 +19,8 @@ import (
 //	├── t<repo>·<tag>              tag → digest
 //	├── g<repo>·<digest>·<tag>     reverse tag index: tags pointing at digest (empty value)
 //	├── l<repo>·<digest>           blob link → size (uint64 big-endian)
-//	└── f<repo>·<subject>·<digest> referrer → ocispec.Descriptor (JSON)
+//	├── f<repo>·<subject>·<digest> referrer → ocispec.Descriptor (JSON)
+//	└── s<name>                    cluster setting → its body (settings.go)
 //
 // "·" is the byte 0x00, which no repository name, tag or digest may contain
 // (writes with one are refused), so a prefix such as t<repo>· never matches
@@ -39,6 +40,7 @@ const (
 	prefixTagByDig = 'g'
 	prefixBlobLink = 'l'
 	prefixReferrer = 'f'
+	prefixSetting  = 's'
 	sep            = 0x00
 	maxNameLength  = 4096 // repository names and tags; far above what the API accepts
 )
@@ -80,6 +82,8 @@ func blobLinkKey(repo string, d digest.Digest) []byte { return key(prefixBlobLin
 func ReferrerKey(repo string, subject, d digest.Digest) []byte {
 	return key(prefixReferrer, repo, string(subject), string(d))
 }
+
+func settingKey(name string) []byte { return key(prefixSetting, name) }
 
 // validName reports whether s can be part of a key: non-empty, bounded and
 // free of the separator byte.
