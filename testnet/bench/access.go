@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -37,9 +40,10 @@ const (
 )
 
 // access is a TLS and htpasswd setup the benchmark makes: a CA, a server
-// certificate for 127.0.0.1, and one user, whose password every client
-// sends as Basic auth on every request (as docker and containerd do
-// against a registry that accepts Basic auth).
+// certificate for 127.0.0.1, and one user. Clients of meshreg log in once
+// at its token service and send the bearer token (as docker does);
+// clients of Distribution, whose htpasswd mode has no token service, send
+// the password as Basic auth on every request.
 type access struct {
 	certFile, keyFile, htpasswd string
 	roots                       *x509.CertPool
@@ -77,16 +81,69 @@ func newAccess(dir string) (*access, error) {
 	return a, nil
 }
 
-// basicAuth sends Basic credentials with every request.
-type basicAuth struct {
-	next           http.RoundTripper
-	user, password string
+// authorize sends s's credentials with every request: its bearer token
+// once it has one, else Basic.
+type authorize struct {
+	next http.RoundTripper
+	s    *server
 }
 
-func (b basicAuth) RoundTrip(req *http.Request) (*http.Response, error) {
+func (a authorize) RoundTrip(req *http.Request) (*http.Response, error) {
 	req = req.Clone(req.Context())
-	req.SetBasicAuth(b.user, b.password)
-	return b.next.RoundTrip(req)
+	if a.s.bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+a.s.bearer)
+	} else {
+		req.SetBasicAuth(a.s.access.user, a.s.access.password)
+	}
+	return a.next.RoundTrip(req)
+}
+
+// fetchToken gets s (a meshreg node with auth on) a bearer token for the
+// benchmark's repositories from the node's token service, with Basic
+// credentials, as docker does after a 401 challenge; from then on the
+// clients of s send the token. The node may have no signing key for a
+// moment after it starts (503, Retry-After): fetchToken tries for 30 s.
+func fetchToken(ctx context.Context, s *server) error {
+	u := s.url() + "/_meshreg/v1/token?scope=" + url.QueryEscape("repository:"+blobRepo+":pull,push") +
+		"&scope=" + url.QueryEscape("repository:"+imageRepo+":pull,push")
+	client := s.httpClient(s.transport(1), 10*time.Second)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return fmt.Errorf("token from %s: %w", s.name, err)
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		var tok struct {
+			Token string `json:"token"`
+		}
+		switch {
+		case resp.StatusCode == http.StatusOK && json.Unmarshal(body, &tok) == nil && tok.Token != "":
+			s.bearer = tok.Token
+			return nil
+		case resp.StatusCode != http.StatusServiceUnavailable || time.Now().After(deadline):
+			return fmt.Errorf("token from %s: %s: %s", s.name, resp.Status, body)
+		}
+		if err := sleepCtx(ctx, 500*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // accessMetrics are the metrics of the access section, from metrics.
@@ -121,7 +178,11 @@ func runAccess(ctx context.Context, c config, meshregBin, distBin, root string) 
 			return startMeshregWith(ctx, meshregBin, filepath.Join(root, "meshreg"), "meshreg", nil)
 		},
 		func() (*server, error) {
-			return startMeshregWith(ctx, meshregBin, filepath.Join(root, "meshreg-access"), "meshreg "+accessLabel, acc)
+			s, err := startMeshregWith(ctx, meshregBin, filepath.Join(root, "meshreg-access"), "meshreg "+accessLabel, acc)
+			if err == nil {
+				err = fetchToken(ctx, s)
+			}
+			return s, err
 		},
 		func() (*server, error) {
 			return startDistributionWith(ctx, distBin, filepath.Join(root, "distribution"), nil)
@@ -132,10 +193,12 @@ func runAccess(ctx context.Context, c config, meshregBin, distBin, root string) 
 	}
 	for _, start := range starts {
 		s, err := start()
+		if s != nil {
+			servers = append(servers, s)
+		}
 		if err != nil {
 			return "", err
 		}
-		servers = append(servers, s)
 	}
 	logf("access: %s; blob %s; %d conns × %v; %d runs; %d CPUs", strings.Join(names(servers), ", "), c.accessBlobSize, c.conns, c.duration, c.runs, runtime.NumCPU())
 
@@ -290,7 +353,7 @@ func (r *results) accessTable(c config, mesh, meshAcc, dist, distAcc *server) st
 	}
 	fmt.Fprintf(&b, "\nmeshreg with TLS and auth: %s.\n", strings.Join(verdicts, "; "))
 	fmt.Fprintf(&b, "%s; %d CPUs; %s; loopback; four servers running, each registry's plain and TLS+auth servers measured back to back, alternating, each server idle before the next starts; TLS 1.3 over HTTP/1.1, "+
-		"Basic auth on every request (bcrypt cost %d); %s.\n",
+		"meshreg: a bearer token from its token service, Distribution: Basic auth on every request (bcrypt cost %d); %s.\n",
 		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), bcrypt.DefaultCost, mesh.version)
 	b.WriteString(commandLine())
 	r.writeNotes(&b, "blob pull", "manifest GET by tag")

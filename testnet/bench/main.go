@@ -39,7 +39,9 @@
 // cost (see access.go): a pull of one -access-blob-size blob and manifest
 // GETs by tag (-conns × -duration) on meshreg and Distribution, each plain
 // and with TLS (a CA and certificate the benchmark makes) and htpasswd
-// Basic auth on, all four servers running at once; printed as a table of
+// auth on (meshreg's clients send a bearer token from its token service,
+// Distribution's Basic credentials), all four servers running at once;
+// printed as a table of
 // its own with meshreg's goal (TLS+auth at least 90% of plain for the blob,
 // 80% for manifest GETs). `go run ./testnet/bench -access` runs that
 // section alone. Giving -peers, -mirror or -access explicitly runs only
@@ -138,7 +140,7 @@ func main() {
 	flag.BoolVar(&c.mirror, "mirror", true, "also benchmark meshreg as a pull-through mirror: 5 nodes pull a fresh image from an upstream (CNCF Distribution) at once; upstream egress ÷ image size, time against one direct pull, time to first byte of a cached blob from a peer (skipped when the meshreg binary has no --upstream); given explicitly, run only this section (and the others given explicitly)")
 	flag.IntVar(&c.mirrorLayers, "mirror-layers", 4, "layers of the image pulled through the mirror")
 	flag.Var(&c.mirrorLayerSize, "mirror-layer-size", "size of each layer of the mirrored image (4 × 64MiB: 256 MiB)")
-	flag.BoolVar(&c.access, "access", true, "also benchmark TLS and htpasswd auth: a blob pull and manifest GETs on meshreg and Distribution, each plain and with TLS and Basic auth on; given explicitly, run only this section (and the others given explicitly)")
+	flag.BoolVar(&c.access, "access", true, "also benchmark TLS and htpasswd auth: a blob pull and manifest GETs on meshreg and Distribution, each plain and with TLS and htpasswd auth on; given explicitly, run only this section (and the others given explicitly)")
 	flag.Var(&c.accessBlobSize, "access-blob-size", "size of the blob pulled in the access section")
 	quick := flag.Bool("quick", false, "a quick run: "+quickSummary())
 	flag.Parse()

@@ -23,9 +23,12 @@ type server struct {
 	dir     string
 	proc    *testnet.Process
 	client  *testnet.Client
-	// access is the TLS and Basic auth setup the server runs with (nil:
-	// plain HTTP, anonymous); every client of it uses the same.
+	// access is the TLS and auth setup the server runs with (nil: plain
+	// HTTP, anonymous); every client of it uses the same.
 	access *access
+	// bearer, when set, is the token sent instead of Basic credentials
+	// (see fetchToken).
+	bearer string
 }
 
 func (s *server) url() string {
@@ -55,7 +58,7 @@ func (s *server) secure(tr *http.Transport) *http.Transport {
 // every request.
 func (s *server) httpClient(tr http.RoundTripper, timeout time.Duration) *http.Client {
 	if s.access != nil {
-		tr = basicAuth{tr, s.access.user, s.access.password}
+		tr = authorize{tr, s}
 	}
 	return &http.Client{Transport: tr, Timeout: timeout}
 }
@@ -123,7 +126,8 @@ func startMeshregWith(ctx context.Context, bin, dir, name string, acc *access, e
 	args := []string{"serve", "--listen", addr, "--data-dir", filepath.Join(dir, "data"),
 		"--p2p-listen", "/ip4/127.0.0.1/tcp/" + p2pPort, "--log-format", "json", "--log-level", "warn"}
 	if acc != nil {
-		args = append(args, "--tls-cert", acc.certFile, "--tls-key", acc.keyFile, "--auth-htpasswd", acc.htpasswd)
+		args = append(args, "--tls-cert", acc.certFile, "--tls-key", acc.keyFile, "--auth-htpasswd", acc.htpasswd,
+			"--auth-token-ttl", "1h")
 	}
 	return start(ctx, s, testnet.ProcessConfig{
 		Name: name, Path: bin, Dir: dir, LogPath: filepath.Join(dir, "server.log"),
