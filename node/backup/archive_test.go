@@ -198,7 +198,7 @@ func TestArchiveHostileEntries(t *testing.T) {
 		"bad digest":         {Name: BlobPrefix + "xyz", Typeflag: tar.TypeReg, Size: 1},
 		"blob not announced": {Name: BlobPrefix + hex64, Typeflag: tar.TypeReg, Size: 1},
 		"second manifest":    {Name: ManifestName, Typeflag: tar.TypeReg, Size: 2},
-		"oversized header": {Name: "pax", Typeflag: tar.TypeXHeader, Size: 2 << 20},
+		"oversized header":   {Name: "pax", Typeflag: tar.TypeXHeader, Size: 2 << 20},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, _, _, err := readAll(bytes.NewReader(hostile(t, h)))
