@@ -150,6 +150,7 @@ func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 	n = New(cfg, Parts{Blobs: diskBlobs{blobs}, Meta: meta, Transport: host, Providers: routing}, log, opts...)
 	n.fatal = fatal
 	n.dirLock = lock
+	n.recordOwnAddress() // selfaddress.go
 	return n, nil
 }
 

@@ -5,7 +5,7 @@
 //
 //	meshreg-backup.json        Manifest: format, source node, Raft index and term, counts
 //	metadata/fsm.snapshot      the FSM snapshot stream at Manifest.Index (consensus)
-//	blobs/sha256/<hex>         each blob, when the backup holds blobs (any order)
+//	blobs/<alg>/<hex>          each blob (blobs/sha256/…), when the backup holds blobs (any order)
 //	meshreg-backup.sha256      Trailer: sha256 over every entry before it
 //
 // The trailer is last, so an archive cut short anywhere (a failed backup,
@@ -38,7 +38,7 @@ const FormatVersion = 1
 const (
 	ManifestName = "meshreg-backup.json"
 	MetadataName = "metadata/fsm.snapshot"
-	BlobPrefix   = "blobs/sha256/"
+	BlobPrefix   = "blobs/"
 	TrailerName  = "meshreg-backup.sha256"
 )
 
@@ -172,7 +172,7 @@ func (w *Writer) WriteBlob(d digest.Digest, size int64, r io.Reader) error {
 		return err
 	}
 	v := d.Verifier()
-	if _, err := w.entry(BlobPrefix+d.Encoded(), size, io.TeeReader(r, v)); err != nil {
+	if _, err := w.entry(BlobPrefix+d.Algorithm().String()+"/"+d.Encoded(), size, io.TeeReader(r, v)); err != nil {
 		return err
 	}
 	if !v.Verified() {
@@ -203,13 +203,24 @@ func (w *Writer) Close() error {
 	return nil
 }
 
-// checkBlobDigest accepts sha256 digests only: the archive's blob names
-// carry no algorithm but this one.
+// checkBlobDigest accepts the digests the registry stores.
 func checkBlobDigest(d digest.Digest) error {
-	if err := d.Validate(); err != nil || d.Algorithm() != digest.SHA256 {
-		return fmt.Errorf("backup: blob %q: only valid sha256 digests are archived", d)
+	if err := d.Validate(); err != nil {
+		return fmt.Errorf("backup: blob %q: %w", d, err)
 	}
 	return nil
+}
+
+// blobDigest reads a blob entry's name: blobs/<alg>/<encoded>, nothing
+// else (no dots, no more slashes).
+func blobDigest(name string) (digest.Digest, bool) {
+	rest, ok := strings.CutPrefix(name, BlobPrefix)
+	alg, enc, ok2 := strings.Cut(rest, "/")
+	if !ok || !ok2 {
+		return "", false
+	}
+	d := digest.NewDigestFromEncoded(digest.Algorithm(alg), enc)
+	return d, d.Validate() == nil
 }
 
 // Visitor receives an archive's content as Read finds it. The readers it
@@ -334,10 +345,9 @@ func Read(r io.Reader, v Visitor) (Manifest, error) {
 		if hdr.Name == TrailerName {
 			break
 		}
-		enc, ok := strings.CutPrefix(hdr.Name, BlobPrefix)
-		d := digest.NewDigestFromEncoded(digest.SHA256, enc)
-		if !ok || d.Validate() != nil {
-			return m, fmt.Errorf("%w: unexpected entry %q (only %s<sha256 hex> and %s may follow the metadata)", ErrCorrupt, truncate(hdr.Name), BlobPrefix, TrailerName)
+		d, ok := blobDigest(hdr.Name)
+		if !ok {
+			return m, fmt.Errorf("%w: unexpected entry %q (only %s<algorithm>/<hex> and %s may follow the metadata)", ErrCorrupt, truncate(hdr.Name), BlobPrefix, TrailerName)
 		}
 		blobs++
 		bytes += hdr.Size

@@ -186,16 +186,17 @@ func hostile(t *testing.T, entries ...*tar.Header) []byte {
 }
 
 func TestArchiveHostileEntries(t *testing.T) {
-	hex64 := strings.Repeat("0", 64)
+	hex64 := "sha256/" + strings.Repeat("0", 64)
 	for name, h := range map[string]*tar.Header{
 		"path traversal":     {Name: "../../etc/passwd", Typeflag: tar.TypeReg, Size: 1},
-		"traversal in blobs": {Name: BlobPrefix + "../../x", Typeflag: tar.TypeReg, Size: 1},
+		"traversal in blobs": {Name: BlobPrefix + "sha256/../../x", Typeflag: tar.TypeReg, Size: 1},
 		"absolute":           {Name: "/" + BlobPrefix + hex64, Typeflag: tar.TypeReg, Size: 1},
 		"symlink":            {Name: BlobPrefix + hex64, Typeflag: tar.TypeSymlink, Linkname: "/etc/passwd"},
 		"hard link":          {Name: BlobPrefix + hex64, Typeflag: tar.TypeLink, Linkname: MetadataName},
 		"directory":          {Name: "blobs/", Typeflag: tar.TypeDir},
 		"unexpected name":    {Name: "README", Typeflag: tar.TypeReg, Size: 3},
-		"bad digest":         {Name: BlobPrefix + "xyz", Typeflag: tar.TypeReg, Size: 1},
+		"bad digest":         {Name: BlobPrefix + "sha256/xyz", Typeflag: tar.TypeReg, Size: 1},
+		"unknown algorithm":  {Name: BlobPrefix + "md5/" + strings.Repeat("0", 32), Typeflag: tar.TypeReg, Size: 1},
 		"blob not announced": {Name: BlobPrefix + hex64, Typeflag: tar.TypeReg, Size: 1},
 		"second manifest":    {Name: ManifestName, Typeflag: tar.TypeReg, Size: 2},
 		"oversized header":   {Name: "pax", Typeflag: tar.TypeXHeader, Size: 2 << 20},
