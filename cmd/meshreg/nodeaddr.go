@@ -100,7 +100,14 @@ func nodeTLSFiles(c *cli.Context) tlsconf.ClientFiles {
 // nodeDo sends req to a node with the client that nodeClientFlags
 // describe: its TLS files and, when a user is given, Basic auth.
 func nodeDo(c *cli.Context, req *http.Request) (*http.Response, error) {
-	client, err := tlsconf.HTTPClient(nodeTLSFiles(c), 30*time.Second)
+	return nodeDoTimeout(c, req, 30*time.Second)
+}
+
+// nodeDoTimeout is nodeDo with a bound on the whole exchange, body
+// included (0: none, for a stream that takes as long as it takes; the
+// request's context still ends it).
+func nodeDoTimeout(c *cli.Context, req *http.Request, timeout time.Duration) (*http.Response, error) {
+	client, err := tlsconf.HTTPClient(nodeTLSFiles(c), timeout)
 	if err != nil {
 		return nil, err
 	}
