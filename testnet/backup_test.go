@@ -95,7 +95,13 @@ func TestBackupRestoreCluster(t *testing.T) {
 	}
 	// The old cluster goes away: whatever the restored node serves comes
 	// from the archive.
+	oldIDs := map[string]bool{}
 	for _, n := range nodes {
+		st, err := n.Status(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		oldIDs[st.NodeID] = true
 		n.Stop()
 	}
 
@@ -105,6 +111,17 @@ func TestBackupRestoreCluster(t *testing.T) {
 	out := mr.Run("restore", "--data-dir", restored.DataDir(), "--force", archive)
 	t.Logf("restore: %s", out)
 	restored.Restart()
+	// A new identity, alone, at the address it listens on now.
+	st, err := restored.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Raft.Members) != 1 || st.Raft.Members[0].ID != st.NodeID || st.Raft.Members[0].Address != st.RaftAddress {
+		t.Errorf("restored node %s at %s: members %+v; want itself alone at its address", st.NodeID, st.RaftAddress, st.Raft.Members)
+	}
+	if oldIDs[st.NodeID] {
+		t.Errorf("the restored node has the identity %s of an old node", st.NodeID)
+	}
 
 	check := func(n *testnet.Node, who string) {
 		t.Helper()
