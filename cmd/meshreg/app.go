@@ -17,6 +17,8 @@ func newApp() *cli.App {
 			recoverCommand(),
 			backupCommand(),
 			restoreCommand(),
+			exportCommand(),
+			importCommand(),
 			mirrorCommand(),
 			preloadCommand(),
 			versionCommand(),

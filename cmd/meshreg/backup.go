@@ -101,7 +101,7 @@ func backupCommand() *cli.Command {
 			"backup leaves no --out. Restore it with `meshreg restore`.",
 		Flags: append([]cli.Flag{
 			nodeFlag("the node whose"),
-			&cli.StringFlag{Name: "out", Required: true, Usage: "archive `FILE` to write, or - for stdout"},
+			&cli.StringFlag{Name: "out", Usage: "archive `FILE` to write, or - for stdout (required)"},
 			&cli.BoolFlag{Name: "blobs", Usage: "include every blob the metadata references (else the metadata only)"},
 		}, nodeClientFlags()...),
 		Action: backupAction,
@@ -109,8 +109,15 @@ func backupCommand() *cli.Command {
 }
 
 func backupAction(c *cli.Context) error {
-	if c.NArg() > 0 {
-		return fmt.Errorf("backup takes no arguments (got %q): use --node and --out", c.Args().First())
+	args, err := trailingFlags(c)
+	if err != nil {
+		return err
+	}
+	if len(args) > 0 {
+		return fmt.Errorf("backup takes no arguments (got %q): use --node and --out", args[0])
+	}
+	if err := requireFlags(c, "out"); err != nil {
+		return err
 	}
 	base, err := nodeURL(c.String("node"))
 	if err != nil {
@@ -199,7 +206,7 @@ func restoreCommand() *cli.Command {
 			"trailer) while the data dir is built beside --data-dir (DIR.tmp) and only then moved into place:\n" +
 			"a truncated or altered archive leaves nothing behind.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "data-dir", Required: true, Usage: "`DIR` to build (new or empty)", EnvVars: []string{"MESHREG_DATA_DIR"}},
+			&cli.StringFlag{Name: "data-dir", Usage: "`DIR` to build, new or empty (required)", EnvVars: []string{"MESHREG_DATA_DIR"}},
 			&cli.BoolFlag{Name: "force", Usage: "replace what --data-dir holds (a stopped node's data is deleted)"},
 		},
 		Action: restoreAction,
@@ -207,11 +214,18 @@ func restoreCommand() *cli.Command {
 }
 
 func restoreAction(c *cli.Context) error {
-	if c.NArg() != 1 {
+	args, err := trailingFlags(c)
+	if err != nil {
+		return err
+	}
+	if len(args) != 1 {
 		return errors.New("restore takes one argument: the backup archive (or - for stdin)")
 	}
+	if err := requireFlags(c, "data-dir"); err != nil {
+		return err
+	}
 	var in io.Reader = os.Stdin
-	if name := c.Args().First(); name != "-" {
+	if name := args[0]; name != "-" {
 		f, err := os.Open(name)
 		if err != nil {
 			return fmt.Errorf("restore: %w", err)
@@ -347,4 +361,58 @@ func replaceDirContent(dir, tmp string) error {
 		}
 	}
 	return os.Remove(tmp)
+}
+
+// trailingFlags returns the command's arguments, setting the flags found
+// among them: backup, restore, export and import read their flags after
+// their argument too (`meshreg export REPO --out F`), where urfave/cli
+// stops parsing flags at the first argument. "--" ends the flags.
+func trailingFlags(c *cli.Context) ([]string, error) {
+	var pos []string
+	args := c.Args().Slice()
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			return append(pos, args[i+1:]...), nil
+		}
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			pos = append(pos, a)
+			continue
+		}
+		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		var flag cli.Flag
+		for _, f := range c.Command.Flags {
+			for _, n := range f.Names() {
+				if n == name {
+					flag = f
+				}
+			}
+		}
+		if flag == nil {
+			return nil, fmt.Errorf("unknown flag %s; see meshreg %s --help", a, c.Command.Name)
+		}
+		if _, isBool := flag.(*cli.BoolFlag); isBool && !hasVal {
+			val = "true"
+		} else if !hasVal {
+			if i+1 >= len(args) {
+				return nil, fmt.Errorf("%s needs a value; see meshreg %s --help", a, c.Command.Name)
+			}
+			i++
+			val = args[i]
+		}
+		if err := c.Set(name, val); err != nil {
+			return nil, fmt.Errorf("%s %q: %w", a, val, err)
+		}
+	}
+	return pos, nil
+}
+
+// requireFlags reports the first of names that is not set.
+func requireFlags(c *cli.Context, names ...string) error {
+	for _, n := range names {
+		if c.String(n) == "" {
+			return fmt.Errorf("--%s is required; see meshreg %s --help", n, c.Command.Name)
+		}
+	}
+	return nil
 }
