@@ -58,7 +58,7 @@ type startedWriter struct {
 }
 
 func (s *startedWriter) Write(p []byte) (int, error) {
-	if !s.started {
+	if !s.started && len(p) > 0 {
 		s.started = true
 		s.start()
 	}
