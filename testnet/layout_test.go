@@ -37,7 +37,13 @@ func TestExportImportLayout(t *testing.T) {
 		args := []string{"append", "--insecure", "--oci-empty-base", "-t", src.Host() + "/" + repo + ":" + tag}
 		for j := range layers {
 			path := filepath.Join(work, fmt.Sprintf("%s-%d.tar", tag, j))
-			if _, err := testnet.WriteLayerTar(path, tag, 3, 96<<10); err != nil {
+			// The first layer is above 1 MiB: imported with --chunk-size
+			// 1MiB, it goes up in PATCH chunks.
+			size := 96 << 10
+			if i == 0 && j == 0 {
+				size = 600 << 10
+			}
+			if _, err := testnet.WriteLayerTar(path, tag, 3, size); err != nil {
 				t.Fatal(err)
 			}
 			args = append(args, "-f", path)
@@ -70,6 +76,17 @@ func TestExportImportLayout(t *testing.T) {
 			t.Errorf("%s does not match its name", name)
 		}
 	}
+	big := 0
+	for name, b := range files {
+		if len(b) > 1<<20 {
+			big++
+		} else if name == "" {
+			t.Error("an entry without a name")
+		}
+	}
+	if big == 0 {
+		t.Error("no blob above 1 MiB: the chunked upload goes untested")
+	}
 	for _, d := range children {
 		if _, ok := files["blobs/sha256/"+d.Encoded()]; !ok {
 			t.Errorf("child manifest %s is not in the layout", d)
@@ -78,7 +95,7 @@ func TestExportImportLayout(t *testing.T) {
 
 	// Import into another repository of another node.
 	repo2 := testnet.UniqueRepo("e2e/imported")
-	out := mr.Run("import", layout, "--node", dst.URL(), "--repo", repo2)
+	out := mr.Run("import", layout, "--node", dst.URL(), "--repo", repo2, "--chunk-size", "1MiB")
 	if !strings.Contains(string(out), repo2+":multi@"+want.String()) {
 		t.Errorf("import printed %q", out)
 	}

@@ -30,9 +30,12 @@ const (
 	maxLayoutEntries = 1_000_000
 	// maxLayoutManifests bounds the manifests import pushes from one layout.
 	maxLayoutManifests = 10_000
-	// uploadChunk is the size above which import uploads a blob in chunks
-	// (PATCH) rather than in one PUT, and the size of each chunk.
+	// uploadChunk is the default --chunk-size: the size above which import
+	// uploads a blob in chunks (PATCH) rather than in one PUT, and the size
+	// of each chunk; minChunk and maxChunk bound the flag.
 	uploadChunk = 64 << 20
+	minChunk    = 1 << 20
+	maxChunk    = 1 << 30
 )
 
 // layoutClient is the HTTP side of export and import: preload's reader
@@ -209,11 +212,12 @@ func importCommand() *cli.Command {
 		Usage:     "push the images of an OCI image layout tar to a registry",
 		ArgsUsage: "LAYOUT.tar",
 		Description: "Pushes every manifest of the layout's index.json, with what it references, through the /v2/ API\n" +
-			"of --node (any registry), blobs the registry lacks in one PUT or, above 64 MiB, in chunks; each\n" +
+			"of --node (any registry), blobs the registry lacks in one PUT or, above --chunk-size, in chunks; each\n" +
 			"image is tagged with its org.opencontainers.image.ref.name annotation (a tag, or REPO:TAG).",
 		Flags: append([]cli.Flag{
 			nodeFlag("the registry whose"),
 			&cli.StringFlag{Name: "repo", Usage: "`REPOSITORY` to push to (default: the repository in each ref.name annotation)"},
+			&cli.StringFlag{Name: "chunk-size", Value: formatSize(uploadChunk), Usage: "blobs above this `SIZE` are uploaded in chunks of it (1MiB to 1GiB)"},
 		}, nodeClientFlags()...),
 		Action: importAction,
 	}
@@ -275,6 +279,13 @@ func importAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	chunk, err := parseSize("chunk-size", c.String("chunk-size"))
+	if err != nil {
+		return err
+	}
+	if chunk < minChunk || chunk > maxChunk {
+		return fmt.Errorf("--chunk-size %s: want 1MiB to 1GiB", c.String("chunk-size"))
+	}
 	f, err := os.Open(args[0])
 	if err != nil {
 		return fmt.Errorf("import: %w", err)
@@ -284,7 +295,7 @@ func importAction(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("import %s: %w", args[0], err)
 	}
-	im := &importer{p: p, base: base, f: f, entries: entries, prog: newProgress(c.App.ErrWriter, "import"), done: map[string]bool{}}
+	im := &importer{p: p, base: base, f: f, entries: entries, prog: newProgress(c.App.ErrWriter, "import"), done: map[string]bool{}, chunk: chunk}
 	pushed, err := im.run(c.Context, c.String("repo"))
 	if err != nil {
 		im.prog.finish(": failed")
@@ -305,6 +316,7 @@ type importer struct {
 	prog      *progress
 	done      map[string]bool // repo@digest pushed
 	manifests int
+	chunk     int64 // --chunk-size
 }
 
 // file reads a small layout file whole (at most limit bytes).
@@ -454,7 +466,7 @@ func (im *importer) putManifest(ctx context.Context, repo, reference string, des
 }
 
 // pushBlob uploads a blob the registry lacks: in one PUT, or in PATCH
-// chunks of uploadChunk for a big one. The bytes are verified as they go.
+// chunks of --chunk-size for a big one. The bytes are verified as they go.
 func (im *importer) pushBlob(ctx context.Context, repo string, d ocispec.Descriptor) error {
 	if im.done[repo+"@"+d.Digest.String()] {
 		return nil
@@ -479,9 +491,9 @@ func (im *importer) pushBlob(ctx context.Context, repo string, d ocispec.Descrip
 	if err != nil {
 		return err
 	}
-	if d.Size > uploadChunk {
-		for off := int64(0); off < d.Size; off += uploadChunk {
-			n := min(uploadChunk, d.Size-off)
+	if d.Size > im.chunk {
+		for off := int64(0); off < d.Size; off += im.chunk {
+			n := min(im.chunk, d.Size-off)
 			h := http.Header{"Content-Type": {"application/octet-stream"}, "Content-Range": {fmt.Sprintf("%d-%d", off, off+n-1)}}
 			resp, err := im.send(ctx, http.MethodPatch, loc, io.LimitReader(body, n), n, h, http.StatusAccepted)
 			if err != nil {
