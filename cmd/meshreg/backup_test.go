@@ -213,3 +213,44 @@ func TestRestoreBadArchiveLeavesNothing(t *testing.T) {
 		})
 	}
 }
+
+// TestTrailingFlags: backup, restore, export and import read flags given
+// after their argument, as their usage shows them.
+func TestTrailingFlags(t *testing.T) {
+	clearMeshregEnv(t)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{args: []string{"restore", "x.tar", "--data-dir"}, want: "--data-dir needs a value"},
+		{args: []string{"restore", "x.tar", "--nope"}, want: "unknown flag --nope"},
+		{args: []string{"restore", "x.tar"}, want: "--data-dir is required"},
+		{args: []string{"restore", "x.tar", "y.tar", "--data-dir", "d"}, want: "one argument"},
+		{args: []string{"export", "team/app:v1", "--node", "127.0.0.1:1"}, want: "--out is required"},
+		{args: []string{"import", "x.tar", "--chunk-size=1KiB"}, want: "--chunk-size 1KiB: want 1MiB to 1GiB"},
+		{args: []string{"backup", "--node", "127.0.0.1:1", "extra"}, want: "takes no arguments"},
+	} {
+		app := newApp()
+		app.Writer, app.ErrWriter = io.Discard, io.Discard
+		err := app.Run(append([]string{"meshreg"}, tc.args...))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("meshreg %v: %v, want %q", tc.args, err, tc.want)
+		}
+	}
+	// Flags after the argument take effect: --force lets restore replace
+	// what the data dir holds.
+	arch, _ := testBackupArchive(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "old"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(t.TempDir(), "b.tar")
+	if err := os.WriteFile(f, arch, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	app := newApp()
+	app.Writer, app.ErrWriter = io.Discard, io.Discard
+	if err := app.Run([]string{"meshreg", "restore", "--data-dir", dir, f, "--force"}); err != nil {
+		t.Fatalf("restore with a trailing --force: %v", err)
+	}
+}
