@@ -37,8 +37,8 @@ func fakeStatus(t *testing.T, now time.Time, region string) []byte {
 			"12D3KooWLive": now.Add(-2 * time.Second),
 			"12D3KooWGone": now.Add(-time.Minute),
 		},
-		"disk":      map[string]any{"free_bytes": 10 << 30, "total_bytes": 40 << 30, "reserve_bytes": 1 << 30},
-		"upstreams": []map[string]any{{"name": "hub", "url": "https://registry-1.docker.io", "last_error": "401 <b>nope</b>", "last_error_at": now.Add(-time.Second)}},
+		"disk":          map[string]any{"free_bytes": 10 << 30, "total_bytes": 40 << 30, "reserve_bytes": 1 << 30},
+		"upstreams":     []map[string]any{{"name": "hub", "url": "https://registry-1.docker.io", "last_error": "401 <b>nope</b>", "last_error_at": now.Add(-time.Second)}},
 		"something_new": map[string]any{"the page": "ignores it"},
 	}
 	b, err := json.Marshal(doc)
