@@ -96,7 +96,7 @@ func TestPageShowsTheStatus(t *testing.T) {
 		`data-id="12D3KooWSelf"`, `data-id="12D3KooWLive"`, `data-id="12D3KooWGone"`,
 		`<span class="tag leader">leader</span>`, `<span class="tag self">this node</span>`,
 		`<span class="tag dead">dead</span>`,
-		"Region eu", "Region us", "zone a", "zone b", "zone (none)",
+		`<th colspan="5">Region eu</th>`, `<th colspan="5">Region us</th>`, `<td colspan="5">zone a</td>`, `<td colspan="5">zone b</td>`, `<td colspan="5">zone (none)</td>`,
 		"v1.2.3", "2 blobs</span> with fewer live copies", "no budget set", "10.0 GiB free of 40.0 GiB (25.0% free)",
 		`id="upstreams"`, "https://registry-1.docker.io",
 		`<h3 class="repo">team/app</h3>`, "<td>v1</td>", "5.0 MiB", `href="/v2/team/app/tags/list"`,
