@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -200,4 +201,74 @@ func TestStatusPageAccess(t *testing.T) {
 	resp, body = r.as("bob", "wrong").do("GET", "/_meshreg/ui/", nil)
 	expect(t, resp, body, 401, "UNAUTHORIZED")
 	expectChallenge(t, resp)
+}
+
+// TestStatusPageBoundsItsReads fills a page with indexes (each sized by
+// reading its 16 manifests) past the page's budget of manifest reads: the
+// first tags get their sizes, the ones past the budget none, the page says
+// so, and an index of more manifests than the page reads is not sized.
+func TestStatusPageBoundsItsReads(t *testing.T) {
+	t.Parallel()
+	r := newRegistry(t, t.TempDir(), nil)
+	const children = 16 // api's uiIndexChildren
+	index := func(repo string, n int, v string) []byte {
+		cfgD := r.pushBlob(repo, []byte(`{"os":"linux"}`))
+		var ds []ocispec.Descriptor
+		for i := range n {
+			m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest,
+				Config:      ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: cfgD, Size: 14},
+				Layers:      []ocispec.Descriptor{},
+				Annotations: map[string]string{"i": fmt.Sprint(i)}}
+			m.SchemaVersion = 2
+			b, _ := json.Marshal(m)
+			d := digest.FromBytes(b)
+			resp, body := r.pushManifest(repo, d.String(), ocispec.MediaTypeImageManifest, b)
+			expect(t, resp, body, 201, "")
+			ds = append(ds, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: d, Size: int64(len(b))})
+		}
+		idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: ds, Annotations: map[string]string{"v": v}}
+		idx.SchemaVersion = 2
+		b, _ := json.Marshal(idx)
+		return b
+	}
+	// 2 repositories × 10 tags × (1 + 16) reads = 340 > 300.
+	for _, repo := range []string{"a/idx", "b/idx"} {
+		for i := range 10 {
+			resp, body := r.pushManifest(repo, fmt.Sprintf("t%d", i), ocispec.MediaTypeImageIndex, index(repo, children, fmt.Sprint(i)))
+			expect(t, resp, body, 201, "")
+		}
+	}
+	resp, body := r.pushManifest("c/big", "wide", ocispec.MediaTypeImageIndex, index("c/big", children+1, "wide"))
+	expect(t, resp, body, 201, "")
+
+	start := time.Now()
+	resp, body = r.do("GET", "/_meshreg/ui/", nil)
+	took := time.Since(start)
+	expect(t, resp, body, 200, "")
+	t.Logf("a page of 3 repositories, 21 indexes, 300 manifest reads: %s, %d bytes", took.Round(time.Millisecond), len(body))
+	sized := regexp.MustCompile(`<tr class="tagrow"><td>([^<]+)</td><td>.*?</td><td>(.*?)</td>`).FindAllStringSubmatch(string(body), -1)
+	if len(sized) != 21 {
+		t.Fatalf("%d index rows, want 21:\n%s", len(sized), body)
+	}
+	var withSize []string
+	for _, m := range sized {
+		if !strings.Contains(m[2], "—") {
+			withSize = append(withSize, m[1])
+		}
+	}
+	// 300 reads size 17 indexes (289 reads); the 18th runs out, and the
+	// tags after it are not read at all.
+	if got := fmt.Sprint(withSize); got != "[t0 t1 t2 t3 t4 t5 t6 t7 t8 t9 t0 t1 t2 t3 t4 t5 t6]" {
+		t.Errorf("tags with a size: %s", got)
+	}
+	if !strings.Contains(string(body), "Some sizes (—) were not computed") {
+		t.Error("the page does not say sizes were left out")
+	}
+
+	// The wide index alone, on a page of its own: too many manifests to size.
+	resp, body = r.do("GET", "/_meshreg/ui/?last=b/idx", nil)
+	expect(t, resp, body, 200, "")
+	if !regexp.MustCompile(`<td>wide</td><td>index of 17 manifests</td><td><span class="muted">—</span></td>`).Match(body) {
+		t.Errorf("the index of 17 manifests has a size:\n%s", body)
+	}
 }
