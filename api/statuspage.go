@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/meshreg/meshreg/api/auth"
+	"github.com/meshreg/meshreg/api/auth/token"
 	"github.com/meshreg/meshreg/api/oci"
 	"github.com/meshreg/meshreg/api/ui"
 )
@@ -85,6 +86,7 @@ func (h *Handler) statusPage(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	p := ui.Page{Now: time.Now(), First: last == ""}
+	noCatalog := false
 	p.Refresh, _ = strconv.Atoi(q.Get("refresh"))
 	if h.cfg.Auth != nil {
 		id, err := h.authenticate(r)
@@ -92,10 +94,14 @@ func (h *Handler) statusPage(w http.ResponseWriter, r *http.Request) {
 			err = oci.Errorf(oci.Unauthorized, "log in to see the repositories you may pull")
 		}
 		if err != nil {
-			h.writeError(w, r, err)
+			h.uiUnauthorized(w, r, err)
 			return
 		}
-		// Filtered by what the user may pull, as the catalog is.
+		// As the catalog: a bearer token must grant it, and the list is
+		// filtered by what the user may pull.
+		if id.Grant != nil && !id.Grant.Catalog() {
+			noCatalog = true
+		}
 		id = auth.Identity{User: id.User}
 		ctx = context.WithValue(ctx, identityKey{}, id)
 		p.Viewer, p.Filtered = id.String(), true
@@ -109,8 +115,10 @@ func (h *Handler) statusPage(w http.ResponseWriter, r *http.Request) {
 		p.StatusError = err.Error()
 	}
 
-	names, err := h.pullableRepositories(ctx, last, n+1)
-	if err != nil {
+	var names []string
+	if noCatalog {
+		p.ReposError = "the bearer token does not grant the catalog: ask the token service for scope registry:catalog:*, or log in with a password"
+	} else if names, err = h.pullableRepositories(ctx, last, n+1); err != nil {
 		p.ReposError = asOCIError(err).Error()
 	}
 	if len(names) > n {
@@ -146,6 +154,30 @@ func (h *Handler) statusPage(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(body.Bytes())
+	}
+}
+
+// uiUnauthorized answers 401 to a browser: a Basic challenge, which a
+// browser answers with a login prompt (it cannot follow a Bearer one to the
+// token service), and the reason as text.
+func (h *Handler) uiUnauthorized(w http.ResponseWriter, r *http.Request, err error) {
+	basic := &auth.Basic{}
+	switch a := h.cfg.Auth.Authn.(type) {
+	case *auth.Basic:
+		basic = a
+	case *token.Authenticator:
+		if a.Basic != nil {
+			basic = a.Basic
+		}
+	}
+	h.log.Debug("status page: unauthorized", "client", clientAddr(r), "err", err)
+	msg := asOCIError(err).Error() + "\nlog in with a user name and password of the node's --auth-htpasswd file\n"
+	w.Header().Set("WWW-Authenticate", basic.Challenge())
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Content-Length", itoa(int64(len(msg))))
+	w.WriteHeader(http.StatusUnauthorized)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write([]byte(msg))
 	}
 }
 

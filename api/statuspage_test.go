@@ -193,14 +193,21 @@ func TestStatusPageAccess(t *testing.T) {
 			t.Errorf("%s does not see the members (the status is open to all)", c.who)
 		}
 	}
+	// A browser answers a Basic challenge with a login prompt.
 	resp, body := r.do("GET", "/_meshreg/ui/?login=1", nil)
-	expect(t, resp, body, 401, "UNAUTHORIZED")
+	expect(t, resp, body, 401, "")
 	expectChallenge(t, resp)
+	if !strings.Contains(string(body), "log in") {
+		t.Errorf("401 body %q does not say to log in", body)
+	}
 	resp, body = bob.do("GET", "/_meshreg/ui/?login=1", nil)
 	expect(t, resp, body, 200, "")
 	resp, body = r.as("bob", "wrong").do("GET", "/_meshreg/ui/", nil)
-	expect(t, resp, body, 401, "UNAUTHORIZED")
+	expect(t, resp, body, 401, "")
 	expectChallenge(t, resp)
+	if !strings.Contains(string(body), "wrong user name or password") {
+		t.Errorf("401 body %q does not say why", body)
+	}
 }
 
 // TestStatusPageBoundsItsReads fills a page with indexes (each sized by
@@ -271,4 +278,43 @@ func TestStatusPageBoundsItsReads(t *testing.T) {
 	if !regexp.MustCompile(`<td>wide</td><td>index of 17 manifests</td><td><span class="muted">—</span></td>`).Match(body) {
 		t.Errorf("the index of 17 manifests has a size:\n%s", body)
 	}
+}
+
+// TestStatusPageLoginWithTokens: with the token service on, /v2/ challenges
+// with Bearer, which a browser cannot follow; the status page challenges
+// with Basic, so the browser's login prompt works, and a bearer token
+// works too.
+func TestStatusPageLoginWithTokens(t *testing.T) {
+	t.Parallel()
+	r, _, _ := tokenRegistry(t, testKeys(t), "")
+	alice := r.as("alice", "alice-pw")
+	resp, body := alice.pushManifest("secret/x", "v1", ocispec.MediaTypeImageManifest, alice.image("secret/x", "x"))
+	expect(t, resp, body, 201, "")
+
+	resp, body = r.do("GET", "/_meshreg/ui/?login=1", nil)
+	expect(t, resp, body, 401, "")
+	expectChallenge(t, resp)
+	for name, c := range map[string]*registry{"basic": alice, "bearer": r.bearer(tokenFor(t, r, "alice", "registry:catalog:*"))} {
+		resp, body = c.do("GET", "/_meshreg/ui/?login=1", nil)
+		expect(t, resp, body, 200, "")
+		if got := fmt.Sprint(repoNames(string(body))); got != "[secret/x]" {
+			t.Errorf("alice (%s) sees %s, want [secret/x]", name, got)
+		}
+	}
+	// A token without the catalog scope lists nothing, as /v2/_catalog.
+	resp, body = r.bearer(tokenFor(t, r, "alice", "repository:secret/x:pull")).do("GET", "/_meshreg/ui/", nil)
+	expect(t, resp, body, 200, "")
+	if got := repoNames(string(body)); len(got) != 0 || !strings.Contains(string(body), "scope registry:catalog:*") {
+		t.Errorf("a token without the catalog scope sees %v", got)
+	}
+}
+
+// tokenFor gets a token for user (password user-pw) with scopes.
+func tokenFor(t *testing.T, r *registry, user string, scopes ...string) string {
+	t.Helper()
+	_, body, tok := getToken(t, r.as(user, user+"-pw"), scopes...)
+	if tok == "" {
+		t.Fatalf("no token for %s: %s", user, body)
+	}
+	return tok
 }
