@@ -58,7 +58,8 @@ func chromium(t *testing.T, bin, url string, args ...string) []byte {
 // three zones, pushes an image, and loads a follower's status page in
 // headless Chromium: the rendered page lists the three members by region
 // and zone, alive, marks the leader's row and the follower's own, and
-// shows the repository with its tag and size.
+// shows the repository with its tag and size; once the other follower is
+// killed, it shows that one dead.
 func TestStatusPageInChromium(t *testing.T) {
 	testnet.RequireProcess(t)
 	bin := requireChromium(t)
@@ -180,5 +181,26 @@ func TestStatusPageInChromium(t *testing.T) {
 	}
 	if len(png) < 10_000 || string(png[1:4]) != "PNG" {
 		t.Errorf("screenshot %s: %d bytes, not a painted PNG", shot, len(png))
+	}
+
+	// The other follower killed: the page shows it dead once its last
+	// contact is older than 10 s, the others still alive.
+	gone := followers[1]
+	gone.Kill()
+	killed := time.Now()
+	row := func() string {
+		_, _, body, err := c.Get(ctx, "/_meshreg/ui/?refresh=0", nil)
+		if err != nil {
+			return ""
+		}
+		return regexp.MustCompile(`<tr class="member" data-id="` + ids[gone] + `">(.*?)</tr>`).FindString(strings.Join(strings.Fields(string(body)), " "))
+	}
+	if !testnet.Eventually(25*time.Second, func() bool { return strings.Contains(row(), `<span class="tag dead">dead</span>`) }) {
+		t.Fatalf("25 s after a SIGKILL, %s's row on %s is %q, want dead", gone.Host(), viewed.Host(), row())
+	}
+	t.Logf("a killed member shows dead after %s", time.Since(killed).Round(100*time.Millisecond))
+	dom = strings.Join(strings.Fields(string(chromium(t, bin, pageURL, "--dump-dom"))), " ")
+	if n := strings.Count(dom, `<span class="tag alive">alive</span>`); n != 2 {
+		t.Errorf("after one of three was killed, the rendered page shows %d members alive, want 2", n)
 	}
 }
