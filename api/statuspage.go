@@ -54,18 +54,6 @@ const (
 // credentials only once challenged: ?login=1 answers an anonymous client
 // 401 with the challenge. Wrong credentials get 401 as on /v2/.
 func (h *Handler) statusPage(w http.ResponseWriter, r *http.Request) {
-	timer := time.NewTimer(uiRenderWait)
-	defer timer.Stop()
-	select {
-	case h.pages <- struct{}{}:
-		defer func() { <-h.pages }()
-	case <-timer.C:
-		w.Header().Set("Retry-After", "5")
-		h.writeError(w, r, oci.Errorf(oci.Unavailable, "the node is building %d status pages already: retry in a few seconds", uiConcurrentRenders))
-		return
-	case <-r.Context().Done():
-		return
-	}
 	q := r.URL.Query()
 	last := q.Get("last")
 	if last != "" {
@@ -75,19 +63,19 @@ func (h *Handler) statusPage(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	n, err := queryInt(q, "n", uiReposPerPage, 1, uiMaxReposPerPage)
-	if err == nil {
-		var refresh int
-		refresh, err = queryInt(q, "refresh", uiRefresh, 0, uiMaxRefresh)
-		q.Set("refresh", strconv.Itoa(refresh))
-	}
 	if err != nil {
 		h.writeError(w, r, err)
 		return
 	}
+	refresh, err := queryInt(q, "refresh", uiRefresh, 0, uiMaxRefresh)
+	if err != nil {
+		h.writeError(w, r, err)
+		return
+	}
+	q.Set("refresh", strconv.Itoa(refresh))
 	ctx := r.Context()
-	p := ui.Page{Now: time.Now(), First: last == ""}
+	p := ui.Page{First: last == "", Refresh: refresh}
 	noCatalog := false
-	p.Refresh, _ = strconv.Atoi(q.Get("refresh"))
 	if h.cfg.Auth != nil {
 		id, err := h.authenticate(r)
 		if err == nil && id.IsAnonymous() && id.Grant == nil && q.Get("login") == "1" {
@@ -99,13 +87,25 @@ func (h *Handler) statusPage(w http.ResponseWriter, r *http.Request) {
 		}
 		// As the catalog: a bearer token must grant it, and the list is
 		// filtered by what the user may pull.
-		if id.Grant != nil && !id.Grant.Catalog() {
-			noCatalog = true
-		}
+		noCatalog = id.Grant != nil && !id.Grant.Catalog()
 		id = auth.Identity{User: id.User}
 		ctx = context.WithValue(ctx, identityKey{}, id)
 		p.Viewer, p.Filtered = id.String(), true
 	}
+
+	timer := time.NewTimer(uiRenderWait)
+	defer timer.Stop()
+	select {
+	case h.pages <- struct{}{}:
+		defer func() { <-h.pages }()
+	case <-timer.C:
+		w.Header().Set("Retry-After", "5")
+		h.writeError(w, r, oci.Errorf(oci.Unavailable, "the node is building %d status pages already: retry in a few seconds", uiConcurrentRenders))
+		return
+	case <-ctx.Done():
+		return
+	}
+	p.Now = time.Now()
 
 	doc, err := json.Marshal(h.node.Status(ctx))
 	if err == nil {
@@ -130,7 +130,11 @@ func (h *Handler) statusPage(w http.ResponseWriter, r *http.Request) {
 	for _, name := range names {
 		p.Repos = append(p.Repos, h.uiRepo(ctx, name, &budget))
 	}
-	p.SizesCut = budget <= 0
+	for _, repo := range p.Repos {
+		for _, t := range repo.Tags {
+			p.SizesCut = p.SizesCut || t.Size < 0 && t.Error == ""
+		}
+	}
 	if p.Refresh > 0 {
 		p.RefreshToggle = pageLink(q, "refresh", "0")
 	} else {
