@@ -26,7 +26,8 @@ import (
 //
 //	go test -run '^$' -bench TCPWrites -benchtime 1000x ./consensus/
 func BenchmarkTCPWrites(b *testing.B) {
-	leader, follower := tcpStores(b, 3)
+	leader, follower := tcpStores(b, 3, nil)
+	qleader, qfollower := tcpStores(b, 3, func(c *Config) { c.quietCommits = true })
 	for _, bc := range []struct {
 		name    string
 		s       *Store
@@ -36,6 +37,8 @@ func BenchmarkTCPWrites(b *testing.B) {
 		{"follower", follower, 1},
 		{"leader-8writers", leader, 8},
 		{"follower-8writers", follower, 8},
+		{"leader-no-commit-notify", qleader, 1},
+		{"follower-no-commit-notify", qfollower, 1},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			var n atomic.Int64
@@ -72,7 +75,7 @@ func BenchmarkTCPWrites(b *testing.B) {
 
 // tcpStores opens n Stores over TCP, bootstrapped together, and returns
 // the leader and a follower; they are closed when b ends.
-func tcpStores(b *testing.B, n int) (leader, follower *Store) {
+func tcpStores(b *testing.B, n int, tweak func(*Config)) (leader, follower *Store) {
 	b.Helper()
 	dir := b.TempDir() // before the Cleanup below, so removed after it
 	fwd := &directForwarder{nodes: map[string]*Store{}}
@@ -102,6 +105,9 @@ func tcpStores(b *testing.B, n int) (leader, follower *Store) {
 	for i, srv := range servers {
 		cfg := testConfig(b, filepath.Join(dir, srv.ID))
 		cfg.NodeID, cfg.Transport, cfg.Bootstrap, cfg.Forwarder = srv.ID, trans[i], servers, fwd.from(srv.ID)
+		if tweak != nil {
+			tweak(&cfg)
+		}
 		s, err := Open(cfg)
 		if err != nil {
 			b.Fatal(err)
