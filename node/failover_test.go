@@ -72,6 +72,9 @@ func TestFailoverReadWaitsForALeader(t *testing.T) {
 		t.Errorf("served %s, want %s", m.Digest, d)
 	}
 	t.Logf("read answered after %v (leader elected after 400ms)", time.Since(start))
+	if got := counterValue(t, b.metrics.catchUps.WithLabelValues("caught_up")); got != 1 {
+		t.Errorf("meshreg_read_catchups_total{result=caught_up} = %v, want 1", got)
+	}
 }
 
 // TestFailoverReadNoLeaderIs503: with no leader for longer than the read's
@@ -107,6 +110,9 @@ func TestFailoverReadNoLeaderIs503(t *testing.T) {
 		t.Errorf("the 503 took %v: bounded by %v", took, readCatchUpTimeout)
 	}
 	t.Logf("503 after %v: %v", took, err)
+	if got := counterValue(t, b.metrics.catchUps.WithLabelValues("unavailable")); got != 1 {
+		t.Errorf("meshreg_read_catchups_total{result=unavailable} = %v, want 1", got)
+	}
 
 	// Blob links and tag lists miss the same way (a client that gives up
 	// sooner gets its 503 sooner).

@@ -120,6 +120,7 @@ func (r *readIndexes) start(f *readFlight) {
 // queryReadIndex asks the leader for its read index: this node's metadata
 // store when it leads, else the leader over indexProtocol.
 func (n *Node) queryReadIndex(ctx context.Context) (uint64, error) {
+	n.metrics.indexQueries.Inc()
 	st := n.meta.Status()
 	switch {
 	case st.State == consensus.Leader:
@@ -186,11 +187,13 @@ func (n *Node) catchUp(ctx context.Context) error {
 		idx, err := n.readIndexes.get(ctx)
 		if err == nil {
 			if err = n.meta.WaitApplied(ctx, idx); err == nil {
+				n.metrics.catchUps.WithLabelValues("caught_up").Inc()
 				return nil
 			}
 			err = fmt.Errorf("waiting to apply the leader's index %d (this node applied %d): %w", idx, n.meta.AppliedIndex(), err)
 		}
 		if errors.Is(err, errTooManyWaiters) {
+			n.metrics.catchUps.WithLabelValues("unavailable").Inc()
 			return oci.Wrap(oci.Unavailable, err, "too many reads are waiting for the cluster's leader on this node: retry shortly").
 				WithRetryAfter(catchUpRetryAfter)
 		}
@@ -199,6 +202,7 @@ func (n *Node) catchUp(ctx context.Context) error {
 		case <-ctx.Done():
 			t.Stop()
 			n.log.Debug("a read that missed could not catch up with the leader", "err", err)
+			n.metrics.catchUps.WithLabelValues("unavailable").Inc()
 			return oci.Wrap(oci.Unavailable, fmt.Errorf("%w: %w", consensus.ErrNotLeader, err),
 				"this node cannot tell yet whether it lacks the content: no Raft leader answered within "+readCatchUpTimeout.String()+
 					" (an election may be under way); retry shortly").WithRetryAfter(catchUpRetryAfter)
