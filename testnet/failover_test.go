@@ -26,7 +26,7 @@ import (
 func TestFailoverNoWrong404(t *testing.T) {
 	testnet.RequireProcess(t)
 	nodes := testnet.StartCluster(t, 3, testnet.Options{})
-	ctx, cancel := context.WithTimeout(t.Context(), 150*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 	defer cancel()
 	const (
 		repo   = "e2e/failover"
