@@ -50,6 +50,7 @@ const (
 	KindDeleteTag      = state.KindDeleteTag
 	KindLinkBlob       = state.KindLinkBlob
 	KindUnlinkBlob     = state.KindUnlinkBlob
+	KindGCSweep        = state.KindGCSweep
 	KindRestore        = state.KindRestore
 	KindInvalid        = state.KindInvalid
 )

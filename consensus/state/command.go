@@ -17,6 +17,10 @@ const (
 	OpDeleteTag
 	OpLinkBlob
 	OpUnlinkBlob
+	// OpGCSweep is a garbage collection decision (gc.go): unlink the
+	// listed blobs that nothing referenced at MarkIndex and nothing linked
+	// or referenced since, and tombstone them.
+	OpGCSweep
 )
 
 // Command is one replicated write. Each op uses a subset of the fields.
@@ -36,6 +40,28 @@ type Command struct {
 	Subject      digest.Digest     `json:"subject,omitempty"`
 	Annotations  map[string]string `json:"annotations,omitempty"`
 	Body         []byte            `json:"body,omitempty"`
+	// CheckIndex (OpPutManifest): the applied index at or before which the
+	// proposer checked that every blob the manifest references is linked.
+	// The put fails if one of them was garbage-collected after it (gc.go).
+	// 0 (older entries) is the strictest: any tombstone fails it.
+	CheckIndex uint64 `json:"checkIndex,omitempty"`
+	// Time (OpLinkBlob): the proposer's clock when it linked the blob, in
+	// Unix nanoseconds; the GC grace period counts from it.
+	// (OpGCSweep): when the collection began (its mark).
+	Time int64 `json:"time,omitempty"`
+	// OpGCSweep: the applied index the mark read the state at, the link
+	// time before which a blob may go (mark time minus the grace), and the
+	// blobs to unlink with the repositories that linked them at the mark.
+	MarkIndex uint64      `json:"markIndex,omitempty"`
+	Cutoff    int64       `json:"cutoff,omitempty"`
+	Sweep     []SweepBlob `json:"sweep,omitempty"`
+}
+
+// SweepBlob is one blob an OpGCSweep unlinks: every repository that
+// linked it at the mark, in byte order.
+type SweepBlob struct {
+	Digest digest.Digest `json:"digest"`
+	Repos  []string      `json:"repos"`
 }
 
 // Encode returns the bytes a command travels and is logged as.
@@ -70,6 +96,7 @@ const (
 	KindDeleteTag      Kind = "delete_tag"
 	KindLinkBlob       Kind = "link_blob"
 	KindUnlinkBlob     Kind = "unlink_blob"
+	KindGCSweep        Kind = "gc_sweep"
 	// KindRestore: the whole state was replaced by a snapshot up to Index;
 	// a follower of the stream reads it again.
 	KindRestore Kind = "restore"
@@ -91,6 +118,8 @@ func (o Op) Kind() Kind {
 		return KindLinkBlob
 	case OpUnlinkBlob:
 		return KindUnlinkBlob
+	case OpGCSweep:
+		return KindGCSweep
 	}
 	return KindInvalid
 }
