@@ -50,9 +50,9 @@ const (
 	prefixTomb     = 'x'
 	prefixTombLog  = 'y'
 	// KeyGCFloor holds the highest index of a tombstone pruned (gc.go).
-	KeyGCFloor = "X"
-	sep            = 0x00
-	maxNameLength  = 4096 // repository names and tags; far above what the API accepts
+	KeyGCFloor    = "X"
+	sep           = 0x00
+	maxNameLength = 4096 // repository names and tags; far above what the API accepts
 )
 
 // key joins a one-byte prefix and parts separated by sep.
