@@ -114,6 +114,7 @@ func New(cfg Config, reg Registry, node Node, metrics *Metrics, log *slog.Logger
 	h.mux.HandleFunc("GET /_meshreg/v1/status", h.status)
 	h.mux.HandleFunc("DELETE /_meshreg/v1/members/{id}", h.adminOnly(h.removeMember))
 	h.mux.HandleFunc("POST /_meshreg/v1/join-tokens", h.adminOnly(h.createJoinToken))
+	h.mux.HandleFunc("POST /_meshreg/v1/gc", h.adminOnly(h.collectGarbage))
 	if metrics != nil {
 		h.mux.Handle("GET /metrics", metrics.handler())
 	}

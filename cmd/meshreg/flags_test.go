@@ -37,6 +37,8 @@ func TestServeCheckRefusesOutOfRangeFlags(t *testing.T) {
 		"trailing-logs":          {"0", "18446744073709551615"},
 		"stabilization-time":     {"-1s", "2h"},
 		"scrub-interval":         {"0s", "-1s", "100000h"},
+		"gc-interval":            {"-1s", "100000h"},
+		"gc-grace":               {"-1s", "100000h"},
 	}
 	// Every numeric flag must be in the table, so a new one cannot skip
 	// validation.
