@@ -118,6 +118,9 @@ func (n *Node) PutManifest(ctx context.Context, repo, reference, contentType str
 	if err := n.ensureReplicas(ctx, refs); err != nil {
 		return "", "", err
 	}
+	if n.opts.beforeManifestCommit != nil {
+		n.opts.beforeManifestCommit(repo, d)
+	}
 	if err := n.meta.PutManifest(ctx, rec, tags...); err != nil {
 		return "", "", metaError(n.disk.mapError(err), oci.ManifestUnknown, "storing manifest "+d.String())
 	}
