@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"time"
 
@@ -164,11 +165,19 @@ func (s gcSchedule) Run(ctx context.Context) error {
 // pinBlob marks d in use until release (see gc.Pins).
 func (n *Node) pinBlob(d digest.Digest) (release func()) { return n.gc.pins.Pin(d) }
 
-// pinnedReader releases its pin when closed.
+// pinnedReader releases its pin when closed. Over a file it is an
+// api.FileReader, so the API still sends it with sendfile.
 type pinnedReader struct {
 	io.ReadSeekCloser
 	release func()
 }
+
+func (p pinnedReader) OSFile() *os.File {
+	f, _ := p.ReadSeekCloser.(*os.File)
+	return f
+}
+
+var _ api.FileReader = pinnedReader{}
 
 func (p pinnedReader) Close() error {
 	defer p.release()

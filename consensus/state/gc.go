@@ -18,9 +18,9 @@ import (
 // index S > M. Between M and S pushes go on; the state closes that window
 // on both sides, deterministically on every node:
 //
-//   - every link and every manifest put records a touch of the digests it
+//   - every link and every manifest put records a touch of the blobs it
 //     names (k<digest>: the entry's index, and for a link the proposer's
-//     time). Applying the sweep skips each digest touched after M, or
+//     time; a sweep drops the touches of the blobs it collects). Applying the sweep skips each digest touched after M, or
 //     linked at or after the cutoff: a manifest or link committed after the
 //     mark revives the blob. The others are unlinked and tombstoned (their
 //     index S);
@@ -137,14 +137,12 @@ func (t tx) tombstone(d digest.Digest) (uint64, error) {
 	return DecodeUint64(v), err
 }
 
-// touchManifest touches what a manifest put names: itself, its blobs,
-// children and subject.
+// touchManifest touches the blobs a manifest put references (its config
+// and layers). Manifests themselves are never collected, so the manifest,
+// its children and its subject need no touch.
 func (t tx) touchManifest(c Command, index uint64) error {
-	blobs, children, _ := references(c.Body)
-	for _, d := range append(append(blobs, children...), c.Digest, c.Subject) {
-		if d == "" {
-			continue
-		}
+	blobs, _, _ := references(c.Body)
+	for _, d := range blobs {
 		if err := t.touch(d, index, 0); err != nil {
 			return err
 		}
@@ -152,14 +150,13 @@ func (t tx) touchManifest(c Command, index uint64) error {
 	return nil
 }
 
-// checkCollected fails a manifest put whose blobs or children were
-// collected after its check index (resp ErrBlobCollected).
+// checkCollected fails a manifest put whose blobs were collected after
+// its check index (resp ErrBlobCollected).
 func (t tx) checkCollected(c Command) (resp, err error) {
-	blobs, children, perr := references(c.Body)
+	refs, _, perr := references(c.Body)
 	if perr != nil {
 		return nil, nil
 	}
-	refs := append(blobs, children...)
 	if len(refs) == 0 {
 		return nil, nil
 	}
@@ -193,6 +190,7 @@ func (t tx) gcSweep(c Command, index uint64) (resp, err error) {
 		return nil, err
 	}
 	val := binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(EncodeUint64(uint64(c.Time)), uint64(c.Cutoff)), c.MarkIndex)
+	repos := map[string]bool{} // repositories that lost a link
 	for _, b := range c.Sweep {
 		ti, at, err := t.touched(b.Digest)
 		if err != nil {
@@ -205,14 +203,30 @@ func (t tx) gcSweep(c Command, index uint64) (resp, err error) {
 			if err := t.Delete(blobLinkKey(repo, b.Digest)); err != nil {
 				return nil, err
 			}
-			if err := t.forgetRepoIfEmpty(repo); err != nil {
-				return nil, err
-			}
+			repos[repo] = true
+		}
+		// The touch is no longer needed (nothing touched it since the
+		// mark): dropping it keeps the touches bounded by the digests
+		// still linked or referenced.
+		if err := t.Delete(touchKey(b.Digest)); err != nil {
+			return nil, err
 		}
 		if err := t.Set(tombKey(b.Digest), EncodeUint64(index)); err != nil {
 			return nil, err
 		}
 		if err := t.Set(tombLogKey(index, b.Digest), val); err != nil {
+			return nil, err
+		}
+	}
+	// Once per repository, in byte order (deterministic): an iterator
+	// over a transaction with many writes is not cheap.
+	names := make([]string, 0, len(repos))
+	for r := range repos {
+		names = append(names, r)
+	}
+	slices.Sort(names)
+	for _, r := range names {
+		if err := t.forgetRepoIfEmpty(r); err != nil {
 			return nil, err
 		}
 	}

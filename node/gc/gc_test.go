@@ -24,12 +24,12 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // state.Apply as the FSM does, with the reads the collector and the
 // sweeper use.
 type meta struct {
-	t     *testing.T
+	t     testing.TB
 	db    *badger.DB
 	index uint64
 }
 
-func newMeta(t *testing.T) *meta {
+func newMeta(t testing.TB) *meta {
 	db, err := badger.Open(badger.DefaultOptions(t.TempDir()).WithLogger(nil))
 	if err != nil {
 		t.Fatal(err)
