@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
@@ -34,9 +35,10 @@ import (
 // then skips) or after S (and it fails unless the blob was linked again).
 //
 // Tombstones are bounded: each sweep prunes, tombstonePruneBatch at a time,
-// the tombstones of collections that marked before its own mark, and keeps
-// the highest pruned index as the floor (KeyGCFloor). A put whose check is
-// older than the floor cannot be judged any more and fails the same way.
+// the tombstones of collections that marked before its own mark and began
+// more than TombstoneRetention before it, and keeps the highest pruned
+// index as the floor (KeyGCFloor). A put whose check is older than the
+// floor cannot be judged any more and fails the same way.
 
 // Bounds of an OpGCSweep (see limits.go for the others).
 const (
@@ -48,6 +50,9 @@ const (
 	MaxSweepLinks = 4000
 	// tombstonePruneBatch bounds the old tombstones one sweep prunes.
 	tombstonePruneBatch = 1000
+	// TombstoneRetention is how long a tombstone is kept after its
+	// collection began (see pruneTombstones).
+	TombstoneRetention = time.Hour
 )
 
 // Tombstone is a blob a sweep collected: the index of the OpGCSweep, the
@@ -186,7 +191,7 @@ func (t tx) gcSweep(c Command, index uint64) (resp, err error) {
 	if c.MarkIndex >= index {
 		return fmt.Errorf("consensus: %w: GC sweep marked at index %d, not before its own index %d", ErrInvalidCommand, c.MarkIndex, index), nil
 	}
-	if err := t.pruneTombstones(c.MarkIndex); err != nil {
+	if err := t.pruneTombstones(c.MarkIndex, c.Time); err != nil {
 		return nil, err
 	}
 	val := binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(EncodeUint64(uint64(c.Time)), uint64(c.Cutoff)), c.MarkIndex)
@@ -233,9 +238,13 @@ func (t tx) gcSweep(c Command, index uint64) (resp, err error) {
 	return nil, nil
 }
 
-// pruneTombstones drops up to tombstonePruneBatch tombstones written
-// before mark (by earlier collections), raising the floor to the highest.
-func (t tx) pruneTombstones(mark uint64) error {
+// pruneTombstones drops up to tombstonePruneBatch tombstones of earlier
+// collections (written before mark) whose collection began more than
+// TombstoneRetention before now (the sweep's start), raising the floor to
+// the highest index dropped. A put checked before the floor fails, so the
+// retention is how long a push may take between its blob check and its
+// commit before a collection in between makes it retry.
+func (t tx) pruneTombstones(mark uint64, now int64) error {
 	prefix := []byte{prefixTombLog}
 	it := t.NewIterator(badger.IteratorOptions{Prefix: prefix})
 	var old [][]byte
@@ -243,6 +252,19 @@ func (t tx) pruneTombstones(mark uint64) error {
 		k := it.Item().KeyCopy(nil)
 		if len(k) < 9 || binary.BigEndian.Uint64(k[1:9]) >= mark {
 			break
+		}
+		var start int64
+		if err := it.Item().Value(func(v []byte) error {
+			if len(v) >= 8 {
+				start = int64(binary.BigEndian.Uint64(v[:8]))
+			}
+			return nil
+		}); err != nil {
+			it.Close()
+			return err
+		}
+		if start > now-int64(TombstoneRetention) {
+			break // by index, later ones are (about) as young
 		}
 		old = append(old, k)
 	}

@@ -121,8 +121,9 @@ func TestTombstoneFailsAPutCheckedBeforeIt(t *testing.T) {
 	a.must(img)
 }
 
-// TestTombstonesArePrunedBehindAFloor: a later collection prunes the
-// tombstones of earlier ones, and a put checked before the floor fails.
+// TestTombstonesArePrunedBehindAFloor: a collection that begins more than
+// TombstoneRetention after earlier ones prunes their tombstones, and a put
+// checked before the floor fails.
 func TestTombstonesArePrunedBehindAFloor(t *testing.T) {
 	t.Parallel()
 	a := &applier{t: t, db: openDB(t)}
@@ -133,11 +134,22 @@ func TestTombstonesArePrunedBehindAFloor(t *testing.T) {
 	first := a.index
 	other := digest.FromString("other")
 	a.must(link("a", other))
+	// Within the retention, the first collection's tombstone stays.
 	a.must(sweep(a.index, SweepBlob{Digest: other, Repos: []string{"a"}}))
 	read(t, a.db, func(r Reader) {
+		if ts, _ := r.Tombstones(0, 10); len(ts) != 2 {
+			t.Errorf("tombstones within the retention: %+v; want both", ts)
+		}
+	})
+	third := digest.FromString("third")
+	a.must(link("a", third))
+	late := sweep(a.index, SweepBlob{Digest: third, Repos: []string{"a"}})
+	late.Time, late.Cutoff = 100+int64(TombstoneRetention), 100+int64(TombstoneRetention)
+	a.must(late)
+	read(t, a.db, func(r Reader) {
 		ts, _ := r.Tombstones(0, 10)
-		if len(ts) != 1 || ts[0].Digest != other {
-			t.Errorf("tombstones after the second collection: %+v; want only %s", ts, other)
+		if len(ts) != 1 || ts[0].Digest != third {
+			t.Errorf("tombstones after a collection past the retention: %+v; want only %s", ts, third)
 		}
 		if _, tomb, _ := r.BlobGC(old); tomb != 0 {
 			t.Errorf("the pruned tombstone of %s is still there (%d)", old, tomb)

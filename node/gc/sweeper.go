@@ -78,7 +78,14 @@ type Sweeper struct {
 	mu      sync.Mutex // one sweep at a time; guards below
 	cursor  uint64
 	reports map[uint64]*Report
+	// lastLeftovers is when the leftover pass last ran: it reads the
+	// whole state and walks the whole disk, so it runs at most once per
+	// leftoverEvery (collections back to back must not hog the node).
+	lastLeftovers time.Time
 }
+
+// leftoverEvery is the least time between two leftover passes.
+const leftoverEvery = time.Minute
 
 // SweeperConfig configures NewSweeper.
 type SweeperConfig struct {
@@ -247,6 +254,12 @@ func (s *Sweeper) collect(t state.Tombstone) {
 // references at the current state, written before t's cutoff, not in use
 // and not linked or referenced since the state was read.
 func (s *Sweeper) leftovers(ctx context.Context, mark uint64, cutoff time.Time) error {
+	r := s.report(mark)
+	r.leftoversDone = true
+	if time.Since(s.lastLeftovers) < leftoverEvery {
+		return nil
+	}
+	s.lastLeftovers = time.Now()
 	keep := map[digest.Digest]struct{}{}
 	var at uint64
 	err := s.meta.View(func(v *state.View) error {
@@ -284,8 +297,6 @@ func (s *Sweeper) leftovers(ctx context.Context, mark uint64, cutoff time.Time) 
 	}); err != nil {
 		return fmt.Errorf("gc: listing blob files: %w", err)
 	}
-	r := s.report(mark)
-	r.leftoversDone = true
 	for _, d := range gone {
 		size, err := s.files.Stat(d)
 		if err != nil {

@@ -84,13 +84,19 @@ type config struct {
 	mirror, mirrorGiven bool
 	mirrorLayers        int
 	mirrorLayerSize     byteSize
+
+	gc          bool
+	gcDuration  time.Duration
+	gcPause     time.Duration
+	gcWorkers   int
+	gcLayerSize byteSize
 }
 
 // quickFlags are the values -quick sets, unless the flag is given.
 var quickFlags = map[string]string{
 	"blob-size": "64MiB", "layers": "5", "layer-size": "1MiB", "duration": "1s", "runs": "1", "cluster-writes": "100",
 	"peer-blob-size": "64MiB", "peer-ttfb-size": "8MiB", "peer-ttfb-runs": "3", "fanout-layer-size": "8MiB",
-	"mirror-layer-size": "16MiB",
+	"mirror-layer-size": "16MiB", "gc-duration": "3s",
 }
 
 func main() {
@@ -125,6 +131,12 @@ func main() {
 	flag.BoolVar(&c.mirror, "mirror", true, "also benchmark meshreg as a pull-through mirror: 5 nodes pull a fresh image from an upstream (CNCF Distribution) at once; upstream egress ÷ image size, time against one direct pull, time to first byte of a cached blob from a peer (skipped when the meshreg binary has no --upstream); given explicitly, run only this section (and the others given explicitly)")
 	flag.IntVar(&c.mirrorLayers, "mirror-layers", 4, "layers of the image pulled through the mirror")
 	flag.Var(&c.mirrorLayerSize, "mirror-layer-size", "size of each layer of the mirrored image (4 × 64MiB: 256 MiB)")
+	c.gcLayerSize = 64 << 10
+	flag.BoolVar(&c.gc, "gc", true, "also benchmark push throughput on a 3-node cluster with garbage collections running back to back against without")
+	flag.DurationVar(&c.gcDuration, "gc-duration", 10*time.Second, "how long each phase of the garbage collection benchmark pushes")
+	flag.DurationVar(&c.gcPause, "gc-pause", time.Second, "pause between two collections while the load runs (0: back to back)")
+	flag.IntVar(&c.gcWorkers, "gc-workers", 4, "concurrent pushers in the garbage collection benchmark")
+	flag.Var(&c.gcLayerSize, "gc-layer-size", "size of each image's layer in the garbage collection benchmark")
 	quick := flag.Bool("quick", false, "a quick run: "+quickSummary())
 	flag.Parse()
 	given := map[string]bool{}
@@ -140,6 +152,16 @@ func main() {
 		c.sideBySide = false
 		c.cluster = c.cluster && given["cluster"]
 		c.peers = c.peers && given["peers"]
+	}
+	// A section given explicitly runs alone (with the others given).
+	if (given["peers"] && c.peers) || (c.mirrorGiven && c.mirror) {
+		c.gc = c.gc && given["gc"]
+	}
+	if given["gc"] && c.gc {
+		c.sideBySide = false
+		c.cluster = c.cluster && given["cluster"]
+		c.peers = c.peers && given["peers"]
+		c.mirror = c.mirror && c.mirrorGiven
 	}
 	if *quick {
 		for name, v := range quickFlags {
@@ -238,6 +260,16 @@ func run(c config) error {
 	}
 	if c.peers {
 		t, err := runPeers(ctx, c, meshregBin, filepath.Join(root, "peers"))
+		if err != nil {
+			return err
+		}
+		add(t)
+	}
+	if c.gc {
+		if c.gcDuration <= 0 || c.gcWorkers < 1 || c.gcLayerSize < 1 || c.gcPause < 0 {
+			return errors.New("-gc-duration, -gc-workers and -gc-layer-size must be positive, -gc-pause not negative")
+		}
+		t, err := runGC(ctx, c, meshregBin, filepath.Join(root, "gc"))
 		if err != nil {
 			return err
 		}
