@@ -104,8 +104,10 @@ func deleteManifest(t *testing.T, n *testnet.Node, repo string, d digest.Digest)
 // has committed). The PUT then fails with a clear MANIFEST_BLOB_UNKNOWN (the
 // layer was freed) and pushing C again succeeds; A's unique bytes are
 // freed on every node that held them; B and C pull in full through every
-// node. With a node killed before the collection, it frees its copies
-// when it restarts and applies the log.
+// node. A dry run before lists A's blobs and frees nothing. With a node
+// down during the collection (killed before it), the collection goes on
+// without its report, and the node frees its copies when it restarts and
+// applies the log.
 func TestGCUnderLoad(t *testing.T) {
 	testnet.RequireProcess(t)
 	for _, kill := range []bool{false, true} {
@@ -167,15 +169,39 @@ func gcUnderLoad(t *testing.T, kill bool) {
 	if kill {
 		coordinator = leader
 	}
+	if !kill {
+		// A dry run lists A's own blobs and frees nothing.
+		dry := string(meshreg.Run("gc", "--node", coordinator.URL(), "--grace", "0s", "--dry-run"))
+		for _, d := range aOnly {
+			if !strings.Contains(dry, d.String()) {
+				t.Errorf("the dry run does not list %s:\n%s", d, dry)
+			}
+		}
+		if strings.Contains(dry, digest.FromBytes(shared).String()) {
+			t.Errorf("the dry run lists the layer B still uses:\n%s", dry)
+		}
+		for n, ds := range held {
+			for _, d := range ds {
+				if !holds(n, d) {
+					t.Errorf("the dry run freed %s on %s", d, n.URL())
+				}
+			}
+		}
+	}
 	out := string(meshreg.Run("gc", "--node", coordinator.URL(), "--grace", "0s"))
 	t.Logf("meshreg gc:\n%s", out)
 	if !strings.Contains(out, "BLOBS FREED") || !strings.Contains(out, "blobs (") {
 		t.Errorf("meshreg gc printed no per-node report:\n%s", out)
 	}
 
+	_, _, metrics, err := testnet.NewClient(coordinator.URL()).Get(t.Context(), "/metrics", nil)
+	if err != nil || !strings.Contains(string(metrics), `meshreg_gc_runs_total{result="ok"} 1`) {
+		t.Errorf("the coordinator's metrics do not count the collection (%v)", err)
+	}
+
 	// The held PUT of C now finds its layer gone: a clear error, never an
 	// acknowledged manifest whose layer is missing.
-	err := cImg.putManifest(c1)
+	err = cImg.putManifest(c1)
 	if err == nil {
 		t.Fatal("C's manifest was accepted although the collection freed its layer and config")
 	}
