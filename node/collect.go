@@ -41,8 +41,12 @@ import (
 // it applied the collection's sweeps (gcReportRequest → gc.Report).
 const gcReportProtocol = "/meshreg/gc-report/1.0.0"
 
-// gcReportTimeout bounds the wait for one member's report.
-const gcReportTimeout = 60 * time.Second
+// gcReportTimeout bounds the wait for one member's report;
+// gcProgressEvery is how often a collection says it is still waiting.
+const (
+	gcReportTimeout = 60 * time.Second
+	gcProgressEvery = 10 * time.Second
+)
 
 type gcReportRequest struct {
 	Mark    uint64 `json:"mark"`
@@ -224,7 +228,19 @@ func (n *Node) CollectGarbage(ctx context.Context, req api.GCRequest, progress f
 	}
 	rq := gcReportRequest{Mark: plan.MarkIndex, Through: n.meta.AppliedIndex(), Cutoff: plan.Cutoff.UnixNano()}
 	progress(fmt.Sprintf("waiting for every member to sweep through index %d", rq.Through))
-	res.Nodes = n.gcReports(ctx, rq)
+	// A line every few seconds while members sweep keeps the client's
+	// connection alive (the API cuts one idle for its idle timeout).
+	reports := make(chan []api.GCNodeReport, 1)
+	go func() { reports <- n.gcReports(ctx, rq) }()
+	tick := time.NewTicker(gcProgressEvery)
+	for res.Nodes == nil {
+		select {
+		case res.Nodes = <-reports:
+		case <-tick.C:
+			progress("members are still sweeping")
+		}
+	}
+	tick.Stop()
 	for _, r := range res.Nodes {
 		if r.Error != "" {
 			progress(fmt.Sprintf("node %s: no report: %s", r.Node, r.Error))

@@ -2,6 +2,7 @@ package state
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -217,4 +218,35 @@ func itoa(i int) string {
 			return s
 		}
 	}
+}
+
+// TestLargestSweepFitsOneTransaction: a sweep at the bounds (MaxSweepBlobs
+// blobs, MaxSweepLinks links of the longest repository names) applies.
+func TestLargestSweepFitsOneTransaction(t *testing.T) {
+	t.Parallel()
+	a := &applier{t: t, db: openDB(t)}
+	perBlob := MaxSweepLinks / MaxSweepBlobs
+	var repos []string
+	for i := range perBlob {
+		r := strings.Repeat("r", MaxRepoNameLength-2) + itoa(10+i)
+		repos = append(repos, r)
+	}
+	var blobs []SweepBlob
+	for i := range MaxSweepBlobs {
+		d := digest.FromString(itoa(i))
+		for _, r := range repos {
+			a.must(link(r, d))
+		}
+		blobs = append(blobs, SweepBlob{Digest: d, Repos: repos})
+	}
+	slices.SortFunc(blobs, func(x, y SweepBlob) int { return strings.Compare(string(x.Digest), string(y.Digest)) })
+	a.must(sweep(a.index, blobs...))
+	read(t, a.db, func(r Reader) {
+		if ts, _ := r.Tombstones(0, 2*MaxSweepBlobs); len(ts) != MaxSweepBlobs {
+			t.Errorf("%d tombstones; want %d", len(ts), MaxSweepBlobs)
+		}
+		if names, _ := r.Repositories("", -1); len(names) != 0 {
+			t.Errorf("repositories left: %d", len(names))
+		}
+	})
 }
