@@ -322,7 +322,9 @@ func (n *Node) gcReport(ctx context.Context, rq gcReportRequest) (gc.Report, err
 	if err := n.meta.WaitApplied(ctx, rq.Through); err != nil {
 		return gc.Report{}, fmt.Errorf("waiting to apply index %d: %w", rq.Through, err)
 	}
-	return n.gc.sweeper.ReportFor(ctx, rq.Mark, time.Unix(0, rq.Cutoff))
+	// The cutoff comes from the coordinating member; a cutoff in the
+	// future would take leftovers written this moment.
+	return n.gc.sweeper.ReportFor(ctx, rq.Mark, time.Unix(0, min(rq.Cutoff, time.Now().UnixNano())))
 }
 
 // serveGCReport answers gcReportProtocol.
