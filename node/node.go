@@ -75,6 +75,8 @@ type Node struct {
 	origins *fetch.OriginSource
 	// replicas keeps --replicas copies of blobs (replicas.go).
 	replicas *replicate.Replicator
+	// gc is garbage collection: pins, sweeper, schedule (collect.go).
+	gc *collector
 
 	fetchMu         sync.Mutex                        // guards serving
 	serving         map[digest.Digest]map[peer.ID]int // peers this node sends each blob to
@@ -151,7 +153,7 @@ func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 		_ = meta.Close()
 		return nil, fmt.Errorf("node: %w", err)
 	}
-	n = New(cfg, Parts{Blobs: diskBlobs{blobs}, Meta: meta, Transport: host, Providers: routing}, log, opts...)
+	n = New(cfg, Parts{Blobs: diskBlobs{blobs}, Meta: meta, Transport: host, Providers: routing, Files: blobs}, log, opts...)
 	n.fatal = fatal
 	n.dirLock = lock
 	return n, nil
@@ -181,6 +183,7 @@ func New(cfg Config, parts Parts, log *slog.Logger, opts ...Option) *Node {
 	n.readIndexes = &readIndexes{query: n.queryReadIndex, work: n.bg}
 	n.fetches = n.newFetches()
 	n.replicas = n.newReplicas()
+	n.setUpCollector(parts.Files)
 	n.scrub = newScrubber(blobs, n.metrics.scrubbed, cfg.ScrubRate, cfg.ScrubInterval, log)
 	blobs.OnCorrupt(n.blobCorrupt)
 	n.gate = newPeerGate()
@@ -205,6 +208,7 @@ func (n *Node) serveProtocols(s ProtocolServer) {
 	s.HandleRequests(replicate.ReplicateProtocol, maxControlLen, replicate.Timeout, n.replicas.ServeReplicate)
 	s.HandleRequests(vouchProtocol, maxControlLen, rpcTimeout, n.serveVouch)
 	s.HandleRequests(originProtocol, maxControlLen, rpcTimeout, n.serveOriginFetch)
+	s.HandleRequests(gcReportProtocol, maxControlLen, gcReportTimeout, n.serveGCReport)
 	s.ServeBlobs(n.cfg.PeerIdleTimeout, n.serveBlob)
 }
 
@@ -215,7 +219,7 @@ func (n *Node) serveProtocols(s ProtocolServer) {
 // errgroup (loops.go): a failure of the metadata store's storage stops
 // them all, and Run returns it. Run returns once every loop has stopped.
 func (n *Node) Run(ctx context.Context) error {
-	return runLoops(ctx,
+	return runLoops(ctx, append(n.gcLoops(),
 		storageWatch{failed: n.fatal},
 		newMesher(meshEvery, n.meshRound),
 		n.scrub,
@@ -227,7 +231,7 @@ func (n *Node) Run(ctx context.Context) error {
 			upkeepRules{DeadServerTimeout: n.cfg.DeadServerTimeout, StabilizationTime: n.cfg.StabilizationTime, Voters: n.cfg.Voters}, n.log),
 		newUploadExpiry(n.blobs, n.cfg.UploadIdleTimeout, n.forgetExpiredUploads, n.log),
 		n.tokenKeys(),
-	)
+	)...)
 }
 
 // Close hands leadership to another voter if this node leads one, then
