@@ -209,6 +209,11 @@ func (n *Node) CollectGarbage(ctx context.Context, req api.GCRequest, progress f
 		n.gc.duration.Set(time.Since(began).Seconds())
 		n.gc.lastRun.Set(float64(time.Now().Unix()))
 	}()
+	if !req.DryRun {
+		if err := n.membersApply(state.OpGCSweep); err != nil {
+			return res, fmt.Errorf("node: %w: %w", api.ErrGCUnavailable, err)
+		}
+	}
 	// Mark on current state (a stale one is safe, it frees less).
 	if err := n.catchUp(ctx); err != nil {
 		return res, fmt.Errorf("node: %w: catching up with the leader before the mark: %w", api.ErrGCUnavailable, err)

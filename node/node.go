@@ -116,7 +116,8 @@ func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 	pc := cfg.P2P
 	pc.DataDir = cfg.DataDir
 	pc.Logger = log.With("component", "p2p")
-	pc.RouteTargets = routeTargets(cfg.Join) // advertise.go
+	pc.RouteTargets = routeTargets(cfg.Join)    // advertise.go
+	pc.UserAgent = userAgent(cfg.Build.Version) // features.go
 	host, err := p2p.NewHost(pc)
 	if err != nil {
 		return nil, fmt.Errorf("node: starting the libp2p host: %w", err)

@@ -110,6 +110,10 @@ type Identity interface {
 	RaftAddress() string
 	// PrivateKey signs what peers must trust came from ID (join tokens).
 	PrivateKey() crypto.PrivKey
+	// AgentVersion is what peer p said it runs (libp2p identify's user
+	// agent; features.go reads the newest Raft op in it), "" when this
+	// node never heard from p.
+	AgentVersion(p peer.ID) string
 }
 
 // PeerRequester asks other peers: control requests (one message each way)

@@ -26,6 +26,12 @@ const (
 	OpGCSweep
 )
 
+// LastOp is the newest op this release applies. Members tell each other
+// theirs (node/features.go) so that a command an older member cannot apply
+// is not proposed while one runs: it would fail there and succeed on the
+// others, and the states would part. Raise it with every new op.
+const LastOp = OpGCSweep
+
 // Command is one replicated write. Each op uses a subset of the fields.
 //
 // Encoding: the op byte, then the JSON of the struct. encoding/json writes
