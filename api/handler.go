@@ -127,6 +127,7 @@ func New(cfg Config, reg Registry, node Node, metrics *Metrics, log *slog.Logger
 		h.mux.HandleFunc("GET /_meshreg/v1/token", h.token)
 		h.mux.HandleFunc("POST /_meshreg/v1/token", h.token)
 	}
+	h.mux.HandleFunc("POST /_meshreg/v1/gc", h.adminOnly(h.collectGarbage))
 	if metrics != nil {
 		h.mux.Handle("GET /metrics", metrics.handler())
 	}
@@ -222,7 +223,7 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rt route) err
 	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.URL.Query().Get("consistent") == "1" {
 		if b, ok := h.reg.(Barrier); ok {
 			if err := b.Barrier(r.Context()); err != nil {
-				return oci.Wrap(oci.Unavailable, err, "a consistent read needs the leader, which is unreachable: retry, or read without consistent=1")
+				return oci.Wrap(oci.Unavailable, err, "a consistent read needs the leader, which is unreachable: retry, or read without consistent=1").WithRetryAfter(time.Second)
 			}
 		}
 	}
