@@ -131,7 +131,7 @@ func backupAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	resp, err := nodeDoTimeout(c, req, 0)
+	resp, err := nodeDoWithin(c, req, 0)
 	if err != nil {
 		return err
 	}

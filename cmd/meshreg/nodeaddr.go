@@ -98,15 +98,15 @@ func nodeTLSFiles(c *cli.Context) tlsconf.ClientFiles {
 }
 
 // nodeDo sends req to a node with the client that nodeClientFlags
-// describe: its TLS files and, when a user is given, Basic auth.
+// describe: its TLS files and, when a user is given, Basic auth. The
+// whole exchange must end within 30 s.
 func nodeDo(c *cli.Context, req *http.Request) (*http.Response, error) {
-	return nodeDoTimeout(c, req, 30*time.Second)
+	return nodeDoWithin(c, req, 30*time.Second)
 }
 
-// nodeDoTimeout is nodeDo with a bound on the whole exchange, body
-// included (0: none, for a stream that takes as long as it takes; the
-// request's context still ends it).
-func nodeDoTimeout(c *cli.Context, req *http.Request, timeout time.Duration) (*http.Response, error) {
+// nodeDoWithin is nodeDo for an answer that may take longer (0: no bound,
+// for a node that streams progress until the operation ends).
+func nodeDoWithin(c *cli.Context, req *http.Request, timeout time.Duration) (*http.Response, error) {
 	client, err := tlsconf.HTTPClient(nodeTLSFiles(c), timeout)
 	if err != nil {
 		return nil, err
