@@ -270,6 +270,8 @@ func restoreDataDir(ctx context.Context, dir string, force bool, in io.Reader, e
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return res, fmt.Errorf("restore: reading data dir %s: %w", dir, err)
 	}
+	_, statErr := os.Stat(dir)
+	created := errors.Is(statErr, fs.ErrNotExist)
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return res, fmt.Errorf("restore: creating data dir %s: %w", dir, err)
 	}
@@ -277,7 +279,12 @@ func restoreDataDir(ctx context.Context, dir string, force bool, in io.Reader, e
 	if err != nil {
 		return res, err
 	}
-	defer lock.Close()
+	defer func() {
+		_ = lock.Close()
+		if err != nil && created { // a failed restore leaves no data dir it made
+			_ = os.RemoveAll(dir)
+		}
+	}()
 
 	tmp := filepath.Clean(dir) + ".tmp"
 	if err := os.RemoveAll(tmp); err != nil { // what an interrupted restore left
