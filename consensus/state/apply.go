@@ -199,6 +199,8 @@ func (t tx) execute(c Command) (resp, err error) {
 		return nil, t.linkBlob(c.Repo, c.Digest, c.Size)
 	case OpUnlinkBlob:
 		return t.unlinkBlob(c.Repo, c.Digest)
+	case OpPutMirrorTag:
+		return t.putMirrorTag(c)
 	}
 	return fmt.Errorf("consensus: unknown command %d", c.Op), nil
 }
@@ -365,7 +367,7 @@ func (t tx) unlinkBlob(repo string, d digest.Digest) (resp, err error) {
 // forgetRepoIfEmpty drops the repository from the list once it holds no
 // manifest, tag or blob link.
 func (t tx) forgetRepoIfEmpty(repo string) error {
-	for _, p := range []byte{prefixManifest, prefixTag, prefixBlobLink} {
+	for _, p := range []byte{prefixManifest, prefixTag, prefixBlobLink, prefixMirror} {
 		if t.hasPrefix(keyPrefix(p, repo)) {
 			return nil
 		}

@@ -17,6 +17,9 @@ const (
 	OpDeleteTag
 	OpLinkBlob
 	OpUnlinkBlob
+	// OpPutMirrorTag records what an upstream registry answered for a tag
+	// of a mirrored repository, and when it was asked (mirror.go).
+	OpPutMirrorTag
 )
 
 // Command is one replicated write. Each op uses a subset of the fields.
@@ -36,6 +39,10 @@ type Command struct {
 	Subject      digest.Digest     `json:"subject,omitempty"`
 	Annotations  map[string]string `json:"annotations,omitempty"`
 	Body         []byte            `json:"body,omitempty"`
+	// Upstream and CheckedAt (unix nanoseconds, the proposer's clock)
+	// belong to OpPutMirrorTag.
+	Upstream  string `json:"upstream,omitempty"`
+	CheckedAt int64  `json:"checkedAt,omitempty"`
 }
 
 // Encode returns the bytes a command travels and is logged as.
@@ -70,6 +77,7 @@ const (
 	KindDeleteTag      Kind = "delete_tag"
 	KindLinkBlob       Kind = "link_blob"
 	KindUnlinkBlob     Kind = "unlink_blob"
+	KindPutMirrorTag   Kind = "put_mirror_tag"
 	// KindRestore: the whole state was replaced by a snapshot up to Index;
 	// a follower of the stream reads it again.
 	KindRestore Kind = "restore"
@@ -91,6 +99,8 @@ func (o Op) Kind() Kind {
 		return KindLinkBlob
 	case OpUnlinkBlob:
 		return KindUnlinkBlob
+	case OpPutMirrorTag:
+		return KindPutMirrorTag
 	}
 	return KindInvalid
 }

@@ -19,7 +19,9 @@ import (
 //	├── t<repo>·<tag>              tag → digest
 //	├── g<repo>·<digest>·<tag>     reverse tag index: tags pointing at digest (empty value)
 //	├── l<repo>·<digest>           blob link → size (uint64 big-endian)
-//	└── f<repo>·<subject>·<digest> referrer → ocispec.Descriptor (JSON)
+//	├── f<repo>·<subject>·<digest> referrer → ocispec.Descriptor (JSON)
+//	└── u<repo>·<tag>              mirrored tag → MirrorTag (JSON): what the
+//	                               upstream answered and when (mirror.go)
 //
 // "·" is the byte 0x00, which no repository name, tag or digest may contain
 // (writes with one are refused), so a prefix such as t<repo>· never matches
@@ -39,6 +41,7 @@ const (
 	prefixTagByDig = 'g'
 	prefixBlobLink = 'l'
 	prefixReferrer = 'f'
+	prefixMirror   = 'u'
 	sep            = 0x00
 	maxNameLength  = 4096 // repository names and tags; far above what the API accepts
 )
@@ -76,6 +79,7 @@ func TagKey(repo, tag string) []byte { return key(prefixTag, repo, tag) }
 func tagByDigestKey(repo string, d digest.Digest, tag string) []byte {
 	return key(prefixTagByDig, repo, string(d), tag)
 }
+func mirrorTagKey(repo, tag string) []byte { return key(prefixMirror, repo, tag) }
 func blobLinkKey(repo string, d digest.Digest) []byte { return key(prefixBlobLink, repo, string(d)) }
 func ReferrerKey(repo string, subject, d digest.Digest) []byte {
 	return key(prefixReferrer, repo, string(subject), string(d))
