@@ -46,6 +46,8 @@ type Config struct {
 	// RateLimits turns rate limits on for /v2/ (health probes, metrics and
 	// admin endpoints are never limited); nil limits nothing.
 	RateLimits RateLimiter
+	// Mirror routes pulls to upstream registries (mirror.go).
+	Mirror Mirroring
 }
 
 // DefaultConfig returns the limits a registry operator would expect.
@@ -190,6 +192,10 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rt route) err
 	if !ok {
 		w.Header().Set("Allow", allowed(methods))
 		return oci.Errorf(oci.Unsupported, "method %.20q is not supported on %s: use %s", r.Method, rt.kind, allowed(methods))
+	}
+	rt, err := h.routeMirror(r, rt)
+	if err != nil {
+		return err
 	}
 	var denied error
 	if h.cfg.Auth != nil {
