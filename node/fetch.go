@@ -24,7 +24,7 @@ func (n *Node) newFetches() *fetch.Engine {
 	})
 	return fetch.New(fetch.Config{
 		Partials: fetchPartials{n: n},
-		Sources:  []fetch.Source{peers},
+		Sources:  []fetch.Source{peers, originSource{n: n}},
 		Room:     func() error { return n.disk.check() },
 		Go: func(fn func(context.Context)) error {
 			if !n.bg.Go(func() { fn(n.bg.Context()) }) {
@@ -75,8 +75,8 @@ func (n *Node) provide(d digest.Digest) {
 // it joins or starts the fetch and returns a reader that follows it. It
 // waits until the first bytes arrive, so that a blob no peer has is a
 // BLOB_UNKNOWN error rather than a response cut short.
-func (n *Node) openFetched(ctx context.Context, d digest.Digest, size int64) (io.ReadSeekCloser, error) {
-	f, err := n.fetches.Start(fetch.Request{Digest: d, Size: size, ForClient: true})
+func (n *Node) openFetched(ctx context.Context, d digest.Digest, size int64, origin *fetch.Origin) (io.ReadSeekCloser, error) {
+	f, err := n.fetches.Start(fetch.Request{Digest: d, Size: size, ForClient: true, Origin: origin})
 	if err != nil {
 		return nil, blobError(err, d)
 	}

@@ -4,6 +4,8 @@ import (
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshreg/meshreg/node/mirror"
 )
 
 // nodeMetrics are the node's counters for the blob paths between peers.
@@ -23,6 +25,7 @@ type nodeMetrics struct {
 	corrupt       prometheus.Counter     // stored blobs found corrupt and quarantined
 	corruptCount  atomic.Int64           // the same, for the status document
 	scrubbed      prometheus.Counter     // bytes re-hashed by the scrub
+	mirror        *mirror.Metrics        // per upstream (mirror.go)
 }
 
 func newNodeMetrics() *nodeMetrics {
@@ -55,6 +58,7 @@ func newNodeMetrics() *nodeMetrics {
 			Name: "meshreg_blobs_corrupt_total", Help: "Blobs on this node's disk found not to match their digest (when served or scrubbed); each was quarantined and fetched again from peers."}),
 		scrubbed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meshreg_scrub_bytes_total", Help: "Bytes of stored blobs re-hashed by the background scrub."}),
+		mirror: mirror.NewMetrics(),
 	}
 	m.writesRefused.WithLabelValues("disk")
 	for _, source := range []string{"local", "peer", "failed"} {
@@ -66,6 +70,16 @@ func newNodeMetrics() *nodeMetrics {
 func (m *nodeMetrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.bytesServed, m.bytesFetched, m.reads, m.penalties, m.fetchSeconds, m.fetchRate, m.lookup, m.replicated,
 		m.writesRefused, m.corrupt, m.scrubbed}
+}
+
+// registerMirror exports the mirror's metrics, with the rate-limit headroom
+// of each upstream that reports one.
+func (n *Node) registerMirror(reg prometheus.Registerer) {
+	if n.mirror == nil {
+		return
+	}
+	n.metrics.mirror.Register(reg)
+	n.registerUpstreamGauges(reg)
 }
 
 // RegisterMetrics adds the node's storage gauges to reg.
@@ -93,4 +107,5 @@ func (n *Node) RegisterMetrics(reg prometheus.Registerer) {
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshreg_p2p_streams_refused_total",
 		Help: "Inbound libp2p streams reset unread because the peer may not use the protocol (not a member)."},
 		func() float64 { return float64(n.host.RefusedStreams()) }))
+	n.registerMirror(reg)
 }

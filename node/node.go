@@ -24,6 +24,7 @@ import (
 	"github.com/meshreg/meshreg/blobstore"
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/fetch"
+	"github.com/meshreg/meshreg/node/mirror"
 	"github.com/meshreg/meshreg/node/replicate"
 	"github.com/meshreg/meshreg/p2p"
 )
@@ -69,6 +70,8 @@ type Node struct {
 	fetches *fetch.Engine
 	// replicas keeps --replicas copies of blobs (replicas.go).
 	replicas *replicate.Replicator
+	// mirror answers mirrored repositories (mirror.go); nil: none.
+	mirror *mirror.Mirror
 
 	fetchMu         sync.Mutex                        // guards serving
 	serving         map[digest.Digest]map[peer.ID]int // peers this node sends each blob to
@@ -197,6 +200,7 @@ func (n *Node) serveProtocols(s ProtocolServer) {
 	s.HandleRequests(replicate.HasProtocol, maxControlLen, rpcTimeout, n.replicas.ServeHas)
 	s.HandleRequests(replicate.ReplicateProtocol, maxControlLen, replicate.Timeout, n.replicas.ServeReplicate)
 	s.HandleRequests(vouchProtocol, maxControlLen, rpcTimeout, n.serveVouch)
+	s.HandleRequests(mirrorProtocol, maxControlLen, rpcTimeout, n.serveMirror)
 	s.ServeBlobs(n.cfg.PeerIdleTimeout, n.serveBlob)
 }
 

@@ -41,6 +41,9 @@ func orCatchUp[T any](ctx context.Context, n *Node, read func() (T, error)) (T, 
 }
 
 func (n *Node) GetManifest(ctx context.Context, repo, reference string) (api.Manifest, error) {
+	if up, upRepo, ok := n.mirror.Split(repo); ok {
+		return n.mirrorManifest(ctx, repo, up, upRepo, reference)
+	}
 	d, err := n.resolve(ctx, repo, reference)
 	if err != nil {
 		return api.Manifest{}, err
@@ -216,7 +219,7 @@ func (n *Node) OpenBlob(ctx context.Context, repo string, d digest.Digest) (io.R
 		f, size, err = n.blobs.OpenVerified(d)
 	}
 	if errors.Is(err, blobstore.ErrNotFound) {
-		r, err := n.openFetched(ctx, d, linked)
+		r, err := n.openFetched(ctx, d, linked, n.origin(repo))
 		if err != nil {
 			return nil, 0, err
 		}

@@ -117,6 +117,9 @@ type Request struct {
 	// ForClient is set when a client read waits on the fetch: it then
 	// logs as a pull at INFO, otherwise as a copy between nodes at DEBUG.
 	ForClient bool
+	// Origin is where the blob comes from when no peer holds it; nil:
+	// peers only.
+	Origin *Origin
 }
 
 // A Fetch is one blob being copied to this node's disk.
@@ -126,6 +129,7 @@ type Fetch struct {
 	size        int64
 	sizeGuessed bool
 	hint        []peer.ID
+	origin      *Origin
 
 	// forClient is set (under Engine.mu) when a client read waits on the
 	// fetch (see Request.ForClient).
@@ -159,7 +163,7 @@ func (e *Engine) Start(req Request) (*Fetch, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &Fetch{e: e, d: req.Digest, size: req.Size, sizeGuessed: req.SizeGuessed, hint: req.Hint, forClient: req.ForClient,
+	f := &Fetch{e: e, d: req.Digest, size: req.Size, sizeGuessed: req.SizeGuessed, hint: req.Hint, forClient: req.ForClient, origin: req.Origin,
 		part: part, flowing: make(chan struct{}), done: make(chan struct{})}
 	if err := e.cfg.Go(func(ctx context.Context) { e.run(ctx, f) }); err != nil {
 		part.Fail(err)
@@ -262,6 +266,10 @@ func (f *Fetch) SizeGuessed() bool { return f.sizeGuessed }
 
 // Hint is the peers the request named (see Request.Hint).
 func (f *Fetch) Hint() []peer.ID { return f.hint }
+
+// Origin is where the blob comes from when no peer holds it (see
+// Request.Origin); nil: peers only.
+func (f *Fetch) Origin() *Origin { return f.origin }
 
 // Done is closed when the fetch ended; Err then says how.
 func (f *Fetch) Done() <-chan struct{} { return f.done }

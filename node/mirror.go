@@ -1,0 +1,316 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/meshreg/meshreg/api"
+	"github.com/meshreg/meshreg/api/oci"
+	"github.com/meshreg/meshreg/consensus"
+	"github.com/meshreg/meshreg/node/fetch"
+	"github.com/meshreg/meshreg/node/manifest"
+	"github.com/meshreg/meshreg/node/mirror"
+)
+
+// The node's side of the pull-through mirror (package mirror): the
+// replicated state it reads and writes (mirrorStore), the reads of
+// mirrored repositories (<ns>/<repo>), the revalidation of a tag on the
+// Raft leader for the whole cluster (mirrorProtocol), and the upstream as
+// the origin of blobs no peer holds (originSource).
+
+// mirrorProtocol asks the Raft leader to revalidate a mirrored tag for the
+// cluster: the request is a mirrorRequest, the answer a mirrorResult. The
+// leader shares concurrent requests for one tag (one HEAD upstream) and
+// answers once its answer is applied; the asker waits to apply as far.
+const mirrorProtocol = "/meshreg/mirror-resolve/1.0.0"
+
+type mirrorRequest struct {
+	Upstream string `json:"upstream"`
+	Repo     string `json:"repo"`
+	Tag      string `json:"tag"`
+}
+
+type mirrorResult struct {
+	// Kind is how the upstream failed: not_found, unauthorized,
+	// unavailable, other; "" on success.
+	Kind  string `json:"kind,omitempty"`
+	Msg   string `json:"msg,omitempty"`
+	Index uint64 `json:"index,omitempty"`
+}
+
+// mirrorMeta is the metadata store's ability to record mirrored tags
+// (consensus.Store has it; a fake may not, and then the node mirrors
+// nothing).
+type mirrorMeta interface {
+	MirrorTag(repo, tag string) (consensus.MirrorTag, error)
+	PutMirrorTag(ctx context.Context, repo, tag string, rec consensus.MirrorTag) error
+}
+
+var _ mirrorMeta = (*consensus.Store)(nil)
+
+// openMirror builds the node's mirror of cfg.Mirror with a client per
+// upstream; nil when no upstream is configured.
+func (n *Node) openMirror(clients map[string]mirror.Upstream, classify func(error) error) (*mirror.Mirror, error) {
+	if len(n.cfg.Mirror.Upstreams) == 0 {
+		return nil, nil
+	}
+	if _, ok := n.meta.(mirrorMeta); !ok {
+		return nil, errors.New("node: the metadata store cannot record mirrored tags")
+	}
+	return mirror.New(n.cfg.Mirror, mirror.Options{
+		Clients: clients, Store: mirrorStore{n}, Revalidate: n.revalidateOnLeader, Classify: classify,
+		MaxManifest: consensusMaxManifest, Metrics: n.metrics.mirror, Log: n.log.With("component", "mirror"),
+	})
+}
+
+// consensusMaxManifest is the largest manifest a Raft write carries.
+const consensusMaxManifest = 4 << 20
+
+// mirrorStore is the replicated state as the mirror uses it.
+type mirrorStore struct{ n *Node }
+
+func (s mirrorStore) MirrorTag(repo, tag string) (consensus.MirrorTag, error) {
+	return s.n.meta.(mirrorMeta).MirrorTag(repo, tag)
+}
+
+func (s mirrorStore) PutMirrorTag(ctx context.Context, repo, tag string, rec consensus.MirrorTag) error {
+	return s.n.meta.(mirrorMeta).PutMirrorTag(ctx, repo, tag, rec)
+}
+
+func (s mirrorStore) HasManifest(repo string, d digest.Digest) bool {
+	_, err := s.n.meta.Manifest(repo, d)
+	return err == nil
+}
+
+// StoreManifest stores a manifest fetched from an upstream: through the
+// same Raft write as a push, but without requiring the blobs and child
+// manifests it names (mirrored content arrives when asked for), and with
+// its blobs linked to the repository so that they may be pulled from it.
+func (s mirrorStore) StoreManifest(ctx context.Context, repo string, d digest.Digest, mediaType string, body []byte) error {
+	n := s.n
+	p, err := manifest.Parse(mediaType, body)
+	if err != nil {
+		return manifestError(err)
+	}
+	rec := consensus.ManifestRecord{Repo: repo, Digest: d, MediaType: p.MediaType, Body: body,
+		ArtifactType: p.ArtifactType, Annotations: p.Annotations}
+	if p.Subject != nil {
+		rec.Subject = p.Subject.Digest
+	}
+	for _, b := range p.Blobs {
+		if size, err := n.meta.BlobLink(repo, b.Digest); err == nil && size == b.Size {
+			continue
+		}
+		if err := n.meta.LinkBlob(ctx, repo, b.Digest, b.Size); err != nil {
+			return fmt.Errorf("linking blob %s to %s: %w", b.Digest, repo, err)
+		}
+	}
+	return n.meta.PutManifest(ctx, rec)
+}
+
+// revalidateOnLeader has the Raft leader revalidate a tag for the whole
+// cluster (it runs mirror.Revalidate, which shares concurrent requests),
+// and returns once this node applied the answer.
+func (n *Node) revalidateOnLeader(ctx context.Context, upstream, repo, tag string) error {
+	st := n.meta.Status()
+	if st.State == consensus.Leader {
+		return n.mirror.Revalidate(ctx, upstream, repo, tag)
+	}
+	if st.LeaderID == "" {
+		return fmt.Errorf("no Raft leader to revalidate the tag: %w", consensus.ErrNotLeader)
+	}
+	id, err := peerOf(n.host, consensus.Server{ID: st.LeaderID, Address: st.LeaderAddress})
+	if err != nil {
+		return err
+	}
+	req, _ := json.Marshal(mirrorRequest{Upstream: upstream, Repo: repo, Tag: tag})
+	rctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+	defer cancel()
+	resp, err := n.host.Request(rctx, id, mirrorProtocol, req, maxControlLen)
+	if err != nil {
+		return fmt.Errorf("asking leader %s to revalidate %s:%s: %w", id, repo, tag, err)
+	}
+	var res mirrorResult
+	if err := json.Unmarshal(resp, &res); err != nil {
+		return fmt.Errorf("leader %s: bad answer to a revalidation: %w", id, err)
+	}
+	if res.Kind != "" {
+		return &leaderMirrorError{kind: res.Kind, msg: res.Msg}
+	}
+	return n.meta.WaitApplied(rctx, res.Index)
+}
+
+// leaderMirrorError is the leader's revalidation failure as a follower
+// rebuilds it: the kind matches mirror's sentinels.
+type leaderMirrorError struct{ kind, msg string }
+
+func (e *leaderMirrorError) Error() string { return e.msg }
+
+func (e *leaderMirrorError) Unwrap() error {
+	switch e.kind {
+	case "not_found":
+		return mirror.ErrNotFound
+	case "unauthorized":
+		return mirror.ErrUnauthorized
+	case "unavailable":
+		return mirror.ErrUnavailable
+	}
+	return nil
+}
+
+// serveMirror is the leader's side of mirrorProtocol. The asker is a
+// member (the gate lets no one else open it); what it names is checked
+// here: a configured upstream, a valid repository and tag.
+func (n *Node) serveMirror(ctx context.Context, from peer.ID, b []byte) []byte {
+	var req mirrorRequest
+	res := mirrorResult{}
+	answer := func() []byte { out, _ := json.Marshal(res); return out }
+	if err := json.Unmarshal(b, &req); err != nil {
+		res.Kind, res.Msg = "other", "bad revalidation request"
+		return answer()
+	}
+	switch {
+	case n.mirror == nil:
+		res.Kind, res.Msg = "other", "this node mirrors no upstream"
+	case !validMirrorRequest(req):
+		res.Kind, res.Msg = "other", "invalid repository or tag"
+	case n.meta.Status().State != consensus.Leader:
+		res.Kind, res.Msg = "other", "not the leader"
+	}
+	if res.Kind != "" {
+		return answer()
+	}
+	err := n.mirror.Revalidate(ctx, req.Upstream, req.Repo, req.Tag)
+	if err != nil {
+		res.Kind, res.Msg = mirrorErrorKind(err), err.Error()
+		return answer()
+	}
+	res.Index = n.meta.AppliedIndex()
+	return answer()
+}
+
+func validMirrorRequest(r mirrorRequest) bool {
+	return len(r.Upstream) <= 259 && len(r.Repo) <= 255 && len(r.Tag) <= 128 &&
+		api.ValidName(r.Repo) && api.ValidTag(r.Tag)
+}
+
+func mirrorErrorKind(err error) string {
+	switch {
+	case errors.Is(err, mirror.ErrNotFound):
+		return "not_found"
+	case errors.Is(err, mirror.ErrUnauthorized):
+		return "unauthorized"
+	case errors.Is(err, mirror.ErrUnavailable):
+		return "unavailable"
+	}
+	return "other"
+}
+
+// mirrorManifest serves a manifest of a mirrored repository: a tag is
+// answered by the mirror (fresh, revalidated or stale), a digest from the
+// state or, when absent, from the upstream.
+func (n *Node) mirrorManifest(ctx context.Context, internal, upstream, repo, reference string) (api.Manifest, error) {
+	var (
+		d       digest.Digest
+		warning string
+	)
+	if manifest.IsDigest(reference) {
+		d = digest.Digest(reference)
+		if err := n.mirror.Manifest(ctx, upstream, repo, d); err != nil {
+			return api.Manifest{}, err
+		}
+	} else {
+		a, err := n.mirror.Tag(ctx, upstream, repo, reference)
+		if err != nil {
+			return api.Manifest{}, err
+		}
+		d, warning = a.Digest, a.Warning
+	}
+	m, err := n.meta.Manifest(internal, d)
+	if err != nil {
+		return api.Manifest{}, metaError(err, oci.ManifestUnknown, "manifest "+d.String()+" of "+internal+" is not stored yet: retry")
+	}
+	return api.Manifest{Digest: m.Digest, MediaType: m.MediaType, Body: m.Body, Warning: warning}, nil
+}
+
+// origin is the fetch origin of a blob of repository repo: its upstream
+// when repo is mirrored, else nil (peers only).
+func (n *Node) origin(repo string) *fetch.Origin {
+	up, upRepo, ok := n.mirror.Split(repo)
+	if !ok {
+		return nil
+	}
+	return &fetch.Origin{Name: up, Repo: upRepo}
+}
+
+// HasManifest reports whether repo holds the manifest (tag or digest) in
+// this node's state (api.LocalContent: pushed content is served first).
+func (n *Node) HasManifest(repo, reference string) bool {
+	d := digest.Digest(reference)
+	if !manifest.IsDigest(reference) {
+		var err error
+		if d, err = n.meta.ResolveTag(repo, reference); err != nil {
+			return false
+		}
+	}
+	_, err := n.meta.Manifest(repo, d)
+	return err == nil
+}
+
+// HasBlob reports whether blob d is linked to repo in this node's state.
+func (n *Node) HasBlob(repo string, d digest.Digest) bool {
+	_, err := n.meta.BlobLink(repo, d)
+	return err == nil
+}
+
+var _ api.LocalContent = (*Node)(nil)
+
+// originSource is the fetch source of last resort: the blob's origin (its
+// upstream), for a fetch that names one, when no peer had the blob.
+type originSource struct{ n *Node }
+
+func (originSource) Name() string { return "upstream" }
+
+func (s originSource) Fill(ctx context.Context, f *fetch.Fetch) error {
+	o := f.Origin()
+	if o == nil || s.n.mirror == nil {
+		return errors.New("no upstream for this blob")
+	}
+	open, ok := s.n.mirror.Origin(o.Name)
+	if !ok {
+		return fmt.Errorf("upstream %s is not configured", o.Name)
+	}
+	part := f.Current()
+	rc, err := open(ctx, o.Repo, f.Digest(), f.Size(), part.Written())
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	// From here this node serves the bytes as they arrive to peers that
+	// want the blob too (they cut through behind it).
+	f.SetSource(s.n.host.ID(), 1)
+	defer f.SetSource("", 0)
+	if _, err := io.Copy(f.Writer(part), io.LimitReader(rc, f.Size()-part.Written())); err != nil {
+		part.Fail(err)
+		return fmt.Errorf("reading blob %s from upstream %s: %w", f.Digest(), o.Name, err)
+	}
+	if err := part.Commit(); err != nil {
+		return fmt.Errorf("blob %s from upstream %s: %w", f.Digest(), o.Name, err)
+	}
+	s.n.log.Info("fetched blob from upstream", "upstream", o.Name, "repository", o.Repo, "digest", f.Digest(), "size", f.Size())
+	return nil
+}
+
+// mirrorStatus is the upstreams in the status document.
+func (n *Node) mirrorStatus() []mirror.Status {
+	if n.mirror == nil {
+		return nil
+	}
+	return n.mirror.Statuses()
+}
