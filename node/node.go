@@ -25,6 +25,7 @@ import (
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/fetch"
 	"github.com/meshreg/meshreg/node/mirror"
+	"github.com/meshreg/meshreg/node/upstream"
 	"github.com/meshreg/meshreg/node/replicate"
 	"github.com/meshreg/meshreg/p2p"
 )
@@ -72,6 +73,8 @@ type Node struct {
 	replicas *replicate.Replicator
 	// mirror answers mirrored repositories (mirror.go); nil: none.
 	mirror *mirror.Mirror
+	// upstreams are the mirror's clients, by name (for their gauges).
+	upstreams map[string]*upstream.Registry
 
 	fetchMu         sync.Mutex                        // guards serving
 	serving         map[digest.Digest]map[peer.ID]int // peers this node sends each blob to
@@ -151,6 +154,11 @@ func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 	n = New(cfg, Parts{Blobs: diskBlobs{blobs}, Meta: meta, Transport: host, Providers: routing}, log, opts...)
 	n.fatal = fatal
 	n.dirLock = lock
+	if err := n.startMirror(); err != nil {
+		n.dirLock = nil
+		_ = n.Close()
+		return nil, err
+	}
 	return n, nil
 }
 

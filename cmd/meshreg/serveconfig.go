@@ -104,6 +104,9 @@ func (cfg *serveConfig) settings() []setting {
 		stringSetting(&cfg.AuthHtpasswd, "auth-htpasswd", catAPI, "htpasswd `FILE` of users (bcrypt entries only, `htpasswd -B`): turns on Basic authentication for /v2/ and the admin endpoints; reloaded when it changes"),
 		stringSetting(&cfg.AuthPolicy, "auth-policy", catAPI, "access policy `FILE` (YAML: who may pull, push, delete in which repositories, and who is admin); without it every user may do everything and anonymous clients nothing; reloaded when it changes"),
 		durationSetting(&cfg.ShutdownTimeout, "shutdown-timeout", catAPI, "`DURATION` in-flight requests may run after SIGTERM or SIGINT"),
+		upstreamSetting(&nc.Mirror.Upstreams, "upstream", catAPI, "mirror the registry clients call `NAME` (docker.io, ghcr.io, HOST:PORT) at URL: NAME=URL[;revalidate=5m][;allow=GLOB]...[;ca-file=FILE][;skip-verify][;region-fetch] (repeatable; in the config file also a list of mappings with those keys)"),
+		stringSetting(&nc.Mirror.CredentialsFile, "upstream-credentials", catAPI, "Docker config.json `FILE` with the upstreams' credentials (auths: auth or username/password); reloaded when it changes"),
+		stringSetting(&nc.Mirror.Default, "upstream-default", catAPI, "the upstream `NAME` a pull without ?ns= means for a repository the cluster does not hold (Docker's registry-mirrors); default docker.io when configured; none: no default"),
 	}
 }
 
@@ -128,6 +131,7 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 		return *cfg, err
 	}
 	cfg.API.RequireClientCert = cfg.TLS.ClientCA != ""
+	cfg.API.Mirror = api.Mirroring{Upstreams: cfg.Node.Mirror.Names(), Default: cfg.Node.Mirror.DefaultUpstream()}
 	if path := cfg.ClusterKeyFile; path != "" {
 		key, err := p2p.LoadPrivateNetworkKey(path)
 		if err != nil {
