@@ -188,7 +188,7 @@ func (n *Node) serveMirror(ctx context.Context, from peer.ID, b []byte) []byte {
 	}
 	err := n.mirror.Revalidate(ctx, req.Upstream, req.Repo, req.Tag)
 	if err != nil {
-		res.Kind, res.Msg = mirrorErrorKind(err), err.Error()
+		res.Kind, res.Msg = mirrorErrorKind(n.mirror.Kind(err)), err.Error()
 		return answer()
 	}
 	res.Index = n.meta.AppliedIndex()
@@ -200,7 +200,8 @@ func validMirrorRequest(r mirrorRequest) bool {
 		api.ValidName(r.Repo) && api.ValidTag(r.Tag)
 }
 
-func mirrorErrorKind(err error) string {
+func mirrorErrorKind(kind error) string {
+	err := kind
 	switch {
 	case errors.Is(err, mirror.ErrNotFound):
 		return "not_found"

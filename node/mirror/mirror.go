@@ -296,7 +296,7 @@ func (m *Mirror) Revalidate(ctx context.Context, upstreamName, repo, tag string)
 			if len(m.failed) >= maxFailed {
 				clear(m.failed)
 			}
-			m.failed[key] = failure{until: m.opts.Now().Add(retryFailed), err: err}
+			m.failed[key] = failure{until: m.opts.Now().Add(min(retryFailed, u.cfg.RevalidateEvery()/2)), err: err}
 			m.mu.Unlock()
 		}
 		return nil, err
@@ -410,6 +410,10 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	c.add(float64(n))
 	return n, err
 }
+
+// Kind is how an upstream failed: ErrNotFound, ErrUnauthorized,
+// ErrUnavailable, or nil for anything else.
+func (m *Mirror) Kind(err error) error { return m.classify(err) }
 
 // classify maps err to ErrNotFound, ErrUnauthorized, ErrUnavailable or nil.
 func (m *Mirror) classify(err error) error {
