@@ -25,8 +25,8 @@ import (
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/fetch"
 	"github.com/meshreg/meshreg/node/mirror"
-	"github.com/meshreg/meshreg/node/upstream"
 	"github.com/meshreg/meshreg/node/replicate"
+	"github.com/meshreg/meshreg/node/upstream"
 	"github.com/meshreg/meshreg/p2p"
 )
 

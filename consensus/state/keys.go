@@ -79,7 +79,7 @@ func TagKey(repo, tag string) []byte { return key(prefixTag, repo, tag) }
 func tagByDigestKey(repo string, d digest.Digest, tag string) []byte {
 	return key(prefixTagByDig, repo, string(d), tag)
 }
-func mirrorTagKey(repo, tag string) []byte { return key(prefixMirror, repo, tag) }
+func mirrorTagKey(repo, tag string) []byte            { return key(prefixMirror, repo, tag) }
 func blobLinkKey(repo string, d digest.Digest) []byte { return key(prefixBlobLink, repo, string(d)) }
 func ReferrerKey(repo string, subject, d digest.Digest) []byte {
 	return key(prefixReferrer, repo, string(subject), string(d))

@@ -14,4 +14,6 @@ type Origin struct{ Name, Repo string }
 type OriginFunc func(ctx context.Context, repo string, d digest.Digest, size, offset int64) (io.ReadCloser, error)
 
 // Origins looks an origin up by name; h/mirror implements it (node/mirror), node wires it into the engine.
-type Origins interface{ Origin(name string) (OriginFunc, bool) }
+type Origins interface {
+	Origin(name string) (OriginFunc, bool)
+}
