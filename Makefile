@@ -1,6 +1,6 @@
 # meshreg — `make build` builds bin/meshreg; `make run` builds it and starts
 # a registry on 127.0.0.1:5000 (data in ./meshreg-data); `make tools` puts
-# crane and oras in .tools/bin; `make test` runs every test. See README.md.
+# crane, oras, helm and CNCF Distribution in .tools/bin; `make test` runs every test. See README.md.
 
 GO        ?= go
 BIN       := bin/meshreg
@@ -9,7 +9,8 @@ TOOLS_BIN := $(TOOLS_DIR)/bin
 STAMPS    := $(TOOLS_DIR)/stamps
 
 # Pinned test clients (crane, oras, the OCI conformance suite) and the
-# reference registry (CNCF Distribution, for the benchmark).
+# reference registry (CNCF Distribution: the benchmark's baseline and the
+# upstream of the mirror tests).
 CRANE_VERSION       := v0.22.1
 ORAS_VERSION        := v1.3.6
 CONFORMANCE_VERSION := v0.0.0-20260831232431-97274622c111
@@ -90,8 +91,9 @@ lint:
 # lint, unit tests (every package but testnet), then the end-to-end tests.
 test: lint unit e2e
 
-# helm: deploy/helm's test lints and renders the chart with it.
-unit: $(HELM_STAMP)
+# helm: deploy/helm's test lints and renders the chart with it; registry:
+# the upstream registry of node/upstream's tests.
+unit: $(HELM_STAMP) $(REGISTRY_STAMP)
 	$(GO) test -count=1 -timeout $(UNIT_TIMEOUT) $$($(GO) list ./... | grep -v '/testnet')
 
 # The end-to-end tests start bin/meshreg as real processes and drive them
@@ -110,7 +112,7 @@ conformance: $(E2E_BUILD) $(CONFORMANCE_STAMP)
 bench: build $(REGISTRY_STAMP)
 	$(GO) run ./testnet/bench -meshreg $(BIN) -distribution .tools/bin/registry $(BENCH_FLAGS)
 
-tools: $(CRANE_STAMP) $(ORAS_STAMP) $(CONFORMANCE_STAMP) $(HELM_STAMP)
+tools: $(CRANE_STAMP) $(ORAS_STAMP) $(CONFORMANCE_STAMP) $(HELM_STAMP) $(REGISTRY_STAMP)
 
 # go install MODULE@VERSION ignores this module's go.mod; GOFLAGS is cleared
 # so that a -mod setting in the environment cannot break it.

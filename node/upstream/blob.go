@@ -111,6 +111,12 @@ func (b *blobReader) open() error {
 		if b.size < 0 && resp.ContentLength >= 0 {
 			b.size = resp.ContentLength
 		}
+		if resp.ContentLength >= 0 && resp.ContentLength != b.size {
+			drain(resp)
+			idle.Stop()
+			cancel()
+			return b.r.bad(req, fmt.Sprintf("upstream says the blob is %d bytes, not %d", resp.ContentLength, b.size))
+		}
 	case b.pos > 0 && resp.StatusCode == http.StatusPartialContent:
 		start, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
 		if !ok || start != b.pos || (b.size >= 0 && total >= 0 && total != b.size) {
@@ -147,7 +153,9 @@ func (b *blobReader) open() error {
 	}
 	body := resp.Body
 	if skip > 0 {
-		if _, err := io.CopyN(io.Discard, body, skip); err != nil {
+		n, err := io.CopyN(io.Discard, body, skip)
+		b.r.obs.OnBytes("blob", n) // fetched from upstream all the same
+		if err != nil {
 			body.Close()
 			idle.Stop()
 			cancel()

@@ -54,11 +54,12 @@ func TestBlobResumesAfterCutStreams(t *testing.T) {
 		cuts        []int // bytes written by the 1st, 2nd, … response before it breaks
 		honourRange bool
 		wantRanges  []string
+		refetched   int64 // bytes fetched twice (a server that ignores Range)
 	}{
-		{"two cuts", 0, []int{1000, 50000}, true, []string{"bytes=1000-", "bytes=51000-"}},
-		{"from an offset", 4096, []int{10}, true, []string{"bytes=4096-", "bytes=4106-"}},
-		{"cut before any byte", 0, []int{0, 0, 7}, true, []string{"bytes=7-"}},
-		{"server ignores Range", 0, []int{3000}, false, []string{"bytes=3000-"}},
+		{"two cuts", 0, []int{1000, 50000}, true, []string{"bytes=1000-", "bytes=51000-"}, 0},
+		{"from an offset", 4096, []int{10}, true, []string{"bytes=4096-", "bytes=4106-"}, 0},
+		{"cut before any byte", 0, []int{0, 0, 7}, true, []string{"bytes=7-"}, 0},
+		{"server ignores Range", 0, []int{3000}, false, []string{"bytes=3000-"}, 3000},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -98,8 +99,8 @@ func TestBlobResumesAfterCutStreams(t *testing.T) {
 			if strings.Join(f.ranges, " ") != strings.Join(tc.wantRanges, " ") {
 				t.Errorf("Range requests %q, want %q", f.ranges, tc.wantRanges)
 			}
-			if obs.bytes["blob"] != int64(len(got)) {
-				t.Errorf("observer counted %d blob bytes, want %d", obs.bytes["blob"], len(got))
+			if want := int64(len(got)) + tc.refetched; obs.bytes["blob"] != want {
+				t.Errorf("observer counted %d blob bytes fetched, want %d", obs.bytes["blob"], want)
 			}
 		})
 	}
@@ -108,8 +109,16 @@ func TestBlobResumesAfterCutStreams(t *testing.T) {
 func TestBlobNeverReturnsMoreThanSize(t *testing.T) {
 	data := randomBytes(10000)
 	f := newFakeRegistry(t)
+	withLength := false
 	f.hook = func(w http.ResponseWriter, r *http.Request) bool {
-		serveRange(w, r, data, -1, true)
+		if withLength {
+			serveRange(w, r, data, -1, true)
+			return true
+		}
+		// No Content-Length: the body runs on past the size the caller knows.
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		w.Write(data)
 		return true
 	}
 	r := newTestRegistry(t, f, nil)
@@ -127,11 +136,7 @@ func TestBlobNeverReturnsMoreThanSize(t *testing.T) {
 			t.Errorf("size %d offset %d: read %d bytes, want %d", tc.size, tc.offset, len(got), tc.size-tc.offset)
 		}
 	}
-	// A range answer whose total disagrees with the size asked for is refused.
-	if _, err := r.Blob(context.Background(), "a/b", digest.FromBytes(data[:4000]), 4000, 1000); !errors.Is(err, ErrBadResponse) {
-		t.Errorf("range answer for a 10000-byte blob when 4000 were expected: %v, want ErrBadResponse", err)
-	}
-	// Unknown size: the response's length is the size.
+	// Unknown size and no length: the stream's end is the end.
 	rc, err := r.Blob(context.Background(), "a/b", digest.FromBytes(data), -1, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -140,6 +145,25 @@ func TestBlobNeverReturnsMoreThanSize(t *testing.T) {
 	rc.Close()
 	if !bytes.Equal(got, data) {
 		t.Errorf("unknown size: read %d bytes, want %d", len(got), len(data))
+	}
+
+	// A length or range total that disagrees with the size is refused.
+	withLength = true
+	if _, err := r.Blob(context.Background(), "a/b", digest.FromBytes(data[:4000]), 4000, 0); !errors.Is(err, ErrBadResponse) {
+		t.Errorf("a 10000-byte answer when 4000 were expected: %v, want ErrBadResponse", err)
+	}
+	if _, err := r.Blob(context.Background(), "a/b", digest.FromBytes(data[:4000]), 4000, 1000); !errors.Is(err, ErrBadResponse) {
+		t.Errorf("range answer for a 10000-byte blob when 4000 were expected: %v, want ErrBadResponse", err)
+	}
+	// Unknown size: the response's length is the size.
+	rc, err = r.Blob(context.Background(), "a/b", digest.FromBytes(data), -1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ = io.ReadAll(rc)
+	rc.Close()
+	if !bytes.Equal(got, data) {
+		t.Errorf("unknown size with a length: read %d bytes, want %d", len(got), len(data))
 	}
 }
 

@@ -226,6 +226,7 @@ func canonicalRegistry(s string) string {
 	if i := strings.IndexByte(s, '/'); i >= 0 {
 		s = s[:i]
 	}
+	s = strings.TrimSpace(s)
 	switch s {
 	case "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com", "docker.io":
 		return "docker.io"

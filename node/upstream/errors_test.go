@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -179,5 +180,64 @@ func TestRateLimitHeaders(t *testing.T) {
 	}
 	if st := r.Status(); st.RateRemaining != 76 {
 		t.Fatalf("a garbage header changed RateRemaining to %d", st.RateRemaining)
+	}
+}
+
+func TestRepeatedErrorsLoggedOnce(t *testing.T) {
+	f := newFakeRegistry(t)
+	f.hook = func(w http.ResponseWriter, r *http.Request) bool {
+		http.Error(w, "down", http.StatusServiceUnavailable)
+		return true
+	}
+	logs := &recordingHandler{}
+	clock := newFakeClock()
+	r := newTestRegistry(t, f, func(c *Config) { c.Logger = slog.New(logs); c.Now = clock.Now })
+	for i := 0; i < 50; i++ {
+		if _, err := r.Resolve(context.Background(), "a/b", "t"); !errors.Is(err, ErrUnavailable) {
+			t.Fatal(err)
+		}
+	}
+	if n := logs.count(slog.LevelWarn); n != 1 {
+		t.Fatalf("50 identical failures logged %d times, want 1", n)
+	}
+	clock.Advance(errorLogEvery)
+	r.Resolve(context.Background(), "a/b", "t")
+	if n := logs.count(slog.LevelWarn); n != 2 {
+		t.Fatalf("after %v: %d WARN lines, want 2", errorLogEvery, n)
+	}
+	if !strings.Contains(logs.buf.String(), "repeats_not_logged=49") {
+		t.Errorf("the second line does not count the 49 repeats:\n%s", logs.buf.String())
+	}
+}
+
+func TestCanceledByCallerIsNotAnUpstreamError(t *testing.T) {
+	f := newFakeRegistry(t)
+	release := make(chan struct{})
+	f.hook = func(w http.ResponseWriter, r *http.Request) bool {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		return true
+	}
+	defer close(release)
+	r := newTestRegistry(t, f, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	_, err := r.Resolve(ctx, "a/b", "t")
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	if st := r.Status(); st.LastError != "" {
+		t.Errorf("a canceled request shows as an upstream error: %q", st.LastError)
+	}
+
+	// The request's own timeout is the upstream's fault.
+	r.reqTimeout = 50 * time.Millisecond
+	if _, err := r.Resolve(context.Background(), "a/b", "t"); !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("timeout: %v, want ErrUnavailable (deadline exceeded)", err)
+	}
+	if st := r.Status(); !strings.Contains(st.LastError, "no answer in time") {
+		t.Errorf("Status.LastError = %q, want the timeout", st.LastError)
 	}
 }

@@ -124,9 +124,12 @@ func (r *Registry) send(req *request, authz string) (*http.Response, error) {
 	resp, err := r.client.Do(hr)
 	if err != nil {
 		r.obs.OnResponse(req.op, 0)
-		if req.ctx.Err() != nil && errors.Is(err, req.ctx.Err()) {
-			// the caller gave up (or the request's own deadline): still
-			// "unavailable" from the caller's point of view.
+		if errors.Is(err, context.Canceled) {
+			// The caller gave up: not the upstream's failure, so not in
+			// Status; errors.Is(err, context.Canceled) still holds.
+			return nil, r.newError(req, ErrUnavailable, 0, "request canceled", err)
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
 			e := r.newError(req, ErrUnavailable, 0, "no answer in time", err)
 			r.recordError(e)
 			return nil, e
@@ -180,7 +183,7 @@ func (r *Registry) unauthorizedMessage(authenticated bool, detail string) string
 	case have:
 		m = fmt.Sprintf("upstream %s refused the credentials for it: check --upstream-credentials", r.name)
 	default:
-		m = fmt.Sprintf("upstream %s requires credentials and none are configured for %q: add them to the --upstream-credentials file", r.name, r.name)
+		m = fmt.Sprintf("upstream %s requires credentials for this repository (or it does not exist) and none are configured for %q: add them to the --upstream-credentials file", r.name, r.name)
 	}
 	if detail != "" {
 		m += " (upstream said: " + detail + ")"

@@ -104,6 +104,10 @@ type Registry struct {
 	tokens map[string]cachedToken // by scope
 	basic  bool                   // the upstream asked for Basic auth
 	status Status
+	// error log de-duplication
+	lastLogged   string
+	lastLoggedAt time.Time
+	repeats      int
 }
 
 // New checks cfg and builds the client. It does not contact the upstream.
@@ -207,7 +211,15 @@ func buildClient(cfg Config) (*http.Client, error) {
 	}
 	if cfg.Client != nil {
 		c := *cfg.Client
-		if tr, ok := c.Transport.(*http.Transport); ok && tlsCfg != nil {
+		if tlsCfg != nil {
+			rt := c.Transport
+			if rt == nil {
+				rt = http.DefaultTransport
+			}
+			tr, ok := rt.(*http.Transport)
+			if !ok {
+				return nil, errors.New("CAFile and SkipVerify need the client's Transport to be an *http.Transport")
+			}
 			tr = tr.Clone()
 			tr.TLSClientConfig = tlsCfg
 			c.Transport = tr
@@ -259,11 +271,26 @@ func (r *Registry) recordSuccess() {
 	r.mu.Unlock()
 }
 
-// recordError notes a failure for Status and logs it at WARN.
+// errorLogEvery bounds how often the same failure is logged again: an
+// outage fails every request, and one line per request would bury the rest.
+const errorLogEvery = 30 * time.Second
+
+// recordError notes a failure for Status and logs it at WARN (the same
+// text at most once per errorLogEvery, with the count of repeats).
 func (r *Registry) recordError(err error) {
+	text, now := err.Error(), r.now()
 	r.mu.Lock()
-	r.status.LastError = err.Error()
-	r.status.LastErrorAt = r.now()
+	r.status.LastError = text
+	r.status.LastErrorAt = now
+	log := text != r.lastLogged || now.Sub(r.lastLoggedAt) >= errorLogEvery || now.Before(r.lastLoggedAt)
+	repeats := r.repeats
+	if log {
+		r.lastLogged, r.lastLoggedAt, r.repeats = text, now, 0
+	} else {
+		r.repeats++
+	}
 	r.mu.Unlock()
-	r.log.Warn("upstream request failed", "err", err)
+	if log {
+		r.log.Warn("upstream request failed", "err", text, "repeats_not_logged", repeats)
+	}
 }
