@@ -9,12 +9,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/meshreg/meshreg/testnet"
+	"github.com/meshreg/meshreg/testnet/distribution"
 )
 
 const manifestAccept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, " +
@@ -105,18 +107,22 @@ func TestMirrorUpstream(t *testing.T) {
 	t.Parallel()
 	testnet.RequireProcess(t)
 	work := t.TempDir()
-	upstream := testnet.StartDistribution(t, map[string]string{"up": "up-pw"})
+	upstream, err := distribution.Start(t.Context(), distribution.Options{Dir: filepath.Join(work, "upstream"), Users: map[string]string{"up": "up-pw"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(upstream.Stop)
 	crane := testnet.Tool(t, "crane")
 	home := filepath.Join(work, "home-up")
 	if err := os.MkdirAll(filepath.Join(home, ".docker"), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	up := testnet.Runner{T: t, Path: crane, Dir: work, Env: []string{"HOME=" + home, "DOCKER_CONFIG=" + filepath.Join(home, ".docker")}}
-	up.Run("auth", "login", upstream.Host(), "-u", "up", "-p", "up-pw")
-	v1 := pushUpstreamImage(t, up, upstream.Host(), "team/app", "v1", "one")
+	up.Run("auth", "login", upstream.Addr, "-u", "up", "-p", "up-pw")
+	v1 := pushUpstreamImage(t, up, upstream.Addr, "team/app", "v1", "one")
 
-	name := upstream.Host()                             // 127.0.0.1:PORT, what clients call the upstream
-	ns := strings.ReplaceAll(upstream.Host(), ":", "-") // the mirror's namespace in repository names
+	name := upstream.Addr                             // 127.0.0.1:PORT, what clients call the upstream
+	ns := strings.ReplaceAll(upstream.Addr, ":", "-") // the mirror's namespace in repository names
 	creds := dockerConfigAuth(t, filepath.Join(work, "upstream-auth.json"), name, "up", "up-pw")
 	users, pol := filepath.Join(work, "htpasswd"), filepath.Join(work, "policy.yaml")
 	writeHtpasswd(t, users, "alice", "bob")
@@ -127,7 +133,7 @@ func TestMirrorUpstream(t *testing.T) {
 	const revalidate = 2 * time.Second
 	nodes := testnet.StartCluster(t, 3, testnet.Options{Args: []string{
 		"--cluster-key", writeClusterKey(t),
-		"--upstream", fmt.Sprintf("%s=%s;revalidate=%s", name, upstream.URL(), revalidate), "--upstream-credentials", creds,
+		"--upstream", fmt.Sprintf("%s=%s;revalidate=%s", name, upstream.URL, revalidate), "--upstream-credentials", creds,
 		"--auth-htpasswd", users, "--auth-policy", pol,
 	}})
 	node2 := nodes[1]
@@ -170,6 +176,10 @@ func TestMirrorUpstream(t *testing.T) {
 		t.Fatalf("crane digest %s = %s, want the upstream's %s", ref, got, v1)
 	}
 	alice.Run("pull", "--insecure", "--format", "oci", ref, filepath.Join(work, "pulled-v1"))
+	// The layer read twice through node 2 crossed from the upstream once.
+	if n, err := upstream.BlobGETs(img.Layers[1].Digest, 200); err != nil || n != 1 {
+		t.Errorf("the upstream served layer %s %d times (%v), want once", img.Layers[1].Digest, n, err)
+	}
 
 	// Refusals: an ns that is no upstream; a client without pull on the
 	// mirror's namespace, through every node (bob may pull team/**, which
@@ -207,8 +217,10 @@ func TestMirrorUpstream(t *testing.T) {
 
 	// Upstream back with the tag moved: every node picks it up within the
 	// interval (plus the time a failure is remembered).
-	upstream.Start()
-	v2 := pushUpstreamImage(t, up, upstream.Host(), "team/app", "v1", "two")
+	if err := upstream.Restart(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	v2 := pushUpstreamImage(t, up, upstream.Addr, "team/app", "v1", "two")
 	if v2 == v1 {
 		t.Fatal("the tag did not move upstream")
 	}
@@ -222,6 +234,40 @@ func TestMirrorUpstream(t *testing.T) {
 		}
 	}
 	t.Logf("moved tag picked up by every node %s after the upstream returned", time.Since(start).Round(time.Millisecond))
+	// Revalidation is once per cluster: nine pulls through the three nodes
+	// at once, after the interval, make one HEAD upstream.
+	heads := func() int {
+		reqs, err := upstream.Requests()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, r := range reqs {
+			if r.Method == "HEAD" && strings.HasPrefix(r.Path, "/v2/team/app/manifests/v1") && r.Status == 200 {
+				n++
+			}
+		}
+		return n
+	}
+	time.Sleep(revalidate + 200*time.Millisecond)
+	before := heads()
+	var wg sync.WaitGroup
+	for range 3 {
+		for _, n := range nodes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if a := mirrorGet(t, "GET", tagURL(n, "v1"), "alice"); a.status != 200 || digest.FromString(a.body) != v2 {
+					t.Errorf("concurrent pull through %s: %d %s", n.Host(), a.status, a.errMsg)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if got := heads() - before; got != 1 {
+		t.Errorf("9 concurrent pulls of a stale tag through 3 nodes made %d HEADs upstream, want 1", got)
+	}
+
 	// (The failure to ask for it while the upstream was down is remembered
 	// for a moment: a down upstream costs one attempt, not one per pull.)
 	var never mirrorAnswer
@@ -238,7 +284,7 @@ func TestMirrorUpstream(t *testing.T) {
 		"wrong credentials":   {"--upstream-credentials", wrong},
 		"missing credentials": nil,
 	} {
-		n := testnet.StartNode(t, testnet.Options{Args: append([]string{"--upstream", name + "=" + upstream.URL()}, args...)})
+		n := testnet.StartNode(t, testnet.Options{Args: append([]string{"--upstream", name + "=" + upstream.URL}, args...)})
 		a := mirrorGet(t, "GET", n.URL()+"/v2/team/app/manifests/v1?ns="+name, "")
 		if a.status != 502 || !strings.Contains(a.errMsg, "upstream "+name) || !strings.Contains(a.errMsg, "--upstream-credentials") {
 			t.Errorf("%s: %d %s %q; want 502 naming the upstream and --upstream-credentials", what, a.status, a.errCode, a.errMsg)
