@@ -20,10 +20,10 @@ import (
 //   - /v2/<ns>/<repo>/... names it in the path when <ns> is the namespace of
 //     an upstream (MirrorNamespace: docker.io, 127.0.0.1-5999): a client
 //     pulling node:5000/docker.io/library/nginx:1.27;
-//   - otherwise a GET without ?ns= means Default (Docker's registry-mirrors
+//   - otherwise a pull without ?ns= means Default (Docker's registry-mirrors
 //     form: /v2/library/nginx/... is docker.io's), unless the cluster holds
-//     the content itself. HEAD requests without ?ns= are the cluster's own
-//     (a client pushing checks what exists with HEAD).
+//     the content itself; but a blob HEAD without ?ns= is the cluster's own
+//     (a client pushing checks with it which blobs to upload).
 //
 // Content pushed to the cluster itself (under <repo>) is served first; the
 // mirror's content lives under the repository MirrorRepository(ns, repo),
@@ -34,7 +34,7 @@ import (
 type Mirroring struct {
 	// Upstreams are the names of the configured upstreams.
 	Upstreams []string
-	// Default is the upstream a GET without ?ns= means ("": none).
+	// Default is the upstream a pull without ?ns= means ("": none).
 	Default string
 }
 
@@ -109,7 +109,7 @@ func (h *Handler) routeMirror(r *http.Request, rt route) (route, error) {
 		}
 	}
 	upstream := ns
-	if upstream == "" && r.Method == http.MethodGet {
+	if upstream == "" && (r.Method == http.MethodGet || rt.kind == routeManifest) {
 		upstream = m.Default
 	}
 	if upstream == "" || h.holdsLocally(rt) {

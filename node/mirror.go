@@ -65,12 +65,17 @@ func (n *Node) openMirror(clients map[string]mirror.Upstream, classify func(erro
 	}
 	return mirror.New(n.cfg.Mirror, mirror.Options{
 		Clients: clients, Store: mirrorStore{n}, Revalidate: n.revalidateOnLeader, Classify: classify,
-		MaxManifest: consensusMaxManifest, Metrics: n.metrics.mirror, Log: n.log.With("component", "mirror"),
+		MaxManifest: consensusMaxManifest, Metrics: n.metrics.mirror, Log: n.log.With("component", "mirror"), Context: n.ctx,
 	})
 }
 
 // consensusMaxManifest is the largest manifest a Raft write carries.
 const consensusMaxManifest = 4 << 20
+
+// maxMirrorBlobs bounds the blobs (config and layers) of a manifest the
+// mirror stores: far above real images (a few dozen layers), it keeps an
+// upstream from making the cluster commit thousands of links for one pull.
+const maxMirrorBlobs = 1000
 
 // mirrorStore is the replicated state as the mirror uses it.
 type mirrorStore struct{ n *Node }
@@ -97,6 +102,9 @@ func (s mirrorStore) StoreManifest(ctx context.Context, repo string, d digest.Di
 	p, err := manifest.Parse(mediaType, body)
 	if err != nil {
 		return manifestError(err)
+	}
+	if len(p.Blobs) > maxMirrorBlobs {
+		return fmt.Errorf("manifest %s names %d blobs: a mirrored manifest may name at most %d (each is linked through Raft)", d, len(p.Blobs), maxMirrorBlobs)
 	}
 	rec := consensus.ManifestRecord{Repo: repo, Digest: d, MediaType: p.MediaType, Body: body,
 		ArtifactType: p.ArtifactType, Annotations: p.Annotations}

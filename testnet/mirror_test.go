@@ -181,6 +181,19 @@ func TestMirrorUpstream(t *testing.T) {
 		t.Errorf("the upstream served layer %s %d times (%v), want once", img.Layers[1].Digest, n, err)
 	}
 
+	// The status document shows the upstream and its last success.
+	st := mirrorGet(t, "GET", node2.URL()+"/_meshreg/v1/status", "")
+	var status struct {
+		Upstreams []struct {
+			Name, URL   string
+			LastSuccess time.Time `json:"last_success"`
+		}
+	}
+	if err := json.Unmarshal([]byte(st.body), &status); err != nil || len(status.Upstreams) != 1 ||
+		status.Upstreams[0].Name != name || status.Upstreams[0].URL != upstream.URL || status.Upstreams[0].LastSuccess.IsZero() {
+		t.Errorf("status upstreams of node 2: %+v (%v)", status.Upstreams, err)
+	}
+
 	// Refusals: an ns that is no upstream; a client without pull on the
 	// mirror's namespace, through every node (bob may pull team/**, which
 	// is the cluster's own team/app, not the mirror's).

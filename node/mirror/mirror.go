@@ -86,6 +86,10 @@ type Options struct {
 	Classify func(err error) error
 	// MaxManifest bounds a manifest fetched from an upstream.
 	MaxManifest int64
+	// Context ends the revalidations and manifest fetches in flight
+	// (they outlive the request that started them, which others may wait
+	// on); nil: never.
+	Context context.Context
 	Metrics     *Metrics
 	Now         func() time.Time
 	Log         *slog.Logger
@@ -146,6 +150,9 @@ func New(cfg Config, opts Options) (*Mirror, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.Context == nil {
+		opts.Context = context.Background()
 	}
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
@@ -288,7 +295,7 @@ func (m *Mirror) Revalidate(ctx context.Context, upstreamName, repo, tag string)
 	ch := m.flights.DoChan(key, func() (any, error) {
 		// Detached from the first caller: one client giving up must not
 		// fail the others waiting on the same revalidation.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resolveTimeout)
+		rctx, cancel := context.WithTimeout(m.opts.Context, resolveTimeout)
 		defer cancel()
 		err := m.revalidate(rctx, u, repo, tag)
 		if err != nil {
@@ -363,7 +370,7 @@ func (m *Mirror) Manifest(ctx context.Context, upstreamName, repo string, d dige
 		return nil
 	}
 	ch := m.flights.DoChan("manifest "+internal+"@"+d.String(), func() (any, error) {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resolveTimeout)
+		rctx, cancel := context.WithTimeout(m.opts.Context, resolveTimeout)
 		defer cancel()
 		return nil, m.ensureManifest(rctx, u, repo, internal, d)
 	})
