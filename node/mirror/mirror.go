@@ -90,9 +90,9 @@ type Options struct {
 	// (they outlive the request that started them, which others may wait
 	// on); nil: never.
 	Context context.Context
-	Metrics     *Metrics
-	Now         func() time.Time
-	Log         *slog.Logger
+	Metrics *Metrics
+	Now     func() time.Time
+	Log     *slog.Logger
 }
 
 // Mirror answers mirrored tags and manifests. Safe for concurrent use.
