@@ -100,7 +100,13 @@ func (s *Peers) Fill(ctx context.Context, f *Fetch) error {
 		// try them before spending a DHT lookup.
 		done, err = s.fetchFrom(ctx, f, f.hint)
 	}
-	for round := 0; round < lookupRounds && !done; round++ {
+	rounds := lookupRounds
+	if f.origin != nil {
+		// The blob has an origin to come from: one lookup, not the rounds
+		// that wait for a holder's announcement to spread.
+		rounds = 1
+	}
+	for round := 0; round < rounds && !done; round++ {
 		if round > 0 {
 			select {
 			case <-ctx.Done():
