@@ -318,13 +318,18 @@ func (m *Mirror) Revalidate(ctx context.Context, upstreamName, repo, tag string)
 
 func (m *Mirror) revalidate(ctx context.Context, u *upstream, repo, tag string) error {
 	name := u.cfg.Name
+	internal := api.MirrorRepository(name, repo)
+	// Asked by a node whose state was behind, or just after another
+	// revalidation ended: the answer is fresh already.
+	if rec, err := m.opts.Store.MirrorTag(internal, tag); err == nil && m.opts.Now().Sub(rec.CheckedAt) < u.cfg.RevalidateEvery() {
+		return nil
+	}
 	m.opts.Metrics.revalidations.WithLabelValues(name).Inc()
 	desc, err := u.client.Resolve(ctx, repo, tag)
 	m.note(u, "resolve", err)
 	if err != nil {
 		return fmt.Errorf("resolving %s:%s at upstream %s: %w", repo, tag, name, err)
 	}
-	internal := api.MirrorRepository(name, repo)
 	if err := m.ensureManifest(ctx, u, repo, internal, desc.Digest); err != nil {
 		return err
 	}
