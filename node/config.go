@@ -7,6 +7,7 @@ import (
 
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/buildinfo"
+	"github.com/meshreg/meshreg/node/fetch"
 	"github.com/meshreg/meshreg/node/mirror"
 	"github.com/meshreg/meshreg/p2p"
 )
@@ -86,6 +87,16 @@ type Config struct {
 	// Mirror names the upstream registries the node mirrors (none: it
 	// mirrors nothing); see package mirror.
 	Mirror mirror.Config
+
+	// Origins are where blobs of mirrored repositories come from when no
+	// peer holds them (the upstreams, by name); nil: none. A repository
+	// <NAME>/<repo> with NAME an origin here reads from origin NAME,
+	// repository <repo> (see fetch.OriginSource: one member fetches it).
+	Origins fetch.Origins
+	// OriginFetchPerRegion makes one member per region (of those with the
+	// same Region), not one per cluster, fetch a blob from its origin,
+	// unless the Origins decide per origin (fetch.RegionalOrigins).
+	OriginFetchPerRegion bool
 }
 
 // DefaultConfig returns the configuration of `meshreg serve` with no flags.

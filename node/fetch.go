@@ -22,9 +22,10 @@ func (n *Node) newFetches() *fetch.Engine {
 		Net: n.host, Providers: n.routing, Cluster: peerView{n: n},
 		Idle: n.cfg.PeerIdleTimeout, Lookup: n.metrics.lookup, Log: n.log,
 	})
+	n.origins = n.newOriginSource(peers)
 	return fetch.New(fetch.Config{
 		Partials: fetchPartials{n: n},
-		Sources:  []fetch.Source{peers, originSource{n: n}},
+		Sources:  []fetch.Source{peers, n.origins},
 		Room:     func() error { return n.disk.check() },
 		Go: func(fn func(context.Context)) error {
 			if !n.bg.Go(func() { fn(n.bg.Context()) }) {
@@ -71,10 +72,11 @@ func (n *Node) provide(d digest.Digest) {
 	}
 }
 
-// openFetched serves blob d (of the given size) to a client from peers:
-// it joins or starts the fetch and returns a reader that follows it. It
-// waits until the first bytes arrive, so that a blob no peer has is a
-// BLOB_UNKNOWN error rather than a response cut short.
+// openFetched serves blob d (of the given size) to a client from peers,
+// or else from origin (nil: none): it joins or starts the fetch and
+// returns a reader that follows it. It waits until the first bytes
+// arrive, so that a blob no peer has is a BLOB_UNKNOWN error rather than a
+// response cut short.
 func (n *Node) openFetched(ctx context.Context, d digest.Digest, size int64, origin *fetch.Origin) (io.ReadSeekCloser, error) {
 	f, err := n.fetches.Start(fetch.Request{Digest: d, Size: size, ForClient: true, Origin: origin})
 	if err != nil {

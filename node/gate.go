@@ -30,8 +30,8 @@ import (
 //	                                          the sender; a late joiner learns there
 //	                                          is a cluster to join)
 //	raft, forward, index, info, has,          members and admitted peers
-//	replicate, blob, vouch, kad (DHT),
-//	anything new
+//	replicate, blob, vouch, origin-fetch,
+//	kad (DHT), anything new
 //
 // Members are the servers of the latest Raft configuration this node
 // knows. Admitted peers are the few this node itself chose to hear from

@@ -24,7 +24,7 @@ func TestNonMembersReachNoClusterProtocol(t *testing.T) {
 	}
 	ctx := t.Context()
 	refused := n.host.RefusedStreams()
-	for _, proto := range []string{replicate.HasProtocol, replicate.ReplicateProtocol, infoProtocol, indexProtocol, forwardProtocol, vouchProtocol} {
+	for _, proto := range []string{replicate.HasProtocol, replicate.ReplicateProtocol, infoProtocol, indexProtocol, forwardProtocol, vouchProtocol, originProtocol} {
 		if ans, err := stranger.Request(ctx, n.host.ID(), protocol.ID(proto), []byte(`{}`), maxControlLen); err == nil {
 			t.Errorf("%s answered a non-member: %.100q", proto, ans)
 		}
@@ -33,8 +33,8 @@ func TestNonMembersReachNoClusterProtocol(t *testing.T) {
 		body.Close()
 		t.Errorf("a non-member was sent a blob")
 	}
-	if got := n.host.RefusedStreams() - refused; got != 7 {
-		t.Errorf("%d refused streams counted, want 7", got)
+	if got := n.host.RefusedStreams() - refused; got != 8 {
+		t.Errorf("%d refused streams counted, want 8", got)
 	}
 	if _, err := stranger.Request(ctx, n.host.ID(), memberProtocol, []byte(`{}`), maxControlLen); err != nil {
 		t.Errorf("the join protocol is closed to a non-member: %v", err)

@@ -26,6 +26,11 @@ type nodeMetrics struct {
 	corruptCount  atomic.Int64           // the same, for the status document
 	scrubbed      prometheus.Counter     // bytes re-hashed by the scrub
 	mirror        *mirror.Metrics        // per upstream (mirror.go)
+
+	originBlobs     prometheus.Counter // blobs fetched from origins (upstreams) by this node
+	originBytes     prometheus.Counter // bytes received from origins
+	originDelegated prometheus.Counter // origin fetches another member made for this node
+	originFallbacks prometheus.Counter // origin fetches made here after the chosen member failed
 }
 
 func newNodeMetrics() *nodeMetrics {
@@ -59,6 +64,14 @@ func newNodeMetrics() *nodeMetrics {
 		scrubbed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meshreg_scrub_bytes_total", Help: "Bytes of stored blobs re-hashed by the background scrub."}),
 		mirror: mirror.NewMetrics(),
+		originBlobs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshreg_origin_blobs_fetched_total", Help: "Blobs this node fetched from their origin (an upstream registry) for the cluster."}),
+		originBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshreg_origin_bytes_fetched_total", Help: "Blob bytes this node received from origins (upstream registries)."}),
+		originDelegated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshreg_origin_fetches_delegated_total", Help: "Blob fetches from an origin that this node asked the member chosen for the blob to make, streaming from it."}),
+		originFallbacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshreg_origin_fetch_fallbacks_total", Help: "Blob fetches from an origin this node made itself because the member chosen for the blob could not be asked, refused or failed."}),
 	}
 	m.writesRefused.WithLabelValues("disk")
 	for _, source := range []string{"local", "peer", "failed"} {
@@ -69,7 +82,7 @@ func newNodeMetrics() *nodeMetrics {
 
 func (m *nodeMetrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.bytesServed, m.bytesFetched, m.reads, m.penalties, m.fetchSeconds, m.fetchRate, m.lookup, m.replicated,
-		m.writesRefused, m.corrupt, m.scrubbed}
+		m.writesRefused, m.corrupt, m.scrubbed, m.originBlobs, m.originBytes, m.originDelegated, m.originFallbacks}
 }
 
 // registerMirror exports the mirror's metrics, with the rate-limit headroom

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/opencontainers/go-digest"
@@ -248,16 +247,6 @@ func (n *Node) mirrorManifest(ctx context.Context, internal, upstream, repo, ref
 	return api.Manifest{Digest: m.Digest, MediaType: m.MediaType, Body: m.Body, Warning: warning}, nil
 }
 
-// origin is the fetch origin of a blob of repository repo: its upstream
-// when repo is mirrored, else nil (peers only).
-func (n *Node) origin(repo string) *fetch.Origin {
-	up, upRepo, ok := n.mirror.Split(repo)
-	if !ok {
-		return nil
-	}
-	return &fetch.Origin{Name: up, Repo: upRepo}
-}
-
 // HasManifest reports whether repo holds the manifest (tag or digest) in
 // this node's state (api.LocalContent: pushed content is served first).
 func (n *Node) HasManifest(repo, reference string) bool {
@@ -280,40 +269,18 @@ func (n *Node) HasBlob(repo string, d digest.Digest) bool {
 
 var _ api.LocalContent = (*Node)(nil)
 
-// originSource is the fetch source of last resort: the blob's origin (its
-// upstream), for a fetch that names one, when no peer had the blob.
-type originSource struct{ n *Node }
+// mirrorOrigins are the node's upstreams as the origins of blobs
+// (fetch.Origins, Config.Origins): by upstream name; one member per region
+// fetches from an upstream with region-fetch, or from every upstream with
+// --upstream-fetch region.
+type mirrorOrigins struct{ n *Node }
 
-func (originSource) Name() string { return "upstream" }
+var _ fetch.RegionalOrigins = mirrorOrigins{}
 
-func (s originSource) Fill(ctx context.Context, f *fetch.Fetch) error {
-	o := f.Origin()
-	if o == nil || s.n.mirror == nil {
-		return errors.New("no upstream for this blob")
-	}
-	open, ok := s.n.mirror.Origin(o.Name)
-	if !ok {
-		return fmt.Errorf("upstream %s is not configured", o.Name)
-	}
-	part := f.Current()
-	rc, err := open(ctx, o.Repo, f.Digest(), f.Size(), part.Written())
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	// From here this node serves the bytes as they arrive to peers that
-	// want the blob too (they cut through behind it).
-	f.SetSource(s.n.host.ID(), 1)
-	defer f.SetSource("", 0)
-	if _, err := io.Copy(f.Writer(part), io.LimitReader(rc, f.Size()-part.Written())); err != nil {
-		part.Fail(err)
-		return fmt.Errorf("reading blob %s from upstream %s: %w", f.Digest(), o.Name, err)
-	}
-	if err := part.Commit(); err != nil {
-		return fmt.Errorf("blob %s from upstream %s: %w", f.Digest(), o.Name, err)
-	}
-	s.n.log.Info("fetched blob from upstream", "upstream", o.Name, "repository", o.Repo, "digest", f.Digest(), "size", f.Size())
-	return nil
+func (o mirrorOrigins) Origin(name string) (fetch.OriginFunc, bool) { return o.n.mirror.Origin(name) }
+
+func (o mirrorOrigins) FetchPerRegion(name string) bool {
+	return o.n.mirror.FetchPerRegion(name) || o.n.cfg.OriginFetchPerRegion
 }
 
 // mirrorStatus is the upstreams in the status document.

@@ -77,6 +77,15 @@ func (n *Node) startMirror() error {
 	if err != nil {
 		return err
 	}
-	n.mirror, n.upstreams = m, regs
+	n.upstreams = regs
+	n.useMirror(m)
 	return nil
+}
+
+// useMirror makes m the node's mirror, and its upstreams the origins of
+// blobs of mirrored repositories that no peer holds (fetched by one
+// member, see origin.go). Call it before the node serves.
+func (n *Node) useMirror(m *mirror.Mirror) {
+	n.mirror = m
+	n.cfg.Origins = mirrorOrigins{n: n}
 }

@@ -80,7 +80,7 @@ func mirrorNet(t *testing.T) (*fakeNet, *upstreamFake) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		n.mirror = m
+		n.useMirror(m)
 	}
 	return fn, up
 }

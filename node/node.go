@@ -69,6 +69,8 @@ type Node struct {
 
 	// fetches copies blobs from peers to this disk, once each (fetch.go).
 	fetches *fetch.Engine
+	// origins is the fetches' source of last resort (origin.go).
+	origins *fetch.OriginSource
 	// replicas keeps --replicas copies of blobs (replicas.go).
 	replicas *replicate.Replicator
 	// mirror answers mirrored repositories (mirror.go); nil: none.
@@ -209,6 +211,7 @@ func (n *Node) serveProtocols(s ProtocolServer) {
 	s.HandleRequests(replicate.ReplicateProtocol, maxControlLen, replicate.Timeout, n.replicas.ServeReplicate)
 	s.HandleRequests(vouchProtocol, maxControlLen, rpcTimeout, n.serveVouch)
 	s.HandleRequests(mirrorProtocol, maxControlLen, rpcTimeout, n.serveMirror)
+	s.HandleRequests(originProtocol, maxControlLen, rpcTimeout, n.serveOriginFetch)
 	s.ServeBlobs(n.cfg.PeerIdleTimeout, n.serveBlob)
 }
 

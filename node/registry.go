@@ -219,7 +219,7 @@ func (n *Node) OpenBlob(ctx context.Context, repo string, d digest.Digest) (io.R
 		f, size, err = n.blobs.OpenVerified(d)
 	}
 	if errors.Is(err, blobstore.ErrNotFound) {
-		r, err := n.openFetched(ctx, d, linked, n.origin(repo))
+		r, err := n.openFetched(ctx, d, linked, n.mirrorOrigin(repo))
 		if err != nil {
 			return nil, 0, err
 		}

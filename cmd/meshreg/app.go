@@ -15,6 +15,8 @@ func newApp() *cli.App {
 			clusterCommand(),
 			tokenCommand(),
 			recoverCommand(),
+			mirrorCommand(),
+			preloadCommand(),
 			versionCommand(),
 		},
 	})

@@ -81,6 +81,7 @@ func (cfg *serveConfig) settings() []setting {
 		intSetting(&nc.Replicas, "replicas", catStorage, "a manifest PUT returns once `N` nodes (or every live node, if fewer) hold each of its blobs"),
 		stringSetting(&nc.Region, "region", catP2P, "`REGION` this node runs in; blobs are fetched from peers in the same zone, then region, first"),
 		stringSetting(&nc.Zone, "zone", catP2P, "`ZONE` (within --region) this node runs in"),
+		choiceFlagSetting(&nc.OriginFetchPerRegion, "upstream-fetch", catCluster, "`SCOPE` of an upstream blob fetch: cluster (one node of the cluster fetches a blob no peer holds, the others stream from it) or region (one node per --region)", "cluster", "region"),
 		durationSetting(&nc.RepairInterval, "repair-interval", catStorage, "every `DURATION`, check that held blobs have --replicas live copies and make missing ones"),
 		durationSetting(&nc.PeerIdleTimeout, "peer-idle-timeout", catP2P, "abandon a blob transfer from a peer that sends nothing for `DURATION`, and try the next holder"),
 		durationSetting(&nc.ReprovideInterval, "reprovide-interval", catP2P, "every `DURATION`, announce every held blob in the DHT again"),
@@ -250,4 +251,23 @@ func printChecked(w io.Writer, cfg serveConfig) error {
 	out.WriteByte('\n')
 	_, err := w.Write(out.Bytes())
 	return err
+}
+
+// choiceFlagSetting is a boolean chosen by name: off (false) or on (true).
+func choiceFlagSetting(p *bool, name, category, usage, off, on string) setting {
+	return textSetting(name, category, usage,
+		func() string {
+			if *p {
+				return on
+			}
+			return off
+		},
+		func(s string) error {
+			switch s {
+			case off, on:
+				*p = s == on
+				return nil
+			}
+			return fmt.Errorf("--%s %q: use %s or %s", name, s, off, on)
+		})
 }

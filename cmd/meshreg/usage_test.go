@@ -64,10 +64,10 @@ func TestUsageErrorsAreOneLine(t *testing.T) {
 	}
 }
 
-// TestCommandsWithoutArgumentsShowHelp: meshreg, meshreg cluster and
+// TestCommandsWithoutArgumentsShowHelp: meshreg, meshreg cluster, meshreg mirror and
 // meshreg token with nothing more print their help and succeed.
 func TestCommandsWithoutArgumentsShowHelp(t *testing.T) {
-	for _, args := range [][]string{{}, {"cluster"}, {"token"}} {
+	for _, args := range [][]string{{}, {"cluster"}, {"token"}, {"mirror"}} {
 		var out bytes.Buffer
 		app := newApp()
 		app.Writer, app.ErrWriter = &out, &out

@@ -306,9 +306,24 @@ func chartEverythingSet(t *testing.T, bin string) {
 	if ic.Image != c.Image || len(ic.Command) != 0 {
 		t.Errorf("the init container runs %v %s, want the node's image %s and entrypoint", ic.Command, ic.Image, c.Image)
 	}
-	want := []string{"mirror", "containerd", "--config-path", "/etc/containerd/certs.d", "--mirror", "https://127.0.0.1:5000", "--registry", "docker.io", "--registry", "ghcr.io"}
+	want := []string{"mirror", "containerd", "--hosts-dir", "/etc/containerd/certs.d", "--node", "https://127.0.0.1:5000", "--registries", "docker.io", "--registries", "ghcr.io"}
 	if !slices.Equal(ic.Args, want) {
 		t.Errorf("init container args %v, want %v", ic.Args, want)
+	}
+	// The real binary takes these arguments and would write what
+	// containerd needs (--dry-run: it prints the files, writing nothing).
+	out, err := exec.Command(bin, append(slices.Clone(ic.Args), "--dry-run")...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("meshreg %s --dry-run: %v\n%s", strings.Join(ic.Args, " "), err, out)
+	}
+	for _, line := range []string{
+		"# /etc/containerd/certs.d/docker.io/hosts.toml", `server = "https://registry-1.docker.io"`,
+		"# /etc/containerd/certs.d/ghcr.io/hosts.toml", `server = "https://ghcr.io"`,
+		`[host."https://127.0.0.1:5000"]`, `capabilities = ["pull", "resolve"]`,
+	} {
+		if !strings.Contains(string(out), line) {
+			t.Errorf("meshreg %s --dry-run does not print %q:\n%s", strings.Join(ic.Args, " "), line, out)
+		}
 	}
 	if v := m.Volume("containerd-config"); v == nil || v.HostPath == nil || v.HostPath.Path != "/etc/containerd/certs.d" || ic.MountOf("containerd-config") != "/etc/containerd/certs.d" {
 		t.Errorf("the init container does not mount the host's /etc/containerd/certs.d: %+v", v)
@@ -358,6 +373,7 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"log format", []string{"logFormat=yaml"}, "logFormat"},
 		{"upstream without URL", []string{"upstreams[0]=docker.io"}, "upstreams"},
 		{"relative host path", []string{"data.hostPath=data"}, "hostPath"},
+		{"mirrored registry with a path", []string{"containerdMirror.registries[0]=docker.io/library"}, "registries"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := []string{"template", "meshreg", chartDir, "--namespace", "meshreg"}

@@ -1,13 +1,15 @@
 // Package fetch copies a blob to this node's disk once, however many
 // clients and peers wait for it: the fetch-once engine. Its bytes go to a
 // Partial (blobstore.Partial on disk) that those readers follow while it
-// grows. Where the bytes come from is a Source: the other peers today
-// (Peers), an upstream registry tomorrow; every source writes into the
-// same Partial.
+// grows. Where the bytes come from is a Source: the other peers (Peers),
+// and the blob's origin, an upstream registry (OriginSource: one member
+// chosen by rendezvous hashing fetches it, the others cut through behind
+// it); every source writes into the same Partial.
 package fetch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -117,9 +119,14 @@ type Request struct {
 	// ForClient is set when a client read waits on the fetch: it then
 	// logs as a pull at INFO, otherwise as a copy between nodes at DEBUG.
 	ForClient bool
-	// Origin is where the blob comes from when no peer holds it; nil:
-	// peers only.
+	// Origin is where the blob comes from when no peer holds it (an
+	// upstream registry and the repository there); nil: peers only.
 	Origin *Origin
+	// Delegated is set when another member asked this node to fetch the
+	// blob from its origin (it found no peer holding it, and this node is
+	// the one rendezvous hashing chose): the peers are not asked again.
+	// It also marks a fetch of the blob already in progress.
+	Delegated bool
 }
 
 // A Fetch is one blob being copied to this node's disk.
@@ -129,11 +136,16 @@ type Fetch struct {
 	size        int64
 	sizeGuessed bool
 	hint        []peer.ID
-	origin      *Origin
 
 	// forClient is set (under Engine.mu) when a client read waits on the
 	// fetch (see Request.ForClient).
 	forClient bool
+	// origin is where the blob comes from when no peer holds it; set at
+	// the start, or (under Engine.mu) by the first request that names one.
+	origin *Origin
+	// delegated is set (under Engine.mu) when a member asked this node to
+	// fetch the blob from its origin (see Request.Delegated).
+	delegated bool
 
 	flowing     chan struct{} // closed when the first bytes arrive, or at done
 	flowingOnce sync.Once
@@ -152,6 +164,11 @@ func (e *Engine) Start(req Request) (*Fetch, error) {
 	defer e.mu.Unlock()
 	if f := e.fetches[req.Digest]; f != nil {
 		f.forClient = f.forClient || req.ForClient
+		f.delegated = f.delegated || req.Delegated
+		if f.origin == nil && req.Origin != nil {
+			o := *req.Origin
+			f.origin = &o
+		}
 		return f, nil
 	}
 	if e.cfg.Room != nil {
@@ -163,8 +180,12 @@ func (e *Engine) Start(req Request) (*Fetch, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &Fetch{e: e, d: req.Digest, size: req.Size, sizeGuessed: req.SizeGuessed, hint: req.Hint, forClient: req.ForClient, origin: req.Origin,
-		part: part, flowing: make(chan struct{}), done: make(chan struct{})}
+	f := &Fetch{e: e, d: req.Digest, size: req.Size, sizeGuessed: req.SizeGuessed, hint: req.Hint, forClient: req.ForClient,
+		delegated: req.Delegated, part: part, flowing: make(chan struct{}), done: make(chan struct{})}
+	if req.Origin != nil {
+		o := *req.Origin
+		f.origin = &o
+	}
 	if err := e.cfg.Go(func(ctx context.Context) { e.run(ctx, f) }); err != nil {
 		part.Fail(err)
 		return nil, err
@@ -213,11 +234,15 @@ func (e *Engine) run(ctx context.Context, f *Fetch) {
 	if e.cfg.Announce != nil {
 		_ = e.cfg.Go(func(context.Context) { e.cfg.Announce(f.d) })
 	}
-	var err error
+	err := ErrNoProvider
 	names := make([]string, 0, len(e.cfg.Sources))
 	for _, s := range e.cfg.Sources {
+		serr := s.Fill(ctx, f)
+		if errors.Is(serr, ErrNoOrigin) {
+			continue // not a source of this blob: the error stays the last real one
+		}
 		names = append(names, s.Name())
-		if err = s.Fill(ctx, f); err == nil || ctx.Err() != nil {
+		if err = serr; err == nil || ctx.Err() != nil {
 			break
 		}
 	}
@@ -246,7 +271,7 @@ func (e *Engine) run(ctx context.Context, f *Fetch) {
 		// routine: the repair sweep and the corruption report say so at
 		// INFO, each copy only at DEBUG.
 		if forClient {
-			log.Info("fetched blob from peers", "digest", f.d, "size", f.size, "peer", source, "took", took.Round(time.Millisecond))
+			log.Info("fetched blob", "digest", f.d, "size", f.size, "peer", source, "took", took.Round(time.Millisecond))
 		} else {
 			log.Debug("replica copy", "peer", source, "digest", f.d, "bytes", f.size, "took", took.Round(time.Millisecond))
 		}
@@ -269,7 +294,19 @@ func (f *Fetch) Hint() []peer.ID { return f.hint }
 
 // Origin is where the blob comes from when no peer holds it (see
 // Request.Origin); nil: peers only.
-func (f *Fetch) Origin() *Origin { return f.origin }
+func (f *Fetch) Origin() *Origin {
+	f.e.mu.Lock()
+	defer f.e.mu.Unlock()
+	return f.origin
+}
+
+// Delegated reports whether another member asked this node to fetch the
+// blob from its origin (see Request.Delegated).
+func (f *Fetch) Delegated() bool {
+	f.e.mu.Lock()
+	defer f.e.mu.Unlock()
+	return f.delegated
+}
 
 // Done is closed when the fetch ended; Err then says how.
 func (f *Fetch) Done() <-chan struct{} { return f.done }
@@ -313,20 +350,21 @@ func (f *Fetch) Restart() error {
 // Writer writes fetched bytes into part (the attempt from Current) and
 // counts them.
 func (f *Fetch) Writer(part Partial) io.Writer {
-	return &writer{f: f, part: part}
+	return &writer{f: f, part: part, count: f.e.cfg.Metrics.Bytes}
 }
 
 func (f *Fetch) markFlowing() { f.flowingOnce.Do(func() { close(f.flowing) }) }
 
 type writer struct {
-	f    *Fetch
-	part Partial
+	f     *Fetch
+	part  Partial
+	count prometheus.Counter // nil: not counted
 }
 
 func (w *writer) Write(b []byte) (int, error) {
 	m, err := w.part.Write(b)
-	if c := w.f.e.cfg.Metrics.Bytes; c != nil {
-		c.Add(float64(m))
+	if w.count != nil {
+		w.count.Add(float64(m))
 	}
 	if m > 0 {
 		w.f.markFlowing()

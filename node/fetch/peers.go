@@ -93,18 +93,23 @@ func (s *Peers) Name() string { return "peers" }
 // Fill tries the hinted peers, then looks for holders up to lookupRounds
 // times.
 func (s *Peers) Fill(ctx context.Context, f *Fetch) error {
+	rounds := lookupRounds
+	switch {
+	case f.Delegated():
+		// The member that asked found no holder: go to the origin.
+		return ErrNoProvider
+	case f.Origin() != nil:
+		// A blob with an origin that no peer holds is no race with a
+		// commit a moment ago: the origin source coordinates the members
+		// fetching it at once.
+		rounds = 1
+	}
 	err := ErrNoProvider
 	done := false
 	if len(f.hint) > 0 {
 		// Peers named by the asker (a replicate request) hold the blob:
 		// try them before spending a DHT lookup.
 		done, err = s.fetchFrom(ctx, f, f.hint)
-	}
-	rounds := lookupRounds
-	if f.origin != nil {
-		// The blob has an origin to come from: one lookup, not the rounds
-		// that wait for a holder's announcement to spread.
-		rounds = 1
 	}
 	for round := 0; round < rounds && !done; round++ {
 		if round > 0 {

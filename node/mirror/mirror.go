@@ -18,6 +18,7 @@ import (
 	"github.com/meshreg/meshreg/api/auth"
 	"github.com/meshreg/meshreg/api/oci"
 	"github.com/meshreg/meshreg/consensus"
+	"github.com/meshreg/meshreg/node/fetch"
 )
 
 // Upstream is what the mirror needs of an upstream registry client
@@ -392,9 +393,17 @@ func (m *Mirror) Manifest(ctx context.Context, upstreamName, repo string, d dige
 	return nil
 }
 
+// FetchPerRegion reports whether one member per region (rather than one
+// per cluster) fetches blobs from upstream name (its region-fetch).
+func (m *Mirror) FetchPerRegion(name string) bool {
+	u, ok := m.ups[name]
+	return ok && u.cfg.RegionFetch
+}
+
 // Origin returns the function that streams blobs from the upstream name
-// (fetch.OriginFunc's shape), counting the bytes.
-func (m *Mirror) Origin(name string) (func(ctx context.Context, repo string, d digest.Digest, size, offset int64) (io.ReadCloser, error), bool) {
+// (the origin of blobs no peer holds, see fetch.Origins), counting the
+// bytes.
+func (m *Mirror) Origin(name string) (fetch.OriginFunc, bool) {
 	u, ok := m.ups[name]
 	if !ok {
 		return nil, false

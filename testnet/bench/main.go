@@ -22,6 +22,11 @@
 // return to its visibility on the other nodes (see cluster.go), printed as
 // a second table.
 //
+// Then, unless -mirror=false (or the binary has no --upstream), it
+// measures meshreg as a pull-through mirror of an upstream registry (see
+// mirror.go): upstream egress when 5 nodes pull one image at once, time
+// against a direct pull, time to first byte of a cached blob from a peer.
+//
 // Then, unless -peers=false, it measures blob transfers between meshreg
 // nodes over libp2p (see peers.go): a peer pull of a -peer-blob-size blob
 // against the same blob from the holder's disk, the time to first byte of
@@ -75,18 +80,24 @@ type config struct {
 	fanoutLayers               int
 	fanoutLayerSize            byteSize
 	peerGetTimeout             time.Duration
+
+	mirror, mirrorGiven bool
+	mirrorLayers        int
+	mirrorLayerSize     byteSize
 }
 
 // quickFlags are the values -quick sets, unless the flag is given.
 var quickFlags = map[string]string{
 	"blob-size": "64MiB", "layers": "5", "layer-size": "1MiB", "duration": "1s", "runs": "1", "cluster-writes": "100",
 	"peer-blob-size": "64MiB", "peer-ttfb-size": "8MiB", "peer-ttfb-runs": "3", "fanout-layer-size": "8MiB",
+	"mirror-layer-size": "16MiB",
 }
 
 func main() {
 	var c config
 	c.blobSize, c.layerSize = 512<<20, 8<<20
 	c.peerBlobSize, c.peerTTFBSize, c.fanoutLayerSize = 512<<20, 64<<20, 64<<20
+	c.mirrorLayerSize = 64 << 20
 	flag.StringVar(&c.meshreg, "meshreg", "bin/meshreg", "meshreg binary (make build)")
 	flag.StringVar(&c.distribution, "distribution", "", "CNCF Distribution `registry` binary (default: from PATH, else .tools/bin/registry)")
 	flag.Var(&c.blobSize, "blob-size", "size of the single blob pushed and pulled")
@@ -111,14 +122,24 @@ func main() {
 	flag.IntVar(&c.fanoutLayers, "fanout-layers", 4, "layers of the image pulled by 4 nodes at once in the fan-out measurement")
 	flag.Var(&c.fanoutLayerSize, "fanout-layer-size", "size of each layer of the fan-out image")
 	flag.DurationVar(&c.peerGetTimeout, "peer-get-timeout", 5*time.Minute, "give up on one blob GET or push in the peer section after this long")
+	flag.BoolVar(&c.mirror, "mirror", true, "also benchmark meshreg as a pull-through mirror: 5 nodes pull a fresh image from an upstream (CNCF Distribution) at once; upstream egress ÷ image size, time against one direct pull, time to first byte of a cached blob from a peer (skipped when the meshreg binary has no --upstream); given explicitly, run only this section (and the others given explicitly)")
+	flag.IntVar(&c.mirrorLayers, "mirror-layers", 4, "layers of the image pulled through the mirror")
+	flag.Var(&c.mirrorLayerSize, "mirror-layer-size", "size of each layer of the mirrored image (4 × 64MiB: 256 MiB)")
 	quick := flag.Bool("quick", false, "a quick run: "+quickSummary())
 	flag.Parse()
 	given := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	c.sideBySide = true
+	c.mirrorGiven = given["mirror"]
 	if given["peers"] && c.peers {
 		c.sideBySide = false
 		c.cluster = c.cluster && given["cluster"]
+		c.mirror = c.mirror && c.mirrorGiven
+	}
+	if c.mirrorGiven && c.mirror {
+		c.sideBySide = false
+		c.cluster = c.cluster && given["cluster"]
+		c.peers = c.peers && given["peers"]
 	}
 	if *quick {
 		for name, v := range quickFlags {
@@ -154,6 +175,9 @@ func run(c config) error {
 	if c.cluster && (c.clusterWrites < 1 || c.clusterWorkers < 1 || c.clusterPoll <= 0 || c.clusterMaxTime <= 0) {
 		return errors.New("-cluster-writes, -cluster-workers, -cluster-poll and -cluster-max-time must be positive")
 	}
+	if c.mirror && (c.mirrorLayers < 1 || c.mirrorLayerSize < 1 || c.peerTTFBSize < 1 || c.peerTTFBRuns < 1 || c.peerGetTimeout <= 0) {
+		return errors.New("-mirror-layers, -mirror-layer-size, -peer-ttfb-size, -peer-ttfb-runs and -peer-get-timeout must be positive")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 
@@ -164,8 +188,15 @@ func run(c config) error {
 	if _, err := os.Stat(meshregBin); err != nil {
 		return fmt.Errorf("meshreg binary: %w (run `make build`)", err)
 	}
+	if c.mirror && !supportsUpstream(meshregBin) {
+		if c.mirrorGiven {
+			return fmt.Errorf("-mirror: %s has no --upstream (build a meshreg with the mirror)", meshregBin)
+		}
+		logf("mirror section skipped: %s has no --upstream", meshregBin)
+		c.mirror = false
+	}
 	var distBin string
-	if c.sideBySide {
+	if c.sideBySide || c.mirror {
 		if distBin, err = findDistribution(c.distribution); err != nil {
 			return err
 		}
@@ -207,6 +238,13 @@ func run(c config) error {
 	}
 	if c.peers {
 		t, err := runPeers(ctx, c, meshregBin, filepath.Join(root, "peers"))
+		if err != nil {
+			return err
+		}
+		add(t)
+	}
+	if c.mirror {
+		t, err := runMirror(ctx, c, meshregBin, distBin, filepath.Join(root, "mirror"))
 		if err != nil {
 			return err
 		}

@@ -104,10 +104,16 @@ func warm(ctx context.Context, hc *http.Client, nodes []*server) error {
 // checks its length and digest. Times run from just before the request is
 // sent to the first body byte (ttfb) and to the last (total).
 func timedGet(ctx context.Context, c config, hc *http.Client, s *server, repo string, d digest.Digest, size int64) (getResult, error) {
+	return timedGetQuery(ctx, c, hc, s, repo, d, size, "")
+}
+
+// timedGetQuery is timedGet with a query string (such as "?ns=docker.io")
+// after the blob's path.
+func timedGetQuery(ctx context.Context, c config, hc *http.Client, s *server, repo string, d digest.Digest, size int64, query string) (getResult, error) {
 	var res getResult
 	ctx, cancel := context.WithTimeout(ctx, c.peerGetTimeout)
 	defer cancel()
-	url := s.url() + "/v2/" + repo + "/blobs/" + d.String()
+	url := s.url() + "/v2/" + repo + "/blobs/" + d.String() + query
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return res, err
@@ -402,6 +408,7 @@ func peerPulls(ctx context.Context, c config, bin, dir string) (*pullSamples, *t
 
 // image is a random image: layers, a config and a manifest.
 type image struct {
+	repo     string // fanoutRepo unless set
 	tag      string
 	layers   []ocispec.Descriptor
 	seeds    []uint64
@@ -435,6 +442,13 @@ func newImage(tag string, layers int, layerSize int64, phase, rep int) *image {
 	return img
 }
 
+func (img *image) repository() string {
+	if img.repo == "" {
+		return fanoutRepo
+	}
+	return img.repo
+}
+
 func (img *image) configDesc() ocispec.Descriptor {
 	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(img.config), Size: int64(len(img.config))}
 }
@@ -451,15 +465,15 @@ func (img *image) push(ctx context.Context, c config, s *server) error {
 	defer cancel()
 	err := parallel(ctx, len(img.layers), c.layerJobs, func(ctx context.Context, i int) error {
 		l := img.layers[i]
-		return s.client.PushBlob(ctx, fanoutRepo, l.Digest, l.Size, testnet.NewStream(img.seeds[i], l.Size))
+		return s.client.PushBlob(ctx, img.repository(), l.Digest, l.Size, testnet.NewStream(img.seeds[i], l.Size))
 	})
 	if err != nil {
 		return s.failed(fmt.Errorf("push layers: %w", err))
 	}
-	if _, err := s.client.PushBytes(ctx, fanoutRepo, img.config); err != nil {
+	if _, err := s.client.PushBytes(ctx, img.repository(), img.config); err != nil {
 		return s.failed(fmt.Errorf("push config: %w", err))
 	}
-	if _, err := s.client.PutManifest(ctx, fanoutRepo, img.tag, ocispec.MediaTypeImageManifest, img.manifest); err != nil {
+	if _, err := s.client.PutManifest(ctx, img.repository(), img.tag, ocispec.MediaTypeImageManifest, img.manifest); err != nil {
 		return s.failed(fmt.Errorf("PUT manifest: %w", err))
 	}
 	return nil
@@ -469,7 +483,7 @@ func (img *image) push(ctx context.Context, c config, s *server) error {
 // checked, and returns when the last byte arrived.
 func (img *image) pullBlobs(ctx context.Context, c config, hc *http.Client, s *server) (time.Time, error) {
 	for _, b := range img.blobs() {
-		if _, err := timedGet(ctx, c, hc, s, fanoutRepo, b.Digest, b.Size); err != nil {
+		if _, err := timedGet(ctx, c, hc, s, img.repository(), b.Digest, b.Size); err != nil {
 			return time.Time{}, err
 		}
 	}
