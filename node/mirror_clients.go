@@ -26,7 +26,7 @@ func (n *Node) upstreamClients() (map[string]mirror.Upstream, map[string]*upstre
 	regs := map[string]*upstream.Registry{}
 	for _, uc := range mc.Upstreams {
 		r, err := upstream.New(upstream.Config{Name: uc.Name, URL: uc.URL, CAFile: uc.CAFile, SkipVerify: uc.SkipVerify,
-			Credentials: creds, Logger: n.log.With("component", "upstream")})
+			Credentials: creds, Logger: n.log.With("component", "upstream"), Observer: upstreamObserver{name: uc.Name, m: n.metrics.mirror}})
 		if err != nil {
 			return nil, nil, fmt.Errorf("node: --upstream %s: %w", uc.Name, err)
 		}
@@ -89,3 +89,13 @@ func (n *Node) useMirror(m *mirror.Mirror) {
 	n.mirror = m
 	n.cfg.Origins = mirrorOrigins{n: n}
 }
+
+// upstreamObserver counts an upstream's responses by operation and status
+// (the bytes are counted where they are read, by the mirror).
+type upstreamObserver struct {
+	name string
+	m    *mirror.Metrics
+}
+
+func (o upstreamObserver) OnResponse(op string, status int) { o.m.Response(o.name, op, status) }
+func (o upstreamObserver) OnBytes(string, int64)            {}

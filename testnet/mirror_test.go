@@ -181,6 +181,16 @@ func TestMirrorUpstream(t *testing.T) {
 		t.Errorf("the upstream served layer %s %d times (%v), want once", img.Layers[1].Digest, n, err)
 	}
 
+	// The upstream's answers are counted by status (the leader asked it).
+	resolved := 0.0
+	for _, n := range nodes {
+		v, _ := n.Metric(t.Context(), "meshreg_mirror_upstream_responses_total", `op="resolve"`, `status="200"`, `upstream="`+name+`"`)
+		resolved += v
+	}
+	if resolved < 1 {
+		t.Errorf("no node counted a 200 answer to a resolve from the upstream")
+	}
+
 	// The status document shows the upstream and its last success.
 	st := mirrorGet(t, "GET", node2.URL()+"/_meshreg/v1/status", "")
 	var status struct {

@@ -1,6 +1,10 @@
 package mirror
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Metrics are the mirror's counters per upstream; Register exports them.
 type Metrics struct {
@@ -8,6 +12,7 @@ type Metrics struct {
 	bytes         *prometheus.CounterVec
 	revalidations *prometheus.CounterVec
 	errors        *prometheus.CounterVec
+	responses     *prometheus.CounterVec
 }
 
 // NewMetrics returns unregistered metrics.
@@ -26,10 +31,18 @@ func NewMetrics() *Metrics {
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshreg_mirror_upstream_errors_total", Help: "Failed upstream requests by upstream, operation (resolve, manifest, blob) and kind (not_found, unauthorized, unavailable, other)."},
 			[]string{"upstream", "op", "kind"}),
+		responses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshreg_mirror_upstream_responses_total", Help: "Responses from each upstream by operation (resolve, manifest, blob, stat-blob, token) and HTTP status (0: no response: network error or timeout)."},
+			[]string{"upstream", "op", "status"}),
 	}
 }
 
 // Register exports the metrics.
 func (m *Metrics) Register(reg prometheus.Registerer) {
-	reg.MustRegister(m.requests, m.bytes, m.revalidations, m.errors)
+	reg.MustRegister(m.requests, m.bytes, m.revalidations, m.errors, m.responses)
+}
+
+// Response counts one response of upstream to op with HTTP status (0: none).
+func (m *Metrics) Response(upstream, op string, status int) {
+	m.responses.WithLabelValues(upstream, op, strconv.Itoa(status)).Inc()
 }
