@@ -249,7 +249,7 @@ func TestMirrorUpstream(t *testing.T) {
 	}
 	start := time.Now()
 	for i, n := range nodes {
-		if !testnet.Eventually(revalidate+10*time.Second, func() bool {
+		if !testnet.Eventually(2*revalidate+2*time.Second, func() bool {
 			a := mirrorGet(t, "GET", tagURL(n, "v1"), "alice")
 			return a.status == 200 && digest.FromString(a.body) == v2 && a.header.Get("Warning") == ""
 		}) {
@@ -289,6 +289,50 @@ func TestMirrorUpstream(t *testing.T) {
 	wg.Wait()
 	if got := heads() - before; got != 1 {
 		t.Errorf("9 concurrent pulls of a stale tag through 3 nodes made %d HEADs upstream, want 1", got)
+	}
+
+	// The three nodes pull the moved image's layers at once: the upstream
+	// served each blob once (its access log says), every node got it whole.
+	var v2index struct {
+		Manifests []struct{ Digest digest.Digest }
+	}
+	if err := json.Unmarshal([]byte(mirrorGet(t, "GET", tagURL(node2, "v1"), "alice").body), &v2index); err != nil || len(v2index.Manifests) == 0 {
+		t.Fatalf("moved index: %v", err)
+	}
+	var v2img struct {
+		Config struct{ Digest digest.Digest }
+		Layers []struct{ Digest digest.Digest }
+	}
+	if err := json.Unmarshal([]byte(mirrorGet(t, "GET", tagURL(node2, v2index.Manifests[0].Digest.String()), "alice").body), &v2img); err != nil || len(v2img.Layers) == 0 {
+		t.Fatalf("moved image manifest: %v", err)
+	}
+	blobs := []digest.Digest{v2img.Config.Digest}
+	for _, l := range v2img.Layers {
+		blobs = append(blobs, l.Digest)
+	}
+	gets := map[digest.Digest]int{} // crane read the config when it pushed the index
+	for _, d := range blobs {
+		if gets[d], err = upstream.BlobGETs(d, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range blobs {
+		for _, n := range nodes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if a := mirrorGet(t, "GET", n.URL()+"/v2/team/app/blobs/"+d.String()+"?ns="+name, "alice"); a.status != 200 || digest.FromString(a.body) != d {
+					t.Errorf("blob %s through %s at once: %d %s", d, n.Host(), a.status, a.errMsg)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	for _, d := range blobs {
+		if n, err := upstream.BlobGETs(d, 0); err != nil || n-gets[d] != 1 {
+			n -= gets[d]
+			t.Errorf("three nodes pulling blob %s at once: the upstream served it %d times (%v), want once", d, n, err)
+		}
 	}
 
 	// (The failure to ask for it while the upstream was down is remembered
