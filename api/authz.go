@@ -40,6 +40,13 @@ func (h *Handler) authenticate(r *http.Request) (auth.Identity, error) {
 	if errors.Is(err, auth.ErrBadCredentials) {
 		return auth.Anonymous, oci.Errorf(oci.Unauthorized, "wrong user name or password")
 	}
+	var te *auth.TokenError
+	if errors.As(err, &te) {
+		if h.metrics != nil {
+			h.metrics.tokenFailures.WithLabelValues(te.Reason).Inc()
+		}
+		return auth.Anonymous, oci.Wrap(oci.Unauthorized, err, err.Error()+"; get a new token (docker login)")
+	}
 	if err != nil {
 		return auth.Anonymous, oci.Wrap(oci.Unauthorized, err, "authentication failed")
 	}
@@ -76,14 +83,31 @@ func (h *Handler) authorize(r *http.Request, rt route) (*http.Request, error) {
 	case routeBase:
 		// docker login checks its credentials here; an anonymous client
 		// gets the challenge and goes on without credentials.
-		if id.IsAnonymous() {
+		if id.IsAnonymous() && id.Grant == nil { // an anonymous token is a login too
 			return r, oci.Errorf(oci.Unauthorized, "authentication required")
 		}
 		return r, nil
 	case routeCatalog:
+		if id.Grant != nil {
+			if !id.Grant.Catalog() {
+				return r, oci.Errorf(oci.Unauthorized, "the bearer token does not grant the catalog: ask the token service for scope registry:catalog:*")
+			}
+			// Filtered by what the user may pull, as with Basic auth.
+			r = r.WithContext(context.WithValue(r.Context(), identityKey{}, auth.Identity{User: id.User}))
+		}
 		return r, nil // filtered by what id may pull
 	}
 	action := routeAction(rt.kind, r.Method)
+	if id.Grant != nil && !id.Grant.Allows(rt.name, action) && (id.Grant.External() || g.Authz.Authorize(auth.Identity{User: id.User}, rt.name, action)) {
+		// 401 with the challenge naming the scope: the client asks the
+		// token service for it (the policy would grant it). When the
+		// policy would not, the answer below is the same as with Basic
+		// auth: 403 DENIED for a user, 401 for anonymous.
+		err := oci.Errorf(oci.Unauthorized, "the bearer token does not grant %s on repository %s: ask the token service for scope %s",
+			action, truncate(rt.name), h.requestScope(r))
+		h.auditRefusal(r, id, action, rt, err)
+		return r, err
+	}
 	if !g.Authz.Authorize(id, rt.name, action) {
 		err := refuse(id, action, "repository "+truncate(rt.name))
 		h.auditRefusal(r, id, action, rt, err)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 
+	"github.com/meshreg/meshreg/api/auth"
 	"github.com/meshreg/meshreg/api/oci"
 )
 
@@ -52,7 +53,7 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, err error) 
 	h.log.Log(r.Context(), level, "request failed", "method", r.Method, "path", r.URL.Path, "status", status, "code", e.Code.Name, "err", err)
 	body, _ := json.Marshal(errorBody{Errors: []errorEntry{{Code: e.Code.Name, Message: msg, Detail: e.Detail}}})
 	if status == http.StatusUnauthorized && h.cfg.Auth != nil {
-		w.Header().Set("WWW-Authenticate", h.cfg.Auth.Authn.Challenge())
+		w.Header().Set("WWW-Authenticate", h.challenge(r))
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", itoa(int64(len(body))))
@@ -60,4 +61,44 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, err error) 
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(body)
 	}
+}
+
+// challenge is the WWW-Authenticate value of a 401 to r: a Bearer
+// challenge names the scope the request needs.
+func (h *Handler) challenge(r *http.Request) string {
+	c, ok := h.cfg.Auth.Authn.(auth.ScopedChallenger)
+	if !ok {
+		return h.cfg.Auth.Authn.Challenge()
+	}
+	return c.ChallengeFor(r, h.requestScope(r))
+}
+
+// requestScope is the token scope a /v2/ request needs ("" for the base
+// route and the rest): "repository:NAME:pull", "repository:NAME:pull,push"
+// for a push (clients pull what they push), "repository:NAME:delete", or
+// "registry:catalog:*".
+//
+// A pull that is the mirror's (see Mirroring) needs its scope on the
+// mirror's repository, <NS>/<repo>, where the policy applies.
+func (h *Handler) requestScope(r *http.Request) string {
+	rt := parseRoute(r.URL.Path)
+	switch rt.kind {
+	case routeUnknown, routeBase:
+		return ""
+	case routeCatalog:
+		return "registry:catalog:*"
+	}
+	if validateName(rt.name) != nil {
+		return ""
+	}
+	if mirrored, err := h.routeMirror(r, rt); err == nil {
+		rt = mirrored
+	}
+	switch routeAction(rt.kind, r.Method) {
+	case auth.Push:
+		return "repository:" + rt.name + ":pull,push"
+	case auth.Delete:
+		return "repository:" + rt.name + ":delete"
+	}
+	return "repository:" + rt.name + ":pull"
 }

@@ -46,6 +46,9 @@ type Config struct {
 	// RateLimits turns rate limits on for /v2/ (health probes, metrics and
 	// admin endpoints are never limited); nil limits nothing.
 	RateLimits RateLimiter
+	// Tokens serves the token endpoint (/_meshreg/v1/token) when not nil;
+	// it needs Auth (whose Authenticator verifies the tokens).
+	Tokens TokenService
 	// Mirror routes pulls to upstream registries (mirror.go).
 	Mirror Mirroring
 }
@@ -89,6 +92,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("api: max list page %d is out of range: use 1 to %d", c.MaxListPage, MaxMaxListPage)
 	case c.Auth != nil && (c.Auth.Authn == nil || c.Auth.Authz == nil):
 		return errors.New("api: authentication needs both an authenticator and an authorizer")
+	case c.Tokens != nil && c.Auth == nil:
+		return errors.New("api: the token service needs authentication on")
 	}
 	return nil
 }
@@ -116,6 +121,10 @@ func New(cfg Config, reg Registry, node Node, metrics *Metrics, log *slog.Logger
 	h.mux.HandleFunc("GET /_meshreg/v1/status", h.status)
 	h.mux.HandleFunc("DELETE /_meshreg/v1/members/{id}", h.adminOnly(h.removeMember))
 	h.mux.HandleFunc("POST /_meshreg/v1/join-tokens", h.adminOnly(h.createJoinToken))
+	if cfg.Tokens != nil {
+		h.mux.HandleFunc("GET /_meshreg/v1/token", h.token)
+		h.mux.HandleFunc("POST /_meshreg/v1/token", h.token)
+	}
 	if metrics != nil {
 		h.mux.Handle("GET /metrics", metrics.handler())
 	}

@@ -8,6 +8,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/meshreg/meshreg/api/auth/token"
 )
 
 // Metrics are the HTTP layer's Prometheus metrics.
@@ -21,6 +23,10 @@ type Metrics struct {
 	// rateLimited counts requests refused by --rate-limits, by the limit
 	// hit: "client" or "repository" (the only two values).
 	rateLimited *prometheus.CounterVec
+	// tokensIssued counts bearer tokens the token endpoint signed;
+	// tokenFailures the bearer tokens refused on /v2/, by reason.
+	tokensIssued  prometheus.Counter
+	tokenFailures *prometheus.CounterVec
 }
 
 // NewMetrics registers the HTTP metrics in reg and serves everything reg
@@ -54,9 +60,20 @@ func NewMetrics(reg *prometheus.Registry) *Metrics {
 			Help: "Requests refused with 429 by --rate-limits, by the limit hit (client or repository).",
 		}, []string{"limit"}),
 	}
+	m.tokensIssued = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meshreg_auth_tokens_issued_total",
+		Help: "Bearer tokens issued by this node's token service (/_meshreg/v1/token).",
+	})
+	m.tokenFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshreg_auth_token_verification_failures_total",
+		Help: "Bearer tokens refused on /v2/, by reason (expired, signature, unknown_key, audience, issuer, unknown_user, ...).",
+	}, []string{"reason"})
+	for _, r := range token.Reasons {
+		m.tokenFailures.WithLabelValues(r)
+	}
 	m.rateLimited.WithLabelValues("client")
 	m.rateLimited.WithLabelValues("repository")
-	reg.MustRegister(m.requests, m.latency, m.bytesIn, m.bytesOut, m.inFlight, m.rateLimited)
+	reg.MustRegister(m.requests, m.latency, m.bytesIn, m.bytesOut, m.inFlight, m.rateLimited, m.tokensIssued, m.tokenFailures)
 	return m
 }
 

@@ -135,6 +135,7 @@ func TestFSMSnapshotRestore(t *testing.T) {
 		apply(command{Op: opLinkBlob, Repo: repo, Digest: digest.FromString(fmt.Sprint("blob", i)), Size: int64(i)})
 	}
 	apply(command{Op: opDeleteManifest, Repo: "repo-1", Digest: manifest("repo-1", "1", subject.Digest).Digest})
+	apply(command{Op: state.OpPutSetting, Name: state.SettingAuthTokenKeys, Body: []byte(`{"keys":[]}`)})
 	want := dump(t, src)
 
 	snap, err := src.Snapshot()
@@ -158,6 +159,10 @@ func TestFSMSnapshotRestore(t *testing.T) {
 	}
 	if got := dump(t, dst); !maps.Equal(got, want) {
 		t.Fatalf("restored state differs: %d keys, want %d", len(got), len(want))
+	}
+	var setting []byte
+	if err := dst.view(func(r state.Reader) (err error) { setting, err = r.Setting(state.SettingAuthTokenKeys); return err }); err != nil || string(setting) != `{"keys":[]}` {
+		t.Errorf("restored setting = %q, %v; want the one written before the snapshot", setting, err)
 	}
 	if idx, _ := dst.appliedIndex(); idx != index-1 {
 		t.Errorf("restored applied index = %d, want %d", idx, index-1)

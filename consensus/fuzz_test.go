@@ -68,6 +68,8 @@ func FuzzFSMApply(f *testing.F) {
 	f.Add(fuzzCommands(f, command{Op: opLinkBlob, Repo: "EVIL/../Injected", Digest: digest.FromString("x"), Size: 1 << 40}))
 	f.Add(fuzzCommands(f, command{Op: opPutManifest, Repo: "team/app", Digest: digest.FromString("<script>"), Tags: []string{"v1"}, MediaType: "text/html", Body: []byte("<script>")}))
 	f.Add(fuzzCommands(f, command{Op: 99, Repo: "team/app"}))
+	f.Add(fuzzCommands(f, command{Op: state.OpPutSetting, Name: state.SettingAuthTokenKeys, Body: []byte(`{"keys":[]}`)}))
+	f.Add(fuzzCommands(f, command{Op: state.OpPutSetting, Name: "retention", Body: []byte("x")}))
 	f.Add(fuzzCommands(f, putCmd(manifest("docker.io/library/app", "m", ""), ""),
 		command{Op: state.OpPutMirrorTag, Upstream: "docker.io", Repo: "docker.io/library/app", Tag: "v1", Digest: manifest("docker.io/library/app", "m", "").Digest,
 			MediaType: m.MediaType, Size: 10, CheckedAt: 1_800_000_000_000_000_000}))

@@ -459,6 +459,19 @@ func (s *Store) UnlinkBlob(ctx context.Context, repo string, d digest.Digest) er
 	return s.write(ctx, state.Command{Op: state.OpUnlinkBlob, Repo: repo, Digest: d})
 }
 
+// PutSetting replaces the named cluster setting (state/settings.go: a
+// name from a closed set, a body of at most MaxSettingBytes; else the
+// error wraps ErrInvalidCommand).
+func (s *Store) PutSetting(ctx context.Context, name string, body []byte) error {
+	return s.write(ctx, state.Command{Op: state.OpPutSetting, Name: name, Body: body})
+}
+
+// Setting returns the named setting's body as this node applied it;
+// ErrNotFound if none was written.
+func (s *Store) Setting(name string) ([]byte, error) {
+	return read(s, func(r state.Reader) ([]byte, error) { return r.Setting(name) })
+}
+
 // write validates the command and commits it: through Raft on the leader,
 // through the Forwarder elsewhere (see forward).
 func (s *Store) write(ctx context.Context, c state.Command) error {

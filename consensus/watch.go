@@ -50,6 +50,7 @@ const (
 	KindDeleteTag      = state.KindDeleteTag
 	KindLinkBlob       = state.KindLinkBlob
 	KindUnlinkBlob     = state.KindUnlinkBlob
+	KindPutSetting     = state.KindPutSetting
 	KindRestore        = state.KindRestore
 	KindInvalid        = state.KindInvalid
 )

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/meshreg/meshreg/api/auth/token"
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/buildinfo"
 	"github.com/meshreg/meshreg/node/fetch"
@@ -97,6 +98,12 @@ type Config struct {
 	// same Region), not one per cluster, fetch a blob from its origin,
 	// unless the Origins decide per origin (fetch.RegionalOrigins).
 	OriginFetchPerRegion bool
+	// TokenKeys turns the token service's signing keys on: the leader
+	// writes a key when the cluster has none and a new one every
+	// TokenKeyRotation (loop_tokenkeys.go). TokenTTL is the tokens'
+	// lifetime: how long a retired key is kept.
+	TokenKeys                  bool
+	TokenKeyRotation, TokenTTL time.Duration
 }
 
 // DefaultConfig returns the configuration of `meshreg serve` with no flags.
@@ -118,6 +125,8 @@ func DefaultConfig() Config {
 		MinFreeDisk:       DefaultMinFreeDisk,
 		ScrubRate:         DefaultScrubRate,
 		ScrubInterval:     DefaultScrubInterval,
+		TokenKeyRotation:  token.DefaultRotation,
+		TokenTTL:          token.DefaultTTL,
 
 		MaxUploads:          1000,
 		MaxUploadsPerClient: 100,

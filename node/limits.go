@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/meshreg/meshreg/api/auth/token"
 )
 
 // durationRange is the accepted range of a duration setting and the flag
@@ -58,6 +60,14 @@ func (c Config) checkRanges() error {
 	} {
 		if r.val < r.min || r.val > r.max {
 			errs = append(errs, fmt.Errorf("node: %s %d is out of range: use %d to %d", r.flag, r.val, r.min, r.max))
+		}
+	}
+	{
+		switch {
+		case c.TokenTTL < token.MinTTL || c.TokenTTL > token.MaxTTL:
+			errs = append(errs, fmt.Errorf("node: --auth-token-ttl %s is out of range: use %s to %s", c.TokenTTL, token.MinTTL, token.MaxTTL))
+		case c.TokenKeyRotation < c.TokenTTL || c.TokenKeyRotation > token.MaxRotation:
+			errs = append(errs, fmt.Errorf("node: --auth-token-key-rotation %s is out of range: use --auth-token-ttl (%s) to %s", c.TokenKeyRotation, c.TokenTTL, token.MaxRotation))
 		}
 	}
 	return errors.Join(errs...)

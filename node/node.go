@@ -233,6 +233,7 @@ func (n *Node) Run(ctx context.Context) error {
 		newMembership(n.meta, n.host.ID().String(), n.connected, n.checkHealth, n.noteMembership,
 			upkeepRules{DeadServerTimeout: n.cfg.DeadServerTimeout, StabilizationTime: n.cfg.StabilizationTime, Voters: n.cfg.Voters}, n.log),
 		newUploadExpiry(n.blobs, n.cfg.UploadIdleTimeout, n.forgetExpiredUploads, n.log),
+		n.tokenKeys(),
 	)
 }
 

@@ -48,8 +48,15 @@ func TestDockerPushToOneNodePullFromAnother(t *testing.T) {
 // removes it locally, pulls it through node pull and runs it.
 func dockerRoundTrip(t *testing.T, docker string, push, pull *testnet.Node) {
 	t.Helper()
-	work := t.TempDir()
-	r := testnet.Runner{T: t, Path: docker, Dir: work}
+	dockerRoundTripIn(t, testnet.Runner{T: t, Path: docker, Dir: t.TempDir()}, "e2e/hello", push, pull)
+}
+
+// dockerRoundTripIn is dockerRoundTrip with the docker CLI r (its
+// environment, a logged-in DOCKER_CONFIG say) and a repository under
+// prefix.
+func dockerRoundTripIn(t *testing.T, r testnet.Runner, prefix string, push, pull *testnet.Node) {
+	t.Helper()
+	work, docker := r.Dir, r.Path
 
 	// A static program printing a message unique to this run, so that
 	// nothing cached by an earlier run can pass for it.
@@ -58,7 +65,7 @@ func dockerRoundTrip(t *testing.T, docker string, push, pull *testnet.Node) {
 	writeFile(t, filepath.Join(work, "Dockerfile"), []byte(
 		"FROM scratch\nCOPY hello /hello\nLABEL org.meshreg.e2e=1\nENTRYPOINT [\"/hello\"]\n"))
 
-	repo := testnet.UniqueRepo("e2e/hello")
+	repo := testnet.UniqueRepo(prefix)
 	tag := push.Host() + "/" + repo + ":v1"
 	pullTag := pull.Host() + "/" + repo + ":v1"
 	if r.Try("buildx", "version").Err != nil {

@@ -2,9 +2,10 @@
 // do (an Authorizer). The api package calls both once per request, in its
 // dispatcher; it never looks at credentials itself.
 //
-// Seam: Basic (htpasswd users) is the only Authenticator today. A bearer
-// token service (tokens valid on every node) plugs in as a second
-// Authenticator and a Bearer challenge, without touching the dispatcher.
+// Seam: Basic (htpasswd users) is one Authenticator; the bearer token
+// service (package token: tokens valid on every node) is another, which
+// accepts Basic too and challenges with Bearer. A token's grant rides on
+// the Identity, and Scoped makes the Authorizer honour it.
 package auth
 
 import (
@@ -32,7 +33,64 @@ var Actions = []Action{Pull, Push, Delete, Admin}
 type Identity struct {
 	// User is the authenticated user name; empty for anonymous.
 	User string
+	// Grant is what the bearer token the request came with grants; nil
+	// for Basic auth and anonymous requests. See Scoped.
+	Grant Grant
 }
+
+// Grant is the access a verified bearer token carries. Implementations
+// are pointers (an Identity stays comparable).
+type Grant interface {
+	// Allows reports whether the token grants a on repo.
+	Allows(repo string, a Action) bool
+	// Catalog reports whether the token grants the catalog listing.
+	Catalog() bool
+	// External reports whether an external issuer signed the token: it is
+	// the authority, and the token's grant is all that is checked. A token
+	// of our own is checked against the current policy too.
+	External() bool
+}
+
+// Scoped makes base honour tokens: an identity with a Grant may do only
+// what the token grants, and, for a token of our own, what base still
+// grants now (a policy change takes effect at once). Tokens never carry the
+// admin right.
+func Scoped(base Authorizer) Authorizer {
+	return AuthorizerFunc(func(id Identity, repo string, a Action) bool {
+		if id.Grant == nil {
+			return base.Authorize(id, repo, a)
+		}
+		if a == Admin || !id.Grant.Allows(repo, a) {
+			return false
+		}
+		return id.Grant.External() || base.Authorize(Identity{User: id.User}, repo, a)
+	})
+}
+
+// ScopedChallenger is an Authenticator whose challenge depends on the
+// request: the Bearer challenge names the token service on the request's
+// host and the scope the refused request needs ("" when none, e.g.
+// "repository:team/app:pull,push"). The api package prefers it over
+// Challenge.
+type ScopedChallenger interface {
+	ChallengeFor(r *http.Request, scope string) string
+}
+
+// TokenError is a bearer token that was refused; Reason is a short, fixed
+// label for metrics (expired, signature, audience, ...).
+type TokenError struct {
+	Reason string
+	Err    error
+}
+
+func (e *TokenError) Error() string {
+	return "invalid bearer token (" + e.Reason + "): " + e.Err.Error()
+}
+func (e *TokenError) Unwrap() error { return e.Err }
+
+// ErrNoSigningKey: the token service has no signing key yet (a fresh
+// cluster before its leader wrote one); retry shortly.
+var ErrNoSigningKey = errors.New("auth: no token signing key yet")
 
 // Anonymous is the identity of a request without credentials.
 var Anonymous = Identity{}

@@ -8,33 +8,79 @@ import (
 	"github.com/meshreg/meshreg/api/auth"
 	"github.com/meshreg/meshreg/api/auth/htpasswd"
 	"github.com/meshreg/meshreg/api/auth/policy"
+	"github.com/meshreg/meshreg/api/auth/token"
 	"github.com/meshreg/meshreg/api/ratelimit"
 )
 
-// authGuard opens the --auth-htpasswd and --auth-policy files (nil, nil
-// when authentication is off). Every later change of either file is an
-// audit line in log (nil: not logged, as in `serve --check`): applied, or
-// rejected with the error (the last good contents stay in effect).
-func authGuard(cfg serveConfig, log *slog.Logger) (*auth.Guard, error) {
+// authGuard opens the --auth-htpasswd and --auth-policy files and sets up
+// the token service (nil, nil, nil when authentication is off). Every later
+// change of either file is an audit line in log (nil: not logged, as in
+// `serve --check`): applied, or rejected with the error (the last good
+// contents stay in effect). keys reads the cluster's token signing keys
+// (Node.TokenKeys; nil: none, as in `serve --check`).
+//
+// With --auth-htpasswd the node is its own token service (and takes Basic
+// credentials too); with --auth-token-rootcertbundle it accepts an
+// external issuer's tokens, with or without users of its own.
+func authGuard(cfg serveConfig, log *slog.Logger, keys func() ([]byte, error)) (*auth.Guard, api.TokenService, error) {
 	if cfg.AuthHtpasswd == "" {
-		if cfg.AuthPolicy != "" {
-			return nil, errors.New("--auth-policy needs --auth-htpasswd: the policy names users, and the htpasswd file says who they are")
+		switch {
+		case cfg.AuthPolicy != "":
+			return nil, nil, errors.New("--auth-policy needs --auth-htpasswd: the policy names users, and the htpasswd file says who they are")
+		case cfg.TokenRootCertBundle == "" && (cfg.TokenIssuer != "" || cfg.TokenRealm != "" || cfg.TokenService != ""):
+			return nil, nil, errors.New("--auth-token-issuer, --auth-token-realm and --auth-token-service need --auth-htpasswd (this node issues tokens) or --auth-token-rootcertbundle (an external issuer does)")
+		case cfg.TokenRootCertBundle != "" && cfg.TokenRealm == "":
+			return nil, nil, errors.New("--auth-token-rootcertbundle without --auth-htpasswd needs --auth-token-realm: the external token server's URL, where clients get tokens")
+		case cfg.TokenRootCertBundle == "":
+			return nil, nil, nil
 		}
-		return nil, nil
 	}
-	users, err := htpasswd.Open(cfg.AuthHtpasswd, api.AuditReload(log, "--auth-htpasswd", cfg.AuthHtpasswd))
-	if err != nil {
-		return nil, err
+	if cfg.TokenIssuer != "" && cfg.TokenRootCertBundle == "" {
+		return nil, nil, errors.New("--auth-token-issuer needs --auth-token-rootcertbundle: the certificates whose keys sign that issuer's tokens")
 	}
-	g := &auth.Guard{Authn: &auth.Basic{Users: users}, Authz: auth.AuthenticatedOnly}
+	tcfg := token.Config{Service: cfg.TokenService, Realm: cfg.TokenRealm, TTL: cfg.Node.TokenTTL}
+	if cfg.TokenRootCertBundle != "" {
+		ext, err := token.LoadExternal(cfg.TokenIssuer, cfg.TokenRootCertBundle)
+		if err != nil {
+			return nil, nil, err
+		}
+		tcfg.External = ext
+	}
+	var (
+		users *htpasswd.File
+		basic *auth.Basic
+		base  = auth.AuthenticatedOnly
+	)
+	if cfg.AuthHtpasswd != "" {
+		var err error
+		if users, err = htpasswd.Open(cfg.AuthHtpasswd, api.AuditReload(log, "--auth-htpasswd", cfg.AuthHtpasswd)); err != nil {
+			return nil, nil, err
+		}
+		basic = &auth.Basic{Users: users}
+	}
 	if cfg.AuthPolicy != "" {
 		p, err := policy.Open(cfg.AuthPolicy, api.AuditReload(log, "--auth-policy", cfg.AuthPolicy))
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		g.Authz = p
+		base = p
 	}
-	return g, nil
+	if keys == nil {
+		keys = func() ([]byte, error) { return nil, nil }
+	}
+	var tu token.Users
+	if users != nil {
+		tu = users
+	}
+	svc, err := token.New(tcfg, token.NewKeys(keys), tu, base)
+	if err != nil {
+		return nil, nil, err
+	}
+	g := &auth.Guard{Authn: &token.Authenticator{Service: svc, Basic: basic}, Authz: auth.Scoped(base)}
+	if users == nil {
+		return g, nil, nil // an external issuer's tokens only
+	}
+	return g, svc, nil
 }
 
 // rateLimiter opens the --rate-limits file (nil, nil without one). Each

@@ -17,26 +17,28 @@ import (
 // that names the flag and the range it accepts.
 func TestServeCheckRefusesOutOfRangeFlags(t *testing.T) {
 	bad := map[string][]string{
-		"repair-interval":        {"0s", "-1s", "3ns", "9999h"},
-		"peer-idle-timeout":      {"0s", "-5s", "1ns", "2h"},
-		"reprovide-interval":     {"0s", "-1h", "1ns", "48h"},
-		"dead-server-timeout":    {"0s", "-1m", "2ns", "10000h"},
-		"upload-idle-timeout":    {"0s", "-1s", "3ns", "1ms", "1000h"},
-		"body-idle-timeout":      {"0s", "-1s", "3ns", "25h"},
-		"client-idle-timeout":    {"0s", "-1s", "3ns", "25h"},
-		"snapshot-interval":      {"0s", "-1s", "3ns", "1000h"},
-		"shutdown-timeout":       {"0s", "-1s", "3ns", "100h"},
-		"max-manifest-size":      {"0", "-1", "10", "1099511627776"},
-		"max-uploads":            {"0", "-1", "100000000"},
-		"max-writes-per-client":  {"0", "-1", "1000000"},
-		"max-uploads-per-client": {"0", "-1", "2000"}, // above --max-uploads (1000)
-		"voters":                 {"0", "-3", "1000"},
-		"replicas":               {"0", "-1", "100000"},
-		"bootstrap-expect":       {"-1", "100000"},
-		"snapshot-threshold":     {"0", "18446744073709551615"},
-		"trailing-logs":          {"0", "18446744073709551615"},
-		"stabilization-time":     {"-1s", "2h"},
-		"scrub-interval":         {"0s", "-1s", "100000h"},
+		"repair-interval":         {"0s", "-1s", "3ns", "9999h"},
+		"peer-idle-timeout":       {"0s", "-5s", "1ns", "2h"},
+		"reprovide-interval":      {"0s", "-1h", "1ns", "48h"},
+		"dead-server-timeout":     {"0s", "-1m", "2ns", "10000h"},
+		"upload-idle-timeout":     {"0s", "-1s", "3ns", "1ms", "1000h"},
+		"body-idle-timeout":       {"0s", "-1s", "3ns", "25h"},
+		"client-idle-timeout":     {"0s", "-1s", "3ns", "25h"},
+		"snapshot-interval":       {"0s", "-1s", "3ns", "1000h"},
+		"shutdown-timeout":        {"0s", "-1s", "3ns", "100h"},
+		"max-manifest-size":       {"0", "-1", "10", "1099511627776"},
+		"max-uploads":             {"0", "-1", "100000000"},
+		"max-writes-per-client":   {"0", "-1", "1000000"},
+		"max-uploads-per-client":  {"0", "-1", "2000"}, // above --max-uploads (1000)
+		"voters":                  {"0", "-3", "1000"},
+		"replicas":                {"0", "-1", "100000"},
+		"bootstrap-expect":        {"-1", "100000"},
+		"snapshot-threshold":      {"0", "18446744073709551615"},
+		"trailing-logs":           {"0", "18446744073709551615"},
+		"stabilization-time":      {"-1s", "2h"},
+		"scrub-interval":          {"0s", "-1s", "100000h"},
+		"auth-token-ttl":          {"0s", "-1s", "59s", "25h"},
+		"auth-token-key-rotation": {"0s", "-1s", "4m", "9000h"}, // below --auth-token-ttl (5m)
 	}
 	// Every numeric flag must be in the table, so a new one cannot skip
 	// validation.

@@ -64,7 +64,7 @@ func serve(ctx context.Context, cfg serveConfig) (err error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	n.RegisterMetrics(reg)
-	if cfg.API.Auth, err = authGuard(cfg, log.With("component", "auth")); err != nil {
+	if cfg.API.Auth, cfg.API.Tokens, err = authGuard(cfg, log.With("component", "auth"), n.TokenKeys); err != nil {
 		return err
 	}
 	if cfg.API.RateLimits, err = rateLimiter(cfg, log.With("component", "ratelimit")); err != nil {

@@ -32,6 +32,9 @@ type serveConfig struct {
 	// --auth-policy paths ("" if none); see authGuard.
 	AuthHtpasswd string
 	AuthPolicy   string
+	// The token service's --auth-token-* settings (Distribution's
+	// auth.token names); see authGuard.
+	TokenService, TokenRealm, TokenIssuer, TokenRootCertBundle string
 	// RateLimits is the --rate-limits path ("" if none); see rateLimiter.
 	RateLimits      string
 	Listen          string
@@ -104,6 +107,12 @@ func (cfg *serveConfig) settings() []setting {
 		durationSetting(&nc.Consensus.SnapshotInterval, "snapshot-interval", catCluster, "every `DURATION`, check whether a snapshot is due"),
 		stringSetting(&cfg.AuthHtpasswd, "auth-htpasswd", catAPI, "htpasswd `FILE` of users (bcrypt entries only, `htpasswd -B`): turns on Basic authentication for /v2/ and the admin endpoints; reloaded when it changes"),
 		stringSetting(&cfg.AuthPolicy, "auth-policy", catAPI, "access policy `FILE` (YAML: who may pull, push, delete in which repositories, and who is admin); without it every user may do everything and anonymous clients nothing; reloaded when it changes"),
+		durationSetting(&nc.TokenTTL, "auth-token-ttl", catAPI, "bearer tokens the node issues are valid for `DURATION`"),
+		durationSetting(&nc.TokenKeyRotation, "auth-token-key-rotation", catAPI, "the cluster's leader makes a new token signing key every `DURATION` (tokens signed by the previous key stay valid until they expire)"),
+		stringSetting(&cfg.TokenService, "auth-token-service", catAPI, "`NAME` of this registry in bearer tokens (their aud, and the challenge's service); default meshreg"),
+		stringSetting(&cfg.TokenRealm, "auth-token-realm", catAPI, "`URL` of the token service in the Bearer challenge: a load balancer's /_meshreg/v1/token, or an external token server; default the node's own on the request's host"),
+		stringSetting(&cfg.TokenIssuer, "auth-token-issuer", catAPI, "`NAME` (iss) of an external token issuer whose tokens are accepted (needs --auth-token-rootcertbundle)"),
+		stringSetting(&cfg.TokenRootCertBundle, "auth-token-rootcertbundle", catAPI, "PEM `FILE` of the certificates whose keys sign the external issuer's tokens (x5c chains to them, or a kid naming their key)"),
 		durationSetting(&cfg.ShutdownTimeout, "shutdown-timeout", catAPI, "`DURATION` in-flight requests may run after SIGTERM or SIGINT"),
 		upstreamSetting(&nc.Mirror.Upstreams, "upstream", catAPI, "mirror the registry clients call `NAME` (docker.io, ghcr.io, HOST:PORT) at URL: NAME=URL[;revalidate=5m][;allow=GLOB]...[;ca-file=FILE][;skip-verify][;region-fetch] (repeatable; in the config file also a list of mappings with those keys)"),
 		stringSetting(&nc.Mirror.CredentialsFile, "upstream-credentials", catAPI, "Docker config.json `FILE` with the upstreams' credentials (auths: auth or username/password); reloaded when it changes"),
@@ -140,7 +149,8 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 		}
 		cfg.Node.P2P.PrivateNetworkKey = key
 	}
-	if _, err := authGuard(*cfg, nil); err != nil {
+	cfg.Node.TokenKeys = cfg.AuthHtpasswd != ""
+	if _, _, err := authGuard(*cfg, nil, nil); err != nil {
 		return *cfg, err
 	}
 	if _, err := rateLimiter(*cfg, nil); err != nil {

@@ -91,7 +91,7 @@ func Apply(db *badger.DB, index uint64, data []byte, beforeCommit func(index uin
 	if err := txn.Commit(); err != nil {
 		return a, false, nil, err
 	}
-	a = Applied{Index: index, Kind: c.Op.Kind(), Repo: c.Repo, Digest: c.Digest, Tag: c.Tag, Failed: resp != nil}
+	a = Applied{Index: index, Kind: c.Op.Kind(), Repo: c.Repo, Digest: c.Digest, Tag: c.Tag, Setting: c.Name, Failed: resp != nil}
 	return a, true, resp, nil
 }
 
@@ -199,6 +199,8 @@ func (t tx) execute(c Command) (resp, err error) {
 		return nil, t.linkBlob(c.Repo, c.Digest, c.Size)
 	case OpUnlinkBlob:
 		return t.unlinkBlob(c.Repo, c.Digest)
+	case OpPutSetting:
+		return nil, t.Set(settingKey(c.Name), c.Body)
 	case OpPutMirrorTag:
 		return t.putMirrorTag(c)
 	}

@@ -17,6 +17,9 @@ const (
 	OpDeleteTag
 	OpLinkBlob
 	OpUnlinkBlob
+	// OpPutSetting stores a named cluster setting (Name, Body): a record
+	// from a closed set of names (settings.go), replaced whole.
+	OpPutSetting
 	// OpPutMirrorTag records what an upstream registry answered for a tag
 	// of a mirrored repository, and when it was asked (mirror.go).
 	OpPutMirrorTag
@@ -39,6 +42,7 @@ type Command struct {
 	Subject      digest.Digest     `json:"subject,omitempty"`
 	Annotations  map[string]string `json:"annotations,omitempty"`
 	Body         []byte            `json:"body,omitempty"`
+	Name         string            `json:"name,omitempty"` // OpPutSetting
 	// Upstream and CheckedAt (unix nanoseconds, the proposer's clock)
 	// belong to OpPutMirrorTag.
 	Upstream  string `json:"upstream,omitempty"`
@@ -77,6 +81,7 @@ const (
 	KindDeleteTag      Kind = "delete_tag"
 	KindLinkBlob       Kind = "link_blob"
 	KindUnlinkBlob     Kind = "unlink_blob"
+	KindPutSetting     Kind = "put_setting"
 	KindPutMirrorTag   Kind = "put_mirror_tag"
 	// KindRestore: the whole state was replaced by a snapshot up to Index;
 	// a follower of the stream reads it again.
@@ -99,6 +104,8 @@ func (o Op) Kind() Kind {
 		return KindLinkBlob
 	case OpUnlinkBlob:
 		return KindUnlinkBlob
+	case OpPutSetting:
+		return KindPutSetting
 	case OpPutMirrorTag:
 		return KindPutMirrorTag
 	}
@@ -113,6 +120,8 @@ type Applied struct {
 	Repo   string
 	Digest digest.Digest // "" for a tag delete
 	Tag    string        // a tag delete's tag
+	// Setting is the name of the setting a put_setting entry wrote.
+	Setting string
 	// Failed: the command was refused (not found, out of bounds) and
 	// changed nothing but the applied index.
 	Failed bool

@@ -20,6 +20,7 @@ import (
 //	├── g<repo>·<digest>·<tag>     reverse tag index: tags pointing at digest (empty value)
 //	├── l<repo>·<digest>           blob link → size (uint64 big-endian)
 //	├── f<repo>·<subject>·<digest> referrer → ocispec.Descriptor (JSON)
+//	├── s<name>                    cluster setting → its body (settings.go)
 //	└── u<repo>·<tag>              mirrored tag → MirrorTag (JSON): what the
 //	                               upstream answered and when (mirror.go)
 //
@@ -41,6 +42,7 @@ const (
 	prefixTagByDig = 'g'
 	prefixBlobLink = 'l'
 	prefixReferrer = 'f'
+	prefixSetting  = 's'
 	prefixMirror   = 'u'
 	sep            = 0x00
 	maxNameLength  = 4096 // repository names and tags; far above what the API accepts
@@ -84,6 +86,8 @@ func blobLinkKey(repo string, d digest.Digest) []byte { return key(prefixBlobLin
 func ReferrerKey(repo string, subject, d digest.Digest) []byte {
 	return key(prefixReferrer, repo, string(subject), string(d))
 }
+
+func settingKey(name string) []byte { return key(prefixSetting, name) }
 
 // validName reports whether s can be part of a key: non-empty, bounded and
 // free of the separator byte.

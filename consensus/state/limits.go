@@ -89,8 +89,8 @@ func (c Command) check() error {
 			return err
 		}
 		switch {
-		case c.Tag != "" || c.Size != 0:
-			return fmt.Errorf("a manifest put carries no tag or size field")
+		case c.Tag != "" || c.Size != 0 || c.Name != "":
+			return fmt.Errorf("a manifest put carries no tag, size or setting name field")
 		case len(c.Tags) > MaxTagsPerWrite:
 			return fmt.Errorf("%d tags in one write: at most %d; push the manifest once, then tag it in several requests", len(c.Tags), MaxTagsPerWrite)
 		case len(c.Body) == 0:
@@ -136,6 +136,12 @@ func (c Command) check() error {
 			return fmt.Errorf("a blob link carries only a repository, a digest and a size")
 		}
 		return checkRepoDigest(c.Repo, c.Digest)
+	case OpPutSetting:
+		if c.Repo != "" || c.Digest != "" || c.Tag != "" || c.Size != 0 || len(c.Tags) > 0 || c.MediaType != "" ||
+			c.ArtifactType != "" || c.Subject != "" || len(c.Annotations) > 0 {
+			return fmt.Errorf("a setting write carries only a name and a body")
+		}
+		return checkSetting(c.Name, c.Body)
 	case OpDeleteManifest, OpUnlinkBlob:
 		if c.Tag != "" || c.carriesManifest() || c.Size != 0 {
 			return fmt.Errorf("a delete carries only a repository and a digest")
@@ -149,9 +155,10 @@ func (c Command) check() error {
 	return nil
 }
 
-// carriesManifest reports whether any field of a manifest put is set.
+// carriesManifest reports whether any field of a manifest put (or a
+// setting's name) is set.
 func (c Command) carriesManifest() bool {
-	return len(c.Tags) > 0 || c.MediaType != "" || c.ArtifactType != "" || c.Subject != "" ||
+	return c.Name != "" || len(c.Tags) > 0 || c.MediaType != "" || c.ArtifactType != "" || c.Subject != "" ||
 		len(c.Annotations) > 0 || len(c.Body) > 0
 }
 

@@ -122,3 +122,10 @@ func (f *File) Verify(user, password string) bool {
 	f.mu.Unlock()
 	return true
 }
+
+// Exists reports whether the file (as reloaded now) has user: a bearer
+// token of a user removed from the file stops working at once.
+func (f *File) Exists(user string) bool {
+	_, found := f.w.Get()[user]
+	return found
+}
