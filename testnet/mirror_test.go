@@ -356,5 +356,11 @@ func TestMirrorUpstream(t *testing.T) {
 		if a.status != 502 || !strings.Contains(a.errMsg, "upstream "+name) || !strings.Contains(a.errMsg, "--upstream-credentials") {
 			t.Errorf("%s: %d %s %q; want 502 naming the upstream and --upstream-credentials", what, a.status, a.errCode, a.errMsg)
 		}
+		// Credentials with authentication off: one WARN says who can read.
+		logs, err := os.ReadFile(n.LogPath())
+		warned := strings.Count(string(logs), "upstream credentials are configured but authentication is off")
+		if err != nil || (args != nil) != (warned == 1) {
+			t.Errorf("%s: %d WARN lines about credentials without authentication (%v)", what, warned, err)
+		}
 	}
 }
