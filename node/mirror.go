@@ -83,7 +83,13 @@ func (s mirrorStore) MirrorTag(repo, tag string) (consensus.MirrorTag, error) {
 	return s.n.meta.(mirrorMeta).MirrorTag(repo, tag)
 }
 
+// PutMirrorTag records the tag with the media type and size of the
+// manifest as stored (parsed from its bytes), not as the upstream's HEAD
+// said (a Content-Type with parameters, say).
 func (s mirrorStore) PutMirrorTag(ctx context.Context, repo, tag string, rec consensus.MirrorTag) error {
+	if m, err := s.n.meta.Manifest(repo, rec.Digest); err == nil {
+		rec.MediaType, rec.Size = m.MediaType, int64(len(m.Body))
+	}
 	return s.n.meta.(mirrorMeta).PutMirrorTag(ctx, repo, tag, rec)
 }
 
