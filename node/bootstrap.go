@@ -259,7 +259,7 @@ func (n *Node) hello(ctx context.Context, target string) error {
 	addr := target
 	if strings.HasPrefix(target, "http://") || strings.HasPrefix(target, "https://") {
 		var err error
-		if addr, err = raftAddressOf(ctx, target); err != nil {
+		if addr, err = n.raftAddressOf(ctx, target); err != nil {
 			n.log.Debug("bootstrap: peer not reachable yet", "target", target, "err", err)
 			return err
 		}

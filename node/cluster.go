@@ -3,6 +3,7 @@ package node
 import (
 	"cmp"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -349,7 +350,7 @@ func (n *Node) joinVia(ctx context.Context, target string) error {
 	addr := target
 	if strings.HasPrefix(target, "http://") || strings.HasPrefix(target, "https://") {
 		var err error
-		if addr, err = raftAddressOf(ctx, target); err != nil {
+		if addr, err = n.raftAddressOf(ctx, target); err != nil {
 			return err
 		}
 	}
@@ -401,12 +402,16 @@ func (n *Node) waitOtherLeader(ctx context.Context) error {
 }
 
 // raftAddressOf reads a node's Raft address from its status document.
-func raftAddressOf(ctx context.Context, base string) (string, error) {
+func (n *Node) raftAddressOf(ctx context.Context, base string) (string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+"/_meshreg/v1/status", nil)
 	if err != nil {
 		return "", err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	client := n.cfg.JoinHTTP
+	if client == nil {
+		client = http.DefaultClient
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		if strings.Contains(err.Error(), "multistream") {
 			// libp2p's first bytes ("\x13/multistream/1.0.0") where HTTP
@@ -417,6 +422,10 @@ func raftAddressOf(ctx context.Context, base string) (string, error) {
 		if strings.Contains(err.Error(), "does not look like a TLS handshake") {
 			return "", fmt.Errorf("%s answers without TLS: it is a node's p2p port, or an API that serves plain HTTP (then use http://); "+
 				"--join wants the API URL (http://host:5000) or a multiaddr with /p2p/<peer id>: %w", base, err)
+		}
+		var unknownCA x509.UnknownAuthorityError
+		if errors.As(err, &unknownCA) {
+			return "", fmt.Errorf("%w: pass the CA of %s's certificate with --join-tls-ca", err, base)
 		}
 		return "", err
 	}

@@ -3,6 +3,7 @@ package node
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/meshreg/meshreg/api/auth/token"
@@ -38,6 +39,11 @@ type Config struct {
 	// this node presents when it joins through Join. Not needed with a
 	// cluster key.
 	JoinToken string
+	// JoinHTTP is the HTTP client that reads the status of a node named by
+	// an http(s) URL in Join (its Raft address); it carries the CA that
+	// https URLs are verified with (serve's --join-tls-ca). Nil: Go's
+	// default client (the system's roots, SSL_CERT_FILE).
+	JoinHTTP *http.Client
 	// Voters is how many voters the leader keeps, promoting non-voters
 	// (an odd count: an even Voters keeps one less; see promotion.go).
 	Voters int

@@ -112,7 +112,7 @@ func (n *Node) checkVia(ctx context.Context, target string) (member, known bool,
 	defer cancel()
 	addr := target
 	if strings.HasPrefix(target, "http://") || strings.HasPrefix(target, "https://") {
-		if addr, err = raftAddressOf(ctx, target); err != nil {
+		if addr, err = n.raftAddressOf(ctx, target); err != nil {
 			return false, false, err
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -246,5 +247,148 @@ func TestServerOverRealTLS(t *testing.T) {
 			t.Fatalf("rotated certificate not served within %s (last: %v)", 3*DefaultCheckInterval, err)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// kubeMount lays files out as Kubernetes mounts a Secret or ConfigMap:
+// dir/NAME -> ..data/NAME, ..data -> ..<version>; swap replaces the
+// version directory the way kubelet's atomic writer does (a new directory,
+// then ..data renamed over), and moves its mtime on.
+type kubeMount struct {
+	t       *testing.T
+	dir     string
+	version int
+}
+
+func newKubeMount(t *testing.T, files map[string][]byte) *kubeMount {
+	m := &kubeMount{t: t, dir: t.TempDir()}
+	m.swap(files, time.Now())
+	for name := range files {
+		if err := os.Symlink(filepath.Join("..data", name), filepath.Join(m.dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return m
+}
+
+func (m *kubeMount) path(name string) string { return filepath.Join(m.dir, name) }
+
+func (m *kubeMount) swap(files map[string][]byte, at time.Time) {
+	m.t.Helper()
+	m.version++
+	vdir := fmt.Sprintf("..2026_%02d", m.version)
+	if err := os.Mkdir(filepath.Join(m.dir, vdir), 0o755); err != nil {
+		m.t.Fatal(err)
+	}
+	for name, b := range files {
+		p := filepath.Join(m.dir, vdir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			m.t.Fatal(err)
+		}
+		if err := os.Chtimes(p, at, at); err != nil {
+			m.t.Fatal(err)
+		}
+	}
+	tmp := filepath.Join(m.dir, "..data_tmp")
+	if err := os.Symlink(vdir, tmp); err != nil {
+		m.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(m.dir, "..data")); err != nil {
+		m.t.Fatal(err)
+	}
+}
+
+// TestServerReloadsClientCA: the client CA file, mounted the Kubernetes
+// way, is swapped for another CA's while the server runs; without a
+// restart, a client certificate of the new CA is accepted and one of the
+// old CA is refused. The serving certificate, mounted the same way, is
+// rotated by the same swap.
+func TestServerReloadsClientCA(t *testing.T) {
+	t.Parallel()
+	serverCA := tlstest.NewCA(t, "server CA")
+	oldCA, newCA := tlstest.NewCA(t, "old client CA"), tlstest.NewCA(t, "new client CA")
+	pem := func(ca *tlstest.CA) []byte {
+		b, err := os.ReadFile(ca.CertFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	leaf := serverCA.Server(t, 40)
+	mount := newKubeMount(t, map[string][]byte{"tls.crt": leaf.CertPEM, "tls.key": leaf.KeyPEM, "ca.crt": pem(oldCA)})
+	var logs syncBuffer
+	cfg, err := Server(Files{Cert: mount.path("tls.crt"), Key: mount.path("tls.key"), ClientCA: mount.path("ca.crt")},
+		slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{TLSConfig: cfg, ErrorLog: log.New(io.Discard, "", 0), Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.TLS.VerifiedChains) == 0 {
+			http.Error(w, "no client certificate", http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("Client", r.TLS.VerifiedChains[0][0].Subject.CommonName)
+	})}
+	done := make(chan error, 1)
+	go func() { done <- srv.ServeTLS(ln, "", "") }()
+	t.Cleanup(func() {
+		_ = srv.Close()
+		if err := <-done; !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("ServeTLS: %v", err)
+		}
+	})
+	roots := x509.NewCertPool()
+	roots.AddCert(serverCA.Cert)
+	// get sends a request with a client certificate of ca (sent whatever
+	// CAs the server names) and returns the served serial.
+	get := func(ca *tlstest.CA, cn string) (int64, error) {
+		l := ca.Client(t, 50, cn)
+		pair, err := tls.X509KeyPair(l.CertPEM, l.KeyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, TLSClientConfig: &tls.Config{
+			RootCAs:              roots,
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &pair, nil },
+		}}}
+		resp, err := c.Get("https://" + ln.Addr().String() + "/")
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("Client") != cn {
+			return 0, fmt.Errorf("status %s, client %q", resp.Status, resp.Header.Get("Client"))
+		}
+		return resp.TLS.PeerCertificates[0].SerialNumber.Int64(), nil
+	}
+	if _, err := get(oldCA, "alice"); err != nil {
+		t.Fatalf("a client of the configured CA: %v", err)
+	}
+	if _, err := get(newCA, "bob"); err == nil {
+		t.Fatal("a client of a CA not yet configured was accepted")
+	}
+
+	rotated := serverCA.Server(t, 41)
+	mount.swap(map[string][]byte{"tls.crt": rotated.CertPEM, "tls.key": rotated.KeyPEM, "ca.crt": pem(newCA)}, time.Now().Add(time.Minute))
+	deadline := time.Now().Add(3 * DefaultCheckInterval)
+	for {
+		serial, err := get(newCA, "bob")
+		if err == nil && serial == 41 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the swap: a client of the new CA got serial %d, %v within %s; want serial 41 and accepted\n%s", serial, err, 3*DefaultCheckInterval, logs.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if _, err := get(oldCA, "alice"); err == nil {
+		t.Error("after the swap, a client of the old CA is still accepted")
+	}
+	if !strings.Contains(logs.String(), "TLS client CA reloaded") {
+		t.Errorf("no client CA reload logged:\n%s", logs.String())
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"text/tabwriter"
-	"time"
 
 	"github.com/urfave/cli/v2"
 )
@@ -23,21 +22,19 @@ func clusterCommand() *cli.Command {
 			{
 				Name:   "members",
 				Usage:  "list the members: peer id, Raft address, suffrage, leader",
-				Flags:  append([]cli.Flag{nodeFlag}, credentialFlags()...),
+				Flags:  append([]cli.Flag{nodeFlag}, nodeClientFlags()...),
 				Action: clusterMembers,
 			},
 			{
 				Name:      "remove",
 				Usage:     "remove a member (by peer id) from the cluster for good",
 				ArgsUsage: "PEER_ID",
-				Flags:     append([]cli.Flag{nodeFlag}, credentialFlags()...),
+				Flags:     append([]cli.Flag{nodeFlag}, nodeClientFlags()...),
 				Action:    clusterRemove,
 			},
 		},
 	}
 }
-
-var httpClient = &http.Client{Timeout: 30 * time.Second}
 
 func clusterMembers(c *cli.Context) error {
 	base, err := nodeURL(c.String("node"))
@@ -49,13 +46,14 @@ func clusterMembers(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	resp, err := httpClient.Do(withCredentials(c, req))
+	resp, err := nodeDo(c, req)
 	if err != nil {
-		return fmt.Errorf("reading %s: %w (is a node running there? pass --node)", url, err)
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("reading %s: %s", url, resp.Status)
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("reading %s: %s", url, apiErrorText(resp.StatusCode, msg))
 	}
 	var st struct {
 		Raft struct {
@@ -96,9 +94,9 @@ func clusterRemove(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	resp, err := httpClient.Do(withCredentials(c, req))
+	resp, err := nodeDo(c, req)
 	if err != nil {
-		return fmt.Errorf("DELETE %s: %w (is a node running there? pass --node)", url, err)
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusNoContent {

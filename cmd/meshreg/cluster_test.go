@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -70,9 +72,15 @@ func startServe(t *testing.T, extra ...string) string {
 		}
 	})
 	client := &http.Client{Timeout: time.Second}
+	scheme := "http://"
+	if slices.Contains(extra, "--tls-cert") {
+		// Readiness only: the tests check the certificate themselves.
+		scheme = "https://"
+		client.Transport = &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := client.Get("http://" + addr + "/readyz")
+		resp, err := client.Get(scheme + addr + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {

@@ -1,14 +1,19 @@
 package main
 
 import (
+	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/meshreg/meshreg/api/tlsconf"
 )
 
 // nodeFlag is the --node flag of the commands that talk to a node's API.
@@ -68,22 +73,47 @@ func apiErrorText(status int, body []byte) string {
 	return fmt.Sprintf("%s; HTTP %d", strings.TrimSpace(string(body)), status)
 }
 
-// credentialFlags are the --username and --password of the commands that
-// talk to a node's API: with a node's --auth-htpasswd on, the admin
-// endpoints need a user with the admin right. MESHREG_USERNAME and
-// MESHREG_PASSWORD keep the password out of the process list.
-func credentialFlags() []cli.Flag {
+// nodeClientFlags are the flags of the commands that talk to a node's
+// API: --username and --password (with a node's --auth-htpasswd on, the
+// admin endpoints need a user with the admin right; MESHREG_USERNAME and
+// MESHREG_PASSWORD keep the password out of the process list), --tls-ca
+// (a node whose certificate is not signed by a CA the system trusts) and
+// --tls-client-cert/--tls-client-key (a node with --tls-client-ca).
+func nodeClientFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "username", Usage: "`USER` to authenticate as (Basic auth), for a node with --auth-htpasswd", EnvVars: []string{"MESHREG_USERNAME"}},
 		&cli.StringFlag{Name: "password", Usage: "`PASSWORD` of --username (prefer MESHREG_PASSWORD: flags show in ps)", EnvVars: []string{"MESHREG_PASSWORD"}},
+		&cli.StringFlag{Name: "tls-ca", Usage: "trust the CA in PEM `FILE` besides the system's roots, for an https --node", EnvVars: []string{"MESHREG_TLS_CA"}},
+		&cli.StringFlag{Name: "tls-client-cert", Usage: "present the client certificate in PEM `FILE`, for a node with --tls-client-ca (needs --tls-client-key)", EnvVars: []string{"MESHREG_TLS_CLIENT_CERT"}},
+		&cli.StringFlag{Name: "tls-client-key", Usage: "private key PEM `FILE` of --tls-client-cert", EnvVars: []string{"MESHREG_TLS_CLIENT_KEY"}},
 	}
 }
 
-// withCredentials sets Basic auth on req from --username and --password,
-// when a user is given.
-func withCredentials(c *cli.Context, req *http.Request) *http.Request {
+// nodeTLSFiles are the TLS files nodeClientFlags name.
+func nodeTLSFiles(c *cli.Context) tlsconf.ClientFiles {
+	return tlsconf.ClientFiles{
+		CA: c.String("tls-ca"), Cert: c.String("tls-client-cert"), Key: c.String("tls-client-key"),
+		CAFlag: "--tls-ca", CertFlag: "--tls-client-cert", KeyFlag: "--tls-client-key",
+	}
+}
+
+// nodeDo sends req to a node with the client that nodeClientFlags
+// describe: its TLS files and, when a user is given, Basic auth.
+func nodeDo(c *cli.Context, req *http.Request) (*http.Response, error) {
+	client, err := tlsconf.HTTPClient(nodeTLSFiles(c), 30*time.Second)
+	if err != nil {
+		return nil, err
+	}
 	if user := c.String("username"); user != "" {
 		req.SetBasicAuth(user, c.String("password"))
 	}
-	return req
+	resp, err := client.Do(req)
+	if err != nil {
+		var unknownCA x509.UnknownAuthorityError
+		if errors.As(err, &unknownCA) {
+			return nil, fmt.Errorf("%s %s: %w (pass the CA of the node's certificate with --tls-ca)", req.Method, req.URL, err)
+		}
+		return nil, fmt.Errorf("%s %s: %w (is a node running there? pass --node)", req.Method, req.URL, err)
+	}
+	return resp, nil
 }

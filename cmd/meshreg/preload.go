@@ -19,6 +19,8 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/meshreg/meshreg/api/tlsconf"
 )
 
 // Limits of `meshreg preload`.
@@ -64,7 +66,7 @@ func preloadCommand() *cli.Command {
 			&cli.BoolFlag{Name: "zones", Usage: "a copy in every zone: pull through one node of each zone among --node (each node's status says its zone)"},
 			&cli.IntFlag{Name: "concurrency", Value: 4, Usage: "blobs read at once per node (1-32)"},
 			&cli.DurationFlag{Name: "stall-timeout", Value: time.Minute, Usage: "give up on a blob when no byte of it arrives for this long"},
-		}, credentialFlags()...),
+		}, nodeClientFlags()...),
 		Action: preloadAction,
 	}
 }
@@ -117,8 +119,13 @@ func preloadAction(c *cli.Context) error {
 	if log == nil {
 		log = os.Stderr
 	}
+	tlsCfg, err := tlsconf.Client(nodeTLSFiles(c))
+	if err != nil {
+		return err
+	}
 	p := &preloader{
-		client:      &http.Client{Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, ResponseHeaderTimeout: 30 * time.Second, MaxIdleConnsPerHost: maxPreloadConcurrency}},
+		client: &http.Client{Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, ResponseHeaderTimeout: 30 * time.Second,
+			MaxIdleConnsPerHost: maxPreloadConcurrency, TLSClientConfig: tlsCfg}},
 		user:        c.String("username"),
 		password:    c.String("password"),
 		platforms:   plats,

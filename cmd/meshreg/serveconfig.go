@@ -46,6 +46,10 @@ type serveConfig struct {
 	TLS  tlsconf.Files
 	Node node.Config
 	API  api.Config
+
+	// JoinTLSCA is the --join-tls-ca path ("" if none): the CA that
+	// https --join URLs are verified with, besides the system's.
+	JoinTLSCA string
 }
 
 // defaultServeConfig is what `meshreg serve` runs with when told nothing:
@@ -76,6 +80,7 @@ func (cfg *serveConfig) settings() []setting {
 		listSetting(&nc.P2P.ListenAddrs, "p2p-listen", catP2P, "libp2p listen `MULTIADDR` (repeatable)"),
 		stringSetting(&nc.P2P.Advertise, "advertise", catP2P, "`ADDR` other nodes reach this one at (its Raft address): an IP (the --p2p-listen TCP port is used) or a multiaddr such as /ip4/10.0.0.5/tcp/4001; in a DaemonSet, the host IP (status.hostIP). Default: chosen among the interface addresses, never a bridge or loopback one when another exists"),
 		listSetting(&nc.Join, "join", catCluster, "join the cluster of the node at `ADDR`: an http(s) URL of its API or a multiaddr with /p2p/<id> (repeatable)"),
+		stringSetting(&cfg.JoinTLSCA, "join-tls-ca", catCluster, "trust the CA in PEM `FILE` (besides the system's roots) when reading an https --join URL, e.g. the CA of the members' --tls-cert"),
 		intSetting(&nc.BootstrapExpect, "bootstrap-expect", catCluster, "with --join: wait until `N` nodes (this one included) see each other, then the lowest peer id bootstraps them all"),
 		stringSetting(&cfg.ClusterKeyFile, "cluster-key", catP2P, "libp2p private-network key `FILE` (swarm.key format); nodes without it cannot connect"),
 		secretSetting(&nc.JoinToken, "join-token", catCluster, "`TOKEN` from `meshreg token create` on a member: admits this node when it joins (not needed with --cluster-key)"),
@@ -142,6 +147,13 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 	}
 	cfg.API.RequireClientCert = cfg.TLS.ClientCA != ""
 	cfg.API.Mirror = api.Mirroring{Upstreams: cfg.Node.Mirror.Names(), Default: cfg.Node.Mirror.DefaultUpstream()}
+	if cfg.JoinTLSCA != "" {
+		client, err := tlsconf.HTTPClient(tlsconf.ClientFiles{CA: cfg.JoinTLSCA, CAFlag: "--join-tls-ca"}, 30*time.Second)
+		if err != nil {
+			return *cfg, err
+		}
+		cfg.Node.JoinHTTP = client
+	}
 	if path := cfg.ClusterKeyFile; path != "" {
 		key, err := p2p.LoadPrivateNetworkKey(path)
 		if err != nil {

@@ -26,7 +26,7 @@ func tokenCommand() *cli.Command {
 				Flags: append([]cli.Flag{
 					nodeFlag("a member's"),
 					&cli.DurationFlag{Name: "ttl", Value: time.Hour, Usage: "`DURATION` the token admits joiners for (at most 168h)"},
-				}, credentialFlags()...),
+				}, nodeClientFlags()...),
 				Action: tokenCreate,
 			},
 		},
@@ -43,9 +43,9 @@ func tokenCreate(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	resp, err := httpClient.Do(withCredentials(c, req))
+	resp, err := nodeDo(c, req)
 	if err != nil {
-		return fmt.Errorf("POST %s: %w (is a node running there? pass --node)", u, err)
+		return err
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))

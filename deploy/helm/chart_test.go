@@ -35,8 +35,9 @@ const (
 	// plainManifest is the DaemonSet without Helm.
 	plainManifest = "../kubernetes/meshreg.yaml"
 	// htpasswd is user admin, password secret.
-	htpasswd = "admin:$2a$05$ol.usOOY2SkthFZAr/MOjO7/lgIe2mWVklw5Kk9tQzDfMdFdoN8ZC\n"
-	policy   = "rules:\n  - users: [admin]\n    repos: [\"**\"]\n    allow: [pull, push, delete]\n  - users: [admin]\n    allow: [admin]\n"
+	htpasswd   = "admin:$2a$05$ol.usOOY2SkthFZAr/MOjO7/lgIe2mWVklw5Kk9tQzDfMdFdoN8ZC\n"
+	rateLimits = "clients: {requests-per-second: 50, burst: 100}\n"
+	policy     = "rules:\n  - users: [admin]\n    repos: [\"**\"]\n    allow: [pull, push, delete]\n  - users: [admin]\n    allow: [admin]\n"
 )
 
 // helmBin is the helm program: from PATH, else from the repository's
@@ -208,7 +209,7 @@ func chartDefaults(t *testing.T, bin string) {
 	if len(spec.Tolerations) != 1 || spec.Tolerations[0]["operator"] != "Exists" || len(spec.Tolerations[0]) != 1 {
 		t.Errorf("tolerations %v, want every taint tolerated", spec.Tolerations)
 	}
-	for _, name := range []string{"MESHREG_TLS_CERT", "MESHREG_AUTH_HTPASSWD", "MESHREG_MAX_DISK", "MESHREG_UPSTREAM", "MESHREG_JOIN_TOKEN"} {
+	for _, name := range []string{"MESHREG_TLS_CERT", "MESHREG_JOIN_TLS_CA", "MESHREG_AUTH_HTPASSWD", "MESHREG_AUTH_POLICY", "MESHREG_RATE_LIMITS", "MESHREG_MAX_DISK", "MESHREG_UPSTREAM", "MESHREG_JOIN_TOKEN"} {
 		if m.Container(t).EnvVar(name) != nil {
 			t.Errorf("defaults set %s: the values that are not set must not be rendered", name)
 		}
@@ -234,6 +235,8 @@ func chartEverythingSet(t *testing.T, bin string) {
 			"MESHREG_TLS_KEY":       key,
 			"MESHREG_AUTH_HTPASSWD": htpasswd,
 			"MESHREG_AUTH_POLICY":   policy,
+			"MESHREG_RATE_LIMITS":   rateLimits,
+			"MESHREG_JOIN_TLS_CA":   cert,
 		},
 	})
 	checkValues(t, got, map[string]any{
@@ -258,24 +261,38 @@ func chartEverythingSet(t *testing.T, bin string) {
 		"MESHREG_MAX_DISK": "200GiB",
 		"MESHREG_UPSTREAM": "docker.io=https://registry-1.docker.io,ghcr.io=https://ghcr.io",
 		"MESHREG_TLS_CERT": "/etc/meshreg/tls/tls.crt", "MESHREG_TLS_KEY": "/etc/meshreg/tls/tls.key",
-		"MESHREG_AUTH_HTPASSWD": "/etc/meshreg/auth/htpasswd", "MESHREG_AUTH_POLICY": "/etc/meshreg/auth/policy.yaml",
+		"MESHREG_AUTH_HTPASSWD": "/etc/meshreg/auth/htpasswd", "MESHREG_AUTH_POLICY": "/etc/meshreg/policy/policy.yaml",
+		"MESHREG_RATE_LIMITS": "/etc/meshreg/rate-limits/rate-limits.yaml", "MESHREG_JOIN_TLS_CA": "/etc/meshreg/tls/ca.crt",
 	} {
 		if env[k] != v {
 			t.Errorf("%s = %q, want %q", k, env[k], v)
 		}
 	}
-	for vol, items := range map[string][]string{"cluster-key": {"key"}, "tls": {"tls.crt", "tls.key"}, "auth": {"users", "access.yaml"}} {
+	// Each file from the Secret or ConfigMap the values name; mounted
+	// as a directory (kubecheck.CheckServe refuses a subPath), so that
+	// kubelet's updates reach the node, which re-reads them.
+	for vol, want := range map[string]struct {
+		source string
+		items  []string
+	}{
+		"cluster-key": {"Secret edge-meshreg-cluster-key", []string{"key"}},
+		"tls":         {"Secret meshreg-tls", []string{"tls.crt", "tls.key", "ca.crt"}},
+		"auth":        {"Secret meshreg-auth", []string{"users"}},
+		"policy":      {"ConfigMap meshreg-policy", []string{"access.yaml"}},
+		"rate-limits": {"ConfigMap meshreg-limits", []string{"limits.yaml"}},
+	} {
 		v := m.Volume(vol)
-		if v == nil || v.Secret == nil {
-			t.Errorf("no Secret volume %s", vol)
+		if v == nil {
+			t.Errorf("no volume %s", vol)
 			continue
 		}
+		source, items := kubecheck.VolumeSource(v)
 		var keys []string
-		for _, it := range v.Secret.Items {
+		for _, it := range items {
 			keys = append(keys, it.Key)
 		}
-		if !slices.Equal(keys, items) {
-			t.Errorf("volume %s mounts the Secret's keys %v, want %v", vol, keys, items)
+		if source != want.source || !slices.Equal(keys, want.items) {
+			t.Errorf("volume %s mounts the keys %v of the %s, want %v of the %s", vol, keys, source, want.items, want.source)
 		}
 	}
 	if s, ok := m.Secrets["edge-meshreg-cluster-key"]; !ok || s.Data["key"] != kubecheck.TestKey {
@@ -374,6 +391,8 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{"upstream without URL", []string{"upstreams[0]=docker.io"}, "upstreams"},
 		{"relative host path", []string{"data.hostPath=data"}, "hostPath"},
 		{"mirrored registry with a path", []string{"containerdMirror.registries[0]=docker.io/library"}, "registries"},
+		{"policy without users", []string{"auth.policyConfigMap=meshreg-policy"}, "auth.policyConfigMap needs auth.existingSecret"},
+		{"join CA without TLS", []string{"tls.caKey=ca.crt"}, "tls.caKey needs tls.existingSecret"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := []string{"template", "meshreg", chartDir, "--namespace", "meshreg"}

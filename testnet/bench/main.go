@@ -32,14 +32,25 @@
 // against the same blob from the holder's disk, the time to first byte of
 // a -peer-ttfb-size blob fetched from a peer, and a fan-out of an image of
 // -fanout-layers × -fanout-layer-size to 4 nodes of a 5-node cluster at
-// once, with each node's peer egress; printed as a third table. Giving
-// -peers explicitly runs that section alone (plus the cluster section if
-// -cluster is given explicitly too): `go run ./testnet/bench -peers`.
+// once, with each node's peer egress; printed as a third table:
+// `go run ./testnet/bench -peers` runs that section alone.
+//
+// Then, unless -access=false, it measures what TLS and authentication
+// cost (see access.go): a pull of one -access-blob-size blob and manifest
+// GETs by tag (-conns × -duration) on meshreg and Distribution, each plain
+// and with TLS (a CA and certificate the benchmark makes) and htpasswd
+// auth on (meshreg's clients send a bearer token from its token service,
+// Distribution's Basic credentials), all four servers running at once;
+// printed as a table of
+// its own with meshreg's goal (TLS+auth at least 90% of plain for the blob,
+// 80% for manifest GETs). `go run ./testnet/bench -access` runs that
+// section alone. Giving -peers, -mirror or -access explicitly runs only
+// the sections given explicitly.
 //
 // A quick run: -quick, short for -blob-size 64MiB -layers 5 -layer-size
 // 1MiB -duration 1s -runs 1 -cluster-writes 100 -peer-blob-size 64MiB
-// -peer-ttfb-size 8MiB -peer-ttfb-runs 3 -fanout-layer-size 8MiB (flags
-// given explicitly win).
+// -peer-ttfb-size 8MiB -peer-ttfb-runs 3 -fanout-layer-size 8MiB
+// -access-blob-size 64MiB (flags given explicitly win).
 package main
 
 import (
@@ -84,13 +95,16 @@ type config struct {
 	mirror, mirrorGiven bool
 	mirrorLayers        int
 	mirrorLayerSize     byteSize
+
+	access         bool
+	accessBlobSize byteSize
 }
 
 // quickFlags are the values -quick sets, unless the flag is given.
 var quickFlags = map[string]string{
 	"blob-size": "64MiB", "layers": "5", "layer-size": "1MiB", "duration": "1s", "runs": "1", "cluster-writes": "100",
 	"peer-blob-size": "64MiB", "peer-ttfb-size": "8MiB", "peer-ttfb-runs": "3", "fanout-layer-size": "8MiB",
-	"mirror-layer-size": "16MiB",
+	"mirror-layer-size": "16MiB", "access-blob-size": "64MiB",
 }
 
 func main() {
@@ -98,6 +112,7 @@ func main() {
 	c.blobSize, c.layerSize = 512<<20, 8<<20
 	c.peerBlobSize, c.peerTTFBSize, c.fanoutLayerSize = 512<<20, 64<<20, 64<<20
 	c.mirrorLayerSize = 64 << 20
+	c.accessBlobSize = 256 << 20
 	flag.StringVar(&c.meshreg, "meshreg", "bin/meshreg", "meshreg binary (make build)")
 	flag.StringVar(&c.distribution, "distribution", "", "CNCF Distribution `registry` binary (default: from PATH, else .tools/bin/registry)")
 	flag.Var(&c.blobSize, "blob-size", "size of the single blob pushed and pulled")
@@ -125,22 +140,13 @@ func main() {
 	flag.BoolVar(&c.mirror, "mirror", true, "also benchmark meshreg as a pull-through mirror: 5 nodes pull a fresh image from an upstream (CNCF Distribution) at once; upstream egress ÷ image size, time against one direct pull, time to first byte of a cached blob from a peer (skipped when the meshreg binary has no --upstream); given explicitly, run only this section (and the others given explicitly)")
 	flag.IntVar(&c.mirrorLayers, "mirror-layers", 4, "layers of the image pulled through the mirror")
 	flag.Var(&c.mirrorLayerSize, "mirror-layer-size", "size of each layer of the mirrored image (4 × 64MiB: 256 MiB)")
+	flag.BoolVar(&c.access, "access", true, "also benchmark TLS and htpasswd auth: a blob pull and manifest GETs on meshreg and Distribution, each plain and with TLS and htpasswd auth on; given explicitly, run only this section (and the others given explicitly)")
+	flag.Var(&c.accessBlobSize, "access-blob-size", "size of the blob pulled in the access section")
 	quick := flag.Bool("quick", false, "a quick run: "+quickSummary())
 	flag.Parse()
 	given := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	c.sideBySide = true
-	c.mirrorGiven = given["mirror"]
-	if given["peers"] && c.peers {
-		c.sideBySide = false
-		c.cluster = c.cluster && given["cluster"]
-		c.mirror = c.mirror && c.mirrorGiven
-	}
-	if c.mirrorGiven && c.mirror {
-		c.sideBySide = false
-		c.cluster = c.cluster && given["cluster"]
-		c.peers = c.peers && given["peers"]
-	}
+	c.selectSections(given)
 	if *quick {
 		for name, v := range quickFlags {
 			if !given[name] {
@@ -153,6 +159,21 @@ func main() {
 	if err := run(c); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
+	}
+}
+
+// selectSections decides which sections run, given the flags set
+// explicitly: all of them (but those turned off), or, when -peers,
+// -mirror or -access is given, only the ones given.
+func (c *config) selectSections(given map[string]bool) {
+	c.sideBySide = true
+	c.mirrorGiven = given["mirror"]
+	if given["peers"] && c.peers || given["mirror"] && c.mirror || given["access"] && c.access {
+		c.sideBySide = false
+		c.cluster = c.cluster && given["cluster"]
+		c.peers = c.peers && given["peers"]
+		c.mirror = c.mirror && given["mirror"]
+		c.access = c.access && given["access"]
 	}
 }
 
@@ -188,6 +209,9 @@ func run(c config) error {
 	if _, err := os.Stat(meshregBin); err != nil {
 		return fmt.Errorf("meshreg binary: %w (run `make build`)", err)
 	}
+	if c.access && c.accessBlobSize < 1 {
+		return errors.New("-access-blob-size must be positive")
+	}
 	if c.mirror && !supportsUpstream(meshregBin) {
 		if c.mirrorGiven {
 			return fmt.Errorf("-mirror: %s has no --upstream (build a meshreg with the mirror)", meshregBin)
@@ -196,7 +220,7 @@ func run(c config) error {
 		c.mirror = false
 	}
 	var distBin string
-	if c.sideBySide || c.mirror {
+	if c.sideBySide || c.mirror || c.access {
 		if distBin, err = findDistribution(c.distribution); err != nil {
 			return err
 		}
@@ -245,6 +269,13 @@ func run(c config) error {
 	}
 	if c.mirror {
 		t, err := runMirror(ctx, c, meshregBin, distBin, filepath.Join(root, "mirror"))
+		if err != nil {
+			return err
+		}
+		add(t)
+	}
+	if c.access {
+		t, err := runAccess(ctx, c, meshregBin, distBin, filepath.Join(root, "access"))
 		if err != nil {
 			return err
 		}

@@ -89,17 +89,27 @@ func (r *results) table(c config, mesh, dist *server) string {
 	fmt.Fprintf(&b, "\n%s; %d CPUs; %s; loopback; both servers running, alternating; meshreg %s.\n",
 		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), mesh.version)
 	b.WriteString(commandLine())
-	var notes []string
+	var keys []string
 	for _, row := range rows {
-		for _, n := range r.notes[row.key] {
-			notes = append(notes, row.key+": "+n)
+		keys = append(keys, row.key)
+	}
+	r.writeNotes(&b, keys...)
+	return b.String()
+}
+
+// writeNotes lists the notes of the metrics named, if any, under the
+// table in b.
+func (r *results) writeNotes(b *strings.Builder, metrics ...string) {
+	var notes []string
+	for _, m := range metrics {
+		for _, n := range r.notes[m] {
+			notes = append(notes, m+": "+n)
 		}
 	}
 	if len(notes) > 0 {
 		b.WriteString("\nNotes:\n")
 		for _, n := range notes {
-			fmt.Fprintf(&b, "- %s\n", n)
+			fmt.Fprintf(b, "- %s\n", n)
 		}
 	}
-	return b.String()
 }

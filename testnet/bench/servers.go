@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -22,9 +23,45 @@ type server struct {
 	dir     string
 	proc    *testnet.Process
 	client  *testnet.Client
+	// access is the TLS and auth setup the server runs with (nil: plain
+	// HTTP, anonymous); every client of it uses the same.
+	access *access
+	// bearer, when set, is the token sent instead of Basic credentials
+	// (see fetchToken).
+	bearer string
 }
 
-func (s *server) url() string { return "http://" + s.addr }
+func (s *server) url() string {
+	if s.access != nil {
+		return "https://" + s.addr
+	}
+	return "http://" + s.addr
+}
+
+// transport returns a transport to s of at most conns connections.
+func (s *server) transport(conns int) *http.Transport {
+	return s.secure(&http.Transport{MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, DisableCompression: true})
+}
+
+// secure makes tr trust s's CA, when s serves TLS, and speak HTTP/1.1
+// over it as over plain HTTP (so that the comparison is of TLS and auth,
+// not of HTTP/2's flow control).
+func (s *server) secure(tr *http.Transport) *http.Transport {
+	if s.access != nil {
+		tr.TLSClientConfig = &tls.Config{RootCAs: s.access.roots}
+		tr.ForceAttemptHTTP2 = false
+	}
+	return tr
+}
+
+// httpClient returns a client over tr that sends s's credentials with
+// every request.
+func (s *server) httpClient(tr http.RoundTripper, timeout time.Duration) *http.Client {
+	if s.access != nil {
+		tr = authorize{tr, s}
+	}
+	return &http.Client{Transport: tr, Timeout: timeout}
+}
 
 // stop ends the server with SIGTERM. meshreg (and each node of the
 // cluster) must exit cleanly;
@@ -47,9 +84,10 @@ func start(ctx context.Context, s *server, cfg testnet.ProcessConfig, readyPath 
 	}
 	s.proc = p
 	s.client = testnet.NewClient(s.url())
+	s.client.HTTP = s.httpClient(s.secure(s.client.HTTP.Transport.(*http.Transport)), s.client.HTTP.Timeout)
 	wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	if err := p.WaitHTTP(wctx, s.url()+readyPath, http.StatusOK); err != nil {
+	if err := p.WaitHTTPWith(wctx, s.httpClient(s.transport(1), 2*time.Second), s.url()+readyPath, http.StatusOK); err != nil {
 		p.Kill()
 		return nil, s.failed(err)
 	}
@@ -66,6 +104,12 @@ func startMeshreg(ctx context.Context, bin, dir string) (*server, error) {
 // under dir, the API and libp2p (TCP only) on free loopback ports, and the
 // extra serve flags given (e.g. --join), and waits until it is ready.
 func startMeshregNode(ctx context.Context, bin, dir, name string, extra ...string) (*server, error) {
+	return startMeshregWith(ctx, bin, dir, name, nil, extra...)
+}
+
+// startMeshregWith is startMeshregNode with TLS and htpasswd auth on when
+// acc is not nil.
+func startMeshregWith(ctx context.Context, bin, dir, name string, acc *access, extra ...string) (*server, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -78,9 +122,13 @@ func startMeshregNode(ctx context.Context, bin, dir, name string, extra ...strin
 		return nil, err
 	}
 	_, p2pPort, _ := net.SplitHostPort(p2p)
-	s := &server{name: name, addr: addr, dir: dir, version: versionOf(bin, "version")}
+	s := &server{name: name, addr: addr, dir: dir, version: versionOf(bin, "version"), access: acc}
 	args := []string{"serve", "--listen", addr, "--data-dir", filepath.Join(dir, "data"),
 		"--p2p-listen", "/ip4/127.0.0.1/tcp/" + p2pPort, "--log-format", "json", "--log-level", "warn"}
+	if acc != nil {
+		args = append(args, "--tls-cert", acc.certFile, "--tls-key", acc.keyFile, "--auth-htpasswd", acc.htpasswd,
+			"--auth-token-ttl", "1h")
+	}
 	return start(ctx, s, testnet.ProcessConfig{
 		Name: name, Path: bin, Dir: dir, LogPath: filepath.Join(dir, "server.log"),
 		Args:     append(args, extra...),
@@ -108,9 +156,26 @@ http:
   secret: %s
 `
 
+// distributionAccessConfig is what distributionConfig gets with TLS and
+// htpasswd auth on.
+const distributionAccessConfig = `  tls:
+    certificate: %s
+    key: %s
+auth:
+  htpasswd:
+    realm: bench
+    path: %s
+`
+
 // startDistribution starts `registry serve config.yml` with an empty
 // filesystem store under dir.
 func startDistribution(ctx context.Context, bin, dir string) (*server, error) {
+	return startDistributionWith(ctx, bin, dir, nil)
+}
+
+// startDistributionWith is startDistribution with TLS and htpasswd auth
+// on when acc is not nil.
+func startDistributionWith(ctx context.Context, bin, dir string, acc *access) (*server, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -120,6 +185,9 @@ func startDistribution(ctx context.Context, bin, dir string) (*server, error) {
 	}
 	cfgPath := filepath.Join(dir, "config.yml")
 	cfg := fmt.Sprintf(distributionConfig, filepath.Join(dir, "data"), addr, testnet.RandomHex(16))
+	if acc != nil {
+		cfg += fmt.Sprintf(distributionAccessConfig, acc.certFile, acc.keyFile, acc.htpasswd)
+	}
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
@@ -127,7 +195,10 @@ func startDistribution(ctx context.Context, bin, dir string) (*server, error) {
 	if f := strings.Fields(version); len(f) > 0 {
 		version = strings.TrimSuffix(f[len(f)-1], "+unknown")
 	}
-	s := &server{name: "Distribution " + version, addr: addr, dir: dir, version: version}
+	s := &server{name: "Distribution " + version, addr: addr, dir: dir, version: version, access: acc}
+	if acc != nil {
+		s.name += " " + accessLabel
+	}
 	return start(ctx, s, testnet.ProcessConfig{
 		Name: "registry", Path: bin, Dir: dir, LogPath: filepath.Join(dir, "server.log"),
 		Args:     []string{"serve", cfgPath},

@@ -170,7 +170,7 @@ func imagePull(ctx context.Context, s *server, w *workload) (float64, string, er
 
 func manifestGets(ctx context.Context, s *server, w *workload) (float64, string, error) {
 	url := s.url() + "/v2/" + imageRepo + "/manifests/" + w.tag
-	return load(ctx, w.c, func(ctx context.Context) (*http.Request, error) {
+	return load(ctx, w.c, s, func(ctx context.Context) (*http.Request, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err == nil {
 			req.Header.Set("Accept", testnet.ManifestAccept)
@@ -181,18 +181,18 @@ func manifestGets(ctx context.Context, s *server, w *workload) (float64, string,
 
 func blobHeads(ctx context.Context, s *server, w *workload) (float64, string, error) {
 	url := s.url() + "/v2/" + imageRepo + "/blobs/" + w.layers[0].Digest.String()
-	return load(ctx, w.c, func(ctx context.Context) (*http.Request, error) {
+	return load(ctx, w.c, s, func(ctx context.Context) (*http.Request, error) {
 		return http.NewRequestWithContext(ctx, http.MethodHead, url, nil)
 	})
 }
 
-// load sends requests from c.conns connections for c.duration (after a
-// short warm-up that is not counted) and returns the rate of 200 answers.
-// Any other answer is reported in the note.
-func load(ctx context.Context, c config, newReq func(context.Context) (*http.Request, error)) (float64, string, error) {
-	tr := &http.Transport{MaxIdleConnsPerHost: c.conns, MaxConnsPerHost: c.conns, DisableCompression: true}
+// load sends requests from c.conns connections to s for c.duration
+// (after a short warm-up that is not counted) and returns the rate of 200
+// answers. Any other answer is reported in the note.
+func load(ctx context.Context, c config, s *server, newReq func(context.Context) (*http.Request, error)) (float64, string, error) {
+	tr := s.transport(c.conns)
 	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	client := s.httpClient(tr, 10*time.Second)
 	warm := max(c.duration/10, 200*time.Millisecond)
 	begin := time.Now().Add(warm)
 	end := begin.Add(c.duration)

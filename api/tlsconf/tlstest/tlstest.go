@@ -1,5 +1,5 @@
 // Package tlstest makes certificate authorities and certificates for
-// tests (test-only: never wire it into a node).
+// tests and the benchmark (never wire it into a node).
 package tlstest
 
 import (
@@ -29,9 +29,19 @@ type CA struct {
 // NewCA makes a CA named name and writes its certificate in a temp dir.
 func NewCA(t testing.TB, name string) *CA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := MakeCA(t.TempDir(), name)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return ca
+}
+
+// MakeCA makes a CA named name and writes its certificate as dir/ca.crt
+// (for tools that are not tests, such as the benchmark).
+func MakeCA(dir, name string) (*CA, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
@@ -44,13 +54,14 @@ func NewCA(t testing.TB, name string) *CA {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	cert, _ := x509.ParseCertificate(der)
-	dir := t.TempDir()
 	ca := &CA{Cert: cert, key: key, CertFile: filepath.Join(dir, "ca.crt"), dir: dir}
-	write(t, ca.CertFile, "CERTIFICATE", der)
-	return ca
+	if err := os.WriteFile(ca.CertFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		return nil, err
+	}
+	return ca, nil
 }
 
 // Leaf is a certificate the CA issued, as PEM bytes.
@@ -72,9 +83,19 @@ func (ca *CA) Client(t testing.TB, serial int64, cn string) Leaf {
 
 func (ca *CA) issue(t testing.TB, serial int64, usage x509.ExtKeyUsage, dnsNames []string, cn ...string) Leaf {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	l, err := ca.Issue(serial, usage, dnsNames, cn...)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return l
+}
+
+// Issue issues a certificate for usage (server: also for 127.0.0.1 and
+// ::1) with the serial, DNS names and, if given, common name cn.
+func (ca *CA) Issue(serial int64, usage x509.ExtKeyUsage, dnsNames []string, cn ...string) (Leaf, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return Leaf{}, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(serial),
@@ -93,17 +114,17 @@ func (ca *CA) issue(t testing.TB, serial int64, usage x509.ExtKeyUsage, dnsNames
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)
 	if err != nil {
-		t.Fatal(err)
+		return Leaf{}, err
 	}
 	kder, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
-		t.Fatal(err)
+		return Leaf{}, err
 	}
 	return Leaf{
 		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}),
 		Serial:  serial,
-	}
+	}, nil
 }
 
 // Write writes the leaf's certificate and key to certFile and keyFile.
@@ -123,11 +144,4 @@ func (l Leaf) Files(t testing.TB) (certFile, keyFile string) {
 	certFile, keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
 	l.Write(t, certFile, keyFile)
 	return certFile, keyFile
-}
-
-func write(t testing.TB, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
 }

@@ -88,6 +88,9 @@ type VolumeMount struct {
 	Name      string `yaml:"name"`
 	MountPath string `yaml:"mountPath"`
 	ReadOnly  bool   `yaml:"readOnly"`
+	// SubPath mounts one file of the volume: kubelet never updates it, so
+	// a file the node reloads must not come through one.
+	SubPath string `yaml:"subPath"`
 }
 
 // Container is a (init) container of the DaemonSet's pods.
@@ -123,13 +126,33 @@ type Volume struct {
 		Type string `yaml:"type"`
 	} `yaml:"hostPath"`
 	Secret *struct {
-		SecretName string `yaml:"secretName"`
-		Optional   bool   `yaml:"optional"`
-		Items      []struct {
-			Key  string `yaml:"key"`
-			Path string `yaml:"path"`
-		} `yaml:"items"`
+		SecretName string      `yaml:"secretName"`
+		Optional   bool        `yaml:"optional"`
+		Items      []KeyToPath `yaml:"items"`
 	} `yaml:"secret"`
+	ConfigMap *struct {
+		Name     string      `yaml:"name"`
+		Optional bool        `yaml:"optional"`
+		Items    []KeyToPath `yaml:"items"`
+	} `yaml:"configMap"`
+}
+
+// KeyToPath is an item of a Secret or ConfigMap volume.
+type KeyToPath struct {
+	Key  string `yaml:"key"`
+	Path string `yaml:"path"`
+}
+
+// VolumeSource describes a Secret or ConfigMap volume: "Secret NAME" or
+// "ConfigMap NAME", and its items; "" for any other volume.
+func VolumeSource(v *Volume) (string, []KeyToPath) {
+	switch {
+	case v.Secret != nil:
+		return "Secret " + v.Secret.SecretName, v.Secret.Items
+	case v.ConfigMap != nil:
+		return "ConfigMap " + v.ConfigMap.Name, v.ConfigMap.Items
+	}
+	return "", nil
 }
 
 // DaemonSetSpec is the DaemonSet's spec.

@@ -93,7 +93,7 @@ type Serve struct {
 	Bin        string // from Binary
 	Dockerfile string // the image's ENV comes first, then the container's
 	// Files holds the content of the files that environment variables
-	// name inside mounted Secrets, by variable (MESHREG_CLUSTER_KEY: a
+	// name inside mounted Secrets and ConfigMaps, by variable (MESHREG_CLUSTER_KEY: a
 	// valid key). The checks write them to a temp dir and point the
 	// variables there.
 	Files map[string]string
@@ -233,23 +233,30 @@ func (s Serve) mountFiles(t testing.TB, m Objects, c Container, env map[string]s
 	for name, value := range env {
 		for _, vm := range c.VolumeMounts {
 			v := m.Volume(vm.Name)
-			if v == nil || v.Secret == nil || !strings.HasPrefix(value, strings.TrimSuffix(vm.MountPath, "/")+"/") {
+			if v == nil || !strings.HasPrefix(value, strings.TrimSuffix(vm.MountPath, "/")+"/") {
+				continue
+			}
+			src, items := VolumeSource(v)
+			if src == "" {
 				continue
 			}
 			vols[name] = vm.Name
+			if vm.SubPath != "" {
+				t.Errorf("%s: %s=%s comes through a subPath mount of the %s, which kubelet never updates: mount the volume's directory so that the node sees changes", m.Source, name, value, src)
+			}
 			file := strings.TrimPrefix(value, strings.TrimSuffix(vm.MountPath, "/")+"/")
-			if len(v.Secret.Items) > 0 {
+			if len(items) > 0 {
 				found := false
-				for _, it := range v.Secret.Items {
+				for _, it := range items {
 					found = found || it.Path == file
 				}
 				if !found {
-					t.Errorf("%s: %s=%s, but the Secret %s mounted there provides no %s", m.Source, name, value, v.Secret.SecretName, file)
+					t.Errorf("%s: %s=%s, but the %s mounted there provides no %s", m.Source, name, value, src, file)
 				}
 			}
 			content, ok := s.Files[name]
 			if !ok {
-				t.Fatalf("%s: %s names %s in the Secret %s: the check has no content for it", m.Source, name, value, v.Secret.SecretName)
+				t.Fatalf("%s: %s names %s in the %s: the check has no content for it", m.Source, name, value, src)
 			}
 			p := filepath.Join(dir, vm.Name, file)
 			if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
