@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/meshreg/meshreg/api/auth"
 	"github.com/meshreg/meshreg/api/oci"
@@ -54,6 +55,9 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, err error) 
 	body, _ := json.Marshal(errorBody{Errors: []errorEntry{{Code: e.Code.Name, Message: msg, Detail: e.Detail}}})
 	if status == http.StatusUnauthorized && h.cfg.Auth != nil {
 		w.Header().Set("WWW-Authenticate", h.challenge(r))
+	}
+	if e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", itoa(int64((e.RetryAfter+time.Second-1)/time.Second)))
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", itoa(int64(len(body))))

@@ -224,7 +224,7 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rt route) err
 	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.URL.Query().Get("consistent") == "1" {
 		if b, ok := h.reg.(Barrier); ok {
 			if err := b.Barrier(r.Context()); err != nil {
-				return oci.Wrap(oci.Unavailable, err, "a consistent read needs the leader, which is unreachable: retry, or read without consistent=1")
+				return oci.Wrap(oci.Unavailable, err, "a consistent read needs the leader, which is unreachable: retry, or read without consistent=1").WithRetryAfter(time.Second)
 			}
 		}
 	}

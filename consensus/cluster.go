@@ -101,7 +101,8 @@ func (e *ForwardError) Unwrap() error {
 
 // ApplyForwarded commits a write a follower forwarded (the leader's side of
 // the Forwarder RPC): cmd must decode to a valid command, else the error
-// wraps ErrInvalidCommand. It never forwards again: on a node that is not
+// wraps ErrInvalidCommand. The followers learn of the commit at once (see
+// notifyCommits). It never forwards again: on a node that is not
 // the leader it fails with ErrNotLeader, and the follower may retry. Safe for
 // concurrent use.
 func (s *Store) ApplyForwarded(ctx context.Context, cmd []byte) error {
@@ -112,7 +113,9 @@ func (s *Store) ApplyForwarded(ctx context.Context, cmd []byte) error {
 	if err := c.Validate(); err != nil {
 		return fmt.Errorf("forwarded write: %w", err)
 	}
-	return s.apply(ctx, cmd)
+	// The follower answers its client once it applied the write: tell it
+	// of the commit at once (notify.go).
+	return s.apply(ctx, cmd, true)
 }
 
 // forward sends an encoded command to the leader through the Forwarder.

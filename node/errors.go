@@ -30,9 +30,12 @@ func blobError(err error, d digest.Digest) error {
 // metaError turns a metadata store error into the OCI error a client sees;
 // notFound is the code for a missing entry.
 func metaError(err error, notFound oci.Code, msg string) error {
+	var oe *oci.Error
 	switch {
 	case err == nil:
 		return nil
+	case errors.As(err, &oe): // a client's answer already (catchUp)
+		return err
 	case errors.Is(err, consensus.ErrNotFound):
 		return oci.Wrap(notFound, err, msg)
 	case errors.Is(err, consensus.ErrInvalidCommand):

@@ -31,6 +31,9 @@ type nodeMetrics struct {
 	originBytes     prometheus.Counter // bytes received from origins
 	originDelegated prometheus.Counter // origin fetches another member made for this node
 	originFallbacks prometheus.Counter // origin fetches made here after the chosen member failed
+
+	catchUps     *prometheus.CounterVec // reads that missed and caught up with the leader, by result
+	indexQueries prometheus.Counter     // read index queries (coalesced) made for them
 }
 
 func newNodeMetrics() *nodeMetrics {
@@ -72,8 +75,17 @@ func newNodeMetrics() *nodeMetrics {
 			Name: "meshreg_origin_fetches_delegated_total", Help: "Blob fetches from an origin that this node asked the member chosen for the blob to make, streaming from it."}),
 		originFallbacks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meshreg_origin_fetch_fallbacks_total", Help: "Blob fetches from an origin this node made itself because the member chosen for the blob could not be asked, refused or failed."}),
+		catchUps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshreg_read_catchups_total",
+			Help: "Reads that found nothing locally and waited for the leader's read index before answering, by result: caught_up (then answered from local state, 404 if still absent), unavailable (no leader answered in time: 503)."},
+			[]string{"result"}),
+		indexQueries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshreg_read_index_queries_total", Help: "Queries for the leader's read index made for reads that missed (concurrent misses share one)."}),
 	}
 	m.writesRefused.WithLabelValues("disk")
+	for _, result := range []string{"caught_up", "unavailable"} {
+		m.catchUps.WithLabelValues(result)
+	}
 	for _, source := range []string{"local", "peer", "failed"} {
 		m.reads.WithLabelValues(source) // exported from the start, at 0
 	}
@@ -82,7 +94,8 @@ func newNodeMetrics() *nodeMetrics {
 
 func (m *nodeMetrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.bytesServed, m.bytesFetched, m.reads, m.penalties, m.fetchSeconds, m.fetchRate, m.lookup, m.replicated,
-		m.writesRefused, m.corrupt, m.scrubbed, m.originBlobs, m.originBytes, m.originDelegated, m.originFallbacks}
+		m.writesRefused, m.corrupt, m.scrubbed, m.originBlobs, m.originBytes, m.originDelegated, m.originFallbacks,
+		m.catchUps, m.indexQueries}
 }
 
 // registerMirror exports the mirror's metrics, with the rate-limit headroom

@@ -67,6 +67,10 @@ type Node struct {
 	// returns it.
 	fatal chan error
 
+	// readIndexes asks the leader for its read index for the reads that
+	// missed, coalesced (readindex.go).
+	readIndexes *readIndexes
+
 	// fetches copies blobs from peers to this disk, once each (fetch.go).
 	fetches *fetch.Engine
 	// origins is the fetches' source of last resort (origin.go).
@@ -185,6 +189,7 @@ func New(cfg Config, parts Parts, log *slog.Logger, opts ...Option) *Node {
 	n.disk = newDiskGuard(cfg.DataDir, cfg.MinFreeDisk, func() string { return n.host.ID().String() },
 		n.metrics.writesRefused.WithLabelValues("disk"), log.With("component", "disk"))
 	n.disk.warnSmall()
+	n.readIndexes = &readIndexes{query: n.queryReadIndex, work: n.bg}
 	n.fetches = n.newFetches()
 	n.replicas = n.newReplicas()
 	n.scrub = newScrubber(blobs, n.metrics.scrubbed, cfg.ScrubRate, cfg.ScrubInterval, log)

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -19,23 +18,20 @@ import (
 	"github.com/meshreg/meshreg/node/replicate"
 )
 
-// readCatchUpTimeout bounds the catch-up of a read that found nothing.
-const readCatchUpTimeout = 2 * time.Second
-
-// orCatchUp runs a metadata read; when it finds nothing on a follower, it
-// catches up with the leader and reads again, so content written through
-// another node a moment ago (a push to node 1, then a pull through node 3)
-// is found here too. Only misses pay the round trip to the leader; a node
-// that cannot reach one answers from what it has.
+// orCatchUp runs a metadata read; when it finds nothing, it catches up
+// with the leader and reads again (see catchUp), so content acknowledged
+// through another node a moment ago (a push to node 1, then a pull through
+// node 3; a push acknowledged just before the leader died) is found here
+// too, and a miss is a 404 only once this node has applied every write
+// acknowledged before it. Only misses pay the round trip to the leader; a
+// node that cannot reach one in time answers 503, not 404.
 func orCatchUp[T any](ctx context.Context, n *Node, read func() (T, error)) (T, error) {
 	v, err := read()
-	if !errors.Is(err, consensus.ErrNotFound) || n.meta.Status().State == consensus.Leader {
+	if !errors.Is(err, consensus.ErrNotFound) {
 		return v, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, readCatchUpTimeout)
-	defer cancel()
-	if n.catchUp(ctx) != nil {
-		return v, err
+	if cerr := n.catchUp(ctx); cerr != nil {
+		return v, cerr
 	}
 	return read()
 }
@@ -101,8 +97,11 @@ func (n *Node) PutManifest(ctx context.Context, repo, reference, contentType str
 		// This node's state may lag the leader's: the blobs may have been
 		// pushed through another node a moment ago. Catch up, then check
 		// again.
-		if !errors.Is(err, oci.ManifestBlobUnknown) || n.catchUp(ctx) != nil {
+		if !errors.Is(err, oci.ManifestBlobUnknown) {
 			return "", "", err
+		}
+		if cerr := n.catchUp(ctx); cerr != nil {
+			return "", "", cerr
 		}
 		if err := n.checkReferences(repo, p); err != nil {
 			return "", "", err
@@ -161,7 +160,7 @@ func (n *Node) DeleteManifest(ctx context.Context, repo, reference string) error
 }
 
 func (n *Node) Tags(ctx context.Context, repo, last string, limit int) ([]string, error) {
-	tags, err := n.meta.Tags(repo, last, limit)
+	tags, err := orCatchUp(ctx, n, func() ([]string, error) { return n.meta.Tags(repo, last, limit) })
 	return tags, metaError(err, oci.NameUnknown, "repository "+repo+" is not known to this registry")
 }
 

@@ -47,6 +47,11 @@ type MetadataReader interface {
 	AppliedIndex() uint64
 	// WaitApplied returns once this node applied the log up to index.
 	WaitApplied(ctx context.Context, index uint64) error
+	// ReadIndex, on the leader, confirms the leadership and returns an
+	// index covering every write acknowledged before the call: a node that
+	// applied up to it may answer a miss as "not found". Elsewhere it fails
+	// with consensus.ErrNotLeader.
+	ReadIndex(ctx context.Context) (uint64, error)
 }
 
 // MetadataWriter changes the replicated metadata. A write returns once

@@ -337,8 +337,9 @@ func (m *Meta) Status() consensus.Status {
 			st.LeaderAddress = mb.Address
 		}
 	}
+	leads := c.leader == m.id
 	c.mu.Unlock()
-	if c.leader == m.id {
+	if leads {
 		st.State = consensus.Leader
 	}
 	m.mu.Lock()
