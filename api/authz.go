@@ -200,6 +200,8 @@ func adminWhat(r *http.Request) string {
 		return "member removal"
 	case r.Method == http.MethodPost && r.URL.Path == "/_meshreg/v1/join-tokens":
 		return "join token creation"
+	case r.Method == http.MethodPost && r.URL.Path == "/_meshreg/v1/gc":
+		return "garbage collection"
 	}
 	return "request"
 }

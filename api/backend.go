@@ -53,8 +53,8 @@ type Manifests interface {
 // Blobs reads and deletes blobs linked to a repository.
 type Blobs interface {
 	StatBlob(ctx context.Context, repo string, d digest.Digest) (int64, error)
-	// OpenBlob returns the blob's content; an *os.File lets the server use
-	// sendfile.
+	// OpenBlob returns the blob's content; an *os.File (or a FileReader
+	// over one) lets the server use sendfile.
 	OpenBlob(ctx context.Context, repo string, d digest.Digest) (io.ReadSeekCloser, int64, error)
 	DeleteBlob(ctx context.Context, repo string, d digest.Digest) error
 }

@@ -125,6 +125,7 @@ func New(cfg Config, reg Registry, node Node, metrics *Metrics, log *slog.Logger
 		h.mux.HandleFunc("GET /_meshreg/v1/token", h.token)
 		h.mux.HandleFunc("POST /_meshreg/v1/token", h.token)
 	}
+	h.mux.HandleFunc("POST /_meshreg/v1/gc", h.adminOnly(h.collectGarbage))
 	if metrics != nil {
 		h.mux.Handle("GET /metrics", metrics.handler())
 	}

@@ -50,6 +50,9 @@ const (
 	CodeCanceled  = "canceled"
 	CodeDeadline  = "deadline_exceeded"
 	CodeInternal  = "internal"
+	// CodeBlobCollected: ErrBlobCollected (a push raced a garbage
+	// collection).
+	CodeBlobCollected = "blob_collected"
 )
 
 // ErrorCode is the code a forwarded write's error travels as: "" for nil,
@@ -65,6 +68,8 @@ func ErrorCode(err error) string {
 		return CodeNotLeader
 	case errors.Is(err, ErrInvalidCommand):
 		return CodeInvalid
+	case errors.Is(err, ErrBlobCollected):
+		return CodeBlobCollected
 	case errors.Is(err, context.Canceled):
 		return CodeCanceled
 	case errors.Is(err, context.DeadlineExceeded):
@@ -91,6 +96,8 @@ func (e *ForwardError) Unwrap() error {
 		return ErrNotLeader
 	case CodeInvalid:
 		return ErrInvalidCommand
+	case CodeBlobCollected:
+		return ErrBlobCollected
 	case CodeCanceled:
 		return context.Canceled
 	case CodeDeadline:

@@ -6,6 +6,7 @@ import (
 	"io"
 	"maps"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -136,7 +137,17 @@ func TestFSMSnapshotRestore(t *testing.T) {
 	}
 	apply(command{Op: opDeleteManifest, Repo: "repo-1", Digest: manifest("repo-1", "1", subject.Digest).Digest})
 	apply(command{Op: state.OpPutSetting, Name: state.SettingAuthTokenKeys, Body: []byte(`{"keys":[]}`)})
+	// A garbage collection: its tombstones and touches travel too.
+	swept := []state.SweepBlob{
+		{Digest: digest.FromString("blob0"), Repos: []string{"repo-0"}},
+		{Digest: digest.FromString("blob1"), Repos: []string{"repo-1"}},
+	}
+	slices.SortFunc(swept, func(a, b state.SweepBlob) int { return strings.Compare(string(a.Digest), string(b.Digest)) })
+	apply(command{Op: state.OpGCSweep, MarkIndex: index, Time: 2, Cutoff: 1, Sweep: swept})
 	want := dump(t, src)
+	if !slices.ContainsFunc(slices.Collect(maps.Keys(want)), func(k string) bool { return strings.HasPrefix(k, "x") }) {
+		t.Fatal("the collection left no tombstone to snapshot")
+	}
 
 	snap, err := src.Snapshot()
 	if err != nil {

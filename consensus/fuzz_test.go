@@ -86,6 +86,14 @@ func FuzzFSMApply(f *testing.F) {
 		command{Op: opDeleteManifest, Repo: m.Repo, Digest: m.Digest},
 	))
 
+	// Garbage collection: a sweep of the base state's layer, then a put
+	// checked before it; a sweep marked in its future.
+	layer := []state.SweepBlob{{Digest: digest.FromString("layer"), Repos: []string{"team/app"}}}
+	f.Add(fuzzCommands(f,
+		command{Op: state.OpGCSweep, MarkIndex: 3, Time: 10, Cutoff: 10, Sweep: layer},
+		command{Op: opPutManifest, Repo: m.Repo, Digest: m.Digest, MediaType: m.MediaType, Body: m.Body, CheckIndex: 2}))
+	f.Add(fuzzCommands(f, command{Op: state.OpGCSweep, MarkIndex: 1 << 40, Time: 10, Cutoff: 10, Sweep: layer}))
+
 	fsm := openFSM(f)
 	base := []command{putCmd(m, "latest"), putCmd(ref, "sig"), {Op: opLinkBlob, Repo: m.Repo, Digest: digest.FromString("layer"), Size: 4096}}
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -43,6 +43,9 @@ var (
 	// bytes given to ApplyForwarded or found in the log are not a valid
 	// write. The FSM refuses such an entry the same way on every node.
 	ErrInvalidCommand = state.ErrInvalidCommand
+	// ErrBlobCollected: a manifest put references a blob garbage
+	// collection removed after the put checked it (see state/gc.go).
+	ErrBlobCollected = state.ErrBlobCollected
 	// ErrStorageFailed: the FSM could not write to its database (disk I/O,
 	// no space): it applies nothing more until the node restarts.
 	ErrStorageFailed = errors.New("metadata storage failed")
@@ -451,7 +454,7 @@ func (s *Store) CheckPutManifest(m ManifestRecord, tags ...string) error {
 func putCommand(m ManifestRecord, tags []string) state.Command {
 	return state.Command{Op: state.OpPutManifest, Repo: m.Repo, Digest: m.Digest, Tags: tags,
 		MediaType: m.MediaType, ArtifactType: m.ArtifactType, Subject: m.Subject,
-		Annotations: state.BoundedAnnotations(m.Annotations), Body: m.Body}
+		Annotations: state.BoundedAnnotations(m.Annotations), Body: m.Body, CheckIndex: m.CheckIndex}
 }
 
 // DeleteManifest removes the manifest from the repository, with every tag in
@@ -468,7 +471,8 @@ func (s *Store) DeleteTag(ctx context.Context, repo, tag string) error {
 
 // LinkBlob makes the blob pullable from the repository.
 func (s *Store) LinkBlob(ctx context.Context, repo string, d digest.Digest, size int64) error {
-	return s.write(ctx, state.Command{Op: state.OpLinkBlob, Repo: repo, Digest: d, Size: size})
+	// The proposer's clock dates the link for the GC's grace period.
+	return s.write(ctx, state.Command{Op: state.OpLinkBlob, Repo: repo, Digest: d, Size: size, Time: time.Now().UnixNano()})
 }
 
 // UnlinkBlob removes the blob from the repository; ErrNotFound if it is not

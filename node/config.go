@@ -95,6 +95,11 @@ type Config struct {
 	// mirrors nothing); see package mirror.
 	Mirror mirror.Config
 
+	// GCInterval is how often the leader runs a garbage collection (0:
+	// never; `meshreg gc` still runs one), with grace GCGrace.
+	GCInterval time.Duration
+	GCGrace    time.Duration
+
 	// Origins are where blobs of mirrored repositories come from when no
 	// peer holds them (the upstreams, by name); nil: none. A repository
 	// <NAME>/<repo> with NAME an origin here reads from origin NAME,
@@ -133,6 +138,8 @@ func DefaultConfig() Config {
 		ScrubInterval:     DefaultScrubInterval,
 		TokenKeyRotation:  token.DefaultRotation,
 		TokenTTL:          token.DefaultTTL,
+		GCInterval:        24 * time.Hour,
+		GCGrace:           time.Hour,
 
 		MaxUploads:          1000,
 		MaxUploadsPerClient: 100,

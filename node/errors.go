@@ -2,6 +2,7 @@ package node
 
 import (
 	"errors"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 
@@ -38,6 +39,10 @@ func metaError(err error, notFound oci.Code, msg string) error {
 		return err
 	case errors.Is(err, consensus.ErrNotFound):
 		return oci.Wrap(notFound, err, msg)
+	case errors.Is(err, consensus.ErrBlobCollected):
+		// A garbage collection freed a blob this push had checked: the
+		// message names it; pushing again uploads it again.
+		return oci.Wrap(oci.ManifestBlobUnknown, err, strings.TrimPrefix(strings.TrimPrefix(err.Error(), "leader: "), "consensus: "))
 	case errors.Is(err, consensus.ErrInvalidCommand):
 		// A bound of the metadata store (too many tags, a media type it
 		// does not store, ...): the message names it.

@@ -12,6 +12,7 @@ import (
 	"github.com/meshreg/meshreg/api"
 	"github.com/meshreg/meshreg/api/oci"
 	"github.com/meshreg/meshreg/consensus"
+	"github.com/meshreg/meshreg/consensus/state"
 	"github.com/meshreg/meshreg/node/fetch"
 	"github.com/meshreg/meshreg/node/manifest"
 	"github.com/meshreg/meshreg/node/mirror"
@@ -90,6 +91,10 @@ func (s mirrorStore) PutMirrorTag(ctx context.Context, repo, tag string, rec con
 	if m, err := s.n.meta.Manifest(repo, rec.Digest); err == nil {
 		rec.MediaType, rec.Size = m.MediaType, int64(len(m.Body))
 	}
+	// A member of an older release could not apply it (features.go).
+	if err := s.n.membersApply(state.OpPutMirrorTag); err != nil {
+		return fmt.Errorf("recording a mirrored tag: %w", err)
+	}
 	return s.n.meta.(mirrorMeta).PutMirrorTag(ctx, repo, tag, rec)
 }
 
@@ -112,7 +117,11 @@ func (s mirrorStore) StoreManifest(ctx context.Context, repo string, d digest.Di
 		return fmt.Errorf("manifest %s names %d blobs: a mirrored manifest may name at most %d (each is linked through Raft)", d, len(p.Blobs), maxMirrorBlobs)
 	}
 	rec := consensus.ManifestRecord{Repo: repo, Digest: d, MediaType: p.MediaType, Body: body,
-		ArtifactType: p.ArtifactType, Annotations: p.Annotations}
+		ArtifactType: p.ArtifactType, Annotations: p.Annotations,
+		// The blobs are linked below, after this index: a garbage
+		// collection that freed one before it does not fail the put
+		// (consensus/state/gc.go); one that frees one after it does.
+		CheckIndex: n.meta.AppliedIndex()}
 	if p.Subject != nil {
 		rec.Subject = p.Subject.Digest
 	}

@@ -81,6 +81,8 @@ type Node struct {
 	mirror *mirror.Mirror
 	// upstreams are the mirror's clients, by name (for their gauges).
 	upstreams map[string]*upstream.Registry
+	// gc is garbage collection: pins, sweeper, schedule (collect.go).
+	gc *collector
 
 	fetchMu         sync.Mutex                        // guards serving
 	serving         map[digest.Digest]map[peer.ID]int // peers this node sends each blob to
@@ -120,7 +122,8 @@ func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 	pc := cfg.P2P
 	pc.DataDir = cfg.DataDir
 	pc.Logger = log.With("component", "p2p")
-	pc.RouteTargets = routeTargets(cfg.Join) // advertise.go
+	pc.RouteTargets = routeTargets(cfg.Join)    // advertise.go
+	pc.UserAgent = userAgent(cfg.Build.Version) // features.go
 	host, err := p2p.NewHost(pc)
 	if err != nil {
 		return nil, fmt.Errorf("node: starting the libp2p host: %w", err)
@@ -157,7 +160,7 @@ func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 		_ = meta.Close()
 		return nil, fmt.Errorf("node: %w", err)
 	}
-	n = New(cfg, Parts{Blobs: diskBlobs{blobs}, Meta: meta, Transport: host, Providers: routing}, log, opts...)
+	n = New(cfg, Parts{Blobs: diskBlobs{blobs}, Meta: meta, Transport: host, Providers: routing, Files: blobs}, log, opts...)
 	n.fatal = fatal
 	n.dirLock = lock
 	if err := n.startMirror(); err != nil {
@@ -192,6 +195,7 @@ func New(cfg Config, parts Parts, log *slog.Logger, opts ...Option) *Node {
 	n.readIndexes = &readIndexes{query: n.queryReadIndex, work: n.bg}
 	n.fetches = n.newFetches()
 	n.replicas = n.newReplicas()
+	n.setUpCollector(parts.Files)
 	n.scrub = newScrubber(blobs, n.metrics.scrubbed, cfg.ScrubRate, cfg.ScrubInterval, log)
 	blobs.OnCorrupt(n.blobCorrupt)
 	n.gate = newPeerGate()
@@ -217,6 +221,7 @@ func (n *Node) serveProtocols(s ProtocolServer) {
 	s.HandleRequests(vouchProtocol, maxControlLen, rpcTimeout, n.serveVouch)
 	s.HandleRequests(mirrorProtocol, maxControlLen, rpcTimeout, n.serveMirror)
 	s.HandleRequests(originProtocol, maxControlLen, rpcTimeout, n.serveOriginFetch)
+	s.HandleRequests(gcReportProtocol, maxControlLen, gcReportTimeout, n.serveGCReport)
 	s.ServeBlobs(n.cfg.PeerIdleTimeout, n.serveBlob)
 }
 
@@ -227,7 +232,7 @@ func (n *Node) serveProtocols(s ProtocolServer) {
 // errgroup (loops.go): a failure of the metadata store's storage stops
 // them all, and Run returns it. Run returns once every loop has stopped.
 func (n *Node) Run(ctx context.Context) error {
-	return runLoops(ctx,
+	return runLoops(ctx, append(n.gcLoops(),
 		storageWatch{failed: n.fatal},
 		newMesher(meshEvery, n.meshRound),
 		n.scrub,
@@ -239,7 +244,7 @@ func (n *Node) Run(ctx context.Context) error {
 			upkeepRules{DeadServerTimeout: n.cfg.DeadServerTimeout, StabilizationTime: n.cfg.StabilizationTime, Voters: n.cfg.Voters}, n.log),
 		newUploadExpiry(n.blobs, n.cfg.UploadIdleTimeout, n.forgetExpiredUploads, n.log),
 		n.tokenKeys(),
-	)
+	)...)
 }
 
 // Close hands leadership to another voter if this node leads one, then

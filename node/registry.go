@@ -93,6 +93,11 @@ func (n *Node) PutManifest(ctx context.Context, repo, reference, contentType str
 	if err := n.meta.CheckPutManifest(rec, tags...); err != nil {
 		return "", "", metaError(err, oci.ManifestInvalid, "")
 	}
+	// The put carries the index the check below reads at or after: if a
+	// garbage collection frees one of the blobs after it, the put fails
+	// when applied (consensus/state/gc.go), never commits a manifest whose
+	// blob is gone.
+	rec.CheckIndex = n.meta.AppliedIndex()
 	if err := n.checkReferences(repo, p); err != nil {
 		// This node's state may lag the leader's: the blobs may have been
 		// pushed through another node a moment ago. Catch up, then check
@@ -103,6 +108,7 @@ func (n *Node) PutManifest(ctx context.Context, repo, reference, contentType str
 		if cerr := n.catchUp(ctx); cerr != nil {
 			return "", "", cerr
 		}
+		rec.CheckIndex = n.meta.AppliedIndex()
 		if err := n.checkReferences(repo, p); err != nil {
 			return "", "", err
 		}
@@ -113,6 +119,9 @@ func (n *Node) PutManifest(ctx context.Context, repo, reference, contentType str
 	}
 	if err := n.ensureReplicas(ctx, refs); err != nil {
 		return "", "", err
+	}
+	if n.opts.beforeManifestCommit != nil {
+		n.opts.beforeManifestCommit(repo, d)
 	}
 	if err := n.meta.PutManifest(ctx, rec, tags...); err != nil {
 		return "", "", metaError(n.disk.mapError(err), oci.ManifestUnknown, "storing manifest "+d.String())
@@ -202,6 +211,19 @@ func (n *Node) OpenBlob(ctx context.Context, repo string, d digest.Digest) (io.R
 		}
 		return nil, 0, metaError(err, oci.BlobUnknown, "blob "+d.String()+" is not in repository "+repo)
 	}
+	// In use until the reader closes: garbage collection keeps it.
+	release := n.pinBlob(d)
+	r, size, err := n.openLinkedBlob(ctx, repo, d, linked)
+	if err != nil {
+		release()
+		return nil, 0, err
+	}
+	return pinnedReader{r, release}, size, nil
+}
+
+// openLinkedBlob opens blob d, linked with size linked, from this node's
+// disk or from peers.
+func (n *Node) openLinkedBlob(ctx context.Context, repo string, d digest.Digest, linked int64) (io.ReadSeekCloser, int64, error) {
 	// Verified as it streams: a copy that rotted on disk is cut short
 	// before its last byte, quarantined and fetched again (blobCorrupt).
 	f, size, err := n.blobs.OpenVerified(d)
@@ -252,6 +274,9 @@ func (n *Node) PutBlob(ctx context.Context, repo string, d digest.Digest, r io.R
 	if err := n.disk.check(); err != nil {
 		return 0, err
 	}
+	// Kept from garbage collection until linked (its file may be an old
+	// copy the collection is about to free).
+	defer n.pinBlob(d)()
 	size, err := n.blobs.Put(d, n.disk.reader(r))
 	if err != nil {
 		return 0, blobError(n.disk.mapError(err), d)
@@ -370,6 +395,7 @@ func (n *Node) FinishUpload(ctx context.Context, repo, id string, d digest.Diges
 	if err := n.disk.check(); err != nil {
 		return 0, err
 	}
+	defer n.pinBlob(d)() // as in PutBlob
 	size, err := u.Commit(d)
 	if err != nil {
 		return 0, blobError(n.disk.mapError(err), d)

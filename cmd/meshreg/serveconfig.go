@@ -96,6 +96,8 @@ func (cfg *serveConfig) settings() []setting {
 		sizeSetting(&nc.MinFreeDisk, "min-free-disk", catStorage, "free `SIZE` kept on the data dir's filesystem for the metadata store: below it, pushes are refused with 507 until space is freed (0: off)"),
 		sizeSetting(&nc.ScrubRate, "scrub-rate", catStorage, "`SIZE` per second the background scrub reads to re-hash stored blobs (corrupt ones are quarantined and fetched again; 0: off)"),
 		durationSetting(&nc.ScrubInterval, "scrub-interval", catStorage, "`DURATION` to pause between two scrub passes over every stored blob"),
+		durationSetting(&nc.GCInterval, "gc-interval", catStorage, "every `DURATION`, the leader runs a cluster-wide garbage collection that frees blobs no manifest references, linked more than --gc-grace ago (0: only `meshreg gc`)"),
+		durationSetting(&nc.GCGrace, "gc-grace", catStorage, "scheduled garbage collections keep blobs linked less than `DURATION` ago (a push in progress)"),
 		durationSetting(&nc.DeadServerTimeout, "dead-server-timeout", catCluster, "remove a member unreachable for `DURATION` from the cluster for good"),
 		levelSetting(&cfg.LogLevel, "log-level", catLogging, "`LEVEL` of the least important lines logged: debug, info, warn or error"),
 		choiceSetting(&cfg.LogFormat, "log-format", catLogging, "`FORMAT` of log lines: text or json", "text", "json"),

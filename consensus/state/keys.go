@@ -21,8 +21,14 @@ import (
 //	├── l<repo>·<digest>           blob link → size (uint64 big-endian)
 //	├── f<repo>·<subject>·<digest> referrer → ocispec.Descriptor (JSON)
 //	├── s<name>                    cluster setting → its body (settings.go)
-//	└── u<repo>·<tag>              mirrored tag → MirrorTag (JSON): what the
-//	                               upstream answered and when (mirror.go)
+//	├── u<repo>·<tag>              mirrored tag → MirrorTag (JSON): what the
+//	│                              upstream answered and when (mirror.go)
+//	├── k<digest>                  last touch: index of the latest link or put naming it,
+//	│                              proposer time of the latest link (2 × uint64, gc.go)
+//	├── x<digest>                  tombstone: index of the OpGCSweep that collected it
+//	├── y<index><digest>           tombstone log by index (index: 8 bytes big-endian)
+//	│                              → GC start time, cutoff, mark index (3 × uint64)
+//	└── X                          GC floor: highest index of a pruned tombstone
 //
 // "·" is the byte 0x00, which no repository name, tag or digest may contain
 // (writes with one are refused), so a prefix such as t<repo>· never matches
@@ -43,9 +49,14 @@ const (
 	prefixBlobLink = 'l'
 	prefixReferrer = 'f'
 	prefixSetting  = 's'
+	prefixTouch    = 'k'
+	prefixTomb     = 'x'
+	prefixTombLog  = 'y'
 	prefixMirror   = 'u'
-	sep            = 0x00
-	maxNameLength  = 4096 // repository names and tags; far above what the API accepts
+	// KeyGCFloor holds the highest index of a tombstone pruned (gc.go).
+	KeyGCFloor    = "X"
+	sep           = 0x00
+	maxNameLength = 4096 // repository names and tags; far above what the API accepts
 )
 
 // key joins a one-byte prefix and parts separated by sep.
@@ -88,6 +99,12 @@ func ReferrerKey(repo string, subject, d digest.Digest) []byte {
 }
 
 func settingKey(name string) []byte { return key(prefixSetting, name) }
+
+func touchKey(d digest.Digest) []byte { return key(prefixTouch, string(d)) }
+func tombKey(d digest.Digest) []byte  { return key(prefixTomb, string(d)) }
+func tombLogKey(index uint64, d digest.Digest) []byte {
+	return append(binary.BigEndian.AppendUint64([]byte{prefixTombLog}, index), d...)
+}
 
 // validName reports whether s can be part of a key: non-empty, bounded and
 // free of the separator byte.

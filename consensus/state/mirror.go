@@ -59,7 +59,7 @@ func (c Command) checkMirrorTag() error {
 		return fmt.Errorf("manifest size %d is outside 0..%d bytes", c.Size, MaxManifestBytes)
 	case !manifestMediaTypes[c.MediaType]:
 		return fmt.Errorf("manifest media type %q is not a manifest type this registry stores", truncate(c.MediaType))
-	case c.Name != "" || len(c.Tags) > 0 || c.ArtifactType != "" || c.Subject != "" || len(c.Annotations) > 0 || len(c.Body) > 0:
+	case c.Name != "" || c.CheckIndex != 0 || c.Time != 0 || c.carriesSweep() || len(c.Tags) > 0 || c.ArtifactType != "" || c.Subject != "" || len(c.Annotations) > 0 || len(c.Body) > 0:
 		return fmt.Errorf("a mirrored tag carries only an upstream, a repository, a tag, a digest, a media type, a size and a check time")
 	}
 	return nil

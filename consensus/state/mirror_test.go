@@ -38,6 +38,8 @@ func TestMirrorTagValidation(t *testing.T) {
 		"not a manifest type":    func(c *Command) { c.MediaType = "text/plain" },
 		"carries a body":         func(c *Command) { c.Body = []byte("{}") },
 		"carries tags":           func(c *Command) { c.Tags = []string{"x"} },
+		"carries a GC sweep":     func(c *Command) { c.Sweep = []SweepBlob{{Digest: d, Repos: []string{"a"}}} },
+		"carries a check index":  func(c *Command) { c.CheckIndex = 3 },
 		"link with upstream":     func(c *Command) { *c = Command{Op: OpLinkBlob, Repo: "a", Digest: d, Upstream: "x"} },
 		"link with a check time": func(c *Command) { *c = Command{Op: OpLinkBlob, Repo: "a", Digest: d, CheckedAt: 5} },
 	} {
