@@ -223,6 +223,8 @@ func FuzzHandler(f *testing.F) {
 		{"GET", "/readyz", "", ""},
 		{"GET", "/metrics", "", ""},
 		{"GET", "/_meshreg/v1/status", "", ""},
+		{"GET", "/_meshreg/ui/?n=1&last=fuzz/app&refresh=0&login=1", "", ""},
+		{"HEAD", "/_meshreg/ui/?n=100&refresh=3600", "", ""},
 	} {
 		f.Add(s.method, s.target, s.headers, []byte(s.body))
 	}

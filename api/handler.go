@@ -107,6 +107,7 @@ type Handler struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	writes  *writeGate
+	pages   chan struct{} // status pages being built (uiConcurrentRenders)
 }
 
 // New returns the HTTP handler of a node. metrics may be nil.
@@ -114,11 +115,14 @@ func New(cfg Config, reg Registry, node Node, metrics *Metrics, log *slog.Logger
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	h := &Handler{cfg: cfg, reg: reg, node: node, metrics: metrics, log: log, writes: newWriteGate(cfg.MaxWritesPerClient)}
+	h := &Handler{cfg: cfg, reg: reg, node: node, metrics: metrics, log: log, writes: newWriteGate(cfg.MaxWritesPerClient),
+		pages: make(chan struct{}, uiConcurrentRenders)}
 	h.mux = http.NewServeMux()
 	h.mux.HandleFunc("GET /healthz", h.healthz)
 	h.mux.HandleFunc("GET /readyz", h.readyz)
 	h.mux.HandleFunc("GET /_meshreg/v1/status", h.status)
+	h.mux.HandleFunc("GET /_meshreg/ui/{$}", h.statusPage)
+	h.mux.Handle("GET /_meshreg/ui", http.RedirectHandler("/_meshreg/ui/", http.StatusMovedPermanently))
 	h.mux.HandleFunc("DELETE /_meshreg/v1/members/{id}", h.adminOnly(h.removeMember))
 	h.mux.HandleFunc("POST /_meshreg/v1/join-tokens", h.adminOnly(h.createJoinToken))
 	if cfg.Tokens != nil {
