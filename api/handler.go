@@ -49,6 +49,8 @@ type Config struct {
 	// Tokens serves the token endpoint (/_meshreg/v1/token) when not nil;
 	// it needs Auth (whose Authenticator verifies the tokens).
 	Tokens TokenService
+	// Mirror routes pulls to upstream registries (mirror.go).
+	Mirror Mirroring
 }
 
 // DefaultConfig returns the limits a registry operator would expect.
@@ -205,6 +207,10 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rt route) err
 	if !ok {
 		w.Header().Set("Allow", allowed(methods))
 		return oci.Errorf(oci.Unsupported, "method %.20q is not supported on %s: use %s", r.Method, rt.kind, allowed(methods))
+	}
+	rt, err := h.routeMirror(r, rt)
+	if err != nil {
+		return err
 	}
 	var denied error
 	if h.cfg.Auth != nil {
