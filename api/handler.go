@@ -125,6 +125,7 @@ func New(cfg Config, reg Registry, node Node, metrics *Metrics, log *slog.Logger
 	h.mux.Handle("GET /_meshreg/ui", http.RedirectHandler("/_meshreg/ui/", http.StatusMovedPermanently))
 	h.mux.HandleFunc("DELETE /_meshreg/v1/members/{id}", h.adminOnly(h.removeMember))
 	h.mux.HandleFunc("POST /_meshreg/v1/join-tokens", h.adminOnly(h.createJoinToken))
+	h.mux.HandleFunc("GET /_meshreg/v1/backup", h.adminOnly(h.backup)) // backup.go
 	if cfg.Tokens != nil {
 		h.mux.HandleFunc("GET /_meshreg/v1/token", h.token)
 		h.mux.HandleFunc("POST /_meshreg/v1/token", h.token)

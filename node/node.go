@@ -163,6 +163,7 @@ func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 	n = New(cfg, Parts{Blobs: diskBlobs{blobs}, Meta: meta, Transport: host, Providers: routing, Files: blobs}, log, opts...)
 	n.fatal = fatal
 	n.dirLock = lock
+	n.recordOwnAddress() // selfaddress.go
 	if err := n.startMirror(); err != nil {
 		n.dirLock = nil
 		_ = n.Close()
