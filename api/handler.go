@@ -49,6 +49,9 @@ type Config struct {
 	// Tokens serves the token endpoint (/_meshreg/v1/token) when not nil;
 	// it needs Auth (whose Authenticator verifies the tokens).
 	Tokens TokenService
+	// Notifier is told each acknowledged push and delete, and each pull
+	// (--notifications); nil tells nothing.
+	Notifier Notifier
 }
 
 // DefaultConfig returns the limits a registry operator would expect.
