@@ -24,6 +24,7 @@ import (
 	"github.com/meshreg/meshreg/blobstore"
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/fetch"
+	"github.com/meshreg/meshreg/node/notify"
 	"github.com/meshreg/meshreg/node/replicate"
 	"github.com/meshreg/meshreg/p2p"
 )
@@ -71,6 +72,7 @@ type Node struct {
 	origins *fetch.OriginSource
 	// replicas keeps --replicas copies of blobs (replicas.go).
 	replicas *replicate.Replicator
+	notify   *notify.Notifier // nil without --notifications
 
 	fetchMu         sync.Mutex                        // guards serving
 	serving         map[digest.Digest]map[peer.ID]int // peers this node sends each blob to
@@ -123,6 +125,15 @@ func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 			_ = host.Close()
 		}
 	}()
+	notifier, err := openNotifier(cfg, host.ID().String(), log)
+	if err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	defer func() {
+		if err != nil && notifier != nil {
+			_ = notifier.Close()
+		}
+	}()
 	cc := cfg.Consensus
 	cc.Dir = filepath.Join(cfg.DataDir, "meta")
 	cc.NodeID = host.ID().String()
@@ -150,6 +161,7 @@ func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 	n = New(cfg, Parts{Blobs: diskBlobs{blobs}, Meta: meta, Transport: host, Providers: routing}, log, opts...)
 	n.fatal = fatal
 	n.dirLock = lock
+	n.notify = notifier
 	return n, nil
 }
 
@@ -222,6 +234,7 @@ func (n *Node) Run(ctx context.Context) error {
 			upkeepRules{DeadServerTimeout: n.cfg.DeadServerTimeout, StabilizationTime: n.cfg.StabilizationTime, Voters: n.cfg.Voters}, n.log),
 		newUploadExpiry(n.blobs, n.cfg.UploadIdleTimeout, n.forgetExpiredUploads, n.log),
 		n.tokenKeys(),
+		n.notifications(),
 	)
 }
 
@@ -239,6 +252,11 @@ func (n *Node) Close() error {
 		cancel()
 	}
 	n.bg.Close()
+	if n.notify != nil {
+		if err := n.notify.Close(); err != nil {
+			n.log.Warn("closing the notification queues", "err", err)
+		}
+	}
 	err := errors.Join(wrapErr("closing metadata", n.meta.Close()), wrapErr("closing the DHT", n.routing.Close()),
 		wrapErr("closing the libp2p host", n.host.Close()))
 	if n.dirLock != nil {

@@ -70,6 +70,7 @@ func serve(ctx context.Context, cfg serveConfig) (err error) {
 	if cfg.API.RateLimits, err = rateLimiter(cfg, log.With("component", "ratelimit")); err != nil {
 		return err
 	}
+	cfg.API.Notifier = n.Notifier()
 	h, err := api.New(cfg.API, n, n, api.NewMetrics(reg), log.With("component", "api"))
 	if err != nil {
 		return err
