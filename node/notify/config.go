@@ -50,7 +50,27 @@ const (
 	maxGlobs          = 1000
 )
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+var (
+	nameRE      = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	yamlValueRE = regexp.MustCompile("`[^`]*`")
+)
+
+// headerValues are a header's values: a list (Distribution's form) or
+// one string.
+type headerValues []string
+
+func (h *headerValues) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		*h = headerValues{n.Value}
+		return nil
+	}
+	var vs []string
+	if err := n.Decode(&vs); err != nil {
+		return fmt.Errorf("line %d: a header's value: want a string or a list of strings", n.Line)
+	}
+	*h = vs
+	return nil
+}
 
 // Config is a parsed, validated file. It is immutable.
 type Config struct {
@@ -78,7 +98,7 @@ type Endpoint struct {
 type fileEndpoint struct {
 	Name              string              `yaml:"name"`
 	URL               string              `yaml:"url"`
-	Headers           map[string][]string `yaml:"headers"`
+	Headers           map[string]headerValues `yaml:"headers"`
 	Secret            string              `yaml:"secret"`
 	Timeout           string              `yaml:"timeout"`
 	Threshold         *int                `yaml:"threshold"`
@@ -110,7 +130,9 @@ func Parse(data []byte) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
-		return nil, err
+		// yaml quotes the value it could not use: it may be a secret or
+		// a header's value, so only the line and the types are kept.
+		return nil, errors.New(yamlValueRE.ReplaceAllString(err.Error(), "a value"))
 	}
 	if len(f.Endpoints) > MaxEndpoints {
 		return nil, fmt.Errorf("%d endpoints, more than %d", len(f.Endpoints), MaxEndpoints)

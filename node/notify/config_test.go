@@ -92,9 +92,21 @@ func TestParseErrors(t *testing.T) {
 			}
 		})
 	}
-	// A secret is never in an error.
-	_, err := Parse([]byte("endpoints: [{name: a, url: 'http://h/', secret: topsecret, timeout: 1y}]"))
-	if err == nil || strings.Contains(err.Error(), "topsecret") {
-		t.Fatalf("err = %v", err)
+	// A secret or a header's value is never in an error.
+	for _, f := range []string{
+		"endpoints: [{name: a, url: 'http://h/', secret: topsecret, timeout: 1y}]",
+		"endpoints: [{name: a, url: 'http://h/', secret: [topsecret]}]",
+		"endpoints: [{name: a, url: 'http://h/', threshold: topsecret}]",
+		"endpoints: [{name: a, url: 'http://h/', headers: {Authorization: {Bearer: topsecret}}}]",
+	} {
+		_, err := Parse([]byte(f))
+		if err == nil || strings.Contains(err.Error(), "topsecret") {
+			t.Errorf("%s: err = %v", f, err)
+		}
+	}
+	// One string is a header's one value.
+	c, err := Parse([]byte("endpoints: [{name: a, url: 'http://h/', headers: {Authorization: Bearer xyz}}]"))
+	if err != nil || c.Endpoints[0].Headers.Get("Authorization") != "Bearer xyz" {
+		t.Fatalf("a header as a string: %v", err)
 	}
 }
