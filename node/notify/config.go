@@ -96,17 +96,17 @@ type Endpoint struct {
 }
 
 type fileEndpoint struct {
-	Name              string              `yaml:"name"`
-	URL               string              `yaml:"url"`
+	Name              string                  `yaml:"name"`
+	URL               string                  `yaml:"url"`
 	Headers           map[string]headerValues `yaml:"headers"`
-	Secret            string              `yaml:"secret"`
-	Timeout           string              `yaml:"timeout"`
-	Threshold         *int                `yaml:"threshold"`
-	Backoff           string              `yaml:"backoff"`
-	MaxBackoff        string              `yaml:"maxbackoff"`
-	Events            []string            `yaml:"events"`
-	Repositories      []string            `yaml:"repositories"`
-	IgnoredMediaTypes []string            `yaml:"ignoredmediatypes"`
+	Secret            string                  `yaml:"secret"`
+	Timeout           string                  `yaml:"timeout"`
+	Threshold         *int                    `yaml:"threshold"`
+	Backoff           string                  `yaml:"backoff"`
+	MaxBackoff        string                  `yaml:"maxbackoff"`
+	Events            []string                `yaml:"events"`
+	Repositories      []string                `yaml:"repositories"`
+	IgnoredMediaTypes []string                `yaml:"ignoredmediatypes"`
 	Ignore            struct {
 		MediaTypes []string `yaml:"mediatypes"`
 		Actions    []string `yaml:"actions"`
