@@ -57,6 +57,10 @@ const (
 	// compactAfter is how many dead records a log keeps at least before
 	// it is rewritten without them.
 	compactAfter = 4096
+	// maxSeq bounds sequence numbers read back: a damaged file must not
+	// make the next one wrap around (a million events a second take
+	// 146,000 years to reach it).
+	maxSeq = 1 << 62
 )
 
 // openQueue opens (or creates) the queue in dir, keeping at most max
@@ -69,7 +73,10 @@ func openQueue(dir string, max int) (q *queue, skipped, dropped int, err error) 
 	}
 	q = &queue{dir: dir, max: max, wake: make(chan struct{}, 1), compact: compactAfter}
 	if b, err := os.ReadFile(filepath.Join(dir, ackedName)); err == nil {
-		if q.acked, err = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err != nil {
+		if q.acked, err = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil && q.acked >= maxSeq {
+			err = errors.New("sequence number out of range")
+		}
+		if err != nil {
 			return nil, 0, 0, fmt.Errorf("notification queue %s: %s is damaged (%v): delete it to send every queued event again", dir, ackedName, err)
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
@@ -124,7 +131,7 @@ func (q *queue) load(f *os.File) (good int64, skipped int, err error) {
 		}
 		good += int64(len(line))
 		var rec record
-		if json.Unmarshal(line, &rec) != nil || rec.Seq == 0 || len(rec.Event) == 0 || len(line) > maxRecord {
+		if json.Unmarshal(line, &rec) != nil || rec.Seq == 0 || rec.Seq >= maxSeq || len(rec.Event) == 0 || len(line) > maxRecord {
 			skipped++
 			continue
 		}
