@@ -375,3 +375,60 @@ func TestQueueFullDropsOldest(t *testing.T) {
 		t.Fatalf("delivered %s, want the newest three; logs:\n%s", got, logs.String())
 	}
 }
+
+// TestHostileReceivers: a receiver that hangs is cut off at the timeout
+// and retried; a redirect is a failure (the body and its signature go
+// nowhere else); neither stops delivery.
+func TestHostileReceivers(t *testing.T) {
+	t.Parallel()
+	var other, hung sync.Once
+	var otherHit bool
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { other.Do(func() { otherHit = true }) }))
+	defer elsewhere.Close()
+	rc := &receiver{t: t}
+	var mu sync.Mutex
+	calls := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		calls++
+		c := calls
+		mu.Unlock()
+		switch c {
+		case 1: // hangs until the sender gives up (the server notices once the body is read)
+			_, _ = io.Copy(io.Discard, r.Body)
+			hung.Do(func() {
+				select {
+				case <-r.Context().Done():
+				case <-time.After(10 * time.Second):
+				}
+			})
+		case 2:
+			http.Redirect(w, r, elsewhere.URL, http.StatusTemporaryRedirect)
+		default:
+			rc.ServeHTTP(w, r)
+		}
+	}))
+	defer srv.Close()
+	dir := t.TempDir()
+	file := filepath.Join(dir, "notifications.yaml")
+	writeFile(t, file, fmt.Sprintf("endpoints: [{name: r, url: '%s', timeout: 200ms, backoff: 20ms, maxbackoff: 50ms}]", srv.URL))
+	n, err := Open(file, filepath.Join(dir, "q"), "n", testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	defer startRun(t, n)()
+	start := time.Now()
+	n.Notify(context.Background(), push("app", "v1"))
+	evs := rc.waitFor(t, 1)
+	if evs[0].Target.Tag != "v1" || time.Since(start) > 5*time.Second {
+		t.Fatalf("delivered %+v after %s", evs, time.Since(start))
+	}
+	st := n.Status().Endpoints[0]
+	if st.Failures["error"] != 1 || st.Failures["307"] != 1 || st.Sent != 1 {
+		t.Fatalf("status %+v, want one timeout (error), one 307, one sent", st)
+	}
+	if otherHit {
+		t.Fatal("the redirect was followed")
+	}
+}

@@ -190,3 +190,22 @@ func BenchmarkQueuePush(b *testing.B) {
 		}
 	}
 }
+
+// TestQueueSkipsDamaged: a record damaged in the middle of the log is
+// skipped and counted; those around it are kept.
+func TestQueueSkipsDamaged(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	log := "{\"seq\":1,\"event\":{\"id\":\"e1\"}}\n{\"seq\":2,\"eve\x00\x01\n{\"seq\":3,\"event\":{\"id\":\"e3\"}}\n"
+	if err := os.WriteFile(filepath.Join(dir, logName), []byte(log), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	q, skipped, _, err := openQueue(dir, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.close()
+	if got := seqs(q); skipped != 1 || fmt.Sprint(got) != `[{"id":"e1"} {"id":"e3"}]` {
+		t.Fatalf("skipped %d, pending %v", skipped, got)
+	}
+}
