@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -226,9 +227,19 @@ func TestNotificationsCluster(t *testing.T) {
 		return dups
 	}
 
-	// 1. Pushes through nodes 1 and 3: each seen once, from the node that took it.
+	// 1. Pushes through nodes 1 and 3: each seen once, from the node that
+	// took it; crane's push (blobs, then the manifest) is one event too.
 	pushN(n1, "one", 10)
 	pushN(n3, "three", 10)
+	work := t.TempDir()
+	crane := testnet.Runner{T: t, Path: testnet.Tool(t, "crane"), Dir: work, Env: []string{"HOME=" + work}}
+	layer := filepath.Join(work, "layer.tar")
+	if _, err := testnet.WriteLayerTar(layer, "l", 2, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	ref := n3.Host() + "/hooks/app:crane"
+	crane.Run("append", "--insecure", "--oci-empty-base", "-t", ref, "-f", layer)
+	want = append(want, pushed{ids[n3], "crane", strings.TrimSpace(string(crane.Run("digest", "--insecure", ref)))})
 	evs := rc.waitEvents(t, len(want), 20*time.Second)
 	time.Sleep(time.Second) // anything sent twice would show up by now
 	evs, _ = rc.snapshot()
