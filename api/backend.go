@@ -14,6 +14,9 @@ type Manifest struct {
 	Digest    digest.Digest
 	MediaType string
 	Body      []byte
+	// Warning, when set, is sent as a Warning header: a mirrored tag served
+	// from what the cluster knew because its upstream could not be asked.
+	Warning string
 }
 
 // Registry is everything the HTTP layer needs from a registry node. Names,
@@ -50,8 +53,8 @@ type Manifests interface {
 // Blobs reads and deletes blobs linked to a repository.
 type Blobs interface {
 	StatBlob(ctx context.Context, repo string, d digest.Digest) (int64, error)
-	// OpenBlob returns the blob's content; an *os.File lets the server use
-	// sendfile.
+	// OpenBlob returns the blob's content; an *os.File (or a FileReader
+	// over one) lets the server use sendfile.
 	OpenBlob(ctx context.Context, repo string, d digest.Digest) (io.ReadSeekCloser, int64, error)
 	DeleteBlob(ctx context.Context, repo string, d digest.Digest) error
 }

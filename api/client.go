@@ -127,6 +127,9 @@ func (w *idleWriter) ReadFrom(r io.Reader) (int64, error) {
 	if limited {
 		src, remaining = lr.R, lr.N
 	}
+	if f, ok := src.(FileReader); ok && f.OSFile() != nil {
+		src = f.OSFile() // a wrapper of a file (a read the node tracks)
+	}
 	if _, ok := src.(*os.File); !ok {
 		return io.Copy(writerOnly{w}, r)
 	}
@@ -153,6 +156,13 @@ func (w *idleWriter) ReadFrom(r io.Reader) (int64, error) {
 		}
 	}
 	return total, nil
+}
+
+// FileReader is a blob's content that wraps an *os.File (the node tracks
+// the read until Close): the server sends the file with sendfile, as it
+// does an *os.File. Reads and seeks of the wrapper must be the file's.
+type FileReader interface {
+	OSFile() *os.File
 }
 
 // writerOnly hides every method but Write, so io.Copy uses Write.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/meshreg/meshreg/api/auth"
 	"github.com/meshreg/meshreg/api/oci"
@@ -55,6 +56,9 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, err error) 
 	if status == http.StatusUnauthorized && h.cfg.Auth != nil {
 		w.Header().Set("WWW-Authenticate", h.challenge(r))
 	}
+	if e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", itoa(int64((e.RetryAfter+time.Second-1)/time.Second)))
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", itoa(int64(len(body))))
 	w.WriteHeader(status)
@@ -70,14 +74,17 @@ func (h *Handler) challenge(r *http.Request) string {
 	if !ok {
 		return h.cfg.Auth.Authn.Challenge()
 	}
-	return c.ChallengeFor(r, requestScope(r))
+	return c.ChallengeFor(r, h.requestScope(r))
 }
 
 // requestScope is the token scope a /v2/ request needs ("" for the base
 // route and the rest): "repository:NAME:pull", "repository:NAME:pull,push"
 // for a push (clients pull what they push), "repository:NAME:delete", or
 // "registry:catalog:*".
-func requestScope(r *http.Request) string {
+//
+// A pull that is the mirror's (see Mirroring) needs its scope on the
+// mirror's repository, <NS>/<repo>, where the policy applies.
+func (h *Handler) requestScope(r *http.Request) string {
 	rt := parseRoute(r.URL.Path)
 	switch rt.kind {
 	case routeUnknown, routeBase:
@@ -87,6 +94,9 @@ func requestScope(r *http.Request) string {
 	}
 	if validateName(rt.name) != nil {
 		return ""
+	}
+	if mirrored, err := h.routeMirror(r, rt); err == nil {
+		rt = mirrored
 	}
 	switch routeAction(rt.kind, r.Method) {
 	case auth.Push:

@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -345,4 +346,20 @@ func (s *Store) Walk(fn func(d digest.Digest, size int64) bool) error {
 		}
 	}
 	return nil
+}
+
+// ModTime returns when blob d's file was last written (committed), or
+// ErrNotFound. Garbage collection keeps files written after it began.
+func (s *Store) ModTime(d digest.Digest) (time.Time, error) {
+	if err := validate(d); err != nil {
+		return time.Time{}, err
+	}
+	fi, err := os.Lstat(s.blobPath(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return time.Time{}, fmt.Errorf("blobstore: stat %s: %w", d, ErrNotFound)
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("blobstore: stat %s: %w", d, err)
+	}
+	return fi.ModTime(), nil
 }

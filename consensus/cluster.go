@@ -50,6 +50,9 @@ const (
 	CodeCanceled  = "canceled"
 	CodeDeadline  = "deadline_exceeded"
 	CodeInternal  = "internal"
+	// CodeBlobCollected: ErrBlobCollected (a push raced a garbage
+	// collection).
+	CodeBlobCollected = "blob_collected"
 )
 
 // ErrorCode is the code a forwarded write's error travels as: "" for nil,
@@ -65,6 +68,8 @@ func ErrorCode(err error) string {
 		return CodeNotLeader
 	case errors.Is(err, ErrInvalidCommand):
 		return CodeInvalid
+	case errors.Is(err, ErrBlobCollected):
+		return CodeBlobCollected
 	case errors.Is(err, context.Canceled):
 		return CodeCanceled
 	case errors.Is(err, context.DeadlineExceeded):
@@ -91,6 +96,8 @@ func (e *ForwardError) Unwrap() error {
 		return ErrNotLeader
 	case CodeInvalid:
 		return ErrInvalidCommand
+	case CodeBlobCollected:
+		return ErrBlobCollected
 	case CodeCanceled:
 		return context.Canceled
 	case CodeDeadline:
@@ -101,7 +108,8 @@ func (e *ForwardError) Unwrap() error {
 
 // ApplyForwarded commits a write a follower forwarded (the leader's side of
 // the Forwarder RPC): cmd must decode to a valid command, else the error
-// wraps ErrInvalidCommand. It never forwards again: on a node that is not
+// wraps ErrInvalidCommand. The followers learn of the commit at once (see
+// notifyCommits). It never forwards again: on a node that is not
 // the leader it fails with ErrNotLeader, and the follower may retry. Safe for
 // concurrent use.
 func (s *Store) ApplyForwarded(ctx context.Context, cmd []byte) error {
@@ -112,7 +120,9 @@ func (s *Store) ApplyForwarded(ctx context.Context, cmd []byte) error {
 	if err := c.Validate(); err != nil {
 		return fmt.Errorf("forwarded write: %w", err)
 	}
-	return s.apply(ctx, cmd)
+	// The follower answers its client once it applied the write: tell it
+	// of the commit at once (notify.go).
+	return s.apply(ctx, cmd, true)
 }
 
 // forward sends an encoded command to the leader through the Forwarder.

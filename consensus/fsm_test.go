@@ -6,12 +6,15 @@ import (
 	"io"
 	"maps"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
-	"github.com/meshreg/meshreg/consensus/state"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/meshreg/meshreg/consensus/state"
 )
 
 // applyCmd applies c as the command entry at index.
@@ -134,7 +137,17 @@ func TestFSMSnapshotRestore(t *testing.T) {
 	}
 	apply(command{Op: opDeleteManifest, Repo: "repo-1", Digest: manifest("repo-1", "1", subject.Digest).Digest})
 	apply(command{Op: state.OpPutSetting, Name: state.SettingAuthTokenKeys, Body: []byte(`{"keys":[]}`)})
+	// A garbage collection: its tombstones and touches travel too.
+	swept := []state.SweepBlob{
+		{Digest: digest.FromString("blob0"), Repos: []string{"repo-0"}},
+		{Digest: digest.FromString("blob1"), Repos: []string{"repo-1"}},
+	}
+	slices.SortFunc(swept, func(a, b state.SweepBlob) int { return strings.Compare(string(a.Digest), string(b.Digest)) })
+	apply(command{Op: state.OpGCSweep, MarkIndex: index, Time: 2, Cutoff: 1, Sweep: swept})
 	want := dump(t, src)
+	if !slices.ContainsFunc(slices.Collect(maps.Keys(want)), func(k string) bool { return strings.HasPrefix(k, "x") }) {
+		t.Fatal("the collection left no tombstone to snapshot")
+	}
 
 	snap, err := src.Snapshot()
 	if err != nil {
@@ -219,5 +232,42 @@ func TestFSMSkipsNonCommandEntries(t *testing.T) {
 	}
 	if idx, err := f.appliedIndex(); idx != 0 || err != nil {
 		t.Errorf("applied index = %d, %v; want 0", idx, err)
+	}
+}
+
+// A mirrored tag travels in snapshots: a node restored from one serves the
+// same digest with the same check time.
+func TestFSMSnapshotKeepsMirrorTags(t *testing.T) {
+	t.Parallel()
+	src := openFSM(t)
+	m := manifest("docker.io/library/app", "index", "")
+	if err := applyCmd(t, src, 1, putCmd(m, "")); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 11, 30, 10, 0, 0, 0, time.UTC)
+	tagCmd := command{Op: state.OpPutMirrorTag, Upstream: "docker.io", Repo: m.Repo, Tag: "v1", Digest: m.Digest,
+		MediaType: m.MediaType, Size: int64(len(m.Body)), CheckedAt: at.UnixNano()}
+	if err := applyCmd(t, src, 2, tagCmd); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := src.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	snap.Release()
+	dst := openFSM(t)
+	if err := dst.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	var rec MirrorTag
+	if err := dst.view(func(r state.Reader) (err error) { rec, err = r.MirrorTag(m.Repo, "v1"); return err }); err != nil {
+		t.Fatalf("restored MirrorTag: %v", err)
+	}
+	if rec.Digest != m.Digest || !rec.CheckedAt.Equal(at) || rec.Upstream != "docker.io" {
+		t.Fatalf("restored mirrored tag = %+v", rec)
 	}
 }

@@ -70,6 +70,10 @@ func FuzzFSMApply(f *testing.F) {
 	f.Add(fuzzCommands(f, command{Op: 99, Repo: "team/app"}))
 	f.Add(fuzzCommands(f, command{Op: state.OpPutSetting, Name: state.SettingAuthTokenKeys, Body: []byte(`{"keys":[]}`)}))
 	f.Add(fuzzCommands(f, command{Op: state.OpPutSetting, Name: "retention", Body: []byte("x")}))
+	f.Add(fuzzCommands(f, putCmd(manifest("docker.io/library/app", "m", ""), ""),
+		command{Op: state.OpPutMirrorTag, Upstream: "docker.io", Repo: "docker.io/library/app", Tag: "v1", Digest: manifest("docker.io/library/app", "m", "").Digest,
+			MediaType: m.MediaType, Size: 10, CheckedAt: 1_800_000_000_000_000_000}))
+	f.Add(fuzzCommands(f, command{Op: state.OpPutMirrorTag, Upstream: "evil/x", Repo: "app", Tag: "v1", Digest: m.Digest, CheckedAt: -1}))
 	f.Add([]byte{byte(opPutManifest), '{'})
 	f.Add([]byte{})
 	// Issue 9, finding 1: ~10,000 tags of 60 characters in one PUT.
@@ -81,6 +85,14 @@ func FuzzFSMApply(f *testing.F) {
 		command{Op: opPutManifest, Repo: m.Repo, Digest: m.Digest, Tags: manyTags("c", 5000, 8), MediaType: m.MediaType, Body: m.Body},
 		command{Op: opDeleteManifest, Repo: m.Repo, Digest: m.Digest},
 	))
+
+	// Garbage collection: a sweep of the base state's layer, then a put
+	// checked before it; a sweep marked in its future.
+	layer := []state.SweepBlob{{Digest: digest.FromString("layer"), Repos: []string{"team/app"}}}
+	f.Add(fuzzCommands(f,
+		command{Op: state.OpGCSweep, MarkIndex: 3, Time: 10, Cutoff: 10, Sweep: layer},
+		command{Op: opPutManifest, Repo: m.Repo, Digest: m.Digest, MediaType: m.MediaType, Body: m.Body, CheckIndex: 2}))
+	f.Add(fuzzCommands(f, command{Op: state.OpGCSweep, MarkIndex: 1 << 40, Time: 10, Cutoff: 10, Sweep: layer}))
 
 	fsm := openFSM(f)
 	base := []command{putCmd(m, "latest"), putCmd(ref, "sig"), {Op: opLinkBlob, Repo: m.Repo, Digest: digest.FromString("layer"), Size: 4096}}

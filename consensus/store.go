@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -42,6 +43,9 @@ var (
 	// bytes given to ApplyForwarded or found in the log are not a valid
 	// write. The FSM refuses such an entry the same way on every node.
 	ErrInvalidCommand = state.ErrInvalidCommand
+	// ErrBlobCollected: a manifest put references a blob garbage
+	// collection removed after the put checked it (see state/gc.go).
+	ErrBlobCollected = state.ErrBlobCollected
 	// ErrStorageFailed: the FSM could not write to its database (disk I/O,
 	// no space): it applies nothing more until the node restarts.
 	ErrStorageFailed = errors.New("metadata storage failed")
@@ -106,6 +110,9 @@ type Config struct {
 
 	// tune, set by tests only, adjusts the Raft configuration.
 	tune func(*raft.Config)
+	// quietCommits, set by benchmarks only, turns the commit notification
+	// off (notify.go), to measure what it saves.
+	quietCommits bool
 }
 
 // DefaultConfig returns the configuration of a one-node cluster; Dir and
@@ -188,9 +195,9 @@ func raftConfig(c Config, logger *hclogAdapter) *raft.Config {
 const gcInterval = 10 * time.Minute
 
 // Store is the replicated metadata store. Its methods are safe for
-// concurrent use. It owns two goroutines (value-log GC, publishing the
-// cluster view to watchers) besides raft's and badger's; Close stops them
-// all.
+// concurrent use. It owns three goroutines (value-log GC, publishing the
+// cluster view to watchers, telling followers of commits) besides raft's
+// and badger's; Close stops them all.
 type Store struct {
 	cfg    Config
 	log    *slog.Logger
@@ -210,6 +217,19 @@ type Store struct {
 	cluster  *hub[State]
 	applied  *hub[Applied]
 	observer *raft.Observer
+
+	// readTerm is the last term in which ReadIndex committed a barrier
+	// (readindex.go).
+	readTerm atomic.Uint64
+	// notify asks notifyLoop to send the commit index to the followers
+	// (notify.go).
+	notify chan struct{}
+	// pending is the commit notifyLoop has to tell (notify.go).
+	// last is raft's last index when the latest write was notified.
+	pending struct {
+		sync.Mutex
+		last uint64
+	}
 
 	stop      chan struct{} // closed by Close
 	wg        sync.WaitGroup
@@ -290,7 +310,7 @@ func Open(cfg Config) (s *Store, err error) {
 	undo[0] = func() {} // raft owns the transport now: Shutdown closes it
 	undo = append(undo, func() { _ = r.Shutdown().Error() })
 
-	s = &Store{cfg: cfg, log: log, raft: r, fsm: f, raftDB: raftDB, stop: make(chan struct{}),
+	s = &Store{cfg: cfg, log: log, raft: r, fsm: f, raftDB: raftDB, stop: make(chan struct{}), notify: make(chan struct{}, 1),
 		cluster: newHub(watchBuffer, State{}), applied: appliedHub}
 	if !cfg.NoBootstrap && s.alone() {
 		if err := s.waitForLeader(cfg.LeaderTimeout); err != nil {
@@ -301,9 +321,10 @@ func Open(cfg Config) (s *Store, err error) {
 	s.observer = raft.NewObserver(obs, false, watchedObservation)
 	r.RegisterObserver(s.observer)
 	s.refresh() // Watch works as soon as Open returns
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go s.gcLoop()
 	go s.watchLoop(obs, kick)
+	go s.notifyLoop()
 	return s, nil
 }
 
@@ -433,7 +454,7 @@ func (s *Store) CheckPutManifest(m ManifestRecord, tags ...string) error {
 func putCommand(m ManifestRecord, tags []string) state.Command {
 	return state.Command{Op: state.OpPutManifest, Repo: m.Repo, Digest: m.Digest, Tags: tags,
 		MediaType: m.MediaType, ArtifactType: m.ArtifactType, Subject: m.Subject,
-		Annotations: state.BoundedAnnotations(m.Annotations), Body: m.Body}
+		Annotations: state.BoundedAnnotations(m.Annotations), Body: m.Body, CheckIndex: m.CheckIndex}
 }
 
 // DeleteManifest removes the manifest from the repository, with every tag in
@@ -450,7 +471,8 @@ func (s *Store) DeleteTag(ctx context.Context, repo, tag string) error {
 
 // LinkBlob makes the blob pullable from the repository.
 func (s *Store) LinkBlob(ctx context.Context, repo string, d digest.Digest, size int64) error {
-	return s.write(ctx, state.Command{Op: state.OpLinkBlob, Repo: repo, Digest: d, Size: size})
+	// The proposer's clock dates the link for the GC's grace period.
+	return s.write(ctx, state.Command{Op: state.OpLinkBlob, Repo: repo, Digest: d, Size: size, Time: time.Now().UnixNano()})
 }
 
 // UnlinkBlob removes the blob from the repository; ErrNotFound if it is not
@@ -483,7 +505,7 @@ func (s *Store) write(ctx context.Context, c state.Command) error {
 		return err
 	}
 	if s.cfg.Forwarder == nil || s.raft.State() == raft.Leader {
-		err = s.apply(ctx, data)
+		err = s.apply(ctx, data, false)
 		// raft.ErrNotLeader means the entry was never taken, so trying
 		// the leader instead cannot apply it twice.
 		if s.cfg.Forwarder == nil || !errors.Is(err, raft.ErrNotLeader) {
@@ -494,9 +516,10 @@ func (s *Store) write(ctx context.Context, c state.Command) error {
 }
 
 // apply commits an encoded command through Raft and returns the FSM's
-// result. When ctx ends first it returns ctx's error at once; the write may
-// still commit.
-func (s *Store) apply(ctx context.Context, data []byte) error {
+// result; with notify, the followers learn of the commit at once
+// (notifyCommits). When ctx ends first it returns ctx's error at once; the
+// write may still commit.
+func (s *Store) apply(ctx context.Context, data []byte, notify bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -507,7 +530,12 @@ func (s *Store) apply(ctx context.Context, data []byte) error {
 		return fmt.Errorf("consensus: %w", ErrClosed)
 	}
 	f := s.raft.Apply(data, s.timeout(ctx))
-	err := wait(ctx, func() error { return result(f) })
+	err := wait(ctx, func() error {
+		if notify && f.Error() == nil { // committed and applied here, the leader
+			s.notifyCommits()
+		}
+		return result(f)
+	})
 	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 		return fmt.Errorf("consensus: waiting for commit: %w (the write may still be applied)", err)
 	}

@@ -1,9 +1,11 @@
 package consensus
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/meshreg/meshreg/consensus/state"
 )
@@ -29,4 +31,29 @@ func (s *Store) View(fn func(v *state.View) error) error {
 		}
 		return fn(v)
 	})
+}
+
+// GCSweep commits a garbage collection decision (state.OpGCSweep): the
+// blobs nothing referenced at markIndex and nothing linked or referenced
+// since are unlinked and tombstoned, the same on every node. start and
+// cutoff are Unix nanoseconds (when the collection began; links at or
+// after cutoff are kept). Validated before it is proposed.
+func (s *Store) GCSweep(ctx context.Context, markIndex uint64, start, cutoff int64, blobs []state.SweepBlob) error {
+	return s.write(ctx, state.Command{Op: state.OpGCSweep, MarkIndex: markIndex, Time: start, Cutoff: cutoff, Sweep: blobs})
+}
+
+// Tombstones returns up to n blobs collected by sweeps at indexes above
+// after, by index.
+func (s *Store) Tombstones(after uint64, n int) ([]state.Tombstone, error) {
+	return read(s, func(r state.Reader) ([]state.Tombstone, error) { return r.Tombstones(after, n) })
+}
+
+// BlobGC returns the index of the latest entry that linked or referenced d
+// and of the sweep that collected it (0: none).
+func (s *Store) BlobGC(d digest.Digest) (touched, tomb uint64, err error) {
+	err = s.view(func(r state.Reader) error {
+		touched, tomb, err = r.BlobGC(d)
+		return err
+	})
+	return touched, tomb, err
 }

@@ -51,6 +51,7 @@ const (
 	KindLinkBlob       = state.KindLinkBlob
 	KindUnlinkBlob     = state.KindUnlinkBlob
 	KindPutSetting     = state.KindPutSetting
+	KindGCSweep        = state.KindGCSweep
 	KindRestore        = state.KindRestore
 	KindInvalid        = state.KindInvalid
 )

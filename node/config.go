@@ -10,6 +10,7 @@ import (
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/buildinfo"
 	"github.com/meshreg/meshreg/node/fetch"
+	"github.com/meshreg/meshreg/node/mirror"
 	"github.com/meshreg/meshreg/p2p"
 )
 
@@ -94,6 +95,14 @@ type Config struct {
 	ScrubRate int64
 	// ScrubInterval is the pause between two scrub passes over every blob.
 	ScrubInterval time.Duration
+	// Mirror names the upstream registries the node mirrors (none: it
+	// mirrors nothing); see package mirror.
+	Mirror mirror.Config
+
+	// GCInterval is how often the leader runs a garbage collection (0:
+	// never; `meshreg gc` still runs one), with grace GCGrace.
+	GCInterval time.Duration
+	GCGrace    time.Duration
 
 	// Origins are where blobs of mirrored repositories come from when no
 	// peer holds them (the upstreams, by name); nil: none. A repository
@@ -133,6 +142,8 @@ func DefaultConfig() Config {
 		ScrubInterval:     DefaultScrubInterval,
 		TokenKeyRotation:  token.DefaultRotation,
 		TokenTTL:          token.DefaultTTL,
+		GCInterval:        24 * time.Hour,
+		GCGrace:           time.Hour,
 
 		MaxUploads:          1000,
 		MaxUploadsPerClient: 100,
@@ -143,6 +154,9 @@ func DefaultConfig() Config {
 func (c Config) Validate() error {
 	if err := c.checkRanges(); err != nil { // limits.go
 		return err
+	}
+	if err := c.Mirror.Validate(); err != nil {
+		return fmt.Errorf("node: %w", err)
 	}
 	switch {
 	case c.DataDir == "":

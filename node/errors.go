@@ -2,6 +2,7 @@ package node
 
 import (
 	"errors"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 
@@ -30,11 +31,18 @@ func blobError(err error, d digest.Digest) error {
 // metaError turns a metadata store error into the OCI error a client sees;
 // notFound is the code for a missing entry.
 func metaError(err error, notFound oci.Code, msg string) error {
+	var oe *oci.Error
 	switch {
 	case err == nil:
 		return nil
+	case errors.As(err, &oe): // a client's answer already (catchUp)
+		return err
 	case errors.Is(err, consensus.ErrNotFound):
 		return oci.Wrap(notFound, err, msg)
+	case errors.Is(err, consensus.ErrBlobCollected):
+		// A garbage collection freed a blob this push had checked: the
+		// message names it; pushing again uploads it again.
+		return oci.Wrap(oci.ManifestBlobUnknown, err, strings.TrimPrefix(strings.TrimPrefix(err.Error(), "leader: "), "consensus: "))
 	case errors.Is(err, consensus.ErrInvalidCommand):
 		// A bound of the metadata store (too many tags, a media type it
 		// does not store, ...): the message names it.

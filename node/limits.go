@@ -42,6 +42,8 @@ func (c Config) checkRanges() error {
 		{"--snapshot-interval", c.Consensus.SnapshotInterval, 100 * time.Millisecond, 24 * time.Hour},
 		{"--stabilization-time", c.StabilizationTime, 0, time.Hour},
 		{"--scrub-interval", c.ScrubInterval, time.Millisecond, 365 * 24 * time.Hour},
+		{"--gc-interval", c.GCInterval, 0, 365 * 24 * time.Hour},
+		{"--gc-grace", c.GCGrace, 0, 365 * 24 * time.Hour},
 	} {
 		if r.val < r.min || r.val > r.max {
 			errs = append(errs, fmt.Errorf("node: %s %s is out of range: use %s to %s", r.flag, r.val, r.min, r.max))

@@ -112,7 +112,21 @@ func (n *Node) tokenKeys() loop {
 		return idleLoop{}
 	}
 	leader := func() bool { return n.meta.Status().State == consensus.Leader }
-	return newTokenKeyRotator(store, leader, n.cfg.TokenKeyRotation, n.cfg.TokenTTL+token.Leeway, n.log.With("component", "token-keys"))
+	return newTokenKeyRotator(gatedSettings{store, n.membersApply}, leader, n.cfg.TokenKeyRotation, n.cfg.TokenTTL+token.Leeway, n.log.With("component", "token-keys"))
+}
+
+// gatedSettings writes a setting only once every member applies settings
+// (features.go): until then the write fails and the rotator tries again.
+type gatedSettings struct {
+	settingStore
+	membersApply func(state.Op) error
+}
+
+func (g gatedSettings) PutSetting(ctx context.Context, name string, body []byte) error {
+	if err := g.membersApply(state.OpPutSetting); err != nil {
+		return err
+	}
+	return g.settingStore.PutSetting(ctx, name, body)
 }
 
 // idleLoop waits for the end.

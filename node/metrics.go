@@ -4,6 +4,8 @@ import (
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshreg/meshreg/node/mirror"
 )
 
 // nodeMetrics are the node's counters for the blob paths between peers.
@@ -23,11 +25,15 @@ type nodeMetrics struct {
 	corrupt       prometheus.Counter     // stored blobs found corrupt and quarantined
 	corruptCount  atomic.Int64           // the same, for the status document
 	scrubbed      prometheus.Counter     // bytes re-hashed by the scrub
+	mirror        *mirror.Metrics        // per upstream (mirror.go)
 
 	originBlobs     prometheus.Counter // blobs fetched from origins (upstreams) by this node
 	originBytes     prometheus.Counter // bytes received from origins
 	originDelegated prometheus.Counter // origin fetches another member made for this node
 	originFallbacks prometheus.Counter // origin fetches made here after the chosen member failed
+
+	catchUps     *prometheus.CounterVec // reads that missed and caught up with the leader, by result
+	indexQueries prometheus.Counter     // read index queries (coalesced) made for them
 }
 
 func newNodeMetrics() *nodeMetrics {
@@ -60,6 +66,7 @@ func newNodeMetrics() *nodeMetrics {
 			Name: "meshreg_blobs_corrupt_total", Help: "Blobs on this node's disk found not to match their digest (when served or scrubbed); each was quarantined and fetched again from peers."}),
 		scrubbed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meshreg_scrub_bytes_total", Help: "Bytes of stored blobs re-hashed by the background scrub."}),
+		mirror: mirror.NewMetrics(),
 		originBlobs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meshreg_origin_blobs_fetched_total", Help: "Blobs this node fetched from their origin (an upstream registry) for the cluster."}),
 		originBytes: prometheus.NewCounter(prometheus.CounterOpts{
@@ -68,8 +75,17 @@ func newNodeMetrics() *nodeMetrics {
 			Name: "meshreg_origin_fetches_delegated_total", Help: "Blob fetches from an origin that this node asked the member chosen for the blob to make, streaming from it."}),
 		originFallbacks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meshreg_origin_fetch_fallbacks_total", Help: "Blob fetches from an origin this node made itself because the member chosen for the blob could not be asked, refused or failed."}),
+		catchUps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshreg_read_catchups_total",
+			Help: "Reads that found nothing locally and waited for the leader's read index before answering, by result: caught_up (then answered from local state, 404 if still absent), unavailable (no leader answered in time: 503)."},
+			[]string{"result"}),
+		indexQueries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshreg_read_index_queries_total", Help: "Queries for the leader's read index made for reads that missed (concurrent misses share one)."}),
 	}
 	m.writesRefused.WithLabelValues("disk")
+	for _, result := range []string{"caught_up", "unavailable"} {
+		m.catchUps.WithLabelValues(result)
+	}
 	for _, source := range []string{"local", "peer", "failed"} {
 		m.reads.WithLabelValues(source) // exported from the start, at 0
 	}
@@ -78,7 +94,18 @@ func newNodeMetrics() *nodeMetrics {
 
 func (m *nodeMetrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.bytesServed, m.bytesFetched, m.reads, m.penalties, m.fetchSeconds, m.fetchRate, m.lookup, m.replicated,
-		m.writesRefused, m.corrupt, m.scrubbed, m.originBlobs, m.originBytes, m.originDelegated, m.originFallbacks}
+		m.writesRefused, m.corrupt, m.scrubbed, m.originBlobs, m.originBytes, m.originDelegated, m.originFallbacks,
+		m.catchUps, m.indexQueries}
+}
+
+// registerMirror exports the mirror's metrics, with the rate-limit headroom
+// of each upstream that reports one.
+func (n *Node) registerMirror(reg prometheus.Registerer) {
+	if n.mirror == nil {
+		return
+	}
+	n.metrics.mirror.Register(reg)
+	n.registerUpstreamGauges(reg)
 }
 
 // RegisterMetrics adds the node's storage gauges to reg.
@@ -105,8 +132,10 @@ func (n *Node) RegisterMetrics(reg prometheus.Registerer) {
 			func() float64 { return float64(n.blobs.OpenUploads()) }),
 	)
 	reg.MustRegister(n.metrics.collectors()...)
+	reg.MustRegister(n.gc.collectors()...)
 	reg.MustRegister(buildInfoMetric(n.cfg.Build))
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshreg_p2p_streams_refused_total",
 		Help: "Inbound libp2p streams reset unread because the peer may not use the protocol (not a member)."},
 		func() float64 { return float64(n.host.RefusedStreams()) }))
+	n.registerMirror(reg)
 }

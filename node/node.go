@@ -24,8 +24,10 @@ import (
 	"github.com/meshreg/meshreg/blobstore"
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/fetch"
+	"github.com/meshreg/meshreg/node/mirror"
 	"github.com/meshreg/meshreg/node/notify"
 	"github.com/meshreg/meshreg/node/replicate"
+	"github.com/meshreg/meshreg/node/upstream"
 	"github.com/meshreg/meshreg/p2p"
 )
 
@@ -66,13 +68,23 @@ type Node struct {
 	// returns it.
 	fatal chan error
 
+	// readIndexes asks the leader for its read index for the reads that
+	// missed, coalesced (readindex.go).
+	readIndexes *readIndexes
+
 	// fetches copies blobs from peers to this disk, once each (fetch.go).
 	fetches *fetch.Engine
 	// origins is the fetches' source of last resort (origin.go).
 	origins *fetch.OriginSource
 	// replicas keeps --replicas copies of blobs (replicas.go).
 	replicas *replicate.Replicator
-	notify   *notify.Notifier // nil without --notifications
+	// mirror answers mirrored repositories (mirror.go); nil: none.
+	mirror *mirror.Mirror
+	// upstreams are the mirror's clients, by name (for their gauges).
+	upstreams map[string]*upstream.Registry
+	// gc is garbage collection: pins, sweeper, schedule (collect.go).
+	gc     *collector
+	notify *notify.Notifier // nil without --notifications
 
 	fetchMu         sync.Mutex                        // guards serving
 	serving         map[digest.Digest]map[peer.ID]int // peers this node sends each blob to
@@ -112,7 +124,8 @@ func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 	pc := cfg.P2P
 	pc.DataDir = cfg.DataDir
 	pc.Logger = log.With("component", "p2p")
-	pc.RouteTargets = routeTargets(cfg.Join) // advertise.go
+	pc.RouteTargets = routeTargets(cfg.Join)    // advertise.go
+	pc.UserAgent = userAgent(cfg.Build.Version) // features.go
 	host, err := p2p.NewHost(pc)
 	if err != nil {
 		return nil, fmt.Errorf("node: starting the libp2p host: %w", err)
@@ -158,10 +171,15 @@ func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 		_ = meta.Close()
 		return nil, fmt.Errorf("node: %w", err)
 	}
-	n = New(cfg, Parts{Blobs: diskBlobs{blobs}, Meta: meta, Transport: host, Providers: routing}, log, opts...)
+	n = New(cfg, Parts{Blobs: diskBlobs{blobs}, Meta: meta, Transport: host, Providers: routing, Files: blobs}, log, opts...)
 	n.fatal = fatal
 	n.dirLock = lock
 	n.notify = notifier
+	if err := n.startMirror(); err != nil {
+		n.dirLock = nil
+		_ = n.Close()
+		return nil, err
+	}
 	return n, nil
 }
 
@@ -186,8 +204,10 @@ func New(cfg Config, parts Parts, log *slog.Logger, opts ...Option) *Node {
 	n.disk = newDiskGuard(cfg.DataDir, cfg.MinFreeDisk, func() string { return n.host.ID().String() },
 		n.metrics.writesRefused.WithLabelValues("disk"), log.With("component", "disk"))
 	n.disk.warnSmall()
+	n.readIndexes = &readIndexes{query: n.queryReadIndex, work: n.bg}
 	n.fetches = n.newFetches()
 	n.replicas = n.newReplicas()
+	n.setUpCollector(parts.Files)
 	n.scrub = newScrubber(blobs, n.metrics.scrubbed, cfg.ScrubRate, cfg.ScrubInterval, log)
 	blobs.OnCorrupt(n.blobCorrupt)
 	n.gate = newPeerGate()
@@ -211,7 +231,9 @@ func (n *Node) serveProtocols(s ProtocolServer) {
 	s.HandleRequests(replicate.HasProtocol, maxControlLen, rpcTimeout, n.replicas.ServeHas)
 	s.HandleRequests(replicate.ReplicateProtocol, maxControlLen, replicate.Timeout, n.replicas.ServeReplicate)
 	s.HandleRequests(vouchProtocol, maxControlLen, rpcTimeout, n.serveVouch)
+	s.HandleRequests(mirrorProtocol, maxControlLen, rpcTimeout, n.serveMirror)
 	s.HandleRequests(originProtocol, maxControlLen, rpcTimeout, n.serveOriginFetch)
+	s.HandleRequests(gcReportProtocol, maxControlLen, gcReportTimeout, n.serveGCReport)
 	s.ServeBlobs(n.cfg.PeerIdleTimeout, n.serveBlob)
 }
 
@@ -222,7 +244,7 @@ func (n *Node) serveProtocols(s ProtocolServer) {
 // errgroup (loops.go): a failure of the metadata store's storage stops
 // them all, and Run returns it. Run returns once every loop has stopped.
 func (n *Node) Run(ctx context.Context) error {
-	return runLoops(ctx,
+	return runLoops(ctx, append(n.gcLoops(),
 		storageWatch{failed: n.fatal},
 		newMesher(meshEvery, n.meshRound),
 		n.scrub,
@@ -235,7 +257,7 @@ func (n *Node) Run(ctx context.Context) error {
 		newUploadExpiry(n.blobs, n.cfg.UploadIdleTimeout, n.forgetExpiredUploads, n.log),
 		n.tokenKeys(),
 		n.notifications(),
-	)
+	)...)
 }
 
 // Close hands leadership to another voter if this node leads one, then

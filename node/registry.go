@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -19,28 +18,28 @@ import (
 	"github.com/meshreg/meshreg/node/replicate"
 )
 
-// readCatchUpTimeout bounds the catch-up of a read that found nothing.
-const readCatchUpTimeout = 2 * time.Second
-
-// orCatchUp runs a metadata read; when it finds nothing on a follower, it
-// catches up with the leader and reads again, so content written through
-// another node a moment ago (a push to node 1, then a pull through node 3)
-// is found here too. Only misses pay the round trip to the leader; a node
-// that cannot reach one answers from what it has.
+// orCatchUp runs a metadata read; when it finds nothing, it catches up
+// with the leader and reads again (see catchUp), so content acknowledged
+// through another node a moment ago (a push to node 1, then a pull through
+// node 3; a push acknowledged just before the leader died) is found here
+// too, and a miss is a 404 only once this node has applied every write
+// acknowledged before it. Only misses pay the round trip to the leader; a
+// node that cannot reach one in time answers 503, not 404.
 func orCatchUp[T any](ctx context.Context, n *Node, read func() (T, error)) (T, error) {
 	v, err := read()
-	if !errors.Is(err, consensus.ErrNotFound) || n.meta.Status().State == consensus.Leader {
+	if !errors.Is(err, consensus.ErrNotFound) {
 		return v, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, readCatchUpTimeout)
-	defer cancel()
-	if n.catchUp(ctx) != nil {
-		return v, err
+	if cerr := n.catchUp(ctx); cerr != nil {
+		return v, cerr
 	}
 	return read()
 }
 
 func (n *Node) GetManifest(ctx context.Context, repo, reference string) (api.Manifest, error) {
+	if up, upRepo, ok := n.mirror.Split(repo); ok {
+		return n.mirrorManifest(ctx, repo, up, upRepo, reference)
+	}
 	d, err := n.resolve(ctx, repo, reference)
 	if err != nil {
 		return api.Manifest{}, err
@@ -94,13 +93,22 @@ func (n *Node) PutManifest(ctx context.Context, repo, reference, contentType str
 	if err := n.meta.CheckPutManifest(rec, tags...); err != nil {
 		return "", "", metaError(err, oci.ManifestInvalid, "")
 	}
+	// The put carries the index the check below reads at or after: if a
+	// garbage collection frees one of the blobs after it, the put fails
+	// when applied (consensus/state/gc.go), never commits a manifest whose
+	// blob is gone.
+	rec.CheckIndex = n.meta.AppliedIndex()
 	if err := n.checkReferences(repo, p); err != nil {
 		// This node's state may lag the leader's: the blobs may have been
 		// pushed through another node a moment ago. Catch up, then check
 		// again.
-		if !errors.Is(err, oci.ManifestBlobUnknown) || n.catchUp(ctx) != nil {
+		if !errors.Is(err, oci.ManifestBlobUnknown) {
 			return "", "", err
 		}
+		if cerr := n.catchUp(ctx); cerr != nil {
+			return "", "", cerr
+		}
+		rec.CheckIndex = n.meta.AppliedIndex()
 		if err := n.checkReferences(repo, p); err != nil {
 			return "", "", err
 		}
@@ -111,6 +119,9 @@ func (n *Node) PutManifest(ctx context.Context, repo, reference, contentType str
 	}
 	if err := n.ensureReplicas(ctx, refs); err != nil {
 		return "", "", err
+	}
+	if n.opts.beforeManifestCommit != nil {
+		n.opts.beforeManifestCommit(repo, d)
 	}
 	if err := n.meta.PutManifest(ctx, rec, tags...); err != nil {
 		return "", "", metaError(n.disk.mapError(err), oci.ManifestUnknown, "storing manifest "+d.String())
@@ -158,7 +169,7 @@ func (n *Node) DeleteManifest(ctx context.Context, repo, reference string) error
 }
 
 func (n *Node) Tags(ctx context.Context, repo, last string, limit int) ([]string, error) {
-	tags, err := n.meta.Tags(repo, last, limit)
+	tags, err := orCatchUp(ctx, n, func() ([]string, error) { return n.meta.Tags(repo, last, limit) })
 	return tags, metaError(err, oci.NameUnknown, "repository "+repo+" is not known to this registry")
 }
 
@@ -200,6 +211,19 @@ func (n *Node) OpenBlob(ctx context.Context, repo string, d digest.Digest) (io.R
 		}
 		return nil, 0, metaError(err, oci.BlobUnknown, "blob "+d.String()+" is not in repository "+repo)
 	}
+	// In use until the reader closes: garbage collection keeps it.
+	release := n.pinBlob(d)
+	r, size, err := n.openLinkedBlob(ctx, repo, d, linked)
+	if err != nil {
+		release()
+		return nil, 0, err
+	}
+	return pinnedReader{r, release}, size, nil
+}
+
+// openLinkedBlob opens blob d, linked with size linked, from this node's
+// disk or from peers.
+func (n *Node) openLinkedBlob(ctx context.Context, repo string, d digest.Digest, linked int64) (io.ReadSeekCloser, int64, error) {
 	// Verified as it streams: a copy that rotted on disk is cut short
 	// before its last byte, quarantined and fetched again (blobCorrupt).
 	f, size, err := n.blobs.OpenVerified(d)
@@ -250,6 +274,9 @@ func (n *Node) PutBlob(ctx context.Context, repo string, d digest.Digest, r io.R
 	if err := n.disk.check(); err != nil {
 		return 0, err
 	}
+	// Kept from garbage collection until linked (its file may be an old
+	// copy the collection is about to free).
+	defer n.pinBlob(d)()
 	size, err := n.blobs.Put(d, n.disk.reader(r))
 	if err != nil {
 		return 0, blobError(n.disk.mapError(err), d)
@@ -368,6 +395,7 @@ func (n *Node) FinishUpload(ctx context.Context, repo, id string, d digest.Diges
 	if err := n.disk.check(); err != nil {
 		return 0, err
 	}
+	defer n.pinBlob(d)() // as in PutBlob
 	size, err := u.Commit(d)
 	if err != nil {
 		return 0, blobError(n.disk.mapError(err), d)

@@ -15,6 +15,7 @@ import (
 	"github.com/meshreg/meshreg/blobstore"
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/fetch"
+	"github.com/meshreg/meshreg/node/gc"
 	"github.com/meshreg/meshreg/p2p"
 )
 
@@ -31,6 +32,9 @@ type Parts struct {
 	Meta      Metadata
 	Transport Transport
 	Providers Providers
+	// Files, if not nil, lets garbage collection delete blob files (the
+	// same store as Blobs); nil: this node frees nothing on its disk.
+	Files gc.Files
 }
 
 // MetadataReader reads the replicated metadata. Reads are local: on a
@@ -47,6 +51,11 @@ type MetadataReader interface {
 	AppliedIndex() uint64
 	// WaitApplied returns once this node applied the log up to index.
 	WaitApplied(ctx context.Context, index uint64) error
+	// ReadIndex, on the leader, confirms the leadership and returns an
+	// index covering every write acknowledged before the call: a node that
+	// applied up to it may answer a miss as "not found". Elsewhere it fails
+	// with consensus.ErrNotLeader.
+	ReadIndex(ctx context.Context) (uint64, error)
 }
 
 // MetadataWriter changes the replicated metadata. A write returns once
@@ -101,6 +110,10 @@ type Identity interface {
 	RaftAddress() string
 	// PrivateKey signs what peers must trust came from ID (join tokens).
 	PrivateKey() crypto.PrivKey
+	// AgentVersion is what peer p said it runs (libp2p identify's user
+	// agent; features.go reads the newest Raft op in it), "" when this
+	// node never heard from p.
+	AgentVersion(p peer.ID) string
 }
 
 // PeerRequester asks other peers: control requests (one message each way)

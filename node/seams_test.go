@@ -102,6 +102,10 @@ func testMetadata(t *testing.T, m Metadata, self string) {
 		t.Errorf("WaitApplied(an index never written) = %v; want the context's deadline", err)
 	}
 	cancel()
+	// ReadIndex on the leader covers what it applied.
+	if idx, err := m.ReadIndex(ctx); err != nil || idx < m.AppliedIndex() {
+		t.Errorf("ReadIndex on the leader = %d, %v; want at least the applied index %d", idx, err, m.AppliedIndex())
+	}
 	notFound := func(what string, err error) {
 		t.Helper()
 		if !errors.Is(err, consensus.ErrNotFound) {

@@ -54,7 +54,12 @@ func (n *Node) serveBlob(ctx context.Context, from peer.ID, req p2p.BlobRequest)
 		body.Close()
 		return p2p.BlobAnswer{Status: p2p.BlobNotFound, Message: err.Error()}, nil
 	}
-	release := n.startServing(d, from)
+	// Pinned while it streams, so garbage collection keeps it (a file it
+	// deletes between the open and the pin is still read whole: the open
+	// file keeps its inode).
+	unpin := n.pinBlob(d)
+	stop := n.startServing(d, from)
+	release := func() { stop(); unpin() }
 	var r io.Reader = body
 	if n.opts.serveFault != nil {
 		r = n.opts.serveFault(d, r)

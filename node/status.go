@@ -8,6 +8,7 @@ import (
 
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/buildinfo"
+	"github.com/meshreg/meshreg/node/mirror"
 	"github.com/meshreg/meshreg/node/notify"
 )
 
@@ -63,6 +64,9 @@ type Status struct {
 	// that fails, peers before a bootstrap, a rejoin after removal); absent
 	// once it is one.
 	Join *JoinStatus `json:"join,omitempty"`
+	// Upstreams are the registries this node mirrors, with their last
+	// success and last error.
+	Upstreams []mirror.Status `json:"upstreams,omitempty"`
 	// Notifications are the webhooks this node sends (absent without
 	// --notifications).
 	Notifications *notify.Status `json:"notifications,omitempty"`
@@ -122,6 +126,7 @@ func (n *Node) Status(ctx context.Context) any {
 		Removed: n.removed() || n.join.removedWhileDown(),
 		Join:    n.join.status(),
 
+		Upstreams:     n.mirrorStatus(),
 		Notifications: n.notificationStatus(),
 	}
 }

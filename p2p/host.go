@@ -85,6 +85,10 @@ type Config struct {
 	// port is used) or a multiaddr without /p2p/. Empty: chosen among the
 	// listen addresses (see advertise.go).
 	Advertise string
+	// UserAgent is what identify tells other peers this host runs (the
+	// release and the Raft commands it applies, see node/features.go);
+	// empty: libp2p's default.
+	UserAgent string
 	// RouteTargets are hosts (names or IPs) of other nodes, from --join:
 	// without Advertise, the address the route to them leaves from is
 	// preferred.
@@ -221,6 +225,9 @@ func NewHost(cfg Config) (*Host, error) {
 	}
 	hst := &Host{gater: cfg.Gater, log: log, private: cfg.PrivateNetworkKey != nil}
 	opts = append(opts, libp2p.ListenAddrStrings(listen...), libp2p.AddrsFactory(advertisedAddrs(&hst.adv)))
+	if cfg.UserAgent != "" {
+		opts = append(opts, libp2p.UserAgent(cfg.UserAgent))
+	}
 	if cfg.Gater != nil {
 		opts = append(opts, libp2p.ConnectionGater(cfg.Gater))
 	}
@@ -288,6 +295,17 @@ func newResourceManager() (network.ResourceManager, error) {
 
 // ID is this host's peer id (also its Raft server id).
 func (h *Host) ID() peer.ID { return h.h.ID() }
+
+// AgentVersion is what identify last learned peer p runs (its
+// UserAgent), "" when this host never identified p.
+func (h *Host) AgentVersion(p peer.ID) string {
+	v, err := h.h.Peerstore().Get(p, "AgentVersion")
+	if err != nil {
+		return ""
+	}
+	s, _ := v.(string)
+	return s
+}
 
 // Addrs returns the host's listen addresses as full multiaddrs ending in
 // /p2p/<id>, the form Connect and --join accept.

@@ -217,3 +217,33 @@ func TestLoadPrivateNetworkKeyErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestUserAgentReachesPeers: what a host says it runs is what its peers
+// read (node/features.go decides from it which commands the cluster can
+// apply).
+func TestUserAgentReachesPeers(t *testing.T) {
+	t.Parallel()
+	a := newTestHost(t, func(c *Config) { c.UserAgent = "meshreg/v9.9.9 ops/7" })
+	b := newTestHost(t, func(c *Config) { c.UserAgent = "meshreg/v1.0.0 ops/6" })
+	if got := a.AgentVersion(b.ID()); got != "" {
+		t.Fatalf("before any connection, AgentVersion = %q, want empty", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.Connect(ctx, addrOf(t, b, ma.P_TCP)); err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for a.AgentVersion(b.ID()) == "" || b.AgentVersion(a.ID()) == "" {
+		if time.Now().After(deadline) {
+			t.Fatalf("identify did not complete: a sees %q, b sees %q", a.AgentVersion(b.ID()), b.AgentVersion(a.ID()))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := a.AgentVersion(b.ID()); got != "meshreg/v1.0.0 ops/6" {
+		t.Errorf("a reads b as %q", got)
+	}
+	if got := b.AgentVersion(a.ID()); got != "meshreg/v9.9.9 ops/7" {
+		t.Errorf("b reads a as %q", got)
+	}
+}

@@ -175,9 +175,9 @@ func TestReplicaCopiesLogApartFromClientPulls(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !testnet.Eventually(5*time.Second, func() bool {
-		return len(recs[other].Lines(about("fetched blob from peers", slog.LevelInfo))) == 1
+		return len(recs[other].Lines(about("fetched blob", slog.LevelInfo))) == 1
 	}) {
-		t.Errorf("a client pull through node %d logged no INFO \"fetched blob from peers\": %v", other,
+		t.Errorf("a client pull through node %d logged no INFO \"fetched blob\": %v", other,
 			recs[other].Lines(func(l testnet.LogLine) bool { return l.Attrs["digest"] == ld.String() }))
 	}
 	if got := recs[other].Lines(about("replica copy", slog.LevelDebug)); len(got) > 0 {

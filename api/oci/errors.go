@@ -7,6 +7,7 @@ package oci
 import (
 	"fmt"
 	"net/http"
+	"time"
 )
 
 // Code is one OCI error code. Codes are comparable values, so a returned
@@ -50,6 +51,10 @@ type Error struct {
 	Detail  any
 	Status  int
 	Err     error
+	// RetryAfter, when positive, is served as a Retry-After header (whole
+	// seconds, rounded up): how long the client should wait before trying
+	// again (503 while the cluster elects a leader).
+	RetryAfter time.Duration
 }
 
 // Errorf returns an Error with code c and a formatted message.
@@ -64,6 +69,9 @@ func Wrap(c Code, err error, msg string) *Error {
 
 // WithStatus returns e served with HTTP status s instead of its code's.
 func (e *Error) WithStatus(s int) *Error { e.Status = s; return e }
+
+// WithRetryAfter returns e served with a Retry-After of d.
+func (e *Error) WithRetryAfter(d time.Duration) *Error { e.RetryAfter = d; return e }
 
 // WithDetail returns e with structured detail d.
 func (e *Error) WithDetail(d any) *Error { e.Detail = d; return e }

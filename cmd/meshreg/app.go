@@ -14,6 +14,7 @@ func newApp() *cli.App {
 			serveCommand(),
 			clusterCommand(),
 			tokenCommand(),
+			gcCommand(),
 			recoverCommand(),
 			mirrorCommand(),
 			preloadCommand(),

@@ -39,6 +39,8 @@ func TestServeCheckRefusesOutOfRangeFlags(t *testing.T) {
 		"scrub-interval":          {"0s", "-1s", "100000h"},
 		"auth-token-ttl":          {"0s", "-1s", "59s", "25h"},
 		"auth-token-key-rotation": {"0s", "-1s", "4m", "9000h"}, // below --auth-token-ttl (5m)
+		"gc-interval":             {"-1s", "100000h"},
+		"gc-grace":                {"-1s", "100000h"},
 	}
 	// Every numeric flag must be in the table, so a new one cannot skip
 	// validation.

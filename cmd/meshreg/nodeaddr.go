@@ -98,9 +98,16 @@ func nodeTLSFiles(c *cli.Context) tlsconf.ClientFiles {
 }
 
 // nodeDo sends req to a node with the client that nodeClientFlags
-// describe: its TLS files and, when a user is given, Basic auth.
+// describe: its TLS files and, when a user is given, Basic auth. The
+// whole exchange must end within 30 s.
 func nodeDo(c *cli.Context, req *http.Request) (*http.Response, error) {
-	client, err := tlsconf.HTTPClient(nodeTLSFiles(c), 30*time.Second)
+	return nodeDoWithin(c, req, 30*time.Second)
+}
+
+// nodeDoWithin is nodeDo for an answer that may take longer (0: no bound,
+// for a node that streams progress until the operation ends).
+func nodeDoWithin(c *cli.Context, req *http.Request, timeout time.Duration) (*http.Response, error) {
+	client, err := tlsconf.HTTPClient(nodeTLSFiles(c), timeout)
 	if err != nil {
 		return nil, err
 	}

@@ -97,6 +97,8 @@ func (cfg *serveConfig) settings() []setting {
 		sizeSetting(&nc.MinFreeDisk, "min-free-disk", catStorage, "free `SIZE` kept on the data dir's filesystem for the metadata store: below it, pushes are refused with 507 until space is freed (0: off)"),
 		sizeSetting(&nc.ScrubRate, "scrub-rate", catStorage, "`SIZE` per second the background scrub reads to re-hash stored blobs (corrupt ones are quarantined and fetched again; 0: off)"),
 		durationSetting(&nc.ScrubInterval, "scrub-interval", catStorage, "`DURATION` to pause between two scrub passes over every stored blob"),
+		durationSetting(&nc.GCInterval, "gc-interval", catStorage, "every `DURATION`, the leader runs a cluster-wide garbage collection that frees blobs no manifest references, linked more than --gc-grace ago (0: only `meshreg gc`)"),
+		durationSetting(&nc.GCGrace, "gc-grace", catStorage, "scheduled garbage collections keep blobs linked less than `DURATION` ago (a push in progress)"),
 		durationSetting(&nc.DeadServerTimeout, "dead-server-timeout", catCluster, "remove a member unreachable for `DURATION` from the cluster for good"),
 		levelSetting(&cfg.LogLevel, "log-level", catLogging, "`LEVEL` of the least important lines logged: debug, info, warn or error"),
 		choiceSetting(&cfg.LogFormat, "log-format", catLogging, "`FORMAT` of log lines: text or json", "text", "json"),
@@ -121,6 +123,9 @@ func (cfg *serveConfig) settings() []setting {
 		stringSetting(&cfg.TokenRootCertBundle, "auth-token-rootcertbundle", catAPI, "PEM `FILE` of the certificates whose keys sign the external issuer's tokens (x5c chains to them, or a kid naming their key)"),
 		stringSetting(&nc.Notifications, "notifications", catAPI, "webhooks `FILE` (YAML: endpoints sent each push and delete, and pulls if asked, in CNCF Distribution's notification format, queued on disk and retried); reloaded when it changes"),
 		durationSetting(&cfg.ShutdownTimeout, "shutdown-timeout", catAPI, "`DURATION` in-flight requests may run after SIGTERM or SIGINT"),
+		upstreamSetting(&nc.Mirror.Upstreams, "upstream", catAPI, "mirror the registry clients call `NAME` (docker.io, ghcr.io, HOST:PORT) at URL: NAME=URL[;revalidate=5m][;allow=GLOB]...[;ca-file=FILE][;skip-verify][;region-fetch] (repeatable; in the config file also a list of mappings with those keys)"),
+		stringSetting(&nc.Mirror.CredentialsFile, "upstream-credentials", catAPI, "Docker config.json `FILE` with the upstreams' credentials (auths: auth or username/password); reloaded when it changes"),
+		stringSetting(&nc.Mirror.Default, "upstream-default", catAPI, "the upstream `NAME` a pull without ?ns= means for a repository the cluster does not hold (Docker's registry-mirrors); default docker.io when configured; none: no default"),
 	}
 }
 
@@ -145,6 +150,7 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 		return *cfg, err
 	}
 	cfg.API.RequireClientCert = cfg.TLS.ClientCA != ""
+	cfg.API.Mirror = api.Mirroring{Upstreams: cfg.Node.Mirror.Names(), Default: cfg.Node.Mirror.DefaultUpstream()}
 	if cfg.JoinTLSCA != "" {
 		client, err := tlsconf.HTTPClient(tlsconf.ClientFiles{CA: cfg.JoinTLSCA, CAFlag: "--join-tls-ca"}, 30*time.Second)
 		if err != nil {

@@ -62,7 +62,7 @@ func Apply(db *badger.DB, index uint64, data []byte, beforeCommit func(index uin
 		txn = db.NewTransaction(true)
 	}
 	if resp == nil {
-		resp, err = tx{txn}.execute(c)
+		resp, err = tx{txn}.execute(c, index)
 		if err == nil {
 			err = txn.Set([]byte(KeyApplied), EncodeUint64(index))
 		}
@@ -187,20 +187,36 @@ func (t tx) setJSON(k []byte, v any) error {
 
 // execute runs one validated command in the transaction. A command that
 // cannot apply to the state (ErrNotFound) is a command error (resp).
-func (t tx) execute(c Command) (resp, err error) {
+func (t tx) execute(c Command, index uint64) (resp, err error) {
 	switch c.Op {
 	case OpPutManifest:
-		return nil, t.putManifest(c)
+		if c.CheckIndex >= index {
+			return fmt.Errorf("consensus: %w: manifest put checked at index %d, not before its own index %d", ErrInvalidCommand, c.CheckIndex, index), nil
+		}
+		if resp, err := t.checkCollected(c); resp != nil || err != nil {
+			return resp, err
+		}
+		if err := t.putManifest(c); err != nil {
+			return nil, err
+		}
+		return nil, t.touchManifest(c, index)
 	case OpDeleteManifest:
 		return t.deleteManifest(c.Repo, c.Digest)
 	case OpDeleteTag:
 		return t.deleteTag(c.Repo, c.Tag)
 	case OpLinkBlob:
-		return nil, t.linkBlob(c.Repo, c.Digest, c.Size)
+		if err := t.linkBlob(c.Repo, c.Digest, c.Size); err != nil {
+			return nil, err
+		}
+		return nil, t.touch(c.Digest, index, c.Time)
 	case OpUnlinkBlob:
 		return t.unlinkBlob(c.Repo, c.Digest)
 	case OpPutSetting:
 		return nil, t.Set(settingKey(c.Name), c.Body)
+	case OpGCSweep:
+		return t.gcSweep(c, index)
+	case OpPutMirrorTag:
+		return t.putMirrorTag(c)
 	}
 	return fmt.Errorf("consensus: unknown command %d", c.Op), nil
 }
@@ -367,7 +383,7 @@ func (t tx) unlinkBlob(repo string, d digest.Digest) (resp, err error) {
 // forgetRepoIfEmpty drops the repository from the list once it holds no
 // manifest, tag or blob link.
 func (t tx) forgetRepoIfEmpty(repo string) error {
-	for _, p := range []byte{prefixManifest, prefixTag, prefixBlobLink} {
+	for _, p := range []byte{prefixManifest, prefixTag, prefixBlobLink, prefixMirror} {
 		if t.hasPrefix(keyPrefix(p, repo)) {
 			return nil
 		}

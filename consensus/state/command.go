@@ -20,7 +20,20 @@ const (
 	// OpPutSetting stores a named cluster setting (Name, Body): a record
 	// from a closed set of names (settings.go), replaced whole.
 	OpPutSetting
+	// OpGCSweep is a garbage collection decision (gc.go): unlink the
+	// listed blobs that nothing referenced at MarkIndex and nothing linked
+	// or referenced since, and tombstone them.
+	OpGCSweep
+	// OpPutMirrorTag records what an upstream registry answered for a tag
+	// of a mirrored repository, and when it was asked (mirror.go).
+	OpPutMirrorTag
 )
+
+// LastOp is the newest op this release applies. Members tell each other
+// theirs (node/features.go) so that a command an older member cannot apply
+// is not proposed while one runs: it would fail there and succeed on the
+// others, and the states would part. Raise it with every new op.
+const LastOp = OpPutMirrorTag
 
 // Command is one replicated write. Each op uses a subset of the fields.
 //
@@ -40,6 +53,32 @@ type Command struct {
 	Annotations  map[string]string `json:"annotations,omitempty"`
 	Body         []byte            `json:"body,omitempty"`
 	Name         string            `json:"name,omitempty"` // OpPutSetting
+	// CheckIndex (OpPutManifest): the applied index at or before which the
+	// proposer checked that every blob the manifest references is linked.
+	// The put fails if one of them was garbage-collected after it (gc.go).
+	// 0 (older entries) is the strictest: any tombstone fails it.
+	CheckIndex uint64 `json:"checkIndex,omitempty"`
+	// Time (OpLinkBlob): the proposer's clock when it linked the blob, in
+	// Unix nanoseconds; the GC grace period counts from it.
+	// (OpGCSweep): when the collection began (its mark).
+	Time int64 `json:"time,omitempty"`
+	// OpGCSweep: the applied index the mark read the state at, the link
+	// time before which a blob may go (mark time minus the grace), and the
+	// blobs to unlink with the repositories that linked them at the mark.
+	MarkIndex uint64      `json:"markIndex,omitempty"`
+	Cutoff    int64       `json:"cutoff,omitempty"`
+	Sweep     []SweepBlob `json:"sweep,omitempty"`
+	// Upstream and CheckedAt (unix nanoseconds, the proposer's clock)
+	// belong to OpPutMirrorTag.
+	Upstream  string `json:"upstream,omitempty"`
+	CheckedAt int64  `json:"checkedAt,omitempty"`
+}
+
+// SweepBlob is one blob an OpGCSweep unlinks: every repository that
+// linked it at the mark, in byte order.
+type SweepBlob struct {
+	Digest digest.Digest `json:"digest"`
+	Repos  []string      `json:"repos"`
 }
 
 // Encode returns the bytes a command travels and is logged as.
@@ -75,6 +114,8 @@ const (
 	KindLinkBlob       Kind = "link_blob"
 	KindUnlinkBlob     Kind = "unlink_blob"
 	KindPutSetting     Kind = "put_setting"
+	KindGCSweep        Kind = "gc_sweep"
+	KindPutMirrorTag   Kind = "put_mirror_tag"
 	// KindRestore: the whole state was replaced by a snapshot up to Index;
 	// a follower of the stream reads it again.
 	KindRestore Kind = "restore"
@@ -98,6 +139,10 @@ func (o Op) Kind() Kind {
 		return KindUnlinkBlob
 	case OpPutSetting:
 		return KindPutSetting
+	case OpGCSweep:
+		return KindGCSweep
+	case OpPutMirrorTag:
+		return KindPutMirrorTag
 	}
 	return KindInvalid
 }

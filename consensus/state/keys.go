@@ -20,7 +20,15 @@ import (
 //	├── g<repo>·<digest>·<tag>     reverse tag index: tags pointing at digest (empty value)
 //	├── l<repo>·<digest>           blob link → size (uint64 big-endian)
 //	├── f<repo>·<subject>·<digest> referrer → ocispec.Descriptor (JSON)
-//	└── s<name>                    cluster setting → its body (settings.go)
+//	├── s<name>                    cluster setting → its body (settings.go)
+//	├── u<repo>·<tag>              mirrored tag → MirrorTag (JSON): what the
+//	│                              upstream answered and when (mirror.go)
+//	├── k<digest>                  last touch: index of the latest link or put naming it,
+//	│                              proposer time of the latest link (2 × uint64, gc.go)
+//	├── x<digest>                  tombstone: index of the OpGCSweep that collected it
+//	├── y<index><digest>           tombstone log by index (index: 8 bytes big-endian)
+//	│                              → GC start time, cutoff, mark index (3 × uint64)
+//	└── X                          GC floor: highest index of a pruned tombstone
 //
 // "·" is the byte 0x00, which no repository name, tag or digest may contain
 // (writes with one are refused), so a prefix such as t<repo>· never matches
@@ -41,8 +49,14 @@ const (
 	prefixBlobLink = 'l'
 	prefixReferrer = 'f'
 	prefixSetting  = 's'
-	sep            = 0x00
-	maxNameLength  = 4096 // repository names and tags; far above what the API accepts
+	prefixTouch    = 'k'
+	prefixTomb     = 'x'
+	prefixTombLog  = 'y'
+	prefixMirror   = 'u'
+	// KeyGCFloor holds the highest index of a tombstone pruned (gc.go).
+	KeyGCFloor    = "X"
+	sep           = 0x00
+	maxNameLength = 4096 // repository names and tags; far above what the API accepts
 )
 
 // key joins a one-byte prefix and parts separated by sep.
@@ -78,12 +92,19 @@ func TagKey(repo, tag string) []byte { return key(prefixTag, repo, tag) }
 func tagByDigestKey(repo string, d digest.Digest, tag string) []byte {
 	return key(prefixTagByDig, repo, string(d), tag)
 }
+func mirrorTagKey(repo, tag string) []byte            { return key(prefixMirror, repo, tag) }
 func blobLinkKey(repo string, d digest.Digest) []byte { return key(prefixBlobLink, repo, string(d)) }
 func ReferrerKey(repo string, subject, d digest.Digest) []byte {
 	return key(prefixReferrer, repo, string(subject), string(d))
 }
 
 func settingKey(name string) []byte { return key(prefixSetting, name) }
+
+func touchKey(d digest.Digest) []byte { return key(prefixTouch, string(d)) }
+func tombKey(d digest.Digest) []byte  { return key(prefixTomb, string(d)) }
+func tombLogKey(index uint64, d digest.Digest) []byte {
+	return append(binary.BigEndian.AppendUint64([]byte{prefixTombLog}, index), d...)
+}
 
 // validName reports whether s can be part of a key: non-empty, bounded and
 // free of the separator byte.

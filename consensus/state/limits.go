@@ -80,14 +80,17 @@ func (c Command) Validate() error {
 }
 
 func (c Command) check() error {
+	if c.Op != OpPutMirrorTag && (c.Upstream != "" || c.CheckedAt != 0) {
+		return fmt.Errorf("only a mirrored tag carries an upstream or a check time")
+	}
 	switch c.Op {
 	case OpPutManifest:
 		if err := checkRepoDigest(c.Repo, c.Digest); err != nil {
 			return err
 		}
 		switch {
-		case c.Tag != "" || c.Size != 0 || c.Name != "":
-			return fmt.Errorf("a manifest put carries no tag, size or setting name field")
+		case c.Tag != "" || c.Size != 0 || c.Name != "" || c.carriesSweep():
+			return fmt.Errorf("a manifest put carries no tag, size, setting name or GC field")
 		case len(c.Tags) > MaxTagsPerWrite:
 			return fmt.Errorf("%d tags in one write: at most %d; push the manifest once, then tag it in several requests", len(c.Tags), MaxTagsPerWrite)
 		case len(c.Body) == 0:
@@ -125,7 +128,12 @@ func (c Command) check() error {
 		if c.Digest != "" || c.carriesManifest() || c.Size != 0 {
 			return fmt.Errorf("a tag delete carries only a repository and a tag")
 		}
+	case OpGCSweep:
+		return c.checkSweep()
 	case OpLinkBlob:
+		if c.Time < 0 {
+			return fmt.Errorf("blob link time %d is negative", c.Time)
+		}
 		if c.Size < 0 || c.Size > MaxBlobSize {
 			return fmt.Errorf("blob size %d is outside 0..%d bytes", c.Size, int64(MaxBlobSize))
 		}
@@ -135,7 +143,7 @@ func (c Command) check() error {
 		return checkRepoDigest(c.Repo, c.Digest)
 	case OpPutSetting:
 		if c.Repo != "" || c.Digest != "" || c.Tag != "" || c.Size != 0 || len(c.Tags) > 0 || c.MediaType != "" ||
-			c.ArtifactType != "" || c.Subject != "" || len(c.Annotations) > 0 {
+			c.ArtifactType != "" || c.Subject != "" || len(c.Annotations) > 0 || c.carriesSweep() || c.CheckIndex != 0 || c.Time != 0 {
 			return fmt.Errorf("a setting write carries only a name and a body")
 		}
 		return checkSetting(c.Name, c.Body)
@@ -144,6 +152,8 @@ func (c Command) check() error {
 			return fmt.Errorf("a delete carries only a repository and a digest")
 		}
 		return checkRepoDigest(c.Repo, c.Digest)
+	case OpPutMirrorTag:
+		return c.checkMirrorTag()
 	default:
 		return fmt.Errorf("unknown command %d", c.Op)
 	}
@@ -153,7 +163,7 @@ func (c Command) check() error {
 // carriesManifest reports whether any field of a manifest put (or a
 // setting's name) is set.
 func (c Command) carriesManifest() bool {
-	return c.Name != "" || len(c.Tags) > 0 || c.MediaType != "" || c.ArtifactType != "" || c.Subject != "" ||
+	return c.Name != "" || c.carriesSweep() || len(c.Tags) > 0 || c.MediaType != "" || c.ArtifactType != "" || c.Subject != "" ||
 		len(c.Annotations) > 0 || len(c.Body) > 0
 }
 

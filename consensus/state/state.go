@@ -21,6 +21,10 @@ var (
 	// bytes given as an entry are not a valid write. Apply refuses such an
 	// entry the same way on every node.
 	ErrInvalidCommand = errors.New("invalid command")
+	// ErrBlobCollected: a manifest put references a blob that garbage
+	// collection removed after the put checked it; the client pushes the
+	// blob again.
+	ErrBlobCollected = errors.New("blob garbage-collected while the push was in flight")
 )
 
 // ManifestRecord is a manifest as a repository holds it.
@@ -35,4 +39,7 @@ type ManifestRecord struct {
 	// config's media type.
 	ArtifactType string
 	Annotations  map[string]string
+	// CheckIndex is for writes only (Command.CheckIndex): the applied index
+	// at or before which the writer checked the referenced blobs.
+	CheckIndex uint64
 }

@@ -176,3 +176,15 @@ func TestViewIsPinnedAndComplete(t *testing.T) {
 		t.Errorf("BlobLinks returned %v, want fn's error", err)
 	}
 }
+
+// TestLastOpIsTheNewest: LastOp is what members tell each other they
+// apply (node/features.go); an op added without raising it would be
+// proposed to members that cannot apply it.
+func TestLastOpIsTheNewest(t *testing.T) {
+	if LastOp.Kind() == KindInvalid {
+		t.Fatalf("LastOp %d is not an op", LastOp)
+	}
+	if k := (LastOp + 1).Kind(); k != KindInvalid {
+		t.Fatalf("op %d (%s) is newer than LastOp %d: raise LastOp", LastOp+1, k, LastOp)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
 
+	cstate "github.com/meshreg/meshreg/consensus/state"
 	"github.com/meshreg/meshreg/p2p"
 )
 
@@ -93,6 +94,7 @@ type Transport struct {
 
 	closed  atomic.Bool
 	refused atomic.Int64
+	agent   atomic.Pointer[string] // nil: this release (see SetAgent)
 
 	mu        sync.Mutex
 	handlers  map[protocol.ID]p2p.HandlerFunc
@@ -107,6 +109,25 @@ func (t *Transport) Addrs() []ma.Multiaddr      { return []ma.Multiaddr{t.addr} 
 func (t *Transport) RaftAddress() string        { return t.addr.String() }
 func (t *Transport) PrivateKey() crypto.PrivKey { return t.key }
 func (t *Transport) RefusedStreams() int64      { return t.refused.Load() }
+
+// SetAgent makes the peer say it runs agent (a user agent as libp2p's
+// identify carries it: "meshreg/v1.0.0 ops/5"), as an older release would.
+func (t *Transport) SetAgent(agent string) { t.agent.Store(&agent) }
+
+// AgentVersion is what peer p says it runs: this release, unless SetAgent
+// said otherwise; "" for a peer not on the network.
+func (t *Transport) AgentVersion(p peer.ID) string {
+	t.net.mu.Lock()
+	o := t.net.hosts[p]
+	t.net.mu.Unlock()
+	if o == nil {
+		return ""
+	}
+	if a := o.agent.Load(); a != nil {
+		return *a
+	}
+	return fmt.Sprintf("meshreg/fake ops/%d", cstate.LastOp)
+}
 
 func (t *Transport) HandleRequests(proto protocol.ID, _ int, _ time.Duration, fn p2p.HandlerFunc) {
 	t.mu.Lock()

@@ -2,6 +2,7 @@ package nodefake
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -133,4 +134,22 @@ func (m *Meta) WaitApplied(ctx context.Context, index uint64) error {
 		case <-t.C:
 		}
 	}
+}
+
+// ReadIndex, on the leader, applies every write committed (as a new
+// leader's barrier makes it) and returns the applied index; elsewhere it
+// fails with consensus.ErrNotLeader.
+func (m *Meta) ReadIndex(ctx context.Context) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	m.c.mu.Lock()
+	defer m.c.mu.Unlock()
+	if m.c.leader != m.id || m.isClosed() {
+		return 0, fmt.Errorf("nodefake: read index on %s: %w", m.id, consensus.ErrNotLeader)
+	}
+	m.catchUp(true)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return uint64(m.applied), nil
 }

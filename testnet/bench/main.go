@@ -98,13 +98,18 @@ type config struct {
 
 	access         bool
 	accessBlobSize byteSize
+	gc             bool
+	gcDuration     time.Duration
+	gcPause        time.Duration
+	gcWorkers      int
+	gcLayerSize    byteSize
 }
 
 // quickFlags are the values -quick sets, unless the flag is given.
 var quickFlags = map[string]string{
 	"blob-size": "64MiB", "layers": "5", "layer-size": "1MiB", "duration": "1s", "runs": "1", "cluster-writes": "100",
 	"peer-blob-size": "64MiB", "peer-ttfb-size": "8MiB", "peer-ttfb-runs": "3", "fanout-layer-size": "8MiB",
-	"mirror-layer-size": "16MiB", "access-blob-size": "64MiB",
+	"mirror-layer-size": "16MiB", "access-blob-size": "64MiB", "gc-duration": "3s",
 }
 
 func main() {
@@ -142,6 +147,12 @@ func main() {
 	flag.Var(&c.mirrorLayerSize, "mirror-layer-size", "size of each layer of the mirrored image (4 × 64MiB: 256 MiB)")
 	flag.BoolVar(&c.access, "access", true, "also benchmark TLS and htpasswd auth: a blob pull and manifest GETs on meshreg and Distribution, each plain and with TLS and htpasswd auth on; given explicitly, run only this section (and the others given explicitly)")
 	flag.Var(&c.accessBlobSize, "access-blob-size", "size of the blob pulled in the access section")
+	c.gcLayerSize = 64 << 10
+	flag.BoolVar(&c.gc, "gc", true, "also benchmark push throughput on a 3-node cluster with garbage collections running back to back against without")
+	flag.DurationVar(&c.gcDuration, "gc-duration", 10*time.Second, "how long each phase of the garbage collection benchmark pushes")
+	flag.DurationVar(&c.gcPause, "gc-pause", time.Second, "pause between two collections while the load runs (0: back to back)")
+	flag.IntVar(&c.gcWorkers, "gc-workers", 4, "concurrent pushers in the garbage collection benchmark")
+	flag.Var(&c.gcLayerSize, "gc-layer-size", "size of each image's layer in the garbage collection benchmark")
 	quick := flag.Bool("quick", false, "a quick run: "+quickSummary())
 	flag.Parse()
 	given := map[string]bool{}
@@ -168,12 +179,13 @@ func main() {
 func (c *config) selectSections(given map[string]bool) {
 	c.sideBySide = true
 	c.mirrorGiven = given["mirror"]
-	if given["peers"] && c.peers || given["mirror"] && c.mirror || given["access"] && c.access {
+	if given["peers"] && c.peers || given["mirror"] && c.mirror || given["access"] && c.access || given["gc"] && c.gc {
 		c.sideBySide = false
 		c.cluster = c.cluster && given["cluster"]
 		c.peers = c.peers && given["peers"]
 		c.mirror = c.mirror && given["mirror"]
 		c.access = c.access && given["access"]
+		c.gc = c.gc && given["gc"]
 	}
 }
 
@@ -262,6 +274,16 @@ func run(c config) error {
 	}
 	if c.peers {
 		t, err := runPeers(ctx, c, meshregBin, filepath.Join(root, "peers"))
+		if err != nil {
+			return err
+		}
+		add(t)
+	}
+	if c.gc {
+		if c.gcDuration <= 0 || c.gcWorkers < 1 || c.gcLayerSize < 1 || c.gcPause < 0 {
+			return errors.New("-gc-duration, -gc-workers and -gc-layer-size must be positive, -gc-pause not negative")
+		}
+		t, err := runGC(ctx, c, meshregBin, filepath.Join(root, "gc"))
 		if err != nil {
 			return err
 		}

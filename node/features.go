@@ -1,0 +1,88 @@
+package node
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/meshreg/meshreg/consensus/state"
+)
+
+// During a rolling upgrade, members of two releases share one Raft log. A
+// command of an op the older release does not know fails when an older
+// member applies it, and succeeds on the others: their states part for
+// good. So each node tells the others, in the user agent libp2p's identify
+// exchanges, the newest op it applies, and a command of a newer op than
+// the original ones is proposed only when every member applies it.
+
+// agentOps marks the newest op in a user agent: "meshreg/v1.2.0 ops/7".
+const agentOps = " ops/"
+
+// userAgent is what this node tells its peers it runs.
+func userAgent(version string) string {
+	if version == "" {
+		version = "dev"
+	}
+	return "meshreg/" + version + agentOps + strconv.Itoa(int(state.LastOp))
+}
+
+// agentLastOp reads the newest op a peer's user agent says it applies; a
+// release before user agents said so applies the original ops only
+// (through OpUnlinkBlob).
+func agentLastOp(agent string) state.Op {
+	i := strings.LastIndex(agent, agentOps)
+	if !strings.HasPrefix(agent, "meshreg/") || i < 0 {
+		return state.OpUnlinkBlob
+	}
+	n, err := strconv.Atoi(agent[i+len(agentOps):])
+	if err != nil || n < int(state.OpUnlinkBlob) || n > 255 {
+		return state.OpUnlinkBlob
+	}
+	return state.Op(n)
+}
+
+// agents tells what a peer runs (p2p.Host.AgentVersion).
+type agents interface {
+	ID() peer.ID
+	AgentVersion(p peer.ID) string
+}
+
+// membersApply returns nil when every member of the Raft configuration
+// applies op, and otherwise an error naming one that does not (or that
+// this node never heard from) and what to do.
+func (n *Node) membersApply(op state.Op) error {
+	if op <= state.OpUnlinkBlob {
+		return nil
+	}
+	members, err := n.meta.Members()
+	if err != nil {
+		return fmt.Errorf("reading the cluster's members: %w", err)
+	}
+	ids := make([]string, len(members))
+	for i, m := range members {
+		ids[i] = m.ID
+	}
+	return membersApply(n.host, ids, op)
+}
+
+func membersApply(a agents, members []string, op state.Op) error {
+	for _, m := range members {
+		id, err := peer.Decode(m)
+		if err != nil || id == a.ID() {
+			continue
+		}
+		agent := a.AgentVersion(id)
+		if agentLastOp(agent) >= op {
+			continue
+		}
+		runs := agent
+		if runs == "" {
+			runs = "nothing this node has heard of (it was not reachable since this node started)"
+		}
+		return fmt.Errorf("member %s runs %s, a release that cannot apply this change: "+
+			"upgrade every member (or remove the old one) first", id, runs)
+	}
+	return nil
+}
