@@ -207,9 +207,9 @@ func (n *Notifier) Close() error {
 // Notify queues e for every endpoint that wants it, and returns once it
 // is on disk. A failure is logged and counted (dropped, reason error).
 func (n *Notifier) Notify(_ context.Context, e api.Event) {
+	ev := newEvent(e, "", n.instanceID)
 	n.mu.Lock()
 	n.reconcile()
-	ev := newEvent(e, newID(), n.instanceID)
 	var to []*endpoint
 	for _, ep := range n.eps {
 		if ep.cfg.Load().wants(ev) {
@@ -218,8 +218,9 @@ func (n *Notifier) Notify(_ context.Context, e api.Event) {
 	}
 	n.mu.Unlock()
 	if len(to) == 0 {
-		return
+		return // the common case for pulls: nothing more to pay
 	}
+	ev.ID = newID() // one id for every endpoint, as Distribution
 	raw, err := json.Marshal(ev)
 	if err != nil { // cannot happen: strings and numbers
 		n.log.Error("encoding a notification event", "err", err)
