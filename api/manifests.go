@@ -95,7 +95,7 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	h.logWrite(r, "manifest pushed", rt.name, attrs...)
 	// One push event per tag the manifest got (Distribution's), one
 	// without a tag for a push by digest alone.
-	push := Event{Action: actionPush, Repository: rt.name, Digest: d.String(), MediaType: r.Header.Get("Content-Type"),
+	push := Event{Action: actionPush, Repository: rt.name, Digest: d.String(), MediaType: manifestMediaType(r.Header.Get("Content-Type"), body),
 		Size: int64(len(body)), URL: manifestURL(rt.name, d)}
 	if !isDigestReference(rt.ref) {
 		tags = append([]string{rt.ref}, tags...)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"net"
 	"net/http"
 	"time"
@@ -83,6 +84,19 @@ func manifestURL(repo string, d digest.Digest) string {
 	return "/v2/" + repo + "/manifests/" + d.String()
 }
 func blobURL(repo string, d digest.Digest) string { return "/v2/" + repo + "/blobs/" + d.String() }
+
+// manifestMediaType is a pushed manifest's media type: the request's
+// Content-Type, else the manifest's own mediaType field.
+func manifestMediaType(contentType string, body []byte) string {
+	if contentType != "" {
+		return contentType
+	}
+	var m struct {
+		MediaType string `json:"mediaType"`
+	}
+	_ = json.Unmarshal(body, &m)
+	return m.MediaType
+}
 
 // requestID is a random id for the events of one request.
 func requestID() string {

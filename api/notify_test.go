@@ -76,6 +76,15 @@ func TestNotifications(t *testing.T) {
 		t.Fatalf("push by digest with two tags: %s", got)
 	}
 
+	// Without a Content-Type, the manifest's own mediaType.
+	m2 := r.image("team/app", "2")
+	rec.take()
+	resp, body = r.do("PUT", "/v2/team/app/manifests/untyped", m2)
+	expect(t, resp, body, http.StatusCreated, "")
+	if evs = rec.take(); len(evs) != 1 || evs[0].MediaType != ocispec.MediaTypeImageManifest {
+		t.Fatalf("push without Content-Type: %+v", evs)
+	}
+
 	// Reads: a pull per GET of a manifest or a whole blob, not HEAD, not a range.
 	r.do("GET", "/v2/team/app/manifests/v1", nil)
 	r.do("HEAD", "/v2/team/app/manifests/v1", nil)
