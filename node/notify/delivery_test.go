@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -430,5 +431,35 @@ func TestHostileReceivers(t *testing.T) {
 	}
 	if otherHit {
 		t.Fatal("the redirect was followed")
+	}
+}
+
+// TestOneSenderPerEndpoint: an endpoint added to the file before Run
+// starts has one delivery goroutine, not two (envelopes would then go
+// out twice or out of order).
+func TestOneSenderPerEndpoint(t *testing.T) {
+	// Not parallel: it counts the package's delivery goroutines.
+	rc := &receiver{t: t}
+	srv := httptest.NewServer(rc)
+	defer srv.Close()
+	dir := t.TempDir()
+	file := filepath.Join(dir, "notifications.yaml")
+	writeFile(t, file, "endpoints: []\n")
+	n, err := Open(file, filepath.Join(dir, "q"), "n", testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	writeFile(t, file, fmt.Sprintf("endpoints: [{name: r, url: '%s'}]\n# changed\n", srv.URL))
+	time.Sleep(1100 * time.Millisecond) // past the reload interval: Run's first reconcile opens it
+	defer startRun(t, n)()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(n.Status().Endpoints) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	buf := make([]byte, 1<<20)
+	stacks := string(buf[:runtime.Stack(buf, true)])
+	if c := strings.Count(stacks, "notify.(*Notifier).start.func1"); c != 1 {
+		t.Fatalf("%d delivery goroutines for one endpoint, want 1", c)
 	}
 }

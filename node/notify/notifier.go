@@ -138,7 +138,11 @@ func (n *Notifier) reconcile() {
 	}
 }
 
+// start runs e's delivery under Run's context, once.
 func (n *Notifier) start(e *endpoint) {
+	if e.cancel != nil {
+		return
+	}
 	ctx, cancel := context.WithCancel(n.runCtx)
 	e.cancel, e.done = cancel, make(chan struct{})
 	go func() {
