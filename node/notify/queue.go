@@ -224,6 +224,9 @@ func (q *queue) ackLocked(seq uint64) error {
 	if seq <= q.acked {
 		return nil
 	}
+	if q.f == nil {
+		return errors.New("the notification queue is closed")
+	}
 	if err := writeFileAtomic(filepath.Join(q.dir, ackedName), []byte(strconv.FormatUint(seq, 10)+"\n")); err != nil {
 		return fmt.Errorf("recording delivered notifications in %s: %w", q.dir, err)
 	}
