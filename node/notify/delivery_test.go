@@ -463,3 +463,45 @@ func TestOneSenderPerEndpoint(t *testing.T) {
 		t.Fatalf("%d delivery goroutines for one endpoint, want 1", c)
 	}
 }
+
+// BenchmarkNotifyAndDeliver: events queued by Notify (one endpoint)
+// and delivered to a local receiver, per event.
+func BenchmarkNotifyAndDeliver(b *testing.B) {
+	var mu sync.Mutex
+	got := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var env Envelope
+		_ = json.NewDecoder(r.Body).Decode(&env)
+		mu.Lock()
+		got += len(env.Events)
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	dir := b.TempDir()
+	file := filepath.Join(dir, "notifications.yaml")
+	if err := os.WriteFile(file, []byte(fmt.Sprintf("endpoints: [{name: r, url: '%s', secret: s}]", srv.URL)), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	n, err := Open(file, filepath.Join(dir, "q"), "n", slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer n.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	e := push("team/app", "v1")
+	for b.Loop() {
+		n.Notify(context.Background(), e)
+	}
+	for {
+		mu.Lock()
+		g := got
+		mu.Unlock()
+		if g >= b.N {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
