@@ -51,6 +51,9 @@ type Config struct {
 	Tokens TokenService
 	// Mirror routes pulls to upstream registries (mirror.go).
 	Mirror Mirroring
+	// Notifier is told each acknowledged push and delete, and each pull
+	// (--notifications); nil tells nothing.
+	Notifier Notifier
 }
 
 // DefaultConfig returns the limits a registry operator would expect.

@@ -22,8 +22,12 @@ type Config struct {
 	//	├── blobs/<alg>/<2 hex>/<hex>   blob contents (package blobstore)
 	//	├── uploads/<id>                upload sessions in progress
 	//	├── p2p/identity.key            the libp2p identity: peer id = Raft server id
-	//	└── meta/                       Raft log, snapshots and FSM (package consensus)
+	//	├── meta/                       Raft log, snapshots and FSM (package consensus)
+	//	└── notifications/<endpoint>/   webhook queues (package notify)
 	DataDir string
+	// Notifications is the webhooks file (--notifications; "": none), see
+	// package notify.
+	Notifications string
 	// P2P configures the libp2p host; its DataDir is filled in.
 	P2P p2p.Config
 	// Join names members of an existing cluster to join (multiaddrs with

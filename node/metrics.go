@@ -110,6 +110,9 @@ func (n *Node) registerMirror(reg prometheus.Registerer) {
 
 // RegisterMetrics adds the node's storage gauges to reg.
 func (n *Node) RegisterMetrics(reg prometheus.Registerer) {
+	if n.notify != nil {
+		n.notify.Register(reg)
+	}
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_blobs_stored", Help: "Blobs held on this node's disk."},
 			func() float64 { c, _ := n.blobs.Stats(); return float64(c) }),

@@ -25,6 +25,7 @@ import (
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/fetch"
 	"github.com/meshreg/meshreg/node/mirror"
+	"github.com/meshreg/meshreg/node/notify"
 	"github.com/meshreg/meshreg/node/replicate"
 	"github.com/meshreg/meshreg/node/upstream"
 	"github.com/meshreg/meshreg/p2p"
@@ -82,7 +83,8 @@ type Node struct {
 	// upstreams are the mirror's clients, by name (for their gauges).
 	upstreams map[string]*upstream.Registry
 	// gc is garbage collection: pins, sweeper, schedule (collect.go).
-	gc *collector
+	gc     *collector
+	notify *notify.Notifier // nil without --notifications
 
 	fetchMu         sync.Mutex                        // guards serving
 	serving         map[digest.Digest]map[peer.ID]int // peers this node sends each blob to
@@ -136,6 +138,15 @@ func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 			_ = host.Close()
 		}
 	}()
+	notifier, err := openNotifier(cfg, host.ID().String(), log)
+	if err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	defer func() {
+		if err != nil && notifier != nil {
+			_ = notifier.Close()
+		}
+	}()
 	cc := cfg.Consensus
 	cc.Dir = filepath.Join(cfg.DataDir, "meta")
 	cc.NodeID = host.ID().String()
@@ -164,6 +175,7 @@ func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 	n.fatal = fatal
 	n.dirLock = lock
 	n.recordOwnAddress() // selfaddress.go
+	n.notify = notifier
 	if err := n.startMirror(); err != nil {
 		n.dirLock = nil
 		_ = n.Close()
@@ -245,6 +257,7 @@ func (n *Node) Run(ctx context.Context) error {
 			upkeepRules{DeadServerTimeout: n.cfg.DeadServerTimeout, StabilizationTime: n.cfg.StabilizationTime, Voters: n.cfg.Voters}, n.log),
 		newUploadExpiry(n.blobs, n.cfg.UploadIdleTimeout, n.forgetExpiredUploads, n.log),
 		n.tokenKeys(),
+		n.notifications(),
 	)...)
 }
 
@@ -262,6 +275,11 @@ func (n *Node) Close() error {
 		cancel()
 	}
 	n.bg.Close()
+	if n.notify != nil {
+		if err := n.notify.Close(); err != nil {
+			n.log.Warn("closing the notification queues", "err", err)
+		}
+	}
 	err := errors.Join(wrapErr("closing metadata", n.meta.Close()), wrapErr("closing the DHT", n.routing.Close()),
 		wrapErr("closing the libp2p host", n.host.Close()))
 	if n.dirLock != nil {

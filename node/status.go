@@ -9,6 +9,7 @@ import (
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/buildinfo"
 	"github.com/meshreg/meshreg/node/mirror"
+	"github.com/meshreg/meshreg/node/notify"
 )
 
 // Ready returns nil when the node can take writes.
@@ -66,6 +67,9 @@ type Status struct {
 	// Upstreams are the registries this node mirrors, with their last
 	// success and last error.
 	Upstreams []mirror.Status `json:"upstreams,omitempty"`
+	// Notifications are the webhooks this node sends (absent without
+	// --notifications).
+	Notifications *notify.Status `json:"notifications,omitempty"`
 }
 
 // BlobStatus counts the blobs this node holds.
@@ -122,6 +126,7 @@ func (n *Node) Status(ctx context.Context) any {
 		Removed: n.removed() || n.join.removedWhileDown(),
 		Join:    n.join.status(),
 
-		Upstreams: n.mirrorStatus(),
+		Upstreams:     n.mirrorStatus(),
+		Notifications: n.notificationStatus(),
 	}
 }

@@ -74,6 +74,7 @@ func serve(ctx context.Context, cfg serveConfig) (err error) {
 		log.Warn("upstream credentials are configured but authentication is off: content fetched with them is readable by anyone who reaches this node; pass --auth-htpasswd and an --auth-policy that limits who may pull the upstreams' namespaces",
 			"upstream_credentials", cfg.Node.Mirror.CredentialsFile)
 	}
+	cfg.API.Notifier = n.Notifier()
 	h, err := api.New(cfg.API, n, n, api.NewMetrics(reg), log.With("component", "api"))
 	if err != nil {
 		return err
