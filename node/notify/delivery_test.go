@@ -173,7 +173,13 @@ func TestDeliveryRetriesInOrder(t *testing.T) {
 	if len(rc.got()) != 40 {
 		t.Fatalf("receiver got %d events, want 40", len(rc.got()))
 	}
+	// The receiver has the last events before the sender counted them.
+	deadline := time.Now().Add(5 * time.Second)
 	st := n.Status().Endpoints[0]
+	for (st.Sent != 40 || st.Pending != 0) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+		st = n.Status().Endpoints[0]
+	}
 	if st.Failures["500"] != 3 || st.Sent != 40 || st.Pending != 0 || st.LastSuccess == nil {
 		t.Fatalf("status %+v", st)
 	}
@@ -425,7 +431,14 @@ func TestHostileReceivers(t *testing.T) {
 	if evs[0].Target.Tag != "v1" || time.Since(start) > 5*time.Second {
 		t.Fatalf("delivered %+v after %s", evs, time.Since(start))
 	}
+	// The receiver has the event before the sender has read its answer
+	// and counted it sent.
+	deadline := time.Now().Add(5 * time.Second)
 	st := n.Status().Endpoints[0]
+	for st.Sent != 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+		st = n.Status().Endpoints[0]
+	}
 	if st.Failures["error"] != 1 || st.Failures["307"] != 1 || st.Sent != 1 {
 		t.Fatalf("status %+v, want one timeout (error), one 307, one sent", st)
 	}
