@@ -144,7 +144,7 @@ rules:
 		{Digest: "sha256:b", Time: now.Add(-6 * day)},                   // too young
 		{Digest: "sha256:c", Time: now.Add(-8 * day), Tagged: true},     // tagged
 		{Digest: "sha256:d", Time: now.Add(-8 * day), Referenced: true}, // a referrer or child
-		{Digest: "sha256:e"},                                            // age unknown
+		{Digest: "sha256:e"}, // age unknown
 	}
 	got := p.For("ci/app").Select("ci/app", tags, manifests, now)
 	var names []string
