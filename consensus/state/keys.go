@@ -21,6 +21,11 @@ import (
 //	├── l<repo>·<digest>           blob link → size (uint64 big-endian)
 //	├── f<repo>·<subject>·<digest> referrer → ocispec.Descriptor (JSON)
 //	├── s<name>                    cluster setting → its body (settings.go)
+//	├── p<repo>·<tag>              tag push: index of the latest put naming it, proposer time
+//	│                              (2 × uint64, policy.go; retention orders and ages tags by it)
+//	├── u<repo>                    repository usage in bytes (uint64, policy.go)
+//	├── q<repo>·<digest>           blob in the usage: manifests referencing it, linked size
+//	│                              (2 × uint64, policy.go)
 //	├── k<digest>                  last touch: index of the latest link or put naming it,
 //	│                              proposer time of the latest link (2 × uint64, gc.go)
 //	├── x<digest>                  tombstone: index of the OpGCSweep that collected it
@@ -47,6 +52,9 @@ const (
 	prefixBlobLink = 'l'
 	prefixReferrer = 'f'
 	prefixSetting  = 's'
+	prefixTagPush  = 'p'
+	prefixUsage    = 'u'
+	prefixUsedBlob = 'q'
 	prefixTouch    = 'k'
 	prefixTomb     = 'x'
 	prefixTombLog  = 'y'

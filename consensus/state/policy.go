@@ -1,0 +1,273 @@
+package state
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/meshreg/meshreg/consensus/state/policy"
+)
+
+// The content policy (package policy) is the setting SettingPolicy. Apply
+// enforces it on the writes it governs, from the state alone, so that two
+// nodes racing writes agree on which one it refuses:
+//
+//   - immutable tags: a put that would move one to another digest, a tag
+//     delete of one, and a manifest delete of a manifest one points at are
+//     refused (the same digest again is fine);
+//   - quotas: a put of a manifest new to its repository is refused if the
+//     repository's usage plus what the manifest adds exceeds the quota.
+//
+// A repository's usage counts its manifests' bodies and each distinct blob
+// (config, layer) its manifests reference once, at its linked size: a
+// blob two manifests share counts once, and leaves the usage with the last
+// manifest that references it. Blobs linked but referenced by no manifest
+// (an upload not yet followed by its manifest) do not count. The usage is
+// kept for every repository at apply (u<repo>, q<repo>·<digest>), whether a
+// quota governs it or not, so that a quota set later sees the usage at
+// once. Manifests put before this accounting existed are not counted.
+//
+// Retention (View.Retention) reads the tags' push index and time
+// (p<repo>·<tag>) and the manifests' last push.
+
+// ErrPolicyDenied: the content policy refuses the write (an immutable tag,
+// a quota); the message says which rule and what to do.
+var ErrPolicyDenied = errors.New("refused by the content policy")
+
+func tagPushKey(repo, tag string) []byte              { return key(prefixTagPush, repo, tag) }
+func usageKey(repo string) []byte                     { return key(prefixUsage, repo) }
+func usedBlobKey(repo string, d digest.Digest) []byte { return key(prefixUsedBlob, repo, string(d)) }
+
+// policy returns the stored policy, nil if none. A body that does not
+// parse (it was validated when written, so only a newer release's would
+// not) is no policy, the same on every node of this release.
+func (t tx) policy() (*policy.Policy, error) {
+	b, ok, err := t.get(settingKey(SettingPolicy))
+	if err != nil || !ok {
+		return nil, err
+	}
+	p, perr := policy.Parse(b)
+	if perr != nil {
+		return nil, nil
+	}
+	return p, nil
+}
+
+// policyError is a refusal: its message is what the client reads.
+type policyError struct{ msg string }
+
+func (e *policyError) Error() string { return e.msg }
+func (e *policyError) Unwrap() error { return ErrPolicyDenied }
+
+func denied(format string, args ...any) error {
+	return &policyError{fmt.Sprintf(format, args...)}
+}
+
+// checkPolicy returns the policy's refusal of c (resp), nil if it allows
+// it. It only reads.
+func (t tx) checkPolicy(c Command) (resp, err error) {
+	if c.Op != OpPutManifest && c.Op != OpDeleteTag && c.Op != OpDeleteManifest {
+		return nil, nil
+	}
+	p, err := t.policy()
+	if err != nil || p == nil {
+		return nil, err
+	}
+	switch c.Op {
+	case OpPutManifest:
+		for _, tag := range c.Tags {
+			old, ok, err := t.get(TagKey(c.Repo, tag))
+			if err != nil {
+				return nil, err
+			}
+			if r := p.Immutable(c.Repo, tag); ok && digest.Digest(old) != c.Digest && r != nil {
+				return denied("tag %s of %s is immutable (policy rule %d): it points at %s and cannot move to %s; push a new tag",
+					tag, c.Repo, r.N, old, c.Digest), nil
+			}
+		}
+		if r := p.Quota(c.Repo); r != nil {
+			add, _, err := t.usageAdded(c)
+			if err != nil {
+				return nil, err
+			}
+			used, err := t.usage(c.Repo)
+			if err != nil {
+				return nil, err
+			}
+			if add > 0 && used+add > r.Quota {
+				return denied("repository %s is over its quota with this manifest: it holds %d bytes, the manifest adds %d, the quota is %d (policy rule %d); delete images or ask an administrator to raise the quota",
+					c.Repo, used, add, r.Quota, r.N), nil
+			}
+		}
+	case OpDeleteTag:
+		if r := p.Immutable(c.Repo, c.Tag); r != nil {
+			if _, ok, err := t.get(TagKey(c.Repo, c.Tag)); err != nil || ok {
+				return denied("tag %s of %s is immutable (policy rule %d): it cannot be deleted", c.Tag, c.Repo, r.N), err
+			}
+		}
+	case OpDeleteManifest:
+		for _, tag := range t.keysAfter(keyPrefix(prefixTagByDig, c.Repo, string(c.Digest)), "", -1) {
+			if r := p.Immutable(c.Repo, tag); r != nil {
+				return denied("manifest %s of %s is tagged %s, an immutable tag (policy rule %d): it cannot be deleted",
+					c.Digest, c.Repo, tag, r.N), nil
+			}
+		}
+	}
+	return nil, nil
+}
+
+// usage is the bytes the repository holds (see the top of this file).
+func (t tx) usage(repo string) (int64, error) {
+	v, _, err := t.get(usageKey(repo))
+	return int64(DecodeUint64(v)), err
+}
+
+// usageAdded is what putting c adds to its repository's usage, and the
+// blobs it references that the repository did not reference yet, with
+// their linked sizes (0 if not linked).
+func (t tx) usageAdded(c Command) (int64, []usedBlob, error) {
+	if _, present, err := t.get(ManifestKey(c.Repo, c.Digest)); err != nil || present {
+		return 0, nil, err
+	}
+	add := int64(len(c.Body))
+	blobs, _, perr := references(c.Body)
+	if perr != nil {
+		return add, nil, nil
+	}
+	var fresh []usedBlob
+	for _, d := range distinct(blobs) {
+		_, ok, err := t.get(usedBlobKey(c.Repo, d))
+		if err != nil {
+			return 0, nil, err
+		}
+		if ok {
+			continue
+		}
+		v, _, err := t.get(blobLinkKey(c.Repo, d))
+		if err != nil {
+			return 0, nil, err
+		}
+		size := int64(DecodeUint64(v))
+		fresh = append(fresh, usedBlob{d, size})
+		add += size
+	}
+	return add, fresh, nil
+}
+
+type usedBlob struct {
+	d    digest.Digest
+	size int64
+}
+
+func distinct(ds []digest.Digest) []digest.Digest {
+	out := slices.Clone(ds)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// accountPut counts a manifest new to its repository (before it is put).
+func (t tx) accountPut(c Command) error {
+	add, _, err := t.usageAdded(c)
+	if err != nil {
+		return err
+	}
+	blobs, _, perr := references(c.Body)
+	if perr == nil {
+		for _, d := range distinct(blobs) {
+			n, size, err := t.usedBlob(c.Repo, d)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				v, _, err := t.get(blobLinkKey(c.Repo, d))
+				if err != nil {
+					return err
+				}
+				size = int64(DecodeUint64(v))
+			}
+			if err := t.Set(usedBlobKey(c.Repo, d), usedBlobValue(n+1, size)); err != nil {
+				return err
+			}
+		}
+	}
+	used, err := t.usage(c.Repo)
+	if err != nil {
+		return err
+	}
+	return t.Set(usageKey(c.Repo), EncodeUint64(uint64(used+add)))
+}
+
+// accountDelete gives back what a manifest (bodySize bytes) held, before
+// it is deleted.
+func (t tx) accountDelete(repo string, body []byte, bodySize int64) error {
+	sub := bodySize
+	blobs, _, perr := references(body)
+	if perr == nil {
+		for _, d := range distinct(blobs) {
+			n, size, err := t.usedBlob(repo, d)
+			if err != nil {
+				return err
+			}
+			switch {
+			case n == 0: // put before the accounting existed
+			case n == 1:
+				sub += size
+				if err := t.Delete(usedBlobKey(repo, d)); err != nil {
+					return err
+				}
+			default:
+				if err := t.Set(usedBlobKey(repo, d), usedBlobValue(n-1, size)); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	used, err := t.usage(repo)
+	if err != nil {
+		return err
+	}
+	if used <= sub {
+		return t.Delete(usageKey(repo))
+	}
+	return t.Set(usageKey(repo), EncodeUint64(uint64(used-sub)))
+}
+
+func (t tx) usedBlob(repo string, d digest.Digest) (n uint64, size int64, err error) {
+	v, ok, err := t.get(usedBlobKey(repo, d))
+	if err != nil || !ok || len(v) != 16 {
+		return 0, 0, err
+	}
+	return binary.BigEndian.Uint64(v), int64(binary.BigEndian.Uint64(v[8:])), nil
+}
+
+func usedBlobValue(n uint64, size int64) []byte {
+	return binary.BigEndian.AppendUint64(EncodeUint64(n), uint64(size))
+}
+
+// setTagPush records a tag's push: the entry's index and the proposer's
+// clock.
+func (t tx) setTagPush(repo, tag string, index uint64, at int64) error {
+	return t.Set(tagPushKey(repo, tag), binary.BigEndian.AppendUint64(EncodeUint64(index), uint64(max(at, 0))))
+}
+
+// Usage is the bytes repo holds (see the top of policy.go).
+func (r Reader) Usage(repo string) (int64, error) {
+	return r.t.usage(repo)
+}
+
+// CheckPolicy returns the content policy's refusal of c on this state
+// (wrapping ErrPolicyDenied), nil if it allows it: the check Apply makes,
+// for a writer to fail fast before proposing.
+func (r Reader) CheckPolicy(c Command) error {
+	resp, err := r.t.checkPolicy(c)
+	if err != nil {
+		return fmt.Errorf("consensus: reading the content policy: %w", err)
+	}
+	if resp != nil {
+		return fmt.Errorf("consensus: %w", resp)
+	}
+	return nil
+}
