@@ -2,10 +2,13 @@ package state
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
+	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/meshreg/meshreg/consensus/state/policy"
@@ -270,4 +273,120 @@ func (r Reader) CheckPolicy(c Command) error {
 		return fmt.Errorf("consensus: %w", resp)
 	}
 	return nil
+}
+
+// Policy is the content policy at the view's index, nil if none.
+func (v *View) Policy() (*policy.Policy, error) { return v.t.policy() }
+
+// Retention returns what p's retention rules delete at now (see
+// policy.Rule.Select), at most limit deletions, by repository.
+func (v *View) Retention(p *policy.Policy, now time.Time, limit int) ([]policy.Deletion, error) {
+	var out []policy.Deletion
+	if p == nil {
+		return out, nil
+	}
+	for _, repo := range v.t.keysAfter([]byte{prefixRepo}, "", -1) {
+		r := p.For(repo)
+		if r == nil || r.Retention == nil {
+			continue
+		}
+		tags, err := v.tagInfos(repo)
+		if err != nil {
+			return nil, err
+		}
+		var manifests []policy.ManifestInfo
+		if r.Retention.DeleteUntaggedAfter > 0 {
+			if manifests, err = v.manifestInfos(repo); err != nil {
+				return nil, err
+			}
+		}
+		out = append(out, r.Select(repo, tags, manifests, now)...)
+		if len(out) >= limit {
+			return out[:limit], nil
+		}
+	}
+	return out, nil
+}
+
+func (v *View) tagInfos(repo string) ([]policy.TagInfo, error) {
+	prefix := keyPrefix(prefixTag, repo)
+	it := v.t.NewIterator(badger.IteratorOptions{Prefix: prefix})
+	defer it.Close()
+	var out []policy.TagInfo
+	for it.Rewind(); it.Valid(); it.Next() {
+		tag := string(it.Item().Key()[len(prefix):])
+		d, err := it.Item().ValueCopy(nil)
+		if err != nil {
+			return nil, err
+		}
+		ti := policy.TagInfo{Tag: tag, Digest: digest.Digest(d)}
+		pv, ok, err := v.t.get(tagPushKey(repo, tag))
+		if err != nil {
+			return nil, err
+		}
+		if ok && len(pv) == 16 {
+			ti.Index = binary.BigEndian.Uint64(pv)
+			if at := int64(binary.BigEndian.Uint64(pv[8:])); at > 0 {
+				ti.Time = time.Unix(0, at)
+			}
+		}
+		out = append(out, ti)
+	}
+	return out, nil
+}
+
+func (v *View) manifestInfos(repo string) ([]policy.ManifestInfo, error) {
+	prefix := keyPrefix(prefixManifest, repo)
+	it := v.t.NewIterator(badger.IteratorOptions{Prefix: prefix})
+	defer it.Close()
+	var out []policy.ManifestInfo
+	children := map[digest.Digest]bool{}
+	for it.Rewind(); it.Valid(); it.Next() {
+		d := digest.Digest(it.Item().Key()[len(prefix):])
+		var meta manifestMeta
+		if err := it.Item().Value(func(b []byte) error { return json.Unmarshal(b, &meta) }); err != nil {
+			return nil, fmt.Errorf("consensus: decoding manifest %s in %s: %w", d, repo, err)
+		}
+		mi := policy.ManifestInfo{Digest: d, Referenced: meta.Subject != "",
+			Tagged: v.t.hasPrefix(keyPrefix(prefixTagByDig, repo, string(d)))}
+		if meta.Time > 0 {
+			mi.Time = time.Unix(0, meta.Time)
+		}
+		body, _, err := v.t.get(BodyKey(d))
+		if err != nil {
+			return nil, err
+		}
+		_, kids, perr := references(body)
+		if perr != nil {
+			mi.Referenced = true // unknown: keep it
+		}
+		for _, k := range kids {
+			children[k] = true
+		}
+		out = append(out, mi)
+	}
+	for i := range out {
+		out[i].Referenced = out[i].Referenced || children[out[i].Digest]
+	}
+	return out, nil
+}
+
+// RepoUsage is a repository's usage.
+type RepoUsage struct {
+	Repo  string `json:"repository"`
+	Bytes int64  `json:"bytes"`
+}
+
+// Usages lists the repositories that hold bytes, by name, after `after`,
+// at most n.
+func (r Reader) Usages(after string, n int) ([]RepoUsage, error) {
+	var out []RepoUsage
+	for _, repo := range r.t.keysAfter([]byte{prefixUsage}, after, n) {
+		b, err := r.t.usage(repo)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, RepoUsage{Repo: repo, Bytes: b})
+	}
+	return out, nil
 }

@@ -2,9 +2,12 @@ package state
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -150,4 +153,51 @@ func TestInvalidPolicyIsRefusedAtApply(t *testing.T) {
 	a.must(withTags(image("a", digest.FromString("x")), "t"))
 	_, resp := a.apply(withTags(image("a", digest.FromString("y")), "t"))
 	wantDenied(t, resp, "tag t of a is immutable")
+}
+
+// TestRetentionReadsPushOrder: the view gives retention each tag's push
+// (index and proposer time) and each manifest's, so the last N pushes are
+// kept whatever the tags are called, and children of an index are never
+// "untagged".
+func TestRetentionReadsPushOrder(t *testing.T) {
+	t.Parallel()
+	a := &applier{t: t, db: openDB(t)}
+	a.must(setPolicy("rules:\n  - repositories: [ci/*]\n    retention:\n      tags: [\"ci-*\"]\n      keepLast: 2\n      deleteUntaggedAfter: 1h\n"))
+	old := int64(1_000_000_000)
+	var imgs []Command
+	for i, tag := range []string{"ci-b", "ci-a", "ci-d", "ci-c"} { // pushed in this order
+		c := withTags(image("ci/app", digest.FromString(tag)), tag, "latest-"+itoa(i))
+		c.Time = old + int64(i)
+		a.must(c)
+		imgs = append(imgs, c)
+	}
+	child := image("ci/app", digest.FromString("child"))
+	child.Time = old
+	a.must(child)
+	index := put("ci/app", "application/vnd.oci.image.index.v1+json", `{"schemaVersion":2,"manifests":[{"digest":"`+string(child.Digest)+`"}]}`)
+	index.Time = old
+	a.must(index)
+	var got []string
+	err := a.db.View(func(txn *badger.Txn) error {
+		v, err := NewView(txn)
+		if err != nil {
+			return err
+		}
+		p, err := v.Policy()
+		if err != nil {
+			return err
+		}
+		ds, err := v.Retention(p, time.Unix(0, old).Add(2*time.Hour), 100)
+		for _, d := range ds {
+			got = append(got, d.Tag+"@"+string(d.Digest))
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"ci-a@" + string(imgs[1].Digest), "ci-b@" + string(imgs[0].Digest), "@" + string(index.Digest)}
+	if !slices.Equal(got, want) {
+		t.Fatalf("Retention = %v\nwant %v", got, want)
+	}
 }
