@@ -69,7 +69,7 @@ func (n *Node) SetPolicy(ctx context.Context, doc []byte) error {
 	if len(doc) > state.MaxSettingBytes {
 		return fmt.Errorf("%w: the document is %d bytes: at most %d", api.ErrInvalidPolicy, len(doc), state.MaxSettingBytes)
 	}
-	if err := n.membersApply(state.OpPutSetting); err != nil {
+	if err := n.membersApplySetting(state.SettingPolicy); err != nil {
 		return fmt.Errorf("node: the policy cannot be stored now: %w", err)
 	}
 	if err := m.PutSetting(ctx, state.SettingPolicy, doc); err != nil {
