@@ -23,6 +23,8 @@ type manifestMeta struct {
 	// ages untagged manifests by them.
 	Index uint64 `json:"index,omitempty"`
 	Time  int64  `json:"time,omitempty"`
+	// Counted: the manifest is in its repository's usage (policy.go).
+	Counted bool `json:"counted,omitempty"`
 }
 
 // Apply applies the Raft log entry at index, whose bytes are data, to the
@@ -254,12 +256,18 @@ func (t tx) putManifest(c Command, index uint64) error {
 		}
 	}
 	if !present {
-		if err := t.accountPut(c); err != nil {
+		counting, err := t.counting()
+		if err != nil {
 			return err
+		}
+		if counting {
+			if err := t.accountPut(c); err != nil {
+				return err
+			}
 		}
 		annotations := BoundedAnnotations(c.Annotations)
 		meta := manifestMeta{MediaType: c.MediaType, Subject: c.Subject, ArtifactType: c.ArtifactType,
-			Annotations: annotations, Size: int64(len(c.Body)), Index: index, Time: max(c.Time, 0)}
+			Annotations: annotations, Size: int64(len(c.Body)), Index: index, Time: max(c.Time, 0), Counted: counting}
 		if err := t.setJSON(mk, meta); err != nil {
 			return err
 		}
@@ -364,12 +372,14 @@ func (t tx) deleteManifest(repo string, d digest.Digest) (resp, err error) {
 			return nil, err
 		}
 	}
-	body, _, err := t.get(BodyKey(d))
-	if err != nil {
-		return nil, err
-	}
-	if err := t.accountDelete(repo, body, meta.Size); err != nil {
-		return nil, err
+	if meta.Counted {
+		body, _, err := t.get(BodyKey(d))
+		if err != nil {
+			return nil, err
+		}
+		if err := t.accountDelete(repo, body, meta.Size); err != nil {
+			return nil, err
+		}
 	}
 	if meta.Subject != "" {
 		if err := t.Delete(ReferrerKey(repo, meta.Subject, d)); err != nil {

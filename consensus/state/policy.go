@@ -30,8 +30,12 @@ import (
 // manifest that references it. Blobs linked but referenced by no manifest
 // (an upload not yet followed by its manifest) do not count. The usage is
 // kept for every repository at apply (u<repo>, q<repo>·<digest>), whether a
-// quota governs it or not, so that a quota set later sees the usage at
-// once. Manifests put before this accounting existed are not counted.
+// quota governs it or not, from the first policy write on: manifests put
+// before the cluster ever stored a policy are not counted (their record
+// says so: manifestMeta.Counted). That keeps every node's usage equal
+// across a rolling upgrade: a release without this accounting applies
+// puts alike until the policy, which every member must apply before it is
+// written (node/features.go), turns it on for all of them at one index.
 //
 // Retention (View.Retention) reads the tags' push index and time
 // (p<repo>·<tag>) and the manifests' last push.
@@ -169,6 +173,12 @@ func distinct(ds []digest.Digest) []digest.Digest {
 	out := slices.Clone(ds)
 	slices.Sort(out)
 	return slices.Compact(out)
+}
+
+// counting reports whether usage is kept: a policy was ever stored.
+func (t tx) counting() (bool, error) {
+	_, ok, err := t.get(settingKey(SettingPolicy))
+	return ok, err
 }
 
 // accountPut counts a manifest new to its repository (before it is put).

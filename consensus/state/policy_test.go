@@ -90,6 +90,14 @@ func TestQuotaAccounting(t *testing.T) {
 	for d, size := range map[digest.Digest]int64{cfgA: 10, cfgB: 20, shared: 1000, onlyA: 300} {
 		a.must(Command{Op: OpLinkBlob, Repo: "team/app", Digest: d, Size: size, Time: 1})
 	}
+	// Before the first policy nothing is counted (as by a release without
+	// the accounting), and deleting such a manifest gives nothing back.
+	early := image("team/app", cfgB)
+	a.must(early)
+	if got := usage(t, a, "team/app"); got != 0 {
+		t.Fatalf("usage before any policy = %d", got)
+	}
+	a.must(setPolicy("rules:\n  - repositories: [elsewhere]\n    quota: 1\n"))
 	imgA := image("team/app", cfgA, shared, onlyA, shared)
 	imgB := image("team/app", cfgB, shared)
 	a.must(imgA)
@@ -105,6 +113,10 @@ func TestQuotaAccounting(t *testing.T) {
 	a.must(imgA) // again: nothing new
 	if got := usage(t, a, "team/app"); got != wantAB {
 		t.Fatalf("usage after A again = %d, want %d", got, wantAB)
+	}
+	a.must(Command{Op: OpDeleteManifest, Repo: "team/app", Digest: early.Digest})
+	if got := usage(t, a, "team/app"); got != wantAB {
+		t.Fatalf("usage after deleting an uncounted manifest = %d, want %d", got, wantAB)
 	}
 	a.must(Command{Op: OpDeleteManifest, Repo: "team/app", Digest: imgA.Digest})
 	wantB := int64(len(imgB.Body)) + 20 + 1000 // shared stays with B
