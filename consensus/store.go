@@ -465,7 +465,7 @@ func (s *Store) CheckPutManifest(m ManifestRecord, tags ...string) error {
 // checkPolicy is the content policy's verdict on c on this node's state,
 // before it is proposed (the FSM has the last word at apply).
 func (s *Store) checkPolicy(c state.Command) error {
-	return s.view(func(r state.Reader) error { return r.CheckPolicy(c) })
+	return s.view(func(r state.Reader) error { return r.CheckPolicy(c, &s.fsm.policies) })
 }
 
 func putCommand(m ManifestRecord, tags []string) state.Command {

@@ -48,6 +48,12 @@ type manifestMeta struct {
 // Apply does not run concurrently with itself on one database; readers
 // may run at any time (badger transactions give them consistent views).
 func Apply(db *badger.DB, index uint64, data []byte, beforeCommit func(index uint64) error) (a Applied, ok bool, resp, err error) {
+	return ApplyCached(db, index, data, beforeCommit, nil)
+}
+
+// ApplyCached is Apply with a cache of the parsed content policy (nil:
+// none), which the caller keeps from one entry to the next.
+func ApplyCached(db *badger.DB, index uint64, data []byte, beforeCommit func(index uint64) error, policies *PolicyCache) (a Applied, ok bool, resp, err error) {
 	txn := db.NewTransaction(true)
 	defer func() { txn.Discard() }()
 	v, _, err := tx{txn}.get([]byte(KeyApplied))
@@ -64,7 +70,7 @@ func Apply(db *badger.DB, index uint64, data []byte, beforeCommit func(index uin
 	if resp == nil {
 		// Before dropTags: a manifest delete an immutable tag forbids
 		// must not lose its tags.
-		if resp, err = (tx{txn}).checkPolicy(c); err != nil {
+		if resp, err = (tx{txn}).checkPolicy(c, policies); err != nil {
 			return a, false, nil, err
 		}
 	}

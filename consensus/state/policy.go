@@ -1,11 +1,13 @@
 package state
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -48,15 +50,41 @@ func tagPushKey(repo, tag string) []byte              { return key(prefixTagPush
 func usageKey(repo string) []byte                     { return key(prefixUsage, repo) }
 func usedBlobKey(repo string, d digest.Digest) []byte { return key(prefixUsedBlob, repo, string(d)) }
 
+// PolicyCache keeps the last policy parsed, by its bytes: parsing is a
+// pure function of them, so a hit gives what parsing again would, and
+// apply pays for the YAML once per policy write instead of once per put.
+// Safe for concurrent use; the zero value is ready, and a nil cache parses
+// every time.
+type PolicyCache struct {
+	mu   sync.Mutex
+	body []byte
+	p    *policy.Policy
+	err  error
+}
+
+func (c *PolicyCache) parse(b []byte) (*policy.Policy, error) {
+	if c == nil {
+		return policy.Parse(b)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.body == nil || !bytes.Equal(c.body, b) {
+		c.body = bytes.Clone(b)
+		c.p, c.err = policy.Parse(b)
+	}
+	return c.p, c.err
+}
+
 // policy returns the stored policy, nil if none. A body that does not
 // parse (it was validated when written, so only a newer release's would
-// not) is no policy, the same on every node of this release.
-func (t tx) policy() (*policy.Policy, error) {
+// not) is no policy, the same on every node of this release. The parsed
+// policy is shared through the cache: callers must not change it.
+func (t tx) policy(cache *PolicyCache) (*policy.Policy, error) {
 	b, ok, err := t.get(settingKey(SettingPolicy))
 	if err != nil || !ok {
 		return nil, err
 	}
-	p, perr := policy.Parse(b)
+	p, perr := cache.parse(b)
 	if perr != nil {
 		return nil, nil
 	}
@@ -75,11 +103,11 @@ func denied(format string, args ...any) error {
 
 // checkPolicy returns the policy's refusal of c (resp), nil if it allows
 // it. It only reads.
-func (t tx) checkPolicy(c Command) (resp, err error) {
+func (t tx) checkPolicy(c Command, cache *PolicyCache) (resp, err error) {
 	if c.Op != OpPutManifest && c.Op != OpDeleteTag && c.Op != OpDeleteManifest {
 		return nil, nil
 	}
-	p, err := t.policy()
+	p, err := t.policy(cache)
 	if err != nil || p == nil {
 		return nil, err
 	}
@@ -273,9 +301,9 @@ func (r Reader) Usage(repo string) (int64, error) {
 
 // CheckPolicy returns the content policy's refusal of c on this state
 // (wrapping ErrPolicyDenied), nil if it allows it: the check Apply makes,
-// for a writer to fail fast before proposing.
-func (r Reader) CheckPolicy(c Command) error {
-	resp, err := r.t.checkPolicy(c)
+// for a writer to fail fast before proposing. cache may be nil.
+func (r Reader) CheckPolicy(c Command, cache *PolicyCache) error {
+	resp, err := r.t.checkPolicy(c, cache)
 	if err != nil {
 		return fmt.Errorf("consensus: reading the content policy: %w", err)
 	}
@@ -286,7 +314,7 @@ func (r Reader) CheckPolicy(c Command) error {
 }
 
 // Policy is the content policy at the view's index, nil if none.
-func (v *View) Policy() (*policy.Policy, error) { return v.t.policy() }
+func (v *View) Policy() (*policy.Policy, error) { return v.t.policy(nil) }
 
 // Retention returns what p's retention rules delete at now (see
 // policy.Rule.Select), at most limit deletions, by repository.

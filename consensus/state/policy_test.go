@@ -53,7 +53,7 @@ func TestImmutableTagsAtApply(t *testing.T) {
 		if d, _ := r.ResolveTag("team/app", "v1"); d != one.Digest {
 			t.Errorf("v1 moved to %s", d)
 		}
-		if err := r.CheckPolicy(withTags(two, "v1")); !errors.Is(err, ErrPolicyDenied) {
+		if err := r.CheckPolicy(withTags(two, "v1"), nil); !errors.Is(err, ErrPolicyDenied) {
 			t.Errorf("CheckPolicy = %v, want the refusal before proposing", err)
 		}
 	})
@@ -211,5 +211,39 @@ func TestRetentionReadsPushOrder(t *testing.T) {
 	want := []string{"ci-a@" + string(imgs[1].Digest), "ci-b@" + string(imgs[0].Digest), "@" + string(index.Digest)}
 	if !slices.Equal(got, want) {
 		t.Fatalf("Retention = %v\nwant %v", got, want)
+	}
+}
+
+// TestPolicyCacheFollowsTheBytes: the cache gives the policy of the bytes
+// it is asked about, so a policy write takes effect on the next entry.
+func TestPolicyCacheFollowsTheBytes(t *testing.T) {
+	t.Parallel()
+	db := openDB(t)
+	var cache PolicyCache
+	index := uint64(0)
+	apply := func(c Command) error {
+		t.Helper()
+		data, _ := c.Encode()
+		index++
+		_, ok, resp, err := ApplyCached(db, index, data, nil, &cache)
+		if err != nil || !ok {
+			t.Fatalf("apply %d: %v", index, err)
+		}
+		return resp
+	}
+	if err := apply(setPolicy("rules:\n  - repositories: [a]\n    immutable: {}\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply(withTags(image("a", digest.FromString("1")), "t")); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply(withTags(image("a", digest.FromString("2")), "t")); !errors.Is(err, ErrPolicyDenied) {
+		t.Fatalf("immutable: %v", err)
+	}
+	if err := apply(setPolicy("rules: []")); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply(withTags(image("a", digest.FromString("2")), "t")); err != nil {
+		t.Fatalf("after the policy was cleared: %v", err)
 	}
 }
