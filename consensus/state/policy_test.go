@@ -247,3 +247,52 @@ func TestPolicyCacheFollowsTheBytes(t *testing.T) {
 		t.Fatalf("after the policy was cleared: %v", err)
 	}
 }
+
+// BenchmarkApplyPutWithPolicy: what the content policy (immutable tags, a
+// quota, usage accounting) adds to applying a manifest put.
+func BenchmarkApplyPutWithPolicy(b *testing.B) {
+	for _, withPolicy := range []bool{false, true} {
+		b.Run(map[bool]string{false: "no policy", true: "policy"}[withPolicy], func(b *testing.B) {
+			db, err := badger.Open(badger.DefaultOptions(b.TempDir()).WithLogger(nil))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer db.Close()
+			var cache PolicyCache
+			index := uint64(0)
+			apply := func(c Command) {
+				data, _ := c.Encode()
+				index++
+				if _, _, resp, err := ApplyCached(db, index, data, nil, &cache); err != nil || resp != nil {
+					b.Fatal(err, resp)
+				}
+			}
+			if withPolicy {
+				apply(setPolicy(policyBenchDoc))
+			}
+			layers := make([]digest.Digest, 5)
+			for i := range layers {
+				layers[i] = digest.FromString("layer" + itoa(i))
+				apply(Command{Op: OpLinkBlob, Repo: "team/app", Digest: layers[i], Size: 1000, Time: 1})
+			}
+			b.ResetTimer()
+			for i := 0; b.Loop(); i++ {
+				apply(withTags(image("team/app", digest.FromString("cfg"+itoa(i)), layers...), "v"+itoa(i)))
+			}
+		})
+	}
+}
+
+const policyBenchDoc = `rules:
+  - repositories: [team/**]
+    exclude: [team/scratch]
+    immutable:
+      tags: ["v*"]
+      exclude: [v-dev]
+    quota: 100GiB
+  - repositories: [ci/*]
+    retention:
+      tags: ["ci-*"]
+      keepLast: 10
+      deleteUntaggedAfter: 7d
+`
