@@ -50,6 +50,16 @@ func TestPoliciesThroughEveryNode(t *testing.T) {
 		!strings.Contains(string(res.Stderr), `line 4: rule 1: retention: unknown key "keeplast" (did you mean keepLast?)`) {
 		t.Errorf("a policy with a misspelt key: err %v, stderr %s", res.Err, res.Stderr)
 	}
+	// So is one sent straight to the endpoint, by the node.
+	resp, err := http.DefaultClient.Do(mustRequest(t, http.MethodPut, nodes[1].URL()+"/_meshreg/v1/policy",
+		"rules:\n  - repositories: [e2e/**]\n    qouta: 1GiB\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	wantOCIError(t, "a bad policy PUT", resp.StatusCode, body, http.StatusBadRequest, "UNSUPPORTED",
+		`line 3: rule 1: unknown key "qouta" (did you mean quota?)`)
 	doc := fmt.Sprintf(`rules:
   - repositories: [e2e/imm-*]
     immutable:
@@ -108,6 +118,40 @@ func TestPoliciesThroughEveryNode(t *testing.T) {
 			body, _, _, err := c.GetManifest(t.Context(), immRepo, "v1")
 			if err != nil || digest.FromBytes(body) != one.digest {
 				t.Errorf("v1 through %s: %v, want the first image", c.Base, err)
+			}
+		}
+
+		// Two pushes of a new immutable tag racing through two nodes: the
+		// log orders them, exactly one wins, every node agrees on which.
+		errs := make(chan error, 2)
+		go func() {
+			_, err := c1.PutManifest(t.Context(), immRepo, "v2", ocispec.MediaTypeImageManifest, one.manifest)
+			errs <- err
+		}()
+		go func() {
+			_, err := c3.PutManifest(t.Context(), immRepo, "v2", ocispec.MediaTypeImageManifest, two.manifest)
+			errs <- err
+		}()
+		var refused []error
+		for range 2 {
+			if err := <-errs; err != nil {
+				refused = append(refused, err)
+			}
+		}
+		if len(refused) != 1 {
+			t.Fatalf("racing pushes of v2: %d refused (%v), want exactly one", len(refused), refused)
+		}
+		wantRefused(t, "the racing push that lost", refused[0], http.StatusForbidden, "DENIED", "tag v2 of "+immRepo+" is immutable")
+		var won digest.Digest
+		for _, c := range []*testnet.Client{c1, c2, c3} {
+			body, _, _, err := c.GetManifest(t.Context(), immRepo, "v2")
+			if err != nil {
+				t.Fatalf("v2 through %s: %v", c.Base, err)
+			}
+			if d := digest.FromBytes(body); won == "" {
+				won = d
+			} else if d != won {
+				t.Errorf("v2 through %s is %s, through another node %s", c.Base, d, won)
 			}
 		}
 	})
@@ -273,4 +317,13 @@ func retentionLines(out, verb string) []string {
 	}
 	slices.Sort(got)
 	return got
+}
+
+func mustRequest(t *testing.T, method, url, body string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
 }
