@@ -23,7 +23,7 @@ import (
 //	├── s<name>                    cluster setting → its body (settings.go)
 //	├── p<repo>·<tag>              tag push: index of the latest put naming it, proposer time
 //	│                              (2 × uint64, policy.go; retention orders and ages tags by it)
-//	├── u<repo>                    repository usage in bytes (uint64, policy.go)
+//	├── v<repo>                    repository usage in bytes (uint64, policy.go)
 //	├── q<repo>·<digest>           blob in the usage: manifests referencing it, linked size
 //	│                              (2 × uint64, policy.go)
 //	├── k<digest>                  last touch: index of the latest link or put naming it,
@@ -53,7 +53,7 @@ const (
 	prefixReferrer = 'f'
 	prefixSetting  = 's'
 	prefixTagPush  = 'p'
-	prefixUsage    = 'u'
+	prefixUsage    = 'v'
 	prefixUsedBlob = 'q'
 	prefixTouch    = 'k'
 	prefixTomb     = 'x'
