@@ -21,6 +21,9 @@ func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	hdr := w.Header()
 	hdr.Set("Docker-Content-Digest", m.Digest.String())
 	hdr.Set("Etag", etag)
+	if m.Warning != "" {
+		hdr.Set("Warning", m.Warning)
+	}
 	if r.Header.Get("If-None-Match") == etag {
 		w.WriteHeader(http.StatusNotModified)
 		return nil

@@ -10,6 +10,7 @@ import (
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/buildinfo"
 	"github.com/meshreg/meshreg/node/fetch"
+	"github.com/meshreg/meshreg/node/mirror"
 	"github.com/meshreg/meshreg/p2p"
 )
 
@@ -90,6 +91,9 @@ type Config struct {
 	ScrubRate int64
 	// ScrubInterval is the pause between two scrub passes over every blob.
 	ScrubInterval time.Duration
+	// Mirror names the upstream registries the node mirrors (none: it
+	// mirrors nothing); see package mirror.
+	Mirror mirror.Config
 
 	// GCInterval is how often the leader runs a garbage collection (0:
 	// never; `meshreg gc` still runs one), with grace GCGrace.
@@ -146,6 +150,9 @@ func DefaultConfig() Config {
 func (c Config) Validate() error {
 	if err := c.checkRanges(); err != nil { // limits.go
 		return err
+	}
+	if err := c.Mirror.Validate(); err != nil {
+		return fmt.Errorf("node: %w", err)
 	}
 	switch {
 	case c.DataDir == "":

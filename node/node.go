@@ -24,7 +24,9 @@ import (
 	"github.com/meshreg/meshreg/blobstore"
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/fetch"
+	"github.com/meshreg/meshreg/node/mirror"
 	"github.com/meshreg/meshreg/node/replicate"
+	"github.com/meshreg/meshreg/node/upstream"
 	"github.com/meshreg/meshreg/p2p"
 )
 
@@ -75,6 +77,10 @@ type Node struct {
 	origins *fetch.OriginSource
 	// replicas keeps --replicas copies of blobs (replicas.go).
 	replicas *replicate.Replicator
+	// mirror answers mirrored repositories (mirror.go); nil: none.
+	mirror *mirror.Mirror
+	// upstreams are the mirror's clients, by name (for their gauges).
+	upstreams map[string]*upstream.Registry
 	// gc is garbage collection: pins, sweeper, schedule (collect.go).
 	gc *collector
 
@@ -157,6 +163,12 @@ func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 	n = New(cfg, Parts{Blobs: diskBlobs{blobs}, Meta: meta, Transport: host, Providers: routing, Files: blobs}, log, opts...)
 	n.fatal = fatal
 	n.dirLock = lock
+	n.recordOwnAddress() // selfaddress.go
+	if err := n.startMirror(); err != nil {
+		n.dirLock = nil
+		_ = n.Close()
+		return nil, err
+	}
 	return n, nil
 }
 
@@ -208,6 +220,7 @@ func (n *Node) serveProtocols(s ProtocolServer) {
 	s.HandleRequests(replicate.HasProtocol, maxControlLen, rpcTimeout, n.replicas.ServeHas)
 	s.HandleRequests(replicate.ReplicateProtocol, maxControlLen, replicate.Timeout, n.replicas.ServeReplicate)
 	s.HandleRequests(vouchProtocol, maxControlLen, rpcTimeout, n.serveVouch)
+	s.HandleRequests(mirrorProtocol, maxControlLen, rpcTimeout, n.serveMirror)
 	s.HandleRequests(originProtocol, maxControlLen, rpcTimeout, n.serveOriginFetch)
 	s.HandleRequests(gcReportProtocol, maxControlLen, gcReportTimeout, n.serveGCReport)
 	s.ServeBlobs(n.cfg.PeerIdleTimeout, n.serveBlob)

@@ -26,6 +26,8 @@ import (
 //	├── v<repo>                    repository usage in bytes (uint64, policy.go)
 //	├── q<repo>·<digest>           blob in the usage: manifests referencing it, linked size
 //	│                              (2 × uint64, policy.go)
+//	├── u<repo>·<tag>              mirrored tag → MirrorTag (JSON): what the
+//	│                              upstream answered and when (mirror.go)
 //	├── k<digest>                  last touch: index of the latest link or put naming it,
 //	│                              proposer time of the latest link (2 × uint64, gc.go)
 //	├── x<digest>                  tombstone: index of the OpGCSweep that collected it
@@ -58,6 +60,7 @@ const (
 	prefixTouch    = 'k'
 	prefixTomb     = 'x'
 	prefixTombLog  = 'y'
+	prefixMirror   = 'u'
 	// KeyGCFloor holds the highest index of a tombstone pruned (gc.go).
 	KeyGCFloor    = "X"
 	sep           = 0x00
@@ -97,6 +100,7 @@ func TagKey(repo, tag string) []byte { return key(prefixTag, repo, tag) }
 func tagByDigestKey(repo string, d digest.Digest, tag string) []byte {
 	return key(prefixTagByDig, repo, string(d), tag)
 }
+func mirrorTagKey(repo, tag string) []byte            { return key(prefixMirror, repo, tag) }
 func blobLinkKey(repo string, d digest.Digest) []byte { return key(prefixBlobLink, repo, string(d)) }
 func ReferrerKey(repo string, subject, d digest.Digest) []byte {
 	return key(prefixReferrer, repo, string(subject), string(d))
