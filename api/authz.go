@@ -202,6 +202,8 @@ func adminWhat(r *http.Request) string {
 		return "join token creation"
 	case r.Method == http.MethodPost && r.URL.Path == "/_meshreg/v1/gc":
 		return "garbage collection"
+	case r.Method == http.MethodPut && r.URL.Path == "/_meshreg/v1/policy":
+		return "policy change"
 	}
 	return "request"
 }

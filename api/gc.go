@@ -46,10 +46,29 @@ type GCResult struct {
 	Kept  int   `json:"kept"`
 	// Candidates lists them (at most MaxGCCandidatesListed) on a dry run.
 	Candidates []GCCandidate `json:"candidates,omitempty"`
+	// Retention is what the content policy's retention deleted before
+	// the mark (on a dry run: would delete), at most
+	// MaxRetentionPerCollection; RetentionSkipped counts deletions that
+	// failed (a write raced them) and are left to the next collection.
+	Retention        []RetentionDeletion `json:"retention,omitempty"`
+	RetentionSkipped int                 `json:"retentionSkipped,omitempty"`
 	// Nodes is what each member freed on its disk.
 	Nodes    []GCNodeReport `json:"nodes,omitempty"`
 	Duration string         `json:"duration"`
 }
+
+// RetentionDeletion is a tag, or (Tag "") an untagged manifest, that
+// retention deletes, with the rule's reason.
+type RetentionDeletion struct {
+	Repo   string `json:"repository"`
+	Tag    string `json:"tag,omitempty"`
+	Digest string `json:"digest"`
+	Reason string `json:"reason"`
+}
+
+// MaxRetentionPerCollection bounds the deletions retention makes in one
+// collection; the next collection goes on.
+const MaxRetentionPerCollection = 10000
 
 // MaxGCCandidatesListed bounds the candidates a dry run lists.
 const MaxGCCandidatesListed = 1000

@@ -134,6 +134,9 @@ func New(cfg Config, reg Registry, node Node, metrics *Metrics, log *slog.Logger
 		h.mux.HandleFunc("POST /_meshreg/v1/token", h.token)
 	}
 	h.mux.HandleFunc("POST /_meshreg/v1/gc", h.adminOnly(h.collectGarbage))
+	h.mux.HandleFunc("GET /_meshreg/v1/policy", h.adminOnly(h.getPolicy))
+	h.mux.HandleFunc("PUT /_meshreg/v1/policy", h.adminOnly(h.putPolicy))
+	h.mux.HandleFunc("GET /_meshreg/v1/policy/usage", h.adminOnly(h.policyUsage))
 	if metrics != nil {
 		h.mux.Handle("GET /metrics", metrics.handler())
 	}

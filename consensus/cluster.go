@@ -53,6 +53,8 @@ const (
 	// CodeBlobCollected: ErrBlobCollected (a push raced a garbage
 	// collection).
 	CodeBlobCollected = "blob_collected"
+	// CodePolicyDenied: ErrPolicyDenied (the content policy refused it).
+	CodePolicyDenied = "policy_denied"
 )
 
 // ErrorCode is the code a forwarded write's error travels as: "" for nil,
@@ -70,6 +72,8 @@ func ErrorCode(err error) string {
 		return CodeInvalid
 	case errors.Is(err, ErrBlobCollected):
 		return CodeBlobCollected
+	case errors.Is(err, ErrPolicyDenied):
+		return CodePolicyDenied
 	case errors.Is(err, context.Canceled):
 		return CodeCanceled
 	case errors.Is(err, context.DeadlineExceeded):
@@ -98,6 +102,8 @@ func (e *ForwardError) Unwrap() error {
 		return ErrInvalidCommand
 	case CodeBlobCollected:
 		return ErrBlobCollected
+	case CodePolicyDenied:
+		return ErrPolicyDenied
 	case CodeCanceled:
 		return context.Canceled
 	case CodeDeadline:

@@ -36,6 +36,9 @@ type fsm struct {
 	// run on raft's FSM goroutine and must not block.
 	onApplied func(Applied)
 	onConfig  func()
+	// policies caches the parsed content policy for apply and for the
+	// store's checks before proposing (state.PolicyCache).
+	policies state.PolicyCache
 	// configIndex is the Raft index of the latest configuration committed
 	// (or of the state restored from a snapshot, which carries one).
 	configIndex atomic.Uint64
@@ -95,7 +98,7 @@ func (f *fsm) Apply(l *raft.Log) (result any) {
 			result = f.fail(l.Index, fmt.Errorf("panic: %v", p))
 		}
 	}()
-	a, ok, resp, err := state.Apply(f.db, l.Index, l.Data, f.fault)
+	a, ok, resp, err := state.ApplyCached(f.db, l.Index, l.Data, f.fault, &f.policies)
 	if err != nil {
 		return f.fail(l.Index, err)
 	}

@@ -46,6 +46,9 @@ var (
 	// ErrBlobCollected: a manifest put references a blob garbage
 	// collection removed after the put checked it (see state/gc.go).
 	ErrBlobCollected = state.ErrBlobCollected
+	// ErrPolicyDenied: the content policy refuses the write (an immutable
+	// tag, a quota; state/policy.go); the message names the rule.
+	ErrPolicyDenied = state.ErrPolicyDenied
 	// ErrStorageFailed: the FSM could not write to its database (disk I/O,
 	// no space): it applies nothing more until the node restarts.
 	ErrStorageFailed = errors.New("metadata storage failed")
@@ -447,14 +450,30 @@ func (s *Store) PutManifest(ctx context.Context, m ManifestRecord, tags ...strin
 // tags...) is within the bounds of state/limits.go: the error wraps
 // ErrInvalidCommand and names the limit. Callers check before the work a
 // write depends on (replicating blobs, say).
+//
+// It also checks the content policy on this node's state (an immutable
+// tag, a quota): the error then wraps ErrPolicyDenied. The FSM checks it
+// again at apply.
 func (s *Store) CheckPutManifest(m ManifestRecord, tags ...string) error {
-	return putCommand(m, tags).Validate()
+	c := putCommand(m, tags)
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	return s.checkPolicy(c)
+}
+
+// checkPolicy is the content policy's verdict on c on this node's state,
+// before it is proposed (the FSM has the last word at apply).
+func (s *Store) checkPolicy(c state.Command) error {
+	return s.view(func(r state.Reader) error { return r.CheckPolicy(c, &s.fsm.policies) })
 }
 
 func putCommand(m ManifestRecord, tags []string) state.Command {
+	// The proposer's clock dates the push for retention.
 	return state.Command{Op: state.OpPutManifest, Repo: m.Repo, Digest: m.Digest, Tags: tags,
 		MediaType: m.MediaType, ArtifactType: m.ArtifactType, Subject: m.Subject,
-		Annotations: state.BoundedAnnotations(m.Annotations), Body: m.Body, CheckIndex: m.CheckIndex}
+		Annotations: state.BoundedAnnotations(m.Annotations), Body: m.Body, CheckIndex: m.CheckIndex,
+		Time: time.Now().UnixNano()}
 }
 
 // DeleteManifest removes the manifest from the repository, with every tag in
@@ -488,6 +507,17 @@ func (s *Store) PutSetting(ctx context.Context, name string, body []byte) error 
 	return s.write(ctx, state.Command{Op: state.OpPutSetting, Name: name, Body: body})
 }
 
+// Usage is the bytes the repository holds as the content policy counts
+// them (state/policy.go).
+func (s *Store) Usage(repo string) (int64, error) {
+	return read(s, func(r state.Reader) (int64, error) { return r.Usage(repo) })
+}
+
+// Usages lists repositories' usage by name after `after`, at most n.
+func (s *Store) Usages(after string, n int) ([]state.RepoUsage, error) {
+	return read(s, func(r state.Reader) ([]state.RepoUsage, error) { return r.Usages(after, n) })
+}
+
 // Setting returns the named setting's body as this node applied it;
 // ErrNotFound if none was written.
 func (s *Store) Setting(name string) ([]byte, error) {
@@ -498,6 +528,9 @@ func (s *Store) Setting(name string) ([]byte, error) {
 // through the Forwarder elsewhere (see forward).
 func (s *Store) write(ctx context.Context, c state.Command) error {
 	if err := c.Validate(); err != nil {
+		return err
+	}
+	if err := s.checkPolicy(c); err != nil {
 		return err
 	}
 	data, err := c.Encode()

@@ -218,6 +218,11 @@ func (n *Node) CollectGarbage(ctx context.Context, req api.GCRequest, progress f
 	if err := n.catchUp(ctx); err != nil {
 		return res, fmt.Errorf("node: %w: catching up with the leader before the mark: %w", api.ErrGCUnavailable, err)
 	}
+	// Retention first (retention.go): what it deletes is gone at the mark.
+	var err error
+	if res.Retention, res.RetentionSkipped, err = n.applyRetention(ctx, req.DryRun, progress); err != nil {
+		return res, fmt.Errorf("node: garbage collection: %w", err)
+	}
 	plan, err := gc.MarkAndSweep(ctx, n.gc.meta, gc.Options{Grace: req.Grace, DryRun: req.DryRun, Progress: progress})
 	res.MarkIndex, res.Manifests, res.Links, res.Blobs, res.Bytes, res.Kept = plan.MarkIndex, plan.Manifests, plan.Links, len(plan.Blobs), plan.Bytes, plan.Kept
 	if err != nil {

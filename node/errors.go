@@ -43,6 +43,10 @@ func metaError(err error, notFound oci.Code, msg string) error {
 		// A garbage collection freed a blob this push had checked: the
 		// message names it; pushing again uploads it again.
 		return oci.Wrap(oci.ManifestBlobUnknown, err, strings.TrimPrefix(strings.TrimPrefix(err.Error(), "leader: "), "consensus: "))
+	case errors.Is(err, consensus.ErrPolicyDenied):
+		// An immutable tag or a quota: the message names the rule and
+		// what to do (consensus/state/policy.go).
+		return oci.Wrap(oci.Denied, err, strings.TrimPrefix(strings.TrimPrefix(err.Error(), "leader: "), "consensus: "))
 	case errors.Is(err, consensus.ErrInvalidCommand):
 		// A bound of the metadata store (too many tags, a media type it
 		// does not store, ...): the message names it.

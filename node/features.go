@@ -2,6 +2,7 @@ package node
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -20,12 +21,69 @@ import (
 // agentOps marks the newest op in a user agent: "meshreg/v1.2.0 ops/7".
 const agentOps = " ops/"
 
+// agentSettings marks, before the ops, the settings (OpPutSetting names)
+// added since settings began that a release applies:
+// "meshreg/v1.3.0 settings/policy ops/7". A setting an older member does
+// not know fails there and succeeds on the others, as a new op would.
+// (Before the ops, since releases before it read the ops as the tail.)
+const agentSettings = " settings/"
+
+// newerSettings are the settings this release applies that the first
+// releases with OpPutSetting did not: proposed only when every member
+// says it applies them.
+var newerSettings = []string{state.SettingPolicy}
+
 // userAgent is what this node tells its peers it runs.
 func userAgent(version string) string {
 	if version == "" {
 		version = "dev"
 	}
-	return "meshreg/" + version + agentOps + strconv.Itoa(int(state.LastOp))
+	return "meshreg/" + version + agentSettings + strings.Join(newerSettings, ",") + agentOps + strconv.Itoa(int(state.LastOp))
+}
+
+// agentAppliesSetting reports whether a peer's user agent says it
+// applies the setting name.
+func agentAppliesSetting(agent, name string) bool {
+	i := strings.Index(agent, agentSettings)
+	if !strings.HasPrefix(agent, "meshreg/") || i < 0 {
+		return false
+	}
+	list, _, _ := strings.Cut(agent[i+len(agentSettings):], " ")
+	return slices.Contains(strings.Split(list, ","), name)
+}
+
+// membersApplySetting is membersApply for a write of the setting name:
+// every member must also apply that setting.
+func (n *Node) membersApplySetting(name string) error {
+	if err := n.membersApply(state.OpPutSetting); err != nil {
+		return err
+	}
+	if !slices.Contains(newerSettings, name) {
+		return nil
+	}
+	members, err := n.meta.Members()
+	if err != nil {
+		return fmt.Errorf("reading the cluster's members: %w", err)
+	}
+	ids := make([]string, len(members))
+	for i, m := range members {
+		ids[i] = m.ID
+	}
+	return membersApplySetting(n.host, ids, name)
+}
+
+func membersApplySetting(a agents, members []string, name string) error {
+	for _, m := range members {
+		id, err := peer.Decode(m)
+		if err != nil || id == a.ID() {
+			continue
+		}
+		if agent := a.AgentVersion(id); !agentAppliesSetting(agent, name) {
+			return fmt.Errorf("member %s runs %q, a release that does not apply the %s setting: "+
+				"upgrade every member (or remove the old one) first", id, agent, name)
+		}
+	}
+	return nil
 }
 
 // agentLastOp reads the newest op a peer's user agent says it applies; a

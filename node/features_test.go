@@ -72,3 +72,40 @@ func TestNewOpsWaitForEveryMember(t *testing.T) {
 		t.Fatalf("a member never heard from: err = %v", err)
 	}
 }
+
+// TestNewSettingsWaitForEveryMember: the policy setting is written only
+// when every member says it applies it; a release that says nothing of
+// settings (or other ones) does not.
+func TestNewSettingsWaitForEveryMember(t *testing.T) {
+	if !agentAppliesSetting(userAgent("v1.3.0"), state.SettingPolicy) {
+		t.Fatalf("this release's agent %q does not say it applies the policy", userAgent("v1.3.0"))
+	}
+	if got := agentLastOp(userAgent("v1.3.0")); got != state.LastOp {
+		t.Fatalf("the settings marker hides the ops: %d", got)
+	}
+	for _, agent := range []string{"", "meshreg/v1.2.0 ops/7", "meshreg/v1.3.0 settings/other ops/7", "go-libp2p settings/policy"} {
+		if agentAppliesSetting(agent, state.SettingPolicy) {
+			t.Errorf("agent %q applies the policy setting", agent)
+		}
+	}
+	net := nodefake.NewNetwork()
+	var ts []*nodefake.Transport
+	var ids []string
+	for range 3 {
+		tr, err := net.NewTransport()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr.SetAgent(userAgent("v1.3.0"))
+		ts = append(ts, tr)
+		ids = append(ids, tr.ID().String())
+	}
+	if err := membersApplySetting(ts[0], ids, state.SettingPolicy); err != nil {
+		t.Fatalf("every member runs this release: %v", err)
+	}
+	ts[1].SetAgent("meshreg/v1.2.0 ops/7")
+	if err := membersApplySetting(ts[0], ids, state.SettingPolicy); err == nil || !strings.Contains(err.Error(), ts[1].ID().String()) ||
+		!strings.Contains(err.Error(), "does not apply the policy setting") {
+		t.Fatalf("an older member: err = %v", err)
+	}
+}

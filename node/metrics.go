@@ -133,6 +133,7 @@ func (n *Node) RegisterMetrics(reg prometheus.Registerer) {
 	)
 	reg.MustRegister(n.metrics.collectors()...)
 	reg.MustRegister(n.gc.collectors()...)
+	reg.MustRegister(newUsageCollector(n))
 	reg.MustRegister(buildInfoMetric(n.cfg.Build))
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshreg_p2p_streams_refused_total",
 		Help: "Inbound libp2p streams reset unread because the peer may not use the protocol (not a member)."},

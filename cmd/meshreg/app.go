@@ -15,6 +15,7 @@ func newApp() *cli.App {
 			clusterCommand(),
 			tokenCommand(),
 			gcCommand(),
+			policyCommand(),
 			recoverCommand(),
 			backupCommand(),
 			restoreCommand(),

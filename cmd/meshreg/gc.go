@@ -83,6 +83,7 @@ func gcRun(c *cli.Context) error {
 }
 
 func printGC(w io.Writer, r api.GCResult) {
+	printRetention(w, r)
 	if r.DryRun {
 		fmt.Fprintf(w, "dry run at index %d (grace %s): %d blobs (%d bytes) would be freed, %d unreferenced kept\n",
 			r.MarkIndex, r.Grace, r.Blobs, r.Bytes, r.Kept)
@@ -103,5 +104,29 @@ func printGC(w io.Writer, r api.GCResult) {
 			continue
 		}
 		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\n", n.Node, n.Blobs, n.Bytes, n.LeftoverBlobs, n.LeftoverBytes, n.Kept)
+	}
+}
+
+// printRetention lists what the content policy's retention deleted (would
+// delete, on a dry run): one line each, "tag REPO:TAG DIGEST" or
+// "manifest REPO@DIGEST", then the reason.
+func printRetention(w io.Writer, r api.GCResult) {
+	verb := "deleted"
+	if r.DryRun {
+		verb = "would delete"
+	}
+	if len(r.Retention) > 0 || r.RetentionSkipped > 0 {
+		fmt.Fprintf(w, "retention %s %d tags and untagged manifests", verb, len(r.Retention))
+		if r.RetentionSkipped > 0 {
+			fmt.Fprintf(w, " (%d skipped: a write raced them; the next collection decides again)", r.RetentionSkipped)
+		}
+		fmt.Fprintln(w)
+	}
+	for _, d := range r.Retention {
+		if d.Tag != "" {
+			fmt.Fprintf(w, "retention %s tag %s:%s\t%s\t%s\n", verb, d.Repo, d.Tag, d.Digest, d.Reason)
+		} else {
+			fmt.Fprintf(w, "retention %s manifest %s@%s\t%s\n", verb, d.Repo, d.Digest, d.Reason)
+		}
 	}
 }

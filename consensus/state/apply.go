@@ -18,6 +18,13 @@ type manifestMeta struct {
 	ArtifactType string            `json:"artifactType,omitempty"`
 	Annotations  map[string]string `json:"annotations,omitempty"`
 	Size         int64             `json:"size"`
+	// Index and Time: the entry that last put the manifest and its
+	// proposer's clock (Unix ns; 0 before they were recorded). Retention
+	// ages untagged manifests by them.
+	Index uint64 `json:"index,omitempty"`
+	Time  int64  `json:"time,omitempty"`
+	// Counted: the manifest is in its repository's usage (policy.go).
+	Counted bool `json:"counted,omitempty"`
 }
 
 // Apply applies the Raft log entry at index, whose bytes are data, to the
@@ -41,6 +48,12 @@ type manifestMeta struct {
 // Apply does not run concurrently with itself on one database; readers
 // may run at any time (badger transactions give them consistent views).
 func Apply(db *badger.DB, index uint64, data []byte, beforeCommit func(index uint64) error) (a Applied, ok bool, resp, err error) {
+	return ApplyCached(db, index, data, beforeCommit, nil)
+}
+
+// ApplyCached is Apply with a cache of the parsed content policy (nil:
+// none), which the caller keeps from one entry to the next.
+func ApplyCached(db *badger.DB, index uint64, data []byte, beforeCommit func(index uint64) error, policies *PolicyCache) (a Applied, ok bool, resp, err error) {
 	txn := db.NewTransaction(true)
 	defer func() { txn.Discard() }()
 	v, _, err := tx{txn}.get([]byte(KeyApplied))
@@ -53,6 +66,13 @@ func Apply(db *badger.DB, index uint64, data []byte, beforeCommit func(index uin
 	c, resp := DecodeCommand(data)
 	if resp == nil {
 		resp = c.Validate()
+	}
+	if resp == nil {
+		// Before dropTags: a manifest delete an immutable tag forbids
+		// must not lose its tags.
+		if resp, err = (tx{txn}).checkPolicy(c, policies); err != nil {
+			return a, false, nil, err
+		}
 	}
 	if resp == nil && c.Op == OpDeleteManifest {
 		txn.Discard()
@@ -126,6 +146,9 @@ func dropTagBatch(db *badger.DB, repo string, d digest.Digest, prefix []byte) (i
 		if err := t.Delete(tagByDigestKey(repo, d, tag)); err != nil {
 			return 0, err
 		}
+		if err := t.Delete(tagPushKey(repo, tag)); err != nil {
+			return 0, err
+		}
 	}
 	return len(tags), txn.Commit()
 }
@@ -196,7 +219,7 @@ func (t tx) execute(c Command, index uint64) (resp, err error) {
 		if resp, err := t.checkCollected(c); resp != nil || err != nil {
 			return resp, err
 		}
-		if err := t.putManifest(c); err != nil {
+		if err := t.putManifest(c, index); err != nil {
 			return nil, err
 		}
 		return nil, t.touchManifest(c, index)
@@ -223,16 +246,36 @@ func (t tx) execute(c Command, index uint64) (resp, err error) {
 
 // putManifest adds the manifest to the repository unless it is there
 // already, then points each tag at it.
-func (t tx) putManifest(c Command) error {
+func (t tx) putManifest(c Command, index uint64) error {
 	mk := ManifestKey(c.Repo, c.Digest)
-	_, present, err := t.get(mk)
+	old, present, err := t.get(mk)
 	if err != nil {
 		return err
 	}
+	if present {
+		// A push again: it is as young as this one.
+		var meta manifestMeta
+		if err := json.Unmarshal(old, &meta); err != nil {
+			return fmt.Errorf("decoding %q: %w", mk, err)
+		}
+		meta.Index, meta.Time = index, max(c.Time, 0)
+		if err := t.setJSON(mk, meta); err != nil {
+			return err
+		}
+	}
 	if !present {
+		counting, err := t.counting()
+		if err != nil {
+			return err
+		}
+		if counting {
+			if err := t.accountPut(c); err != nil {
+				return err
+			}
+		}
 		annotations := BoundedAnnotations(c.Annotations)
 		meta := manifestMeta{MediaType: c.MediaType, Subject: c.Subject, ArtifactType: c.ArtifactType,
-			Annotations: annotations, Size: int64(len(c.Body))}
+			Annotations: annotations, Size: int64(len(c.Body)), Index: index, Time: max(c.Time, 0), Counted: counting}
 		if err := t.setJSON(mk, meta); err != nil {
 			return err
 		}
@@ -252,6 +295,9 @@ func (t tx) putManifest(c Command) error {
 	}
 	for _, tag := range c.Tags {
 		if err := t.setTag(c.Repo, tag, c.Digest); err != nil {
+			return err
+		}
+		if err := t.setTagPush(c.Repo, tag, index, c.Time); err != nil {
 			return err
 		}
 	}
@@ -330,6 +376,18 @@ func (t tx) deleteManifest(repo string, d digest.Digest) (resp, err error) {
 		if err := t.Delete(tagByDigestKey(repo, d, tag)); err != nil {
 			return nil, err
 		}
+		if err := t.Delete(tagPushKey(repo, tag)); err != nil {
+			return nil, err
+		}
+	}
+	if meta.Counted {
+		body, _, err := t.get(BodyKey(d))
+		if err != nil {
+			return nil, err
+		}
+		if err := t.accountDelete(repo, body, meta.Size); err != nil {
+			return nil, err
+		}
 	}
 	if meta.Subject != "" {
 		if err := t.Delete(ReferrerKey(repo, meta.Subject, d)); err != nil {
@@ -354,6 +412,9 @@ func (t tx) deleteTag(repo, tag string) (resp, err error) {
 		return fmt.Errorf("consensus: tag %s is not in repository %s: %w", tag, repo, ErrNotFound), nil
 	}
 	if err := t.Delete(TagKey(repo, tag)); err != nil {
+		return nil, err
+	}
+	if err := t.Delete(tagPushKey(repo, tag)); err != nil {
 		return nil, err
 	}
 	return nil, t.Delete(tagByDigestKey(repo, digest.Digest(v), tag))

@@ -21,6 +21,11 @@ import (
 //	├── l<repo>·<digest>           blob link → size (uint64 big-endian)
 //	├── f<repo>·<subject>·<digest> referrer → ocispec.Descriptor (JSON)
 //	├── s<name>                    cluster setting → its body (settings.go)
+//	├── p<repo>·<tag>              tag push: index of the latest put naming it, proposer time
+//	│                              (2 × uint64, policy.go; retention orders and ages tags by it)
+//	├── v<repo>                    repository usage in bytes (uint64, policy.go)
+//	├── q<repo>·<digest>           blob in the usage: manifests referencing it, linked size
+//	│                              (2 × uint64, policy.go)
 //	├── u<repo>·<tag>              mirrored tag → MirrorTag (JSON): what the
 //	│                              upstream answered and when (mirror.go)
 //	├── k<digest>                  last touch: index of the latest link or put naming it,
@@ -49,6 +54,9 @@ const (
 	prefixBlobLink = 'l'
 	prefixReferrer = 'f'
 	prefixSetting  = 's'
+	prefixTagPush  = 'p'
+	prefixUsage    = 'v'
+	prefixUsedBlob = 'q'
 	prefixTouch    = 'k'
 	prefixTomb     = 'x'
 	prefixTombLog  = 'y'

@@ -15,8 +15,11 @@ import (
 // a panic or a partial write.
 //
 // Together they keep every write inside one badger transaction: a put touches
-// at most 4 keys per tag plus 6 (a few KiB of keys, far below the ~2.4 MiB a
-// transaction takes with 16 MiB memtables); the one command whose work grows
+// at most 5 keys per tag plus 7, and, once a content policy counts usage
+// (policy.go), one key per distinct blob the manifest references (a few KiB
+// of keys for real images, far below the ~2.4 MiB a transaction takes with
+// 16 MiB memtables; a manifest listing tens of thousands of blobs is refused
+// by the ErrTxnTooBig safety net of Apply, alike on every node); the one command whose work grows
 // with the state, a manifest delete, removes the tags in batches
 // (deleteTagBatch per transaction, see Apply).
 const (

@@ -3,6 +3,8 @@ package state
 import (
 	"fmt"
 	"slices"
+
+	"github.com/meshreg/meshreg/consensus/state/policy"
 )
 
 // Cluster settings: named records replicated through Raft (OpPutSetting)
@@ -17,12 +19,15 @@ const (
 	// SettingAuthTokenKeys is the token service's signing key set (JSON,
 	// see api/auth/token.KeySet).
 	SettingAuthTokenKeys = "auth.token-keys"
+	// SettingPolicy is the content policy: retention, immutable tags and
+	// quotas (YAML, see package policy). Apply enforces it (policy.go).
+	SettingPolicy = "policy"
 	// MaxSettingBytes bounds one setting's body.
 	MaxSettingBytes = 64 << 10
 )
 
 // settingNames is the closed set of setting names.
-var settingNames = []string{SettingAuthTokenKeys}
+var settingNames = []string{SettingAuthTokenKeys, SettingPolicy}
 
 // KnownSetting reports whether name is a setting the state stores.
 func KnownSetting(name string) bool { return slices.Contains(settingNames, name) }
@@ -36,6 +41,12 @@ func checkSetting(name string, body []byte) error {
 		return fmt.Errorf("setting %s has an empty body", name)
 	case len(body) > MaxSettingBytes:
 		return fmt.Errorf("setting %s is %d bytes: at most %d", name, len(body), MaxSettingBytes)
+	case name == SettingPolicy:
+		// Checked at apply too: a member that stores a policy every node
+		// parses alike, or none.
+		if _, err := policy.Parse(body); err != nil {
+			return err
+		}
 	}
 	return nil
 }
