@@ -26,7 +26,7 @@ func (n *Node) newFetches() *fetch.Engine {
 	return fetch.New(fetch.Config{
 		Partials: fetchPartials{n: n},
 		Sources:  []fetch.Source{peers, n.origins},
-		Room:     func() error { return n.disk.check() },
+		Room:     func() error { return n.disk.checkBlob() },
 		Go: func(fn func(context.Context)) error {
 			if !n.bg.Go(func() { fn(n.bg.Context()) }) {
 				return errShuttingDown

@@ -65,7 +65,9 @@ type EvictConfig struct {
 	// recency index); OnHandedOff of each copy made elsewhere first.
 	OnEvicted   func(d digest.Digest, size int64)
 	OnHandedOff func(d digest.Digest)
-	Log         *slog.Logger
+	// OnStuck, if not nil, hears of each pass that ended over the budget.
+	OnStuck func()
+	Log     *slog.Logger
 }
 
 // maxHandOffs bounds the copies one pass asks other members to make.
@@ -244,6 +246,9 @@ func (e *Evictor) Pass(ctx context.Context) (PassResult, error) {
 	}
 	if used := e.cfg.Used(); used > e.cfg.Budget && ctx.Err() == nil {
 		res.Stuck = e.stuckReason(len(cands), len(short)-res.HandedOff, inUse, copyErrs)
+		if e.cfg.OnStuck != nil {
+			e.cfg.OnStuck()
+		}
 		e.cfg.Log.Warn("over the disk budget and nothing more can be evicted: new blobs are refused until space frees up",
 			"used", used, "budget", e.cfg.Budget, "why", res.Stuck)
 	}

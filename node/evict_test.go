@@ -1,0 +1,103 @@
+package node
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshreg/meshreg/api/oci"
+)
+
+// fakeBudget is a test-only evictor as the disk guard sees it.
+type fakeBudget struct {
+	budget, low int64
+	stuck       string
+	kicks       int
+}
+
+func (f *fakeBudget) Budget() int64 { return f.budget }
+func (f *fakeBudget) Low() int64    { return f.low }
+func (f *fakeBudget) Kick()         { f.kicks++ }
+func (f *fakeBudget) Stuck() string { return f.stuck }
+
+// TestDiskGuardBudget: under --max-disk new blobs are taken; at the budget
+// they are taken while eviction may still free space (and a pass is asked
+// for); once a pass found nothing to evict they get 507 DENIED saying
+// which budget, how much is held and why nothing can go, while metadata
+// writes (manifests, which hold no blob bytes) still pass.
+func TestDiskGuardBudget(t *testing.T) {
+	g, _, _, _ := newTestGuard(0)
+	used := int64(5 << 20)
+	g.used = func() int64 { return used }
+	fb := &fakeBudget{budget: 6 << 20, low: 5 << 20}
+	refused := &countingCounter{Counter: prometheus.NewCounter(prometheus.CounterOpts{Name: "budget"})}
+	g.budget, g.budgetRefused = fb, refused
+
+	if err := g.checkBlob(); err != nil || fb.kicks != 0 {
+		t.Fatalf("under the budget: %v (kicks %d)", err, fb.kicks)
+	}
+	used = 7 << 20
+	if err := g.checkBlob(); err != nil || fb.kicks != 1 {
+		t.Fatalf("over the budget before any pass: %v (kicks %d), want it taken and a pass asked for", err, fb.kicks)
+	}
+	fb.stuck = "3 blobs are held by fewer than --replicas (2) other live nodes"
+	err := g.checkBlob()
+	var oe *oci.Error
+	if !errors.As(err, &oe) || oe.HTTPStatus() != http.StatusInsufficientStorage || oe.Code != oci.Denied {
+		t.Fatalf("over the budget with nothing to evict: %v, want 507 DENIED", err)
+	}
+	for _, want := range []string{"node 12D3KooWTest is over its disk budget (--max-disk 6.0 MiB)", "7.0 MiB of blobs held",
+		"nothing can be evicted: 3 blobs are held by fewer than --replicas (2)", "raise --max-disk"} {
+		if !strings.Contains(oe.Message, want) {
+			t.Errorf("message %q does not say %q", oe.Message, want)
+		}
+	}
+	if !errors.Is(err, ErrOverBudget) || refused.n != 1 {
+		t.Errorf("refusal %v: wraps ErrOverBudget %v, counted %d", err, errors.Is(err, ErrOverBudget), refused.n)
+	}
+	if err := g.check(); err != nil {
+		t.Errorf("a metadata write was refused over the blob budget: %v", err)
+	}
+	st := g.status()
+	if st.BudgetBytes != 6<<20 || st.LowWaterBytes != 5<<20 || st.UsedBytes != 7<<20 || st.OverBudget != fb.stuck {
+		t.Errorf("status = %+v, want the budget, low-water mark, use and reason", st)
+	}
+}
+
+// TestMaxDiskLowDefault: without --max-disk-low, eviction goes down to 90%.
+func TestMaxDiskLowDefault(t *testing.T) {
+	c := Config{MaxDisk: 100 << 20}
+	if got := c.maxDiskLow(); got != 90<<20 {
+		t.Errorf("low-water mark of 100 MiB = %d, want 90 MiB", got)
+	}
+	c.MaxDiskLow = 50 << 20
+	if got := c.maxDiskLow(); got != 50<<20 {
+		t.Errorf("--max-disk-low 50MiB gave %d", got)
+	}
+}
+
+// TestRecencyBounded: the recency index holds at most maxRecency blobs
+// (one past it counts as read when written) and forgets an evicted one.
+func TestRecencyBounded(t *testing.T) {
+	var r recency
+	for i := range maxRecency + 10 {
+		r.touch(blobDigest(i))
+	}
+	if len(r.last) != maxRecency {
+		t.Fatalf("recency holds %d blobs, want at most %d", len(r.last), maxRecency)
+	}
+	if !r.get(blobDigest(maxRecency + 5)).IsZero() {
+		t.Error("a blob past the bound was tracked")
+	}
+	r.forget(blobDigest(0))
+	if !r.get(blobDigest(0)).IsZero() {
+		t.Error("an evicted blob is still tracked")
+	}
+}
+
+func blobDigest(i int) digest.Digest { return digest.FromString(strconv.Itoa(i)) }

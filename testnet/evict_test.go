@@ -1,0 +1,100 @@
+package testnet_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/meshreg/meshreg/testnet"
+)
+
+// TestEvictionUnderDiskBudget: a 3-node cluster (--replicas 2) whose third
+// node has a small --max-disk (6 MiB) pulls four images of ~3 MiB pushed
+// through the first. The third node's blob bytes come back under the
+// budget after every pull; every image pulls in full through it, again
+// after the others pushed it out (evicted blobs come back from peers); and
+// no blob was left with fewer than --replicas copies, let alone none (the
+// blob files are counted in the three data dirs).
+func TestEvictionUnderDiskBudget(t *testing.T) {
+	testnet.RequireProcess(t)
+	const budget = 6 << 20
+	common := []string{"--replicas", "2", "--stabilization-time", testnet.HarnessStabilization.String()}
+	nodes := testnet.StartCluster(t, 2, testnet.Options{Args: common})
+	small := testnet.StartNode(t, testnet.Options{Args: append(append([]string{}, common...),
+		"--max-disk", "6MiB", "--join", nodes[0].URL(), "--join-token", testnet.JoinToken(t, nodes[0], time.Hour))})
+	nodes = append(nodes, small)
+	testnet.WaitConverged(t, nodes, 3, 3, 60*time.Second)
+
+	var imgs []*gcImage
+	c0 := testnet.NewClient(nodes[0].URL())
+	for i := range 4 {
+		img := newGCImage(testnet.UniqueRepo(fmt.Sprintf("e2e/evict-%d", i)), fmt.Appendf(nil, `{"architecture":"amd64","os":"linux","i":%d}`, i),
+			testnet.RandomBytes(1<<20), testnet.RandomBytes(1<<20), testnet.RandomBytes(1<<20))
+		img.pushBlobs(t, c0)
+		if err := img.putManifest(c0); err != nil {
+			t.Fatalf("pushing image %d: %v", i, err)
+		}
+		imgs = append(imgs, img)
+	}
+	var peak int64
+	underBudget := func(after string) {
+		t.Helper()
+		var used int64
+		if !testnet.Eventually(30*time.Second, func() bool {
+			used = diskBytes(t, small)
+			peak = max(peak, used)
+			return used <= budget
+		}) {
+			t.Fatalf("after %s the small node holds %d bytes of blobs, over its --max-disk of %d", after, used, budget)
+		}
+	}
+	underBudget("the pushes")
+	for round := range 2 {
+		for i, img := range imgs {
+			img.pullsInFull(t, small)
+			underBudget(fmt.Sprintf("pull %d of image %d", round+1, i))
+		}
+	}
+	if t.Failed() {
+		return
+	}
+	// No last copy, nor any copy short of --replicas, was evicted.
+	for i, img := range imgs {
+		for _, b := range img.blobs {
+			d := digest.FromBytes(b)
+			held := 0
+			for _, n := range nodes {
+				if holds(n, d) {
+					held++
+				}
+			}
+			if held < 2 {
+				t.Errorf("blob %s of image %d is held by %d nodes, want at least --replicas (2)", d, i, held)
+			}
+		}
+	}
+	evicted, err := small.Metric(t.Context(), "meshreg_evictions_total", `result="evicted"`)
+	if err != nil || evicted == 0 {
+		t.Errorf("meshreg_evictions_total{result=evicted} on the small node = %v (%v), want > 0", evicted, err)
+	}
+	bytes, _ := small.Metric(t.Context(), "meshreg_evicted_bytes_total")
+	handed, _ := small.Metric(t.Context(), "meshreg_evictions_total", `result="handed_off"`)
+	if got, err := small.Metric(t.Context(), "meshreg_disk_budget_bytes"); err != nil || got != budget {
+		t.Errorf("meshreg_disk_budget_bytes = %v (%v), want %d", got, err, budget)
+	}
+	_, _, body, err := testnet.NewClient(small.URL()).Get(t.Context(), "/_meshreg/v1/status", http.Header{})
+	var st struct {
+		Disk struct {
+			Budget int64 `json:"budget_bytes"`
+			Used   int64 `json:"used_bytes"`
+		} `json:"disk"`
+	}
+	if err != nil || json.Unmarshal(body, &st) != nil || st.Disk.Budget != budget || st.Disk.Used <= 0 || st.Disk.Used > budget {
+		t.Errorf("status of the small node: disk budget %d, used %d (%v), want %d and 0 < used <= budget", st.Disk.Budget, st.Disk.Used, err, budget)
+	}
+	t.Logf("small node: peak %d bytes of blobs observed (budget %d); evicted %v blobs (%v bytes), handed off %v", peak, budget, evicted, bytes, handed)
+}
