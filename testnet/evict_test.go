@@ -2,8 +2,10 @@ package testnet_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -97,4 +99,46 @@ func TestEvictionUnderDiskBudget(t *testing.T) {
 		t.Errorf("status of the small node: disk budget %d, used %d (%v), want %d and 0 < used <= budget", st.Disk.Budget, st.Disk.Used, err, budget)
 	}
 	t.Logf("small node: peak %d bytes of blobs observed (budget %d); evicted %v blobs (%v bytes), handed off %v", peak, budget, evicted, bytes, handed)
+}
+
+// TestDiskBudgetRefusesPushesWhenNothingCanBeEvicted: a node alone (no
+// other node holds a copy of anything, so nothing may be evicted) with a
+// 2 MiB --max-disk takes blobs until it passes the budget, then refuses
+// new ones with 507 DENIED and a message that names the budget and why
+// nothing can go. What it holds stays whole and pullable, and manifest
+// PUTs (metadata, no blob bytes) still work.
+func TestDiskBudgetRefusesPushesWhenNothingCanBeEvicted(t *testing.T) {
+	testnet.RequireProcess(t)
+	n := testnet.StartNode(t, testnet.Options{Args: []string{"--max-disk", "2MiB"}})
+	c := testnet.NewClient(n.URL())
+	repo := testnet.UniqueRepo("e2e/budget")
+	img := newGCImage(repo, []byte(`{"architecture":"amd64","os":"linux"}`), testnet.RandomBytes(3<<19), testnet.RandomBytes(3<<19))
+	img.pushBlobs(t, c) // 3 MiB: the second layer passes the budget
+	var err error
+	if !testnet.Eventually(15*time.Second, func() bool {
+		_, err = c.PushBytes(t.Context(), repo, testnet.RandomBytes(1<<10))
+		return err != nil
+	}) {
+		t.Fatal("the node over its budget with nothing to evict still takes new blobs")
+	}
+	var he *testnet.HTTPError
+	if !errors.As(err, &he) || he.Status != http.StatusInsufficientStorage {
+		t.Fatalf("refusal: %v, want 507", err)
+	}
+	for _, want := range []string{`"code":"DENIED"`, "over its disk budget (--max-disk 2.0 MiB)", "nothing can be evicted", "only 0 other live nodes"} {
+		if !strings.Contains(he.Body, want) {
+			t.Errorf("refusal body %s does not say %q", he.Body, want)
+		}
+	}
+	if err := img.putManifest(c); err != nil {
+		t.Errorf("a manifest PUT over the blob budget: %v", err)
+	}
+	img.pullsInFull(t, n)
+	if refused, err := n.Metric(t.Context(), "meshreg_writes_refused_total", `reason="budget"`); err != nil || refused == 0 {
+		t.Errorf("meshreg_writes_refused_total{reason=budget} = %v (%v), want > 0", refused, err)
+	}
+	if stuck, err := n.Metric(t.Context(), "meshreg_evictions_total", `result="stuck"`); err != nil || stuck == 0 {
+		t.Errorf("meshreg_evictions_total{result=stuck} = %v (%v), want > 0", stuck, err)
+	}
+	t.Logf("refusal: %s", he.Body)
 }

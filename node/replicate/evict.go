@@ -348,8 +348,7 @@ func (e *Evictor) stuckReason(held, short, inUse int, copyErrs []error) string {
 	var why []string
 	if n := len(e.r.cfg.Cluster.Live()); n < e.r.cfg.Replicas {
 		why = append(why, fmt.Sprintf("only %d other live nodes, and a blob is evicted only while --replicas (%d) others hold it", n, e.r.cfg.Replicas))
-	}
-	if short > 0 {
+	} else if short > 0 {
 		w := fmt.Sprintf("%d blobs are held by fewer than --replicas (%d) other live nodes", short, e.r.cfg.Replicas)
 		if len(copyErrs) > 0 {
 			w += fmt.Sprintf(" and could not be copied to another (%v)", copyErrs[0])
