@@ -1,11 +1,17 @@
 package node
 
 import (
+	"bytes"
 	"errors"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
@@ -101,3 +107,61 @@ func TestRecencyBounded(t *testing.T) {
 }
 
 func blobDigest(i int) digest.Digest { return digest.FromString(strconv.Itoa(i)) }
+
+// TestEvictionFollowsReads: on nodes over the fake network, node 0 (a
+// 2.5 KiB budget, --replicas 2) holds three 1 KiB blobs that both other
+// nodes hold too. The oldest file was read by a client since: eviction
+// takes the oldest one not read instead, down to the low-water mark. The
+// evicted blob is "not held" for peers, and a client pull through node 0
+// brings it back from a peer, whole.
+func TestEvictionFollowsReads(t *testing.T) {
+	t.Parallel()
+	fn := newFakeNet(t)
+	n := fn.add("a", func(c *Config) { c.Replicas, c.MaxDisk, c.MaxDiskLow = 2, 2560, 2048 })
+	fn.add("a", nil)
+	fn.add("a", nil)
+	if n.evictor == nil {
+		t.Fatal("--max-disk set but no evictor")
+	}
+	var blobs [][]byte
+	var ds []digest.Digest
+	for i := range 3 {
+		b, _ := randomBlob(uint64(100+i), 1024)
+		var d digest.Digest
+		for _, o := range fn.nodes {
+			d = hold(t, o, "r/app", b)
+		}
+		// Written 3, 2 and 1 hours ago.
+		mt := time.Now().Add(-time.Duration(3-i) * time.Hour)
+		if err := os.Chtimes(blobFile(n, d), mt, mt); err != nil {
+			t.Fatal(err)
+		}
+		blobs, ds = append(blobs, b), append(ds, d)
+	}
+	if got, err := pull(t.Context(), n, "r/app", ds[0]); err != nil || !bytes.Equal(got, blobs[0]) {
+		t.Fatalf("pulling the oldest blob: %v", err)
+	}
+	res, err := n.evictor.Pass(t.Context())
+	if err != nil || res.Evicted != 1 || res.Stuck != "" {
+		t.Fatalf("pass = %+v, %v; want one blob evicted (3 KiB down to 2 KiB)", res, err)
+	}
+	for i, want := range []bool{true, false, true} {
+		if _, err := os.Stat(blobFile(n, ds[i])); (err == nil) != want {
+			t.Errorf("blob %d on disk = %v after the pass, want %v (blob 0 was read, blob 1 is the oldest not read)", i, err == nil, want)
+		}
+	}
+	if has := fn.nodes[1].replicas.Holders(t.Context(), []peer.ID{n.host.ID()}, ds[1:2]); len(has[ds[1]]) != 0 {
+		t.Error("node 0 still says it holds the evicted blob")
+	}
+	if got, err := pull(t.Context(), n, "r/app", ds[1]); err != nil || !bytes.Equal(got, blobs[1]) {
+		t.Fatalf("pulling the evicted blob through node 0: %v", err)
+	}
+	if v := counterValue(t, n.evictMetrics.evictions.WithLabelValues("evicted")); v != 1 {
+		t.Errorf("meshreg_evictions_total{result=evicted} = %v, want 1", v)
+	}
+}
+
+// blobFile is where n's blob store keeps d.
+func blobFile(n *Node, d digest.Digest) string {
+	return filepath.Join(n.cfg.DataDir, "blobs", string(d.Algorithm()), d.Encoded()[:2], d.Encoded())
+}
