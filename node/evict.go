@@ -155,6 +155,14 @@ func (n *Node) evictLoops() []loop {
 	return []loop{n.evictor}
 }
 
+// blobCommitted asks for an eviction pass now if a new blob took the node
+// past its budget (the evictor checks; this never blocks).
+func (n *Node) blobCommitted() {
+	if n.evictor != nil {
+		n.evictor.Kick()
+	}
+}
+
 // noteRead records a read of blob d (by a client or a peer) for eviction.
 func (n *Node) noteRead(d digest.Digest) {
 	if n.evictor != nil {

@@ -50,7 +50,26 @@ func (n *Node) startFetch(d digest.Digest, size int64, hint []peer.ID) (*fetch.F
 type fetchPartials struct{ n *Node }
 
 func (p fetchPartials) NewPartial(d digest.Digest, size int64) (fetch.Partial, error) {
-	return p.n.blobs.NewPartial(d, size)
+	part, err := p.n.blobs.NewPartial(d, size)
+	if err != nil || p.n.evictor == nil {
+		return part, err
+	}
+	return committedPartial{Partial: part, committed: p.n.blobCommitted}, nil
+}
+
+// committedPartial tells the node when a fetched blob is committed (the
+// disk budget checks its use then).
+type committedPartial struct {
+	fetch.Partial
+	committed func()
+}
+
+func (p committedPartial) Commit() error {
+	err := p.Partial.Commit()
+	if err == nil {
+		p.committed()
+	}
+	return err
 }
 
 func (n *Node) penalise(p peer.ID, why string) {

@@ -281,6 +281,7 @@ func (n *Node) PutBlob(ctx context.Context, repo string, d digest.Digest, r io.R
 		return 0, blobError(n.disk.mapError(err), d)
 	}
 	n.announce(d)
+	n.blobCommitted()
 	return size, n.link(ctx, repo, d, size)
 }
 
@@ -400,6 +401,7 @@ func (n *Node) FinishUpload(ctx context.Context, repo, id string, d digest.Diges
 		return 0, blobError(n.disk.mapError(err), d)
 	}
 	n.announce(d)
+	n.blobCommitted()
 	n.forget(id)
 	return size, n.link(ctx, repo, d, size)
 }
