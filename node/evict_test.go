@@ -165,3 +165,39 @@ func TestEvictionFollowsReads(t *testing.T) {
 func blobFile(n *Node, d digest.Digest) string {
 	return filepath.Join(n.cfg.DataDir, "blobs", string(d.Algorithm()), d.Encoded()[:2], d.Encoded())
 }
+
+// TestOverBudgetRefusesNewBlobs: node 0 (1 KiB budget, --replicas 2, one
+// other node) holds a 2 KiB blob and can evict nothing. A push to it and a
+// client pull of a blob only its peer holds are refused with 507 DENIED
+// naming the budget; a pull of what it holds still works.
+func TestOverBudgetRefusesNewBlobs(t *testing.T) {
+	t.Parallel()
+	fn := newFakeNet(t)
+	n := fn.add("a", func(c *Config) { c.Replicas, c.MaxDisk = 2, 1024 })
+	other := fn.add("a", nil)
+	held, _ := randomBlob(200, 2048)
+	hold(t, n, "r/app", held)
+	hold(t, other, "r/app", held)
+	res, err := n.evictor.Pass(t.Context())
+	if err != nil || res.Evicted != 0 || !strings.Contains(res.Stuck, "only 1 other live nodes") {
+		t.Fatalf("pass = %+v, %v; want nothing evicted and stuck: one other live node, two needed", res, err)
+	}
+	only, _ := randomBlob(201, 512)
+	onlyThere := hold(t, other, "r/app", only)
+	assertOverBudget := func(what string, err error) {
+		t.Helper()
+		var oe *oci.Error
+		if !errors.As(err, &oe) || oe.HTTPStatus() != http.StatusInsufficientStorage || oe.Code != oci.Denied ||
+			!strings.Contains(oe.Message, "over its disk budget (--max-disk 1.0 KiB)") {
+			t.Errorf("%s: %v, want 507 DENIED over the disk budget", what, err)
+		}
+	}
+	_, err = pull(t.Context(), n, "r/app", onlyThere)
+	assertOverBudget("a pull of a blob only the peer holds", err)
+	b, d := randomBlob(202, 100)
+	_, err = n.PutBlob(t.Context(), "r/app", d, bytes.NewReader(b))
+	assertOverBudget("a push", err)
+	if got, err := pull(t.Context(), n, "r/app", digest.FromBytes(held)); err != nil || !bytes.Equal(got, held) {
+		t.Errorf("a pull of a blob node 0 holds: %v", err)
+	}
+}
