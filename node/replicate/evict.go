@@ -70,7 +70,7 @@ type EvictConfig struct {
 	Log     *slog.Logger
 }
 
-// maxHandOffs bounds the copies one pass asks other members to make.
+// maxHandOffs bounds the blobs one pass tries to hand off to other members.
 const maxHandOffs = 32
 
 // evictBatch is how many candidates one has request asks about.
@@ -228,9 +228,10 @@ func (e *Evictor) Pass(ctx context.Context) (PassResult, error) {
 		short = append(short, few...)
 		inUse += pinned
 	}
-	// Hand off the least recently read of those too few others hold.
-	for _, ref := range short {
-		if done() || res.HandedOff >= maxHandOffs {
+	// Hand off the least recently read of those too few others hold (at
+	// most maxHandOffs tries a pass: the others may be full too).
+	for i, ref := range short {
+		if done() || i >= maxHandOffs || len(e.r.cfg.Cluster.Live()) < e.r.cfg.Replicas {
 			break
 		}
 		if err := e.handOff(ctx, ref); err != nil {
