@@ -192,6 +192,8 @@ func TestAccessControl(t *testing.T) {
 	if !strings.Contains(string(body), "admin") {
 		t.Errorf("bob's admin denial %s does not name the admin right", body)
 	}
+	resp, body = bob.do("GET", "/_meshreg/v1/backup?blobs=1", nil)
+	expect(t, resp, body, 403, "DENIED")
 	resp, body = alice.do("POST", "/_meshreg/v1/join-tokens", nil)
 	if resp.StatusCode/100 != 2 {
 		t.Fatalf("alice creating a join token: %d %s", resp.StatusCode, body)

@@ -104,7 +104,7 @@ func (h *Handler) authorize(r *http.Request, rt route) (*http.Request, error) {
 		// policy would not, the answer below is the same as with Basic
 		// auth: 403 DENIED for a user, 401 for anonymous.
 		err := oci.Errorf(oci.Unauthorized, "the bearer token does not grant %s on repository %s: ask the token service for scope %s",
-			action, truncate(rt.name), requestScope(r))
+			action, truncate(rt.name), h.requestScope(r))
 		h.auditRefusal(r, id, action, rt, err)
 		return r, err
 	}

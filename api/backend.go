@@ -14,6 +14,9 @@ type Manifest struct {
 	Digest    digest.Digest
 	MediaType string
 	Body      []byte
+	// Warning, when set, is sent as a Warning header: a mirrored tag served
+	// from what the cluster knew because its upstream could not be asked.
+	Warning string
 }
 
 // Registry is everything the HTTP layer needs from a registry node. Names,

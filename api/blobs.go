@@ -42,6 +42,10 @@ func (h *Handler) getBlob(w http.ResponseWriter, r *http.Request, rt route) erro
 		return oci.Errorf(oci.Unsupported, "the Range header %q cannot be served for this blob (%s): ask for bytes=START-END within the blob",
 			truncate(r.Header.Get("Range")), hdr.Get("Content-Range")).WithStatus(cw.status)
 	}
+	if r.Method == http.MethodGet && r.Header.Get("Range") == "" {
+		size, _ := content.Seek(0, io.SeekEnd)
+		h.notify(r, Event{Action: actionPull, Repository: rt.name, Digest: d.String(), MediaType: blobMediaType, Size: size, URL: blobURL(rt.name, d)})
+	}
 	return nil
 }
 
@@ -92,6 +96,7 @@ func (h *Handler) deleteBlob(w http.ResponseWriter, r *http.Request, rt route) e
 	w.Header().Set("Content-Length", "0")
 	w.WriteHeader(http.StatusAccepted)
 	h.logWrite(r, "blob deleted", rt.name, slog.String("digest", d.String()))
+	h.notify(r, Event{Action: actionDelete, Repository: rt.name, Digest: d.String()})
 	return nil
 }
 

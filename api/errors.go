@@ -74,14 +74,17 @@ func (h *Handler) challenge(r *http.Request) string {
 	if !ok {
 		return h.cfg.Auth.Authn.Challenge()
 	}
-	return c.ChallengeFor(r, requestScope(r))
+	return c.ChallengeFor(r, h.requestScope(r))
 }
 
 // requestScope is the token scope a /v2/ request needs ("" for the base
 // route and the rest): "repository:NAME:pull", "repository:NAME:pull,push"
 // for a push (clients pull what they push), "repository:NAME:delete", or
 // "registry:catalog:*".
-func requestScope(r *http.Request) string {
+//
+// A pull that is the mirror's (see Mirroring) needs its scope on the
+// mirror's repository, <NS>/<repo>, where the policy applies.
+func (h *Handler) requestScope(r *http.Request) string {
 	rt := parseRoute(r.URL.Path)
 	switch rt.kind {
 	case routeUnknown, routeBase:
@@ -91,6 +94,9 @@ func requestScope(r *http.Request) string {
 	}
 	if validateName(rt.name) != nil {
 		return ""
+	}
+	if mirrored, err := h.routeMirror(r, rt); err == nil {
+		rt = mirrored
 	}
 	switch routeAction(rt.kind, r.Method) {
 	case auth.Push:

@@ -25,6 +25,7 @@ import (
 
 	"github.com/meshreg/meshreg/api"
 	"github.com/meshreg/meshreg/node"
+	"github.com/meshreg/meshreg/node/mirror"
 	"github.com/meshreg/meshreg/testnet/tlog"
 )
 
@@ -82,6 +83,9 @@ func newFuzzRegistry(f *testing.F) *fuzzRegistry {
 	cfg := node.DefaultConfig()
 	cfg.DataDir = f.TempDir()
 	cfg.P2P.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
+	// A mirrored upstream that is down (nothing listens on port 1): ?ns=
+	// and <ns>/ requests take the mirror's paths and its failures.
+	cfg.Mirror = mirror.Config{Upstreams: []mirror.UpstreamConfig{{Name: "docker.io", URL: "http://127.0.0.1:1", Revalidate: time.Second}}}
 	n, err := node.Open(cfg, log)
 	if err != nil {
 		f.Fatal(err)
@@ -90,6 +94,7 @@ func newFuzzRegistry(f *testing.F) *fuzzRegistry {
 	n.RegisterMetrics(reg)
 	acfg := api.DefaultConfig()
 	acfg.BodyIdleTimeout = 5 * time.Second
+	acfg.Mirror = api.Mirroring{Upstreams: cfg.Mirror.Names(), Default: cfg.Mirror.DefaultUpstream()}
 	h, err := api.New(acfg, n, n, api.NewMetrics(reg), log)
 	if err != nil {
 		f.Fatal(err)
@@ -177,6 +182,12 @@ func FuzzHandler(f *testing.F) {
 		method, target, headers, body string
 	}{
 		{"GET", "/v2/", "", ""},
+		{"GET", "/v2/library/nginx/manifests/1.27?ns=docker.io", "", ""},
+		{"HEAD", "/v2/nginx/manifests/" + m + "?ns=docker.io", "", ""},
+		{"GET", "/v2/docker.io/library/nginx/blobs/" + sha, "", ""},
+		{"GET", "/v2/fuzz/app/manifests/v1?ns=evil.example", "", ""},
+		{"PUT", "/v2/docker.io/x/manifests/v1", "Content-Type: application/vnd.oci.image.manifest.v1+json", manifest},
+		{"GET", "/v2/library/nginx/tags/list?ns=docker.io", "", ""},
 		{"GET", "/v2/_catalog?n=1", "", ""},
 		{"GET", "/v2/_catalog?n=1&last=a", "", ""},
 		{"GET", "/v2/fuzz/app/tags/list?n=10&last=v0", "", ""},
@@ -212,6 +223,8 @@ func FuzzHandler(f *testing.F) {
 		{"GET", "/readyz", "", ""},
 		{"GET", "/metrics", "", ""},
 		{"GET", "/_meshreg/v1/status", "", ""},
+		{"GET", "/_meshreg/ui/?n=1&last=fuzz/app&refresh=0&login=1", "", ""},
+		{"HEAD", "/_meshreg/ui/?n=100&refresh=3600", "", ""},
 	} {
 		f.Add(s.method, s.target, s.headers, []byte(s.body))
 	}

@@ -49,6 +49,11 @@ type Config struct {
 	// Tokens serves the token endpoint (/_meshreg/v1/token) when not nil;
 	// it needs Auth (whose Authenticator verifies the tokens).
 	Tokens TokenService
+	// Mirror routes pulls to upstream registries (mirror.go).
+	Mirror Mirroring
+	// Notifier is told each acknowledged push and delete, and each pull
+	// (--notifications); nil tells nothing.
+	Notifier Notifier
 }
 
 // DefaultConfig returns the limits a registry operator would expect.
@@ -105,6 +110,7 @@ type Handler struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	writes  *writeGate
+	pages   chan struct{} // status pages being built (uiConcurrentRenders)
 }
 
 // New returns the HTTP handler of a node. metrics may be nil.
@@ -112,13 +118,17 @@ func New(cfg Config, reg Registry, node Node, metrics *Metrics, log *slog.Logger
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	h := &Handler{cfg: cfg, reg: reg, node: node, metrics: metrics, log: log, writes: newWriteGate(cfg.MaxWritesPerClient)}
+	h := &Handler{cfg: cfg, reg: reg, node: node, metrics: metrics, log: log, writes: newWriteGate(cfg.MaxWritesPerClient),
+		pages: make(chan struct{}, uiConcurrentRenders)}
 	h.mux = http.NewServeMux()
 	h.mux.HandleFunc("GET /healthz", h.healthz)
 	h.mux.HandleFunc("GET /readyz", h.readyz)
 	h.mux.HandleFunc("GET /_meshreg/v1/status", h.status)
+	h.mux.HandleFunc("GET /_meshreg/ui/{$}", h.statusPage)
+	h.mux.Handle("GET /_meshreg/ui", http.RedirectHandler("/_meshreg/ui/", http.StatusMovedPermanently))
 	h.mux.HandleFunc("DELETE /_meshreg/v1/members/{id}", h.adminOnly(h.removeMember))
 	h.mux.HandleFunc("POST /_meshreg/v1/join-tokens", h.adminOnly(h.createJoinToken))
+	h.mux.HandleFunc("GET /_meshreg/v1/backup", h.adminOnly(h.backup)) // backup.go
 	if cfg.Tokens != nil {
 		h.mux.HandleFunc("GET /_meshreg/v1/token", h.token)
 		h.mux.HandleFunc("POST /_meshreg/v1/token", h.token)
@@ -200,6 +210,10 @@ func (h *Handler) dispatch(w http.ResponseWriter, r *http.Request, rt route) err
 	if !ok {
 		w.Header().Set("Allow", allowed(methods))
 		return oci.Errorf(oci.Unsupported, "method %.20q is not supported on %s: use %s", r.Method, rt.kind, allowed(methods))
+	}
+	rt, err := h.routeMirror(r, rt)
+	if err != nil {
+		return err
 	}
 	var denied error
 	if h.cfg.Auth != nil {

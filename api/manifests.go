@@ -21,6 +21,9 @@ func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	hdr := w.Header()
 	hdr.Set("Docker-Content-Digest", m.Digest.String())
 	hdr.Set("Etag", etag)
+	if m.Warning != "" {
+		hdr.Set("Warning", m.Warning)
+	}
 	if r.Header.Get("If-None-Match") == etag {
 		w.WriteHeader(http.StatusNotModified)
 		return nil
@@ -30,6 +33,12 @@ func (h *Handler) getManifest(w http.ResponseWriter, r *http.Request, rt route) 
 	w.WriteHeader(http.StatusOK)
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(m.Body)
+		e := Event{Action: actionPull, Repository: rt.name, Digest: m.Digest.String(), MediaType: m.MediaType,
+			Size: int64(len(m.Body)), URL: manifestURL(rt.name, m.Digest)}
+		if !isDigestReference(rt.ref) {
+			e.Tag = rt.ref
+		}
+		h.notify(r, e)
 	}
 	return nil
 }
@@ -84,6 +93,23 @@ func (h *Handler) putManifest(w http.ResponseWriter, r *http.Request, rt route) 
 		attrs = append(attrs, slog.Any("tags", tags))
 	}
 	h.logWrite(r, "manifest pushed", rt.name, attrs...)
+	// One push event per tag the manifest got (Distribution's), one
+	// without a tag for a push by digest alone.
+	push := Event{Action: actionPush, Repository: rt.name, Digest: d.String(), MediaType: manifestMediaType(r.Header.Get("Content-Type"), body),
+		Size: int64(len(body)), URL: manifestURL(rt.name, d)}
+	if !isDigestReference(rt.ref) {
+		tags = append([]string{rt.ref}, tags...)
+	}
+	events := make([]Event, 0, max(1, len(tags)))
+	for _, tag := range tags {
+		e := push
+		e.Tag = tag
+		events = append(events, e)
+	}
+	if len(events) == 0 {
+		events = append(events, push)
+	}
+	h.notify(r, events...)
 	return nil
 }
 
@@ -106,6 +132,13 @@ func (h *Handler) deleteManifest(w http.ResponseWriter, r *http.Request, rt rout
 		msg = "manifest deleted"
 	}
 	h.logWrite(r, msg, rt.name, slog.String("reference", rt.ref))
+	e := Event{Action: actionDelete, Repository: rt.name}
+	if isDigestReference(rt.ref) {
+		e.Digest = rt.ref
+	} else {
+		e.Tag = rt.ref
+	}
+	h.notify(r, e)
 	return nil
 }
 

@@ -28,6 +28,12 @@ func validateName(name string) error {
 	return nil
 }
 
+// ValidName reports whether name is a valid repository name.
+func ValidName(name string) bool { return validateName(name) == nil }
+
+// ValidTag reports whether tag is a valid tag.
+func ValidTag(tag string) bool { return !isDigestReference(tag) && tagRE.MatchString(tag) }
+
 // parseDigest parses a digest from a URL or query; only algorithms the
 // registry can verify (sha256, sha512) are accepted.
 func parseDigest(s string) (digest.Digest, error) {

@@ -25,7 +25,7 @@ import (
 // tokenRegistry is a registry with the token service on: htpasswd users
 // alice, bob, carol (password <user>-pw), testPolicy, and a key set in
 // memory (keys == nil: none yet). limits, when not "", are rate limits.
-func tokenRegistry(t *testing.T, keys []byte, limits string) (r *registry, usersFile, policyFile string) {
+func tokenRegistry(t *testing.T, keys []byte, limits string, tweaks ...func(*api.Config)) (r *registry, usersFile, policyFile string) {
 	t.Helper()
 	dir := t.TempDir()
 	usersFile, policyFile = filepath.Join(dir, "htpasswd"), filepath.Join(dir, "policy.yaml")
@@ -61,6 +61,9 @@ func tokenRegistry(t *testing.T, keys []byte, limits string) (r *registry, users
 		c.Auth = &auth.Guard{Authn: &token.Authenticator{Service: svc, Basic: &auth.Basic{Users: users}}, Authz: auth.Scoped(pol)}
 		c.Tokens = svc
 		c.RateLimits = lim
+		for _, tweak := range tweaks {
+			tweak(c)
+		}
 	})
 	return r, usersFile, policyFile
 }

@@ -32,6 +32,10 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, rt route) 
 		}
 		if mounted {
 			h.logWrite(r, "blob mounted", rt.name, slog.String("from", from), slog.String("digest", d.String()))
+			if h.cfg.Notifier != nil {
+				size, _ := h.reg.StatBlob(r.Context(), rt.name, d)
+				h.notify(r, Event{Action: actionMount, Repository: rt.name, FromRepository: from, Digest: d.String(), MediaType: blobMediaType, Size: size, URL: blobURL(rt.name, d)})
+			}
 			return blobCreated(w, rt.name, d)
 		}
 		// Not mountable: the spec says to fall back to a new session.
@@ -45,6 +49,7 @@ func (h *Handler) startUpload(w http.ResponseWriter, r *http.Request, rt route) 
 			return err
 		}
 		h.logWrite(r, "blob uploaded", rt.name, slog.String("digest", d.String()), slog.Int64("size", size))
+		h.notifyBlobPush(r, rt.name, d, size)
 		return blobCreated(w, rt.name, d)
 	}
 	id, err := h.reg.StartUpload(r.Context(), rt.name)
@@ -90,7 +95,13 @@ func (h *Handler) putUpload(w http.ResponseWriter, r *http.Request, rt route) er
 		return err
 	}
 	h.logWrite(r, "blob uploaded", rt.name, slog.String("digest", d.String()), slog.Int64("size", size))
+	h.notifyBlobPush(r, rt.name, d, size)
 	return blobCreated(w, rt.name, d)
+}
+
+// notifyBlobPush tells the Notifier about a blob upload committed.
+func (h *Handler) notifyBlobPush(r *http.Request, repo string, d digest.Digest, size int64) {
+	h.notify(r, Event{Action: actionPush, Repository: repo, Digest: d.String(), MediaType: blobMediaType, Size: size, URL: blobURL(repo, d)})
 }
 
 func (h *Handler) cancelUpload(w http.ResponseWriter, r *http.Request, rt route) error {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"runtime"
 	"slices"
 	"strings"
@@ -18,6 +19,8 @@ import (
 
 	"github.com/hashicorp/raft"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/meshreg/meshreg/consensus/state"
 )
 
 // boundsTags returns n distinct valid tags of about width characters.
@@ -44,12 +47,18 @@ func hostileCommands() map[string]command {
 	put := func(mod func(c *command)) command { c := putCmd(m, ""); mod(&c); return c }
 	html := "<html><script>alert(1)</script></html>"
 	return map[string]command{
-		"10,000 tags":           put(func(c *command) { c.Tags = boundsTags("t", 10000, 60) }),
-		"101 tags":              put(func(c *command) { c.Tags = boundsTags("t", MaxTagsPerWrite+1, 8) }),
-		"text/html manifest":    put(func(c *command) { c.MediaType = "text/html"; c.Body = []byte(html); c.Digest = digest.FromString(html) }),
-		"no media type":         put(func(c *command) { c.MediaType = "" }),
-		"repo with dot-dot":     put(func(c *command) { c.Repo = "EVIL/../Injected" }),
-		"repo upper case":       put(func(c *command) { c.Repo = "Evil" }),
+		"10,000 tags":        put(func(c *command) { c.Tags = boundsTags("t", 10000, 60) }),
+		"101 tags":           put(func(c *command) { c.Tags = boundsTags("t", MaxTagsPerWrite+1, 8) }),
+		"text/html manifest": put(func(c *command) { c.MediaType = "text/html"; c.Body = []byte(html); c.Digest = digest.FromString(html) }),
+		"no media type":      put(func(c *command) { c.MediaType = "" }),
+		"repo with dot-dot":  put(func(c *command) { c.Repo = "EVIL/../Injected" }),
+		"repo upper case":    put(func(c *command) { c.Repo = "Evil" }),
+		"mirror tag, clock far ahead": {Op: state.OpPutMirrorTag, Upstream: "docker.io", Repo: "docker.io/repo", Tag: "v1", Digest: m.Digest,
+			MediaType: m.MediaType, CheckedAt: math.MaxInt64},
+		"mirror tag, upstream a path": {Op: state.OpPutMirrorTag, Upstream: "docker.io/../x", Repo: "docker.io/repo", Tag: "v1", Digest: m.Digest,
+			MediaType: m.MediaType, CheckedAt: 1_800_000_000_000_000_000},
+		"mirror tag with a body": {Op: state.OpPutMirrorTag, Upstream: "docker.io", Repo: "docker.io/repo", Tag: "v1", Digest: m.Digest,
+			MediaType: m.MediaType, CheckedAt: 1_800_000_000_000_000_000, Body: m.Body},
 		"repo too long":         put(func(c *command) { c.Repo = strings.Repeat("a", 256) }),
 		"tag with slash":        put(func(c *command) { c.Tags = []string{"a/b"} }),
 		"tag too long":          put(func(c *command) { c.Tags = []string{strings.Repeat("t", 129)} }),

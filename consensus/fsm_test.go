@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"github.com/opencontainers/go-digest"
@@ -231,5 +232,42 @@ func TestFSMSkipsNonCommandEntries(t *testing.T) {
 	}
 	if idx, err := f.appliedIndex(); idx != 0 || err != nil {
 		t.Errorf("applied index = %d, %v; want 0", idx, err)
+	}
+}
+
+// A mirrored tag travels in snapshots: a node restored from one serves the
+// same digest with the same check time.
+func TestFSMSnapshotKeepsMirrorTags(t *testing.T) {
+	t.Parallel()
+	src := openFSM(t)
+	m := manifest("docker.io/library/app", "index", "")
+	if err := applyCmd(t, src, 1, putCmd(m, "")); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 11, 30, 10, 0, 0, 0, time.UTC)
+	tagCmd := command{Op: state.OpPutMirrorTag, Upstream: "docker.io", Repo: m.Repo, Tag: "v1", Digest: m.Digest,
+		MediaType: m.MediaType, Size: int64(len(m.Body)), CheckedAt: at.UnixNano()}
+	if err := applyCmd(t, src, 2, tagCmd); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := src.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	snap.Release()
+	dst := openFSM(t)
+	if err := dst.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	var rec MirrorTag
+	if err := dst.view(func(r state.Reader) (err error) { rec, err = r.MirrorTag(m.Repo, "v1"); return err }); err != nil {
+		t.Fatalf("restored MirrorTag: %v", err)
+	}
+	if rec.Digest != m.Digest || !rec.CheckedAt.Equal(at) || rec.Upstream != "docker.io" {
+		t.Fatalf("restored mirrored tag = %+v", rec)
 	}
 }

@@ -70,6 +70,10 @@ func FuzzFSMApply(f *testing.F) {
 	f.Add(fuzzCommands(f, command{Op: 99, Repo: "team/app"}))
 	f.Add(fuzzCommands(f, command{Op: state.OpPutSetting, Name: state.SettingAuthTokenKeys, Body: []byte(`{"keys":[]}`)}))
 	f.Add(fuzzCommands(f, command{Op: state.OpPutSetting, Name: "retention", Body: []byte("x")}))
+	f.Add(fuzzCommands(f, putCmd(manifest("docker.io/library/app", "m", ""), ""),
+		command{Op: state.OpPutMirrorTag, Upstream: "docker.io", Repo: "docker.io/library/app", Tag: "v1", Digest: manifest("docker.io/library/app", "m", "").Digest,
+			MediaType: m.MediaType, Size: 10, CheckedAt: 1_800_000_000_000_000_000}))
+	f.Add(fuzzCommands(f, command{Op: state.OpPutMirrorTag, Upstream: "evil/x", Repo: "app", Tag: "v1", Digest: m.Digest, CheckedAt: -1}))
 	f.Add([]byte{byte(opPutManifest), '{'})
 	f.Add([]byte{})
 	// Issue 9, finding 1: ~10,000 tags of 60 characters in one PUT.

@@ -41,24 +41,13 @@ func Recover(cfg Config, keep []string) (servers []Server, err error) {
 	if _, err := os.Stat(filepath.Join(cfg.Dir, "raft")); errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("consensus: no Raft state in %s: nothing to recover (is this the node's data dir?)", cfg.Dir)
 	}
-	raftDB, err := openBadger(filepath.Join(cfg.Dir, "raft"), true, log)
+	st, err := openStopped(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("%w (is the node still running? stop it first)", err)
+		return nil, err
 	}
-	defer func() { err = errors.Join(err, raftDB.Close()) }()
-	fsmDB, err := openBadger(filepath.Join(cfg.Dir, "fsm"), false, log)
-	if err != nil {
-		return nil, fmt.Errorf("%w (is the node still running? stop it first)", err)
-	}
-	defer func() { err = errors.Join(err, fsmDB.Close()) }()
-	hlog := newHclog(log, "raft")
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, hlog.Named("snapshots"))
-	if err != nil {
-		return nil, fmt.Errorf("consensus: opening snapshot store in %s: %w", cfg.Dir, err)
-	}
-	logs, stable := &logStore{db: raftDB}, &stableStore{db: raftDB}
+	defer func() { err = errors.Join(err, st.close()) }()
 
-	old, err := latestConfiguration(logs, snaps)
+	old, err := latestConfiguration(st.logs, st.snaps)
 	if err != nil {
 		return nil, err
 	}
@@ -93,16 +82,8 @@ func Recover(cfg Config, keep []string) (servers []Server, err error) {
 		conf.Servers = append(conf.Servers, raft.Server{ID: raft.ServerID(id), Address: a, Suffrage: raft.Voter})
 	}
 
-	// Only the ids and the snapshot format matter to RecoverCluster; the
-	// timing is the default, valid whatever the caller's cfg holds.
-	rcfg := DefaultConfig()
-	rcfg.NodeID = cfg.NodeID
-	rc := raftConfig(rcfg, hlog)
-	_, trans := raft.NewInmemTransport(self)
-	defer trans.Close()
-	f := &fsm{db: fsmDB, log: log}
-	if err := raft.RecoverCluster(rc, f, logs, stable, snaps, trans, conf); err != nil {
-		return nil, fmt.Errorf("consensus: recovering the Raft configuration in %s: %w", cfg.Dir, err)
+	if err := st.recoverCluster(cfg, conf, string(self)); err != nil {
+		return nil, err
 	}
 	for _, s := range conf.Servers {
 		servers = append(servers, Server{ID: string(s.ID), Address: string(s.Address)})

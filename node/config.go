@@ -10,6 +10,7 @@ import (
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/buildinfo"
 	"github.com/meshreg/meshreg/node/fetch"
+	"github.com/meshreg/meshreg/node/mirror"
 	"github.com/meshreg/meshreg/p2p"
 )
 
@@ -21,8 +22,12 @@ type Config struct {
 	//	├── blobs/<alg>/<2 hex>/<hex>   blob contents (package blobstore)
 	//	├── uploads/<id>                upload sessions in progress
 	//	├── p2p/identity.key            the libp2p identity: peer id = Raft server id
-	//	└── meta/                       Raft log, snapshots and FSM (package consensus)
+	//	├── meta/                       Raft log, snapshots and FSM (package consensus)
+	//	└── notifications/<endpoint>/   webhook queues (package notify)
 	DataDir string
+	// Notifications is the webhooks file (--notifications; "": none), see
+	// package notify.
+	Notifications string
 	// P2P configures the libp2p host; its DataDir is filled in.
 	P2P p2p.Config
 	// Join names members of an existing cluster to join (multiaddrs with
@@ -95,6 +100,9 @@ type Config struct {
 	ScrubRate int64
 	// ScrubInterval is the pause between two scrub passes over every blob.
 	ScrubInterval time.Duration
+	// Mirror names the upstream registries the node mirrors (none: it
+	// mirrors nothing); see package mirror.
+	Mirror mirror.Config
 
 	// GCInterval is how often the leader runs a garbage collection (0:
 	// never; `meshreg gc` still runs one), with grace GCGrace.
@@ -151,6 +159,9 @@ func DefaultConfig() Config {
 func (c Config) Validate() error {
 	if err := c.checkRanges(); err != nil { // limits.go
 		return err
+	}
+	if err := c.Mirror.Validate(); err != nil {
+		return fmt.Errorf("node: %w", err)
 	}
 	switch {
 	case c.DataDir == "":

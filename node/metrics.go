@@ -4,6 +4,8 @@ import (
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshreg/meshreg/node/mirror"
 )
 
 // nodeMetrics are the node's counters for the blob paths between peers.
@@ -23,6 +25,7 @@ type nodeMetrics struct {
 	corrupt       prometheus.Counter     // stored blobs found corrupt and quarantined
 	corruptCount  atomic.Int64           // the same, for the status document
 	scrubbed      prometheus.Counter     // bytes re-hashed by the scrub
+	mirror        *mirror.Metrics        // per upstream (mirror.go)
 
 	originBlobs     prometheus.Counter // blobs fetched from origins (upstreams) by this node
 	originBytes     prometheus.Counter // bytes received from origins
@@ -63,6 +66,7 @@ func newNodeMetrics() *nodeMetrics {
 			Name: "meshreg_blobs_corrupt_total", Help: "Blobs on this node's disk found not to match their digest (when served or scrubbed); each was quarantined and fetched again from peers."}),
 		scrubbed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meshreg_scrub_bytes_total", Help: "Bytes of stored blobs re-hashed by the background scrub."}),
+		mirror: mirror.NewMetrics(),
 		originBlobs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meshreg_origin_blobs_fetched_total", Help: "Blobs this node fetched from their origin (an upstream registry) for the cluster."}),
 		originBytes: prometheus.NewCounter(prometheus.CounterOpts{
@@ -95,8 +99,21 @@ func (m *nodeMetrics) collectors() []prometheus.Collector {
 		m.catchUps, m.indexQueries}
 }
 
+// registerMirror exports the mirror's metrics, with the rate-limit headroom
+// of each upstream that reports one.
+func (n *Node) registerMirror(reg prometheus.Registerer) {
+	if n.mirror == nil {
+		return
+	}
+	n.metrics.mirror.Register(reg)
+	n.registerUpstreamGauges(reg)
+}
+
 // RegisterMetrics adds the node's storage gauges to reg.
 func (n *Node) RegisterMetrics(reg prometheus.Registerer) {
+	if n.notify != nil {
+		n.notify.Register(reg)
+	}
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_blobs_stored", Help: "Blobs held on this node's disk."},
 			func() float64 { c, _ := n.blobs.Stats(); return float64(c) }),
@@ -126,4 +143,5 @@ func (n *Node) RegisterMetrics(reg prometheus.Registerer) {
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshreg_p2p_streams_refused_total",
 		Help: "Inbound libp2p streams reset unread because the peer may not use the protocol (not a member)."},
 		func() float64 { return float64(n.host.RefusedStreams()) }))
+	n.registerMirror(reg)
 }

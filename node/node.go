@@ -24,7 +24,10 @@ import (
 	"github.com/meshreg/meshreg/blobstore"
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/node/fetch"
+	"github.com/meshreg/meshreg/node/mirror"
+	"github.com/meshreg/meshreg/node/notify"
 	"github.com/meshreg/meshreg/node/replicate"
+	"github.com/meshreg/meshreg/node/upstream"
 	"github.com/meshreg/meshreg/p2p"
 )
 
@@ -75,8 +78,13 @@ type Node struct {
 	origins *fetch.OriginSource
 	// replicas keeps --replicas copies of blobs (replicas.go).
 	replicas *replicate.Replicator
+	// mirror answers mirrored repositories (mirror.go); nil: none.
+	mirror *mirror.Mirror
+	// upstreams are the mirror's clients, by name (for their gauges).
+	upstreams map[string]*upstream.Registry
 	// gc is garbage collection: pins, sweeper, schedule (collect.go).
-	gc *collector
+	gc     *collector
+	notify *notify.Notifier // nil without --notifications
 	// evictor keeps the blob bytes under --max-disk (nil: no budget);
 	// reads is when each blob was last read (evict.go).
 	evictor      *replicate.Evictor
@@ -135,6 +143,15 @@ func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 			_ = host.Close()
 		}
 	}()
+	notifier, err := openNotifier(cfg, host.ID().String(), log)
+	if err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	defer func() {
+		if err != nil && notifier != nil {
+			_ = notifier.Close()
+		}
+	}()
 	cc := cfg.Consensus
 	cc.Dir = filepath.Join(cfg.DataDir, "meta")
 	cc.NodeID = host.ID().String()
@@ -162,6 +179,13 @@ func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 	n = New(cfg, Parts{Blobs: diskBlobs{blobs}, Meta: meta, Transport: host, Providers: routing, Files: blobs}, log, opts...)
 	n.fatal = fatal
 	n.dirLock = lock
+	n.recordOwnAddress() // selfaddress.go
+	n.notify = notifier
+	if err := n.startMirror(); err != nil {
+		n.dirLock = nil
+		_ = n.Close()
+		return nil, err
+	}
 	return n, nil
 }
 
@@ -216,6 +240,7 @@ func (n *Node) serveProtocols(s ProtocolServer) {
 	s.HandleRequests(replicate.HasProtocol, maxControlLen, rpcTimeout, n.replicas.ServeHas)
 	s.HandleRequests(replicate.ReplicateProtocol, maxControlLen, replicate.Timeout, n.replicas.ServeReplicate)
 	s.HandleRequests(vouchProtocol, maxControlLen, rpcTimeout, n.serveVouch)
+	s.HandleRequests(mirrorProtocol, maxControlLen, rpcTimeout, n.serveMirror)
 	s.HandleRequests(originProtocol, maxControlLen, rpcTimeout, n.serveOriginFetch)
 	s.HandleRequests(gcReportProtocol, maxControlLen, gcReportTimeout, n.serveGCReport)
 	s.ServeBlobs(n.cfg.PeerIdleTimeout, n.serveBlob)
@@ -240,6 +265,7 @@ func (n *Node) Run(ctx context.Context) error {
 			upkeepRules{DeadServerTimeout: n.cfg.DeadServerTimeout, StabilizationTime: n.cfg.StabilizationTime, Voters: n.cfg.Voters}, n.log),
 		newUploadExpiry(n.blobs, n.cfg.UploadIdleTimeout, n.forgetExpiredUploads, n.log),
 		n.tokenKeys(),
+		n.notifications(),
 	)...)
 }
 
@@ -257,6 +283,11 @@ func (n *Node) Close() error {
 		cancel()
 	}
 	n.bg.Close()
+	if n.notify != nil {
+		if err := n.notify.Close(); err != nil {
+			n.log.Warn("closing the notification queues", "err", err)
+		}
+	}
 	err := errors.Join(wrapErr("closing metadata", n.meta.Close()), wrapErr("closing the DHT", n.routing.Close()),
 		wrapErr("closing the libp2p host", n.host.Close()))
 	if n.dirLock != nil {

@@ -99,6 +99,9 @@ func (b *peerBook) inRegion(p peer.ID, region string) bool {
 // configured origin reads from origin NAME, repository <rest>; nil for
 // any other repository (pushed content, served from the cluster only).
 func (n *Node) mirrorOrigin(repo string) *fetch.Origin {
+	if up, rest, ok := n.mirror.Split(repo); ok {
+		return &fetch.Origin{Name: up, Repo: rest} // <NS>/<repo>: NS is the upstream's name with ':' as '-'
+	}
 	name, rest, ok := strings.Cut(repo, "/")
 	if !ok || rest == "" {
 		return nil

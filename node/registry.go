@@ -37,6 +37,9 @@ func orCatchUp[T any](ctx context.Context, n *Node, read func() (T, error)) (T, 
 }
 
 func (n *Node) GetManifest(ctx context.Context, repo, reference string) (api.Manifest, error) {
+	if up, upRepo, ok := n.mirror.Split(repo); ok {
+		return n.mirrorManifest(ctx, repo, up, upRepo, reference)
+	}
 	d, err := n.resolve(ctx, repo, reference)
 	if err != nil {
 		return api.Manifest{}, err

@@ -29,3 +29,17 @@ func IdentityID(dataDir string) (peer.ID, error) {
 	}
 	return peer.IDFromPrivateKey(key)
 }
+
+// NewIdentity creates the identity key of a new node in dataDir, which
+// must hold none, and returns its peer id (for offline tools such as
+// `meshreg restore`, which builds a data dir for a node not started yet).
+func NewIdentity(dataDir string) (peer.ID, error) {
+	key, created, err := loadOrCreateIdentity(filepath.Join(dataDir, identityFile))
+	if err != nil {
+		return "", err
+	}
+	if !created {
+		return "", fmt.Errorf("p2p: %s already has an identity key: a new node needs an empty data dir", dataDir)
+	}
+	return peer.IDFromPrivateKey(key)
+}

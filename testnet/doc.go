@@ -35,6 +35,8 @@
 //	MESHREG_E2E_CONFORMANCE_REPORT_ONLY=1  report conformance counts without failing
 //	MESHREG_E2E_OCI_FILTER=prefix   run only some conformance tests (report only)
 //	REQUIRE_DOCKER=1                fail, not skip, when no Docker daemon answers
+//	REQUIRE_CHROMIUM=1              fail, not skip, when chromium is not in PATH
+//	MESHREG_E2E_SCREENSHOT=file.png keep the status page test's screenshot there
 //
 // With -short every end-to-end test skips; the harness's own unit tests
 // still run.

@@ -130,7 +130,15 @@ func configValues(f cli.Flag, v *yaml.Node) ([]string, error) {
 		}
 		out := make([]string, 0, len(v.Content))
 		for _, item := range v.Content {
-			if item = resolveAlias(item); item.Kind != yaml.ScalarNode {
+			if item = resolveAlias(item); item.Kind == yaml.MappingNode && mappingItems[f.Names()[0]] {
+				s, err := mappingItem(item)
+				if err != nil {
+					return nil, err
+				}
+				out = append(out, s)
+				continue
+			}
+			if item.Kind != yaml.ScalarNode {
 				return nil, fmt.Errorf("line %d: a list item must be a value, not a %s", item.Line, kindName(item))
 			}
 			out = append(out, item.Value)
@@ -253,4 +261,64 @@ func warnMisspeltEnv(w io.Writer, environ []string, flags []cli.Flag) {
 			fmt.Fprintf(w, "meshreg: warning: %s is not a setting of meshreg serve and is ignored: did you mean %s?\n", k, near)
 		}
 	}
+}
+
+// mappingItems are the repeatable flags whose config-file items may be
+// mappings: an upstream is clearer as
+//
+//	upstream:
+//	  - name: docker.io
+//	    url: https://registry-1.docker.io
+//	    revalidate: 10m
+//	    allow: [library/*, bitnami/**]
+//
+// than as one NAME=URL;revalidate=10m;... string (which also works).
+var mappingItems = map[string]bool{"upstream": true}
+
+// mappingItem writes a mapping item in its flag's form:
+// name=url;key=value...; a list value repeats the key, a true boolean is
+// the bare key.
+func mappingItem(m *yaml.Node) (string, error) {
+	var name, url string
+	var opts []string
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		k, v := m.Content[i].Value, resolveAlias(m.Content[i+1])
+		var values []string
+		switch v.Kind {
+		case yaml.ScalarNode:
+			values = []string{v.Value}
+		case yaml.SequenceNode:
+			for _, it := range v.Content {
+				if it = resolveAlias(it); it.Kind != yaml.ScalarNode {
+					return "", fmt.Errorf("line %d: %s: a list item must be a value", it.Line, k)
+				}
+				values = append(values, it.Value)
+			}
+		default:
+			return "", fmt.Errorf("line %d: %s wants a value or a list of values", v.Line, k)
+		}
+		for _, val := range values {
+			if strings.ContainsAny(val, ";,") {
+				return "", fmt.Errorf("line %d: %s %q may not contain ; or ,", v.Line, k, val)
+			}
+		}
+		switch {
+		case k == "name" && len(values) == 1:
+			name = values[0]
+		case k == "url" && len(values) == 1:
+			url = values[0]
+		case v.Tag == "!!bool":
+			if values[0] == "true" {
+				opts = append(opts, k)
+			}
+		default:
+			for _, val := range values {
+				opts = append(opts, k+"="+val)
+			}
+		}
+	}
+	if name == "" || url == "" {
+		return "", fmt.Errorf("line %d: an upstream needs a name and a url", m.Line)
+	}
+	return strings.Join(append([]string{name + "=" + url}, opts...), ";"), nil
 }

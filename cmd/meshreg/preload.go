@@ -186,6 +186,10 @@ type preloader struct {
 	ownHosts       map[string]bool // HOST:PORT of every --node
 	log            io.Writer
 	logMu          sync.Mutex
+	// onManifest, if set, receives each manifest walk reads (verified
+	// against its digest), the image's own first (depth 0). export
+	// keeps them.
+	onManifest func(desc ocispec.Descriptor, body []byte, depth int) error
 }
 
 type preloadStats struct {
@@ -244,7 +248,7 @@ func (p *preloader) image(ctx context.Context, base string, ref imageRef) (*prel
 		desc := blobs[d]
 		g.Go(func() error {
 			t0 := time.Now()
-			if err := p.blob(gctx, base, ns, ref.Repository, desc); err != nil {
+			if err := p.blob(gctx, base, ns, ref.Repository, desc, nil); err != nil {
 				return err
 			}
 			st.blobs.Add(1)
@@ -287,6 +291,15 @@ func (p *preloader) walk(ctx context.Context, base, ns string, ref imageRef, ref
 	mt := doc.MediaType
 	if mt == "" {
 		mt = ctype
+	}
+	if p.onManifest != nil {
+		d := want
+		if d == "" {
+			d = digest.FromBytes(body)
+		}
+		if err := p.onManifest(ocispec.Descriptor{MediaType: mt, Digest: d, Size: int64(len(body))}, body, depth); err != nil {
+			return err
+		}
 	}
 	isIndex := mt == ocispec.MediaTypeImageIndex || mt == "application/vnd.docker.distribution.manifest.list.v2+json" || (doc.Config == nil && len(doc.Manifests) > 0)
 	if !isIndex {
@@ -428,9 +441,10 @@ func (p *preloader) getManifest(ctx context.Context, base, ns, repo, reference s
 }
 
 // blob reads a blob through the node, verifying its size and digest as
-// the bytes stream, and discards them. A blob whose bytes stop arriving
-// for p.stall is given up.
-func (p *preloader) blob(ctx context.Context, base, ns, repo string, d ocispec.Descriptor) error {
+// the bytes stream, and writes them to w (nil: discards them). A blob
+// whose bytes stop arriving for p.stall is given up. w sees the bytes
+// before the digest is checked: on an error, what it got is garbage.
+func (p *preloader) blob(ctx context.Context, base, ns, repo string, d ocispec.Descriptor, w io.Writer) error {
 	if err := d.Digest.Validate(); err != nil {
 		return fmt.Errorf("a manifest of %s lists a bad digest %q: %w", repo, d.Digest, err)
 	}
@@ -460,6 +474,11 @@ func (p *preloader) blob(ctx context.Context, base, ns, repo string, d ocispec.D
 				return fmt.Errorf("GET %s: more than the %d bytes the manifest says", u, d.Size)
 			}
 			v.Write(buf[:m])
+			if w != nil {
+				if _, err := w.Write(buf[:m]); err != nil {
+					return err
+				}
+			}
 		}
 		if rerr == io.EOF {
 			break

@@ -70,6 +70,11 @@ func serve(ctx context.Context, cfg serveConfig) (err error) {
 	if cfg.API.RateLimits, err = rateLimiter(cfg, log.With("component", "ratelimit")); err != nil {
 		return err
 	}
+	if cfg.Node.Mirror.CredentialsFile != "" && cfg.API.Auth == nil {
+		log.Warn("upstream credentials are configured but authentication is off: content fetched with them is readable by anyone who reaches this node; pass --auth-htpasswd and an --auth-policy that limits who may pull the upstreams' namespaces",
+			"upstream_credentials", cfg.Node.Mirror.CredentialsFile)
+	}
+	cfg.API.Notifier = n.Notifier()
 	h, err := api.New(cfg.API, n, n, api.NewMetrics(reg), log.With("component", "api"))
 	if err != nil {
 		return err

@@ -17,6 +17,7 @@ import (
 	"github.com/meshreg/meshreg/api"
 	"github.com/meshreg/meshreg/api/tlsconf"
 	"github.com/meshreg/meshreg/node"
+	"github.com/meshreg/meshreg/node/notify"
 	"github.com/meshreg/meshreg/p2p"
 )
 
@@ -122,7 +123,11 @@ func (cfg *serveConfig) settings() []setting {
 		stringSetting(&cfg.TokenRealm, "auth-token-realm", catAPI, "`URL` of the token service in the Bearer challenge: a load balancer's /_meshreg/v1/token, or an external token server; default the node's own on the request's host"),
 		stringSetting(&cfg.TokenIssuer, "auth-token-issuer", catAPI, "`NAME` (iss) of an external token issuer whose tokens are accepted (needs --auth-token-rootcertbundle)"),
 		stringSetting(&cfg.TokenRootCertBundle, "auth-token-rootcertbundle", catAPI, "PEM `FILE` of the certificates whose keys sign the external issuer's tokens (x5c chains to them, or a kid naming their key)"),
+		stringSetting(&nc.Notifications, "notifications", catAPI, "webhooks `FILE` (YAML: endpoints sent each push and delete, and pulls if asked, in CNCF Distribution's notification format, queued on disk and retried); reloaded when it changes"),
 		durationSetting(&cfg.ShutdownTimeout, "shutdown-timeout", catAPI, "`DURATION` in-flight requests may run after SIGTERM or SIGINT"),
+		upstreamSetting(&nc.Mirror.Upstreams, "upstream", catAPI, "mirror the registry clients call `NAME` (docker.io, ghcr.io, HOST:PORT) at URL: NAME=URL[;revalidate=5m][;allow=GLOB]...[;ca-file=FILE][;skip-verify][;region-fetch] (repeatable; in the config file also a list of mappings with those keys)"),
+		stringSetting(&nc.Mirror.CredentialsFile, "upstream-credentials", catAPI, "Docker config.json `FILE` with the upstreams' credentials (auths: auth or username/password); reloaded when it changes"),
+		stringSetting(&nc.Mirror.Default, "upstream-default", catAPI, "the upstream `NAME` a pull without ?ns= means for a repository the cluster does not hold (Docker's registry-mirrors); default docker.io when configured; none: no default"),
 	}
 }
 
@@ -147,6 +152,7 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 		return *cfg, err
 	}
 	cfg.API.RequireClientCert = cfg.TLS.ClientCA != ""
+	cfg.API.Mirror = api.Mirroring{Upstreams: cfg.Node.Mirror.Names(), Default: cfg.Node.Mirror.DefaultUpstream()}
 	if cfg.JoinTLSCA != "" {
 		client, err := tlsconf.HTTPClient(tlsconf.ClientFiles{CA: cfg.JoinTLSCA, CAFlag: "--join-tls-ca"}, 30*time.Second)
 		if err != nil {
@@ -167,6 +173,11 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 	}
 	if _, err := rateLimiter(*cfg, nil); err != nil {
 		return *cfg, err
+	}
+	if path := cfg.Node.Notifications; path != "" {
+		if _, err := notify.Watch(path); err != nil {
+			return *cfg, err
+		}
 	}
 	if err := errors.Join(cfg.Node.Validate(), cfg.API.Validate(), checkOpenable(cfg.Node), checkShutdownTimeout(cfg.ShutdownTimeout)); err != nil {
 		return *cfg, err

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/meshreg/meshreg/node/mirror"
 )
 
 // A setting of `meshreg serve` is declared once, as one line of the table
@@ -142,6 +145,39 @@ func durationSetting(p *time.Duration, name, category, usage string) setting {
 		},
 		read: func(c flagGetter) error { *p = c.Duration(name); return nil },
 		show: func() any { return p.String() },
+	}
+}
+
+// upstreamSetting is the repeatable --upstream, each value parsed into an
+// upstream (mirror.ParseUpstream); an error names the entry. In the config
+// file an item may also be a mapping (name, url, revalidate, allow, ...),
+// which loadConfigFile writes in the flag's form.
+func upstreamSetting(p *[]mirror.UpstreamConfig, name, category, usage string) setting {
+	return setting{
+		name: name,
+		flag: func() cli.Flag {
+			return &cli.StringSliceFlag{Name: name, Aliases: []string{name + "s"}, Usage: usage, Category: category, EnvVars: envVars(name)}
+		},
+		read: func(c flagGetter) error {
+			*p = nil
+			var errs []error
+			for _, v := range c.StringSlice(name) {
+				u, err := mirror.ParseUpstream(v)
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				*p = append(*p, u)
+			}
+			return errors.Join(errs...)
+		},
+		show: func() any {
+			out := []string{}
+			for _, u := range *p {
+				out = append(out, u.String())
+			}
+			return out
+		},
 	}
 }
 

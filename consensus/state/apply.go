@@ -215,6 +215,8 @@ func (t tx) execute(c Command, index uint64) (resp, err error) {
 		return nil, t.Set(settingKey(c.Name), c.Body)
 	case OpGCSweep:
 		return t.gcSweep(c, index)
+	case OpPutMirrorTag:
+		return t.putMirrorTag(c)
 	}
 	return fmt.Errorf("consensus: unknown command %d", c.Op), nil
 }
@@ -381,7 +383,7 @@ func (t tx) unlinkBlob(repo string, d digest.Digest) (resp, err error) {
 // forgetRepoIfEmpty drops the repository from the list once it holds no
 // manifest, tag or blob link.
 func (t tx) forgetRepoIfEmpty(repo string) error {
-	for _, p := range []byte{prefixManifest, prefixTag, prefixBlobLink} {
+	for _, p := range []byte{prefixManifest, prefixTag, prefixBlobLink, prefixMirror} {
 		if t.hasPrefix(keyPrefix(p, repo)) {
 			return nil
 		}

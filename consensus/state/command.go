@@ -24,13 +24,16 @@ const (
 	// listed blobs that nothing referenced at MarkIndex and nothing linked
 	// or referenced since, and tombstone them.
 	OpGCSweep
+	// OpPutMirrorTag records what an upstream registry answered for a tag
+	// of a mirrored repository, and when it was asked (mirror.go).
+	OpPutMirrorTag
 )
 
 // LastOp is the newest op this release applies. Members tell each other
 // theirs (node/features.go) so that a command an older member cannot apply
 // is not proposed while one runs: it would fail there and succeed on the
 // others, and the states would part. Raise it with every new op.
-const LastOp = OpGCSweep
+const LastOp = OpPutMirrorTag
 
 // Command is one replicated write. Each op uses a subset of the fields.
 //
@@ -65,6 +68,10 @@ type Command struct {
 	MarkIndex uint64      `json:"markIndex,omitempty"`
 	Cutoff    int64       `json:"cutoff,omitempty"`
 	Sweep     []SweepBlob `json:"sweep,omitempty"`
+	// Upstream and CheckedAt (unix nanoseconds, the proposer's clock)
+	// belong to OpPutMirrorTag.
+	Upstream  string `json:"upstream,omitempty"`
+	CheckedAt int64  `json:"checkedAt,omitempty"`
 }
 
 // SweepBlob is one blob an OpGCSweep unlinks: every repository that
@@ -108,6 +115,7 @@ const (
 	KindUnlinkBlob     Kind = "unlink_blob"
 	KindPutSetting     Kind = "put_setting"
 	KindGCSweep        Kind = "gc_sweep"
+	KindPutMirrorTag   Kind = "put_mirror_tag"
 	// KindRestore: the whole state was replaced by a snapshot up to Index;
 	// a follower of the stream reads it again.
 	KindRestore Kind = "restore"
@@ -133,6 +141,8 @@ func (o Op) Kind() Kind {
 		return KindPutSetting
 	case OpGCSweep:
 		return KindGCSweep
+	case OpPutMirrorTag:
+		return KindPutMirrorTag
 	}
 	return KindInvalid
 }

@@ -21,6 +21,8 @@ import (
 //	├── l<repo>·<digest>           blob link → size (uint64 big-endian)
 //	├── f<repo>·<subject>·<digest> referrer → ocispec.Descriptor (JSON)
 //	├── s<name>                    cluster setting → its body (settings.go)
+//	├── u<repo>·<tag>              mirrored tag → MirrorTag (JSON): what the
+//	│                              upstream answered and when (mirror.go)
 //	├── k<digest>                  last touch: index of the latest link or put naming it,
 //	│                              proposer time of the latest link (2 × uint64, gc.go)
 //	├── x<digest>                  tombstone: index of the OpGCSweep that collected it
@@ -50,6 +52,7 @@ const (
 	prefixTouch    = 'k'
 	prefixTomb     = 'x'
 	prefixTombLog  = 'y'
+	prefixMirror   = 'u'
 	// KeyGCFloor holds the highest index of a tombstone pruned (gc.go).
 	KeyGCFloor    = "X"
 	sep           = 0x00
@@ -89,6 +92,7 @@ func TagKey(repo, tag string) []byte { return key(prefixTag, repo, tag) }
 func tagByDigestKey(repo string, d digest.Digest, tag string) []byte {
 	return key(prefixTagByDig, repo, string(d), tag)
 }
+func mirrorTagKey(repo, tag string) []byte            { return key(prefixMirror, repo, tag) }
 func blobLinkKey(repo string, d digest.Digest) []byte { return key(prefixBlobLink, repo, string(d)) }
 func ReferrerKey(repo string, subject, d digest.Digest) []byte {
 	return key(prefixReferrer, repo, string(subject), string(d))

@@ -80,6 +80,9 @@ func (c Command) Validate() error {
 }
 
 func (c Command) check() error {
+	if c.Op != OpPutMirrorTag && (c.Upstream != "" || c.CheckedAt != 0) {
+		return fmt.Errorf("only a mirrored tag carries an upstream or a check time")
+	}
 	switch c.Op {
 	case OpPutManifest:
 		if err := checkRepoDigest(c.Repo, c.Digest); err != nil {
@@ -149,6 +152,8 @@ func (c Command) check() error {
 			return fmt.Errorf("a delete carries only a repository and a digest")
 		}
 		return checkRepoDigest(c.Repo, c.Digest)
+	case OpPutMirrorTag:
+		return c.checkMirrorTag()
 	default:
 		return fmt.Errorf("unknown command %d", c.Op)
 	}

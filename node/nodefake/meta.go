@@ -294,6 +294,32 @@ func (m *Meta) UnlinkBlob(ctx context.Context, repo string, d digest.Digest) err
 	})
 }
 
+// MirrorTag reads a mirrored tag (as consensus.Store.MirrorTag).
+func (m *Meta) MirrorTag(repo, tag string) (rec consensus.MirrorTag, err error) {
+	err = m.read(func(s *state) error {
+		r, ok := s.mirror[repo+"\x00"+tag]
+		if _, held := s.manifests[repo][r.Digest]; !ok || !held {
+			return fmt.Errorf("nodefake: mirrored tag %s of %s: %w", tag, repo, consensus.ErrNotFound)
+		}
+		rec = r
+		return nil
+	})
+	return rec, err
+}
+
+// PutMirrorTag records a mirrored tag whose manifest the repository holds
+// (as consensus.Store.PutMirrorTag).
+func (m *Meta) PutMirrorTag(ctx context.Context, repo, tag string, rec consensus.MirrorTag) error {
+	return m.write(ctx, func(s *state) error {
+		if _, ok := s.manifests[repo][rec.Digest]; !ok {
+			return fmt.Errorf("nodefake: manifest %s of mirrored tag %s is not in %s: %w", rec.Digest, tag, repo, consensus.ErrNotFound)
+		}
+		s.mirror[repo+"\x00"+tag] = rec
+		inner(s.tags, repo)[tag] = rec.Digest
+		return nil
+	})
+}
+
 // ApplyForwarded is not supported: a fake member writes to the shared log
 // directly, never through the leader's forward protocol.
 func (m *Meta) ApplyForwarded(ctx context.Context, cmd []byte) error {
@@ -422,11 +448,12 @@ type state struct {
 	manifests map[string]map[digest.Digest]consensus.ManifestRecord
 	tags      map[string]map[string]digest.Digest
 	links     map[string]map[digest.Digest]int64
+	mirror    map[string]consensus.MirrorTag // repo·tag
 }
 
 func newState() *state {
 	return &state{repos: map[string]bool{}, manifests: map[string]map[digest.Digest]consensus.ManifestRecord{},
-		tags: map[string]map[string]digest.Digest{}, links: map[string]map[digest.Digest]int64{}}
+		tags: map[string]map[string]digest.Digest{}, links: map[string]map[digest.Digest]int64{}, mirror: map[string]consensus.MirrorTag{}}
 }
 
 // forgetIfEmpty drops repo from the list once it holds no manifest, tag or
