@@ -7,6 +7,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/meshreg/meshreg/node/fetch"
 	"github.com/meshreg/meshreg/node/gc"
 	"github.com/meshreg/meshreg/node/replicate"
 )
@@ -19,7 +20,9 @@ import (
 //
 // Recency: the last read of each blob is kept in memory (recency), at most
 // maxRecency entries; a blob without one (never read since the start, or
-// dropped from a full index) counts as read when its file was written.
+// dropped from a full index) counts as read when its file was written. A
+// blob read through a mirrored repository may go while one other live
+// member holds it (not --replicas): its upstream can give it back.
 // Nothing is persisted: after a restart the order is that of arrival, which
 // is what a cache that just started knows anyway, and no write happens on
 // the read path.
@@ -39,30 +42,47 @@ const (
 	evictRetry = 10 * time.Second
 )
 
-// recency is when each blob was last read on this node. Safe for
-// concurrent use.
+// recency is when each blob was last read on this node, and whether it
+// was read through a mirrored repository (its upstream can give it back).
+// Safe for concurrent use.
 type recency struct {
 	mu   sync.Mutex
-	last map[digest.Digest]time.Time
+	last map[digest.Digest]readMark
 }
 
-// touch records a read of d now. With the index full, a blob not in it
-// stays out (it counts as read when written).
-func (r *recency) touch(d digest.Digest) {
+type readMark struct {
+	at time.Time
+	// mirrored: read through a repository of an upstream (a mirror is
+	// read-only, so the bytes came from there).
+	mirrored bool
+}
+
+// touch records a read of d now (mirrored: through a mirrored
+// repository). With the index full, a blob not in it stays out (it counts
+// as read when written, and as pushed content).
+func (r *recency) touch(d digest.Digest, mirrored bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.last == nil {
-		r.last = map[digest.Digest]time.Time{}
+		r.last = map[digest.Digest]readMark{}
 	}
-	if _, ok := r.last[d]; ok || len(r.last) < maxRecency {
-		r.last[d] = time.Now()
+	m, ok := r.last[d]
+	if ok || len(r.last) < maxRecency {
+		r.last[d] = readMark{at: time.Now(), mirrored: m.mirrored || mirrored}
 	}
 }
 
 func (r *recency) get(d digest.Digest) time.Time {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.last[d]
+	return r.last[d].at
+}
+
+// mirrored reports whether d was read through a mirrored repository.
+func (r *recency) mirrored(d digest.Digest) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.last[d].mirrored
 }
 
 func (r *recency) forget(d digest.Digest) {
@@ -129,7 +149,8 @@ func (n *Node) setUpEviction(files gc.Files) {
 			}
 			return t
 		},
-		Every: evictEvery, RetryStuck: evictRetry,
+		Refetchable: n.reads.mirrored,
+		Every:       evictEvery, RetryStuck: evictRetry,
 		OnEvicted: func(d digest.Digest, size int64) {
 			n.reads.forget(d)
 			n.evictMetrics.evictions.WithLabelValues("evicted").Inc()
@@ -163,9 +184,11 @@ func (n *Node) blobCommitted() {
 	}
 }
 
-// noteRead records a read of blob d (by a client or a peer) for eviction.
-func (n *Node) noteRead(d digest.Digest) {
+// noteRead records a read of blob d (by a client or a peer) for eviction;
+// origin is the upstream of the repository it was read through (nil:
+// pushed content, or a peer's read).
+func (n *Node) noteRead(d digest.Digest, origin *fetch.Origin) {
 	if n.evictor != nil {
-		n.reads.touch(d)
+		n.reads.touch(d, origin != nil)
 	}
 }

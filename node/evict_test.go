@@ -92,7 +92,7 @@ func TestMaxDiskLowDefault(t *testing.T) {
 func TestRecencyBounded(t *testing.T) {
 	var r recency
 	for i := range maxRecency + 10 {
-		r.touch(blobDigest(i))
+		r.touch(blobDigest(i), false)
 	}
 	if len(r.last) != maxRecency {
 		t.Fatalf("recency holds %d blobs, want at most %d", len(r.last), maxRecency)
@@ -199,5 +199,46 @@ func TestOverBudgetRefusesNewBlobs(t *testing.T) {
 	assertOverBudget("a push", err)
 	if got, err := pull(t.Context(), n, "r/app", digest.FromBytes(held)); err != nil || !bytes.Equal(got, held) {
 		t.Errorf("a pull of a blob node 0 holds: %v", err)
+	}
+}
+
+// TestEvictionMirroredNeedsOneOtherCopy: node 0 (budget 1.5 KiB, --replicas
+// 2) and one other node both hold a pushed blob and a blob of a mirrored
+// repository (its upstream configured). The mirrored one was read last, yet
+// it is the one that goes: its upstream can give it back, so one other
+// copy is enough, while the pushed one needs two.
+func TestEvictionMirroredNeedsOneOtherCopy(t *testing.T) {
+	t.Parallel()
+	origins := &countingOrigins{blobs: map[digest.Digest][]byte{}}
+	fn := newFakeNet(t)
+	n := fn.add("a", func(c *Config) { c.Replicas, c.MaxDisk, c.MaxDiskLow, c.Origins = 2, 1536, 1024, origins })
+	other := fn.add("a", func(c *Config) { c.Origins = origins })
+	pushed, _ := randomBlob(300, 1024)
+	mirrored, _ := randomBlob(301, 1024)
+	var dp, dm digest.Digest
+	for _, o := range []*Node{n, other} {
+		dp = hold(t, o, "r/app", pushed)
+		dm = hold(t, o, "up.example/library/app", mirrored)
+	}
+	for _, read := range []struct {
+		repo string
+		d    digest.Digest
+	}{{"r/app", dp}, {"up.example/library/app", dm}} {
+		if _, err := pull(t.Context(), n, read.repo, read.d); err != nil {
+			t.Fatalf("pulling %s@%s: %v", read.repo, read.d, err)
+		}
+	}
+	res, err := n.evictor.Pass(t.Context())
+	if err != nil || res.Evicted != 1 {
+		t.Fatalf("pass = %+v, %v; want the mirrored blob evicted", res, err)
+	}
+	if _, err := os.Stat(blobFile(n, dm)); err == nil {
+		t.Error("the mirrored blob (one other copy, its upstream configured) was kept")
+	}
+	if _, err := os.Stat(blobFile(n, dp)); err != nil {
+		t.Error("the pushed blob (one other copy, --replicas 2) was evicted")
+	}
+	if !other.blobs.Held(dm) {
+		t.Error("the other node's copy of the mirrored blob is gone")
 	}
 }

@@ -97,6 +97,7 @@ func (n *Node) provide(d digest.Digest) {
 // arrive, so that a blob no peer has is a BLOB_UNKNOWN error rather than a
 // response cut short.
 func (n *Node) openFetched(ctx context.Context, d digest.Digest, size int64, origin *fetch.Origin) (io.ReadSeekCloser, error) {
+	n.noteRead(d, origin)
 	f, err := n.fetches.Start(fetch.Request{Digest: d, Size: size, ForClient: true, Origin: origin})
 	if err != nil {
 		return nil, blobError(err, d)

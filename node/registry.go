@@ -214,7 +214,9 @@ func (n *Node) OpenBlob(ctx context.Context, repo string, d digest.Digest) (io.R
 	// In use until the reader closes: garbage collection and eviction
 	// keep it.
 	release := n.pinBlob(d)
-	n.noteRead(d)
+	if n.evictor != nil {
+		n.noteRead(d, n.mirrorOrigin(repo))
+	}
 	r, size, err := n.openLinkedBlob(ctx, repo, d, linked)
 	if err != nil {
 		release()

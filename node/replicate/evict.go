@@ -58,6 +58,10 @@ type EvictConfig struct {
 	Files EvictFiles
 	// LastRead is when d was last read here (or arrived, if later).
 	LastRead func(d digest.Digest) time.Time
+	// Refetchable, if not nil, reports whether d can come back from an
+	// upstream (mirrored content): it may then go while one other live
+	// member holds it, not Replicas. Never the last copy.
+	Refetchable func(d digest.Digest) bool
 	// Every is how often Run compares Used with Budget; a pass that got
 	// stuck is retried every RetryStuck (Kick does not hurry it).
 	Every, RetryStuck time.Duration
@@ -231,7 +235,7 @@ func (e *Evictor) Pass(ctx context.Context) (PassResult, error) {
 	// Hand off the least recently read of those too few others hold (at
 	// most maxHandOffs tries a pass: the others may be full too).
 	for i, ref := range short {
-		if done() || i >= maxHandOffs || len(e.r.cfg.Cluster.Live()) < e.r.cfg.Replicas {
+		if done() || i >= maxHandOffs || len(e.r.cfg.Cluster.Live()) == 0 {
 			break
 		}
 		if err := e.handOff(ctx, ref); err != nil {
@@ -272,14 +276,14 @@ func (e *Evictor) evictHeld(ctx context.Context, refs []Ref, res *PassResult, do
 	}
 	asked := time.Now()
 	var has map[digest.Digest][]peer.ID
-	if len(live) >= e.r.cfg.Replicas {
+	if len(live) > 0 {
 		has = e.r.holders(ctx, live, digests, true)
 	}
 	for _, ref := range refs {
 		if done() {
 			break
 		}
-		if len(has[ref.Digest]) < e.r.cfg.Replicas {
+		if len(has[ref.Digest]) < e.needed(ref.Digest) {
 			short = append(short, ref)
 			continue
 		}
@@ -307,12 +311,21 @@ func (e *Evictor) evictHeld(ctx context.Context, refs []Ref, res *PassResult, do
 	return short, inUse
 }
 
-// handOff asks live members that lack ref to copy it until Replicas of
-// them hold it.
+// needed is how many other live members must hold d before it may go.
+func (e *Evictor) needed(d digest.Digest) int {
+	if e.cfg.Refetchable != nil && e.cfg.Refetchable(d) {
+		return 1
+	}
+	return e.r.cfg.Replicas
+}
+
+// handOff asks live members that lack ref to copy it until as many of
+// them hold it as needed.
 func (e *Evictor) handOff(ctx context.Context, ref Ref) error {
 	live := e.r.cfg.Cluster.Live()
-	if len(live) < e.r.cfg.Replicas {
-		return fmt.Errorf("only %d other live nodes, %d needed", len(live), e.r.cfg.Replicas)
+	need := e.needed(ref.Digest)
+	if len(live) < need {
+		return fmt.Errorf("only %d other live nodes, %d needed", len(live), need)
 	}
 	held := e.r.Holders(ctx, live, []digest.Digest{ref.Digest})[ref.Digest]
 	from := []string{e.r.cfg.Net.ID().String()}
@@ -328,7 +341,7 @@ func (e *Evictor) handOff(ctx context.Context, ref Ref) error {
 	e.r.cfg.Cluster.SpreadFirst(lacking)
 	var errs []error
 	for _, p := range lacking {
-		if len(held) >= e.r.cfg.Replicas {
+		if len(held) >= need {
 			break
 		}
 		if err := e.r.askCopy(ctx, p, ref, from); err != nil {
@@ -338,8 +351,8 @@ func (e *Evictor) handOff(ctx context.Context, ref Ref) error {
 		e.r.copied()
 		held = append(held, p)
 	}
-	if len(held) < e.r.cfg.Replicas {
-		return fmt.Errorf("blob %s: %d other nodes hold it, %d needed: %w", ref.Digest, len(held), e.r.cfg.Replicas, errors.Join(errs...))
+	if len(held) < need {
+		return fmt.Errorf("blob %s: %d other nodes hold it, %d needed: %w", ref.Digest, len(held), need, errors.Join(errs...))
 	}
 	return nil
 }

@@ -86,6 +86,7 @@ func TestEvictOnlyWhatEnoughOthersHold(t *testing.T) {
 		refuse    []int // nodes whose fetches fail (over their budget)
 		pinned    bool  // node 0 is serving it
 		promised  bool  // node 0 told node 1 it keeps it (HasRequest.Hold)
+		mirrored  bool  // its upstream can give it back (Refetchable)
 		wantHeld  []int
 		wantStuck string
 	}{
@@ -98,6 +99,10 @@ func TestEvictOnlyWhatEnoughOthersHold(t *testing.T) {
 			wantHeld: []int{0, 1, 2}, wantStuck: "only 1 other live nodes"},
 		{name: "in use", replicas: 2, heldBy: []int{1, 2}, pinned: true, wantHeld: []int{0, 1, 2}, wantStuck: "1 blobs are in use"},
 		{name: "promised to a peer", replicas: 1, heldBy: []int{1}, promised: true, wantHeld: []int{0, 1}, wantStuck: "in use"},
+		{name: "mirrored: one other copy is enough", replicas: 2, heldBy: []int{1}, refuse: []int{2}, mirrored: true, wantHeld: []int{1}},
+		{name: "mirrored: handed off when no other holds it", replicas: 2, mirrored: true, refuse: []int{1}, wantHeld: []int{2}},
+		{name: "mirrored: never the last copy", replicas: 2, mirrored: true, refuse: []int{1, 2}, wantHeld: []int{0},
+			wantStuck: "held by fewer than --replicas (2) other live nodes and could not be copied"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -123,6 +128,9 @@ func TestEvictOnlyWhatEnoughOthersHold(t *testing.T) {
 				}
 			}
 			e := evictorOf(t, n, 50, 40, nil)
+			if tc.mirrored {
+				e.cfg.Refetchable = func(digest.Digest) bool { return true }
+			}
 			res, err := e.Pass(context.Background())
 			if err != nil {
 				t.Fatal(err)
