@@ -90,6 +90,11 @@ type Config struct {
 	// dir's filesystem: below it, blob uploads and metadata writes are
 	// refused with 507 (see disk.go). 0 turns the early refusal off.
 	MinFreeDisk int64
+	// MaxDisk is the most bytes of blobs the node keeps (0: no budget):
+	// past it, it evicts the least recently read blobs that --replicas
+	// other live members hold, down to MaxDiskLow (0: 90% of MaxDisk); with
+	// nothing to evict, new blobs are refused with 507 (see evict.go).
+	MaxDisk, MaxDiskLow int64
 	// ScrubRate bounds how many bytes a second the background scrub reads
 	// to re-hash stored blobs; 0 turns the scrub off.
 	ScrubRate int64

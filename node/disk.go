@@ -43,6 +43,21 @@ const guardEvery = 4 << 20
 // (nearly) full.
 var ErrLowDisk = errors.New("low on disk")
 
+// ErrOverBudget is the cause of a new blob refused because the node holds
+// --max-disk bytes of blobs and can evict none.
+var ErrOverBudget = errors.New("over the disk budget")
+
+// blobBudget is the evictor as the disk guard sees it (replicate.Evictor).
+type blobBudget interface {
+	Budget() int64
+	Low() int64
+	// Kick asks for an eviction pass now; it never blocks.
+	Kick()
+	// Stuck says why the node is at its budget with nothing to evict
+	// ("": it is not, or a pass may yet free space).
+	Stuck() string
+}
+
 // lowDiskPrefix starts the message of a write refused for disk space; a
 // follower recognises it in the leader's answer to a forwarded write.
 const lowDiskPrefix = "low on disk: "
@@ -60,6 +75,11 @@ type diskGuard struct {
 	now     func() time.Time
 	refused prometheus.Counter
 	log     *slog.Logger
+	// budget, when not nil, is --max-disk: used is the blob bytes held,
+	// budgetRefused counts the new blobs refused over it (checkBlob).
+	budget        blobBudget
+	used          func() int64
+	budgetRefused prometheus.Counter
 
 	mu      sync.Mutex
 	low     bool // at the last reading; its changes are logged
@@ -120,6 +140,34 @@ func (g *diskGuard) check() error {
 		return g.refuse(fmt.Errorf("%w: %s free, %s reserved", ErrLowDisk, sizeString(free), sizeString(g.reserve)))
 	}
 	return nil
+}
+
+// checkBlob is check for a write that adds a blob to this node (an upload,
+// a fetch): it is also refused with 507 while the node holds its
+// --max-disk budget and can evict nothing. At the budget it asks for an
+// eviction pass: a write is let through until a pass found nothing to
+// evict, so the budget may be passed by the blobs being written then.
+func (g *diskGuard) checkBlob() error {
+	if err := g.check(); err != nil {
+		return err
+	}
+	if g.budget == nil {
+		return nil
+	}
+	used, budget := g.used(), g.budget.Budget()
+	if used < budget {
+		return nil
+	}
+	g.budget.Kick()
+	why := g.budget.Stuck()
+	if why == "" {
+		return nil
+	}
+	g.budgetRefused.Inc()
+	msg := fmt.Sprintf("node %s is over its disk budget (--max-disk %s): %s of blobs held, and nothing can be evicted: %s; "+
+		"pull through another node, add nodes, or raise --max-disk; it takes new blobs again once eviction frees space",
+		g.nodeID(), sizeString(budget), sizeString(used), why)
+	return oci.Wrap(oci.Denied, fmt.Errorf("%w: %d of %d bytes", ErrOverBudget, used, budget), msg).WithStatus(http.StatusInsufficientStorage)
 }
 
 // refuse counts a refused write and returns the client's error: 507 with
@@ -220,6 +268,13 @@ type DiskStatus struct {
 	// Low is true while writes are refused (free < reserve).
 	Low   bool   `json:"low"`
 	Error string `json:"error,omitempty"`
+	// BudgetBytes is --max-disk (0: none), LowWaterBytes what eviction
+	// brings the node down to, UsedBytes the blob bytes counted against
+	// it; OverBudget says why new blobs are refused ("": they are not).
+	BudgetBytes   int64  `json:"budget_bytes"`
+	LowWaterBytes int64  `json:"low_water_bytes,omitempty"`
+	UsedBytes     int64  `json:"used_bytes"`
+	OverBudget    string `json:"over_budget,omitempty"`
 }
 
 func (g *diskGuard) status() DiskStatus {
@@ -227,6 +282,12 @@ func (g *diskGuard) status() DiskStatus {
 	st := DiskStatus{FreeBytes: free, TotalBytes: total, ReserveBytes: g.reserve, Low: err == nil && g.reserve > 0 && free < g.reserve}
 	if err != nil {
 		st.Error = err.Error()
+	}
+	if g.used != nil {
+		st.UsedBytes = g.used()
+	}
+	if g.budget != nil {
+		st.BudgetBytes, st.LowWaterBytes, st.OverBudget = g.budget.Budget(), g.budget.Low(), g.budget.Stuck()
 	}
 	return st
 }

@@ -26,7 +26,7 @@ func (n *Node) newFetches() *fetch.Engine {
 	return fetch.New(fetch.Config{
 		Partials: fetchPartials{n: n},
 		Sources:  []fetch.Source{peers, n.origins},
-		Room:     func() error { return n.disk.check() },
+		Room:     func() error { return n.disk.checkBlob() },
 		Go: func(fn func(context.Context)) error {
 			if !n.bg.Go(func() { fn(n.bg.Context()) }) {
 				return errShuttingDown
@@ -50,7 +50,26 @@ func (n *Node) startFetch(d digest.Digest, size int64, hint []peer.ID) (*fetch.F
 type fetchPartials struct{ n *Node }
 
 func (p fetchPartials) NewPartial(d digest.Digest, size int64) (fetch.Partial, error) {
-	return p.n.blobs.NewPartial(d, size)
+	part, err := p.n.blobs.NewPartial(d, size)
+	if err != nil || p.n.evictor == nil {
+		return part, err
+	}
+	return committedPartial{Partial: part, committed: p.n.blobCommitted}, nil
+}
+
+// committedPartial tells the node when a fetched blob is committed (the
+// disk budget checks its use then).
+type committedPartial struct {
+	fetch.Partial
+	committed func()
+}
+
+func (p committedPartial) Commit() error {
+	err := p.Partial.Commit()
+	if err == nil {
+		p.committed()
+	}
+	return err
 }
 
 func (n *Node) penalise(p peer.ID, why string) {
@@ -78,6 +97,7 @@ func (n *Node) provide(d digest.Digest) {
 // arrive, so that a blob no peer has is a BLOB_UNKNOWN error rather than a
 // response cut short.
 func (n *Node) openFetched(ctx context.Context, d digest.Digest, size int64, origin *fetch.Origin) (io.ReadSeekCloser, error) {
+	n.noteRead(d, origin)
 	f, err := n.fetches.Start(fetch.Request{Digest: d, Size: size, ForClient: true, Origin: origin})
 	if err != nil {
 		return nil, blobError(err, d)

@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/meshreg/meshreg/blobstore"
+	"github.com/meshreg/meshreg/node/gc"
 	"github.com/meshreg/meshreg/node/nodefake"
 	"github.com/meshreg/meshreg/testnet/tlog"
 )
@@ -60,6 +61,7 @@ func (fn *fakeNet) add(zone string, tweak func(*Config), opts ...Option) *Node {
 	}
 	log := tlog.Logger(t, slog.LevelDebug).With("node", len(fn.nodes))
 	var blobs BlobStore
+	var files gc.Files // lets eviction (--max-disk) delete files; the fake metadata has no GC
 	mem := nodefake.NewBlobs()
 	if fn.inMemory {
 		blobs = memBlobs(mem)
@@ -68,10 +70,10 @@ func (fn *fakeNet) add(zone string, tweak func(*Config), opts ...Option) *Node {
 		if err != nil {
 			t.Fatal(err)
 		}
-		blobs = diskBlobs{store}
+		blobs, files = diskBlobs{store}, store
 	}
 	meta := fn.meta.Join(tr.ID().String(), tr.RaftAddress())
-	n := New(cfg, Parts{Blobs: blobs, Meta: meta, Transport: tr, Providers: fn.book.Routing(tr.ID())}, log, opts...)
+	n := New(cfg, Parts{Blobs: blobs, Meta: meta, Transport: tr, Providers: fn.book.Routing(tr.ID()), Files: files}, log, opts...)
 	if fn.inMemory {
 		fn.mem[n] = mem
 	}

@@ -59,6 +59,8 @@ func (c Config) checkRanges() error {
 		{"--trailing-logs", clamp(c.Consensus.TrailingLogs), 1, 100_000_000},
 		{"--min-free-disk", c.MinFreeDisk, 0, 1 << 50},
 		{"--scrub-rate", c.ScrubRate, 0, 1 << 40},
+		{"--max-disk", c.MaxDisk, 0, 1 << 50},
+		{"--max-disk-low", c.MaxDiskLow, 0, max(c.MaxDisk, 0)},
 	} {
 		if r.val < r.min || r.val > r.max {
 			errs = append(errs, fmt.Errorf("node: %s %d is out of range: use %d to %d", r.flag, r.val, r.min, r.max))

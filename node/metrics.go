@@ -60,7 +60,7 @@ func newNodeMetrics() *nodeMetrics {
 		replicated: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meshreg_blob_copies_made_total", Help: "Blob copies this node asked other nodes to make, to keep --replicas copies."}),
 		writesRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "meshreg_writes_refused_total", Help: "Writes (blob uploads, manifest PUTs, forwarded writes) this node refused, by reason: disk (free space below --min-free-disk, or the disk full)."},
+			Name: "meshreg_writes_refused_total", Help: "Writes (blob uploads, manifest PUTs, forwarded writes) this node refused, by reason: disk (free space below --min-free-disk, or the disk full), budget (over --max-disk with nothing to evict)."},
 			[]string{"reason"}),
 		corrupt: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meshreg_blobs_corrupt_total", Help: "Blobs on this node's disk found not to match their digest (when served or scrubbed); each was quarantined and fetched again from peers."}),
@@ -83,6 +83,7 @@ func newNodeMetrics() *nodeMetrics {
 			Name: "meshreg_read_index_queries_total", Help: "Queries for the leader's read index made for reads that missed (concurrent misses share one)."}),
 	}
 	m.writesRefused.WithLabelValues("disk")
+	m.writesRefused.WithLabelValues("budget")
 	for _, result := range []string{"caught_up", "unavailable"} {
 		m.catchUps.WithLabelValues(result)
 	}
@@ -134,6 +135,11 @@ func (n *Node) RegisterMetrics(reg prometheus.Registerer) {
 	reg.MustRegister(n.metrics.collectors()...)
 	reg.MustRegister(n.gc.collectors()...)
 	reg.MustRegister(newUsageCollector(n))
+	reg.MustRegister(n.evictMetrics.evictions, n.evictMetrics.bytes,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_disk_budget_bytes", Help: "Most bytes of blobs this node keeps (--max-disk; 0: no budget)."},
+			func() float64 { return float64(n.cfg.MaxDisk) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshreg_disk_used_bytes", Help: "Bytes of blobs on this node's disk, as counted against --max-disk."},
+			func() float64 { _, b := n.blobs.Stats(); return float64(b) }))
 	reg.MustRegister(buildInfoMetric(n.cfg.Build))
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshreg_p2p_streams_refused_total",
 		Help: "Inbound libp2p streams reset unread because the peer may not use the protocol (not a member)."},

@@ -85,6 +85,11 @@ type Node struct {
 	// gc is garbage collection: pins, sweeper, schedule (collect.go).
 	gc     *collector
 	notify *notify.Notifier // nil without --notifications
+	// evictor keeps the blob bytes under --max-disk (nil: no budget);
+	// reads is when each blob was last read (evict.go).
+	evictor      *replicate.Evictor
+	reads        recency
+	evictMetrics evictMetrics
 
 	fetchMu         sync.Mutex                        // guards serving
 	serving         map[digest.Digest]map[peer.ID]int // peers this node sends each blob to
@@ -204,11 +209,14 @@ func New(cfg Config, parts Parts, log *slog.Logger, opts ...Option) *Node {
 	n.underReplicated.Store(-1) // no sweep yet
 	n.disk = newDiskGuard(cfg.DataDir, cfg.MinFreeDisk, func() string { return n.host.ID().String() },
 		n.metrics.writesRefused.WithLabelValues("disk"), log.With("component", "disk"))
+	n.disk.used = func() int64 { _, b := n.blobs.Stats(); return b }
 	n.disk.warnSmall()
 	n.readIndexes = &readIndexes{query: n.queryReadIndex, work: n.bg}
 	n.fetches = n.newFetches()
 	n.replicas = n.newReplicas()
 	n.setUpCollector(parts.Files)
+	n.evictMetrics = newEvictMetrics()
+	n.setUpEviction(parts.Files)
 	n.scrub = newScrubber(blobs, n.metrics.scrubbed, cfg.ScrubRate, cfg.ScrubInterval, log)
 	blobs.OnCorrupt(n.blobCorrupt)
 	n.gate = newPeerGate()
@@ -245,7 +253,7 @@ func (n *Node) serveProtocols(s ProtocolServer) {
 // errgroup (loops.go): a failure of the metadata store's storage stops
 // them all, and Run returns it. Run returns once every loop has stopped.
 func (n *Node) Run(ctx context.Context) error {
-	return runLoops(ctx, append(n.gcLoops(),
+	return runLoops(ctx, append(append(n.gcLoops(), n.evictLoops()...),
 		storageWatch{failed: n.fatal},
 		newMesher(meshEvery, n.meshRound),
 		n.scrub,

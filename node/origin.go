@@ -121,6 +121,7 @@ func (n *Node) mirrorOrigin(repo string) *fetch.Origin {
 func (n *Node) OpenOriginBlob(ctx context.Context, d digest.Digest, size int64, origin fetch.Origin) (io.ReadSeekCloser, error) {
 	if f, got, err := n.blobs.OpenVerified(d); err == nil {
 		if got == size {
+			n.noteRead(d, &origin)
 			n.metrics.reads.WithLabelValues("local").Inc()
 			return f, nil
 		}

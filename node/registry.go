@@ -211,8 +211,12 @@ func (n *Node) OpenBlob(ctx context.Context, repo string, d digest.Digest) (io.R
 		}
 		return nil, 0, metaError(err, oci.BlobUnknown, "blob "+d.String()+" is not in repository "+repo)
 	}
-	// In use until the reader closes: garbage collection keeps it.
+	// In use until the reader closes: garbage collection and eviction
+	// keep it.
 	release := n.pinBlob(d)
+	if n.evictor != nil {
+		n.noteRead(d, n.mirrorOrigin(repo))
+	}
 	r, size, err := n.openLinkedBlob(ctx, repo, d, linked)
 	if err != nil {
 		release()
@@ -271,7 +275,7 @@ func (n *Node) DeleteBlob(ctx context.Context, repo string, d digest.Digest) err
 }
 
 func (n *Node) PutBlob(ctx context.Context, repo string, d digest.Digest, r io.Reader) (int64, error) {
-	if err := n.disk.check(); err != nil {
+	if err := n.disk.checkBlob(); err != nil {
 		return 0, err
 	}
 	// Kept from garbage collection until linked (its file may be an old
@@ -282,6 +286,7 @@ func (n *Node) PutBlob(ctx context.Context, repo string, d digest.Digest, r io.R
 		return 0, blobError(n.disk.mapError(err), d)
 	}
 	n.announce(d)
+	n.blobCommitted()
 	return size, n.link(ctx, repo, d, size)
 }
 
@@ -320,7 +325,7 @@ func (n *Node) MountBlob(ctx context.Context, repo, from string, d digest.Digest
 }
 
 func (n *Node) StartUpload(ctx context.Context, repo string) (string, error) {
-	if err := n.disk.check(); err != nil {
+	if err := n.disk.checkBlob(); err != nil {
 		return "", err
 	}
 	client := api.ClientFromContext(ctx)
@@ -374,7 +379,7 @@ func (n *Node) AppendUpload(ctx context.Context, repo, id string, r io.Reader) (
 	if err != nil {
 		return 0, err
 	}
-	if err := n.disk.check(); err != nil {
+	if err := n.disk.checkBlob(); err != nil {
 		return 0, err
 	}
 	if _, err := u.Append(n.disk.reader(r)); err != nil {
@@ -401,6 +406,7 @@ func (n *Node) FinishUpload(ctx context.Context, repo, id string, d digest.Diges
 		return 0, blobError(n.disk.mapError(err), d)
 	}
 	n.announce(d)
+	n.blobCommitted()
 	n.forget(id)
 	return size, n.link(ctx, repo, d, size)
 }

@@ -17,7 +17,7 @@ import (
 func (n *Node) newReplicas() *replicate.Replicator {
 	return replicate.New(replicate.Config{
 		Replicas: n.cfg.Replicas, MaxMessage: maxControlLen,
-		Net: n.host, Blobs: n.blobs, Cluster: peerView{n: n}, Fetch: n.fetchAndWait,
+		Net: n.host, Blobs: n.blobs, Cluster: peerView{n: n}, Fetch: n.fetchAndWait, Pins: nodePins{n: n},
 		Copies: n.metrics.replicated, Log: n.log,
 	})
 }

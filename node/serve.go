@@ -58,6 +58,7 @@ func (n *Node) serveBlob(ctx context.Context, from peer.ID, req p2p.BlobRequest)
 	// deletes between the open and the pin is still read whole: the open
 	// file keeps its inode).
 	unpin := n.pinBlob(d)
+	n.noteRead(d, nil)
 	stop := n.startServing(d, from)
 	release := func() { stop(); unpin() }
 	var r io.Reader = body

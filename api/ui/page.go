@@ -84,6 +84,13 @@ type Status struct {
 		ReserveBytes int64  `json:"reserve_bytes"`
 		Low          bool   `json:"low"`
 		Error        string `json:"error"`
+		// The disk budget (--max-disk; 0: none): blob bytes held against
+		// it, the low-water mark eviction goes down to, and why new blobs
+		// are refused ("": they are not).
+		BudgetBytes   int64  `json:"budget_bytes"`
+		LowWaterBytes int64  `json:"low_water_bytes"`
+		UsedBytes     int64  `json:"used_bytes"`
+		OverBudget    string `json:"over_budget"`
 	} `json:"disk"`
 	Upstreams []Upstream `json:"upstreams"`
 }

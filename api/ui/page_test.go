@@ -111,6 +111,29 @@ func TestPageShowsTheStatus(t *testing.T) {
 	}
 }
 
+// TestPageShowsTheDiskBudget: with --max-disk the Disk section shows the
+// blob bytes against the budget, the low-water mark, and why new blobs are
+// refused when they are.
+func TestPageShowsTheDiskBudget(t *testing.T) {
+	now := time.Now()
+	st, err := ui.DecodeStatus(fakeStatus(t, now, "eu"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Disk.BudgetBytes, st.Disk.LowWaterBytes, st.Disk.UsedBytes = 8<<20, 7<<20, 6<<20
+	out := render(t, ui.Page{Now: now, Status: st, First: true})
+	if want := "6.0 MiB of 8.0 MiB (75.0%); evicts down to 7.0 MiB</td>"; !strings.Contains(out, want) {
+		t.Errorf("page lacks %q", want)
+	}
+	if strings.Contains(out, "no budget set") || strings.Contains(out, "new blobs refused") {
+		t.Error("page says no budget, or that new blobs are refused")
+	}
+	st.Disk.OverBudget = "only 0 other live nodes"
+	if out := render(t, ui.Page{Now: now, Status: st, First: true}); !strings.Contains(out, `<span class="bad">new blobs refused: only 0 other live nodes</span>`) {
+		t.Error("page does not say why new blobs are refused")
+	}
+}
+
 // TestPageEscapes renders names a client or peer chose (a repository, a
 // tag, a region label, an upstream's error) holding markup: the page shows
 // them as text and runs nothing.

@@ -41,6 +41,8 @@ func TestServeCheckRefusesOutOfRangeFlags(t *testing.T) {
 		"auth-token-key-rotation": {"0s", "-1s", "4m", "9000h"}, // below --auth-token-ttl (5m)
 		"gc-interval":             {"-1s", "100000h"},
 		"gc-grace":                {"-1s", "100000h"},
+		"max-disk":                {"2000TiB"},
+		"max-disk-low":            {"1KiB"}, // above --max-disk (0)
 	}
 	// Every numeric flag must be in the table, so a new one cannot skip
 	// validation.

@@ -95,6 +95,8 @@ func (cfg *serveConfig) settings() []setting {
 		durationSetting(&nc.PeerIdleTimeout, "peer-idle-timeout", catP2P, "abandon a blob transfer from a peer that sends nothing for `DURATION`, and try the next holder"),
 		durationSetting(&nc.ReprovideInterval, "reprovide-interval", catP2P, "every `DURATION`, announce every held blob in the DHT again"),
 		sizeSetting(&nc.MinFreeDisk, "min-free-disk", catStorage, "free `SIZE` kept on the data dir's filesystem for the metadata store: below it, pushes are refused with 507 until space is freed (0: off)"),
+		sizeSetting(&nc.MaxDisk, "max-disk", catStorage, "most `SIZE` of blobs this node keeps: past it, it evicts the least recently read blobs that --replicas other live nodes hold (0: no budget)"),
+		sizeSetting(&nc.MaxDiskLow, "max-disk-low", catStorage, "`SIZE` of blobs eviction brings the node down to once past --max-disk (0: 90% of --max-disk)"),
 		sizeSetting(&nc.ScrubRate, "scrub-rate", catStorage, "`SIZE` per second the background scrub reads to re-hash stored blobs (corrupt ones are quarantined and fetched again; 0: off)"),
 		durationSetting(&nc.ScrubInterval, "scrub-interval", catStorage, "`DURATION` to pause between two scrub passes over every stored blob"),
 		durationSetting(&nc.GCInterval, "gc-interval", catStorage, "every `DURATION`, the leader runs a cluster-wide garbage collection that frees blobs no manifest references, linked more than --gc-grace ago (0: only `meshreg gc`)"),

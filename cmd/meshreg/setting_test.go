@@ -31,7 +31,7 @@ func TestEverySettingHasItsOwnField(t *testing.T) {
 		}
 		return "seven"
 	}
-	special := map[string]string{"min-free-disk": "7KiB", "scrub-rate": "7KiB", "log-level": "debug", "log-format": "json", "upstream-fetch": "region",
+	special := map[string]string{"min-free-disk": "7KiB", "scrub-rate": "7KiB", "max-disk": "7MiB", "max-disk-low": "7KiB", "log-level": "debug", "log-format": "json", "upstream-fetch": "region",
 		"upstream": "seven.example=https://seven.example"}
 
 	shown := func(args ...string) map[string]any {

@@ -45,9 +45,10 @@ func (p *Pins) Pinned(d digest.Digest) bool {
 	return p.n[d] > 0
 }
 
-// unlessPinned runs fn while no one can pin d, unless d is pinned now; it
-// reports whether fn ran.
-func (p *Pins) unlessPinned(d digest.Digest, fn func()) bool {
+// UnlessPinned runs fn while no one can pin d, unless d is pinned now; it
+// reports whether fn ran. Whoever deletes a blob file (the sweeper, the
+// evictor) decides and deletes inside fn.
+func (p *Pins) UnlessPinned(d digest.Digest, fn func()) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.n[d] > 0 {

@@ -223,7 +223,7 @@ func (s *Sweeper) collect(t state.Tombstone) {
 	if err != nil {
 		return // not held here
 	}
-	freed := s.pins.unlessPinned(t.Digest, func() {
+	freed := s.pins.UnlessPinned(t.Digest, func() {
 		touched, tomb, err := s.meta.BlobGC(t.Digest)
 		if err != nil || tomb != t.Index || touched > tomb {
 			size = -1
@@ -302,7 +302,7 @@ func (s *Sweeper) leftovers(ctx context.Context, mark uint64, cutoff time.Time) 
 		if err != nil {
 			continue
 		}
-		freed := s.pins.unlessPinned(d, func() {
+		freed := s.pins.UnlessPinned(d, func() {
 			touched, _, err := s.meta.BlobGC(d)
 			if err != nil || touched > at {
 				size = -1

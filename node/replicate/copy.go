@@ -84,18 +84,7 @@ func (r *Replicator) copyBlob(ctx context.Context, ref Ref, held, live []peer.ID
 		if count >= target {
 			break
 		}
-		req, _ := json.Marshal(Request{Digest: ref.Digest, Size: ref.Size, From: from})
-		rctx, cancel := context.WithTimeout(ctx, Timeout)
-		resp, err := r.cfg.Net.Request(rctx, p, ReplicateProtocol, req, r.cfg.MaxMessage)
-		cancel()
-		var res Result
-		if err == nil {
-			err = json.Unmarshal(resp, &res)
-		}
-		if err == nil && res.Error != "" {
-			err = errors.New(res.Error)
-		}
-		if err != nil {
+		if err := r.askCopy(ctx, p, ref, from); err != nil {
 			errs = append(errs, fmt.Errorf("peer %s: %w", p, err))
 			continue
 		}
@@ -116,6 +105,23 @@ func (r *Replicator) copyBlob(ctx context.Context, ref Ref, held, live []peer.ID
 		return fmt.Errorf("blob %s is held by %d of %d nodes: %w", ref.Digest, count, target, errors.Join(errs...))
 	}
 	return nil
+}
+
+// askCopy asks peer p to fetch and hold blob ref (from names holders) and
+// returns once p holds it, or why it does not.
+func (r *Replicator) askCopy(ctx context.Context, p peer.ID, ref Ref, from []string) error {
+	req, _ := json.Marshal(Request{Digest: ref.Digest, Size: ref.Size, From: from})
+	rctx, cancel := context.WithTimeout(ctx, Timeout)
+	defer cancel()
+	resp, err := r.cfg.Net.Request(rctx, p, ReplicateProtocol, req, r.cfg.MaxMessage)
+	var res Result
+	if err == nil {
+		err = json.Unmarshal(resp, &res)
+	}
+	if err == nil && res.Error != "" {
+		err = errors.New(res.Error)
+	}
+	return err
 }
 
 func (r *Replicator) copied() {

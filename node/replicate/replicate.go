@@ -39,7 +39,16 @@ const (
 // HasRequest asks which of Digests a peer holds.
 type HasRequest struct {
 	Digests []digest.Digest `json:"digests"`
+	// Hold asks the peer to keep the copies it says it holds for HoldFor:
+	// the asker is about to delete its own copy counting on them (see
+	// Evictor), and two nodes evicting the same blob at once must not
+	// each count on the other's copy.
+	Hold bool `json:"hold,omitempty"`
 }
+
+// HoldFor is how long a peer keeps a blob it said it holds in answer to a
+// HasRequest with Hold; an evictor deletes its copy only within half of it.
+const HoldFor = 30 * time.Second
 
 // HasResult says, for each digest asked, whether the peer holds it.
 type HasResult struct {
@@ -88,6 +97,16 @@ type Cluster interface {
 	SpreadFirst(peers []peer.ID)
 }
 
+// Pins are the blobs in use on this node (gc.Pins): a pinned blob is
+// neither collected nor evicted.
+type Pins interface {
+	// Pin marks d in use until release is called.
+	Pin(d digest.Digest) (release func())
+	// UnlessPinned runs fn while no one can pin d, unless d is pinned
+	// now; it reports whether fn ran.
+	UnlessPinned(d digest.Digest, fn func()) bool
+}
+
 // Fetcher brings a blob to this node's disk from peers, trying hint
 // first, and returns once it is held (nil) or could not be.
 type Fetcher func(ctx context.Context, d digest.Digest, size int64, hint []peer.ID) error
@@ -103,6 +122,9 @@ type Config struct {
 	Blobs      Blobs
 	Cluster    Cluster
 	Fetch      Fetcher
+	// Pins keeps the blobs this node promised to hold (HasRequest.Hold);
+	// nil: such promises are not kept, and Evictor needs them.
+	Pins Pins
 	// Copies counts the copies made for Replicas; nil: not counted.
 	Copies prometheus.Counter
 	Log    *slog.Logger
@@ -125,8 +147,20 @@ func (r *Replicator) ServeHas(ctx context.Context, from peer.ID, b []byte) []byt
 	}
 	res := HasResult{Has: make([]bool, len(req.Digests))}
 	for i, d := range req.Digests {
-		// A file changed since it was verified is no good copy.
-		res.Has[i] = r.cfg.Blobs.Held(d)
+		if !req.Hold || r.cfg.Pins == nil {
+			// A file changed since it was verified is no good copy.
+			res.Has[i] = r.cfg.Blobs.Held(d)
+			continue
+		}
+		// Pinned before the look, so that a copy said held cannot be
+		// evicted or collected here for HoldFor (the timer only releases
+		// the pin: no goroutine outlives the call).
+		release := r.cfg.Pins.Pin(d)
+		if res.Has[i] = r.cfg.Blobs.Held(d); res.Has[i] {
+			time.AfterFunc(HoldFor, release)
+		} else {
+			release()
+		}
 	}
 	out, _ := json.Marshal(res)
 	return out
@@ -136,13 +170,19 @@ func (r *Replicator) ServeHas(ctx context.Context, from peer.ID, b []byte) []byt
 // and returns the holders of each. A peer that does not answer holds
 // nothing as far as the caller can rely on.
 func (r *Replicator) Holders(ctx context.Context, peers []peer.ID, digests []digest.Digest) map[digest.Digest][]peer.ID {
+	return r.holders(ctx, peers, digests, false)
+}
+
+// holders is Holders; with hold, each peer keeps the copies it says it
+// holds for HoldFor (HasRequest.Hold).
+func (r *Replicator) holders(ctx context.Context, peers []peer.ID, digests []digest.Digest, hold bool) map[digest.Digest][]peer.ID {
 	out := map[digest.Digest][]peer.ID{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, p := range peers {
 		wg.Go(func() {
 			for batch := range slices.Chunk(digests, hasBatch) {
-				req, _ := json.Marshal(HasRequest{Digests: batch})
+				req, _ := json.Marshal(HasRequest{Digests: batch, Hold: hold})
 				rctx, cancel := context.WithTimeout(ctx, hasTimeout)
 				resp, err := r.cfg.Net.Request(rctx, p, HasProtocol, req, r.cfg.MaxMessage)
 				cancel()

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/meshreg/meshreg/node/gc"
 	"github.com/meshreg/meshreg/testnet/tlog"
 )
 
@@ -37,6 +38,7 @@ type fakeNode struct {
 	id     peer.ID
 	zone   string
 	blobs  *fakeBlobs
+	pins   *gc.Pins
 	r      *Replicator
 	copies prometheus.Counter
 	// refuse makes the node's fetches fail.
@@ -77,6 +79,27 @@ func (b *fakeBlobs) Walk(fn func(digest.Digest, int64) bool) error {
 	return nil
 }
 
+func (b *fakeBlobs) Delete(d digest.Digest) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.held[d]; !ok {
+		return errors.New("not found")
+	}
+	delete(b.held, d)
+	return nil
+}
+
+// used is the bytes held.
+func (b *fakeBlobs) used() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var n int64
+	for _, s := range b.held {
+		n += s
+	}
+	return n
+}
+
 func (b *fakeBlobs) put(d digest.Digest, size int64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -94,9 +117,9 @@ func newFakeCluster(t *testing.T, replicas int, zones ...string) *fakeCluster {
 	slices.Sort(ids)
 	log := tlog.Logger(t, slog.LevelDebug)
 	for i, z := range zones {
-		n := &fakeNode{c: c, id: ids[i], zone: z, blobs: &fakeBlobs{held: map[digest.Digest]int64{}},
+		n := &fakeNode{c: c, id: ids[i], zone: z, blobs: &fakeBlobs{held: map[digest.Digest]int64{}}, pins: &gc.Pins{},
 			copies: prometheus.NewCounter(prometheus.CounterOpts{Name: "copies"})}
-		n.r = New(Config{Replicas: replicas, MaxMessage: 64 << 10, Net: n, Blobs: n.blobs, Cluster: n, Fetch: n.fetch,
+		n.r = New(Config{Replicas: replicas, MaxMessage: 64 << 10, Net: n, Blobs: n.blobs, Cluster: n, Fetch: n.fetch, Pins: n.pins,
 			Copies: n.copies, Log: log.With("node", i)})
 		c.nodes = append(c.nodes, n)
 		c.byID[n.id] = n
