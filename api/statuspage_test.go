@@ -13,6 +13,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/meshreg/meshreg/api/ui"
+	"github.com/meshreg/meshreg/internal/bytesize"
 )
 
 // repoNames lists the repositories a status page shows, in order.
@@ -111,8 +112,8 @@ func TestStatusPage(t *testing.T) {
 		t.Errorf("repositories %v, want [team/app team/multi]", got)
 	}
 	for _, want := range []string{
-		"<td>v1</td><td>image</td><td>" + ui.Size(imageSize(t, app)) + "</td>",
-		"<td>latest</td><td>index of 2 manifests</td><td>" + ui.Size(want) + "</td>",
+		"<td>v1</td><td>image</td><td>" + bytesize.Human(imageSize(t, app)) + "</td>",
+		"<td>latest</td><td>index of 2 manifests</td><td>" + bytesize.Human(want) + "</td>",
 		`<meta http-equiv="refresh" content="5">`,
 	} {
 		if !strings.Contains(page, want) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshreg/meshreg/api/oci"
 	"github.com/meshreg/meshreg/consensus"
+	"github.com/meshreg/meshreg/internal/bytesize"
 )
 
 // DefaultMinFreeDisk is the free space a node keeps on its data dir's
@@ -116,10 +117,10 @@ func (g *diskGuard) read(fresh bool) (free, total int64, err error) {
 			g.low = low
 			if low {
 				g.log.Warn("the data dir's disk is nearly full: refusing blob uploads and metadata writes until space is freed",
-					"dir", g.dir, "free", sizeString(g.free), "reserve", sizeString(g.reserve))
+					"dir", g.dir, "free", bytesize.Human(g.free), "reserve", bytesize.Human(g.reserve))
 			} else {
 				g.log.Info("disk space is back above the reserve: taking writes again",
-					"dir", g.dir, "free", sizeString(g.free), "reserve", sizeString(g.reserve))
+					"dir", g.dir, "free", bytesize.Human(g.free), "reserve", bytesize.Human(g.reserve))
 			}
 		}
 	}
@@ -137,7 +138,7 @@ func (g *diskGuard) check() error {
 		return nil
 	}
 	if free < g.reserve {
-		return g.refuse(fmt.Errorf("%w: %s free, %s reserved", ErrLowDisk, sizeString(free), sizeString(g.reserve)))
+		return g.refuse(fmt.Errorf("%w: %s free, %s reserved", ErrLowDisk, bytesize.Human(free), bytesize.Human(g.reserve)))
 	}
 	return nil
 }
@@ -166,7 +167,7 @@ func (g *diskGuard) checkBlob() error {
 	g.budgetRefused.Inc()
 	msg := fmt.Sprintf("node %s is over its disk budget (--max-disk %s): %s of blobs held, and nothing can be evicted: %s; "+
 		"pull through another node, add nodes, or raise --max-disk; it takes new blobs again once eviction frees space",
-		g.nodeID(), sizeString(budget), sizeString(used), why)
+		g.nodeID(), bytesize.Human(budget), bytesize.Human(used), why)
 	return oci.Wrap(oci.Denied, fmt.Errorf("%w: %d of %d bytes", ErrOverBudget, used, budget), msg).WithStatus(http.StatusInsufficientStorage)
 }
 
@@ -176,7 +177,7 @@ func (g *diskGuard) refuse(cause error) error {
 	g.refused.Inc()
 	free, _, _ := g.read(true)
 	msg := fmt.Sprintf("node %s is low on disk: %s free in %s, %s reserved for its metadata; free space there (delete unused images and let GC run, or grow the disk) or lower --min-free-disk; reads still work and writes resume by themselves once space is free",
-		g.nodeID(), sizeString(free), g.dir, sizeString(g.reserve))
+		g.nodeID(), bytesize.Human(free), g.dir, bytesize.Human(g.reserve))
 	return oci.Wrap(oci.Denied, cause, msg).WithStatus(http.StatusInsufficientStorage)
 }
 
@@ -256,7 +257,7 @@ func (g *diskGuard) warnSmall() {
 		g.log.Warn("cannot read the free space of the data dir: writes are not refused early; a full disk is still reported as 507", "err", err)
 	case g.reserve > 0 && total < 2*g.reserve:
 		g.log.Warn("the data dir's filesystem is small for --min-free-disk: most of it stays reserved for the metadata",
-			"total", sizeString(total), "free", sizeString(free), "reserve", sizeString(g.reserve))
+			"total", bytesize.Human(total), "free", bytesize.Human(free), "reserve", bytesize.Human(g.reserve))
 	}
 }
 
@@ -290,18 +291,4 @@ func (g *diskGuard) status() DiskStatus {
 		st.BudgetBytes, st.LowWaterBytes, st.OverBudget = g.budget.Budget(), g.budget.Low(), g.budget.Stuck()
 	}
 	return st
-}
-
-// sizeString prints a byte count in binary units: "37.5 MiB".
-func sizeString(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 4; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
 }

@@ -15,6 +15,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/meshreg/meshreg/internal/bytesize"
 )
 
 //go:embed page.html
@@ -235,7 +237,7 @@ func (p Page) Members() []RegionGroup {
 }
 
 var page = template.Must(template.New("page.html").Funcs(template.FuncMap{
-	"size": Size,
+	"size": bytesize.Human,
 	"ago": func(now, t time.Time) string {
 		if t.IsZero() {
 			return "never"
@@ -262,18 +264,4 @@ func Render(w io.Writer, p Page) error {
 		return fmt.Errorf("ui: rendering the status page: %w", err)
 	}
 	return nil
-}
-
-// Size prints a byte count in binary units: "37.5 MiB".
-func Size(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

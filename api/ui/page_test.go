@@ -164,11 +164,3 @@ func TestDecodeStatusRejectsJunk(t *testing.T) {
 		t.Fatal("decoding a non-JSON status succeeded")
 	}
 }
-
-func TestSize(t *testing.T) {
-	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 3 << 20: "3.0 MiB", 1 << 62: "4.0 EiB"} {
-		if got := ui.Size(n); got != want {
-			t.Errorf("Size(%d) = %q, want %q", n, got, want)
-		}
-	}
-}

@@ -21,6 +21,7 @@ import (
 	"github.com/meshreg/meshreg/api"
 	"github.com/meshreg/meshreg/blobstore"
 	"github.com/meshreg/meshreg/consensus"
+	"github.com/meshreg/meshreg/internal/bytesize"
 	"github.com/meshreg/meshreg/node/backup"
 	"github.com/meshreg/meshreg/node/buildinfo"
 	"github.com/meshreg/meshreg/node/datadir"
@@ -67,8 +68,8 @@ func (p *progress) line(suffix string) {
 	if t := atomic.LoadInt64(&p.total); t > 0 {
 		items += fmt.Sprintf("/%d", t)
 	}
-	fmt.Fprintf(p.w, "%s: %s, %s blobs, %s/s, %.1fs%s\n", p.what, humanBytes(p.bytes.Load()), items,
-		humanBytes(int64(float64(p.bytes.Load())/secs)), secs, suffix)
+	fmt.Fprintf(p.w, "%s: %s, %s blobs, %s/s, %.1fs%s\n", p.what, bytesize.Human(p.bytes.Load()), items,
+		bytesize.Human(int64(float64(p.bytes.Load())/secs)), secs, suffix)
 }
 
 // finish stops the ticker and prints the last line.
@@ -192,7 +193,7 @@ func backupAction(c *cli.Context) error {
 	}
 	prog.finish("")
 	fmt.Fprintf(c.App.ErrWriter, "backup of node %s at Raft index %d (term %d): %d repositories, %d manifests, %d tags, %d blobs (%s) -> %s\n",
-		m.NodeID, m.Index, m.Term, m.Repositories, m.Manifests, m.Tags, m.Blobs, humanBytes(m.BlobBytes), out)
+		m.NodeID, m.Index, m.Term, m.Repositories, m.Manifests, m.Tags, m.Blobs, bytesize.Human(m.BlobBytes), out)
 	return nil
 }
 
@@ -239,7 +240,7 @@ func restoreAction(c *cli.Context) error {
 		return err
 	}
 	fmt.Fprintf(c.App.Writer, "restored a backup of node %s at Raft index %d: %d repositories, %d manifests, %d tags, %d blobs (%s)\n",
-		res.m.NodeID, res.m.Index, res.m.Repositories, res.m.Manifests, res.m.Tags, res.m.Blobs, humanBytes(res.m.BlobBytes))
+		res.m.NodeID, res.m.Index, res.m.Repositories, res.m.Manifests, res.m.Tags, res.m.Blobs, bytesize.Human(res.m.BlobBytes))
 	if !res.m.WithBlobs {
 		fmt.Fprintln(c.App.Writer, "the archive holds no blobs (backup without --blobs): pulls fail until the blobs are pushed again")
 	}

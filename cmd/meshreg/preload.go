@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/meshreg/meshreg/api/tlsconf"
+	"github.com/meshreg/meshreg/internal/bytesize"
 )
 
 // Limits of `meshreg preload`.
@@ -168,7 +169,7 @@ func preloadAction(c *cli.Context) error {
 		}
 	}
 	fmt.Fprintf(log, "preloaded %d of %d images through %d node(s): %d blobs, %s in %s\n",
-		ok, len(refs), len(nodes), total.blobs.Load(), humanBytes(total.bytes.Load()), time.Since(start).Round(time.Millisecond))
+		ok, len(refs), len(nodes), total.blobs.Load(), bytesize.Human(total.bytes.Load()), time.Since(start).Round(time.Millisecond))
 	if len(failed) > 0 {
 		return fmt.Errorf("preload failed for %s", strings.Join(failed, ", "))
 	}
@@ -253,14 +254,14 @@ func (p *preloader) image(ctx context.Context, base string, ref imageRef) (*prel
 			}
 			st.blobs.Add(1)
 			st.bytes.Add(desc.Size)
-			p.logf("%s: blob %s %s in %s via %s", ref, desc.Digest, humanBytes(desc.Size), time.Since(t0).Round(time.Millisecond), base)
+			p.logf("%s: blob %s %s in %s via %s", ref, desc.Digest, bytesize.Human(desc.Size), time.Since(t0).Round(time.Millisecond), base)
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
 		return st, err
 	}
-	p.logf("%s via %s: %d manifests, %d blobs, %s in %s", ref, base, st.manifests.Load(), st.blobs.Load(), humanBytes(st.bytes.Load()), time.Since(start).Round(time.Millisecond))
+	p.logf("%s via %s: %d manifests, %d blobs, %s in %s", ref, base, st.manifests.Load(), st.blobs.Load(), bytesize.Human(st.bytes.Load()), time.Since(start).Round(time.Millisecond))
 	return st, nil
 }
 
@@ -553,18 +554,4 @@ func zoneName(z string) string {
 		return "(none)"
 	}
 	return z
-}
-
-// humanBytes is n in the largest binary unit below it, to one decimal.
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 4; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
 }

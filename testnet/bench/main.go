@@ -63,10 +63,10 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/meshreg/meshreg/internal/bytesize"
 	"github.com/meshreg/meshreg/testnet"
 )
 
@@ -398,21 +398,10 @@ func (b byteSize) String() string {
 }
 
 func (b *byteSize) Set(s string) error {
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}, {"B", 1}}
-	mult := int64(1)
-	for _, u := range units {
-		if strings.HasSuffix(s, u.suffix) {
-			s, mult = strings.TrimSuffix(s, u.suffix), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
-	if err != nil || n < 0 {
+	n, err := bytesize.Parse(s)
+	if err != nil {
 		return fmt.Errorf("bad size %q: want e.g. 512MiB", s)
 	}
-	*b = byteSize(n * mult)
+	*b = byteSize(n)
 	return nil
 }

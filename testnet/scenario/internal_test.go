@@ -9,13 +9,13 @@ import (
 
 func TestSize(t *testing.T) {
 	t.Parallel()
-	for in, want := range map[string]Size{"0": 0, "512": 512, "64KiB": 64 << 10, "8 MiB": 8 << 20, "1GiB": 1 << 30, "7B": 7} {
+	for in, want := range map[string]Size{"0": 0, "512": 512, "64KiB": 64 << 10, "8 MiB": 8 << 20, "1GiB": 1 << 30, "7B": 7, "8MB": 8e6, "1.5MiB": 3 << 19} {
 		var s Size
 		if err := s.UnmarshalText([]byte(in)); err != nil || s != want {
 			t.Errorf("%q: %d, %v; want %d", in, s, err, want)
 		}
 	}
-	for _, in := range []string{"", "-1", "1.5MiB", "8MB", "lots"} {
+	for _, in := range []string{"", "-1", "8 XB", "1e6", "lots"} {
 		var s Size
 		if err := s.UnmarshalText([]byte(in)); err == nil {
 			t.Errorf("%q: no error", in)

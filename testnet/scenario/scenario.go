@@ -74,11 +74,12 @@ import (
 	"os"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/meshreg/meshreg/internal/bytesize"
 )
 
 // Scenario is one parsed scenario file.
@@ -227,22 +228,11 @@ type Size int64
 
 // UnmarshalText implements encoding.TextUnmarshaler.
 func (s *Size) UnmarshalText(b []byte) error {
-	str := strings.TrimSpace(string(b))
-	mult := int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}} {
-		if rest, ok := strings.CutSuffix(str, u.suffix); ok {
-			str, mult = strings.TrimSpace(rest), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(str, 10, 64)
-	if err != nil || n < 0 {
+	n, err := bytesize.Parse(string(b))
+	if err != nil {
 		return fmt.Errorf("size %q: want e.g. \"128KiB\", \"8MiB\" or a byte count", b)
 	}
-	*s = Size(n * mult)
+	*s = Size(n)
 	return nil
 }
 

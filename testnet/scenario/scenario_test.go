@@ -45,7 +45,7 @@ func TestParseRejectsBadFiles(t *testing.T) {
 		{"no nodes", `name = "t"`, "at least one node"},
 		{"unknown key", "replica = 3\n" + minimal, "unknown keys: replica"},
 		{"bad duration", "timeout = \"ten\"\n" + minimal, "duration \"ten\""},
-		{"bad size", minimal + "[workload]\nduration=\"1s\"\n[workload.push]\ncount=1\nlayer_size=\"8MB\"\n", "size \"8MB\""},
+		{"bad size", minimal + "[workload]\nduration=\"1s\"\n[workload.push]\ncount=1\nlayer_size=\"8 XB\"\n", "size \"8 XB\""},
 		{"reserved node name", "name=\"t\"\n" + node("leader"), "reserved"},
 		{"duplicate node", "name=\"t\"\n" + node("a") + node("a"), "used twice"},
 		{"unknown action", minimal + "[[events]]\naction = \"explode\"\ntarget = \"n1\"\n", "unknown action \"explode\""},

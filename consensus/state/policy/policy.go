@@ -34,6 +34,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/meshreg/meshreg/internal/bytesize"
 	"github.com/meshreg/meshreg/internal/repoglob"
 )
 
@@ -338,32 +339,17 @@ func tagPatterns(n *yaml.Node, where string) ([]string, error) {
 	return ss, nil
 }
 
-// parseSize reads bytes, optionally with a unit: B, kB, MB, GB, TB
-// (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024).
+// parseSize reads a quota: bytes, optionally with a unit (bytesize.Parse:
+// B, kB/KB, MB, GB, TB are powers of 1000, KiB, MiB, GiB, TiB of 1024).
 func parseSize(s string) (int64, error) {
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
-		{"kB", 1e3}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"B", 1}}
-	mult := int64(1)
-	num := strings.TrimSpace(s)
-	for _, u := range units {
-		if strings.HasSuffix(num, u.suffix) {
-			num, mult = strings.TrimSpace(strings.TrimSuffix(num, u.suffix)), u.mult
-			break
-		}
-	}
-	v, err := strconv.ParseInt(num, 10, 64)
+	v, err := bytesize.Parse(s)
 	switch {
 	case err != nil:
-		return 0, errors.New("not a whole number with an optional unit")
+		return 0, err
 	case v <= 0:
 		return 0, errors.New("it must be above 0")
-	case v > (1<<62)/mult:
-		return 0, errors.New("too large")
 	}
-	return v * mult, nil
+	return v, nil
 }
 
 // parseAge reads a Go duration (36h, 90m) or a number of days (7d).

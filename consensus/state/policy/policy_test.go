@@ -90,12 +90,12 @@ func TestParseErrorsNameTheLine(t *testing.T) {
 }
 
 func TestSizesAndAges(t *testing.T) {
-	for s, want := range map[string]int64{"1": 1, "10B": 10, "2kB": 2000, "3MiB": 3 << 20, "1GiB": 1 << 30, "1 GB": 1e9} {
+	for s, want := range map[string]int64{"1": 1, "10B": 10, "2kB": 2000, "3MiB": 3 << 20, "1GiB": 1 << 30, "1 GB": 1e9, "1.5GiB": 3 << 29} {
 		if got, err := parseSize(s); err != nil || got != want {
 			t.Errorf("parseSize(%q) = %d, %v; want %d", s, got, err, want)
 		}
 	}
-	for _, s := range []string{"", "-1", "1.5GiB", "99999999999TiB", "GiB"} {
+	for _, s := range []string{"", "-1", "0", "1e3", "99999999999TiB", "GiB"} {
 		if _, err := parseSize(s); err == nil {
 			t.Errorf("parseSize(%q) accepted", s)
 		}
