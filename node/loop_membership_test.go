@@ -3,7 +3,9 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"testing"
@@ -55,12 +57,13 @@ type upkeepFixture struct {
 	down    map[string]bool // members this node has no connection to
 	sick    map[string]bool // non-voters whose health check fails
 	noted   int             // steps that recorded contacts
+	checked map[string]int  // health checks per member
 }
 
 func newUpkeepFixture(t *testing.T, self string, voters, nonvoters []string, rules upkeepRules) *upkeepFixture {
 	t.Helper()
 	f := &upkeepFixture{cluster: nodefake.NewCluster(), metas: map[string]*nodefake.Meta{},
-		clock: time.Unix(1_000_000, 0), down: map[string]bool{}, sick: map[string]bool{}}
+		clock: time.Unix(1_000_000, 0), down: map[string]bool{}, sick: map[string]bool{}, checked: map[string]int{}}
 	for _, id := range append([]string{"a"}, voters...) {
 		f.metas[id] = f.cluster.Join(id, "/addr/"+id)
 	}
@@ -71,6 +74,7 @@ func newUpkeepFixture(t *testing.T, self string, voters, nonvoters []string, rul
 	}
 	f.rec = &recordedChanges{clusterChanges: f.metas[self]}
 	health := func(ctx context.Context, id string) error {
+		f.checked[id]++
 		if f.sick[id] {
 			return errors.New("behind the leader")
 		}
@@ -192,6 +196,67 @@ func TestMembershipPromotesOnlyToOddVoterCounts(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestMembershipSamplesHealthChecksAtTarget: with the voters at their
+// target, the leader health checks a few non-voters per round, in turn,
+// not every one of them every second (an all-pairs cost at a few hundred
+// nodes); once a voter is lost it checks them all again and promotes one
+// that was healthy for the stabilization time, never a sick one.
+func TestMembershipSamplesHealthChecksAtTarget(t *testing.T) {
+	t.Parallel()
+	const stab = 10 * time.Second
+	var nonvoters []string
+	for i := range 20 {
+		nonvoters = append(nonvoters, fmt.Sprintf("n%02d", i))
+	}
+	f := newUpkeepFixture(t, "a", []string{"b", "c"}, nonvoters, upkeepRules{DeadServerTimeout: time.Hour, StabilizationTime: stab, Voters: 3})
+	rounds := (len(nonvoters) + healthSample - 1) / healthSample
+	for range rounds {
+		before := total(f.checked)
+		f.step(t)
+		if got := total(f.checked) - before; got > healthSample {
+			t.Fatalf("one round at the voter target made %d health checks, want at most %d", got, healthSample)
+		}
+		f.clock = f.clock.Add(time.Second)
+	}
+	for _, id := range nonvoters {
+		if f.checked[id] == 0 {
+			t.Errorf("non-voter %s never checked in %d rounds", id, rounds)
+		}
+	}
+	if _, promoted := f.rec.changes(); len(promoted) != 0 {
+		t.Fatalf("promoted %v with the voters at their target", promoted)
+	}
+
+	// Voter c is lost: every non-voter is checked at the next round, and a
+	// healthy one that was seen healthy long enough is promoted at once.
+	f.clock = f.clock.Add(stab)
+	for _, id := range nonvoters[:len(nonvoters)-1] {
+		f.sick[id] = true
+	}
+	if err := f.metas["a"].RemoveServer(t.Context(), "c"); err != nil {
+		t.Fatal(err)
+	}
+	before := maps.Clone(f.checked)
+	f.step(t)
+	for _, id := range nonvoters {
+		if f.checked[id] == before[id] {
+			t.Errorf("non-voter %s not checked in the round after a voter was lost", id)
+		}
+	}
+	_, promoted := f.rec.changes()
+	if want := []string{nonvoters[len(nonvoters)-1]}; !slices.Equal(promoted, want) {
+		t.Fatalf("promoted %v after voter c was lost, want %v (the only healthy non-voter)", promoted, want)
+	}
+}
+
+func total(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
 }
 
 func TestMembershipDoesNothingWhenNotLeader(t *testing.T) {

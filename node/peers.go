@@ -45,6 +45,8 @@ type peerBook struct {
 	rtt       map[peer.ID]time.Duration
 	heard     map[peer.ID]time.Time // last answer
 	penalised map[peer.ID]time.Time // until when
+	live      time.Duration         // the live window (see meshPick); 0: liveWindow
+	meshNext  int                   // where the mesh's next turn starts
 }
 
 func newPeerBook(self peerLabels) *peerBook {
@@ -63,11 +65,46 @@ func (b *peerBook) learn(p peer.ID, l peerLabels, rtt time.Duration) {
 	b.rtt[p] = rtt
 }
 
-// answered reports whether p answered within liveWindow.
+// answered reports whether p answered within the live window.
 func (b *peerBook) answered(p peer.ID, now time.Time) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return now.Sub(b.heard[p]) < liveWindow
+	return now.Sub(b.heard[p]) < b.windowLocked()
+}
+
+// window is how recently a member must have answered to count as live:
+// liveWindow while the mesh asks every member each round, else three
+// times the rounds it takes to ask them all (see meshPick).
+func (b *peerBook) window() time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.windowLocked()
+}
+
+func (b *peerBook) windowLocked() time.Duration {
+	return max(b.live, liveWindow)
+}
+
+// meshPick returns the members (other than this node) the mesh asks this
+// round: all of them when there are at most meshSample, else meshSample of
+// them, the next in turn, so that a node's idle cost does not grow with
+// the cluster. It sets the live window to three turns.
+func (b *peerBook) meshPick(others []string) []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(others) <= meshSample {
+		b.live = 0
+		return others
+	}
+	turns := (len(others) + meshSample - 1) / meshSample
+	b.live = 3 * time.Duration(turns) * meshEvery
+	pick := make([]string, 0, meshSample)
+	start := b.meshNext % len(others)
+	for i := range meshSample {
+		pick = append(pick, others[(start+i)%len(others)])
+	}
+	b.meshNext = (start + meshSample) % len(others)
+	return pick
 }
 
 func (b *peerBook) penalise(p peer.ID) {
@@ -123,7 +160,7 @@ func (b *peerBook) distance(p peer.ID, now time.Time) (rank int, rtt time.Durati
 	switch {
 	case now.Before(b.penalised[p]):
 		rank = 4
-	case !ok || now.Sub(b.heard[p]) >= liveWindow:
+	case !ok || now.Sub(b.heard[p]) >= b.windowLocked():
 		// Never heard from, or silent lately (down, or cut off).
 		rank = 3
 	case b.self.Region == l.Region && b.self.Zone == l.Zone:
@@ -276,38 +313,60 @@ func (n *Node) isMemberPeer(p peer.ID) bool {
 	return false
 }
 
-// meshEvery is how often the mesh (mesher) checks on every member.
+// meshEvery is how often the mesh (mesher) runs a round.
 const meshEvery = time.Second
 
-// liveWindow is how recently a member must have answered to count as live:
-// a libp2p connection cut by a partition can look open for a long while,
-// so an answer, not a connection, says a member can take a copy of a blob.
+// meshSample is how many members a mesh round asks at most (see meshPick):
+// in a cluster of up to meshSample+1 nodes, every member every round.
+const meshSample = 8
+
+// liveWindow is how recently a member must have answered to count as live,
+// in a cluster whose members the mesh asks every round (a larger one waits
+// longer: peerBook.window): a libp2p connection cut by a partition can look
+// open for a long while, so an answer, not a connection, says a member can
+// take a copy of a blob.
 const liveWindow = 3 * meshEvery
 
 // meshRound is one round of the mesh (mesher, loop_mesh.go): it connects
-// to every member this node is not connected to and asks each for its
-// labels and load, and offers those that answer to the DHT.
+// to every member this node is not connected to, asks those whose turn it
+// is (meshPick: all of them in a small cluster) for their labels and load,
+// and offers those that answer to the DHT.
 func (n *Node) meshRound(ctx context.Context) {
 	members, err := n.meta.Members()
 	if err != nil {
 		members = nil
 	}
-	var wg sync.WaitGroup
+	var others []string
+	addrs := map[string]string{}
 	for _, m := range members {
-		if m.ID == n.host.ID().String() {
+		if m.ID != n.host.ID().String() {
+			others = append(others, m.ID)
+			addrs[m.ID] = m.Address
+		}
+	}
+	ask := map[string]bool{}
+	for _, id := range n.peers.meshPick(others) {
+		ask[id] = true
+	}
+	var wg sync.WaitGroup
+	for _, mid := range others {
+		if !ask[mid] && n.connected(mid) {
 			continue
 		}
-		id, err := peerOf(n.host, consensus.Server{ID: m.ID, Address: m.Address})
+		id, err := peerOf(n.host, consensus.Server{ID: mid, Address: addrs[mid]})
 		if err != nil {
 			continue
 		}
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 			defer cancel()
-			if !n.connected(m.ID) {
+			if !n.connected(mid) {
 				if err := n.host.Dial(ctx, id); err != nil {
 					return
 				}
+			}
+			if !ask[mid] {
+				return
 			}
 			if _, err := n.askInfo(ctx, id); err != nil {
 				n.log.Debug("a member did not answer", "peer", id, "err", err)

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -57,5 +58,55 @@ func TestPenaltyShowsInTheSnapshotAndExpires(t *testing.T) {
 	b.nearestFirst(peers)
 	if peers[0] != "liar" {
 		t.Fatalf("an expired penalty still ranks the peer last: %v", peers)
+	}
+}
+
+// TestMeshAsksABoundedSampleInTurn: each mesh round asks at most
+// meshSample members, in turn, so that a node's idle cost does not grow
+// with the cluster; every member is still asked within the rounds the
+// live window spans, so one that answers stays live between its turns, and
+// one that stops answering drops out within that window.
+func TestMeshAsksABoundedSampleInTurn(t *testing.T) {
+	b := newPeerBook(peerLabels{})
+	var members []string
+	for i := range 100 {
+		members = append(members, peer.ID(fmt.Sprintf("m%03d", i)).String())
+	}
+	rounds := (len(members) + meshSample - 1) / meshSample
+	asked := map[string]int{}
+	for range rounds {
+		pick := b.meshPick(members)
+		if len(pick) > meshSample {
+			t.Fatalf("a round asks %d of %d members, want at most %d", len(pick), len(members), meshSample)
+		}
+		for _, m := range pick {
+			asked[m]++
+		}
+	}
+	for _, m := range members {
+		if asked[m] == 0 {
+			t.Fatalf("member %s not asked in %d rounds", m, rounds)
+		}
+	}
+	if w := b.window(); w < time.Duration(rounds)*meshEvery || w > 4*time.Duration(rounds)*meshEvery {
+		t.Errorf("live window %v with %d members asked %d a round: want about 3 rounds of turns (%v each)", w, len(members), meshSample, time.Duration(rounds)*meshEvery)
+	}
+	now := time.Now()
+	b.learn("m000", peerLabels{}, time.Millisecond)
+	if !b.answered("m000", now.Add(time.Duration(rounds)*meshEvery)) {
+		t.Error("a member that answered one turn ago counts as silent before its next turn")
+	}
+	if b.answered("m000", now.Add(b.window()+time.Second)) {
+		t.Error("a member silent for longer than the live window still counts as live")
+	}
+
+	// A small cluster is asked whole every round, as before: a window of
+	// three rounds.
+	small := newPeerBook(peerLabels{})
+	if pick := small.meshPick(members[:5]); len(pick) != 5 {
+		t.Errorf("5 members: a round asks %d, want all 5", len(pick))
+	}
+	if w := small.window(); w != 3*meshEvery {
+		t.Errorf("5 members: live window %v, want %v", w, 3*meshEvery)
 	}
 }

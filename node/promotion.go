@@ -41,6 +41,12 @@ const healthProtocol = "/meshreg/health/1.0.0"
 // default MaxTrailingLogs).
 const maxPromotionLag = 250
 
+// healthSample is how many non-voters the leader health checks per round
+// (a second) while the voters are at their target: enough to keep a record
+// of who is healthy for when a voter is lost, without a request to every
+// member every second (see promoter.step).
+const healthSample = 2
+
 // healthTimeout bounds one health check.
 const healthTimeout = 3 * time.Second
 
@@ -146,6 +152,7 @@ type promoter struct {
 	log           *slog.Logger
 
 	healthySince map[string]time.Time
+	next         int // the first non-voter (by position) of the next sampled round
 }
 
 func newPromoter(self string, health, promote func(ctx context.Context, id string) error, stabilization time.Duration, voters int, log *slog.Logger) *promoter {
@@ -156,24 +163,54 @@ func newPromoter(self string, health, promote func(ctx context.Context, id strin
 // reset forgets every health record (this node stopped leading).
 func (p *promoter) reset() { clear(p.healthySince) }
 
-// step checks the health of every non-voter in members and promotes those
+// step checks the health of the non-voters in members and promotes those
 // that promotions picks at now. It returns how many it promoted.
+//
+// Below the voter target it checks every non-voter, so that a promotion
+// is always decided on a check of this round. At the target nothing is
+// promoted, and the checks only keep healthySince up to date for when a
+// voter is lost: it checks healthSample non-voters per round, in turn
+// (each one every len/healthSample rounds), so the leader's cost does not
+// grow with the cluster. A non-voter's healthy stretch then counts from
+// its first good check, and a break between two sampled checks goes
+// unseen; a failed check, at the latest in the full round that precedes
+// any promotion, starts it again.
 func (p *promoter) step(ctx context.Context, members []consensus.Member, now time.Time) int {
 	current := map[string]bool{}
+	var nonvoters []string
+	voters := 0
 	for _, m := range members {
+		if m.Suffrage == consensus.Voter {
+			voters++
+		}
 		if m.Suffrage != consensus.Nonvoter || m.ID == p.self {
 			continue
 		}
 		current[m.ID] = true
-		if err := p.health(ctx, m.ID); err != nil {
-			if _, was := p.healthySince[m.ID]; was {
-				p.log.Info("a non-voter is not healthy; its stabilization starts again", "peer", m.ID, "err", err)
+		nonvoters = append(nonvoters, m.ID)
+	}
+	target := p.voters
+	if target%2 == 0 {
+		target--
+	}
+	check := nonvoters
+	if voters >= target && len(nonvoters) > healthSample {
+		check = make([]string, 0, healthSample)
+		for i := range healthSample {
+			check = append(check, nonvoters[(p.next+i)%len(nonvoters)])
+		}
+		p.next = (p.next + healthSample) % len(nonvoters)
+	}
+	for _, id := range check {
+		if err := p.health(ctx, id); err != nil {
+			if _, was := p.healthySince[id]; was {
+				p.log.Info("a non-voter is not healthy; its stabilization starts again", "peer", id, "err", err)
 			}
-			delete(p.healthySince, m.ID)
+			delete(p.healthySince, id)
 			continue
 		}
-		if _, ok := p.healthySince[m.ID]; !ok {
-			p.healthySince[m.ID] = now
+		if _, ok := p.healthySince[id]; !ok {
+			p.healthySince[id] = now
 		}
 	}
 	for id := range p.healthySince {

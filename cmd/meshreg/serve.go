@@ -97,6 +97,14 @@ func serve(ctx context.Context, cfg serveConfig) (err error) {
 		log.Warn("serving plain HTTP beyond loopback: registry traffic and credentials travel unencrypted; pass --tls-cert and --tls-key", "listen", cfg.Listen)
 	}
 
+	if cfg.PprofListen != "" {
+		stopPprof, err := servePprof(ctx, cfg.PprofListen, log)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		defer stopPprof()
+	}
 	runCtx, stopRun := context.WithCancel(context.Background())
 	runDone := make(chan error, 1)
 	go func() { runDone <- n.Run(runCtx) }()

@@ -37,8 +37,10 @@ type serveConfig struct {
 	// auth.token names); see authGuard.
 	TokenService, TokenRealm, TokenIssuer, TokenRootCertBundle string
 	// RateLimits is the --rate-limits path ("" if none); see rateLimiter.
-	RateLimits      string
-	Listen          string
+	RateLimits string
+	Listen     string
+	// PprofListen is the --pprof-listen HOST:PORT ("" if none).
+	PprofListen     string
 	LogLevel        slog.Level
 	LogFormat       string
 	ShutdownTimeout time.Duration
@@ -103,6 +105,7 @@ func (cfg *serveConfig) settings() []setting {
 		durationSetting(&nc.GCGrace, "gc-grace", catStorage, "scheduled garbage collections keep blobs linked less than `DURATION` ago (a push in progress)"),
 		durationSetting(&nc.DeadServerTimeout, "dead-server-timeout", catCluster, "remove a member unreachable for `DURATION` from the cluster for good"),
 		levelSetting(&cfg.LogLevel, "log-level", catLogging, "`LEVEL` of the least important lines logged: debug, info, warn or error"),
+		stringSetting(&cfg.PprofListen, "pprof-listen", catLogging, "serve Go's CPU, heap and goroutine profiles at http://`HOST:PORT`/debug/pprof/ (loopback only; off by default)"),
 		choiceSetting(&cfg.LogFormat, "log-format", catLogging, "`FORMAT` of log lines: text or json", "text", "json"),
 		int64Setting(&ac.MaxManifestSize, "max-manifest-size", catLimits, "largest manifest accepted, in `BYTES`"),
 		durationSetting(&nc.UploadIdleTimeout, "upload-idle-timeout", catLimits, "expire upload sessions idle for `DURATION`"),
@@ -146,6 +149,9 @@ func configFromFlags(c flagGetter) (serveConfig, error) {
 		return *cfg, err
 	}
 	if err := checkListen(cfg.Listen); err != nil {
+		return *cfg, err
+	}
+	if err := checkPprofListen(cfg.PprofListen); err != nil {
 		return *cfg, err
 	}
 	if err := cfg.TLS.Check(); err != nil {

@@ -68,6 +68,13 @@ type cluster struct {
 // name the same leader and count testnet.ExpectedVoters(size,
 // defaultVoters) voters. On error it stops what it started.
 func startCluster(ctx context.Context, bin, dir string, size int, extra ...string) (cl *cluster, err error) {
+	return startClusterWithin(ctx, bin, dir, size, 60*time.Second, nil, extra...)
+}
+
+// startClusterWithin is startCluster waiting at most converge for the
+// nodes to agree, node i also getting the flags perNode(i) (when perNode
+// is not nil).
+func startClusterWithin(ctx context.Context, bin, dir string, size int, converge time.Duration, perNode func(i int) ([]string, error), extra ...string) (cl *cluster, err error) {
 	cl = &cluster{voters: testnet.ExpectedVoters(size, defaultVoters)}
 	defer func() {
 		if err != nil {
@@ -90,13 +97,25 @@ func startCluster(ctx context.Context, bin, dir string, size int, extra ...strin
 			}
 			args = append(args, "--join", cl.nodes[0].url(), "--join-token", token)
 		}
+		pprofAddr := ""
+		if perNode != nil {
+			more, err := perNode(i)
+			if err != nil {
+				return cl, err
+			}
+			args = append(args, more...)
+			if j := slices.Index(more, "--pprof-listen"); j >= 0 && j+1 < len(more) {
+				pprofAddr = more[j+1]
+			}
+		}
 		s, err := startMeshregNode(ctx, bin, filepath.Join(dir, fmt.Sprintf("node%d", i+1)), fmt.Sprintf("meshreg node %d", i+1), args...)
 		if err != nil {
 			return cl, err
 		}
+		s.pprof = pprofAddr
 		cl.nodes = append(cl.nodes, s)
 	}
-	if err := cl.waitConverged(ctx, 60*time.Second); err != nil {
+	if err := cl.waitConverged(ctx, converge); err != nil {
 		return cl, err
 	}
 	return cl, nil

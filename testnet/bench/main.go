@@ -103,6 +103,17 @@ type config struct {
 	gcPause        time.Duration
 	gcWorkers      int
 	gcLayerSize    byteSize
+
+	scale               bool
+	scaleSizes          string
+	scaleIdle           time.Duration
+	scaleWrites         int
+	scaleImageSize      byteSize
+	scalePullers        int
+	scaleJSON           string
+	scaleProfileSize    int
+	scaleProfileSeconds int
+	scaleProfileDir     string
 }
 
 // quickFlags are the values -quick sets, unless the flag is given.
@@ -153,6 +164,17 @@ func main() {
 	flag.DurationVar(&c.gcPause, "gc-pause", time.Second, "pause between two collections while the load runs (0: back to back)")
 	flag.IntVar(&c.gcWorkers, "gc-workers", 4, "concurrent pushers in the garbage collection benchmark")
 	flag.Var(&c.gcLayerSize, "gc-layer-size", "size of each image's layer in the garbage collection benchmark")
+	c.scaleImageSize = 16 << 20
+	flag.BoolVar(&c.scale, "scale", false, "benchmark idle cost, tag visibility and fan-out as the cluster grows (-scale-sizes nodes, each a process); off by default; given, run only this section (and the others given explicitly)")
+	flag.StringVar(&c.scaleSizes, "scale-sizes", "3,25", "cluster `SIZES` of the scale section, comma-separated (e.g. 3,25,50,100)")
+	flag.DurationVar(&c.scaleIdle, "scale-idle", 10*time.Second, "idle window over which the scale section measures CPU and bytes written")
+	flag.IntVar(&c.scaleWrites, "scale-writes", 20, "tag writes whose visibility on all nodes the scale section measures")
+	flag.Var(&c.scaleImageSize, "scale-image-size", "size of the one-layer image fanned out to every node in the scale section")
+	flag.IntVar(&c.scalePullers, "scale-pullers", 100, "nodes pulling at once in the scale section's fan-out")
+	flag.StringVar(&c.scaleJSON, "scale-json", "", "also write the scale section's results as JSON to this `FILE`")
+	flag.IntVar(&c.scaleProfileSize, "scale-profile-size", 0, "at this cluster size, take CPU profiles of the leader and a follower while idle (0: none)")
+	flag.IntVar(&c.scaleProfileSeconds, "scale-profile-seconds", 10, "length of each idle CPU profile")
+	flag.StringVar(&c.scaleProfileDir, "scale-profile-dir", "scale-profiles", "`DIR` the idle CPU profiles are written to")
 	quick := flag.Bool("quick", false, "a quick run: "+quickSummary())
 	flag.Parse()
 	given := map[string]bool{}
@@ -179,13 +201,14 @@ func main() {
 func (c *config) selectSections(given map[string]bool) {
 	c.sideBySide = true
 	c.mirrorGiven = given["mirror"]
-	if given["peers"] && c.peers || given["mirror"] && c.mirror || given["access"] && c.access || given["gc"] && c.gc {
+	if given["peers"] && c.peers || given["mirror"] && c.mirror || given["access"] && c.access || given["gc"] && c.gc || given["scale"] && c.scale {
 		c.sideBySide = false
 		c.cluster = c.cluster && given["cluster"]
 		c.peers = c.peers && given["peers"]
 		c.mirror = c.mirror && given["mirror"]
 		c.access = c.access && given["access"]
 		c.gc = c.gc && given["gc"]
+		c.scale = c.scale && given["scale"]
 	}
 }
 
@@ -284,6 +307,16 @@ func run(c config) error {
 			return errors.New("-gc-duration, -gc-workers and -gc-layer-size must be positive, -gc-pause not negative")
 		}
 		t, err := runGC(ctx, c, meshregBin, filepath.Join(root, "gc"))
+		if err != nil {
+			return err
+		}
+		add(t)
+	}
+	if c.scale {
+		if c.scaleIdle <= 0 || c.scaleWrites < 1 || c.scaleImageSize < 1 || c.scalePullers < 1 || c.scaleProfileSeconds < 1 || c.scaleProfileSeconds > 60 {
+			return errors.New("-scale-idle, -scale-writes, -scale-image-size and -scale-pullers must be positive, -scale-profile-seconds from 1 to 60")
+		}
+		t, err := runScale(ctx, c, meshregBin, filepath.Join(root, "scale"))
 		if err != nil {
 			return err
 		}

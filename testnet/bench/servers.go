@@ -29,6 +29,8 @@ type server struct {
 	// bearer, when set, is the token sent instead of Basic credentials
 	// (see fetchToken).
 	bearer string
+	// pprof is the node's --pprof-listen address ("" if none).
+	pprof string
 }
 
 func (s *server) url() string {
