@@ -107,19 +107,34 @@ func deleteManifest(t *testing.T, n *testnet.Node, repo string, d digest.Digest)
 // node. A dry run before lists A's blobs and frees nothing. With a node
 // down during the collection (killed before it), the collection goes on
 // without its report, and the node frees its copies when it restarts and
-// applies the log.
+// applies the log. The same with the node SIGKILLed while the collection
+// runs (the kill lands somewhere between the mark and the last sweep; the
+// invariants hold wherever it does).
 func TestGCUnderLoad(t *testing.T) {
 	testnet.RequireProcess(t)
-	for _, kill := range []bool{false, true} {
-		name := "all nodes up"
-		if kill {
-			name = "a node down during the collection"
-		}
-		t.Run(name, func(t *testing.T) { gcUnderLoad(t, kill) })
+	for _, tc := range []struct {
+		name string
+		kill gcKill
+	}{
+		{"all nodes up", killNone},
+		{"a node down during the collection", killBefore},
+		{"a node killed mid-collection", killDuring},
+	} {
+		t.Run(tc.name, func(t *testing.T) { gcUnderLoad(t, tc.kill) })
 	}
 }
 
-func gcUnderLoad(t *testing.T, kill bool) {
+// gcKill says when gcUnderLoad kills a follower that holds A's blobs.
+type gcKill int
+
+const (
+	killNone   gcKill = iota
+	killBefore        // before the collection starts
+	killDuring        // while `meshreg gc` runs
+)
+
+func gcUnderLoad(t *testing.T, mode gcKill) {
+	kill := mode != killNone
 	nodes := testnet.StartCluster(t, 3, testnet.Options{Args: []string{"--replicas", "2"}})
 	leader, followers := testnet.Leader(t, nodes, 10*time.Second)
 	meshreg := testnet.Runner{T: t, Path: testnet.Binary(t), Dir: t.TempDir()}
@@ -163,7 +178,9 @@ func gcUnderLoad(t *testing.T, kill bool) {
 		if victim == nil {
 			t.Fatal("no follower holds A's blobs: replicas 2 should have put them on two nodes")
 		}
-		victim.Kill()
+		if mode == killBefore {
+			victim.Kill()
+		}
 	}
 	coordinator := followers[0]
 	if kill {
@@ -188,7 +205,20 @@ func gcUnderLoad(t *testing.T, kill bool) {
 			}
 		}
 	}
-	out := string(meshreg.Run("gc", "--node", coordinator.URL(), "--grace", "0s"))
+	var out string
+	if mode == killDuring {
+		done := make(chan testnet.CmdResult, 1)
+		go func() { done <- meshreg.Try("gc", "--node", coordinator.URL(), "--grace", "0s") }()
+		time.Sleep(30 * time.Millisecond) // the command is on its way: catching up, marking, proposing
+		victim.Kill()
+		res := <-done
+		if res.Err != nil {
+			t.Fatalf("meshreg gc with a member killed during it: %v\nstdout:\n%s\nstderr:\n%s", res.Err, res.Stdout, res.Stderr)
+		}
+		out = string(res.Stdout)
+	} else {
+		out = string(meshreg.Run("gc", "--node", coordinator.URL(), "--grace", "0s"))
+	}
 	t.Logf("meshreg gc:\n%s", out)
 	if !strings.Contains(out, "BLOBS FREED") || !strings.Contains(out, "blobs (") {
 		t.Errorf("meshreg gc printed no per-node report:\n%s", out)
