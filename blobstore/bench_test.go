@@ -138,15 +138,19 @@ func BenchmarkOpenVerifiedRead(b *testing.B) {
 }
 
 // BenchmarkPartial measures a fetch's share on the node: 64 MiB written in
-// the 1 MiB writes a fetch makes while one reader sends it to a loopback
+// 1 MiB writes (or 64 KiB, a frame from a peer) while one reader sends it to a loopback
 // TCP socket (the client the fetch is for; another goroutine drains it),
 // then committed (hash check, fsync, rename). "copy" is the reader as
 // net/http used it before SendTo (32 KiB reads and writes), "sendfile" is
 // SendTo. cpu-s/GB is the process's CPU time (user+system) per GB.
 func BenchmarkPartial(b *testing.B) {
-	const size, chunk = 64 << 20, 1 << 20
-	for _, mode := range []string{"copy", "sendfile"} {
-		b.Run(mode, func(b *testing.B) {
+	const size = 64 << 20
+	for _, c := range []struct {
+		mode  string
+		chunk int
+	}{{"copy", 1 << 20}, {"sendfile", 1 << 20}, {"copy", 64 << 10}, {"sendfile", 64 << 10}} {
+		mode, chunk := c.mode, c.chunk
+		b.Run(fmt.Sprintf("%s/writes=%dKiB", mode, chunk>>10), func(b *testing.B) {
 			s := benchStore(b)
 			data := randomBytes(size)
 			d := digest.FromBytes(data)
