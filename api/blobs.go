@@ -77,10 +77,27 @@ func (c *contentErrorWriter) ReadFrom(r io.Reader) (int64, error) {
 	if c.status != 0 {
 		return io.Copy(io.Discard, r)
 	}
+	// A blob still being fetched (node's partial reader) sends the bytes
+	// it has with sendfile itself; ServeContent hands it over wrapped in
+	// an *io.LimitedReader.
+	if lr, ok := r.(*io.LimitedReader); ok {
+		if s, ok := lr.R.(BlobSender); ok {
+			n, err := s.SendTo(c.ResponseWriter, lr.N)
+			lr.N -= n
+			return n, err
+		}
+	}
 	if rf, ok := c.ResponseWriter.(io.ReaderFrom); ok {
 		return rf.ReadFrom(r)
 	}
 	return io.Copy(struct{ io.Writer }{c.ResponseWriter}, r)
+}
+
+// BlobSender is blob content that copies itself to a response, up to
+// limit bytes: a blob still being fetched, whose reader waits for the bytes
+// and hands those it has to the response as file sections (sendfile).
+type BlobSender interface {
+	SendTo(w io.Writer, limit int64) (int64, error)
 }
 
 func (c *contentErrorWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }

@@ -193,9 +193,16 @@ type partialReader struct {
 	p      *Partial
 	off    int64
 	closed bool
+	// f is this reader's own descriptor of the file, opened by the first
+	// SendTo (its own offset, for sendfile); noFile: it could not be.
+	f      *os.File
+	noFile bool
 }
 
-func (r *partialReader) Read(b []byte) (int, error) {
+// ready waits until bytes past r.off may be read and returns where they
+// end: everything written so far, except the last byte until the digest is
+// verified. io.EOF at the end; the partial's error once it failed.
+func (r *partialReader) ready() (int64, error) {
 	p := r.p
 	if r.closed {
 		return 0, os.ErrClosed
@@ -204,29 +211,107 @@ func (r *partialReader) Read(b []byte) (int, error) {
 		return 0, io.EOF
 	}
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	for {
 		// Hold the last byte back until the digest is verified.
 		avail := min(p.written, p.size-1)
 		if p.verified {
 			avail = p.size
 		} else if p.err != nil {
-			err := p.err
-			p.mu.Unlock()
-			return 0, err
+			return 0, p.err
 		}
 		if r.off < avail {
-			n := min(int64(len(b)), avail-r.off)
-			p.mu.Unlock()
-			m, err := p.f.ReadAt(b[:n], r.off)
-			r.off += int64(m)
-			if err == io.EOF && m > 0 {
-				err = nil
-			}
-			return m, err
+			return avail, nil
 		}
 		p.grown.Wait()
 	}
 }
+
+func (r *partialReader) Read(b []byte) (int, error) {
+	avail, err := r.ready()
+	if err != nil {
+		return 0, err
+	}
+	n := min(int64(len(b)), avail-r.off)
+	m, err := r.p.f.ReadAt(b[:n], r.off)
+	r.off += int64(m)
+	if err == io.EOF && m > 0 {
+		err = nil
+	}
+	return m, err
+}
+
+// SendTo copies up to limit bytes from the reader's position to w,
+// waiting for the writer as Read does, and returns how many it copied. It
+// is the path to a client's response: when w is an io.ReaderFrom, each run
+// of bytes already written is handed to it as a section of the file
+// (*io.LimitedReader of *os.File), which net/http sends with sendfile, so
+// the bytes are not read into this process and written out again. The
+// last byte still waits for the digest check, and a failed fetch ends the
+// copy with its error.
+func (r *partialReader) SendTo(w io.Writer, limit int64) (int64, error) {
+	rf, ok := w.(io.ReaderFrom)
+	var f *os.File
+	if ok {
+		f = r.file()
+	}
+	if f == nil {
+		return io.CopyBuffer(onlyWriter{w}, io.LimitReader(onlyReader{r}, limit), make([]byte, 1<<20))
+	}
+	var sent int64
+	for sent < limit {
+		avail, err := r.ready()
+		if err == io.EOF {
+			return sent, nil
+		}
+		if err != nil {
+			return sent, err
+		}
+		n := min(avail-r.off, limit-sent)
+		if _, err := f.Seek(r.off, io.SeekStart); err != nil {
+			return sent, fmt.Errorf("blobstore: partial %s: %w", r.p.d, err)
+		}
+		m, err := rf.ReadFrom(&io.LimitedReader{R: f, N: n})
+		r.off += m
+		sent += m
+		if err != nil {
+			return sent, err
+		}
+		if m < n {
+			return sent, fmt.Errorf("blobstore: partial %s: %w: the file ended at %d, %d bytes were written", r.p.d, io.ErrUnexpectedEOF, r.off, avail)
+		}
+	}
+	return sent, nil
+}
+
+// file opens the reader's own descriptor of the partial's file, or returns
+// nil when it cannot. The file is opened by name, which is the temp file's
+// only until Commit moves it into place: the descriptor is kept only if it
+// is the same file as the writer's.
+func (r *partialReader) file() *os.File {
+	if r.f != nil || r.noFile {
+		return r.f
+	}
+	r.noFile = true
+	f, err := os.Open(r.p.f.Name())
+	if err != nil {
+		return nil
+	}
+	mine, err1 := f.Stat()
+	theirs, err2 := r.p.f.Stat() // open: this reader holds a reference
+	if err1 != nil || err2 != nil || !os.SameFile(mine, theirs) {
+		f.Close()
+		return nil
+	}
+	r.f, r.noFile = f, false
+	return f
+}
+
+// onlyReader and onlyWriter hide extras (WriterTo, ReaderFrom) so that a
+// copy uses the buffer it is given.
+type onlyReader struct{ io.Reader }
+
+type onlyWriter struct{ io.Writer }
 
 func (r *partialReader) Seek(offset int64, whence int) (int64, error) {
 	off, err := seekOffset(r.off, r.p.size, offset, whence)
@@ -260,6 +345,9 @@ func (r *partialReader) Close() error {
 		return nil
 	}
 	r.closed = true
+	if r.f != nil {
+		r.f.Close()
+	}
 	r.p.mu.Lock()
 	r.p.release()
 	r.p.mu.Unlock()

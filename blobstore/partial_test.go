@@ -3,7 +3,9 @@ package blobstore
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"os"
 	"testing"
 	"time"
@@ -158,5 +160,158 @@ func TestWalkListsEveryBlob(t *testing.T) {
 		if got[d] != size {
 			t.Errorf("Walk: %s has size %d, want %d", d, got[d], size)
 		}
+	}
+}
+
+// sectionRecorder forwards ReadFrom to a TCP connection and notes whether
+// every source was a section of a file (what net uses sendfile for).
+type sectionRecorder struct {
+	*net.TCPConn
+	calls, fileSections int
+}
+
+func (s *sectionRecorder) ReadFrom(r io.Reader) (int64, error) {
+	s.calls++
+	if lr, ok := r.(*io.LimitedReader); ok {
+		if _, ok := lr.R.(*os.File); ok {
+			s.fileSections++
+		}
+	}
+	return s.TCPConn.ReadFrom(r)
+}
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t testing.TB) (send, recv *net.TCPConn) {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan *net.TCPConn, 1)
+	go func() {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			t.Error(err)
+		}
+		accepted <- c
+	}()
+	send, err = net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv = <-accepted
+	t.Cleanup(func() { send.Close(); recv.Close() })
+	return send, recv
+}
+
+func TestPartialSendToASocketFollowsTheWriterWithFileSectionsAndWaitsForCommit(t *testing.T) {
+	s := newStore(t, t.TempDir())
+	data := randomBytes(5<<20 + 3)
+	d := digest.FromBytes(data)
+	p, err := s.NewPartial(d, int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := p.NewReader()
+	defer r.Close()
+	send, recv := tcpPair(t)
+	rec := &sectionRecorder{TCPConn: send}
+	sent := make(chan error, 1)
+	go func() {
+		n, err := r.(*partialReader).SendTo(rec, int64(len(data)))
+		if err == nil && n != int64(len(data)) {
+			err = fmt.Errorf("sent %d of %d bytes", n, len(data))
+		}
+		send.CloseWrite()
+		sent <- err
+	}()
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(recv)
+		got <- b
+	}()
+	for off := 0; off < len(data); off += 1 << 20 {
+		if _, err := p.Write(data[off:min(off+1<<20, len(data))]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case err := <-sent:
+		t.Fatalf("SendTo finished (%v) before the digest was verified", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if err := p.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-sent; err != nil {
+		t.Fatalf("SendTo: %v", err)
+	}
+	if b := <-got; !bytes.Equal(b, data) {
+		t.Fatalf("the socket received %d bytes that differ from the %d written", len(b), len(data))
+	}
+	if rec.calls == 0 || rec.fileSections != rec.calls {
+		t.Fatalf("%d of %d ReadFrom calls got a file section; want all (sendfile)", rec.fileSections, rec.calls)
+	}
+}
+
+func TestPartialSendToEndsWithTheFetchErrorAndNeverSendsAWrongBlobWhole(t *testing.T) {
+	s := newStore(t, t.TempDir())
+	want := randomBytes(2 << 20)
+	wrong := bytes.Clone(want)
+	wrong[len(wrong)-2] ^= 1
+	p, err := s.NewPartial(digest.FromBytes(want), int64(len(want)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := p.NewReader()
+	defer r.Close()
+	send, recv := tcpPair(t)
+	sent := make(chan error, 1)
+	go func() {
+		_, err := r.(*partialReader).SendTo(send, int64(len(want)))
+		send.CloseWrite()
+		sent <- err
+	}()
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(recv)
+		got <- b
+	}()
+	if _, err := p.Write(wrong); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Commit(); !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("Commit of wrong bytes = %v, want ErrDigestMismatch", err)
+	}
+	if err := <-sent; !errors.Is(err, ErrPartialFailed) {
+		t.Fatalf("SendTo of a failed fetch = %v, want ErrPartialFailed", err)
+	}
+	if b := <-got; len(b) >= len(want) {
+		t.Fatalf("the socket received all %d bytes of a wrong blob", len(b))
+	}
+}
+
+func TestPartialSendToAfterCommitMovedTheFileStillSendsItAll(t *testing.T) {
+	s := newStore(t, t.TempDir())
+	data := randomBytes(1<<20 + 5)
+	p, err := s.NewPartial(digest.FromBytes(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := p.NewReader()
+	defer r.Close()
+	if _, err := p.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Commit(); err != nil { // renames the temp file away
+		t.Fatal(err)
+	}
+	var b bytes.Buffer // a ReaderFrom, but not of files: the fallback copy
+	if n, err := r.(*partialReader).SendTo(&b, 1<<40); err != nil || n != int64(len(data)) {
+		t.Fatalf("SendTo after commit = %d, %v; want %d, nil", n, err, len(data))
+	}
+	if !bytes.Equal(b.Bytes(), data) {
+		t.Fatal("SendTo after commit sent other bytes")
 	}
 }

@@ -183,6 +183,24 @@ func (p pinnedReader) OSFile() *os.File {
 
 var _ api.FileReader = pinnedReader{}
 
+// pinnedSender is a pinnedReader over a blob still being fetched, which
+// sends itself (api.BlobSender: sendfile of the bytes it has so far).
+type pinnedSender struct{ pinnedReader }
+
+var _ api.BlobSender = pinnedSender{}
+
+func (p pinnedSender) SendTo(w io.Writer, limit int64) (int64, error) {
+	return p.ReadSeekCloser.(api.BlobSender).SendTo(w, limit)
+}
+
+// pinned wraps r, whose reading keeps blob d pinned until it is closed.
+func pinned(r io.ReadSeekCloser, release func()) io.ReadSeekCloser {
+	if _, ok := r.(api.BlobSender); ok {
+		return pinnedSender{pinnedReader{r, release}}
+	}
+	return pinnedReader{r, release}
+}
+
 func (p pinnedReader) Close() error {
 	defer p.release()
 	return p.ReadSeekCloser.Close()

@@ -222,7 +222,7 @@ func (n *Node) OpenBlob(ctx context.Context, repo string, d digest.Digest) (io.R
 		release()
 		return nil, 0, err
 	}
-	return pinnedReader{r, release}, size, nil
+	return pinned(r, release), size, nil
 }
 
 // openLinkedBlob opens blob d, linked with size linked, from this node's

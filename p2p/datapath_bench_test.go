@@ -5,13 +5,15 @@
 // a real fetch verifying a digest does. The data paths are:
 //
 //   - libp2p host pairs over TCP with Noise or TLS security and yamux with
-//     the default 16 MiB stream window or a 64 MiB one (the current setup is
-//     Noise + default yamux);
+//     the default 16 MiB stream window or a 64 MiB one (the host uses TLS
+//     first, then Noise, and the default window);
 //   - HTTPS on a plain TLS listener, both ends authenticated by their libp2p
 //     keys via the libp2p TLS certificate scheme (libp2ptls.Identity);
 //   - plain HTTP and a raw TCP copy, as upper bounds;
 //   - "+disk" variants of the best libp2p option (TLS, default window: the
-//     least CPU per byte; the 64 MiB window buys nothing on loopback) and
+//     least CPU per byte. The 64 MiB window moved a bare stream up to twice
+//     as fast in some runs, but not a peer pull through a node, whose disk
+//     writes and hashing set the pace: README, Benchmark) and
 //     of HTTPS, where the receiver also writes the blob to a file and
 //     fsyncs it, to see whether the disk is the bottleneck anyway.
 //
