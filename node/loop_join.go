@@ -27,17 +27,22 @@ func newJoiner(targets []string, join func(ctx context.Context), watch loop) *jo
 }
 
 func (j *joiner) Run(ctx context.Context) error {
-	if len(j.targets) == 0 {
-		return nil
+	if len(j.targets) > 0 {
+		j.join(ctx)
 	}
-	j.join(ctx)
+	// Without --join (the node that bootstrapped) the watch still finds
+	// out, by asking the other members, that this node was removed.
 	return j.watch.Run(ctx)
 }
 
 // joining returns the loop that makes this node a member and keeps it one:
 // the --bootstrap-expect exchange (loop_expect.go) or the join loop.
 func (n *Node) joining() loop {
-	watch := newRemovalWatch(n.meta, n.isMember, n.checkRound, func(ctx context.Context) { n.joinThrough(ctx, n.cfg.Join) })
+	watch := newRemovalWatch(n.meta, n.isMember, n.checkRound, func(ctx context.Context) {
+		if len(n.cfg.Join) > 0 {
+			n.joinThrough(ctx, n.cfg.Join)
+		}
+	})
 	join := newJoiner(n.cfg.Join, n.joinOnce, watch)
 	if n.cfg.BootstrapExpect <= 1 {
 		return join

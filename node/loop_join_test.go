@@ -60,12 +60,16 @@ func TestRemovalWatchAsksWhenLeaderlessAndRejoinsWhenRemoved(t *testing.T) {
 	}
 }
 
-func TestJoinerWithoutTargetsEndsAtOnce(t *testing.T) {
+// TestJoinerWithoutTargetsOnlyWatches: a node started without --join (the
+// one that bootstrapped) joins nothing but still watches for its removal
+// (asking the other members: checkRound), so a leader removed right after
+// it handed leadership over learns it was removed.
+func TestJoinerWithoutTargetsOnlyWatches(t *testing.T) {
 	t.Parallel()
 	var joined, watched bool
 	j := newJoiner(nil, func(context.Context) { joined = true }, loopFunc(func(context.Context) { watched = true }))
-	if err := j.Run(t.Context()); err != nil || joined || watched {
-		t.Errorf("Run = %v (joined %v, watched %v); without --join there is nothing to do", err, joined, watched)
+	if err := j.Run(t.Context()); err != nil || joined || !watched {
+		t.Errorf("Run = %v (joined %v, watched %v); without --join it joins nothing and watches", err, joined, watched)
 	}
 	j = newJoiner([]string{"http://a:5000"}, func(context.Context) { joined = true }, loopFunc(func(context.Context) { watched = true }))
 	if err := j.Run(t.Context()); err != nil || !joined || !watched {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -81,11 +82,16 @@ func (n *Node) removedWhileDown(ctx context.Context) bool {
 	}
 }
 
-// checkRound asks the --join targets, in turn, whether this node is in
-// their configuration, until one answers for sure (sure: it is a member
-// that knows a leader). On a "no" it marks the node removed.
+// checkRound asks the --join targets, then the other members of the
+// configuration this node knows, in turn, whether this node is in their
+// configuration, until one answers for sure (sure: it is a member that
+// knows a leader). On a "no" it marks the node removed. Asking the members
+// too matters for a node started without --join (the one that bootstrapped
+// the cluster): removed while its removal could not reach it (a leader
+// removed right after handing leadership over), it would otherwise stand
+// for election forever without knowing why.
 func (n *Node) checkRound(ctx context.Context) (removed, sure bool) {
-	for _, target := range n.cfg.Join {
+	for _, target := range n.checkTargets() {
 		member, known, err := n.checkVia(ctx, target)
 		if err != nil {
 			n.log.Debug("membership check failed", "target", target, "err", err)
@@ -98,11 +104,35 @@ func (n *Node) checkRound(ctx context.Context) (removed, sure bool) {
 			return false, true
 		}
 		n.join.setRemovedWhileDown(true)
+		if len(n.cfg.Join) == 0 {
+			n.join.wait("this node was removed from the cluster (a member says its configuration does not name it): " +
+				"restart it with --join <a member> to join again")
+			n.log.Warn("this node was removed from the cluster: it takes no writes; restart it with --join <a member> to join again", "told_by", target)
+			return true, true
+		}
 		n.log.Warn("this node was removed from the cluster while it was down or unreachable (longer than the leader's --dead-server-timeout): "+
 			"rejoining as a non-voter; its blobs stay, its metadata comes back from the leader", "told_by", target)
 		return true, true
 	}
 	return false, false
+}
+
+// checkTargets are whom checkRound asks: the --join targets, then the
+// Raft addresses of the other members of the configuration this node
+// knows.
+func (n *Node) checkTargets() []string {
+	targets := slices.Clone(n.cfg.Join)
+	members, err := n.meta.Members()
+	if err != nil {
+		return targets
+	}
+	self := n.host.ID().String()
+	for _, m := range members {
+		if m.ID != self && m.Address != "" {
+			targets = append(targets, m.Address)
+		}
+	}
+	return targets
 }
 
 // checkVia asks target whether this node is in its configuration: known is
