@@ -174,12 +174,7 @@ func TestDeliveryRetriesInOrder(t *testing.T) {
 		t.Fatalf("receiver got %d events, want 40", len(rc.got()))
 	}
 	// The receiver has the last events before the sender counted them.
-	deadline := time.Now().Add(5 * time.Second)
-	st := n.Status().Endpoints[0]
-	for (st.Sent != 40 || st.Pending != 0) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-		st = n.Status().Endpoints[0]
-	}
+	st := endpointStatusOnceSent(n, 40)
 	if st.Failures["500"] != 3 || st.Sent != 40 || st.Pending != 0 || st.LastSuccess == nil {
 		t.Fatalf("status %+v", st)
 	}
@@ -433,12 +428,7 @@ func TestHostileReceivers(t *testing.T) {
 	}
 	// The receiver has the event before the sender has read its answer
 	// and counted it sent.
-	deadline := time.Now().Add(5 * time.Second)
-	st := n.Status().Endpoints[0]
-	for st.Sent != 1 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-		st = n.Status().Endpoints[0]
-	}
+	st := endpointStatusOnceSent(n, 1)
 	if st.Failures["error"] != 1 || st.Failures["307"] != 1 || st.Sent != 1 {
 		t.Fatalf("status %+v, want one timeout (error), one 307, one sent", st)
 	}
@@ -517,4 +507,17 @@ func BenchmarkNotifyAndDeliver(b *testing.B) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// endpointStatusOnceSent is the first endpoint's status once it counted
+// sent events and has none pending, or after 5 s (the caller's checks then
+// say what is wrong).
+func endpointStatusOnceSent(n *Notifier, sent uint64) EndpointStatus {
+	deadline := time.Now().Add(5 * time.Second)
+	st := n.Status().Endpoints[0]
+	for (st.Sent != sent || st.Pending != 0) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+		st = n.Status().Endpoints[0]
+	}
+	return st
 }
