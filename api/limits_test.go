@@ -223,8 +223,17 @@ func TestWritesInFlightPerClient(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A written body chunk has left the client, not necessarily reached
+	// the server's handler: wait (bounded) until the three count.
 	resp, body := post(t, a, r.url+"/v2/slow/blobs/uploads/")
+	for deadline := time.Now().Add(5 * time.Second); resp.StatusCode == http.StatusAccepted && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		resp, body = post(t, a, r.url+"/v2/slow/blobs/uploads/")
+	}
 	expect(t, resp, body, http.StatusTooManyRequests, "TOOMANYREQUESTS")
+	if !strings.Contains(string(body), "--max-writes-per-client") {
+		t.Fatalf("the 429 is not the writes-in-flight limit's: %s", body)
+	}
 	resp, body = post(t, clientFrom("127.0.0.2"), r.url+"/v2/slow/blobs/uploads/")
 	expect(t, resp, body, http.StatusAccepted, "")
 	resp, body = r.do("GET", "/v2/", nil) // reads are not counted
