@@ -68,13 +68,14 @@ type membership struct {
 }
 
 // newMembership returns the membership loop of the node self over meta;
-// health checks a non-voter before its promotion (Node.checkHealth).
+// health checks a non-voter before its promotion (Node.checkHealth); where
+// says where a member runs, to spread the voters (promotions).
 func newMembership(meta clusterChanges, self string, connected func(id string) bool, health func(ctx context.Context, id string) error,
-	note func(), rules upkeepRules, log *slog.Logger) *membership {
+	where func(id string) peerLabels, note func(), rules upkeepRules, log *slog.Logger) *membership {
 	return &membership{
 		meta: meta, self: self, connected: connected, note: note, rules: rules, log: log, now: time.Now, every: upkeepEvery,
 		unreachableSince: map[string]time.Time{},
-		promote:          newPromoter(self, health, meta.Promote, rules.StabilizationTime, rules.Voters, log),
+		promote:          newPromoter(self, health, where, meta.Promote, rules.StabilizationTime, rules.Voters, log),
 	}
 }
 

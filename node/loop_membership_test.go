@@ -80,7 +80,7 @@ func newUpkeepFixture(t *testing.T, self string, voters, nonvoters []string, rul
 		}
 		return nil
 	}
-	f.m = newMembership(f.rec, self, func(id string) bool { return !f.down[id] }, health, func() { f.noted++ },
+	f.m = newMembership(f.rec, self, func(id string) bool { return !f.down[id] }, health, func(string) peerLabels { return peerLabels{} }, func() { f.noted++ },
 		rules, tlog.Logger(t, slog.LevelDebug))
 	f.m.now = func() time.Time { return f.clock }
 	return f

@@ -261,7 +261,7 @@ func (n *Node) Run(ctx context.Context) error {
 		replicate.NewRepairer(n.cfg.RepairInterval, n.replicas.Sweep, &n.underReplicated, n.log),
 		newReprovider(n.blobs, n.routing, n.provide, n.cfg.ReprovideInterval, n.log),
 		n.joining(),
-		newMembership(n.meta, n.host.ID().String(), n.connected, n.checkHealth, n.noteMembership,
+		newMembership(n.meta, n.host.ID().String(), n.connected, n.checkHealth, n.peers.labelsOf, n.noteMembership,
 			upkeepRules{DeadServerTimeout: n.cfg.DeadServerTimeout, StabilizationTime: n.cfg.StabilizationTime, Voters: n.cfg.Voters}, n.log),
 		newUploadExpiry(n.blobs, n.cfg.UploadIdleTimeout, n.forgetExpiredUploads, n.log),
 		n.tokenKeys(),

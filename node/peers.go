@@ -65,6 +65,26 @@ func (b *peerBook) learn(p peer.ID, l peerLabels, rtt time.Duration) {
 	b.rtt[p] = rtt
 }
 
+// place records where p runs, as p said in an answer that measured no
+// round trip (a health check).
+func (b *peerBook) place(p peer.ID, l peerLabels) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.labels[p] = l
+}
+
+// labelsOf is where the member id runs, as far as this node knows (the zero
+// labels when it does not).
+func (b *peerBook) labelsOf(id string) peerLabels {
+	p, err := peer.Decode(id)
+	if err != nil {
+		return peerLabels{}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.labels[p]
+}
+
 // answered reports whether p answered within the live window.
 func (b *peerBook) answered(p peer.ID, now time.Time) bool {
 	b.mu.Lock()

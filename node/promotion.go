@@ -52,6 +52,9 @@ const healthTimeout = 3 * time.Second
 
 // healthAnswer is a member's view of its own Raft state.
 type healthAnswer struct {
+	// Where the member runs (--region, --zone): the leader spreads the
+	// voters with it (promotions).
+	peerLabels
 	Term         uint64 `json:"term"`
 	LeaderID     string `json:"leader_id"`
 	AppliedIndex uint64 `json:"applied_index"`
@@ -59,7 +62,7 @@ type healthAnswer struct {
 
 func (n *Node) serveHealth(ctx context.Context, from peer.ID, _ []byte) []byte {
 	st := n.meta.Status()
-	out, _ := json.Marshal(healthAnswer{Term: st.Term, LeaderID: st.LeaderID, AppliedIndex: st.AppliedIndex})
+	out, _ := json.Marshal(healthAnswer{peerLabels: n.peers.self, Term: st.Term, LeaderID: st.LeaderID, AppliedIndex: st.AppliedIndex})
 	return out
 }
 
@@ -85,6 +88,7 @@ func (n *Node) checkHealth(ctx context.Context, id string) error {
 	if err := json.Unmarshal(resp, &a); err != nil {
 		return fmt.Errorf("bad health answer: %w", err)
 	}
+	n.peers.place(pid, a.peerLabels)
 	switch {
 	case a.Term != self.Term:
 		return fmt.Errorf("in term %d, the leader in %d", a.Term, self.Term)
@@ -100,22 +104,33 @@ func (n *Node) checkHealth(ctx context.Context, id string) error {
 // since at least stabilization before now (healthySince holds the members
 // healthy now, with the start of their current healthy stretch), as many as
 // bring the voters closest to target without making their count even
-// (an even target counts as the odd number below it). Longest healthy
-// first, then by id, so the choice is deterministic.
-func promotions(members []consensus.Member, healthySince map[string]time.Time, now time.Time, stabilization time.Duration, target int) []string {
+// (an even target counts as the odd number below it).
+//
+// Voters are spread: each pick is the candidate whose region, then zone
+// (where says where a member runs; unknown counts as no region and no zone), holds
+// the fewest voters so far, so that losing one zone or region loses as few
+// voters as the layout allows (three zones, three voters: one each; five
+// voters over three regions: 2+2+1). Among equals, longest healthy first,
+// then by id, so the choice is deterministic.
+func promotions(members []consensus.Member, healthySince map[string]time.Time, now time.Time, stabilization time.Duration, target int, where func(id string) peerLabels) []string {
 	voters := 0
 	type candidate struct {
 		id    string
 		since time.Time
+		at    peerLabels
 	}
 	var ready []candidate
+	inRegion, inZone := map[string]int{}, map[peerLabels]int{}
 	for _, m := range members {
 		switch m.Suffrage {
 		case consensus.Voter:
 			voters++
+			at := where(m.ID)
+			inRegion[at.Region]++
+			inZone[at]++
 		case consensus.Nonvoter:
 			if since, ok := healthySince[m.ID]; ok && now.Sub(since) >= stabilization {
-				ready = append(ready, candidate{m.ID, since})
+				ready = append(ready, candidate{m.ID, since, where(m.ID)})
 			}
 		}
 	}
@@ -129,12 +144,16 @@ func promotions(members []consensus.Member, healthySince map[string]time.Time, n
 	if want <= voters {
 		return nil
 	}
-	slices.SortFunc(ready, func(a, b candidate) int {
-		return cmp.Or(a.since.Compare(b.since), cmp.Compare(a.id, b.id))
-	})
 	out := make([]string, 0, want-voters)
-	for _, c := range ready[:want-voters] {
-		out = append(out, c.id)
+	for range want - voters {
+		best := slices.MinFunc(ready, func(a, b candidate) int {
+			return cmp.Or(cmp.Compare(inRegion[a.at.Region], inRegion[b.at.Region]), cmp.Compare(inZone[a.at], inZone[b.at]),
+				a.since.Compare(b.since), cmp.Compare(a.id, b.id))
+		})
+		out = append(out, best.id)
+		inRegion[best.at.Region]++
+		inZone[best.at]++
+		ready = slices.DeleteFunc(ready, func(c candidate) bool { return c.id == best.id })
 	}
 	return out
 }
@@ -146,6 +165,7 @@ type promoter struct {
 	// health checks a non-voter (Node.checkHealth); promote makes it a
 	// voter (Membership.Promote).
 	health        func(ctx context.Context, id string) error
+	where         func(id string) peerLabels
 	promote       func(ctx context.Context, id string) error
 	stabilization time.Duration
 	voters        int
@@ -155,8 +175,9 @@ type promoter struct {
 	next         int // the first non-voter (by position) of the next sampled round
 }
 
-func newPromoter(self string, health, promote func(ctx context.Context, id string) error, stabilization time.Duration, voters int, log *slog.Logger) *promoter {
-	return &promoter{self: self, health: health, promote: promote, stabilization: stabilization, voters: voters, log: log,
+func newPromoter(self string, health func(ctx context.Context, id string) error, where func(id string) peerLabels,
+	promote func(ctx context.Context, id string) error, stabilization time.Duration, voters int, log *slog.Logger) *promoter {
+	return &promoter{self: self, health: health, where: where, promote: promote, stabilization: stabilization, voters: voters, log: log,
 		healthySince: map[string]time.Time{}}
 }
 
@@ -219,7 +240,7 @@ func (p *promoter) step(ctx context.Context, members []consensus.Member, now tim
 		}
 	}
 	promoted := 0
-	for _, id := range promotions(members, p.healthySince, now, p.stabilization, p.voters) {
+	for _, id := range promotions(members, p.healthySince, now, p.stabilization, p.voters, p.where) {
 		if err := p.promote(ctx, id); err != nil {
 			p.log.Warn("promoting a non-voter failed", "peer", id, "err", err)
 			break // the next promotions would leave an even count

@@ -40,7 +40,7 @@ func TestPromotions(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			got := promotions(tc.members, tc.healthy, now, stab, tc.target)
+			got := promotions(tc.members, tc.healthy, now, stab, tc.target, func(string) peerLabels { return peerLabels{} })
 			if !slices.Equal(got, tc.want) {
 				t.Errorf("promotions = %v, want %v", got, tc.want)
 			}
@@ -52,6 +52,58 @@ func TestPromotions(t *testing.T) {
 			}
 			if after := voters + len(got); len(got) > 0 && after%2 == 0 {
 				t.Errorf("promoting %v leaves %d voters, an even count", got, after)
+			}
+		})
+	}
+}
+
+// The voters are spread over regions, then zones: a zone or region lost
+// takes as few voters with it as the layout allows.
+func TestPromotionsSpreadVoters(t *testing.T) {
+	t.Parallel()
+	now := time.Unix(1_000_000, 0)
+	const stab = 10 * time.Second
+	// Every candidate healthy long enough; a is healthy the longest, so
+	// without places the choice would be by that alone.
+	healthy := func(ids ...string) map[string]time.Time {
+		m := map[string]time.Time{}
+		for i, id := range ids {
+			m[id] = now.Add(-time.Hour + time.Duration(i)*time.Minute)
+		}
+		return m
+	}
+	v := func(id string) consensus.Member { return consensus.Member{ID: id, Suffrage: consensus.Voter} }
+	nv := func(id string) consensus.Member { return consensus.Member{ID: id, Suffrage: consensus.Nonvoter} }
+	at := map[string]peerLabels{
+		"leader": {Region: "eu", Zone: "eu-1"},
+		"a":      {Region: "eu", Zone: "eu-1"}, "b": {Region: "eu", Zone: "eu-1"},
+		"c": {Region: "eu", Zone: "eu-2"}, "d": {Region: "eu", Zone: "eu-3"},
+		"e": {Region: "us", Zone: "us-1"}, "f": {Region: "us", Zone: "us-2"},
+		"g": {Region: "ap", Zone: "ap-1"},
+	}
+	where := func(id string) peerLabels { return at[id] }
+	tests := []struct {
+		name    string
+		members []consensus.Member
+		healthy map[string]time.Time
+		target  int
+		want    []string
+	}{
+		{"one region, three zones: the other two zones, not the leader's", []consensus.Member{v("leader"), nv("a"), nv("b"), nv("c"), nv("d")},
+			healthy("a", "b", "c", "d"), 3, []string{"c", "d"}},
+		{"a lost voter is replaced in the region that has fewest", []consensus.Member{v("leader"), v("e"), nv("a"), nv("f"), nv("g")},
+			healthy("a", "f", "g"), 3, []string{"g"}},
+		{"one voter to five over three regions: 2+2+1, never two in one zone", []consensus.Member{v("leader"), nv("a"), nv("c"), nv("e"), nv("f"), nv("g")},
+			healthy("a", "c", "e", "f", "g"), 5, []string{"e", "g", "c", "f"}},
+		{"one zone only: the longest healthy, as without places", []consensus.Member{v("leader"), nv("b"), nv("a")},
+			healthy("a", "b"), 3, []string{"a", "b"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got := promotions(tc.members, tc.healthy, now, stab, tc.target, where)
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("promotions = %v, want %v", got, tc.want)
 			}
 		})
 	}
