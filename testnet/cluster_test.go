@@ -3,6 +3,7 @@ package testnet_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -213,7 +214,7 @@ func TestClusterLeaderKilledDuringPushes(t *testing.T) {
 		}
 	}
 	// The survivors still take writes, and agree on every tag.
-	if _, err := testnet.NewClient(live[0].URL()).PutManifest(ctx, repo, "after", ocispec.MediaTypeImageManifest, manifest("after")); err != nil {
+	if err := putThroughElections(ctx, testnet.NewClient(live[0].URL()), repo, "after", manifest("after")); err != nil {
 		t.Errorf("push after failover: %v", err)
 	}
 	testnet.AssertAgree(t, live, 10*time.Second, repo)
@@ -352,7 +353,7 @@ func TestClusterLaggingNodeCatchesUpBySnapshot(t *testing.T) {
 			defer wg.Done()
 			c := testnet.NewClient(leader.URL())
 			for i := w; i < writes; i += workers {
-				if _, err := c.PutManifest(ctx, repo, fmt.Sprintf("t%d", i), ocispec.MediaTypeImageManifest, manifest(fmt.Sprint(i%50))); err != nil {
+				if err := putThroughElections(ctx, c, repo, fmt.Sprintf("t%d", i), manifest(fmt.Sprint(i%50))); err != nil {
 					errs <- fmt.Errorf("write %d: %w", i, err)
 					return
 				}
@@ -382,6 +383,22 @@ func TestClusterLaggingNodeCatchesUpBySnapshot(t *testing.T) {
 	}
 	if !strings.Contains(strings.ToLower(log), "installed remote snapshot") {
 		t.Errorf("the restarted node caught up without installing a snapshot (log compacted? trailing logs too large?)")
+	}
+}
+
+// putThroughElections puts a manifest and, as a client would, tries again
+// while the cluster answers 503 UNAVAILABLE (no leader for a moment: on a
+// loaded machine a leader starved of CPU can miss its lease and an election
+// follows), for at most 20 s. Any other error is returned at once.
+func putThroughElections(ctx context.Context, c *testnet.Client, repo, tag string, body []byte) error {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err := c.PutManifest(ctx, repo, tag, ocispec.MediaTypeImageManifest, body)
+		var he *testnet.HTTPError
+		if err == nil || !errors.As(err, &he) || he.Status != http.StatusServiceUnavailable || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
