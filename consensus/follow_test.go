@@ -418,9 +418,20 @@ func TestTailLeaderChange(t *testing.T) {
 }
 
 // TestTailStopFollowingThenNonvoter turns a follower into a Raft member:
-// raft takes over from the tail without applying an entry twice.
+// raft takes over from the tail without applying an entry twice, whether
+// the node stops following first (as it should) or is added while it
+// follows (the tail then stops at the configuration that names it).
 func TestTailStopFollowingThenNonvoter(t *testing.T) {
 	t.Parallel()
+	for _, stopFirst := range []bool{true, false} {
+		t.Run(fmt.Sprintf("StopFollowing first %v", stopFirst), func(t *testing.T) {
+			t.Parallel()
+			testTailBecomesMember(t, stopFirst)
+		})
+	}
+}
+
+func testTailBecomesMember(t *testing.T, stopFirst bool) {
 	c := newCluster(t, 3, nil)
 	h := newTailHarness(t, c)
 	leader := c.leader()
@@ -450,15 +461,18 @@ func TestTailStopFollowingThenNonvoter(t *testing.T) {
 	}()
 	putN(t, leader, "r", 10, 5)
 	h.caughtUp(f)
-	f.StopFollowing()
-	if f.Following() || f.Status().Following {
-		t.Fatal("still following after StopFollowing")
+	if stopFirst {
+		f.StopFollowing()
+		if f.Following() || f.Status().Following {
+			t.Fatal("still following after StopFollowing")
+		}
 	}
 	if err := leader.AddNonvoter(ctx, "f1", "f1"); err != nil {
 		t.Fatal(err)
 	}
 	putN(t, leader, "r", 15, 5)
 	c.converge() // f1 is a member now: every node applied the same
+	c.eventually(5*time.Second, "the tail stopped", func() bool { return !f.Following() })
 	wantMembers(t, f, map[string]string{"n1": "Voter", "n2": "Voter", "n3": "Voter", "f1": "Nonvoter"})
 	if err := f.Follow(h.members()); !errors.Is(err, ErrMember) {
 		t.Errorf("Follow on a node that became a member = %v, want ErrMember", err)
@@ -466,6 +480,8 @@ func TestTailStopFollowingThenNonvoter(t *testing.T) {
 	if f.FollowedBefore() {
 		t.Error("FollowedBefore() on a member")
 	}
+	putN(t, leader, "r", 20, 2)
+	c.converge()
 	cancel()
 	<-collected
 	last := cur.Index

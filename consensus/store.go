@@ -5,7 +5,8 @@
 //
 // The state itself, its deterministic apply and its reads are package
 // consensus/state; this package wires it to Raft: the FSM, snapshots,
-// membership, forwarding and events (watch.go). The Raft log and stable
+// membership, forwarding and events (watch.go), and metadata followers
+// that are not Raft members (follow.go, tail.go). The Raft log and stable
 // store are on badger too (logstore.go, stablestore.go); keys.go draws the
 // storage layout.
 package consensus

@@ -62,7 +62,7 @@ const (
 	// follower drops a stream silent for tailSilence heartbeats.
 	tailHeartbeat    = 2 * time.Second
 	tailSilence      = 3
-	minTailHeartbeat = 20 * time.Millisecond
+	minTailHeartbeat = 50 * time.Millisecond
 	maxTailHeartbeat = 10 * time.Second
 )
 
