@@ -25,7 +25,7 @@ import (
 // libp2p streams. Followers are not in the cluster's node map: they are no
 // Raft members, and the cluster's helpers wait for members only.
 type tailHarness struct {
-	t   *testing.T
+	t   testing.TB
 	c   *testCluster
 	ctx context.Context // ends the servers when the test ends
 	wg  sync.WaitGroup  // ServeTail goroutines
@@ -41,7 +41,7 @@ type tailHarness struct {
 // after three (tailSilence).
 const testHeartbeat = 100 * time.Millisecond
 
-func newTailHarness(t *testing.T, c *testCluster) *tailHarness {
+func newTailHarness(t testing.TB, c *testCluster) *tailHarness {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &tailHarness{t: t, c: c, ctx: ctx, followers: map[string]*Store{}, dirs: map[string]string{},
 		refused: map[string]bool{}, dials: map[string]int{}}
@@ -211,7 +211,7 @@ func (f *waitingForwarder) Forward(ctx context.Context, leader Server, cmd []byt
 }
 
 // putN writes n manifests with tags through s.
-func putN(t *testing.T, s *Store, repo string, from, n int) {
+func putN(t testing.TB, s *Store, repo string, from, n int) {
 	t.Helper()
 	for i := from; i < from+n; i++ {
 		mustPut(t, s, manifest(repo, fmt.Sprint(i), ""), fmt.Sprintf("v%d", i))
