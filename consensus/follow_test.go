@@ -661,6 +661,10 @@ func TestTailRefusesHostileServer(t *testing.T) {
 			_, err := w.Write([]byte{frameEntries, 0xff, 0xff, 0xff, 0xff})
 			return err
 		}},
+		{"large frame cut short", func(t *testing.T, w io.Writer, req tailRequest) error {
+			_, err := w.Write([]byte{frameEntries, 0x01, 0x40, 0, 0, 1, 2, 3})
+			return err // then silence: the follower's watchdog ends it
+		}},
 		{"unknown frame", func(t *testing.T, w io.Writer, req tailRequest) error {
 			return errors.Join(writeFrame(w, frameHeartbeat, nil), writeRawFrame(w, 99, []byte("x")))
 		}},
