@@ -172,7 +172,11 @@ func (s *Store) Follow(members []Server) error {
 	f := &follower{s: s, dialer: s.cfg.TailDialer, hb: hb, cancel: cancel, done: make(chan struct{}),
 		applied: applied, given: given, learned: learned, status: TailStatus{Applied: applied}}
 	s.tail = f
-	go f.run(ctx)
+	s.tails.Add(1)
+	go func() {
+		defer s.tails.Done()
+		f.run(ctx)
+	}()
 	return nil
 }
 
@@ -351,6 +355,7 @@ func (f *follower) run(ctx context.Context) {
 				f.s.tail = nil
 			}
 			f.s.tailMu.Unlock()
+			f.cancel()
 			f.s.refresh()
 			return
 		}
