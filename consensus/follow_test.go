@@ -742,3 +742,23 @@ func TestTailRefusesHostileServer(t *testing.T) {
 		})
 	}
 }
+
+func TestTailIgnoresAnOlderLeader(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, testConfig(t, t.TempDir()))
+	f := &follower{s: s}
+	for _, step := range []struct {
+		l    tailLeader
+		want string
+	}{
+		{tailLeader{ID: "a", Address: "a", Term: 5}, "a"},
+		{tailLeader{ID: "old", Address: "old", Term: 4}, "a"}, // a source that missed the election
+		{tailLeader{Term: 5}, ""},                             // the same term, the leader lost
+		{tailLeader{ID: "b", Address: "b", Term: 6}, "b"},
+	} {
+		f.setLeader(step.l)
+		if f.status.LeaderID != step.want || f.status.Term < step.l.Term {
+			t.Errorf("after %+v: leader %q term %d, want %q", step.l, f.status.LeaderID, f.status.Term, step.want)
+		}
+	}
+}
