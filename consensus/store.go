@@ -5,7 +5,8 @@
 //
 // The state itself, its deterministic apply and its reads are package
 // consensus/state; this package wires it to Raft: the FSM, snapshots,
-// membership, forwarding and events (watch.go). The Raft log and stable
+// membership, forwarding and events (watch.go), and metadata followers
+// that are not Raft members (follow.go, tail.go). The Raft log and stable
 // store are on badger too (logstore.go, stablestore.go); keys.go draws the
 // storage layout.
 package consensus
@@ -97,6 +98,14 @@ type Config struct {
 	// (see Forwarder). Without one, a follower's writes fail with
 	// ErrNotLeader.
 	Forwarder Forwarder
+	// TailDialer, if set, lets this store follow the metadata without
+	// being a Raft member (follow.go). nil: it can serve tails but never
+	// follow.
+	TailDialer TailDialer
+	// TailPrefer, if set, orders the members to tail from, the first
+	// tried first (the node: same zone first, non-voters before voters,
+	// the leader last). nil: non-voters, then voters, the leader last.
+	TailPrefer func(members []Member) []Member
 
 	// OnFatal, if set, is called once when the FSM's storage fails (see
 	// ErrStorageFailed): the node can no longer follow the log and must
@@ -113,6 +122,9 @@ type Config struct {
 
 	// tune, set by tests only, adjusts the Raft configuration.
 	tune func(*raft.Config)
+	// tailHeartbeat, set by tests only, is the heartbeat a follower asks
+	// of its tail's source (0: tailHeartbeat).
+	tailHeartbeat time.Duration
 	// quietCommits, set by benchmarks only, turns the commit notification
 	// off (notify.go), to measure what it saves.
 	quietCommits bool
@@ -205,13 +217,26 @@ const gcInterval = 10 * time.Minute
 // Store is the replicated metadata store. Its methods are safe for
 // concurrent use. It owns three goroutines (value-log GC, publishing the
 // cluster view to watchers, telling followers of commits) besides raft's
-// and badger's; Close stops them all.
+// and badger's, and a fourth while it follows the metadata (follow.go);
+// Close stops them all.
 type Store struct {
 	cfg    Config
 	log    *slog.Logger
 	raft   *raft.Raft
 	fsm    *fsm
 	raftDB *badger.DB
+	// logs and snaps are raft's log (through its cache) and snapshots,
+	// which ServeTail sends to followers (tail.go).
+	logs  raft.LogStore
+	snaps raft.SnapshotStore
+
+	// tailMu guards tail, the follower while this store follows the
+	// metadata without being a member (follow.go); nil otherwise.
+	tailMu sync.Mutex
+	tail   *follower
+	// tails counts the followers' goroutines, which Close waits for (one
+	// that stops by itself leaves tail before it returns).
+	tails sync.WaitGroup
 
 	// mu guards closed; reads hold it shared while they use the FSM
 	// database, so Close never closes it under them.
@@ -311,14 +336,15 @@ func Open(cfg Config) (s *Store, err error) {
 	}
 	appliedHub, kick := newHub(appliedBuffer, Applied{Index: applied}), make(kicker, 1)
 	f.onApplied, f.onConfig = appliedHub.publish, kick.kick
-	r, err := raft.NewRaft(rc, f, newLogCache(logs), stable, snaps, trans)
+	cache := newLogCache(logs)
+	r, err := raft.NewRaft(rc, f, cache, stable, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("consensus: starting raft: %w", err)
 	}
 	undo[0] = func() {} // raft owns the transport now: Shutdown closes it
 	undo = append(undo, func() { _ = r.Shutdown().Error() })
 
-	s = &Store{cfg: cfg, log: log, raft: r, fsm: f, raftDB: raftDB, stop: make(chan struct{}), notify: make(chan struct{}, 1),
+	s = &Store{cfg: cfg, log: log, raft: r, fsm: f, raftDB: raftDB, logs: cache, snaps: snaps, stop: make(chan struct{}), notify: make(chan struct{}, 1),
 		cluster: newHub(watchBuffer, State{}), applied: appliedHub}
 	if !cfg.NoBootstrap && s.alone() {
 		if err := s.waitForLeader(cfg.LeaderTimeout); err != nil {
@@ -413,6 +439,8 @@ func (s *Store) Close() error {
 		s.mu.Lock()
 		s.closed = true
 		s.mu.Unlock()
+		s.StopFollowing() // its goroutine applies to the FSM
+		s.tails.Wait()
 		close(s.stop)
 		s.wg.Wait()
 		// Shutdown waits for raft's goroutines, the FSM and snapshot ones
