@@ -126,9 +126,7 @@ func (s *Store) ApplyForwarded(ctx context.Context, cmd []byte) error {
 	if err := c.Validate(); err != nil {
 		return fmt.Errorf("forwarded write: %w", err)
 	}
-	// The follower answers its client once it applied the write: tell it
-	// of the commit at once (notify.go).
-	return s.apply(ctx, cmd, true)
+	return s.apply(ctx, cmd)
 }
 
 // forward sends an encoded command to the leader through the Forwarder.

@@ -16,10 +16,13 @@ import (
 // a barrier is in flight share the next one, so there is at most one
 // barrier in flight and one pending; and none is needed when an entry was
 // appended after the write committed (its AppendEntries carries the
-// commit index), which busy leaders often see. Only forwarded writes are
-// notified: a follower waits for them before it answers its client, while
-// the leader's own writes are answered by the leader (and would pay for the
-// barrier entry in the followers' disk writes before their next entry).
+// commit index), which busy leaders often see. Every write is notified, the
+// leader's own too: a follower waits for a forwarded write before it
+// answers its client, and the followers of the metadata (tail.go) hear of
+// any commit from a member, which knows of it only from the leader's next
+// AppendEntries (a tag pushed to the leader reached them in 76-81 ms, p50,
+// without this; 2 ms with it). The price is a barrier entry per batch of
+// writes in the members' logs.
 
 // notifyCommits asks notifyLoop to tell the followers that a write
 // committed (before the call); it never blocks.

@@ -571,7 +571,7 @@ func (s *Store) write(ctx context.Context, c state.Command) error {
 		return err
 	}
 	if s.cfg.Forwarder == nil || s.raft.State() == raft.Leader {
-		err = s.apply(ctx, data, false)
+		err = s.apply(ctx, data)
 		// raft.ErrNotLeader means the entry was never taken, so trying
 		// the leader instead cannot apply it twice.
 		if s.cfg.Forwarder == nil || !errors.Is(err, raft.ErrNotLeader) {
@@ -582,10 +582,10 @@ func (s *Store) write(ctx context.Context, c state.Command) error {
 }
 
 // apply commits an encoded command through Raft and returns the FSM's
-// result; with notify, the followers learn of the commit at once
-// (notifyCommits). When ctx ends first it returns ctx's error at once; the
+// result; the followers learn of the commit at once (notifyCommits). When
+// ctx ends first it returns ctx's error at once; the
 // write may still commit.
-func (s *Store) apply(ctx context.Context, data []byte, notify bool) error {
+func (s *Store) apply(ctx context.Context, data []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -597,7 +597,7 @@ func (s *Store) apply(ctx context.Context, data []byte, notify bool) error {
 	}
 	f := s.raft.Apply(data, s.timeout(ctx))
 	err := wait(ctx, func() error {
-		if notify && f.Error() == nil { // committed and applied here, the leader
+		if f.Error() == nil { // committed and applied here, the leader
 			s.notifyCommits()
 		}
 		return result(f)
