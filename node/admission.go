@@ -218,6 +218,13 @@ func (n *Node) admitJoin(from peer.ID, req memberRequest) error {
 	if n.joinProved(req, from) {
 		return nil
 	}
+	// A follower asking for a free member slot (follow.go) holds a pass
+	// a member issued it once it was admitted.
+	if req.Pass != "" && from.String() == req.ID {
+		if _, err := verifyPass(req.Pass, from, time.Now(), n.isMemberID); err == nil {
+			return nil
+		}
+	}
 	if req.Token == "" {
 		return fmt.Errorf("%w: this cluster admits new members only with a join token or the cluster key: "+
 			"create a token on a member (meshreg token create --node URL) and start the joiner with --join-token, "+

@@ -55,7 +55,14 @@ type peerGate struct {
 
 	mu       sync.Mutex
 	admitted map[peer.ID]time.Time // until when
+	// followers are the followers of the metadata that presented a valid
+	// pass (followpass.go), until when: many more than the admitted.
+	followers map[peer.ID]time.Time
 }
+
+// maxFollowers bounds the admitted followers: a pass costs its holder a
+// member's signature, so only the cluster's own nodes fill it.
+const maxFollowers = 1 << 16
 
 // admissionTTL is how long an admitted peer may open streams without being
 // a member; a joiner learns the configuration well within it.
@@ -66,7 +73,7 @@ const admissionTTL = 5 * time.Minute
 const maxAdmitted = 256
 
 func newPeerGate() *peerGate {
-	return &peerGate{admitted: map[peer.ID]time.Time{}, unknownRaft: make(chan peer.ID, 16)}
+	return &peerGate{admitted: map[peer.ID]time.Time{}, followers: map[peer.ID]time.Time{}, unknownRaft: make(chan peer.ID, 16)}
 }
 
 // allow is the p2p.Authorizer of the node's host.
@@ -147,18 +154,56 @@ func (g *peerGate) admit(p peer.ID, ttl time.Duration) {
 func (g *peerGate) isAdmitted(p peer.ID) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	until, ok := g.admitted[p]
-	if ok && time.Now().After(until) {
+	now := time.Now()
+	if until, ok := g.admitted[p]; ok {
+		if !now.After(until) {
+			return true
+		}
 		delete(g.admitted, p)
-		return false
 	}
-	return ok
+	if until, ok := g.followers[p]; ok {
+		if !now.After(until) {
+			return true
+		}
+		delete(g.followers, p)
+	}
+	return false
+}
+
+// admitFollower lets follower p (it presented a valid pass) open streams
+// for ttl. Past maxFollowers, expired entries make room, else p waits for
+// its next presentation.
+func (g *peerGate) admitFollower(p peer.ID, ttl time.Duration) {
+	now := time.Now()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, known := g.followers[p]; !known && len(g.followers) >= maxFollowers {
+		for q, until := range g.followers {
+			if now.After(until) {
+				delete(g.followers, q)
+			}
+		}
+		if len(g.followers) >= maxFollowers {
+			return
+		}
+	}
+	g.followers[p] = now.Add(ttl)
+}
+
+// isFollower reports whether p is a follower admitted by its pass.
+func (g *peerGate) isFollower(p peer.ID) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	until, ok := g.followers[p]
+	return ok && !time.Now().After(until)
 }
 
 // removed reports whether this node knows a Raft configuration that does
-// not name it: it was a member and was removed.
+// not name it: it was a member and was removed. A follower of the metadata
+// (follow.go) knows a configuration without itself too, by design: it is
+// not removed.
 func (n *Node) removed() bool {
-	return n.gate.configured() && !n.isMember()
+	return n.gate.configured() && !n.isMember() && !n.following()
 }
 
 // noteRemoved logs, once, that this node was removed from the cluster.

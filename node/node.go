@@ -51,6 +51,9 @@ type Node struct {
 	gate *peerGate
 	// wasRemoved is set once the node logged that it was removed.
 	wasRemoved atomic.Bool
+	// passes is this node's follower pass, when it follows the metadata
+	// (followpass.go).
+	passes *passBook
 	// dirLock is the data dir's exclusive lock (datadir.go), released last
 	// by Close; nil for a node made with New.
 	dirLock io.Closer
@@ -202,6 +205,7 @@ func New(cfg Config, parts Parts, log *slog.Logger, opts ...Option) *Node {
 		ctx: ctx, bg: newWorkers(ctx, cancel),
 		serving: map[digest.Digest]map[peer.ID]int{},
 		uploads: map[string]string{}, seen: map[string]string{}, lastContact: map[string]time.Time{},
+		passes: newPassBook(cfg.DataDir),
 	}
 	for _, o := range opts {
 		o(&n.opts)
