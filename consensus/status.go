@@ -21,6 +21,10 @@ type Status struct {
 	// StorageError is the failure that stopped the FSM (see
 	// ErrStorageFailed), "" while it works.
 	StorageError string `json:"storage_error,omitempty"`
+	// Following is whether this node follows the metadata without being a
+	// Raft member (follow.go); Tail is that tail's status then.
+	Following bool       `json:"following,omitempty"`
+	Tail      TailStatus `json:"tail,omitzero"`
 }
 
 // Member is a server in the Raft configuration.

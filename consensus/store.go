@@ -97,6 +97,14 @@ type Config struct {
 	// (see Forwarder). Without one, a follower's writes fail with
 	// ErrNotLeader.
 	Forwarder Forwarder
+	// TailDialer, if set, lets this store follow the metadata without
+	// being a Raft member (follow.go). nil: it can serve tails but never
+	// follow.
+	TailDialer TailDialer
+	// TailPrefer, if set, orders the members to tail from, the first
+	// tried first (the node: same zone first, non-voters before voters,
+	// the leader last). nil: non-voters, then voters, the leader last.
+	TailPrefer func(members []Member) []Member
 
 	// OnFatal, if set, is called once when the FSM's storage fails (see
 	// ErrStorageFailed): the node can no longer follow the log and must
