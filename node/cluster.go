@@ -293,6 +293,12 @@ func (n *Node) memberAddress() (string, bool) {
 // joinOnce asks the --join targets to add this node, unless it already is
 // a member at the same address and still in the cluster (see joiner).
 func (n *Node) joinOnce(ctx context.Context) {
+	// A follower of the metadata is not in the configuration it knows, by
+	// design: it resumes following (follow.go) rather than join again.
+	if n.resumeFollowing(ctx) {
+		n.join.done()
+		return
+	}
 	if addr, ok := n.memberAddress(); ok {
 		if addr == n.host.RaftAddress() {
 			if !n.removedWhileDown(ctx) {

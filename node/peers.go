@@ -299,6 +299,15 @@ func (n *Node) livePeers() []peer.ID {
 	return live
 }
 
+// isClusterPeer reports whether p may use this node's services to peers
+// (blobs, has, replicate, origin fetches): a member, or a follower of the
+// metadata that presented its pass here (followpass.go). Followers hold
+// and fetch blobs like members; they are only not in the Raft
+// configuration.
+func (n *Node) isClusterPeer(p peer.ID) bool {
+	return n.isMemberPeer(p) || n.gate.isFollower(p)
+}
+
 // isMemberPeer reports whether p is in the cluster's configuration.
 func (n *Node) isMemberPeer(p peer.ID) bool {
 	members, err := n.meta.Members()
