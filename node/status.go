@@ -47,10 +47,10 @@ type Status struct {
 	// applied, the leader's applied index as last asked, and the lag
 	// between the two; absent on a member.
 	Follower *FollowerStatus `json:"follower,omitempty"`
-	Uploads     int              `json:"uploads_in_progress"`
-	Region      string           `json:"region,omitempty"`
-	Zone        string           `json:"zone,omitempty"`
-	Replicas    int              `json:"replicas"`
+	Uploads  int             `json:"uploads_in_progress"`
+	Region   string          `json:"region,omitempty"`
+	Zone     string          `json:"zone,omitempty"`
+	Replicas int             `json:"replicas"`
 	// DHTPeers is the size of the DHT routing table.
 	DHTPeers int `json:"dht_peers"`
 	// Peers are the nodes this one knows as sources of blobs.
