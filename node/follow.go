@@ -92,10 +92,7 @@ func (n *Node) placeJoiner(ctx context.Context, req memberRequest) (memberResult
 		return memberResult{}, fmt.Errorf("reading the members: %w", err)
 	}
 	member := slices.ContainsFunc(members, func(m consensus.Member) bool { return m.ID == req.ID })
-	voters := len(members) - nonvoters(members, "")
-	// Below the voter target a joiner always becomes a non-voter: the
-	// promotion needs candidates, and a lone first node needs two.
-	if member || nonvoters(members, req.ID) < n.cfg.MaxRaftMembers || voters+nonvoters(members, req.ID) < n.cfg.Voters {
+	if admitAsMember(members, req.ID, n.cfg.Voters, n.cfg.MaxRaftMembers) {
 		if err := n.meta.AddNonvoter(ctx, req.ID, req.Address); err != nil {
 			return memberResult{}, err
 		}
@@ -116,6 +113,23 @@ func (n *Node) placeJoiner(ctx context.Context, req memberRequest) (memberResult
 	n.log.Info("the Raft configuration is full: the joiner follows the metadata without being a member",
 		"peer", req.ID, "nonvoters", nonvoters(members, req.ID), "max_raft_members", n.cfg.MaxRaftMembers)
 	return memberResult{Leader: n.meta.Status().LeaderID, Follow: true, Members: members, Pass: pass}, nil
+}
+
+// admitAsMember is the leader's join decision for joiner: a member stays
+// one; a joiner becomes a non-voter while the non-voters (itself not
+// counted) are fewer than maxNonvoters, or while the voters and non-voters
+// together are fewer than the voter target (the promotion needs
+// candidates: a lone first node needs two even with maxNonvoters 0).
+func admitAsMember(members []consensus.Member, joiner string, voterTarget, maxNonvoters int) bool {
+	if slices.ContainsFunc(members, func(m consensus.Member) bool { return m.ID == joiner }) {
+		return true
+	}
+	if voterTarget%2 == 0 {
+		voterTarget-- // as the promotion keeps it (promotion.go)
+	}
+	others := nonvoters(members, joiner)
+	voters := len(members) - nonvoters(members, "")
+	return others < maxNonvoters || voters+others < voterTarget
 }
 
 // servers are members as the store's Follow takes them.

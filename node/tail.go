@@ -90,49 +90,48 @@ func (d *tailDialer) DialTail(ctx context.Context, member consensus.Server) (io.
 	return st.OpenStream(ctx, id, tailProtocol)
 }
 
-// preferTail orders the members to tail from: the nearest first (same
-// zone, then same region, as far as this node learned their labels), then
-// non-voters before voters (they carry no quorum work), the leader last
-// (its cost is the cluster's). It is the store's Config.TailPrefer.
+// preferTail orders the members to tail from (the store's
+// Config.TailPrefer): see orderTail, with the labels this node learned.
 func (n *Node) preferTail(members []consensus.Member) []consensus.Member {
-	out := slices.Clone(members)
 	leader := n.meta.Status().LeaderID
 	n.peers.mu.Lock()
-	rank := func(m consensus.Member) int {
-		id, err := peer.Decode(m.ID)
-		if err != nil {
-			return 3
+	labels := make(map[string]peerLabels, len(members))
+	for _, m := range members {
+		if id, err := peer.Decode(m.ID); err == nil {
+			if l, ok := n.peers.labels[id]; ok {
+				labels[m.ID] = l
+			}
 		}
-		l, ok := n.peers.labels[id]
-		switch {
-		case !ok:
-			return 2
-		case l == n.peers.self:
-			return 0
-		case l.Region == n.peers.self.Region:
-			return 1
-		}
-		return 2
-	}
-	ranks := make(map[string]int, len(out))
-	for _, m := range out {
-		ranks[m.ID] = rank(m)
 	}
 	n.peers.mu.Unlock()
-	isLeader := func(m consensus.Member) int {
+	return orderTail(members, leader, n.peers.self, labels)
+}
+
+// orderTail orders members to tail from: the leader last (its cost is the
+// cluster's), then the nearest first (same zone, then same region, as far
+// as labels tell; unknown ones with the farthest), then non-voters before
+// voters (they carry no quorum work). Stable otherwise.
+func orderTail(members []consensus.Member, leader string, self peerLabels, labels map[string]peerLabels) []consensus.Member {
+	out := slices.Clone(members)
+	rank := func(m consensus.Member) (r int) {
 		if m.ID == leader {
-			return 1
+			r += 100
 		}
-		return 0
-	}
-	voter := func(m consensus.Member) int {
+		l, ok := labels[m.ID]
+		switch {
+		case !ok:
+			r += 20
+		case l == self:
+		case l.Region == self.Region:
+			r += 10
+		default:
+			r += 20
+		}
 		if m.Suffrage == consensus.Voter {
-			return 1
+			r++
 		}
-		return 0
+		return r
 	}
-	slices.SortStableFunc(out, func(a, b consensus.Member) int {
-		return cmp.Or(cmp.Compare(isLeader(a), isLeader(b)), cmp.Compare(ranks[a.ID], ranks[b.ID]), cmp.Compare(voter(a), voter(b)))
-	})
+	slices.SortStableFunc(out, func(a, b consensus.Member) int { return cmp.Compare(rank(a), rank(b)) })
 	return out
 }

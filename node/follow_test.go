@@ -1,0 +1,173 @@
+package node
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/meshreg/meshreg/consensus"
+)
+
+func TestAdmitAsMember(t *testing.T) {
+	t.Parallel()
+	v := func(id string) consensus.Member { return consensus.Member{ID: id, Suffrage: consensus.Voter} }
+	nv := func(id string) consensus.Member { return consensus.Member{ID: id, Suffrage: consensus.Nonvoter} }
+	tests := []struct {
+		name         string
+		members      []consensus.Member
+		joiner       string
+		voters, max  int
+		wantAsMember bool
+	}{
+		{"a lone first node takes non-voters to make voters", []consensus.Member{v("a")}, "b", 3, 0, true},
+		{"still below the voter target", []consensus.Member{v("a"), nv("b")}, "c", 3, 0, true},
+		{"at the voter target, no non-voter slot", []consensus.Member{v("a"), nv("b"), nv("c")}, "d", 3, 0, false},
+		{"a free non-voter slot", []consensus.Member{v("a"), v("b"), v("c"), nv("d")}, "e", 3, 2, true},
+		{"the non-voter slots are full", []consensus.Member{v("a"), v("b"), v("c"), nv("d"), nv("e")}, "f", 3, 2, false},
+		{"a member comes back on a new address", []consensus.Member{v("a"), v("b"), v("c"), nv("d"), nv("e")}, "e", 3, 2, true},
+		{"a voter comes back", []consensus.Member{v("a"), v("b"), v("c")}, "b", 3, 0, true},
+		{"an even voter target counts one less", []consensus.Member{v("a"), nv("b"), nv("c")}, "d", 4, 0, false},
+		{"five voters wanted", []consensus.Member{v("a"), v("b"), v("c")}, "d", 5, 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			if got := admitAsMember(tt.members, tt.joiner, tt.voters, tt.max); got != tt.wantAsMember {
+				t.Errorf("admitAsMember = %v, want %v", got, tt.wantAsMember)
+			}
+		})
+	}
+}
+
+func TestOrderTail(t *testing.T) {
+	t.Parallel()
+	self := peerLabels{Region: "r1", Zone: "z1"}
+	members := []consensus.Member{
+		{ID: "leader", Suffrage: consensus.Voter},
+		{ID: "voter-far", Suffrage: consensus.Voter},
+		{ID: "voter-zone", Suffrage: consensus.Voter},
+		{ID: "nonvoter-region", Suffrage: consensus.Nonvoter},
+		{ID: "nonvoter-zone", Suffrage: consensus.Nonvoter},
+		{ID: "unknown", Suffrage: consensus.Nonvoter},
+	}
+	labels := map[string]peerLabels{
+		"leader":          self,
+		"voter-far":       {Region: "r2", Zone: "z9"},
+		"voter-zone":      self,
+		"nonvoter-region": {Region: "r1", Zone: "z2"},
+		"nonvoter-zone":   self,
+	}
+	var got []string
+	for _, m := range orderTail(members, "leader", self, labels) {
+		got = append(got, m.ID)
+	}
+	want := []string{"nonvoter-zone", "voter-zone", "nonvoter-region", "unknown", "voter-far", "leader"}
+	if !slices.Equal(got, want) {
+		t.Errorf("orderTail = %v, want %v", got, want)
+	}
+}
+
+func TestFollowerPass(t *testing.T) {
+	t.Parallel()
+	key, issuer := newTestIdentity(t)
+	otherKey, other := newTestIdentity(t)
+	_, follower := newTestIdentity(t)
+	now := time.Unix(1_900_000_000, 0)
+	isMember := func(id string) bool { return id == issuer.String() }
+	valid, err := issuePass(key, issuer, follower, now.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _, _ := strings.Cut(strings.TrimPrefix(valid, passPrefix), ".")
+	forgedSig, _ := otherKey.Sign([]byte(passDomain + p))
+	forged := passPrefix + p + "." + b64(forgedSig)
+	// A join token is not a pass, though signed by the same key.
+	token, _ := issueJoinToken(key, issuer, now.Add(time.Hour))
+	expired, _ := issuePass(key, issuer, follower, now.Add(-time.Second))
+	forever, _ := issuePass(key, issuer, follower, now.Add(passTTL+time.Hour))
+	byOutsider, _ := issuePass(otherKey, other, follower, now.Add(time.Hour))
+
+	tests := []struct {
+		name, pass string
+		subject    peer.ID
+		wantErr    string
+	}{
+		{"valid", valid, follower, ""},
+		{"presented by another peer", valid, other, "was issued to"},
+		{"forged signature", forged, follower, "invalid signature"},
+		{"a join token", token, follower, "not a meshreg follower pass"},
+		{"expired", expired, follower, "expired"},
+		{"too far in the future", forever, follower, "too far"},
+		{"issued by a non-member", byOutsider, follower, "not a member"},
+		{"too long", passPrefix + strings.Repeat("a", maxPassLen), follower, "longer than"},
+		{"garbage", passPrefix + "!!!.???", follower, "malformed"},
+		{"empty", "", follower, "not a meshreg follower pass"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			exp, err := verifyPass(tt.pass, tt.subject, now, isMember)
+			if tt.wantErr == "" {
+				if err != nil || !exp.Equal(now.Add(time.Hour)) {
+					t.Fatalf("verifyPass = %v, %v; want the expiry and no error", exp, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, ErrNotAdmitted) {
+				t.Fatalf("verifyPass error = %v, want one saying %q and wrapping ErrNotAdmitted", err, tt.wantErr)
+			}
+		})
+	}
+	if got := passExpiry(valid); !got.Equal(now.Add(time.Hour)) {
+		t.Errorf("passExpiry = %v, want %v", got, now.Add(time.Hour))
+	}
+}
+
+func TestPassBookKeepsThePassInTheDataDir(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	b := newPassBook(dir)
+	if b.get() != "" {
+		t.Fatal("a new data dir has a pass")
+	}
+	if err := b.set("mrf1.x.y"); err != nil {
+		t.Fatal(err)
+	}
+	_, p := newTestIdentity(t)
+	now := time.Now()
+	if !b.due(p, now) {
+		t.Error("a pass never presented is not due")
+	}
+	b.mark(p, now)
+	if b.due(p, now.Add(passRefresh/2)) || !b.due(p, now.Add(passRefresh)) {
+		t.Error("a pass presented is due again before passRefresh, or not after")
+	}
+	if got := newPassBook(dir).get(); got != "mrf1.x.y" {
+		t.Errorf("after a restart the pass is %q, want the one kept", got)
+	}
+	// A new pass is presented to everyone again.
+	if err := b.set("mrf1.x.z"); err != nil || !b.due(p, now) {
+		t.Errorf("after a new pass: err %v, due %v; want it due again", err, b.due(p, now))
+	}
+}
+
+func TestGateAdmitsFollowersForTheirTime(t *testing.T) {
+	t.Parallel()
+	g := newPeerGate()
+	_, p := newTestIdentity(t)
+	if g.allow(p, tailProtocol) || g.isFollower(p) {
+		t.Fatal("a stranger passes the gate")
+	}
+	g.admitFollower(p, time.Hour)
+	if !g.allow(p, tailProtocol) || !g.allow(p, forwardProtocol) || !g.isFollower(p) {
+		t.Error("an admitted follower does not pass the gate")
+	}
+	g.admitFollower(p, -time.Second)
+	if g.allow(p, tailProtocol) || g.isFollower(p) {
+		t.Error("a follower whose admission expired still passes the gate")
+	}
+}
