@@ -177,7 +177,7 @@ func (n *Node) becomeFollower(ctx context.Context, from peer.ID, res memberResul
 	}); err != nil {
 		return fmt.Errorf("bad answer from %s: %w", from, err)
 	}
-	if err := n.passes.set(res.Pass); err != nil {
+	if err := n.passes.add(res.Pass); err != nil {
 		return err
 	}
 	n.presentPassToAll(ctx, res.Members)
@@ -211,7 +211,7 @@ func (n *Node) presentPassToAll(ctx context.Context, members []consensus.Member)
 // followed before and is not a member: it reports whether it did.
 func (n *Node) resumeFollowing(ctx context.Context) bool {
 	f, ok := n.followers()
-	if !ok || !f.FollowedBefore() || n.isMember() || n.passes.get() == "" {
+	if !ok || !f.FollowedBefore() || n.isMember() || !n.passes.any() {
 		return false
 	}
 	if members, err := n.meta.Members(); err == nil {
@@ -337,7 +337,7 @@ func (n *Node) askForSlot(ctx context.Context, members []consensus.Member) {
 		}
 	}
 	f.StopFollowing()
-	res, err := n.requestJoin(ctx, leader, n.passes.get())
+	res, err := n.requestJoin(ctx, leader, n.passes.get(n.isMemberID))
 	switch {
 	case err == nil && !res.Follow:
 		n.log.Info("took a free member slot: this node is a Raft non-voter now, no longer a follower", "leader", leader)

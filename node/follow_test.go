@@ -122,23 +122,57 @@ func TestFollowerPass(t *testing.T) {
 			}
 		})
 	}
-	if got := passExpiry(valid); !got.Equal(now.Add(time.Hour)) {
-		t.Errorf("passExpiry = %v, want %v", got, now.Add(time.Hour))
+	if c, ok := passClaimsOf(valid); !ok || c.Expires != now.Add(time.Hour).Unix() || c.Issuer != issuer.String() || c.Subject != follower.String() {
+		t.Errorf("passClaimsOf = %+v, %v", c, ok)
 	}
 }
 
-func TestPassBookKeepsThePassInTheDataDir(t *testing.T) {
+func TestPassBookKeepsOnePassPerMember(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	b := newPassBook(dir)
-	if b.get() != "" {
+	if b.any() {
 		t.Fatal("a new data dir has a pass")
 	}
-	if err := b.set("mrf1.x.y"); err != nil {
+	_, follower := newTestIdentity(t)
+	keyA, a := newTestIdentity(t)
+	keyB, bID := newTestIdentity(t)
+	now := time.Now()
+	passA, _ := issuePass(keyA, a, follower, now.Add(2*time.Hour))
+	passA2, _ := issuePass(keyA, a, follower, now.Add(3*time.Hour))
+	passB, _ := issuePass(keyB, bID, follower, now.Add(time.Hour))
+	expired, _ := issuePass(keyB, bID, follower, now.Add(-time.Hour))
+	for _, p := range []string{passA, passB, passA2} {
+		if err := b.add(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all := func(string) bool { return true }
+	if got := b.get(all); got != passA2 {
+		t.Errorf("get = the pass expiring at %v, want A's newest", passClaimsOfExp(got))
+	}
+	// A's issuer was removed from the cluster: B's pass still works.
+	if got := b.get(func(id string) bool { return id == bID.String() }); got != passB {
+		t.Errorf("with only B a member, get = %q, want B's pass", got)
+	}
+	if got := b.get(func(string) bool { return false }); got != "" {
+		t.Errorf("with no issuer a member, get = %q, want none", got)
+	}
+	if err := b.add(expired); err != nil {
 		t.Fatal(err)
 	}
-	_, p := newTestIdentity(t)
-	now := time.Now()
+	// After a restart: the same passes, the expired one dropped.
+	again := newPassBook(dir)
+	if got := again.get(func(id string) bool { return id == bID.String() }); got != passB {
+		t.Errorf("after an older pass of B, get = %q, want B's newer one kept", got)
+	}
+	if got := again.get(all); got != passA2 {
+		t.Errorf("after a restart get = %q, want A's newest", got)
+	}
+	if err := b.add("not a pass"); err == nil {
+		t.Error("an unreadable pass was kept")
+	}
+	p := follower
 	if !b.due(p, now) {
 		t.Error("a pass never presented is not due")
 	}
@@ -146,13 +180,11 @@ func TestPassBookKeepsThePassInTheDataDir(t *testing.T) {
 	if b.due(p, now.Add(passRefresh/2)) || !b.due(p, now.Add(passRefresh)) {
 		t.Error("a pass presented is due again before passRefresh, or not after")
 	}
-	if got := newPassBook(dir).get(); got != "mrf1.x.y" {
-		t.Errorf("after a restart the pass is %q, want the one kept", got)
-	}
-	// A new pass is presented to everyone again.
-	if err := b.set("mrf1.x.z"); err != nil || !b.due(p, now) {
-		t.Errorf("after a new pass: err %v, due %v; want it due again", err, b.due(p, now))
-	}
+}
+
+func passClaimsOfExp(pass string) time.Time {
+	c, _ := passClaimsOf(pass)
+	return time.Unix(c.Expires, 0)
 }
 
 func TestGateAdmitsFollowersForTheirTime(t *testing.T) {

@@ -32,11 +32,14 @@ import (
 // that finds it valid — signed by its issuer, issued by a member of its
 // configuration, presented by its subject itself, not expired — admits
 // the follower for followerAdmission, so the follower may tail the log,
-// forward writes, use the DHT and fetch blobs. A member answers a pass
-// past half its life with a new one of its own, so a running follower
-// never runs out. The pass is kept in the data dir (passFile): a restarted
-// follower presents it again instead of joining anew. A follower stopped
-// for longer than passTTL joins again through --join.
+// forward writes, use the DHT and fetch blobs. A member answers a pass of
+// another member, or one past half its life, with one of its own, so a
+// running follower holds a fresh pass of each member (passBook) and never
+// runs out, even when members are replaced. The passes are kept in the
+// data dir (passFile): a restarted follower presents them again instead
+// of joining anew. A follower stopped for longer than passTTL, or until
+// every member that issued it a pass was replaced, joins again through
+// --join.
 const (
 	passPrefix = "mrf1."
 	passDomain = "meshreg follower pass v1\n"
@@ -128,70 +131,121 @@ func verifyPass(pass string, subject peer.ID, now time.Time, isMember func(id st
 	return exp, nil
 }
 
-// passExpiry reads a pass's expiry without checking it (this node's own
-// pass, to know when to have it renewed); zero if unreadable.
-func passExpiry(pass string) time.Time {
+// passClaimsOf reads a pass's claims without checking it (this node's own
+// passes: whose they are, when they expire); ok false if unreadable.
+func passClaimsOf(pass string) (c passClaims, ok bool) {
 	rest, _ := strings.CutPrefix(pass, passPrefix)
 	p, _, _ := strings.Cut(rest, ".")
 	payload, err := base64.RawURLEncoding.DecodeString(p)
-	var c passClaims
 	if err != nil || json.Unmarshal(payload, &c) != nil {
-		return time.Time{}
+		return passClaims{}, false
 	}
-	return time.Unix(c.Expires, 0)
+	return c, true
 }
 
-// passBook is a follower's pass and to whom it presented it lately.
+// maxPasses bounds the passes a follower keeps: one per issuing member.
+const maxPasses = 16
+
+// passBook is a follower's passes, one per member that issued one, and to
+// whom it presented one lately. Every member it presents a pass to answers
+// with one of its own (servePass), so the follower holds passes of several
+// members: when the issuer of one is removed from the cluster (a dead
+// member), the others still admit it.
 type passBook struct {
-	path string // passFile in the data dir
+	path string // passFile in the data dir; "": in memory only
 
 	mu        sync.Mutex
-	pass      string
+	passes    map[string]string // issuer → pass
 	presented map[peer.ID]time.Time
 }
 
 func newPassBook(dataDir string) *passBook {
-	b := &passBook{presented: map[peer.ID]time.Time{}}
+	b := &passBook{passes: map[string]string{}, presented: map[peer.ID]time.Time{}}
 	if dataDir == "" {
-		return b // a node over fakes: the pass lives in memory
+		return b // a node over fakes
 	}
 	b.path = filepath.Join(dataDir, passFile)
-	if raw, err := os.ReadFile(b.path); err == nil && len(raw) <= maxPassLen {
-		b.pass = strings.TrimSpace(string(raw))
+	raw, err := os.ReadFile(b.path)
+	if err != nil || len(raw) > maxPasses*(maxPassLen+1) {
+		return b
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if c, ok := passClaimsOf(line); ok && len(b.passes) < maxPasses {
+			b.passes[c.Issuer] = line
+		}
 	}
 	return b
 }
 
-func (b *passBook) get() string {
+// get returns the pass, among those issued by a member (isMember), that
+// expires last; "" if none.
+func (b *passBook) get(isMember func(id string) bool) string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.pass
+	best, bestExp := "", int64(0)
+	for issuer, pass := range b.passes {
+		if c, ok := passClaimsOf(pass); ok && isMember(issuer) && c.Expires > bestExp {
+			best, bestExp = pass, c.Expires
+		}
+	}
+	return best
 }
 
-// set records a new pass and keeps it in the data dir (written to a temp
-// file and renamed, so a crash leaves the old one or the new one).
-func (b *passBook) set(pass string) error {
+// any reports whether this node holds a pass at all.
+func (b *passBook) any() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if pass == b.pass {
-		return nil
+	return len(b.passes) > 0
+}
+
+// add keeps a pass (replacing its issuer's older one, dropping expired
+// ones, and past maxPasses the one expiring first) in the data dir,
+// written to a temp file and renamed, so a crash leaves the old set or the
+// new one.
+func (b *passBook) add(pass string) error {
+	c, ok := passClaimsOf(pass)
+	if !ok {
+		return errors.New("an unreadable follower pass")
 	}
-	b.pass = pass
-	clear(b.presented)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if old, ok := passClaimsOf(b.passes[c.Issuer]); ok && old.Expires >= c.Expires {
+		return nil // the pass kept is as new
+	}
+	b.passes[c.Issuer] = pass
+	now := time.Now().Unix()
+	for issuer, p := range b.passes {
+		if pc, ok := passClaimsOf(p); !ok || pc.Expires <= now {
+			delete(b.passes, issuer)
+		}
+	}
+	for len(b.passes) > maxPasses {
+		first, firstExp := "", int64(0)
+		for issuer, p := range b.passes {
+			if pc, _ := passClaimsOf(p); first == "" || pc.Expires < firstExp {
+				first, firstExp = issuer, pc.Expires
+			}
+		}
+		delete(b.passes, first)
+	}
 	if b.path == "" {
 		return nil
 	}
+	var buf strings.Builder
+	for _, p := range b.passes {
+		buf.WriteString(p + "\n")
+	}
 	tmp := b.path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(pass+"\n"), 0o600); err != nil {
-		return fmt.Errorf("saving the follower pass: %w", err)
+	if err := os.WriteFile(tmp, []byte(buf.String()), 0o600); err != nil {
+		return fmt.Errorf("saving the follower passes: %w", err)
 	}
 	if err := os.Rename(tmp, b.path); err != nil {
-		return fmt.Errorf("saving the follower pass: %w", err)
+		return fmt.Errorf("saving the follower passes: %w", err)
 	}
 	return nil
 }
 
-// due reports whether the pass should be presented to p again.
+// due reports whether a pass should be presented to p again.
 func (b *passBook) due(p peer.ID, now time.Time) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -219,7 +273,7 @@ func (n *Node) issuePassTo(subject peer.ID) (string, error) {
 
 // servePass is a member's side of memberProtocol "pass": it admits the
 // follower that presents a valid pass, and answers a pass past half its
-// life with a new one.
+// life, or issued by another member, with one of its own.
 func (n *Node) servePass(from peer.ID, req memberRequest) []byte {
 	res := memberResult{}
 	exp, err := verifyPass(req.Pass, from, time.Now(), n.isMemberID)
@@ -231,7 +285,9 @@ func (n *Node) servePass(from peer.ID, req memberRequest) []byte {
 		res.Error = "this node is not a member of the cluster: present the pass to a member"
 	default:
 		n.gate.admitFollower(from, followerAdmission)
-		if time.Until(exp) < passTTL/2 {
+		// The follower keeps a pass of each member (passBook): one of
+		// this node's own, renewed past half its life.
+		if c, _ := passClaimsOf(req.Pass); c.Issuer != n.host.ID().String() || time.Until(exp) < passTTL/2 {
 			if fresh, err := n.issuePassTo(from); err == nil {
 				res.Pass = fresh
 			}
@@ -245,9 +301,9 @@ func (n *Node) servePass(from peer.ID, req memberRequest) []byte {
 // presentPass presents this node's pass to member p, unless it did within
 // passRefresh, and keeps the new pass p may answer with.
 func (n *Node) presentPass(ctx context.Context, p peer.ID) error {
-	pass := n.passes.get()
+	pass := n.passes.get(n.isMemberID)
 	if pass == "" {
-		return errors.New("this node has no follower pass: it must join through --join first")
+		return errors.New("this node holds no follower pass issued by a current member: it must join through --join again")
 	}
 	now := time.Now()
 	if !n.passes.due(p, now) {
@@ -270,7 +326,7 @@ func (n *Node) presentPass(ctx context.Context, p peer.ID) error {
 	n.passes.mark(p, now)
 	if res.Pass != "" {
 		if _, err := verifyPass(res.Pass, n.host.ID(), now, func(id string) bool { return id == p.String() }); err == nil {
-			if err := n.passes.set(res.Pass); err != nil {
+			if err := n.passes.add(res.Pass); err != nil {
 				n.log.Warn("keeping the renewed follower pass failed", "err", err)
 			}
 		}
