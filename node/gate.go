@@ -31,10 +31,13 @@ import (
 //	                                          is a cluster to join)
 //	raft, forward, index, info, has,          members and admitted peers
 //	replicate, blob, vouch, origin-fetch,
-//	kad (DHT), anything new
+//	log-tail, kad (DHT), anything new
 //
 // Members are the servers of the latest Raft configuration this node
-// knows. Admitted peers are the few this node itself chose to hear from
+// knows (on a follower of the metadata, the one its tail learned).
+// Followers are admitted peers too, for followerAdmission after each
+// presentation of a valid pass (followpass.go); handlers that serve only
+// members (raft by design, the log tail on a non-member) check again. Admitted peers are the few this node itself chose to hear from
 // before it is a member, for a limited time: the node it joins through and
 // the leader that answers the join (whose AppendEntries a new member must
 // accept before it knows the configuration), and the peers it bootstraps
