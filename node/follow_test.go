@@ -10,6 +10,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/meshreg/meshreg/consensus"
+	"github.com/meshreg/meshreg/p2p"
 )
 
 func TestAdmitAsMember(t *testing.T) {
@@ -197,6 +198,9 @@ func TestGateAdmitsFollowersForTheirTime(t *testing.T) {
 	g.admitFollower(p, time.Hour)
 	if !g.allow(p, tailProtocol) || !g.allow(p, forwardProtocol) || !g.isFollower(p) {
 		t.Error("an admitted follower does not pass the gate")
+	}
+	if g.allow(p, p2p.RaftProtocol) {
+		t.Error("a follower's pass opens Raft")
 	}
 	g.admitFollower(p, -time.Second)
 	if g.allow(p, tailProtocol) || g.isFollower(p) {

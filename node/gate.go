@@ -36,8 +36,9 @@ import (
 // Members are the servers of the latest Raft configuration this node
 // knows (on a follower of the metadata, the one its tail learned).
 // Followers are admitted peers too, for followerAdmission after each
-// presentation of a valid pass (followpass.go); handlers that serve only
-// members (raft by design, the log tail on a non-member) check again. Admitted peers are the few this node itself chose to hear from
+// presentation of a valid pass (followpass.go), on every protocol but
+// Raft; handlers that serve only members (the log tail on a non-member)
+// check again. Admitted peers are the few this node itself chose to hear from
 // before it is a member, for a limited time: the node it joins through and
 // the leader that answers the join (whose AppendEntries a new member must
 // accept before it knows the configuration), and the peers it bootstraps
@@ -90,6 +91,11 @@ func (g *peerGate) allow(p peer.ID, proto protocol.ID) bool {
 		}
 	}
 	if g.isMember(p) || g.isAdmitted(p) {
+		return true
+	}
+	// A follower of the metadata is no Raft peer: it never votes nor
+	// sends entries, so its pass does not open Raft.
+	if proto != p2p.RaftProtocol && g.isFollower(p) {
 		return true
 	}
 	if proto == p2p.RaftProtocol {
@@ -157,20 +163,12 @@ func (g *peerGate) admit(p peer.ID, ttl time.Duration) {
 func (g *peerGate) isAdmitted(p peer.ID) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	now := time.Now()
-	if until, ok := g.admitted[p]; ok {
-		if !now.After(until) {
-			return true
-		}
+	until, ok := g.admitted[p]
+	if ok && time.Now().After(until) {
 		delete(g.admitted, p)
+		return false
 	}
-	if until, ok := g.followers[p]; ok {
-		if !now.After(until) {
-			return true
-		}
-		delete(g.followers, p)
-	}
-	return false
+	return ok
 }
 
 // admitFollower lets follower p (it presented a valid pass) open streams
@@ -198,7 +196,11 @@ func (g *peerGate) isFollower(p peer.ID) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	until, ok := g.followers[p]
-	return ok && !time.Now().After(until)
+	if ok && time.Now().After(until) {
+		delete(g.followers, p)
+		return false
+	}
+	return ok
 }
 
 // removed reports whether this node knows a Raft configuration that does
