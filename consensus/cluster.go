@@ -133,7 +133,8 @@ func (s *Store) ApplyForwarded(ctx context.Context, cmd []byte) error {
 
 // forward sends an encoded command to the leader through the Forwarder.
 func (s *Store) forward(ctx context.Context, cmd []byte) error {
-	addr, id := s.raft.LeaderWithID()
+	l := s.leader() // the tail's, on a metadata follower
+	addr, id := raft.ServerAddress(l.Address), raft.ServerID(l.ID)
 	switch {
 	case id == "":
 		return fmt.Errorf("consensus: no known leader: %w", ErrNotLeader)
@@ -191,8 +192,12 @@ func (s *Store) Barrier(ctx context.Context) error {
 // --- membership: leader only, else ErrNotLeader ---
 
 // Members lists the servers of the latest configuration (possibly not yet
-// committed), with their suffrage.
+// committed), with their suffrage. While the store follows the metadata,
+// it is the configuration learned through the tail, once there is one.
 func (s *Store) Members() ([]Member, error) {
+	if ms := s.TailConfiguration(); ms != nil {
+		return ms, nil
+	}
 	f := s.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return nil, raftError(err)

@@ -46,6 +46,12 @@ type fsm struct {
 	// Apply); nil while it works.
 	failed atomic.Pointer[error]
 
+	// applyMu keeps Apply and Restore one at a time. Raft calls them from
+	// one goroutine; a metadata follower's tail (follow.go) calls them
+	// from its own, and must never overlap raft's should this node become
+	// a member while it still tails.
+	applyMu sync.Mutex
+
 	// mu keeps readers and snapshot writers out while Restore drops and
 	// reloads the database: they hold it shared, Restore exclusively.
 	mu sync.RWMutex
@@ -87,6 +93,8 @@ func (f *fsm) Apply(l *raft.Log) (result any) {
 	if l.Type != raft.LogCommand {
 		return nil
 	}
+	f.applyMu.Lock()
+	defer f.applyMu.Unlock()
 	if err := f.failure(); err != nil {
 		return fmt.Errorf("consensus: entry %d not applied: %w", l.Index, err)
 	}
@@ -238,6 +246,8 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	if err := f.failure(); err != nil {
 		return fmt.Errorf("consensus: no restore: %w", err)
 	}
+	f.applyMu.Lock()
+	defer f.applyMu.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.gen++

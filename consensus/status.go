@@ -37,13 +37,17 @@ type Member struct {
 
 // Status reports the node's Raft state. It does not block on Raft's main
 // loop and works after Close (State is then Shutdown).
+//
+// While the store follows the metadata (follow.go), the leader and term
+// are the tail's when raft knows none, Members the configuration learned
+// through the tail, and Tail the tail's status.
 func (s *Store) Status() Status {
-	addr, id := s.raft.LeaderWithID()
+	l := s.leader()
 	st := Status{
 		State:         roleOf(s.raft.State()),
-		LeaderID:      string(id),
-		LeaderAddress: string(addr),
-		Term:          s.raft.CurrentTerm(),
+		LeaderID:      l.ID,
+		LeaderAddress: l.Address,
+		Term:          l.Term,
 		CommitIndex:   s.raft.CommitIndex(),
 		AppliedIndex:  s.raft.AppliedIndex(),
 		LastIndex:     s.raft.LastIndex(),
@@ -56,6 +60,9 @@ func (s *Store) Status() Status {
 	if err := s.fsm.failure(); err != nil {
 		st.StorageError = err.Error()
 	}
+	if s.Following() {
+		st.Following, st.Tail = true, s.TailStatus()
+	}
 	return st
 }
 
@@ -65,6 +72,17 @@ func (s *Store) Ready() bool {
 	s.mu.RLock()
 	closed := s.closed
 	s.mu.RUnlock()
-	_, id := s.raft.LeaderWithID()
-	return !closed && id != "" && s.fsm.failure() == nil
+	return !closed && s.leader().ID != "" && s.fsm.failure() == nil
+}
+
+// leader is the leader this node knows and the term: raft's or, while
+// the store follows the metadata and raft knows none, the tail's.
+func (s *Store) leader() tailLeader {
+	addr, id := s.raft.LeaderWithID()
+	if id == "" {
+		if l, ok := s.tailLeader(); ok {
+			return l
+		}
+	}
+	return tailLeader{ID: string(id), Address: string(addr), Term: s.raft.CurrentTerm()}
 }

@@ -121,6 +121,9 @@ type Config struct {
 
 	// tune, set by tests only, adjusts the Raft configuration.
 	tune func(*raft.Config)
+	// tailHeartbeat, set by tests only, is the heartbeat a follower asks
+	// of its tail's source (0: tailHeartbeat).
+	tailHeartbeat time.Duration
 	// quietCommits, set by benchmarks only, turns the commit notification
 	// off (notify.go), to measure what it saves.
 	quietCommits bool
@@ -220,6 +223,15 @@ type Store struct {
 	raft   *raft.Raft
 	fsm    *fsm
 	raftDB *badger.DB
+	// logs and snaps are raft's log (through its cache) and snapshots,
+	// which ServeTail sends to followers (tail.go).
+	logs  raft.LogStore
+	snaps raft.SnapshotStore
+
+	// tailMu guards tail, the follower while this store follows the
+	// metadata without being a member (follow.go); nil otherwise.
+	tailMu sync.Mutex
+	tail   *follower
 
 	// mu guards closed; reads hold it shared while they use the FSM
 	// database, so Close never closes it under them.
@@ -319,14 +331,15 @@ func Open(cfg Config) (s *Store, err error) {
 	}
 	appliedHub, kick := newHub(appliedBuffer, Applied{Index: applied}), make(kicker, 1)
 	f.onApplied, f.onConfig = appliedHub.publish, kick.kick
-	r, err := raft.NewRaft(rc, f, newLogCache(logs), stable, snaps, trans)
+	cache := newLogCache(logs)
+	r, err := raft.NewRaft(rc, f, cache, stable, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("consensus: starting raft: %w", err)
 	}
 	undo[0] = func() {} // raft owns the transport now: Shutdown closes it
 	undo = append(undo, func() { _ = r.Shutdown().Error() })
 
-	s = &Store{cfg: cfg, log: log, raft: r, fsm: f, raftDB: raftDB, stop: make(chan struct{}), notify: make(chan struct{}, 1),
+	s = &Store{cfg: cfg, log: log, raft: r, fsm: f, raftDB: raftDB, logs: cache, snaps: snaps, stop: make(chan struct{}), notify: make(chan struct{}, 1),
 		cluster: newHub(watchBuffer, State{}), applied: appliedHub}
 	if !cfg.NoBootstrap && s.alone() {
 		if err := s.waitForLeader(cfg.LeaderTimeout); err != nil {
@@ -421,6 +434,7 @@ func (s *Store) Close() error {
 		s.mu.Lock()
 		s.closed = true
 		s.mu.Unlock()
+		s.StopFollowing() // its goroutine applies to the FSM
 		close(s.stop)
 		s.wg.Wait()
 		// Shutdown waits for raft's goroutines, the FSM and snapshot ones

@@ -118,11 +118,12 @@ func (s *Store) refreshLocked() {
 	}
 }
 
-// clusterState reads the cluster view from raft.
+// clusterState reads the cluster view from raft (the leader from the tail
+// while this store follows and raft knows none: see Store.leader).
 func (s *Store) clusterState() State {
-	addr, id := s.raft.LeaderWithID()
-	return State{Role: roleOf(s.raft.State()), LeaderID: string(id), LeaderAddress: string(addr),
-		Term: s.raft.CurrentTerm(), MembershipIndex: s.fsm.configIndex.Load()}
+	l := s.leader()
+	return State{Role: roleOf(s.raft.State()), LeaderID: l.ID, LeaderAddress: l.Address,
+		Term: l.Term, MembershipIndex: s.fsm.configIndex.Load()}
 }
 
 // watchedObservation picks the observations that change the cluster view.
