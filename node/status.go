@@ -184,8 +184,9 @@ func (n *Node) followerStatus(ctx context.Context, st consensus.Status) *Followe
 		return nil
 	}
 	fs := &FollowerStatus{TailStatus: st.Tail, LeaderIndex: n.leaderIndex(ctx, st)}
-	if fs.LeaderIndex > st.AppliedIndex {
-		fs.Lag = fs.LeaderIndex - st.AppliedIndex
+	// The tail applies, not raft: its index is the one that moves.
+	if applied := max(st.AppliedIndex, st.Tail.Applied); fs.LeaderIndex > applied {
+		fs.Lag = fs.LeaderIndex - applied
 	}
 	return fs
 }
