@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -178,17 +179,26 @@ func newPassBook(dataDir string) *passBook {
 }
 
 // get returns the pass, among those issued by a member (isMember), that
-// expires last; "" if none.
+// expires last; if no issuer is a member as far as this node knows (it
+// has not learned the configuration yet), the one that expires last; ""
+// if it holds none.
 func (b *passBook) get(isMember func(id string) bool) string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	best, bestExp := "", int64(0)
+	best, bestExp, anyPass, anyExp := "", int64(0), "", int64(0)
 	for issuer, pass := range b.passes {
-		if c, ok := passClaimsOf(pass); ok && isMember(issuer) && c.Expires > bestExp {
+		c, ok := passClaimsOf(pass)
+		if !ok {
+			continue
+		}
+		if isMember(issuer) && c.Expires > bestExp {
 			best, bestExp = pass, c.Expires
 		}
+		if c.Expires > anyExp {
+			anyPass, anyExp = pass, c.Expires
+		}
 	}
-	return best
+	return cmp.Or(best, anyPass)
 }
 
 // any reports whether this node holds a pass at all.
@@ -303,7 +313,7 @@ func (n *Node) servePass(from peer.ID, req memberRequest) []byte {
 func (n *Node) presentPass(ctx context.Context, p peer.ID) error {
 	pass := n.passes.get(n.isMemberID)
 	if pass == "" {
-		return errors.New("this node holds no follower pass issued by a current member: it must join through --join again")
+		return errors.New("this node holds no follower pass: it must join through --join again")
 	}
 	now := time.Now()
 	if !n.passes.due(p, now) {
