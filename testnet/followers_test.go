@@ -329,8 +329,18 @@ func TestFollowerCatchesUpByRangeThenSnapshot(t *testing.T) {
 			wg.Go(func() {
 				c := testnet.NewClient(leader.URL())
 				for i := w; i < count; i += workers {
-					if _, err := c.PutManifest(ctx, repo, fmt.Sprintf("%s%d", prefix, i), ocispec.MediaTypeImageManifest, manifest(strconv.Itoa(i%20))); err != nil {
-						errs <- fmt.Errorf("write %s%d: %w", prefix, i, err)
+					// A loaded machine may cost the leader its lease for a
+					// moment (503): retry for a bounded time.
+					tag := fmt.Sprintf("%s%d", prefix, i)
+					var err error
+					for try := 0; try < 100; try++ {
+						if _, err = c.PutManifest(ctx, repo, tag, ocispec.MediaTypeImageManifest, manifest(strconv.Itoa(i%20))); testnet.StatusOf(err) != http.StatusServiceUnavailable {
+							break
+						}
+						time.Sleep(200 * time.Millisecond)
+					}
+					if err != nil {
+						errs <- fmt.Errorf("write %s: %w", tag, err)
 						return
 					}
 				}
