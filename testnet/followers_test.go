@@ -136,7 +136,9 @@ func TestClusterFollowers(t *testing.T) {
 	start := time.Now()
 	nodes := startBounded(t, size, []string{"--voters", "3", "--max-raft-members", "2"}, nil)
 	sts := waitRoles(t, nodes, roleCounts{3, 2, size - 5}, 90*time.Second)
-	t.Logf("%d nodes started and settled in %v", size, time.Since(start).Round(time.Millisecond))
+	settled := time.Now()
+	t.Logf("%d nodes started and settled in %v", size, settled.Sub(start).Round(time.Millisecond))
+	ctx := t.Context()
 	followers := withRole(sts, nodes, "follower")
 	var leader *testnet.Node
 	for _, n := range nodes {
@@ -144,11 +146,20 @@ func TestClusterFollowers(t *testing.T) {
 			leader = n
 		}
 	}
+	// The followers learn the configuration through their tail: the last
+	// change (the second non-voter) reaches them a moment after the
+	// members.
 	for _, f := range followers {
-		if st := sts[f]; st.Follower.Source == "" || len(st.Raft.Members) != 5 {
-			t.Errorf("follower %s: tail source %q, %d members known, want a source and 5", f.Host(), st.Follower.Source, len(st.Raft.Members))
+		st := sts[f]
+		if !testnet.Eventually(10*time.Second, func() bool {
+			var err error
+			st, err = f.Status(ctx)
+			return err == nil && st.Follower.Source != "" && len(st.Raft.Members) == 5 && st.Nonvoters() == 2
+		}) {
+			t.Errorf("follower %s: tail source %q, %d members known (%d non-voters), want a source and 5 (2)", f.Host(), st.Follower.Source, len(st.Raft.Members), st.Nonvoters())
 		}
 	}
+	t.Logf("every follower knew the 5 members %v after the roles settled", time.Since(settled).Round(time.Millisecond))
 
 	// A crane push through a follower: readable, same digest, on every
 	// node; another follower pulls the whole image.
@@ -156,7 +167,6 @@ func TestClusterFollowers(t *testing.T) {
 	r := testnet.Runner{T: t, Path: crane, Dir: t.TempDir()}
 	const repo = "e2e/followers"
 	pushed, m := craneImage(t, r, followers[0].Host()+"/"+repo+":v1", 2, 2, 64<<10)
-	ctx := t.Context()
 	for _, n := range nodes {
 		if !testnet.Eventually(10*time.Second, func() bool { s, d := readStatus(ctx, n, repo, "v1"); return s == 200 && d == pushed.String() }) {
 			s, d := readStatus(ctx, n, repo, "v1")
