@@ -1,7 +1,9 @@
 package consensus
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -512,5 +515,210 @@ func TestTailFollowErrors(t *testing.T) {
 	}
 	if err := f.Follow(h.members()); !errors.Is(err, ErrClosed) {
 		t.Errorf("Follow after Close = %v, want ErrClosed", err)
+	}
+}
+
+// hostileDialer serves the member "evil" with a fake server that breaks
+// the protocol as behave says; every other member is the harness's.
+type hostileDialer struct {
+	h      *tailHarness
+	behave func(w io.Writer, req tailRequest) error
+
+	mu    sync.Mutex
+	dials int
+}
+
+func (d *hostileDialer) DialTail(ctx context.Context, member Server) (io.ReadWriteCloser, error) {
+	if member.ID != "evil" {
+		return d.h.DialTail(ctx, member)
+	}
+	d.mu.Lock()
+	d.dials++
+	d.mu.Unlock()
+	server, client := net.Pipe()
+	d.h.wg.Add(1)
+	go func() {
+		defer d.h.wg.Done()
+		defer server.Close()
+		req, err := readTailRequest(server)
+		if err != nil {
+			return
+		}
+		if err := d.behave(server, req); err != nil {
+			return // the follower hung up: what it should do
+		}
+		_, _ = io.Copy(io.Discard, server) // until the follower closes
+	}()
+	return client, nil
+}
+
+// writeRawFrame writes a frame of any type, which writeFrame refuses.
+func writeRawFrame(w io.Writer, t byte, payload []byte) error {
+	h := []byte{t, 0, 0, 0, byte(len(payload))}
+	_, err := w.Write(append(h, payload...))
+	return err
+}
+
+// evilFirst puts the hostile member first, whatever the default order.
+func evilFirst(ms []Member) []Member {
+	slices.SortStableFunc(ms, func(a, b Member) int {
+		switch {
+		case a.ID == b.ID:
+			return 0
+		case a.ID == "evil":
+			return -1
+		case b.ID == "evil":
+			return 1
+		}
+		return 0
+	})
+	return ms
+}
+
+// snapshotOf is the FSM snapshot stream of a state where an entry at
+// index put the tag evil:pwned.
+func snapshotOf(t *testing.T, index uint64) []byte {
+	t.Helper()
+	f := openFSM(t)
+	if resp := f.Apply(&raft.Log{Index: index, Data: pwnedCommand(t)}); resp != nil {
+		t.Fatalf("applying the bogus command: %v", resp)
+	}
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snap.Release()
+	var b bytes.Buffer
+	if err := snap.(*fsmSnapshot).write(&b); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// pwnedCommand tags evil:pwned: a follower that applies it was fooled.
+func pwnedCommand(t *testing.T) []byte {
+	t.Helper()
+	b, err := putCommand(manifest("evil", "x", ""), []string{"pwned"}).Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func writeSnapshotFrames(w io.Writer, h tailSnapshot, content []byte, claimed uint64) error {
+	if err := writeJSONFrame(w, frameSnapshot, h); err != nil {
+		return err
+	}
+	for len(content) > 0 {
+		n := min(len(content), tailChunk)
+		if err := writeFrame(w, frameChunk, content[:n]); err != nil {
+			return err
+		}
+		content = content[n:]
+	}
+	return writeFrame(w, frameSnapshotEnd, binary.BigEndian.AppendUint64(nil, claimed))
+}
+
+// TestTailRefusesHostileServer: a source that sends a gap, a stale entry,
+// an oversized or unknown frame, bad entries or configuration, a rollback
+// or corrupt snapshot, or nothing at all is dropped; the follower tails
+// another member and its state is the cluster's, with nothing of the
+// hostile source's in it.
+func TestTailRefusesHostileServer(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 3, nil)
+	h := newTailHarness(t, c)
+	putN(t, c.leader(), "r", 0, 3)
+	pwned := pwnedCommand(t)
+
+	cases := []struct {
+		name   string
+		behave func(t *testing.T, w io.Writer, req tailRequest) error
+	}{
+		{"gap", func(t *testing.T, w io.Writer, req tailRequest) error {
+			return writeFrame(w, frameEntries, encodeEntries([]tailEntry{{Index: req.After + 2, Term: 1, Type: raft.LogCommand, Data: pwned}}))
+		}},
+		{"stale entry", func(t *testing.T, w io.Writer, req tailRequest) error {
+			return writeFrame(w, frameEntries, encodeEntries([]tailEntry{{Index: req.After, Term: 1, Type: raft.LogCommand, Data: pwned}}))
+		}},
+		{"oversized frame", func(t *testing.T, w io.Writer, req tailRequest) error {
+			_, err := w.Write([]byte{frameEntries, 0xff, 0xff, 0xff, 0xff})
+			return err
+		}},
+		{"unknown frame", func(t *testing.T, w io.Writer, req tailRequest) error {
+			return errors.Join(writeFrame(w, frameHeartbeat, nil), writeRawFrame(w, 99, []byte("x")))
+		}},
+		{"entry count above the payload", func(t *testing.T, w io.Writer, req tailRequest) error {
+			return writeFrame(w, frameEntries, binary.AppendUvarint(nil, 1<<40))
+		}},
+		{"entry length above the payload", func(t *testing.T, w io.Writer, req tailRequest) error {
+			b := encodeEntries([]tailEntry{{Index: req.After + 1, Term: 1, Type: raft.LogCommand, Data: pwned}})
+			return writeFrame(w, frameEntries, b[:len(b)-10])
+		}},
+		{"bad configuration entry", func(t *testing.T, w io.Writer, req tailRequest) error {
+			return writeFrame(w, frameEntries, encodeEntries([]tailEntry{{Index: req.After + 1, Term: 1, Type: raft.LogConfiguration, Data: []byte("\xc1garbage")}}))
+		}},
+		{"rollback snapshot", func(t *testing.T, w io.Writer, req tailRequest) error {
+			return writeSnapshotFrames(w, tailSnapshot{Index: req.After - 1, Term: 1}, snapshotOf(t, 1), uint64(len(snapshotOf(t, 1))))
+		}},
+		{"snapshot of an older state", func(t *testing.T, w io.Writer, req tailRequest) error {
+			s := snapshotOf(t, 1)
+			return writeSnapshotFrames(w, tailSnapshot{Index: req.After + 1000, Term: 1}, s, uint64(len(s)))
+		}},
+		{"snapshot state beyond its index", func(t *testing.T, w io.Writer, req tailRequest) error {
+			s := snapshotOf(t, req.After+1000)
+			return writeSnapshotFrames(w, tailSnapshot{Index: req.After + 1, Term: 1}, s, uint64(len(s)))
+		}},
+		{"truncated snapshot", func(t *testing.T, w io.Writer, req tailRequest) error {
+			s := snapshotOf(t, req.After+1)
+			s = s[:len(s)-3]
+			return writeSnapshotFrames(w, tailSnapshot{Index: req.After + 1, Term: 1}, s, uint64(len(s)))
+		}},
+		{"snapshot end that does not match", func(t *testing.T, w io.Writer, req tailRequest) error {
+			s := snapshotOf(t, req.After+1)
+			return writeSnapshotFrames(w, tailSnapshot{Index: req.After + 1, Term: 1}, s, uint64(len(s))+1)
+		}},
+		{"snapshot with too many servers", func(t *testing.T, w io.Writer, req tailRequest) error {
+			s := snapshotOf(t, req.After+1)
+			ms := make([]Member, maxTailServers+1)
+			for i := range ms {
+				ms[i] = Member{ID: fmt.Sprint(i), Address: "a"}
+			}
+			return writeSnapshotFrames(w, tailSnapshot{Index: req.After + 1, Term: 1, Members: ms}, s, uint64(len(s)))
+		}},
+		{"silent", func(t *testing.T, w io.Writer, req tailRequest) error { return nil }},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &hostileDialer{h: h, behave: func(w io.Writer, req tailRequest) error { return tc.behave(t, w, req) }}
+			id := fmt.Sprintf("f%d", i)
+			f := h.open(id, func(cfg *Config) { cfg.TailDialer, cfg.TailPrefer = d, evilFirst })
+			defer h.stop(id)
+			// Caught up from an honest member first, so that the
+			// hostile one has something to roll back.
+			if err := f.Follow(h.members()); err != nil {
+				t.Fatal(err)
+			}
+			h.caughtUp(f)
+			f.StopFollowing()
+			putN(t, c.leader(), "r", 10*(i+1), 2)
+
+			if err := f.Follow(append([]Server{{ID: "evil", Address: "evil"}}, h.members()...)); err != nil {
+				t.Fatal(err)
+			}
+			h.caughtUp(f)
+			d.mu.Lock()
+			dials := d.dials
+			d.mu.Unlock()
+			ts := f.TailStatus()
+			if dials == 0 || ts.Reconnects == 0 || ts.Source == "evil" || ts.Snapshots != 0 {
+				t.Errorf("after the hostile source: %d dials to it, %+v", dials, ts)
+			}
+			_, err := f.ResolveTag("evil", "pwned")
+			wantNotFound(t, "the hostile source's tag", err)
+			if d, err := f.ResolveTag("r", fmt.Sprintf("v%d", 10*(i+1)+1)); err != nil || d == "" {
+				t.Errorf("the cluster's write after the hostile source: %s, %v", d, err)
+			}
+		})
 	}
 }

@@ -289,3 +289,50 @@ func equivalentVarints(b, enc []byte) bool {
 	}
 	return true
 }
+
+// FuzzTailFrames reads what a hostile tail source may send: frames and
+// the entries and configurations in them. Nothing panics, nothing past a
+// frame's bound is read, and entries hold no more than their payload.
+func FuzzTailFrames(f *testing.F) {
+	conf := raft.Configuration{Servers: []raft.Server{{ID: "n1", Address: "n1", Suffrage: raft.Voter}}}
+	var seed bytes.Buffer
+	_ = writeJSONFrame(&seed, frameLeader, tailLeader{ID: "n1", Address: "n1", Term: 2})
+	_ = writeFrame(&seed, frameEntries, encodeEntries([]tailEntry{
+		{Index: 1, Term: 1, Type: raft.LogConfiguration, Data: raft.EncodeConfiguration(conf)},
+		{Index: 2, Term: 1, Type: raft.LogCommand, Data: []byte("cmd")},
+		{Index: 3, Term: 2, Type: raft.LogNoop},
+	}))
+	_ = writeFrame(&seed, frameHeartbeat, nil)
+	f.Add(seed.Bytes())
+	f.Add([]byte{frameEntries, 0, 0, 0, 3, 0xff, 0xff, 0x7f})
+	f.Add([]byte{frameEntries, 0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r := bytes.NewReader(b)
+		for {
+			typ, payload, err := readFrame(r)
+			if err != nil {
+				return
+			}
+			if len(payload) > maxFrame(typ) {
+				t.Fatalf("frame %d of %d bytes read, bound %d", typ, len(payload), maxFrame(typ))
+			}
+			if typ != frameEntries {
+				continue
+			}
+			es, err := decodeEntries(payload)
+			if err != nil {
+				continue
+			}
+			size := 0
+			for _, e := range es {
+				size += 17 + len(e.Data)
+				if e.Type == raft.LogConfiguration {
+					_, _, _ = decodeConfiguration(e.Data)
+				}
+			}
+			if size > len(payload) {
+				t.Fatalf("%d entries of %d bytes from a payload of %d", len(es), size, len(payload))
+			}
+		}
+	})
+}

@@ -92,8 +92,12 @@ func readTailRequest(r io.Reader) (tailRequest, error) {
 	if string(b[:len(tailMagic)]) != tailMagic {
 		return tailRequest{}, fmt.Errorf("%w: not a tail request", errTailProtocol)
 	}
+	after := binary.BigEndian.Uint64(b[len(tailMagic):])
+	if after == ^uint64(0) {
+		return tailRequest{}, fmt.Errorf("%w: no entry follows index %d", errTailProtocol, after)
+	}
 	hb := time.Duration(binary.BigEndian.Uint32(b[len(tailMagic)+8:])) * time.Millisecond
-	return tailRequest{After: binary.BigEndian.Uint64(b[len(tailMagic):]), Heartbeat: min(max(hb, minTailHeartbeat), maxTailHeartbeat)}, nil
+	return tailRequest{After: after, Heartbeat: min(max(hb, minTailHeartbeat), maxTailHeartbeat)}, nil
 }
 
 // tailLeader is the leader a server knows ("" for none) and its term.
