@@ -283,7 +283,9 @@ func (n *Node) issuePassTo(subject peer.ID) (string, error) {
 
 // servePass is a member's side of memberProtocol "pass": it admits the
 // follower that presents a valid pass, and answers a pass past half its
-// life, or issued by another member, with one of its own.
+// life, or issued by another member, with one of its own. A follower
+// admits another follower too (to fetch blobs from it), without a pass of
+// its own.
 func (n *Node) servePass(from peer.ID, req memberRequest) []byte {
 	res := memberResult{}
 	exp, err := verifyPass(req.Pass, from, time.Now(), n.isMemberID)
@@ -291,8 +293,12 @@ func (n *Node) servePass(from peer.ID, req memberRequest) []byte {
 	case err != nil:
 		n.log.Debug("refused a follower pass", "from", from, "err", err)
 		res.Error = err.Error()
+	case !n.isMember() && !n.following():
+		res.Error = "this node is neither a member of the cluster nor a follower: present the pass to a member"
 	case !n.isMember():
-		res.Error = "this node is not a member of the cluster: present the pass to a member"
+		// A follower admits another to fetch blobs from it (passingNet),
+		// and issues no pass: the members would not take it.
+		n.gate.admitFollower(from, followerAdmission)
 	default:
 		n.gate.admitFollower(from, followerAdmission)
 		// The follower keeps a pass of each member (passBook): one of
