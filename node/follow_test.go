@@ -207,3 +207,23 @@ func TestGateAdmitsFollowersForTheirTime(t *testing.T) {
 		t.Error("a follower whose admission expired still passes the gate")
 	}
 }
+
+func TestFollowerMeshAsksOneMemberARound(t *testing.T) {
+	t.Parallel()
+	b := newPeerBook(peerLabels{})
+	members := []string{"a", "b", "c", "d", "e"}
+	asked := map[string]int{}
+	for range len(members) {
+		pick := b.meshPickN(members, followerMeshSample)
+		if len(pick) != 1 {
+			t.Fatalf("a follower's round asks %d members, want 1", len(pick))
+		}
+		asked[pick[0]]++
+	}
+	if len(asked) != len(members) {
+		t.Errorf("in %d rounds a follower asked %v, want every member once", len(members), asked)
+	}
+	if w := b.window(); w != 3*time.Duration(len(members))*meshEvery {
+		t.Errorf("live window %v, want three turns of %d rounds", w, len(members))
+	}
+}
