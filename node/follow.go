@@ -234,6 +234,8 @@ const (
 	// has none asks at once).
 	seekDelay  = 10 * time.Second
 	seekJitter = 10 * time.Second
+	// seekJitterNow spreads the followers of a zone without a member.
+	seekJitterNow = 2 * time.Second
 )
 
 // seeker runs on every node; while it follows the metadata it keeps its
@@ -285,7 +287,9 @@ func (s *seeker) step(ctx context.Context, members []consensus.Member) {
 	now := time.Now()
 	if s.free.IsZero() {
 		s.free = now
-		s.wait = 0
+		// A zone without a member asks at once, but with a short jitter
+		// of its own: there may be many followers in it.
+		s.wait = rand.N(seekJitterNow)
 		if n.zoneHasMember(members) {
 			s.wait = seekDelay + rand.N(seekJitter)
 		}
@@ -348,10 +352,32 @@ func (n *Node) askForSlot(ctx context.Context, members []consensus.Member) {
 			return
 		}
 	}
+	// The leader may have added this node after all (its answer was
+	// lost): then raft applies from now on, and the tail must not.
+	if n.addedAfterAll(ctx, members) {
+		n.log.Info("took a free member slot (the leader's answer was lost): this node is a Raft non-voter now")
+		return
+	}
 	n.log.Warn("asking for a free member slot failed: following again", "err", err)
 	if err := f.Follow(servers(members)); err != nil {
 		n.log.Error("following the metadata again failed", "err", err)
 	}
+}
+
+// addedAfterAll asks up to three members whether this node is in their
+// configuration; true once one that knows a leader says so.
+func (n *Node) addedAfterAll(ctx context.Context, members []consensus.Member) bool {
+	asked := 0
+	for _, m := range members {
+		if asked == 3 || m.Address == "" {
+			continue
+		}
+		asked++
+		if member, known, err := n.checkVia(ctx, m.Address); err == nil && known && member {
+			return true
+		}
+	}
+	return false
 }
 
 var _ loop = (*seeker)(nil)
