@@ -307,6 +307,23 @@ func TestClusterFollowers(t *testing.T) {
 			t.Errorf("restarted follower: %s:%s reads %d %q, want 200 %s", repo, tag, s, got, d)
 		}
 	}
+
+	// A new node may join through a follower (which passes the join on to
+	// the leader): the configuration is full, so it follows too.
+	var issuer *testnet.Node // a surviving member: a follower issues no join token
+	for _, n := range withRole(sts, nodes, "voter") {
+		if n != leader {
+			issuer = n
+		}
+	}
+	late := testnet.StartNode(t, testnet.Options{Args: []string{"--stabilization-time", testnet.HarnessStabilization.String(),
+		"--voters", "3", "--max-raft-members", "2", "--join", f.URL(), "--join-token", testnet.JoinToken(t, issuer, time.Hour)}})
+	if !testnet.Eventually(20*time.Second, func() bool { st, err = late.Status(ctx); return err == nil && st.Role == "follower" }) {
+		t.Errorf("a node that joined through a follower: role %q, want follower", st.Role)
+	}
+	if s, got := readStatus(ctx, late, repo, "v1"); s != 200 || got != pushed.String() {
+		t.Errorf("a node that joined through a follower: %s:v1 reads %d %q, want 200 %s", repo, s, got, pushed)
+	}
 }
 
 // TestFollowerCatchesUpByRangeThenSnapshot stops a follower while the
