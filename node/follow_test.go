@@ -1,6 +1,7 @@
 package node
 
 import (
+	"encoding/json"
 	"errors"
 	"slices"
 	"strings"
@@ -225,5 +226,97 @@ func TestFollowerMeshAsksOneMemberARound(t *testing.T) {
 	}
 	if w := b.window(); w != 3*time.Duration(len(members))*meshEvery {
 		t.Errorf("live window %v, want three turns of %d rounds", w, len(members))
+	}
+}
+
+// TestLeaderAnswersFollowWhenTheConfigurationIsFull: a joiner past
+// --max-raft-members gets "follow" with the members and a pass signed by
+// the leader, which the other members then accept from it (and answer with
+// a pass of their own); below the bound a joiner becomes a non-voter.
+func TestLeaderAnswersFollowWhenTheConfigurationIsFull(t *testing.T) {
+	fn := newFakeNet(t)
+	full := func(c *Config) { c.Voters, c.MaxRaftMembers = 3, 0 }
+	leader := fn.add("z1", full)
+	other := fn.add("z1", full)
+	third := fn.add("z1", full) // three voters: the configuration is full
+	token, _, err := leader.CreateJoinToken(time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, joiner := newTestIdentity(t)
+	join := func(n *Node, token string) memberResult {
+		t.Helper()
+		req, _ := json.Marshal(memberRequest{Op: "join", ID: joiner.String(), Address: "/ip4/127.0.0.1/tcp/1/p2p/" + joiner.String(), Token: token})
+		var res memberResult
+		if err := json.Unmarshal(n.serveMember(t.Context(), joiner, req), &res); err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	if res := join(leader, "not a token"); res.Error == "" || res.Follow {
+		t.Fatalf("a join with a bad token: %+v, want refused", res)
+	}
+	res := join(leader, token)
+	if res.Error != "" || !res.Follow || len(res.Members) != 3 || res.Pass == "" || res.Leader != leader.host.ID().String() {
+		t.Fatalf("a join past the bound: %+v, want follow with 3 members, a pass and the leader", res)
+	}
+	if members, _ := leader.meta.Members(); len(members) != 3 {
+		t.Errorf("the follower was added to the configuration: %d members", len(members))
+	}
+	if _, err := verifyPass(res.Pass, joiner, time.Now(), leader.isMemberID); err != nil {
+		t.Fatalf("the pass the leader gave: %v", err)
+	}
+	if !leader.gate.isFollower(joiner) {
+		t.Error("the leader does not admit the follower it answered (its writes come there)")
+	}
+
+	// Another member admits the follower on its pass, and answers with one
+	// of its own; a pass presented by another peer is refused.
+	present := func(n *Node, from peer.ID, pass string) memberResult {
+		t.Helper()
+		req, _ := json.Marshal(memberRequest{Op: "pass", ID: from.String(), Pass: pass})
+		var r memberResult
+		if err := json.Unmarshal(n.serveMember(t.Context(), from, req), &r); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	_, stranger := newTestIdentity(t)
+	if r := present(other, stranger, res.Pass); r.Error == "" || other.gate.isFollower(stranger) {
+		t.Errorf("another peer's pass: %+v, want refused", r)
+	}
+	r := present(other, joiner, res.Pass)
+	if r.Error != "" || !other.gate.isFollower(joiner) {
+		t.Fatalf("the follower's pass at another member: %+v, want admitted", r)
+	}
+	if c, ok := passClaimsOf(r.Pass); !ok || c.Issuer != other.host.ID().String() || c.Subject != joiner.String() {
+		t.Errorf("the member answered with pass claims %+v, want its own for the follower", c)
+	}
+
+	// The leader removed for good: the member's pass still admits the
+	// follower at the third member, the leader's no longer does.
+	fn.meta.Lead(other.host.ID().String())
+	if err := other.meta.RemoveServer(t.Context(), leader.host.ID().String()); err != nil {
+		t.Fatal(err)
+	}
+	if r := present(third, joiner, res.Pass); r.Error == "" {
+		t.Error("a pass issued by a removed member still admits")
+	}
+	if r := present(third, joiner, r.Pass); r.Error != "" {
+		t.Errorf("a pass of a current member: %v", r.Error)
+	}
+
+	// With a free non-voter slot the joiner becomes a member.
+	fn2 := newFakeNet(t)
+	roomy := fn2.add("z1", func(c *Config) { c.Voters, c.MaxRaftMembers = 1, 2 })
+	token2, _, err := roomy.CreateJoinToken(time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := join(roomy, token2); res.Error != "" || res.Follow {
+		t.Fatalf("a join below the bound: %+v, want a member", res)
+	}
+	if !roomy.isMemberID(joiner.String()) {
+		t.Error("the joiner below the bound is not a member")
 	}
 }
