@@ -21,7 +21,7 @@ import (
 // writes go through memForwarder, which round-trips errors the way a real
 // RPC must: as ErrorCode and message.
 type testCluster struct {
-	t     *testing.T
+	t     testing.TB
 	tweak func(*Config)
 	base  string // the nodes' directories are base/<id>
 
@@ -44,7 +44,7 @@ func fastRaft(rc *raft.Config) {
 
 // newCluster starts n voters bootstrapped together; tweak, if not nil,
 // adjusts each node's configuration.
-func newCluster(t *testing.T, n int, tweak func(*Config)) *testCluster {
+func newCluster(t testing.TB, n int, tweak func(*Config)) *testCluster {
 	c, servers := emptyCluster(t, n, tweak)
 	for _, srv := range servers {
 		c.start(srv.ID, func(cfg *Config) { cfg.Bootstrap = servers })
@@ -55,7 +55,7 @@ func newCluster(t *testing.T, n int, tweak func(*Config)) *testCluster {
 
 // emptyCluster returns a cluster with no node started and the servers
 // n1..nn it is to have.
-func emptyCluster(t *testing.T, n int, tweak func(*Config)) (*testCluster, []Server) {
+func emptyCluster(t testing.TB, n int, tweak func(*Config)) (*testCluster, []Server) {
 	c := &testCluster{t: t, tweak: tweak, base: t.TempDir(), nodes: map[string]*Store{},
 		trans: map[string]*raft.InmemTransport{}, dirs: map[string]string{}}
 	// Registered after TempDir, so it runs before the directories go.

@@ -73,6 +73,9 @@ var (
 	ErrFollowing = errors.New("this node follows the metadata, it is not a member")
 	// errOffLeader ends a stream from the leader to tail another member.
 	errOffLeader = errors.New("the source is the leader: moving to another member")
+	// errBecameMember ends the tail: a configuration names this node,
+	// so raft replicates to it now (see learn).
+	errBecameMember = errors.New("this node is in the configuration it learned: raft takes over")
 )
 
 // Timing of the follower's reconnections and dials.
@@ -169,7 +172,11 @@ func (s *Store) Follow(members []Server) error {
 	f := &follower{s: s, dialer: s.cfg.TailDialer, hb: hb, cancel: cancel, done: make(chan struct{}),
 		applied: applied, given: given, learned: learned, status: TailStatus{Applied: applied}}
 	s.tail = f
-	go f.run(ctx)
+	s.tails.Add(1)
+	go func() {
+		defer s.tails.Done()
+		f.run(ctx)
+	}()
 	return nil
 }
 
@@ -341,6 +348,17 @@ func (f *follower) run(ctx context.Context) {
 			f.s.log.Error("metadata tail stopped: the FSM failed", "err", ferr)
 			return
 		}
+		if errors.Is(err, errBecameMember) {
+			f.s.log.Info("metadata tail stops: this node became a raft member", "applied", f.applied)
+			f.s.tailMu.Lock()
+			if f.s.tail == f {
+				f.s.tail = nil
+			}
+			f.s.tailMu.Unlock()
+			f.cancel()
+			f.s.refresh()
+			return
+		}
 		if errors.Is(err, errOffLeader) {
 			f.s.log.Debug("metadata tail moves off the leader")
 			attempt = -1 // the first in order: the leader is last now
@@ -496,7 +514,11 @@ func (f *follower) apply(e tailEntry) error {
 	return nil
 }
 
-// learn records and persists a configuration.
+// learn records and persists a configuration. One that names this node
+// ends the tail (errBecameMember): the leader replicates to it through
+// raft from now on, and two appliers must never run at once (the node
+// should have called StopFollowing before it asked to be added; this is
+// the safety net).
 func (f *follower) learn(index uint64, ms []Member) error {
 	b, err := json.Marshal(tailRecord{Index: index, Members: ms})
 	if err != nil {
@@ -508,6 +530,9 @@ func (f *follower) learn(index uint64, ms []Member) error {
 	f.mu.Lock()
 	f.learned = ms
 	f.mu.Unlock()
+	if slices.ContainsFunc(ms, func(m Member) bool { return m.ID == f.s.cfg.NodeID }) {
+		return errBecameMember
+	}
 	return nil
 }
 

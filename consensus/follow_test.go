@@ -25,7 +25,7 @@ import (
 // libp2p streams. Followers are not in the cluster's node map: they are no
 // Raft members, and the cluster's helpers wait for members only.
 type tailHarness struct {
-	t   *testing.T
+	t   testing.TB
 	c   *testCluster
 	ctx context.Context // ends the servers when the test ends
 	wg  sync.WaitGroup  // ServeTail goroutines
@@ -41,7 +41,7 @@ type tailHarness struct {
 // after three (tailSilence).
 const testHeartbeat = 100 * time.Millisecond
 
-func newTailHarness(t *testing.T, c *testCluster) *tailHarness {
+func newTailHarness(t testing.TB, c *testCluster) *tailHarness {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &tailHarness{t: t, c: c, ctx: ctx, followers: map[string]*Store{}, dirs: map[string]string{},
 		refused: map[string]bool{}, dials: map[string]int{}}
@@ -211,7 +211,7 @@ func (f *waitingForwarder) Forward(ctx context.Context, leader Server, cmd []byt
 }
 
 // putN writes n manifests with tags through s.
-func putN(t *testing.T, s *Store, repo string, from, n int) {
+func putN(t testing.TB, s *Store, repo string, from, n int) {
 	t.Helper()
 	for i := from; i < from+n; i++ {
 		mustPut(t, s, manifest(repo, fmt.Sprint(i), ""), fmt.Sprintf("v%d", i))
@@ -418,9 +418,20 @@ func TestTailLeaderChange(t *testing.T) {
 }
 
 // TestTailStopFollowingThenNonvoter turns a follower into a Raft member:
-// raft takes over from the tail without applying an entry twice.
+// raft takes over from the tail without applying an entry twice, whether
+// the node stops following first (as it should) or is added while it
+// follows (the tail then stops at the configuration that names it).
 func TestTailStopFollowingThenNonvoter(t *testing.T) {
 	t.Parallel()
+	for _, stopFirst := range []bool{true, false} {
+		t.Run(fmt.Sprintf("StopFollowing first %v", stopFirst), func(t *testing.T) {
+			t.Parallel()
+			testTailBecomesMember(t, stopFirst)
+		})
+	}
+}
+
+func testTailBecomesMember(t *testing.T, stopFirst bool) {
 	c := newCluster(t, 3, nil)
 	h := newTailHarness(t, c)
 	leader := c.leader()
@@ -450,15 +461,18 @@ func TestTailStopFollowingThenNonvoter(t *testing.T) {
 	}()
 	putN(t, leader, "r", 10, 5)
 	h.caughtUp(f)
-	f.StopFollowing()
-	if f.Following() || f.Status().Following {
-		t.Fatal("still following after StopFollowing")
+	if stopFirst {
+		f.StopFollowing()
+		if f.Following() || f.Status().Following {
+			t.Fatal("still following after StopFollowing")
+		}
 	}
 	if err := leader.AddNonvoter(ctx, "f1", "f1"); err != nil {
 		t.Fatal(err)
 	}
 	putN(t, leader, "r", 15, 5)
 	c.converge() // f1 is a member now: every node applied the same
+	c.eventually(5*time.Second, "the tail stopped", func() bool { return !f.Following() })
 	wantMembers(t, f, map[string]string{"n1": "Voter", "n2": "Voter", "n3": "Voter", "f1": "Nonvoter"})
 	if err := f.Follow(h.members()); !errors.Is(err, ErrMember) {
 		t.Errorf("Follow on a node that became a member = %v, want ErrMember", err)
@@ -466,6 +480,8 @@ func TestTailStopFollowingThenNonvoter(t *testing.T) {
 	if f.FollowedBefore() {
 		t.Error("FollowedBefore() on a member")
 	}
+	putN(t, leader, "r", 20, 2)
+	c.converge()
 	cancel()
 	<-collected
 	last := cur.Index
@@ -644,6 +660,10 @@ func TestTailRefusesHostileServer(t *testing.T) {
 		{"oversized frame", func(t *testing.T, w io.Writer, req tailRequest) error {
 			_, err := w.Write([]byte{frameEntries, 0xff, 0xff, 0xff, 0xff})
 			return err
+		}},
+		{"large frame cut short", func(t *testing.T, w io.Writer, req tailRequest) error {
+			_, err := w.Write([]byte{frameEntries, 0x01, 0x40, 0, 0, 1, 2, 3})
+			return err // then silence: the follower's watchdog ends it
 		}},
 		{"unknown frame", func(t *testing.T, w io.Writer, req tailRequest) error {
 			return errors.Join(writeFrame(w, frameHeartbeat, nil), writeRawFrame(w, 99, []byte("x")))

@@ -9,8 +9,12 @@ import (
 //	<Dir>/
 //	├── raft/                          badger, SyncWrites: the Raft log and stable store
 //	│   ├── l<index>                   log entry (index: uint64 big-endian) → encoded raft.Log
-//	│   └── s<key>                     stable store value (raft's keys: CurrentTerm, LastVoteTerm, …)
+//	│   └── s<key>                     stable store value (raft's keys: CurrentTerm, LastVoteTerm, …;
+//	│                                  and meshreg-tail-configuration: what a metadata follower
+//	│                                  learned, JSON, follow.go)
 //	├── snapshots/                     raft.FileSnapshotStore, the two newest snapshots
+//	├── tail-snapshot.tmp              a metadata follower's snapshot while it is received and
+//	│                                  checked, before it is restored (follow.go)
 //	└── fsm/                           badger: the replicated state (the FSM); its layout
 //	                                   is drawn in consensus/state (keys.go)
 const (

@@ -5,7 +5,8 @@
 //
 // The state itself, its deterministic apply and its reads are package
 // consensus/state; this package wires it to Raft: the FSM, snapshots,
-// membership, forwarding and events (watch.go). The Raft log and stable
+// membership, forwarding and events (watch.go), and metadata followers
+// that are not Raft members (follow.go, tail.go). The Raft log and stable
 // store are on badger too (logstore.go, stablestore.go); keys.go draws the
 // storage layout.
 package consensus
@@ -216,7 +217,8 @@ const gcInterval = 10 * time.Minute
 // Store is the replicated metadata store. Its methods are safe for
 // concurrent use. It owns three goroutines (value-log GC, publishing the
 // cluster view to watchers, telling followers of commits) besides raft's
-// and badger's; Close stops them all.
+// and badger's, and a fourth while it follows the metadata (follow.go);
+// Close stops them all.
 type Store struct {
 	cfg    Config
 	log    *slog.Logger
@@ -232,6 +234,9 @@ type Store struct {
 	// metadata without being a member (follow.go); nil otherwise.
 	tailMu sync.Mutex
 	tail   *follower
+	// tails counts the followers' goroutines, which Close waits for (one
+	// that stops by itself leaves tail before it returns).
+	tails sync.WaitGroup
 
 	// mu guards closed; reads hold it shared while they use the FSM
 	// database, so Close never closes it under them.
@@ -435,6 +440,7 @@ func (s *Store) Close() error {
 		s.closed = true
 		s.mu.Unlock()
 		s.StopFollowing() // its goroutine applies to the FSM
+		s.tails.Wait()
 		close(s.stop)
 		s.wg.Wait()
 		// Shutdown waits for raft's goroutines, the FSM and snapshot ones

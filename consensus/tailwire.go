@@ -62,7 +62,7 @@ const (
 	// follower drops a stream silent for tailSilence heartbeats.
 	tailHeartbeat    = 2 * time.Second
 	tailSilence      = 3
-	minTailHeartbeat = 20 * time.Millisecond
+	minTailHeartbeat = 50 * time.Millisecond
 	maxTailHeartbeat = 10 * time.Second
 )
 
@@ -170,11 +170,25 @@ func readFrame(r io.Reader) (byte, []byte, error) {
 	if int64(n) > int64(limit) {
 		return 0, nil, fmt.Errorf("%w: frame type %d of %d bytes, at most %d", errTailProtocol, t, n, limit)
 	}
-	b := make([]byte, n)
-	if _, err := io.ReadFull(r, b); err != nil {
+	if n <= snapshotDirectRead {
+		b := make([]byte, n)
+		if _, err := io.ReadFull(r, b); err != nil {
+			return 0, nil, unexpectedEOF(err)
+		}
+		return t, b, nil
+	}
+	// A large length is only a claim: read it in growing steps, so that a
+	// peer which stops short costs what it sent, not what it claimed.
+	var buf bytes.Buffer
+	buf.Grow(snapshotDirectRead)
+	got, err := io.CopyN(&buf, r, int64(n))
+	if err == nil && got != int64(n) {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
 		return 0, nil, unexpectedEOF(err)
 	}
-	return t, b, nil
+	return t, buf.Bytes(), nil
 }
 
 // tailEntry is one log entry on the wire.
