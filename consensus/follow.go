@@ -473,8 +473,15 @@ func (f *follower) heard() {
 }
 
 // setLeader records the leader the source names and tells watchers.
+// A view of an older term is ignored: a source that missed an election
+// (it lags, or was cut off) must not take the follower back to the
+// leader before it.
 func (f *follower) setLeader(l tailLeader) {
 	f.mu.Lock()
+	if l.Term < f.status.Term {
+		f.mu.Unlock()
+		return
+	}
 	changed := f.status.LeaderID != l.ID || f.status.LeaderAddress != l.Address || f.status.Term != l.Term
 	f.status.LeaderID, f.status.LeaderAddress, f.status.Term = l.ID, l.Address, l.Term
 	f.mu.Unlock()

@@ -400,12 +400,25 @@ func TestTailLeaderChange(t *testing.T) {
 	old := c.leader()
 	h.caughtUp(f) // it knows the leader
 	putN(t, f, "r", 0, 2)
+	// Code that waits for a leader (forwarding, read index) watches.
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, changes := f.Watch(wctx)
+	if st.LeaderID != old.cfg.NodeID {
+		t.Fatalf("Watch on the follower: leader %q, want %s", st.LeaderID, old.cfg.NodeID)
+	}
 	h.refuse(old.cfg.NodeID, true)
 	c.kill(old.cfg.NodeID)
 	next := c.leader()
-	c.eventually(10*time.Second, "the follower learns the new leader", func() bool {
-		return f.Status().LeaderID == next.cfg.NodeID
-	})
+	for st.LeaderID != next.cfg.NodeID {
+		var open bool
+		if st, open = <-changes; !open {
+			t.Fatalf("the follower's Watch ended before it named the new leader %s", next.cfg.NodeID)
+		}
+	}
+	if f.Status().LeaderID != next.cfg.NodeID {
+		t.Errorf("Status names leader %q after Watch named %s", f.Status().LeaderID, next.cfg.NodeID)
+	}
 	m := manifest("r", "after", "")
 	mustPut(t, f, m, "after")
 	if d, err := f.ResolveTag("r", "after"); err != nil || d != m.Digest {
@@ -740,5 +753,25 @@ func TestTailRefusesHostileServer(t *testing.T) {
 				t.Errorf("the cluster's write after the hostile source: %s, %v", d, err)
 			}
 		})
+	}
+}
+
+func TestTailIgnoresAnOlderLeader(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, testConfig(t, t.TempDir()))
+	f := &follower{s: s}
+	for _, step := range []struct {
+		l    tailLeader
+		want string
+	}{
+		{tailLeader{ID: "a", Address: "a", Term: 5}, "a"},
+		{tailLeader{ID: "old", Address: "old", Term: 4}, "a"}, // a source that missed the election
+		{tailLeader{Term: 5}, ""},                             // the same term, the leader lost
+		{tailLeader{ID: "b", Address: "b", Term: 6}, "b"},
+	} {
+		f.setLeader(step.l)
+		if f.status.LeaderID != step.want || f.status.Term < step.l.Term {
+			t.Errorf("after %+v: leader %q term %d, want %q", step.l, f.status.LeaderID, f.status.Term, step.want)
+		}
 	}
 }

@@ -65,3 +65,54 @@ func reportLatency(b *testing.B, lat []time.Duration) {
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 }
+
+// BenchmarkTailCatchUp measures how long a restarted follower takes to
+// catch up with 1,000 writes it missed, from the log (range) and, with a
+// log compacted past it, from a snapshot:
+//
+//	go test -run '^$' -bench TailCatchUp -benchtime 3x ./consensus/
+func BenchmarkTailCatchUp(b *testing.B) {
+	const missed = 1000
+	for _, bc := range []struct {
+		name  string
+		tweak func(*Config)
+	}{
+		{"range", nil},
+		{"snapshot", func(cfg *Config) {
+			cfg.SnapshotThreshold, cfg.SnapshotInterval, cfg.TrailingLogs = 64, 20*time.Millisecond, 16
+		}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			c := newCluster(b, 3, bc.tweak)
+			h := newTailHarness(b, c)
+			f := h.start("f1")
+			h.caughtUp(f)
+			var took time.Duration
+			for i := range b.N {
+				behind := f.TailStatus().Applied
+				h.stop("f1")
+				putN(b, h.leader(), "r", i*missed, missed)
+				if bc.tweak != nil {
+					c.eventually(15*time.Second, "logs compacted past the follower", func() bool {
+						for _, s := range c.live() {
+							if first, err := s.logs.FirstIndex(); err != nil || first <= behind+1 {
+								return false
+							}
+						}
+						return true
+					})
+				}
+				start := time.Now()
+				f = h.open("f1", nil)
+				if err := f.Follow(nil); err != nil {
+					b.Fatal(err)
+				}
+				want := h.leader().AppliedIndex()
+				c.eventually(30*time.Second, "caught up", func() bool { return f.AppliedIndex() >= want })
+				took += time.Since(start)
+			}
+			b.ReportMetric(float64(took.Milliseconds())/float64(b.N), "ms/catch-up")
+			b.ReportMetric(float64(f.TailStatus().Snapshots), "snapshots")
+		})
+	}
+}
