@@ -158,7 +158,9 @@ func (n *Node) CreateJoinToken(ttl time.Duration) (token string, expires time.Ti
 		return "", time.Time{}, fmt.Errorf("%w: %s; pick between 1s and %s", ErrJoinTokenTTL, ttl, MaxJoinTokenTTL)
 	}
 	if !n.isMember() {
-		return "", time.Time{}, errors.New("this node is not a member of a cluster yet, so other nodes would not accept its tokens: ask a member")
+		// A follower of the metadata is no member either: the members
+		// check that the issuer is one of them.
+		return "", time.Time{}, errors.New("this node is not a member of the cluster (yet, or it follows the metadata without being one), so other nodes would not accept its tokens: ask a member")
 	}
 	key := n.host.PrivateKey()
 	if key == nil {
@@ -193,11 +195,12 @@ func (n *Node) isMemberID(id string) bool {
 }
 
 // admitJoin decides a join request that peer from sent (or relayed). The
-// joiner must be who it says (unless a member relays its request), and must
-// hold the cluster key or a valid join token, unless it is a member already
-// (recording a new address).
+// joiner must be who it says (unless a member or an admitted follower of
+// the metadata relays its request: a node may join through any node),
+// and must hold the cluster key or a valid join token, unless it is a
+// member already (recording a new address).
 func (n *Node) admitJoin(from peer.ID, req memberRequest) error {
-	if from != n.host.ID() && !n.isMemberID(from.String()) {
+	if from != n.host.ID() && !n.isMemberID(from.String()) && !n.gate.isFollower(from) {
 		if req.ID != from.String() {
 			return fmt.Errorf("%w: peer %s asked to add %q: a node can only ask to join as itself", ErrNotAdmitted, from, req.ID)
 		}
@@ -217,6 +220,13 @@ func (n *Node) admitJoin(from peer.ID, req memberRequest) error {
 	}
 	if n.joinProved(req, from) {
 		return nil
+	}
+	// A follower asking for a free member slot (follow.go) holds a pass
+	// a member issued it once it was admitted.
+	if req.Pass != "" && from.String() == req.ID {
+		if _, err := verifyPass(req.Pass, from, time.Now(), n.isMemberID); err == nil {
+			return nil
+		}
 	}
 	if req.Token == "" {
 		return fmt.Errorf("%w: this cluster admits new members only with a join token or the cluster key: "+

@@ -167,7 +167,10 @@ func (n *Node) heard(from peer.ID, msg helloMessage) {
 // while that peer is the lowest id it knows).
 func (n *Node) helloFor() helloMessage {
 	seen := n.seenPeers()
-	msg := helloMessage{Seen: seen, Member: n.isMember()}
+	// A follower of the metadata is in the cluster too: a late node that
+	// hears from it joins (through it: it passes the join on to the
+	// leader) rather than bootstrap a second cluster.
+	msg := helloMessage{Seen: seen, Member: n.isMember() || n.following()}
 	b := &n.boot
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -123,6 +123,9 @@ type memberRequest struct {
 	// Proof is the joiner's HMAC under the shared --join-token of a
 	// --bootstrap-expect fleet (join; see hello_admission.go).
 	Proof string `json:"proof,omitempty"`
+	// Pass is a follower's pass (followpass.go): presented ("pass"), or
+	// its credential when it asks for a free member slot (join).
+	Pass string `json:"pass,omitempty"`
 }
 
 type memberResult struct {
@@ -134,6 +137,13 @@ type memberResult struct {
 	// Member answers a "check": whether the asking node is in the
 	// configuration of the node that answers (see rejoin.go).
 	Member bool `json:"member,omitempty"`
+	// Follow answers a join when the Raft configuration is full: the
+	// joiner follows the metadata (follow.go) from Members, with Pass to
+	// present to them (followpass.go). Pass also answers a "pass" whose
+	// pass is past half its life.
+	Follow  bool               `json:"follow,omitempty"`
+	Members []consensus.Member `json:"members,omitempty"`
+	Pass    string             `json:"pass,omitempty"`
 }
 
 // serveMember applies a membership request when this node leads, or
@@ -151,6 +161,9 @@ func (n *Node) serveMember(ctx context.Context, from peer.ID, b []byte) []byte {
 	if err == nil && req.Op == "check" {
 		return n.serveCheck(from, req) // rejoin.go
 	}
+	if err == nil && req.Op == "pass" {
+		return n.servePass(from, req) // followpass.go
+	}
 	if err == nil {
 		if req.Op == "join" {
 			err = n.admitJoin(from, req)
@@ -161,13 +174,13 @@ func (n *Node) serveMember(ctx context.Context, from peer.ID, b []byte) []byte {
 			n.log.Warn("refused a membership request", "from", from, "op", req.Op, "id", req.ID, "err", err)
 		}
 	}
-	if err == nil {
-		err = n.changeMembership(ctx, req)
-	}
 	res := memberResult{}
+	if err == nil {
+		res, err = n.changeMembership(ctx, req)
+	}
 	if err != nil {
-		res.Error = err.Error()
-	} else {
+		res = memberResult{Error: err.Error()}
+	} else if res.Leader == "" {
 		res.Leader = n.meta.Status().LeaderID
 	}
 	out, _ := json.Marshal(res)
@@ -188,61 +201,72 @@ func (n *Node) RemoveMember(ctx context.Context, id string) error {
 	if !slices.ContainsFunc(members, func(m consensus.Member) bool { return m.ID == id }) {
 		return fmt.Errorf("%s is %w (meshreg cluster members lists the members)", id, api.ErrNotMember)
 	}
-	return n.changeMembership(ctx, memberRequest{Op: "remove", ID: id})
+	_, err = n.changeMembership(ctx, memberRequest{Op: "remove", ID: id})
+	return err
 }
 
-func (n *Node) changeMembership(ctx context.Context, req memberRequest) error {
+// changeMembership makes the change req asks for when this node leads (a
+// join is placed by placeJoiner: a member, or a follower when the
+// configuration is full), or passes it on to the leader; it returns the
+// answer for the asker.
+func (n *Node) changeMembership(ctx context.Context, req memberRequest) (memberResult, error) {
 	if req.Op == "remove" && req.ID == n.host.ID().String() && n.meta.Status().State == consensus.Leader {
 		// A leader that removes itself steps down mid-change and is left
 		// shut down; hand leadership over first, then the new leader
 		// removes this node (below, as for any follower).
 		if n.alone() {
-			return errors.New("this node is the only voter: removing it would leave the cluster without members; add voters first")
+			return memberResult{}, errors.New("this node is the only voter: removing it would leave the cluster without members; add voters first")
 		}
 		if err := n.meta.TransferLeadership(ctx); err != nil {
-			return fmt.Errorf("removing the leader %s: handing leadership over first failed: %w", req.ID, err)
+			return memberResult{}, fmt.Errorf("removing the leader %s: handing leadership over first failed: %w", req.ID, err)
 		}
 		n.log.Info("handed leadership over before being removed from the cluster")
 		if err := n.waitOtherLeader(ctx); err != nil {
-			return fmt.Errorf("removing the former leader %s: %w", req.ID, err)
+			return memberResult{}, fmt.Errorf("removing the former leader %s: %w", req.ID, err)
 		}
 	}
-	var err error
+	var (
+		res memberResult
+		err error
+	)
 	switch {
 	case req.ID == "":
-		return errors.New("membership request without a member id")
+		return memberResult{}, errors.New("membership request without a member id")
 	case req.Op == "join" && req.Address != "":
-		err = n.meta.AddNonvoter(ctx, req.ID, req.Address)
+		if n.meta.Status().State == consensus.Leader {
+			res, err = n.placeJoiner(ctx, req) // follow.go
+		} else {
+			err = consensus.ErrNotLeader
+		}
 	case req.Op == "remove":
 		err = n.meta.RemoveServer(ctx, req.ID)
 	default:
-		return fmt.Errorf("unknown membership request %q (join needs an address)", req.Op)
+		return memberResult{}, fmt.Errorf("unknown membership request %q (join needs an address)", req.Op)
 	}
 	if !errors.Is(err, consensus.ErrNotLeader) {
-		return err
+		return res, err
 	}
 	st := n.meta.Status()
 	leader := consensus.Server{ID: st.LeaderID, Address: st.LeaderAddress}
 	if leader.ID == "" || leader.ID == n.host.ID().String() {
-		return fmt.Errorf("no leader to %s %s: retry shortly", req.Op, req.ID)
+		return memberResult{}, fmt.Errorf("no leader to %s %s: retry shortly", req.Op, req.ID)
 	}
 	id, err := peerOf(n.host, leader)
 	if err != nil {
-		return err
+		return memberResult{}, err
 	}
 	raw, _ := json.Marshal(req)
 	resp, err := n.host.Request(ctx, id, memberProtocol, raw, maxControlLen)
 	if err != nil {
-		return fmt.Errorf("passing the %s of %s on to leader %s: %w", req.Op, req.ID, id, err)
+		return memberResult{}, fmt.Errorf("passing the %s of %s on to leader %s: %w", req.Op, req.ID, id, err)
 	}
-	var res memberResult
 	if err := json.Unmarshal(resp, &res); err != nil {
-		return fmt.Errorf("leader %s: bad membership answer: %w", id, err)
+		return memberResult{}, fmt.Errorf("leader %s: bad membership answer: %w", id, err)
 	}
 	if res.Error != "" {
-		return errors.New("leader: " + res.Error)
+		return memberResult{}, errors.New("leader: " + res.Error)
 	}
-	return nil
+	return res, nil
 }
 
 // isMember reports whether this node is in the Raft configuration it knows.
@@ -269,6 +293,12 @@ func (n *Node) memberAddress() (string, bool) {
 // joinOnce asks the --join targets to add this node, unless it already is
 // a member at the same address and still in the cluster (see joiner).
 func (n *Node) joinOnce(ctx context.Context) {
+	// A follower of the metadata is not in the configuration it knows, by
+	// design: it resumes following (follow.go) rather than join again.
+	if n.resumeFollowing(ctx) {
+		n.join.done()
+		return
+	}
 	if addr, ok := n.memberAddress(); ok {
 		if addr == n.host.RaftAddress() {
 			if !n.removedWhileDown(ctx) {
@@ -365,25 +395,40 @@ func (n *Node) joinVia(ctx context.Context, target string) error {
 		return errJoinSelf
 	}
 	// The target may send this node the log before it knows the
-	// configuration: let it (and, below, the leader it names) through.
+	// configuration: let it (and, in requestJoin, the leader it names)
+	// through.
 	n.gate.admit(id, admissionTTL)
-	req, _ := json.Marshal(memberRequest{Op: "join", ID: n.host.ID().String(), Address: n.host.RaftAddress(), Token: n.cfg.JoinToken,
-		Proof: n.joinProof(id)})
-	resp, err := n.host.Request(ctx, id, memberProtocol, req, maxControlLen)
+	res, err := n.requestJoin(ctx, id, "")
 	if err != nil {
 		return err
 	}
+	if res.Follow {
+		return n.becomeFollower(ctx, id, res) // follow.go
+	}
+	return nil
+}
+
+// requestJoin asks peer id to add this node to the cluster, with its join
+// credentials (and pass, if not ""), and returns the answer: a member, or
+// Follow.
+func (n *Node) requestJoin(ctx context.Context, id peer.ID, pass string) (memberResult, error) {
+	req, _ := json.Marshal(memberRequest{Op: "join", ID: n.host.ID().String(), Address: n.host.RaftAddress(), Token: n.cfg.JoinToken,
+		Proof: n.joinProof(id), Pass: pass})
+	resp, err := n.host.Request(ctx, id, memberProtocol, req, maxControlLen)
+	if err != nil {
+		return memberResult{}, err
+	}
 	var res memberResult
 	if err := json.Unmarshal(resp, &res); err != nil {
-		return fmt.Errorf("bad join answer from %s: %w", id, err)
+		return memberResult{}, fmt.Errorf("bad join answer from %s: %w", id, err)
 	}
 	if res.Error != "" {
-		return errors.New(res.Error)
+		return memberResult{}, errors.New(res.Error)
 	}
 	if leader, err := peer.Decode(res.Leader); err == nil {
 		n.gate.admit(leader, admissionTTL)
 	}
-	return nil
+	return res, nil
 }
 
 // waitOtherLeader waits until this node knows a leader other than itself

@@ -285,6 +285,8 @@ func (n *Node) CollectGarbage(ctx context.Context, req api.GCRequest, progress f
 }
 
 // gcReports asks every member (this node too) for its report, at once.
+// Followers of the metadata sweep as members do (their sweeper follows the
+// applied sweeps), but the leader does not know them: no report of theirs.
 func (n *Node) gcReports(ctx context.Context, rq gcReportRequest) []api.GCNodeReport {
 	members, err := n.meta.Members()
 	if err != nil {

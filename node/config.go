@@ -51,6 +51,11 @@ type Config struct {
 	// Voters is how many voters the leader keeps, promoting non-voters
 	// (an odd count: an even Voters keeps one less; see promotion.go).
 	Voters int
+	// MaxRaftMembers is the most non-voters the leader keeps in the Raft
+	// configuration besides the voters; a node that asks to join past it
+	// becomes a follower of the metadata (follow.go): not a member, it
+	// tails the committed log from a member. 0: voters only.
+	MaxRaftMembers int
 	// StabilizationTime is how long a non-voter must stay healthy and
 	// caught up with the leader's log before it is promoted to voter.
 	StabilizationTime time.Duration
@@ -132,6 +137,7 @@ func DefaultConfig() Config {
 		DataDir:           "meshreg-data",
 		P2P:               p2p.DefaultConfig(),
 		Voters:            3,
+		MaxRaftMembers:    DefaultMaxRaftMembers,
 		StabilizationTime: 10 * time.Second,
 		DeadServerTimeout: time.Minute,
 		UploadIdleTimeout: time.Hour,

@@ -109,7 +109,10 @@ type agents interface {
 
 // membersApply returns nil when every member of the Raft configuration
 // applies op, and otherwise an error naming one that does not (or that
-// this node never heard from) and what to do.
+// this node never heard from) and what to do. Followers of the metadata
+// (follow.go) apply the log too, but no member knows them all: upgrade the
+// followers before the members (a follower of an older release fails on
+// a newer op, its state alone parts).
 func (n *Node) membersApply(op state.Op) error {
 	if op <= state.OpUnlinkBlob {
 		return nil

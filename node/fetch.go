@@ -10,6 +10,7 @@ import (
 
 	"github.com/meshreg/meshreg/api/oci"
 	"github.com/meshreg/meshreg/node/fetch"
+	"github.com/meshreg/meshreg/p2p"
 )
 
 // The fetch-once engine lives in package fetch; this is its glue: the
@@ -19,7 +20,7 @@ import (
 // newFetches returns the node's fetch engine. Call it once n.disk is set.
 func (n *Node) newFetches() *fetch.Engine {
 	peers := fetch.NewPeers(fetch.PeersConfig{
-		Net: n.host, Providers: n.routing, Cluster: peerView{n: n},
+		Net: passingNet{n: n}, Providers: n.routing, Cluster: peerView{n: n},
 		Idle: n.cfg.PeerIdleTimeout, Lookup: n.metrics.lookup, Log: n.log,
 	})
 	n.origins = n.newOriginSource(peers)
@@ -135,4 +136,21 @@ func (n *Node) openFetched(ctx context.Context, d digest.Digest, size int64, ori
 	}
 	n.metrics.reads.WithLabelValues("peer").Inc()
 	return file, nil
+}
+
+// passingNet is the fetches' network: on a follower of the metadata, a
+// fetch from a peer that is not a member (another follower that holds the
+// blob) presents this node's pass to it first (followpass.go; at most once
+// per passRefresh per peer), so that it admits this node.
+type passingNet struct{ n *Node }
+
+func (p passingNet) ID() peer.ID { return p.n.host.ID() }
+
+func (p passingNet) FetchBlob(ctx context.Context, from peer.ID, req p2p.BlobRequest, idle time.Duration) (p2p.BlobAnswer, io.ReadCloser, error) {
+	if p.n.following() && !p.n.isMemberPeer(from) {
+		if err := p.n.presentPass(ctx, from); err != nil {
+			p.n.log.Debug("presenting the follower pass before a fetch failed", "peer", from, "err", err)
+		}
+	}
+	return p.n.host.FetchBlob(ctx, from, req, idle)
 }

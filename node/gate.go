@@ -31,10 +31,14 @@ import (
 //	                                          is a cluster to join)
 //	raft, forward, index, info, has,          members and admitted peers
 //	replicate, blob, vouch, origin-fetch,
-//	kad (DHT), anything new
+//	log-tail, kad (DHT), anything new
 //
 // Members are the servers of the latest Raft configuration this node
-// knows. Admitted peers are the few this node itself chose to hear from
+// knows (on a follower of the metadata, the one its tail learned).
+// Followers are admitted peers too, for followerAdmission after each
+// presentation of a valid pass (followpass.go), on every protocol but
+// Raft; handlers that serve only members (the log tail on a non-member)
+// check again. Admitted peers are the few this node itself chose to hear from
 // before it is a member, for a limited time: the node it joins through and
 // the leader that answers the join (whose AppendEntries a new member must
 // accept before it knows the configuration), and the peers it bootstraps
@@ -55,7 +59,14 @@ type peerGate struct {
 
 	mu       sync.Mutex
 	admitted map[peer.ID]time.Time // until when
+	// followers are the followers of the metadata that presented a valid
+	// pass (followpass.go), until when: many more than the admitted.
+	followers map[peer.ID]time.Time
 }
+
+// maxFollowers bounds the admitted followers: a pass costs its holder a
+// member's signature, so only the cluster's own nodes fill it.
+const maxFollowers = 1 << 16
 
 // admissionTTL is how long an admitted peer may open streams without being
 // a member; a joiner learns the configuration well within it.
@@ -66,7 +77,7 @@ const admissionTTL = 5 * time.Minute
 const maxAdmitted = 256
 
 func newPeerGate() *peerGate {
-	return &peerGate{admitted: map[peer.ID]time.Time{}, unknownRaft: make(chan peer.ID, 16)}
+	return &peerGate{admitted: map[peer.ID]time.Time{}, followers: map[peer.ID]time.Time{}, unknownRaft: make(chan peer.ID, 16)}
 }
 
 // allow is the p2p.Authorizer of the node's host.
@@ -80,6 +91,11 @@ func (g *peerGate) allow(p peer.ID, proto protocol.ID) bool {
 		}
 	}
 	if g.isMember(p) || g.isAdmitted(p) {
+		return true
+	}
+	// A follower of the metadata is no Raft peer: it never votes nor
+	// sends entries, so its pass does not open Raft.
+	if proto != p2p.RaftProtocol && g.isFollower(p) {
 		return true
 	}
 	if proto == p2p.RaftProtocol {
@@ -155,10 +171,44 @@ func (g *peerGate) isAdmitted(p peer.ID) bool {
 	return ok
 }
 
+// admitFollower lets follower p (it presented a valid pass) open streams
+// for ttl. Past maxFollowers, expired entries make room, else p waits for
+// its next presentation.
+func (g *peerGate) admitFollower(p peer.ID, ttl time.Duration) {
+	now := time.Now()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, known := g.followers[p]; !known && len(g.followers) >= maxFollowers {
+		for q, until := range g.followers {
+			if now.After(until) {
+				delete(g.followers, q)
+			}
+		}
+		if len(g.followers) >= maxFollowers {
+			return
+		}
+	}
+	g.followers[p] = now.Add(ttl)
+}
+
+// isFollower reports whether p is a follower admitted by its pass.
+func (g *peerGate) isFollower(p peer.ID) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	until, ok := g.followers[p]
+	if ok && time.Now().After(until) {
+		delete(g.followers, p)
+		return false
+	}
+	return ok
+}
+
 // removed reports whether this node knows a Raft configuration that does
-// not name it: it was a member and was removed.
+// not name it: it was a member and was removed. A follower of the metadata
+// (follow.go) knows a configuration without itself too, by design: it is
+// not removed.
 func (n *Node) removed() bool {
-	return n.gate.configured() && !n.isMember()
+	return n.gate.configured() && !n.isMember() && !n.following()
 }
 
 // noteRemoved logs, once, that this node was removed from the cluster.

@@ -53,6 +53,7 @@ func (c Config) checkRanges() error {
 		{"--max-uploads", int64(c.MaxUploads), 1, 1_000_000},
 		{"--max-uploads-per-client", int64(c.MaxUploadsPerClient), 1, int64(max(c.MaxUploads, 1))},
 		{"--voters", int64(c.Voters), 1, 9},
+		{"--max-raft-members", int64(c.MaxRaftMembers), 0, 64},
 		{"--replicas", int64(c.Replicas), 1, 64},
 		{"--bootstrap-expect", int64(c.BootstrapExpect), 0, 64},
 		{"--snapshot-threshold", clamp(c.Consensus.SnapshotThreshold), 1, 100_000_000},

@@ -51,6 +51,9 @@ type Node struct {
 	gate *peerGate
 	// wasRemoved is set once the node logged that it was removed.
 	wasRemoved atomic.Bool
+	// passes is this node's follower pass, when it follows the metadata
+	// (followpass.go).
+	passes *passBook
 	// dirLock is the data dir's exclusive lock (datadir.go), released last
 	// by Close; nil for a node made with New.
 	dirLock io.Closer
@@ -100,6 +103,13 @@ type Node struct {
 	seen    map[string]string // peer id → Raft address, for --bootstrap-expect
 	// lastContact is when this node last had a connection to each member.
 	lastContact map[string]time.Time
+	// leaderIdx is the leader's applied index a follower's status last
+	// asked (status.go).
+	leaderIdx struct {
+		at     time.Time
+		leader string
+		index  uint64
+	}
 }
 
 var (
@@ -159,6 +169,16 @@ func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 	cc.Transport = raft.NewNetworkTransport(p2p.NewRaftStreamLayer(host), 3, 10*time.Second, slogWriter{log.With("component", "raft-transport")})
 	fw := &forwarder{host: host}
 	cc.Forwarder = fw
+	// A node that follows the metadata tails it from a member (tail.go);
+	// the dialer and the preference need the node, made below.
+	tails := &tailDialer{}
+	cc.TailDialer = tails
+	cc.TailPrefer = func(members []consensus.Member) []consensus.Member {
+		if n := tails.node.Load(); n != nil {
+			return n.preferTail(members)
+		}
+		return members
+	}
 	// A joiner waits to be added; a restarted joiner has Raft state and
 	// would not bootstrap anyway.
 	cc.NoBootstrap = len(cfg.Join) > 0 || cfg.BootstrapExpect > 1
@@ -179,6 +199,7 @@ func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 	n = New(cfg, Parts{Blobs: diskBlobs{blobs}, Meta: meta, Transport: host, Providers: routing, Files: blobs}, log, opts...)
 	n.fatal = fatal
 	n.dirLock = lock
+	tails.node.Store(n)
 	n.recordOwnAddress() // selfaddress.go
 	n.notify = notifier
 	if err := n.startMirror(); err != nil {
@@ -202,6 +223,7 @@ func New(cfg Config, parts Parts, log *slog.Logger, opts ...Option) *Node {
 		ctx: ctx, bg: newWorkers(ctx, cancel),
 		serving: map[digest.Digest]map[peer.ID]int{},
 		uploads: map[string]string{}, seen: map[string]string{}, lastContact: map[string]time.Time{},
+		passes: newPassBook(cfg.DataDir),
 	}
 	for _, o := range opts {
 		o(&n.opts)
@@ -244,6 +266,7 @@ func (n *Node) serveProtocols(s ProtocolServer) {
 	s.HandleRequests(originProtocol, maxControlLen, rpcTimeout, n.serveOriginFetch)
 	s.HandleRequests(gcReportProtocol, maxControlLen, gcReportTimeout, n.serveGCReport)
 	s.ServeBlobs(n.cfg.PeerIdleTimeout, n.serveBlob)
+	n.serveTailStreams(s) // tail.go
 }
 
 // Run runs the node's background loops until ctx ends: joining the
@@ -261,6 +284,7 @@ func (n *Node) Run(ctx context.Context) error {
 		replicate.NewRepairer(n.cfg.RepairInterval, n.replicas.Sweep, &n.underReplicated, n.log),
 		newReprovider(n.blobs, n.routing, n.provide, n.cfg.ReprovideInterval, n.log),
 		n.joining(),
+		&seeker{n: n}, // follow.go
 		newMembership(n.meta, n.host.ID().String(), n.connected, n.checkHealth, n.peers.labelsOf, n.noteMembership,
 			upkeepRules{DeadServerTimeout: n.cfg.DeadServerTimeout, StabilizationTime: n.cfg.StabilizationTime, Voters: n.cfg.Voters}, n.log),
 		newUploadExpiry(n.blobs, n.cfg.UploadIdleTimeout, n.forgetExpiredUploads, n.log),

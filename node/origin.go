@@ -143,7 +143,7 @@ func (n *Node) serveOriginFetch(ctx context.Context, from peer.ID, raw []byte) [
 		b, _ := json.Marshal(a)
 		return b
 	}
-	if !n.isMemberPeer(from) {
+	if !n.isClusterPeer(from) { // a follower asks the member the rendezvous chose
 		return answer(errors.New("not a member of this cluster"))
 	}
 	var req fetch.OriginRequest

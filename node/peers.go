@@ -110,20 +110,25 @@ func (b *peerBook) windowLocked() time.Duration {
 // them, the next in turn, so that a node's idle cost does not grow with
 // the cluster. It sets the live window to three turns.
 func (b *peerBook) meshPick(others []string) []string {
+	return b.meshPickN(others, meshSample)
+}
+
+// meshPickN is meshPick asking at most sample members a round.
+func (b *peerBook) meshPickN(others []string, sample int) []string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if len(others) <= meshSample {
+	if len(others) <= sample {
 		b.live = 0
 		return others
 	}
-	turns := (len(others) + meshSample - 1) / meshSample
+	turns := (len(others) + sample - 1) / sample
 	b.live = 3 * time.Duration(turns) * meshEvery
-	pick := make([]string, 0, meshSample)
+	pick := make([]string, 0, sample)
 	start := b.meshNext % len(others)
-	for i := range meshSample {
+	for i := range sample {
 		pick = append(pick, others[(start+i)%len(others)])
 	}
-	b.meshNext = (start + meshSample) % len(others)
+	b.meshNext = (start + sample) % len(others)
 	return pick
 }
 
@@ -319,6 +324,15 @@ func (n *Node) livePeers() []peer.ID {
 	return live
 }
 
+// isClusterPeer reports whether p may use this node's services to peers
+// (blobs, has, replicate, origin fetches): a member, or a follower of the
+// metadata that presented its pass here (followpass.go). Followers hold
+// and fetch blobs like members; they are only not in the Raft
+// configuration.
+func (n *Node) isClusterPeer(p peer.ID) bool {
+	return n.isMemberPeer(p) || n.gate.isFollower(p)
+}
+
 // isMemberPeer reports whether p is in the cluster's configuration.
 func (n *Node) isMemberPeer(p peer.ID) bool {
 	members, err := n.meta.Members()
@@ -338,7 +352,14 @@ const meshEvery = time.Second
 
 // meshSample is how many members a mesh round asks at most (see meshPick):
 // in a cluster of up to meshSample+1 nodes, every member every round.
-const meshSample = 8
+// followerMeshSample is the same on a follower of the metadata: followers
+// are many and the members few, so each asks one member a round (a
+// member then answers about followers/members requests a second, not 8
+// times as many).
+const (
+	meshSample         = 8
+	followerMeshSample = 1
+)
 
 // liveWindow is how recently a member must have answered to count as live,
 // in a cluster whose members the mesh asks every round (a larger one waits
@@ -365,7 +386,11 @@ func (n *Node) meshRound(ctx context.Context) {
 		}
 	}
 	ask := map[string]bool{}
-	for _, id := range n.peers.meshPick(others) {
+	sample := meshSample
+	if n.following() {
+		sample = followerMeshSample
+	}
+	for _, id := range n.peers.meshPickN(others, sample) {
 		ask[id] = true
 	}
 	var wg sync.WaitGroup

@@ -19,7 +19,9 @@ var (
 	_ replicate.Cluster = peerView{}
 )
 
-func (v peerView) IsMember(p peer.ID) bool { return v.n.isMemberPeer(p) }
+// IsMember: members and the followers admitted here (isClusterPeer); the
+// replicas and holders a node counts (Live) stay members only.
+func (v peerView) IsMember(p peer.ID) bool { return v.n.isClusterPeer(p) }
 func (v peerView) Live() []peer.ID         { return v.n.livePeers() }
 
 func (v peerView) Holders(ctx context.Context, peers []peer.ID, digests []digest.Digest) map[digest.Digest][]peer.ID {

@@ -22,7 +22,7 @@ const servePerBlob = 1
 // serveBlob is this node's side of p2p.BlobProtocol: it serves a complete
 // blob from disk, or the part of a blob it is itself fetching.
 func (n *Node) serveBlob(ctx context.Context, from peer.ID, req p2p.BlobRequest) (p2p.BlobAnswer, io.ReadCloser) {
-	if !n.isMemberPeer(from) {
+	if !n.isClusterPeer(from) { // members and admitted followers
 		return p2p.BlobAnswer{Status: p2p.BlobRefused, Message: "not a member of this cluster"}, nil
 	}
 	d := req.Digest

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"maps"
 	"time"
@@ -37,10 +38,19 @@ type Status struct {
 	Uptime      string           `json:"uptime"`
 	Blobs       BlobStatus       `json:"blobs"`
 	Raft        consensus.Status `json:"raft"`
-	Uploads     int              `json:"uploads_in_progress"`
-	Region      string           `json:"region,omitempty"`
-	Zone        string           `json:"zone,omitempty"`
-	Replicas    int              `json:"replicas"`
+	// Role is this node's place in the cluster: "leader", "voter" or
+	// "non-voter" (members of the Raft configuration), "follower" (it
+	// follows the metadata without being a member, see Follower), or ""
+	// while it is none of them (joining, removed).
+	Role string `json:"role,omitempty"`
+	// Follower is a follower's tail: the member it tails from, how far it
+	// applied, the leader's applied index as last asked, and the lag
+	// between the two; absent on a member.
+	Follower *FollowerStatus `json:"follower,omitempty"`
+	Uploads  int             `json:"uploads_in_progress"`
+	Region   string          `json:"region,omitempty"`
+	Zone     string          `json:"zone,omitempty"`
+	Replicas int             `json:"replicas"`
 	// DHTPeers is the size of the DHT routing table.
 	DHTPeers int `json:"dht_peers"`
 	// Peers are the nodes this one knows as sources of blobs.
@@ -97,6 +107,7 @@ func (n *Node) Status(ctx context.Context) any {
 	uploads := len(n.uploads)
 	contacts := maps.Clone(n.lastContact)
 	n.mu.Unlock()
+	raft := n.meta.Status()
 	var addrs []string
 	for _, a := range n.host.Addrs() {
 		addrs = append(addrs, a.String())
@@ -110,7 +121,9 @@ func (n *Node) Status(ctx context.Context) any {
 		DataDir:     n.cfg.DataDir,
 		Uptime:      time.Since(n.started).Round(time.Second).String(),
 		Blobs:       BlobStatus{Count: count, Bytes: bytes, Fetching: fetching, UnderReplicated: n.underReplicated.Load(), Corrupt: n.metrics.corruptCount.Load(), Quarantined: n.blobs.Quarantined()},
-		Raft:        n.meta.Status(),
+		Raft:        raft,
+		Role:        n.role(raft),
+		Follower:    n.followerStatus(ctx, raft),
 		Uploads:     uploads,
 		Region:      n.cfg.Region,
 		Zone:        n.cfg.Zone,
@@ -129,4 +142,77 @@ func (n *Node) Status(ctx context.Context) any {
 		Upstreams:     n.mirrorStatus(),
 		Notifications: n.notificationStatus(),
 	}
+}
+
+// FollowerStatus is the "follower" part of the status document.
+type FollowerStatus struct {
+	consensus.TailStatus
+	// LeaderIndex is the leader's applied index, asked at most once per
+	// leaderIndexEvery (0: the leader did not answer); Lag is how many
+	// entries this node's applied index is behind it.
+	LeaderIndex uint64 `json:"leader_index"`
+	Lag         uint64 `json:"lag"`
+}
+
+// role names this node's place in the cluster (Status.Role).
+func (n *Node) role(st consensus.Status) string {
+	if st.State == consensus.Leader {
+		return "leader"
+	}
+	self := n.host.ID().String()
+	for _, m := range st.Members {
+		if m.ID == self {
+			if m.Suffrage == consensus.Voter {
+				return "voter"
+			}
+			return "non-voter"
+		}
+	}
+	if st.Following {
+		return "follower"
+	}
+	return ""
+}
+
+// leaderIndexEvery bounds how often a follower's status asks the leader
+// for its applied index.
+const leaderIndexEvery = time.Second
+
+// followerStatus is the status of a follower's tail, nil on a member.
+func (n *Node) followerStatus(ctx context.Context, st consensus.Status) *FollowerStatus {
+	if !st.Following {
+		return nil
+	}
+	fs := &FollowerStatus{TailStatus: st.Tail, LeaderIndex: n.leaderIndex(ctx, st)}
+	// The tail applies, not raft: its index is the one that moves.
+	if applied := max(st.AppliedIndex, st.Tail.Applied); fs.LeaderIndex > applied {
+		fs.Lag = fs.LeaderIndex - applied
+	}
+	return fs
+}
+
+// leaderIndex is the leader's applied index (its health answer), cached
+// for leaderIndexEvery; 0 when unknown.
+func (n *Node) leaderIndex(ctx context.Context, st consensus.Status) uint64 {
+	n.mu.Lock()
+	if time.Since(n.leaderIdx.at) < leaderIndexEvery && n.leaderIdx.leader == st.LeaderID {
+		defer n.mu.Unlock()
+		return n.leaderIdx.index
+	}
+	n.mu.Unlock()
+	pid, err := peerOf(n.host, consensus.Server{ID: st.LeaderID, Address: st.LeaderAddress})
+	if err != nil {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	var a healthAnswer
+	resp, err := n.host.Request(ctx, pid, healthProtocol, nil, maxControlLen)
+	if err != nil || json.Unmarshal(resp, &a) != nil {
+		return 0
+	}
+	n.mu.Lock()
+	n.leaderIdx.at, n.leaderIdx.leader, n.leaderIdx.index = time.Now(), st.LeaderID, a.AppliedIndex
+	n.mu.Unlock()
+	return a.AppliedIndex
 }

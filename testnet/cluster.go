@@ -17,7 +17,21 @@ type NodeStatus struct {
 	DHTPeers int `json:"dht_peers"`
 	// Removed is true once the node was removed from the cluster.
 	Removed bool `json:"removed"`
-	Raft    struct {
+	// Role is "leader", "voter", "non-voter", "follower" (it follows the
+	// metadata without being a Raft member) or "".
+	Role string `json:"role"`
+	// Follower is a follower's tail ("" fields on a member).
+	Follower struct {
+		Source      string `json:"source"`
+		Applied     uint64 `json:"applied"`
+		LeaderID    string `json:"leader_id"`
+		Snapshots   uint64 `json:"snapshots"`
+		Reconnects  uint64 `json:"reconnects"`
+		LeaderIndex uint64 `json:"leader_index"`
+		Lag         uint64 `json:"lag"`
+	} `json:"follower"`
+	Zone string `json:"zone"`
+	Raft struct {
 		State        string `json:"state"`
 		LeaderID     string `json:"leader_id"`
 		Term         uint64 `json:"term"`
@@ -73,6 +87,11 @@ func (s NodeStatus) Voters() int {
 		}
 	}
 	return v
+}
+
+// Nonvoters counts the non-voters in the node's view of the configuration.
+func (s NodeStatus) Nonvoters() int {
+	return len(s.Raft.Members) - s.Voters()
 }
 
 // Status reads the node's status document.

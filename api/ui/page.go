@@ -49,7 +49,14 @@ type Status struct {
 	Uploads  int    `json:"uploads_in_progress"`
 	DHTPeers int    `json:"dht_peers"`
 	Removed  bool   `json:"removed"`
-	Join     *struct {
+	// Role is "leader", "voter", "non-voter" or "follower" (a follower of
+	// the metadata, not a Raft member: Follower says whom it tails).
+	Role     string `json:"role"`
+	Follower *struct {
+		Source string `json:"source"`
+		Lag    uint64 `json:"lag"`
+	} `json:"follower"`
+	Join *struct {
 		Waiting   string `json:"waiting"`
 		LastError string `json:"last_error"`
 	} `json:"join"`

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -56,6 +57,12 @@ func clusterMembers(c *cli.Context) error {
 		return fmt.Errorf("reading %s: %s", url, apiErrorText(resp.StatusCode, msg))
 	}
 	var st struct {
+		NodeID   string `json:"node_id"`
+		Role     string `json:"role"`
+		Follower *struct {
+			Source string `json:"source"`
+			Lag    uint64 `json:"lag"`
+		} `json:"follower"`
 		Raft struct {
 			State    string `json:"state"`
 			LeaderID string `json:"leader_id"`
@@ -77,7 +84,16 @@ func clusterMembers(c *cli.Context) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.ID, m.Suffrage, leader, m.Address)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if st.Role == "follower" && st.Follower != nil {
+		// Followers are not members: the node asked says it is one.
+		_, err := fmt.Fprintf(c.App.Writer, "\n%s (the node asked) follows the metadata without being a member: tailing from %s, %d entries behind the leader\n",
+			st.NodeID, cmp.Or(st.Follower.Source, "no member yet"), st.Follower.Lag)
+		return err
+	}
+	return nil
 }
 
 func clusterRemove(c *cli.Context) error {

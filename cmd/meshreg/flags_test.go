@@ -31,6 +31,7 @@ func TestServeCheckRefusesOutOfRangeFlags(t *testing.T) {
 		"max-writes-per-client":   {"0", "-1", "1000000"},
 		"max-uploads-per-client":  {"0", "-1", "2000"}, // above --max-uploads (1000)
 		"voters":                  {"0", "-3", "1000"},
+		"max-raft-members":        {"-1", "1000"},
 		"replicas":                {"0", "-1", "100000"},
 		"bootstrap-expect":        {"-1", "100000"},
 		"snapshot-threshold":      {"0", "18446744073709551615"},

@@ -89,6 +89,7 @@ func (cfg *serveConfig) settings() []setting {
 		secretSetting(&nc.JoinToken, "join-token", catCluster, "`TOKEN` from `meshreg token create` on a member: admits this node when it joins (not needed with --cluster-key)"),
 		durationSetting(&nc.StabilizationTime, "stabilization-time", catCluster, "a non-voter is promoted only after it was healthy and caught up for `DURATION`"),
 		intSetting(&nc.Voters, "voters", catCluster, "how many Raft voters (`N`) the leader keeps"),
+		intSetting(&nc.MaxRaftMembers, "max-raft-members", catCluster, "at most `N` non-voters in the Raft configuration besides the voters; every other node follows the metadata without being a member (0: voters only)"),
 		intSetting(&nc.Replicas, "replicas", catStorage, "a manifest PUT returns once `N` nodes (or every live node, if fewer) hold each of its blobs"),
 		stringSetting(&nc.Region, "region", catP2P, "`REGION` this node runs in; blobs are fetched from peers in the same zone, then region, first"),
 		stringSetting(&nc.Zone, "zone", catP2P, "`ZONE` (within --region) this node runs in"),

@@ -31,11 +31,13 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/meshreg/meshreg/node"
 	"github.com/meshreg/meshreg/testnet"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/specs-go"
@@ -56,8 +58,12 @@ const (
 
 // cluster is a running set of meshreg nodes that agree on a leader.
 type cluster struct {
-	nodes     []*server
-	voters    int // how many of them vote once converged
+	nodes  []*server
+	voters int // how many of them vote once converged
+	// members is how many are Raft members once converged: the voters and
+	// at most --max-raft-members non-voters; the others follow the
+	// metadata without being members (node/follow.go).
+	members   int
 	leader    *server
 	followers []*server
 }
@@ -76,6 +82,13 @@ func startCluster(ctx context.Context, bin, dir string, size int, extra ...strin
 // is not nil).
 func startClusterWithin(ctx context.Context, bin, dir string, size int, converge time.Duration, perNode func(i int) ([]string, error), extra ...string) (cl *cluster, err error) {
 	cl = &cluster{voters: testnet.ExpectedVoters(size, defaultVoters)}
+	maxNonvoters := node.DefaultMaxRaftMembers
+	if i := slices.Index(extra, "--max-raft-members"); i >= 0 && i+1 < len(extra) {
+		if maxNonvoters, err = strconv.Atoi(extra[i+1]); err != nil {
+			return cl, fmt.Errorf("--max-raft-members %q: %w", extra[i+1], err)
+		}
+	}
+	cl.members = min(size, max(defaultVoters, cl.voters)+maxNonvoters)
 	defer func() {
 		if err != nil {
 			cl.stop()
@@ -155,7 +168,7 @@ func (cl *cluster) waitConverged(ctx context.Context, timeout time.Duration) err
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("the %d nodes did not agree on a leader and %d voters within %v; last: %s", len(cl.nodes), cl.voters, timeout, last)
+			return fmt.Errorf("the %d nodes did not agree on a leader, %d members and %d voters within %v; last: %s", len(cl.nodes), cl.members, cl.voters, timeout, last)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -176,7 +189,7 @@ func (cl *cluster) converged(ctx context.Context, last *string) bool {
 			return false
 		}
 		r := st.Raft
-		if r.LeaderID == "" || (leaderID != "" && r.LeaderID != leaderID) || len(r.Members) != len(cl.nodes) || st.Voters() != cl.voters {
+		if r.LeaderID == "" || (leaderID != "" && r.LeaderID != leaderID) || len(r.Members) != cl.members || st.Voters() != cl.voters {
 			*last = fmt.Sprintf("%s: state %s, leader %q, %d members, %d voters", s.name, r.State, r.LeaderID, len(r.Members), st.Voters())
 			return false
 		}

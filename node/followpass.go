@@ -1,0 +1,351 @@
+package node
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Follower passes: how the members come to admit a follower of the
+// metadata (follow.go), which is not in the Raft configuration, so the
+// peer gate (gate.go) would refuse it everything but memberProtocol.
+//
+// The leader that answers a join with "follow" has just admitted the joiner
+// (admitJoin: the cluster key, a join token, the fleet's shared secret).
+// With the answer it gives the joiner a pass: "mrf1.<payload>.<signature>",
+// the payload the JSON of passClaims (issuer, subject = the follower's peer
+// id, expiry), signed like a join token (admission.go) by the issuer's
+// identity key. The follower presents it to each member (memberProtocol
+// "pass") when it starts following and every passRefresh after; a member
+// that finds it valid — signed by its issuer, issued by a member of its
+// configuration, presented by its subject itself, not expired — admits
+// the follower for followerAdmission, so the follower may tail the log,
+// forward writes, use the DHT and fetch blobs. A member answers a pass of
+// another member, or one past half its life, with one of its own, so a
+// running follower holds a fresh pass of each member (passBook) and never
+// runs out, even when members are replaced. The passes are kept in the
+// data dir (passFile): a restarted follower presents them again instead
+// of joining anew. A follower stopped for longer than passTTL, or until
+// every member that issued it a pass was replaced, joins again through
+// --join.
+const (
+	passPrefix = "mrf1."
+	passDomain = "meshreg follower pass v1\n"
+	// passTTL is how long a pass is valid.
+	passTTL = 7 * 24 * time.Hour
+	// maxPassLen bounds a pass before it is decoded.
+	maxPassLen = 1024
+	// followerAdmission is how long a member admits a follower after it
+	// presented its pass; passRefresh how often the follower presents it.
+	followerAdmission = 10 * time.Minute
+	passRefresh       = 3 * time.Minute
+	// passFile holds this node's pass in its data dir.
+	passFile = "follower-pass"
+)
+
+// passClaims is the signed payload of a pass.
+type passClaims struct {
+	Issuer  string `json:"iss"`
+	Subject string `json:"sub"`
+	Expires int64  `json:"exp"` // Unix seconds
+	Nonce   string `json:"n"`
+}
+
+// issuePass makes a pass for subject signed by key (whose peer id is
+// issuer), valid until exp.
+func issuePass(key crypto.PrivKey, issuer, subject peer.ID, exp time.Time) (string, error) {
+	nonce := make([]byte, 8)
+	if _, err := rand.Read(nonce); err != nil {
+		return "", err
+	}
+	payload, err := json.Marshal(passClaims{Issuer: issuer.String(), Subject: subject.String(), Expires: exp.Unix(), Nonce: hex.EncodeToString(nonce)})
+	if err != nil {
+		return "", err
+	}
+	p := base64.RawURLEncoding.EncodeToString(payload)
+	sig, err := key.Sign([]byte(passDomain + p))
+	if err != nil {
+		return "", fmt.Errorf("signing the follower pass: %w", err)
+	}
+	return passPrefix + p + "." + base64.RawURLEncoding.EncodeToString(sig), nil
+}
+
+// verifyPass checks that pass is valid at now for subject: well formed,
+// signed by its issuer, issued by a peer isMember accepts, not expired. It
+// returns the pass's expiry; the error wraps ErrNotAdmitted.
+func verifyPass(pass string, subject peer.ID, now time.Time, isMember func(id string) bool) (time.Time, error) {
+	bad := func(why string) (time.Time, error) {
+		return time.Time{}, fmt.Errorf("%w: the follower pass %s", ErrNotAdmitted, why)
+	}
+	if len(pass) > maxPassLen {
+		return bad(fmt.Sprintf("is longer than %d bytes", maxPassLen))
+	}
+	rest, ok := strings.CutPrefix(pass, passPrefix)
+	if !ok {
+		return bad("is not a meshreg follower pass")
+	}
+	p, s, ok := strings.Cut(rest, ".")
+	if !ok {
+		return bad("is malformed (no signature)")
+	}
+	payload, err1 := base64.RawURLEncoding.DecodeString(p)
+	sig, err2 := base64.RawURLEncoding.DecodeString(s)
+	var c passClaims
+	if err1 != nil || err2 != nil || json.Unmarshal(payload, &c) != nil {
+		return bad("is malformed (bad encoding)")
+	}
+	issuer, err := peer.Decode(c.Issuer)
+	if err != nil {
+		return bad("names no valid issuer")
+	}
+	pub, err := issuer.ExtractPublicKey()
+	if err != nil {
+		return bad("names an issuer whose peer id holds no public key")
+	}
+	if ok, err := pub.Verify([]byte(passDomain+p), sig); err != nil || !ok {
+		return bad("has an invalid signature (forged or altered)")
+	}
+	exp := time.Unix(c.Expires, 0)
+	switch {
+	case c.Subject != subject.String():
+		return bad("was issued to " + c.Subject + ", not to " + subject.String())
+	case !now.Before(exp):
+		return bad("expired at " + exp.UTC().Format(time.RFC3339))
+	case exp.Sub(now) > passTTL+joinTokenSkew:
+		return bad("expires too far in the future")
+	case !isMember(c.Issuer):
+		return bad("was issued by " + c.Issuer + ", which is not a member of this cluster")
+	}
+	return exp, nil
+}
+
+// passClaimsOf reads a pass's claims without checking it (this node's own
+// passes: whose they are, when they expire); ok false if unreadable.
+func passClaimsOf(pass string) (c passClaims, ok bool) {
+	rest, _ := strings.CutPrefix(pass, passPrefix)
+	p, _, _ := strings.Cut(rest, ".")
+	payload, err := base64.RawURLEncoding.DecodeString(p)
+	if err != nil || json.Unmarshal(payload, &c) != nil {
+		return passClaims{}, false
+	}
+	return c, true
+}
+
+// maxPasses bounds the passes a follower keeps: one per issuing member.
+const maxPasses = 16
+
+// passBook is a follower's passes, one per member that issued one, and to
+// whom it presented one lately. Every member it presents a pass to answers
+// with one of its own (servePass), so the follower holds passes of several
+// members: when the issuer of one is removed from the cluster (a dead
+// member), the others still admit it.
+type passBook struct {
+	path string // passFile in the data dir; "": in memory only
+
+	mu        sync.Mutex
+	passes    map[string]string // issuer → pass
+	presented map[peer.ID]time.Time
+}
+
+func newPassBook(dataDir string) *passBook {
+	b := &passBook{passes: map[string]string{}, presented: map[peer.ID]time.Time{}}
+	if dataDir == "" {
+		return b // a node over fakes
+	}
+	b.path = filepath.Join(dataDir, passFile)
+	raw, err := os.ReadFile(b.path)
+	if err != nil || len(raw) > maxPasses*(maxPassLen+1) {
+		return b
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if c, ok := passClaimsOf(line); ok && len(b.passes) < maxPasses {
+			b.passes[c.Issuer] = line
+		}
+	}
+	return b
+}
+
+// get returns the pass, among those issued by a member (isMember), that
+// expires last; if no issuer is a member as far as this node knows (it
+// has not learned the configuration yet), the one that expires last; ""
+// if it holds none.
+func (b *passBook) get(isMember func(id string) bool) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	best, bestExp, anyPass, anyExp := "", int64(0), "", int64(0)
+	for issuer, pass := range b.passes {
+		c, ok := passClaimsOf(pass)
+		if !ok {
+			continue
+		}
+		if isMember(issuer) && c.Expires > bestExp {
+			best, bestExp = pass, c.Expires
+		}
+		if c.Expires > anyExp {
+			anyPass, anyExp = pass, c.Expires
+		}
+	}
+	return cmp.Or(best, anyPass)
+}
+
+// any reports whether this node holds a pass at all.
+func (b *passBook) any() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.passes) > 0
+}
+
+// add keeps a pass (replacing its issuer's older one, dropping expired
+// ones, and past maxPasses the one expiring first) in the data dir,
+// written to a temp file and renamed, so a crash leaves the old set or the
+// new one.
+func (b *passBook) add(pass string) error {
+	c, ok := passClaimsOf(pass)
+	if !ok {
+		return errors.New("an unreadable follower pass")
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if old, ok := passClaimsOf(b.passes[c.Issuer]); ok && old.Expires >= c.Expires {
+		return nil // the pass kept is as new
+	}
+	b.passes[c.Issuer] = pass
+	now := time.Now().Unix()
+	for issuer, p := range b.passes {
+		if pc, ok := passClaimsOf(p); !ok || pc.Expires <= now {
+			delete(b.passes, issuer)
+		}
+	}
+	for len(b.passes) > maxPasses {
+		first, firstExp := "", int64(0)
+		for issuer, p := range b.passes {
+			if pc, _ := passClaimsOf(p); first == "" || pc.Expires < firstExp {
+				first, firstExp = issuer, pc.Expires
+			}
+		}
+		delete(b.passes, first)
+	}
+	if b.path == "" {
+		return nil
+	}
+	var buf strings.Builder
+	for _, p := range b.passes {
+		buf.WriteString(p + "\n")
+	}
+	tmp := b.path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(buf.String()), 0o600); err != nil {
+		return fmt.Errorf("saving the follower passes: %w", err)
+	}
+	if err := os.Rename(tmp, b.path); err != nil {
+		return fmt.Errorf("saving the follower passes: %w", err)
+	}
+	return nil
+}
+
+// due reports whether a pass should be presented to p again.
+func (b *passBook) due(p peer.ID, now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return now.Sub(b.presented[p]) >= passRefresh
+}
+
+func (b *passBook) mark(p peer.ID, now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.presented[p] = now
+	if len(b.presented) > 4*maxAdmitted {
+		clear(b.presented) // members come and go; present again at worst
+		b.presented[p] = now
+	}
+}
+
+// issuePassTo makes a pass signed by this node for a follower.
+func (n *Node) issuePassTo(subject peer.ID) (string, error) {
+	key := n.host.PrivateKey()
+	if key == nil {
+		return "", errors.New("this node's identity key is not available to sign a follower pass")
+	}
+	return issuePass(key, n.host.ID(), subject, time.Now().Add(passTTL).Truncate(time.Second))
+}
+
+// servePass is a member's side of memberProtocol "pass": it admits the
+// follower that presents a valid pass, and answers a pass past half its
+// life, or issued by another member, with one of its own. A follower
+// admits another follower too (to fetch blobs from it), without a pass of
+// its own.
+func (n *Node) servePass(from peer.ID, req memberRequest) []byte {
+	res := memberResult{}
+	exp, err := verifyPass(req.Pass, from, time.Now(), n.isMemberID)
+	switch {
+	case err != nil:
+		n.log.Debug("refused a follower pass", "from", from, "err", err)
+		res.Error = err.Error()
+	case !n.isMember() && !n.following():
+		res.Error = "this node is neither a member of the cluster nor a follower: present the pass to a member"
+	case !n.isMember():
+		// A follower admits another to fetch blobs from it (passingNet),
+		// and issues no pass: the members would not take it.
+		n.gate.admitFollower(from, followerAdmission)
+	default:
+		n.gate.admitFollower(from, followerAdmission)
+		// The follower keeps a pass of each member (passBook): one of
+		// this node's own, renewed past half its life.
+		if c, _ := passClaimsOf(req.Pass); c.Issuer != n.host.ID().String() || time.Until(exp) < passTTL/2 {
+			if fresh, err := n.issuePassTo(from); err == nil {
+				res.Pass = fresh
+			}
+		}
+		res.Leader = n.meta.Status().LeaderID
+	}
+	out, _ := json.Marshal(res)
+	return out
+}
+
+// presentPass presents this node's pass to member p, unless it did within
+// passRefresh, and keeps the new pass p may answer with.
+func (n *Node) presentPass(ctx context.Context, p peer.ID) error {
+	pass := n.passes.get(n.isMemberID)
+	if pass == "" {
+		return errors.New("this node holds no follower pass: it must join through --join again")
+	}
+	now := time.Now()
+	if !n.passes.due(p, now) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	req, _ := json.Marshal(memberRequest{Op: "pass", ID: n.host.ID().String(), Pass: pass})
+	resp, err := n.host.Request(ctx, p, memberProtocol, req, maxControlLen)
+	if err != nil {
+		return fmt.Errorf("presenting the follower pass to %s: %w", p, err)
+	}
+	var res memberResult
+	if err := json.Unmarshal(resp, &res); err != nil {
+		return fmt.Errorf("presenting the follower pass to %s: bad answer: %w", p, err)
+	}
+	if res.Error != "" {
+		return fmt.Errorf("%s refused the follower pass: %s", p, res.Error)
+	}
+	n.passes.mark(p, now)
+	if res.Pass != "" {
+		if _, err := verifyPass(res.Pass, n.host.ID(), now, func(id string) bool { return id == p.String() }); err == nil {
+			if err := n.passes.add(res.Pass); err != nil {
+				n.log.Warn("keeping the renewed follower pass failed", "err", err)
+			}
+		}
+	}
+	return nil
+}
