@@ -126,6 +126,9 @@ type memberRequest struct {
 	// Pass is a follower's pass (followpass.go): presented ("pass"), or
 	// its credential when it asks for a free member slot (join).
 	Pass string `json:"pass,omitempty"`
+	// Region is the joiner's --region (join): the leader gives a region
+	// without a member a seat past --max-raft-members (follow.go).
+	Region string `json:"region,omitempty"`
 }
 
 type memberResult struct {
@@ -413,7 +416,7 @@ func (n *Node) joinVia(ctx context.Context, target string) error {
 // Follow.
 func (n *Node) requestJoin(ctx context.Context, id peer.ID, pass string) (memberResult, error) {
 	req, _ := json.Marshal(memberRequest{Op: "join", ID: n.host.ID().String(), Address: n.host.RaftAddress(), Token: n.cfg.JoinToken,
-		Proof: n.joinProof(id), Pass: pass})
+		Proof: n.joinProof(id), Pass: pass, Region: n.cfg.Region})
 	resp, err := n.host.Request(ctx, id, memberProtocol, req, maxControlLen)
 	if err != nil {
 		return memberResult{}, err

@@ -92,11 +92,12 @@ func (n *Node) placeJoiner(ctx context.Context, req memberRequest) (memberResult
 		return memberResult{}, fmt.Errorf("reading the members: %w", err)
 	}
 	member := slices.ContainsFunc(members, func(m consensus.Member) bool { return m.ID == req.ID })
-	if admitAsMember(members, req.ID, n.cfg.Voters, n.cfg.MaxRaftMembers) {
+	newRegion := len(req.Region) <= maxRegionLen && !n.regionHasMember(members, req.Region)
+	if admitAsMember(members, req.ID, n.cfg.Voters, n.cfg.MaxRaftMembers, newRegion) {
 		if err := n.meta.AddNonvoter(ctx, req.ID, req.Address); err != nil {
 			return memberResult{}, err
 		}
-		n.log.Info("added a member", "peer", req.ID, "already_member", member)
+		n.log.Info("added a member", "peer", req.ID, "already_member", member, "region", req.Region, "first_of_its_region", newRegion)
 		return memberResult{Leader: n.meta.Status().LeaderID}, nil
 	}
 	id, err := peer.Decode(req.ID)
@@ -119,8 +120,11 @@ func (n *Node) placeJoiner(ctx context.Context, req memberRequest) (memberResult
 // one; a joiner becomes a non-voter while the non-voters (itself not
 // counted) are fewer than maxNonvoters, or while the voters and non-voters
 // together are fewer than the voter target (the promotion needs
-// candidates: a lone first node needs two even with maxNonvoters 0).
-func admitAsMember(members []consensus.Member, joiner string, voterTarget, maxNonvoters int) bool {
+// candidates: a lone first node needs two even with maxNonvoters 0), or
+// when it comes from a region without a member (newRegion): every region
+// keeps a member, so its reads of a miss and its followers' tails stay in
+// it, with at most maxRegionSeats non-voters past maxNonvoters.
+func admitAsMember(members []consensus.Member, joiner string, voterTarget, maxNonvoters int, newRegion bool) bool {
 	if slices.ContainsFunc(members, func(m consensus.Member) bool { return m.ID == joiner }) {
 		return true
 	}
@@ -129,7 +133,34 @@ func admitAsMember(members []consensus.Member, joiner string, voterTarget, maxNo
 	}
 	others := nonvoters(members, joiner)
 	voters := len(members) - nonvoters(members, "")
-	return others < maxNonvoters || voters+others < voterTarget
+	return others < maxNonvoters || voters+others < voterTarget || newRegion && others < maxNonvoters+maxRegionSeats
+}
+
+// maxRegionSeats bounds the non-voters admitted past --max-raft-members
+// for regions that had no member: the region is the joiner's word, so a
+// hostile joiner could name a new one each time.
+const maxRegionSeats = 8
+
+// maxRegionLen bounds a region name a joiner sends.
+const maxRegionLen = 128
+
+// regionHasMember reports whether a member runs in region, as far as this
+// node knows the members' places (their health answers and info; this
+// node's own --region). An empty region is every region.
+func (n *Node) regionHasMember(members []consensus.Member, region string) bool {
+	if region == "" {
+		return true
+	}
+	for _, m := range members {
+		at := n.peers.labelsOf(m.ID)
+		if m.ID == n.host.ID().String() {
+			at = n.peers.self
+		}
+		if at.Region == region {
+			return true
+		}
+	}
+	return false
 }
 
 // servers are members as the store's Follow takes them.
@@ -280,7 +311,9 @@ func (s *seeker) Run(ctx context.Context) error {
 // step asks for a member slot once one has been free long enough.
 func (s *seeker) step(ctx context.Context, members []consensus.Member) {
 	n := s.n
-	if nonvoters(members, "") >= n.cfg.MaxRaftMembers || n.meta.Status().LeaderID == "" {
+	// A region without a member gets a seat past the limit (admitAsMember).
+	full := nonvoters(members, "") >= n.cfg.MaxRaftMembers && n.regionHasMember(members, n.cfg.Region)
+	if full || n.meta.Status().LeaderID == "" {
 		s.free = time.Time{}
 		return
 	}

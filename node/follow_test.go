@@ -24,21 +24,24 @@ func TestAdmitAsMember(t *testing.T) {
 		joiner       string
 		voters, max  int
 		wantAsMember bool
+		newRegion    bool // the joiner's region has no member
 	}{
-		{"a lone first node takes non-voters to make voters", []consensus.Member{v("a")}, "b", 3, 0, true},
-		{"still below the voter target", []consensus.Member{v("a"), nv("b")}, "c", 3, 0, true},
-		{"at the voter target, no non-voter slot", []consensus.Member{v("a"), nv("b"), nv("c")}, "d", 3, 0, false},
-		{"a free non-voter slot", []consensus.Member{v("a"), v("b"), v("c"), nv("d")}, "e", 3, 2, true},
-		{"the non-voter slots are full", []consensus.Member{v("a"), v("b"), v("c"), nv("d"), nv("e")}, "f", 3, 2, false},
-		{"a member comes back on a new address", []consensus.Member{v("a"), v("b"), v("c"), nv("d"), nv("e")}, "e", 3, 2, true},
-		{"a voter comes back", []consensus.Member{v("a"), v("b"), v("c")}, "b", 3, 0, true},
-		{"an even voter target counts one less", []consensus.Member{v("a"), nv("b"), nv("c")}, "d", 4, 0, false},
-		{"five voters wanted", []consensus.Member{v("a"), v("b"), v("c")}, "d", 5, 0, true},
+		{"a lone first node takes non-voters to make voters", []consensus.Member{v("a")}, "b", 3, 0, true, false},
+		{"still below the voter target", []consensus.Member{v("a"), nv("b")}, "c", 3, 0, true, false},
+		{"at the voter target, no non-voter slot", []consensus.Member{v("a"), nv("b"), nv("c")}, "d", 3, 0, false, false},
+		{"a free non-voter slot", []consensus.Member{v("a"), v("b"), v("c"), nv("d")}, "e", 3, 2, true, false},
+		{"the non-voter slots are full", []consensus.Member{v("a"), v("b"), v("c"), nv("d"), nv("e")}, "f", 3, 2, false, false},
+		{"a member comes back on a new address", []consensus.Member{v("a"), v("b"), v("c"), nv("d"), nv("e")}, "e", 3, 2, true, false},
+		{"a voter comes back", []consensus.Member{v("a"), v("b"), v("c")}, "b", 3, 0, true, false},
+		{"an even voter target counts one less", []consensus.Member{v("a"), nv("b"), nv("c")}, "d", 4, 0, false, false},
+		{"five voters wanted", []consensus.Member{v("a"), v("b"), v("c")}, "d", 5, 0, true, false},
+		{"the first node of a region takes a seat past the limit", []consensus.Member{v("a"), v("b"), v("c"), nv("d"), nv("e")}, "f", 3, 2, true, true},
+		{"region seats are bounded too", []consensus.Member{v("a"), v("b"), v("c"), nv("d"), nv("e"), nv("r1"), nv("r2"), nv("r3"), nv("r4"), nv("r5"), nv("r6"), nv("r7"), nv("r8")}, "f", 3, 2, false, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			if got := admitAsMember(tt.members, tt.joiner, tt.voters, tt.max); got != tt.wantAsMember {
+			if got := admitAsMember(tt.members, tt.joiner, tt.voters, tt.max, tt.newRegion); got != tt.wantAsMember {
 				t.Errorf("admitAsMember = %v, want %v", got, tt.wantAsMember)
 			}
 		})

@@ -453,3 +453,31 @@ func TestMemberLostForGoodIsReplacedByFollower(t *testing.T) {
 	}
 	testnet.AssertAgree(t, live, 15*time.Second, repo)
 }
+
+// TestRegionWithoutMemberGetsASeat: every region keeps a member. With the
+// Raft configuration full (three voters, no non-voter slot), a node of a
+// region that has no member still becomes a non-voter, while another node
+// of a region that has one follows.
+func TestRegionWithoutMemberGetsASeat(t *testing.T) {
+	testnet.RequireProcess(t)
+	args := []string{"--voters", "3", "--max-raft-members", "0"}
+	nodes := startBounded(t, 4, append(args, "--region", "eu"), nil)
+	waitRoles(t, nodes, roleCounts{3, 0, 1}, 90*time.Second)
+	join := []string{"--join", nodes[0].URL(), "--join-token", testnet.JoinToken(t, nodes[0], time.Hour)}
+	start := func(region string) *testnet.Node {
+		a := append(append([]string{"--stabilization-time", testnet.HarnessStabilization.String(), "--region", region}, args...), join...)
+		return testnet.StartNode(t, testnet.Options{Args: a})
+	}
+	far := start("us")
+	nodes = append(nodes, far)
+	sts := waitRoles(t, nodes, roleCounts{3, 1, 1}, 60*time.Second)
+	if got := sts[far].Role; got != "non-voter" {
+		t.Fatalf("the first node of region us is a %s, want a non-voter (a seat for the region)", got)
+	}
+	second := start("us")
+	nodes = append(nodes, second)
+	sts = waitRoles(t, nodes, roleCounts{3, 1, 2}, 60*time.Second)
+	if got := sts[second].Role; got != "follower" {
+		t.Errorf("the second node of region us is a %s, want a follower (its region has a member)", got)
+	}
+}

@@ -32,7 +32,8 @@ func TestEverySettingHasItsOwnField(t *testing.T) {
 		return "seven"
 	}
 	special := map[string]string{"min-free-disk": "7KiB", "scrub-rate": "7KiB", "max-disk": "7MiB", "max-disk-low": "7KiB", "log-level": "debug", "log-format": "json", "upstream-fetch": "region",
-		"upstream": "seven.example=https://seven.example"}
+		"upstream":         "seven.example=https://seven.example",
+		"max-raft-members": "5"} // 7 is its default
 
 	shown := func(args ...string) map[string]any {
 		t.Helper()
