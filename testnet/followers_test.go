@@ -327,9 +327,9 @@ func TestClusterFollowers(t *testing.T) {
 }
 
 // TestFollowerCatchesUpByRangeThenSnapshot stops a follower while the
-// others take writes, twice: a few hundred writes are sent to it as a
-// range of log entries; thousands, past the leader's log compaction, as a
-// snapshot.
+// others take writes, twice: 150 writes are sent to it as a range of log
+// entries; then it is stopped 2,000 writes into 10,000, and the 8,000 it
+// missed, past the leader's log compaction, come as a snapshot.
 func TestFollowerCatchesUpByRangeThenSnapshot(t *testing.T) {
 	testnet.RequireProcess(t)
 	nodes := startBounded(t, 4, []string{"--voters", "3", "--max-raft-members", "0",
@@ -403,10 +403,15 @@ func TestFollowerCatchesUpByRangeThenSnapshot(t *testing.T) {
 		t.Errorf("after a short outage: role %q, %d snapshots restored, want a follower that caught up by range (0)", st.Role, st.Follower.Snapshots)
 	}
 
+	// 10,000 writes, the follower stopped after the first 2,000: the log
+	// is compacted past it while it is away (--snapshot-threshold 1000,
+	// --trailing-logs 200).
+	writes("s", 2000)
 	f.Stop()
-	writes("s", 3000)
+	writes("t", 8000)
 	f.Restart()
-	caughtUp("s", 3000)
+	caughtUp("s", 2000)
+	caughtUp("t", 8000)
 	if st, err = f.Status(ctx); err != nil {
 		t.Fatal(err)
 	}
