@@ -39,8 +39,14 @@ func TestCorruptCopyIsReplacedFromAPeer(t *testing.T) {
 	if st.Corrupt != 1 || st.Quarantined != 1 {
 		t.Errorf("status: %d corrupt, %d quarantined; want 1 and 1", st.Corrupt, st.Quarantined)
 	}
-	if !fn.mem[holder].Held(d) {
-		t.Errorf("the good copy fetched from the peer is not held")
+	// The client's read streams the peer's bytes as they arrive; the copy
+	// is committed to the store just after the last of them.
+	deadline := time.Now().Add(5 * time.Second)
+	for !fn.mem[holder].Held(d) {
+		if time.Now().After(deadline) {
+			t.Fatal("the good copy fetched from the peer is not held 5s after the read")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
