@@ -46,7 +46,8 @@ type followerStore interface {
 	FollowedBefore() bool
 	TailStatus() consensus.TailStatus
 	// ServeTail serves one follower's tail on conn (a member's side).
-	ServeTail(ctx context.Context, conn io.ReadWriteCloser) error
+	// sent hears the index sent through (see consensus.Store.ServeTail).
+	ServeTail(ctx context.Context, conn io.ReadWriteCloser, sent func(through uint64)) error
 }
 
 var _ followerStore = (*consensus.Store)(nil)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -51,8 +52,27 @@ func (n *Node) serveTail(from peer.ID, s io.ReadWriteCloser) {
 		_ = s.Close()
 		return
 	}
+	tc, ok := n.tails.add(from, time.Now())
+	if !ok {
+		n.log.Warn("refused a follower: this member serves as many as it may", "from", from, "max", maxTailClients)
+		reason := fmt.Sprintf("member %s serves %d followers, its most: tail another member", n.host.ID(), maxTailClients)
+		if err := consensus.RefuseTail(s, reason); err != nil {
+			n.log.Debug("refusing a follower", "from", from, "err", err)
+		}
+		return
+	}
+	defer n.tails.remove(tc)
+	if l := n.peers.labelsOf(from.String()); l == (peerLabels{}) {
+		// Where the follower runs, for the fleet view: asked once, off
+		// the stream's goroutine.
+		go func() {
+			ctx, cancel := context.WithTimeout(n.ctx, rpcTimeout)
+			defer cancel()
+			_, _ = n.askInfo(ctx, from)
+		}()
+	}
 	n.log.Debug("serving the metadata tail", "to", from)
-	if err := f.ServeTail(n.ctx, s); err != nil && n.ctx.Err() == nil {
+	if err := f.ServeTail(n.ctx, s, tc.sent.Store); err != nil && n.ctx.Err() == nil {
 		n.log.Debug("a metadata tail ended", "to", from, "err", err)
 	}
 }

@@ -1,0 +1,211 @@
+package node
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshreg/meshreg/consensus"
+	"github.com/meshreg/meshreg/consensus/state"
+	"github.com/meshreg/meshreg/node/nodefake"
+)
+
+// testPeers makes n peer ids on a fake network.
+func testPeers(t *testing.T, n int) []*nodefake.Transport {
+	t.Helper()
+	net := nodefake.NewNetwork()
+	var ts []*nodefake.Transport
+	for range n {
+		tr, err := net.NewTransport()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts = append(ts, tr)
+	}
+	return ts
+}
+
+// TestTailClientsBound: a member serves at most maxTailClients tails at
+// once and refuses the next; a closed tail frees its place; a follower
+// with two streams (it reconnected) is listed once, with its newest.
+func TestTailClientsBound(t *testing.T) {
+	t.Parallel()
+	ps := testPeers(t, 2)
+	var c tailClients
+	now := time.Now()
+	var first *tailClient
+	for i := range maxTailClients {
+		tc, ok := c.add(ps[i%2].ID(), now.Add(time.Duration(i)))
+		if !ok {
+			t.Fatalf("tail %d refused below the bound", i)
+		}
+		if i == 0 {
+			first = tc
+		}
+		tc.sent.Store(uint64(i))
+	}
+	if _, ok := c.add(ps[0].ID(), now); ok {
+		t.Fatalf("tail %d accepted above the bound %d", maxTailClients+1, maxTailClients)
+	}
+	c.remove(first)
+	if _, ok := c.add(ps[0].ID(), now); !ok {
+		t.Fatal("a place freed by a closed tail is refused")
+	}
+	list := c.list()
+	if len(list) != 2 || c.count() != 2 {
+		t.Fatalf("list %d, count %d: want one per follower (2)", len(list), c.count())
+	}
+	for _, tc := range list {
+		if want := now.Add(time.Duration(maxTailClients - 2)); tc.peer == ps[0].ID() && !tc.since.Equal(want) {
+			t.Errorf("follower %s listed with its tail since %v, want its newest %v", tc.peer, tc.since, want)
+		}
+	}
+}
+
+// TestDecodeFleetAnswerRefusesHostile: a member's answer is bounded and
+// checked: the member itself, valid peer ids, bounded fields, every
+// follower tailing from it.
+func TestDecodeFleetAnswerRefusesHostile(t *testing.T) {
+	t.Parallel()
+	ps := testPeers(t, 3)
+	member, f1, f2 := ps[0].ID().String(), ps[1].ID().String(), ps[2].ID().String()
+	good := func() fleetAnswer {
+		return fleetAnswer{Self: FleetNode{ID: member, Role: "voter", Agent: userAgent("v1")},
+			Followers: []FleetNode{{ID: f1, Role: "follower", Source: member}, {ID: f2, Role: "follower", Source: member}}}
+	}
+	enc := func(a fleetAnswer) []byte {
+		b, err := json.Marshal(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	if a, err := decodeFleetAnswer(member, enc(good())); err != nil || len(a.Followers) != 2 {
+		t.Fatalf("a good answer: %+v, %v", a, err)
+	}
+	many := good()
+	for i := range maxTailClients + 1 {
+		many.Followers = append(many.Followers, FleetNode{ID: fmt.Sprint(i)})
+	}
+	for _, tc := range []struct {
+		name string
+		b    []byte
+	}{
+		{"not JSON", []byte("\x00garbage")},
+		{"too many followers", enc(many)},
+		{"another member", enc(func() fleetAnswer { a := good(); a.Self.ID = f1; return a }())},
+		{"bad peer id", enc(func() fleetAnswer { a := good(); a.Followers[1].ID = "not-a-peer"; return a }())},
+		{"long field", enc(func() fleetAnswer { a := good(); a.Followers[0].Agent = strings.Repeat("a", maxFleetField+1); return a }())},
+		{"follower of another member", enc(func() fleetAnswer { a := good(); a.Followers[0].Source = f2; return a }())},
+		{"member posing as a follower", enc(func() fleetAnswer { a := good(); a.Followers[0].Role = "voter"; return a }())},
+	} {
+		if _, err := decodeFleetAnswer(member, tc.b); err == nil {
+			t.Errorf("%s: accepted", tc.name)
+		}
+	}
+}
+
+// TestMergeFleet: the members' answers make one view: members first, the
+// leader's applied index as the reference for every lag, a follower two
+// members list (it moved) once with its newest tail, and a member that
+// could not be asked listed with its suffrage and what identify said.
+func TestMergeFleet(t *testing.T) {
+	t.Parallel()
+	ps := testPeers(t, 5)
+	id := func(i int) string { return ps[i].ID().String() }
+	ps[2].SetAgent("meshreg/v0.9.0 ops/7")
+	members := []consensus.Member{{ID: id(0), Suffrage: consensus.Voter}, {ID: id(1), Suffrage: consensus.Voter}, {ID: id(2), Suffrage: consensus.Nonvoter}}
+	now := time.Now()
+	answers := []fleetAnswer{
+		{Self: FleetNode{ID: id(0), Role: "voter", Applied: 90},
+			Followers: []FleetNode{{ID: id(3), Role: "follower", Source: id(0), Applied: 80, Since: now.Add(-time.Minute)}}},
+		{Self: FleetNode{ID: id(1), Role: "leader", Applied: 100},
+			Followers: []FleetNode{{ID: id(3), Role: "follower", Source: id(1), Applied: 99, Since: now}, {ID: id(4), Role: "follower", Source: id(1), Applied: 100, Since: now}}},
+		{},
+	}
+	errs := []error{nil, nil, errors.New("connection refused")}
+	f := mergeFleet(members, answers, errs, ps[0], now)
+	if f.LeaderIndex != 100 || len(f.Nodes) != 5 || f.Followers() != 2 {
+		t.Fatalf("view: leader index %d, %d nodes, %d followers: %+v", f.LeaderIndex, len(f.Nodes), f.Followers(), f)
+	}
+	if f.Nodes[0].ID != id(1) || f.Nodes[1].ID != id(0) || f.Nodes[2].ID != id(2) || f.Nodes[3].Role != "follower" {
+		t.Errorf("order: %+v", f.Nodes)
+	}
+	if f.Nodes[1].Lag != 10 || f.Nodes[0].Lag != 0 {
+		t.Errorf("lags: %+v", f.Nodes)
+	}
+	for _, nd := range f.Nodes {
+		if nd.ID == id(3) && (nd.Source != id(1) || nd.Lag != 1) {
+			t.Errorf("the follower that moved: %+v, want it from %s with lag 1", nd, id(1))
+		}
+		if nd.ID == id(2) && (nd.Role != "non-voter" || nd.Version != "v0.9.0") {
+			t.Errorf("the member not asked: %+v", nd)
+		}
+	}
+	if msg := f.Unreachable[id(2)]; !strings.Contains(msg, "connection refused") || len(f.Unreachable) != 1 {
+		t.Errorf("unreachable: %v", f.Unreachable)
+	}
+}
+
+// TestNewOpsWaitForEveryFollower: the upgrade gate counts the followers
+// of the fleet view: an older one (or one whose member did not identify
+// it) holds a newer op or setting back, naming it and its member; a
+// member that could not be asked fails the check closed.
+func TestNewOpsWaitForEveryFollower(t *testing.T) {
+	t.Parallel()
+	ps := testPeers(t, 3)
+	member, f1, f2 := ps[0].ID().String(), ps[1].ID().String(), ps[2].ID().String()
+	view := func(agent1, agent2 string) Fleet {
+		return Fleet{Nodes: []FleetNode{{ID: member, Role: "leader", Agent: userAgent("v2")},
+			{ID: f1, Role: "follower", Agent: agent1, Source: member}, {ID: f2, Role: "follower", Agent: agent2, Source: member}}}
+	}
+	opApplies := func(op state.Op) func(string) bool {
+		return func(agent string) bool { return agentLastOp(agent) >= op }
+	}
+	policy := func(agent string) bool { return agentAppliesSetting(agent, state.SettingPolicy) }
+	if err := fleetApplies(view(userAgent("v2"), userAgent("v2")), "op", opApplies(state.LastOp)); err != nil {
+		t.Fatalf("every follower runs this release: %v", err)
+	}
+	if err := fleetApplies(view(userAgent("v2"), userAgent("v2")), "policy", policy); err != nil {
+		t.Fatalf("every follower applies the policy: %v", err)
+	}
+	old := "meshreg/v0.8.0 ops/5"
+	for _, tc := range []struct {
+		name    string
+		v       Fleet
+		applies func(string) bool
+		want    []string
+	}{
+		{"older follower", view(userAgent("v2"), old), opApplies(state.OpGCSweep), []string{f2, member, "meshreg/v0.8.0", "upgrade every follower"}},
+		{"follower not identified", view("", userAgent("v2")), opApplies(state.OpGCSweep), []string{f1, "did not identify"}},
+		{"older setting", view(userAgent("v2"), "meshreg/v1.2.0 ops/8"), policy, []string{f2}},
+		{"member not asked", func() Fleet {
+			v := view(userAgent("v2"), userAgent("v2"))
+			v.Unreachable = map[string]string{f1: "timeout"}
+			return v
+		}(), opApplies(state.OpGCSweep), []string{"member " + f1, "could not be asked", "timeout"}},
+	} {
+		err := fleetApplies(tc.v, "this change", tc.applies)
+		for _, w := range tc.want {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: err = %v, want it to say %q", tc.name, err, w)
+			}
+		}
+	}
+	// The original ops need no one's agreement.
+	if err := fleetApplies(view(old, old), "op", opApplies(state.OpDeleteTag)); err != nil {
+		t.Errorf("an original op with older followers: %v", err)
+	}
+}
+
+func TestAgentVersion(t *testing.T) {
+	t.Parallel()
+	for agent, want := range map[string]string{userAgent("v1.4.0"): "v1.4.0", "meshreg/v0.9.0 ops/7": "v0.9.0", "go-libp2p/0.40": "", "": ""} {
+		if got := agentVersion(agent); got != want {
+			t.Errorf("agentVersion(%q) = %q, want %q", agent, got, want)
+		}
+	}
+}
