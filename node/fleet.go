@@ -246,6 +246,12 @@ func (n *Node) askFleet(ctx context.Context, m consensus.Member) (fleetAnswer, e
 	if err != nil {
 		return fleetAnswer{}, err
 	}
+	if n.following() {
+		// A member lets a follower in once it saw its pass.
+		if err := n.presentPass(ctx, pid); err != nil {
+			return fleetAnswer{}, err
+		}
+	}
 	resp, err := n.host.Request(ctx, pid, fleetProtocol, nil, maxFleetAnswer)
 	if err != nil {
 		return fleetAnswer{}, err
@@ -272,14 +278,14 @@ func (n *Node) takeFleet(ctx context.Context) (Fleet, error) {
 		wg.Go(func() { answers[i], errs[i] = n.askFleet(ctx, m) })
 	}
 	wg.Wait()
-	return mergeFleet(members, answers, errs, n.host, time.Now()), nil
+	return mergeFleet(members, answers, errs, n.host, n.peers.labelsOf, time.Now()), nil
 }
 
 // mergeFleet builds the view from the members' answers (errs[i] set for
 // a member that could not be asked: it is listed with what this node
-// knows of it). A follower listed by two members (it moved between them)
+// knows of it: its agent, and where it runs from labels). A follower listed by two members (it moved between them)
 // is kept with its newest tail.
-func mergeFleet(members []consensus.Member, answers []fleetAnswer, errs []error, a agents, now time.Time) Fleet {
+func mergeFleet(members []consensus.Member, answers []fleetAnswer, errs []error, a agents, labels func(id string) peerLabels, now time.Time) Fleet {
 	f := Fleet{At: now}
 	followers := map[string]FleetNode{}
 	for i, m := range members {
@@ -288,7 +294,8 @@ func mergeFleet(members []consensus.Member, answers []fleetAnswer, errs []error,
 				f.Unreachable = map[string]string{}
 			}
 			f.Unreachable[m.ID] = errs[i].Error()
-			nd := FleetNode{ID: m.ID}
+			l := labels(m.ID)
+			nd := FleetNode{ID: m.ID, Region: l.Region, Zone: l.Zone}
 			if m.Suffrage == consensus.Voter {
 				nd.Role = "voter"
 			} else {

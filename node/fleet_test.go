@@ -117,6 +117,7 @@ func TestMergeFleet(t *testing.T) {
 	ps := testPeers(t, 5)
 	id := func(i int) string { return ps[i].ID().String() }
 	ps[2].SetAgent("meshreg/v0.9.0 ops/7")
+	id2 := id(2)
 	members := []consensus.Member{{ID: id(0), Suffrage: consensus.Voter}, {ID: id(1), Suffrage: consensus.Voter}, {ID: id(2), Suffrage: consensus.Nonvoter}}
 	now := time.Now()
 	answers := []fleetAnswer{
@@ -127,7 +128,13 @@ func TestMergeFleet(t *testing.T) {
 		{},
 	}
 	errs := []error{nil, nil, errors.New("connection refused")}
-	f := mergeFleet(members, answers, errs, ps[0], now)
+	labels := func(id string) peerLabels {
+		if id == id2 {
+			return peerLabels{Region: "eu", Zone: "z2"}
+		}
+		return peerLabels{}
+	}
+	f := mergeFleet(members, answers, errs, ps[0], labels, now)
 	if f.LeaderIndex != 100 || len(f.Nodes) != 5 || f.Followers() != 2 {
 		t.Fatalf("view: leader index %d, %d nodes, %d followers: %+v", f.LeaderIndex, len(f.Nodes), f.Followers(), f)
 	}
@@ -141,7 +148,7 @@ func TestMergeFleet(t *testing.T) {
 		if nd.ID == id(3) && (nd.Source != id(1) || nd.Lag != 1) {
 			t.Errorf("the follower that moved: %+v, want it from %s with lag 1", nd, id(1))
 		}
-		if nd.ID == id(2) && (nd.Role != "non-voter" || nd.Version != "v0.9.0") {
+		if nd.ID == id(2) && (nd.Role != "non-voter" || nd.Version != "v0.9.0" || nd.Zone != "z2") {
 			t.Errorf("the member not asked: %+v", nd)
 		}
 	}

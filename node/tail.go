@@ -62,18 +62,36 @@ func (n *Node) serveTail(from peer.ID, s io.ReadWriteCloser) {
 		return
 	}
 	defer n.tails.remove(tc)
-	if l := n.peers.labelsOf(from.String()); l == (peerLabels{}) {
-		// Where the follower runs, for the fleet view: asked once, off
-		// the stream's goroutine.
-		go func() {
-			ctx, cancel := context.WithTimeout(n.ctx, rpcTimeout)
-			defer cancel()
-			_, _ = n.askInfo(ctx, from)
-		}()
+	ctx, cancel := context.WithCancel(n.ctx)
+	defer cancel()
+	if n.peers.labelsOf(from.String()) == (peerLabels{}) {
+		go n.learnFollowerPlace(ctx, from)
 	}
 	n.log.Debug("serving the metadata tail", "to", from)
-	if err := f.ServeTail(n.ctx, s, tc.sent.Store); err != nil && n.ctx.Err() == nil {
+	if err := f.ServeTail(ctx, s, tc.sent.Store); err != nil && n.ctx.Err() == nil {
 		n.log.Debug("a metadata tail ended", "to", from, "err", err)
+	}
+}
+
+// learnFollowerPlace asks a follower where it runs (infoProtocol), for the
+// fleet view, until it answers, ctx ends (its tail did) or a few tries
+// failed: a new follower lets this member in only once its tail taught it
+// the configuration.
+func (n *Node) learnFollowerPlace(ctx context.Context, p peer.ID) {
+	wait := time.Second
+	for range 5 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		actx, cancel := context.WithTimeout(ctx, rpcTimeout)
+		_, err := n.askInfo(actx, p)
+		cancel()
+		if err == nil {
+			return
+		}
+		wait *= 2
 	}
 }
 

@@ -140,9 +140,9 @@ func clusterNodes(c *cli.Context) error {
 	fmt.Fprintln(tw, "PEER ID\tROLE\tVERSION\tREGION/ZONE\tAPPLIED\tLAG\tTAILS FROM")
 	followers := 0
 	for _, n := range fleet.Nodes {
-		place := n.Region
-		if n.Zone != "" {
-			place += "/" + n.Zone
+		place := "-"
+		if n.Region != "" || n.Zone != "" {
+			place = cmp.Or(n.Region, "-") + "/" + cmp.Or(n.Zone, "-")
 		}
 		if n.Role == "follower" {
 			followers++
