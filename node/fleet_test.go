@@ -216,3 +216,97 @@ func TestAgentVersion(t *testing.T) {
 		}
 	}
 }
+
+// TestUpgradeGateAsksTheMembersForTheirFollowers: on nodes wired as in
+// production (fake network and metadata), the gate of a newer op asks
+// every member for the followers it serves: an older follower of another
+// member holds the op back, naming itself and its member; once it runs
+// this release the op passes; a member cut off from the proposer fails
+// the check closed, named. The fleet view lists members and follower.
+func TestUpgradeGateAsksTheMembersForTheirFollowers(t *testing.T) {
+	t.Parallel()
+	fn := newFakeNet(t)
+	a, b := fn.add("z1", nil), fn.add("z2", nil)
+	fn.meta.Lead(a.host.ID().String())
+	follower, err := fn.net.NewTransport()
+	if err != nil {
+		t.Fatal(err)
+	}
+	follower.SetAgent("meshreg/v0.8.0 ops/5")
+	tc, ok := b.tails.add(follower.ID(), time.Now())
+	if !ok {
+		t.Fatal("the member refused its first follower")
+	}
+	tc.sent.Store(3)
+	fresh := func() { a.fleet.mu.Lock(); a.fleet.view = Fleet{}; a.fleet.mu.Unlock() }
+
+	err = a.membersApply(state.OpGCSweep)
+	if err == nil || !strings.Contains(err.Error(), "follower "+follower.ID().String()) ||
+		!strings.Contains(err.Error(), b.host.ID().String()) || !strings.Contains(err.Error(), "meshreg/v0.8.0") {
+		t.Fatalf("an older follower: err = %v, want one naming it, its member and what it runs", err)
+	}
+	if err := a.membersApply(state.OpDeleteTag); err != nil {
+		t.Fatalf("an original op with an older follower: %v", err)
+	}
+	view, err := a.Fleet(t.Context())
+	if err != nil || len(view.Nodes) != 3 || view.Followers() != 1 || len(view.Unreachable) != 0 {
+		t.Fatalf("fleet view: %+v, %v", view, err)
+	}
+	if fl := view.Nodes[2]; fl.ID != follower.ID().String() || fl.Source != b.host.ID().String() || fl.Version != "v0.8.0" || fl.Applied != 3 {
+		t.Errorf("the follower in the view: %+v", fl)
+	}
+
+	follower.SetAgent(userAgent("v2"))
+	b.host.(*nodefake.Transport).SetAgent(userAgent("v2")) // the fake's agent names no settings
+	fresh()
+	if err := a.membersApply(state.LastOp); err != nil {
+		t.Fatalf("every member and follower runs this release: %v", err)
+	}
+	if err := a.membersApplySetting(state.SettingPolicy); err != nil {
+		t.Fatalf("every member and follower applies the policy: %v", err)
+	}
+
+	fn.net.Cut(a.host.ID(), b.host.ID())
+	fresh()
+	err = a.membersApply(state.OpGCSweep)
+	if err == nil || !strings.Contains(err.Error(), "member "+b.host.ID().String()) || !strings.Contains(err.Error(), "could not be asked") {
+		t.Fatalf("a member cut off: err = %v, want the check to fail naming it", err)
+	}
+	if st := a.Status(t.Context()).(Status); st.Followers == nil || st.FollowersServed != 0 {
+		t.Errorf("status after a fleet view: followers %v, served %d", st.Followers, st.FollowersServed)
+	}
+}
+
+// stoppedTail is metadata whose tail stopped at an entry newer than this
+// release (consensus.TailStatus.Stopped), as a follower's would.
+type stoppedTail struct {
+	Metadata
+	why string
+}
+
+func (m stoppedTail) Status() consensus.Status {
+	st := m.Metadata.Status()
+	st.State, st.Members = consensus.Follower, nil // in no configuration
+	st.Following, st.Tail = true, consensus.TailStatus{Applied: 41, Stopped: m.why}
+	return st
+}
+
+// TestStoppedFollowerIsNotReady: a follower that stopped at an entry it
+// cannot apply says why in /readyz (Ready) and in its status.
+func TestStoppedFollowerIsNotReady(t *testing.T) {
+	t.Parallel()
+	fn := newFakeNet(t)
+	n := fn.add("z1", nil)
+	if err := n.Ready(t.Context()); err != nil {
+		t.Fatalf("before: %v", err)
+	}
+	why := "this node (version v0.9.0) is older than the cluster: entry 42 has op 9 it does not know (it applies ops 1 to 8); upgrade it"
+	n.meta = stoppedTail{n.meta, why}
+	if err := n.Ready(t.Context()); err == nil || err.Error() != why {
+		t.Errorf("Ready = %v, want %q", err, why)
+	}
+	st := n.Status(t.Context()).(Status)
+	if st.Role != "follower" || st.Follower == nil || st.Follower.Stopped != why {
+		t.Errorf("status: role %q, follower %+v", st.Role, st.Follower)
+	}
+}

@@ -362,6 +362,11 @@ func (n *Node) askForSlot(ctx context.Context, members []consensus.Member) {
 	if !ok {
 		return
 	}
+	if f.TailStatus().Stopped != "" {
+		// An older release stopped at an entry it cannot apply: as a
+		// member it would fail that entry and part from the others.
+		return
+	}
 	st := n.meta.Status()
 	leader, err := peerOf(n.host, consensus.Server{ID: st.LeaderID, Address: st.LeaderAddress})
 	if err != nil {
