@@ -20,7 +20,7 @@ func clusterCommand() *cli.Command {
 	nodeFlag := nodeFlag("any node's")
 	return &cli.Command{
 		Name:  "cluster",
-		Usage: "show the cluster's members, or remove one for good",
+		Usage: "show the cluster's members and all its nodes, or remove a member for good",
 		Subcommands: []*cli.Command{
 			{
 				Name:   "members",
