@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/meshreg/meshreg/consensus"
 	"github.com/meshreg/meshreg/consensus/state"
 	"github.com/meshreg/meshreg/node/nodefake"
@@ -309,4 +311,36 @@ func TestStoppedFollowerIsNotReady(t *testing.T) {
 	if st.Role != "follower" || st.Follower == nil || st.Follower.Stopped != why {
 		t.Errorf("status: role %q, follower %+v", st.Role, st.Follower)
 	}
+}
+
+// FuzzDecodeFleetAnswer: whatever a member sends, decoding does not panic,
+// and an answer it accepts is within the bounds: the member itself, at
+// most maxTailClients followers, each tailing from it, valid peer ids and
+// bounded fields.
+func FuzzDecodeFleetAnswer(f *testing.F) {
+	const member = "12D3KooWGzxzKZYveHXtpG6AsrUJBcWxHBFS2HsEoGTxrMLvKXtf"
+	const follower = "12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo"
+	good, err := json.Marshal(fleetAnswer{Self: FleetNode{ID: member, Role: "voter", Agent: userAgent("v1"), Applied: 7},
+		Followers: []FleetNode{{ID: follower, Role: "follower", Source: member, Applied: 6, Since: time.Unix(1, 0)}}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good)
+	f.Add([]byte(`{"self":{"id":"` + member + `"},"followers":null}`))
+	f.Add([]byte(`{"self":{"id":"` + member + `"},"followers":[{"id":"x"}]}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		a, err := decodeFleetAnswer(member, b)
+		if err != nil {
+			return
+		}
+		if a.Self.ID != member || len(a.Followers) > maxTailClients {
+			t.Fatalf("accepted %+v", a)
+		}
+		for _, fl := range a.Followers {
+			if _, err := peer.Decode(fl.ID); err != nil || fl.Source != member || fl.Role != "follower" || len(fl.Agent) > maxFleetField {
+				t.Fatalf("accepted a follower %+v", fl)
+			}
+		}
+	})
 }
