@@ -31,7 +31,7 @@ import (
 //	                                          is a cluster to join)
 //	raft, forward, index, info, has,          members and admitted peers
 //	replicate, blob, vouch, origin-fetch,
-//	log-tail, kad (DHT), anything new
+//	log-tail, fleet, kad (DHT), anything new
 //
 // Members are the servers of the latest Raft configuration this node
 // knows (on a follower of the metadata, the one its tail learned).
