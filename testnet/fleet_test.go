@@ -73,7 +73,7 @@ func TestClusterNodesListsFollowers(t *testing.T) {
 	resp.Body.Close()
 	var fleet struct {
 		Nodes       []struct{ ID, Role, Agent string } `json:"nodes"`
-		Unreachable map[string]string                   `json:"unreachable"`
+		Unreachable map[string]string                  `json:"unreachable"`
 	}
 	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &fleet) != nil || len(fleet.Nodes) != 6 || len(fleet.Unreachable) != 0 {
 		t.Fatalf("GET /_meshreg/v1/nodes: %d %s", resp.StatusCode, body)
