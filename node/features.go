@@ -153,15 +153,22 @@ func (n *Node) followersApply(what string, applies func(agent string) bool) erro
 }
 
 // fleetApplies returns nil when every follower in view applies the change
-// (what names it), and an error naming the first that does not, or a
-// member that could not be asked for its followers (failing closed: an
-// older follower may hide behind it).
+// (what names it), and an error naming the first that does not. A partial
+// view fails the check closed (an older follower may be missing from it),
+// naming a member that could not be asked if there is one. A member that
+// could not be asked while others answered does not: every follower
+// presents its pass to every member, so the others list its followers
+// too (fleet.go).
 func fleetApplies(view Fleet, what string, applies func(agent string) bool) error {
-	if len(view.Unreachable) > 0 {
-		id := slices.Min(slices.Collect(maps.Keys(view.Unreachable)))
-		return fmt.Errorf("member %s could not be asked which followers of the metadata it serves (%s): "+
-			"one of an older release would fail on this change (%s); retry once it answers, or remove it",
-			id, view.Unreachable[id], what)
+	if view.Partial {
+		if len(view.Unreachable) > 0 {
+			id := slices.Min(slices.Collect(maps.Keys(view.Unreachable)))
+			return fmt.Errorf("member %s could not be asked which followers of the metadata it knows (%s), nor any other: "+
+				"one of an older release would fail on this change (%s); retry once a member answers",
+				id, view.Unreachable[id], what)
+		}
+		return fmt.Errorf("a member knows more followers of the metadata than it could list: "+
+			"one of an older release would fail on this change (%s)", what)
 	}
 	for _, nd := range view.Nodes {
 		if nd.Role != "follower" || applies(nd.Agent) {

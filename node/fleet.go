@@ -21,15 +21,20 @@ import (
 // The fleet: every node of the cluster, members and followers of the
 // metadata. No node knows the followers from the log (they are in no
 // configuration), but each member knows those it serves a tail to
-// (tailClients); the fleet view asks every member for them on
-// fleetProtocol. It feeds GET /_meshreg/v1/nodes (`meshreg cluster
-// nodes`) and the upgrade gate (features.go): followers apply every entry
-// too, so a newer op waits for them as for the members.
+// (tailClients), and every follower presents its pass to every member
+// every passRefresh (followpass.go), so each member also knows the
+// followers it admitted in the last followerAdmission, tail or not. The
+// fleet view asks every member for both on fleetProtocol. It feeds GET
+// /_meshreg/v1/nodes (`meshreg cluster nodes`) and the upgrade gate
+// (features.go): followers apply every entry too, so a newer op waits for
+// them as for the members.
 //
-// What the view cannot see: a follower between two streams (it reconnects
-// within seconds) or one that tails nobody. Such a follower, if older,
-// stops at the first entry it cannot apply (consensus.ErrOlderThanCluster)
-// instead of parting from the cluster silently.
+// A member that cannot be asked hides no follower the others admitted: a
+// follower that reached none of them in followerAdmission is the one the
+// view cannot see. Such a follower, if older, stops at the first entry it
+// cannot apply (consensus.ErrOlderThanCluster) instead of parting from the
+// cluster silently. The view is partial (and the gate fails closed) when
+// no member answered or an answer had to leave admitted followers out.
 
 // fleetProtocol asks a node for itself and the followers it serves a tail
 // to: an empty request, a fleetAnswer (JSON) of at most maxFleetAnswer
@@ -41,9 +46,12 @@ const (
 	// maxTailClients bounds the followers one member serves at once; one
 	// past it is refused with a reason and tails another member.
 	maxTailClients = 1024
+	// maxFleetAdmitted bounds the admitted followers one answer lists
+	// (beyond, the answer says it left some out).
+	maxFleetAdmitted = 8192
 	// maxFleetAnswer bounds a fleetAnswer: maxTailClients followers of
-	// well under 1 KiB each.
-	maxFleetAnswer = 1 << 20
+	// well under 1 KiB each and maxFleetAdmitted of about 150 bytes.
+	maxFleetAnswer = 4 << 20
 	// maxFleetField bounds each text field a peer sends in a fleetAnswer.
 	maxFleetField = 256
 	// fleetTTL is how long a fleet view is reused (the upgrade gate asks
@@ -87,8 +95,12 @@ type Fleet struct {
 	LeaderIndex uint64      `json:"leader_index"`
 	Nodes       []FleetNode `json:"nodes"`
 	// Unreachable are the members that could not be asked for their
-	// followers, with why: the followers they serve are missing.
+	// followers, with why: a follower they serve is listed only if
+	// another member admitted it (then without its source).
 	Unreachable map[string]string `json:"unreachable,omitempty"`
+	// Partial says the view may miss followers any member knows: no
+	// member answered, or one knew more than it could list.
+	Partial bool `json:"partial,omitempty"`
 }
 
 // Followers counts the followers in the view.
@@ -102,10 +114,20 @@ func (f Fleet) Followers() int {
 	return count
 }
 
-// fleetAnswer is a node's answer on fleetProtocol.
+// fleetAnswer is a node's answer on fleetProtocol: itself, the followers
+// it serves a tail to, and the other followers it admitted by their pass
+// (at most maxFleetAdmitted; AdmittedTruncated when there were more).
 type fleetAnswer struct {
-	Self      FleetNode   `json:"self"`
-	Followers []FleetNode `json:"followers"`
+	Self              FleetNode          `json:"self"`
+	Followers         []FleetNode        `json:"followers"`
+	Admitted          []admittedFollower `json:"admitted,omitempty"`
+	AdmittedTruncated bool               `json:"admitted_truncated,omitempty"`
+}
+
+// admittedFollower is a follower a member admitted, as it knows it.
+type admittedFollower struct {
+	ID    string `json:"id"`
+	Agent string `json:"agent"`
 }
 
 // tailClient is one follower a member serves a tail to.
@@ -195,9 +217,31 @@ func (n *Node) servedFollowers() []FleetNode {
 	return out
 }
 
+// fleetAnswerOf is this node's fleetAnswer.
+func (n *Node) fleetAnswerOf() fleetAnswer {
+	a := fleetAnswer{Self: n.selfNode(), Followers: n.servedFollowers()}
+	served := make(map[string]bool, len(a.Followers))
+	for _, f := range a.Followers {
+		served[f.ID] = true
+	}
+	admitted := n.gate.admittedFollowers(time.Now())
+	slices.Sort(admitted)
+	for _, p := range admitted {
+		if served[p.String()] {
+			continue
+		}
+		if len(a.Admitted) == maxFleetAdmitted {
+			a.AdmittedTruncated = true
+			break
+		}
+		a.Admitted = append(a.Admitted, admittedFollower{ID: p.String(), Agent: n.host.AgentVersion(p)})
+	}
+	return a
+}
+
 // serveFleet answers fleetProtocol.
 func (n *Node) serveFleet(ctx context.Context, from peer.ID, _ []byte) []byte {
-	b, err := json.Marshal(fleetAnswer{Self: n.selfNode(), Followers: n.servedFollowers()})
+	b, err := json.Marshal(n.fleetAnswerOf())
 	if err != nil || len(b) > maxFleetAnswer {
 		n.log.Warn("the fleet answer does not fit", "bytes", len(b), "err", err)
 		return nil
@@ -213,8 +257,9 @@ func decodeFleetAnswer(member string, b []byte) (fleetAnswer, error) {
 	if err := json.Unmarshal(b, &a); err != nil {
 		return a, fmt.Errorf("a bad fleet answer: %w", err)
 	}
-	if len(a.Followers) > maxTailClients {
-		return a, fmt.Errorf("a fleet answer lists %d followers, at most %d", len(a.Followers), maxTailClients)
+	if len(a.Followers) > maxTailClients || len(a.Admitted) > maxFleetAdmitted {
+		return a, fmt.Errorf("a fleet answer lists %d followers and %d admitted, at most %d and %d",
+			len(a.Followers), len(a.Admitted), maxTailClients, maxFleetAdmitted)
 	}
 	if a.Self.ID != member {
 		return a, fmt.Errorf("a fleet answer about %q, not the member asked", truncateID(a.Self.ID))
@@ -229,6 +274,11 @@ func decodeFleetAnswer(member string, b []byte) (fleetAnswer, error) {
 			}
 		}
 	}
+	for _, ad := range a.Admitted {
+		if _, err := peer.Decode(ad.ID); err != nil || len(ad.Agent) > maxFleetField {
+			return a, fmt.Errorf("a fleet answer names a bad admitted follower %q", truncateID(ad.ID))
+		}
+	}
 	for i := range a.Followers {
 		if a.Followers[i].Source != member || a.Followers[i].Role != "follower" {
 			return a, fmt.Errorf("a fleet answer lists %s as tailing from %q as a %q", a.Followers[i].ID, truncateID(a.Followers[i].Source), truncateID(a.Followers[i].Role))
@@ -240,7 +290,7 @@ func decodeFleetAnswer(member string, b []byte) (fleetAnswer, error) {
 // askFleet asks one member for itself and its followers.
 func (n *Node) askFleet(ctx context.Context, m consensus.Member) (fleetAnswer, error) {
 	if m.ID == n.host.ID().String() {
-		return fleetAnswer{Self: n.selfNode(), Followers: n.servedFollowers()}, nil
+		return n.fleetAnswerOf(), nil
 	}
 	pid, err := peerOf(n.host, consensus.Server{ID: m.ID, Address: m.Address})
 	if err != nil {
@@ -283,11 +333,19 @@ func (n *Node) takeFleet(ctx context.Context) (Fleet, error) {
 
 // mergeFleet builds the view from the members' answers (errs[i] set for
 // a member that could not be asked: it is listed with what this node
-// knows of it: its agent, and where it runs from labels). A follower listed by two members (it moved between them)
-// is kept with its newest tail.
+// knows of it: its agent, and where it runs from labels). A follower
+// listed by two members (it moved between them) is kept with its newest
+// tail; one that only some member admitted is listed without a source,
+// placed from labels.
 func mergeFleet(members []consensus.Member, answers []fleetAnswer, errs []error, a agents, labels func(id string) peerLabels, now time.Time) Fleet {
 	f := Fleet{At: now}
 	followers := map[string]FleetNode{}
+	admitted := map[string]string{} // id → agent
+	isMember := map[string]bool{}
+	answered := 0
+	for _, m := range members {
+		isMember[m.ID] = true
+	}
 	for i, m := range members {
 		if errs[i] != nil {
 			if f.Unreachable == nil {
@@ -308,6 +366,11 @@ func mergeFleet(members []consensus.Member, answers []fleetAnswer, errs []error,
 			f.Nodes = append(f.Nodes, nd)
 			continue
 		}
+		answered++
+		f.Partial = f.Partial || answers[i].AdmittedTruncated
+		for _, ad := range answers[i].Admitted {
+			admitted[ad.ID] = cmp.Or(admitted[ad.ID], ad.Agent)
+		}
 		f.Nodes = append(f.Nodes, answers[i].Self)
 		if answers[i].Self.Role == "leader" {
 			f.LeaderIndex = answers[i].Self.Applied
@@ -318,14 +381,26 @@ func mergeFleet(members []consensus.Member, answers []fleetAnswer, errs []error,
 			}
 		}
 	}
+	f.Partial = f.Partial || answered == 0
+	for id, agent := range admitted {
+		if _, ok := followers[id]; !ok && !isMember[id] {
+			l := labels(id)
+			followers[id] = FleetNode{ID: id, Role: "follower", Agent: agent, Version: agentVersion(agent), Region: l.Region, Zone: l.Zone}
+		}
+	}
 	for _, fl := range followers {
-		f.Nodes = append(f.Nodes, fl)
+		if !isMember[fl.ID] { // it became one: its old tail may not have ended yet
+			f.Nodes = append(f.Nodes, fl)
+		}
 	}
 	rank := map[string]int{"leader": 0, "voter": 1, "non-voter": 2, "follower": 3}
 	slices.SortFunc(f.Nodes, func(x, y FleetNode) int {
 		return cmp.Or(cmp.Compare(rank[x.Role], rank[y.Role]), cmp.Compare(x.ID, y.ID))
 	})
 	for i := range f.Nodes {
+		if f.Nodes[i].Role == "follower" && f.Nodes[i].Source == "" {
+			continue // admitted only: its index is unknown
+		}
 		if f.LeaderIndex > f.Nodes[i].Applied {
 			f.Nodes[i].Lag = f.LeaderIndex - f.Nodes[i].Applied
 		}

@@ -154,8 +154,44 @@ func TestMergeFleet(t *testing.T) {
 			t.Errorf("the member not asked: %+v", nd)
 		}
 	}
-	if msg := f.Unreachable[id(2)]; !strings.Contains(msg, "connection refused") || len(f.Unreachable) != 1 {
-		t.Errorf("unreachable: %v", f.Unreachable)
+	if msg := f.Unreachable[id(2)]; !strings.Contains(msg, "connection refused") || len(f.Unreachable) != 1 || f.Partial {
+		t.Errorf("unreachable: %v, partial %v", f.Unreachable, f.Partial)
+	}
+
+	// Followers admitted by a member without a tail from it (between two
+	// streams, or tailing the member not asked) are listed without a
+	// source; a member among them is not; a member that could not list
+	// all it admitted, or no answer at all, makes the view partial.
+	answers[0].Admitted = []admittedFollower{{ID: id(4), Agent: "meshreg/v9 ops/9"}, {ID: id(1)}}
+	answers[1].Admitted = []admittedFollower{{ID: id(4)}}
+	f = mergeFleet(members[:2], answers[:2], errs[:2], ps[0], labels, now)
+	if len(f.Nodes) != 4 || f.Partial {
+		t.Fatalf("view with admitted followers: %+v", f)
+	}
+	answers[0].Admitted = []admittedFollower{{ID: id(3), Agent: "meshreg/v9 ops/9"}}
+	answers[1].Followers, answers[1].Admitted = nil, nil
+	f = mergeFleet(members[:2], answers[:2], errs[:2], ps[0], labels, now)
+	for _, nd := range f.Nodes {
+		if nd.ID == id(3) && (nd.Source != id(0) || nd.Lag != 20) {
+			t.Errorf("a follower served by one member, admitted by another: %+v", nd)
+		}
+		if nd.ID == id(4) {
+			t.Errorf("a follower nobody lists: %+v", nd)
+		}
+	}
+	answers[0].Followers, answers[0].AdmittedTruncated = nil, true
+	f = mergeFleet(members[:2], answers[:2], errs[:2], ps[0], labels, now)
+	var only FleetNode
+	for _, nd := range f.Nodes {
+		if nd.ID == id(3) {
+			only = nd
+		}
+	}
+	if !f.Partial || only.Source != "" || only.Lag != 0 || only.Version != "v9" {
+		t.Errorf("a truncated answer: partial %v, admitted-only follower %+v", f.Partial, only)
+	}
+	if f := mergeFleet(members, make([]fleetAnswer, 3), []error{errs[2], errs[2], errs[2]}, ps[0], labels, now); !f.Partial || len(f.Unreachable) != 3 {
+		t.Errorf("no member answered: partial %v, unreachable %v", f.Partial, f.Unreachable)
 	}
 }
 
@@ -191,11 +227,16 @@ func TestNewOpsWaitForEveryFollower(t *testing.T) {
 		{"older follower", view(userAgent("v2"), old), opApplies(state.OpGCSweep), []string{f2, member, "meshreg/v0.8.0", "upgrade every follower"}},
 		{"follower not identified", view("", userAgent("v2")), opApplies(state.OpGCSweep), []string{f1, "did not identify"}},
 		{"older setting", view(userAgent("v2"), "meshreg/v1.2.0 ops/8"), policy, []string{f2}},
-		{"member not asked", func() Fleet {
+		{"no member answered", func() Fleet {
 			v := view(userAgent("v2"), userAgent("v2"))
-			v.Unreachable = map[string]string{f1: "timeout"}
+			v.Unreachable, v.Partial = map[string]string{f1: "timeout"}, true
 			return v
 		}(), opApplies(state.OpGCSweep), []string{"member " + f1, "could not be asked", "timeout"}},
+		{"a member listed only part of its followers", func() Fleet {
+			v := view(userAgent("v2"), userAgent("v2"))
+			v.Partial = true
+			return v
+		}(), opApplies(state.OpGCSweep), []string{"more followers"}},
 	} {
 		err := fleetApplies(tc.v, "this change", tc.applies)
 		for _, w := range tc.want {
@@ -203,6 +244,13 @@ func TestNewOpsWaitForEveryFollower(t *testing.T) {
 				t.Errorf("%s: err = %v, want it to say %q", tc.name, err, w)
 			}
 		}
+	}
+	// A member not asked while another answered hides no follower: each
+	// presents its pass to every member, which lists it.
+	v := view(userAgent("v2"), userAgent("v2"))
+	v.Unreachable = map[string]string{f1: "timeout"}
+	if err := fleetApplies(v, "op", opApplies(state.LastOp)); err != nil {
+		t.Errorf("a member not asked, the view whole: %v", err)
 	}
 	// The original ops need no one's agreement.
 	if err := fleetApplies(view(old, old), "op", opApplies(state.OpDeleteTag)); err != nil {
@@ -268,11 +316,24 @@ func TestUpgradeGateAsksTheMembersForTheirFollowers(t *testing.T) {
 		t.Fatalf("every member and follower applies the policy: %v", err)
 	}
 
+	// b is cut off from a; the follower presented its pass to a too (as
+	// every follower does to every member): a's own answer lists it.
+	a.gate.admitFollower(follower.ID(), time.Minute)
+	follower.SetAgent("meshreg/v0.8.0 ops/5")
 	fn.net.Cut(a.host.ID(), b.host.ID())
 	fresh()
 	err = a.membersApply(state.OpGCSweep)
-	if err == nil || !strings.Contains(err.Error(), "member "+b.host.ID().String()) || !strings.Contains(err.Error(), "could not be asked") {
-		t.Fatalf("a member cut off: err = %v, want the check to fail naming it", err)
+	if err == nil || !strings.Contains(err.Error(), "follower "+follower.ID().String()) {
+		t.Fatalf("an older follower of a member cut off: err = %v, want the check to name it", err)
+	}
+	view, err = a.Fleet(t.Context())
+	if err != nil || view.Partial || len(view.Unreachable) != 1 || view.Unreachable[b.host.ID().String()] == "" || view.Followers() != 1 {
+		t.Fatalf("fleet view with b cut off: %+v, %v", view, err)
+	}
+	follower.SetAgent(userAgent("v2"))
+	fresh()
+	if err := a.membersApply(state.LastOp); err != nil {
+		t.Fatalf("a member cut off, every follower of this release: %v", err)
 	}
 	if st := a.Status(t.Context()).(Status); st.Followers == nil || st.FollowersServed != 0 {
 		t.Errorf("status after a fleet view: followers %v, served %d", st.Followers, st.FollowersServed)
@@ -329,13 +390,19 @@ func FuzzDecodeFleetAnswer(f *testing.F) {
 	f.Add([]byte(`{"self":{"id":"` + member + `"},"followers":null}`))
 	f.Add([]byte(`{"self":{"id":"` + member + `"},"followers":[{"id":"x"}]}`))
 	f.Add([]byte(`[]`))
+	f.Add([]byte(`{"self":{"id":"` + member + `"},"admitted":[{"id":"` + follower + `","agent":"meshreg/v1 ops/8"}],"admitted_truncated":true}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		a, err := decodeFleetAnswer(member, b)
 		if err != nil {
 			return
 		}
-		if a.Self.ID != member || len(a.Followers) > maxTailClients {
+		if a.Self.ID != member || len(a.Followers) > maxTailClients || len(a.Admitted) > maxFleetAdmitted {
 			t.Fatalf("accepted %+v", a)
+		}
+		for _, ad := range a.Admitted {
+			if _, err := peer.Decode(ad.ID); err != nil || len(ad.Agent) > maxFleetField {
+				t.Fatalf("accepted an admitted follower %+v", ad)
+			}
 		}
 		for _, fl := range a.Followers {
 			if _, err := peer.Decode(fl.ID); err != nil || fl.Source != member || fl.Role != "follower" || len(fl.Agent) > maxFleetField {

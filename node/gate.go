@@ -191,6 +191,20 @@ func (g *peerGate) admitFollower(p peer.ID, ttl time.Duration) {
 	g.followers[p] = now.Add(ttl)
 }
 
+// admittedFollowers are the followers admitted now (their pass presented
+// within followerAdmission), in no order.
+func (g *peerGate) admittedFollowers(now time.Time) []peer.ID {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make([]peer.ID, 0, len(g.followers))
+	for p, until := range g.followers {
+		if now.Before(until) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // isFollower reports whether p is a follower admitted by its pass.
 func (g *peerGate) isFollower(p peer.ID) bool {
 	g.mu.Lock()

@@ -132,8 +132,9 @@ func clusterNodes(c *cli.Context) error {
 			Applied, Lag                            uint64
 		} `json:"nodes"`
 		Unreachable map[string]string `json:"unreachable"`
+		Partial     bool              `json:"partial"`
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 8<<20)).Decode(&fleet); err != nil {
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&fleet); err != nil {
 		return fmt.Errorf("reading %s: %w", url, err)
 	}
 	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
@@ -154,7 +155,10 @@ func clusterNodes(c *cli.Context) error {
 	}
 	fmt.Fprintf(c.App.Writer, "\n%d nodes: %d members, %d followers\n", len(fleet.Nodes), len(fleet.Nodes)-followers, followers)
 	for _, id := range slices.Sorted(maps.Keys(fleet.Unreachable)) {
-		fmt.Fprintf(c.App.Writer, "member %s could not be asked for its followers (they are missing above): %s\n", id, fleet.Unreachable[id])
+		fmt.Fprintf(c.App.Writer, "member %s could not be asked for its followers (those no other member knows are missing above): %s\n", id, fleet.Unreachable[id])
+	}
+	if fleet.Partial {
+		fmt.Fprintln(c.App.Writer, "the list is partial: no member answered, or one knows more followers than it lists")
 	}
 	return nil
 }
