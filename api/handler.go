@@ -127,6 +127,7 @@ func New(cfg Config, reg Registry, node Node, metrics *Metrics, log *slog.Logger
 	h.mux.HandleFunc("GET /_meshreg/ui/{$}", h.statusPage)
 	h.mux.Handle("GET /_meshreg/ui", http.RedirectHandler("/_meshreg/ui/", http.StatusMovedPermanently))
 	h.mux.HandleFunc("DELETE /_meshreg/v1/members/{id}", h.adminOnly(h.removeMember))
+	h.mux.HandleFunc("GET /_meshreg/v1/nodes", h.adminOnly(h.nodes)) // nodes.go
 	h.mux.HandleFunc("POST /_meshreg/v1/join-tokens", h.adminOnly(h.createJoinToken))
 	h.mux.HandleFunc("GET /_meshreg/v1/backup", h.adminOnly(h.backup)) // backup.go
 	if cfg.Tokens != nil {

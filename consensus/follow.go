@@ -59,6 +59,10 @@ type TailStatus struct {
 	// snapshots restored from sources.
 	Reconnects uint64 `json:"reconnects"`
 	Snapshots  uint64 `json:"snapshots"`
+	// Stopped, when set, says why the tail stopped for good: this node
+	// met an entry newer than its release applies (ErrOlderThanCluster).
+	// Its state stays at Applied until it is upgraded and restarted.
+	Stopped string `json:"stopped,omitempty"`
 }
 
 var (
@@ -71,6 +75,12 @@ var (
 	// ErrFollowing: ServeTail was called on a follower (followers do not
 	// relay to followers).
 	ErrFollowing = errors.New("this node follows the metadata, it is not a member")
+	// ErrOlderThanCluster: a follower met a committed entry of an op, or
+	// a setting, newer than its release applies. Applying it would fail
+	// here and succeed on the members (an invalid command leaves no trace
+	// but the applied index), and this node's state would part from the
+	// cluster's for good; so the tail stops before it (TailStatus.Stopped).
+	ErrOlderThanCluster = errors.New("this node is older than the cluster")
 	// errOffLeader ends a stream from the leader to tail another member.
 	errOffLeader = errors.New("the source is the leader: moving to another member")
 	// errBecameMember ends the tail: a configuration names this node,
@@ -348,6 +358,16 @@ func (f *follower) run(ctx context.Context) {
 			f.s.log.Error("metadata tail stopped: the FSM failed", "err", ferr)
 			return
 		}
+		if older := (*olderError)(nil); errors.As(err, &older) {
+			// Stays the store's tail: Following and TailStatus tell
+			// why reads stop at the applied index.
+			f.s.log.Error(older.msg, "applied", f.applied)
+			f.mu.Lock()
+			f.status.Stopped = older.msg
+			f.status.Source = ""
+			f.mu.Unlock()
+			return
+		}
 		if errors.Is(err, errBecameMember) {
 			f.s.log.Info("metadata tail stops: this node became a raft member", "applied", f.applied)
 			f.s.tailMu.Lock()
@@ -453,6 +473,8 @@ func (f *follower) session(ctx context.Context, m Member) (progress bool, err er
 			}
 			progress = true
 		case frameHeartbeat:
+		case frameRefused:
+			return progress, fmt.Errorf("the member refused to serve this follower: %q", payload)
 		default:
 			return progress, fmt.Errorf("%w: frame type %d outside a snapshot", errTailProtocol, t)
 		}
@@ -498,6 +520,9 @@ func (f *follower) apply(e tailEntry) error {
 	}
 	switch e.Type {
 	case raft.LogCommand:
+		if err := f.s.knows(e.Index, e.Data); err != nil {
+			return err
+		}
 		// Idempotent by index; the response is the command's own result,
 		// the same on every node.
 		f.s.fsm.Apply(&raft.Log{Index: e.Index, Term: e.Term, Type: e.Type, Data: e.Data})
@@ -519,6 +544,50 @@ func (f *follower) apply(e tailEntry) error {
 	f.status.Applied = e.Index
 	f.mu.Unlock()
 	return nil
+}
+
+// knows returns nil when this release applies the command data of entry
+// index as every node does, and otherwise an error wrapping
+// ErrOlderThanCluster: its op is newer than state.LastOp, or it writes a
+// setting this release does not know. Members refuse both at propose, so
+// such an entry was proposed by a newer release (the upgrade gate,
+// node/features.go, waits for every follower it knows; one it did not
+// know, or a follower that was rolled back, stops here). Data that does
+// not decode is left to Apply: invalid on every node alike.
+func (s *Store) knows(index uint64, data []byte) error {
+	if len(data) == 0 {
+		return nil
+	}
+	op := state.Op(data[0])
+	newer := ""
+	switch {
+	case op > state.LastOp:
+		newer = fmt.Sprintf("op %d it does not know (it applies ops 1 to %d)", op, state.LastOp)
+	case op == state.OpPutSetting:
+		c, err := state.DecodeCommand(data)
+		if err == nil && !state.KnownSetting(c.Name) {
+			newer = fmt.Sprintf("a write of the setting %q it does not know", truncateName(c.Name))
+		}
+	}
+	if newer == "" {
+		return nil
+	}
+	return &olderError{fmt.Sprintf("this node (version %s) is older than the cluster: entry %d has %s; upgrade it",
+		cmp.Or(s.cfg.Version, "unknown"), index, newer)}
+}
+
+// olderError is ErrOlderThanCluster with what the entry was.
+type olderError struct{ msg string }
+
+func (e *olderError) Error() string        { return e.msg }
+func (e *olderError) Is(target error) bool { return target == ErrOlderThanCluster }
+
+// truncateName bounds a name a hostile or newer peer chose, for messages.
+func truncateName(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
 }
 
 // learn records and persists a configuration. One that names this node

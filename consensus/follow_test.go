@@ -73,7 +73,7 @@ func (h *tailHarness) DialTail(ctx context.Context, member Server) (io.ReadWrite
 	h.wg.Add(1)
 	go func() {
 		defer h.wg.Done()
-		if err := s.ServeTail(h.ctx, server); err != nil {
+		if err := s.ServeTail(h.ctx, server, nil); err != nil {
 			h.t.Logf("ServeTail(%s): %v", member.ID, err)
 		}
 	}()
@@ -276,7 +276,7 @@ func TestTailFollowersReadAndWrite(t *testing.T) {
 		}
 		// Followers do not relay.
 		a, b := net.Pipe()
-		if err := f.ServeTail(ctx, a); !errors.Is(err, ErrFollowing) {
+		if err := f.ServeTail(ctx, a, nil); !errors.Is(err, ErrFollowing) {
 			t.Errorf("%s: ServeTail on a follower = %v, want ErrFollowing", f.cfg.NodeID, err)
 		}
 		b.Close()

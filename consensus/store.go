@@ -106,6 +106,9 @@ type Config struct {
 	// tried first (the node: same zone first, non-voters before voters,
 	// the leader last). nil: non-voters, then voters, the leader last.
 	TailPrefer func(members []Member) []Member
+	// Version is this node's release, named in what a follower says when
+	// it meets an entry newer than it knows (ErrOlderThanCluster).
+	Version string
 
 	// OnFatal, if set, is called once when the FSM's storage fails (see
 	// ErrStorageFailed): the node can no longer follow the log and must

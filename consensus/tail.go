@@ -33,7 +33,13 @@ const (
 // or the store closes; it closes conn. The node calls it from its libp2p
 // stream handler after its own admission check. A store that follows
 // refuses (ErrFollowing): followers do not relay.
-func (s *Store) ServeTail(ctx context.Context, conn io.ReadWriteCloser) error {
+//
+// sent, if not nil, is told the index the follower applied through when
+// its request arrives, then the index sent through after each batch of
+// entries or snapshot (the follower applies them in order): the node's
+// view of the followers it serves. It runs on ServeTail's goroutine and
+// must not block.
+func (s *Store) ServeTail(ctx context.Context, conn io.ReadWriteCloser, sent func(through uint64)) error {
 	defer conn.Close()
 	if s.Following() {
 		return fmt.Errorf("consensus: serving a tail: %w", ErrFollowing)
@@ -63,7 +69,11 @@ func (s *Store) ServeTail(ctx context.Context, conn io.ReadWriteCloser) error {
 		_, _ = conn.Read(b[:])
 		cancel()
 	}()
-	t := &tailServer{s: s, w: bufio.NewWriterSize(conn, 64<<10), next: req.After + 1, hb: req.Heartbeat}
+	if sent == nil {
+		sent = func(uint64) {}
+	}
+	sent(req.After)
+	t := &tailServer{s: s, w: bufio.NewWriterSize(conn, 64<<10), next: req.After + 1, hb: req.Heartbeat, sent: sent}
 	err = t.run(ctx)
 	if ctx.Err() != nil {
 		return nil // the follower left, or the store closed
@@ -79,6 +89,7 @@ type tailServer struct {
 	hb       time.Duration
 	lastSent time.Time
 	leader   tailLeader
+	sent     func(through uint64) // see ServeTail
 }
 
 func (t *tailServer) run(ctx context.Context) error {
@@ -155,6 +166,7 @@ func (t *tailServer) catchUp(ctx context.Context) error {
 			return err
 		}
 		t.next = es[len(es)-1].Index + 1
+		t.sent(t.next - 1)
 	}
 	return nil
 }
@@ -253,5 +265,27 @@ func (t *tailServer) sendSnapshot() error {
 	}
 	t.s.log.Info("sent a snapshot to a metadata follower", "index", meta.Index, "bytes", total)
 	t.next = meta.Index + 1
+	t.sent(meta.Index)
+	return nil
+}
+
+// RefuseTail turns a follower away on conn with reason (at most
+// maxTailRefusal bytes are sent), then closes conn: the follower tails
+// another member. The node calls it when it serves all the followers it
+// may. It reads the request first, so that the follower, which writes it
+// before it reads, always gets the reason.
+func RefuseTail(conn io.ReadWriteCloser, reason string) error {
+	defer conn.Close()
+	timer := time.AfterFunc(tailRequestTimeout, func() { _ = conn.Close() })
+	defer timer.Stop()
+	if _, err := readTailRequest(conn); err != nil {
+		return fmt.Errorf("consensus: refusing a tail: %w", err)
+	}
+	if len(reason) > maxTailRefusal {
+		reason = reason[:maxTailRefusal]
+	}
+	if err := writeFrame(conn, frameRefused, []byte(reason)); err != nil {
+		return fmt.Errorf("consensus: refusing a tail: %w", err)
+	}
 	return nil
 }

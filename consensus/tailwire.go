@@ -24,6 +24,8 @@ import (
 //	  chunk       bytes of the FSM snapshot stream (fsm.go's format), in order
 //	  snapshotEnd total length of the chunks (uint64)
 //	  heartbeat   empty; sent when nothing else was for a heartbeat interval
+//	  refused     text: why the server will not serve this follower (it serves
+//	              as many as it may); the server closes the stream after it
 //
 // Every frame's length is bounded by its type (maxFrame); a reader refuses
 // a longer one before reading it. Only committed entries are sent.
@@ -36,6 +38,7 @@ const (
 	frameChunk       byte = 4
 	frameSnapshotEnd byte = 5
 	frameHeartbeat   byte = 6
+	frameRefused     byte = 7
 
 	// maxTailEntry bounds one entry's data: a command carries a manifest
 	// of up to MaxManifestBytes as base64 JSON plus annotations (the node's
@@ -52,6 +55,8 @@ const (
 	// or address in it.
 	maxTailServers = 1024
 	maxTailName    = 1024
+	// maxTailRefusal bounds a refusal's text.
+	maxTailRefusal = 1024
 	// tailChunk is the size of a snapshot chunk; maxTailSnapshot bounds a
 	// whole snapshot a follower accepts (metadata only: far above any
 	// real registry's).
@@ -129,6 +134,8 @@ func maxFrame(t byte) int {
 		return 8
 	case frameHeartbeat:
 		return 0
+	case frameRefused:
+		return maxTailRefusal
 	}
 	return -1
 }

@@ -1,10 +1,14 @@
 package node
 
 import (
+	"cmp"
+	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -16,7 +20,10 @@ import (
 // member applies it, and succeeds on the others: their states part for
 // good. So each node tells the others, in the user agent libp2p's identify
 // exchanges, the newest op it applies, and a command of a newer op than
-// the original ones is proposed only when every member applies it.
+// the original ones is proposed only when every member applies it, and
+// every follower of the metadata the fleet view (fleet.go) knows: they
+// apply every entry too. A follower the view missed stops at the entry
+// instead (consensus.ErrOlderThanCluster).
 
 // agentOps marks the newest op in a user agent: "meshreg/v1.2.0 ops/7".
 const agentOps = " ops/"
@@ -69,7 +76,10 @@ func (n *Node) membersApplySetting(name string) error {
 	for i, m := range members {
 		ids[i] = m.ID
 	}
-	return membersApplySetting(n.host, ids, name)
+	if err := membersApplySetting(n.host, ids, name); err != nil {
+		return err
+	}
+	return n.followersApply("the "+name+" setting", func(agent string) bool { return agentAppliesSetting(agent, name) })
 }
 
 func membersApplySetting(a agents, members []string, name string) error {
@@ -108,11 +118,10 @@ type agents interface {
 }
 
 // membersApply returns nil when every member of the Raft configuration
-// applies op, and otherwise an error naming one that does not (or that
-// this node never heard from) and what to do. Followers of the metadata
-// (follow.go) apply the log too, but no member knows them all: upgrade the
-// followers before the members (a follower of an older release fails on
-// a newer op, its state alone parts).
+// applies op, and every follower of the metadata the fleet view knows,
+// and otherwise an error naming one that does not (or that this node never
+// heard from, or a member that could not be asked for its followers) and
+// what to do.
 func (n *Node) membersApply(op state.Op) error {
 	if op <= state.OpUnlinkBlob {
 		return nil
@@ -125,7 +134,50 @@ func (n *Node) membersApply(op state.Op) error {
 	for i, m := range members {
 		ids[i] = m.ID
 	}
-	return membersApply(n.host, ids, op)
+	if err := membersApply(n.host, ids, op); err != nil {
+		return err
+	}
+	return n.followersApply(fmt.Sprintf("op %d", op), func(agent string) bool { return agentLastOp(agent) >= op })
+}
+
+// followersApply checks the followers of the fleet view (reused for
+// fleetTTL) with applies.
+func (n *Node) followersApply(what string, applies func(agent string) bool) error {
+	ctx, cancel := context.WithTimeout(n.ctx, fleetAskTimeout+time.Second)
+	defer cancel()
+	view, err := n.Fleet(ctx)
+	if err != nil {
+		return fmt.Errorf("listing the followers of the metadata: %w", err)
+	}
+	return fleetApplies(view, what, applies)
+}
+
+// fleetApplies returns nil when every follower in view applies the change
+// (what names it), and an error naming the first that does not. A partial
+// view fails the check closed (an older follower may be missing from it),
+// naming a member that could not be asked if there is one. A member that
+// could not be asked while others answered does not: every follower
+// presents its pass to every member, so the others list its followers
+// too (fleet.go).
+func fleetApplies(view Fleet, what string, applies func(agent string) bool) error {
+	if view.Partial {
+		if len(view.Unreachable) > 0 {
+			id := slices.Min(slices.Collect(maps.Keys(view.Unreachable)))
+			return fmt.Errorf("member %s could not be asked which followers of the metadata it knows (%s), nor any other: "+
+				"one of an older release would fail on this change (%s); retry once a member answers",
+				id, view.Unreachable[id], what)
+		}
+		return fmt.Errorf("a member knows more followers of the metadata than it could list: "+
+			"one of an older release would fail on this change (%s)", what)
+	}
+	for _, nd := range view.Nodes {
+		if nd.Role != "follower" || applies(nd.Agent) {
+			continue
+		}
+		return fmt.Errorf("follower %s (tailing from %s) runs %s, a release that cannot apply this change (%s): "+
+			"upgrade every follower (or stop it) first", nd.ID, nd.Source, cmp.Or(nd.Agent, "a release this member did not identify"), what)
+	}
+	return nil
 }
 
 func membersApply(a agents, members []string, op state.Op) error {

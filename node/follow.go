@@ -46,7 +46,8 @@ type followerStore interface {
 	FollowedBefore() bool
 	TailStatus() consensus.TailStatus
 	// ServeTail serves one follower's tail on conn (a member's side).
-	ServeTail(ctx context.Context, conn io.ReadWriteCloser) error
+	// sent hears the index sent through (see consensus.Store.ServeTail).
+	ServeTail(ctx context.Context, conn io.ReadWriteCloser, sent func(through uint64)) error
 }
 
 var _ followerStore = (*consensus.Store)(nil)
@@ -359,6 +360,11 @@ func (n *Node) zoneHasMember(members []consensus.Member) bool {
 func (n *Node) askForSlot(ctx context.Context, members []consensus.Member) {
 	f, ok := n.followers()
 	if !ok {
+		return
+	}
+	if f.TailStatus().Stopped != "" {
+		// An older release stopped at an entry it cannot apply: as a
+		// member it would fail that entry and part from the others.
 		return
 	}
 	st := n.meta.Status()

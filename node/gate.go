@@ -31,7 +31,7 @@ import (
 //	                                          is a cluster to join)
 //	raft, forward, index, info, has,          members and admitted peers
 //	replicate, blob, vouch, origin-fetch,
-//	log-tail, kad (DHT), anything new
+//	log-tail, fleet, kad (DHT), anything new
 //
 // Members are the servers of the latest Raft configuration this node
 // knows (on a follower of the metadata, the one its tail learned).
@@ -189,6 +189,20 @@ func (g *peerGate) admitFollower(p peer.ID, ttl time.Duration) {
 		}
 	}
 	g.followers[p] = now.Add(ttl)
+}
+
+// admittedFollowers are the followers admitted now (their pass presented
+// within followerAdmission), in no order.
+func (g *peerGate) admittedFollowers(now time.Time) []peer.ID {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make([]peer.ID, 0, len(g.followers))
+	for p, until := range g.followers {
+		if now.Before(until) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // isFollower reports whether p is a follower admitted by its pass.

@@ -110,6 +110,9 @@ type Node struct {
 		leader string
 		index  uint64
 	}
+
+	tails tailClients // the followers this member serves (fleet.go)
+	fleet fleetCache  // the last fleet view (fleet.go)
 }
 
 var (
@@ -173,6 +176,7 @@ func Open(cfg Config, log *slog.Logger, opts ...Option) (n *Node, err error) {
 	// the dialer and the preference need the node, made below.
 	tails := &tailDialer{}
 	cc.TailDialer = tails
+	cc.Version = cfg.Version
 	cc.TailPrefer = func(members []consensus.Member) []consensus.Member {
 		if n := tails.node.Load(); n != nil {
 			return n.preferTail(members)
@@ -265,6 +269,7 @@ func (n *Node) serveProtocols(s ProtocolServer) {
 	s.HandleRequests(mirrorProtocol, maxControlLen, rpcTimeout, n.serveMirror)
 	s.HandleRequests(originProtocol, maxControlLen, rpcTimeout, n.serveOriginFetch)
 	s.HandleRequests(gcReportProtocol, maxControlLen, gcReportTimeout, n.serveGCReport)
+	s.HandleRequests(fleetProtocol, maxControlLen, rpcTimeout, n.serveFleet)
 	s.ServeBlobs(n.cfg.PeerIdleTimeout, n.serveBlob)
 	n.serveTailStreams(s) // tail.go
 }

@@ -15,6 +15,9 @@ import (
 
 // Ready returns nil when the node can take writes.
 func (n *Node) Ready(ctx context.Context) error {
+	if st := n.meta.Status(); st.Following && st.Tail.Stopped != "" {
+		return errors.New(st.Tail.Stopped) // an older release: upgrade it
+	}
 	if n.join.removedWhileDown() || n.removed() {
 		return errors.New(n.membershipProblem())
 	}
@@ -47,10 +50,16 @@ type Status struct {
 	// applied, the leader's applied index as last asked, and the lag
 	// between the two; absent on a member.
 	Follower *FollowerStatus `json:"follower,omitempty"`
-	Uploads  int             `json:"uploads_in_progress"`
-	Region   string          `json:"region,omitempty"`
-	Zone     string          `json:"zone,omitempty"`
-	Replicas int             `json:"replicas"`
+	// FollowersServed is how many followers this member serves the log
+	// to now; Followers how many the cluster has, as the last fleet view
+	// (GET /_meshreg/v1/nodes, or the upgrade gate's) saw them, absent
+	// when no view was taken in the last minute.
+	FollowersServed int    `json:"followers_served"`
+	Followers       *int   `json:"followers,omitempty"`
+	Uploads         int    `json:"uploads_in_progress"`
+	Region          string `json:"region,omitempty"`
+	Zone            string `json:"zone,omitempty"`
+	Replicas        int    `json:"replicas"`
 	// DHTPeers is the size of the DHT routing table.
 	DHTPeers int `json:"dht_peers"`
 	// Peers are the nodes this one knows as sources of blobs.
@@ -124,11 +133,15 @@ func (n *Node) Status(ctx context.Context) any {
 		Raft:        raft,
 		Role:        n.role(raft),
 		Follower:    n.followerStatus(ctx, raft),
-		Uploads:     uploads,
-		Region:      n.cfg.Region,
-		Zone:        n.cfg.Zone,
-		Replicas:    n.cfg.Replicas,
-		DHTPeers:    n.routing.RoutingTableSize(),
+
+		FollowersServed: n.tails.count(),
+		Followers:       n.recentFollowers(),
+
+		Uploads:  uploads,
+		Region:   n.cfg.Region,
+		Zone:     n.cfg.Zone,
+		Replicas: n.cfg.Replicas,
+		DHTPeers: n.routing.RoutingTableSize(),
 
 		Peers: n.peers.snapshot(),
 

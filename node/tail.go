@@ -8,6 +8,7 @@ import (
 	"io"
 	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -51,9 +52,46 @@ func (n *Node) serveTail(from peer.ID, s io.ReadWriteCloser) {
 		_ = s.Close()
 		return
 	}
+	tc, ok := n.tails.add(from, time.Now())
+	if !ok {
+		n.log.Warn("refused a follower: this member serves as many as it may", "from", from, "max", maxTailClients)
+		reason := fmt.Sprintf("member %s serves %d followers, its most: tail another member", n.host.ID(), maxTailClients)
+		if err := consensus.RefuseTail(s, reason); err != nil {
+			n.log.Debug("refusing a follower", "from", from, "err", err)
+		}
+		return
+	}
+	defer n.tails.remove(tc)
+	ctx, cancel := context.WithCancel(n.ctx)
+	defer cancel()
+	if n.peers.labelsOf(from.String()) == (peerLabels{}) {
+		go n.learnFollowerPlace(ctx, from)
+	}
 	n.log.Debug("serving the metadata tail", "to", from)
-	if err := f.ServeTail(n.ctx, s); err != nil && n.ctx.Err() == nil {
+	if err := f.ServeTail(ctx, s, tc.sent.Store); err != nil && n.ctx.Err() == nil {
 		n.log.Debug("a metadata tail ended", "to", from, "err", err)
+	}
+}
+
+// learnFollowerPlace asks a follower where it runs (infoProtocol), for the
+// fleet view, until it answers, ctx ends (its tail did) or a few tries
+// failed: a new follower lets this member in only once its tail taught it
+// the configuration.
+func (n *Node) learnFollowerPlace(ctx context.Context, p peer.ID) {
+	wait := time.Second
+	for range 5 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		actx, cancel := context.WithTimeout(ctx, rpcTimeout)
+		_, err := n.askInfo(actx, p)
+		cancel()
+		if err == nil {
+			return
+		}
+		wait *= 2
 	}
 }
 

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
@@ -18,13 +20,19 @@ func clusterCommand() *cli.Command {
 	nodeFlag := nodeFlag("any node's")
 	return &cli.Command{
 		Name:  "cluster",
-		Usage: "show the cluster's members, or remove one for good",
+		Usage: "show the cluster's members and all its nodes, or remove a member for good",
 		Subcommands: []*cli.Command{
 			{
 				Name:   "members",
 				Usage:  "list the members: peer id, Raft address, suffrage, leader",
 				Flags:  append([]cli.Flag{nodeFlag}, nodeClientFlags()...),
 				Action: clusterMembers,
+			},
+			{
+				Name:   "nodes",
+				Usage:  "list every node: members and followers of the metadata, role, version, region/zone, applied index and lag, the member each follower tails",
+				Flags:  append([]cli.Flag{nodeFlag}, nodeClientFlags()...),
+				Action: clusterNodes,
 			},
 			{
 				Name:      "remove",
@@ -92,6 +100,65 @@ func clusterMembers(c *cli.Context) error {
 		_, err := fmt.Fprintf(c.App.Writer, "\n%s (the node asked) follows the metadata without being a member: tailing from %s, %d entries behind the leader\n",
 			st.NodeID, cmp.Or(st.Follower.Source, "no member yet"), st.Follower.Lag)
 		return err
+	}
+	return nil
+}
+
+// clusterNodes prints GET /_meshreg/v1/nodes as a table, then the members
+// that could not be asked for their followers.
+func clusterNodes(c *cli.Context) error {
+	base, err := nodeURL(c.String("node"))
+	if err != nil {
+		return err
+	}
+	url := base + "/_meshreg/v1/nodes"
+	req, err := http.NewRequestWithContext(c.Context, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := nodeDo(c, req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("reading %s: %s", url, apiErrorText(resp.StatusCode, msg))
+	}
+	var fleet struct {
+		LeaderIndex uint64 `json:"leader_index"`
+		Nodes       []struct {
+			ID, Role, Version, Region, Zone, Source string
+			Applied, Lag                            uint64
+		} `json:"nodes"`
+		Unreachable map[string]string `json:"unreachable"`
+		Partial     bool              `json:"partial"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&fleet); err != nil {
+		return fmt.Errorf("reading %s: %w", url, err)
+	}
+	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER ID\tROLE\tVERSION\tREGION/ZONE\tAPPLIED\tLAG\tTAILS FROM")
+	followers := 0
+	for _, n := range fleet.Nodes {
+		place := "-"
+		if n.Region != "" || n.Zone != "" {
+			place = cmp.Or(n.Region, "-") + "/" + cmp.Or(n.Zone, "-")
+		}
+		if n.Role == "follower" {
+			followers++
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", n.ID, cmp.Or(n.Role, "?"), cmp.Or(n.Version, "?"), cmp.Or(place, "-"), n.Applied, n.Lag, cmp.Or(n.Source, "-"))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "\n%d nodes: %d members, %d followers\n", len(fleet.Nodes), len(fleet.Nodes)-followers, followers)
+	for _, id := range slices.Sorted(maps.Keys(fleet.Unreachable)) {
+		fmt.Fprintf(c.App.Writer, "member %s could not be asked for its followers (those no other member knows are missing above): %s\n", id, fleet.Unreachable[id])
+	}
+	if fleet.Partial {
+		fmt.Fprintln(c.App.Writer, "the list is partial: no member answered, or one knows more followers than it lists")
 	}
 	return nil
 }

@@ -121,6 +121,11 @@ func TestClusterCommandsAgainstANode(t *testing.T) {
 			t.Errorf("cluster members --node %s: %v\n%s", node, err, out)
 		}
 	}
+	// A single node is the whole fleet: the leader, no follower.
+	if out, err := runMeshreg(t, "cluster", "nodes", "--node", addr); err != nil || !strings.Contains(out, "TAILS FROM") ||
+		!strings.Contains(out, " leader ") || !strings.Contains(out, "1 nodes: 1 members, 0 followers") {
+		t.Errorf("cluster nodes --node %s: %v\n%s", addr, err, out)
+	}
 	if out, err := runMeshreg(t, "token", "create", "--node", addr, "--ttl", "1m"); err != nil || !strings.Contains(out, "--join http://"+addr) {
 		t.Errorf("token create --node %s: %v\n%s", addr, err, out)
 	}
@@ -183,6 +188,12 @@ func TestClusterCommandsWithAuth(t *testing.T) {
 	}
 	if _, err := runMeshreg(t, "token", "create", "--node", addr, "--username", "bob", "--password", "bob-pw"); err == nil || !strings.Contains(err.Error(), "DENIED") || !strings.Contains(err.Error(), "admin") {
 		t.Errorf("token create as bob: %v, want DENIED naming the admin right", err)
+	}
+	if out, err := runMeshreg(t, "cluster", "nodes", "--node", addr, "--username", "alice", "--password", "alice-pw"); err != nil || !strings.Contains(out, " leader ") {
+		t.Errorf("cluster nodes as alice: %v\n%s", err, out)
+	}
+	if _, err := runMeshreg(t, "cluster", "nodes", "--node", addr, "--username", "bob", "--password", "bob-pw"); err == nil || !strings.Contains(err.Error(), "admin") {
+		t.Errorf("cluster nodes as bob: %v, want DENIED naming the admin right", err)
 	}
 	t.Setenv("MESHREG_USERNAME", "bob")
 	t.Setenv("MESHREG_PASSWORD", "bob-pw")
