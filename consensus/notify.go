@@ -5,7 +5,7 @@ import (
 )
 
 // A follower learns that an entry is committed only from the leader's next
-// AppendEntries: with new entries, or when idle after CommitTimeout (50–100
+// AppendEntries: with new entries, or when idle after CommitTimeout (250–500
 // ms). A write forwarded by a follower returns once the follower applied
 // it, so it waited for that: ~18 ms where the leader's own write took ~1
 // ms. hashicorp/raft has no way to send the commit index at once (its

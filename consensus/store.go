@@ -199,11 +199,15 @@ func raftConfig(c Config, logger *hclogAdapter) *raft.Config {
 	rc.LeaderLeaseTimeout = 500 * time.Millisecond
 	// Followers learn that an entry is committed only from the leader's
 	// next AppendEntries, which comes with new entries or, when idle, every
-	// CommitTimeout (randomised up to twice that). Writes do not wait for
-	// it: the leader tells the followers of each commit at once
-	// (notify.go). Each tick is an AppendEntries to every member, so it is
-	// the leader's main idle cost (at 10 ms, two thirds of its idle CPU at
-	// 25 nodes); raft's default of 50 ms.
+	// CommitTimeout (randomised up to twice that). No write waits for it:
+	// the leader tells the followers of every commit at once, its own
+	// writes' included (notify.go). What is left to it: the commit of the
+	// notifying barrier itself (no state), and how soon the leader retries
+	// sending entries to a member that missed some (one back from a pause)
+	// when no new write triggers it: within 250–500 ms. Each tick is an
+	// AppendEntries to every member, half of a member's idle Raft traffic
+	// (the heartbeats, every 100–200 ms, are the other half): at raft's
+	// default of 50 ms, 10–20 a second to each member for nothing.
 	rc.CommitTimeout = commitTimeout
 	rc.SnapshotThreshold = c.SnapshotThreshold
 	rc.SnapshotInterval = c.SnapshotInterval
@@ -215,7 +219,7 @@ func raftConfig(c Config, logger *hclogAdapter) *raft.Config {
 }
 
 // commitTimeout is raft's CommitTimeout (see raftConfig).
-const commitTimeout = 50 * time.Millisecond
+const commitTimeout = 250 * time.Millisecond
 
 // gcInterval is how often the badger value logs are garbage collected.
 const gcInterval = 10 * time.Minute
