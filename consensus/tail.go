@@ -18,16 +18,20 @@ import (
 // Raft log store; the newest snapshot (raft's own, on disk) when the log
 // no longer holds them; the leader it knows whenever that changes; a
 // heartbeat when it has had nothing else to send for a while. It wakes on
-// the applied and cluster events (watch.go), with a slow ticker for the
-// entries that publish none (configurations, barriers).
+// the applied and cluster events (watch.go), with a slow ticker, every
+// half heartbeat, for the heartbeat and for the entries that publish no
+// event (barriers, a new leader's no-op): those carry no state, so nothing
+// waits for them.
+//
+// The ticker was every 250 ms: four wake-ups a second for each follower a
+// member serves, a cost that grew with the followers per member (99 of them
+// for each of 10 members in a cluster of 1,000 nodes). At half the
+// heartbeat (1 s by default) it is one, and a barrier's index reaches the
+// follower within a second of its commit; every write's entry still goes
+// out at once, on its applied event.
 
-// Timing of a tail server.
-const (
-	// tailPoll is the fallback wake-up (and heartbeat check) interval.
-	tailPoll = 250 * time.Millisecond
-	// tailRequestTimeout bounds the wait for the follower's request.
-	tailRequestTimeout = 10 * time.Second
-)
+// tailRequestTimeout bounds the wait for the follower's request.
+const tailRequestTimeout = 10 * time.Second
 
 // ServeTail serves one follower on conn until ctx ends, the stream breaks
 // or the store closes; it closes conn. The node calls it from its libp2p
@@ -95,7 +99,7 @@ type tailServer struct {
 func (t *tailServer) run(ctx context.Context) error {
 	st, changes := t.s.Watch(ctx)
 	_, applied := t.s.WatchApplied(ctx)
-	poll := time.NewTicker(min(tailPoll, t.hb/2))
+	poll := time.NewTicker(t.hb / 2)
 	defer poll.Stop()
 	for {
 		if err := t.sendLeader(st); err != nil {
