@@ -144,6 +144,10 @@ type memberResult struct {
 	Follow  bool               `json:"follow,omitempty"`
 	Members []consensus.Member `json:"members,omitempty"`
 	Pass    string             `json:"pass,omitempty"`
+	// Own answers a "pass" presented to a follower: the follower's own
+	// pass, so that the two admit each other in one round trip (a
+	// follower fetching a blob from another, see peerView.Admit).
+	Own string `json:"own,omitempty"`
 }
 
 // serveMember applies a membership request when this node leads, or

@@ -284,8 +284,8 @@ func (n *Node) issuePassTo(subject peer.ID) (string, error) {
 // servePass is a member's side of memberProtocol "pass": it admits the
 // follower that presents a valid pass, and answers a pass past half its
 // life, or issued by another member, with one of its own. A follower
-// admits another follower too (to fetch blobs from it), without a pass of
-// its own.
+// admits another follower too (to fetch blobs from it), and answers with
+// the pass it holds (Own), so that each admits the other.
 func (n *Node) servePass(from peer.ID, req memberRequest) []byte {
 	res := memberResult{}
 	exp, err := verifyPass(req.Pass, from, time.Now(), n.isMemberID)
@@ -297,8 +297,11 @@ func (n *Node) servePass(from peer.ID, req memberRequest) []byte {
 		res.Error = "this node is neither a member of the cluster nor a follower: present the pass to a member"
 	case !n.isMember():
 		// A follower admits another to fetch blobs from it (passingNet),
-		// and issues no pass: the members would not take it.
+		// and issues no pass: the members would not take it. It answers
+		// with its own pass instead, so the asker admits it in turn (it
+		// may be asking in order to fetch from this node: peerView.Admit).
 		n.gate.admitFollower(from, followerAdmission)
+		res.Own = n.passes.get(n.isMemberID)
 	default:
 		n.gate.admitFollower(from, followerAdmission)
 		// The follower keeps a pass of each member (passBook): one of
@@ -314,8 +317,10 @@ func (n *Node) servePass(from peer.ID, req memberRequest) []byte {
 	return out
 }
 
-// presentPass presents this node's pass to member p, unless it did within
-// passRefresh, and keeps the new pass p may answer with.
+// presentPass presents this node's pass to p (a member, or a follower it
+// fetches from), unless it did within passRefresh, and keeps the new pass
+// a member may answer with; a follower answers with its own pass, and is
+// admitted here once that pass checks out.
 func (n *Node) presentPass(ctx context.Context, p peer.ID) error {
 	pass := n.passes.get(n.isMemberID)
 	if pass == "" {
@@ -340,6 +345,16 @@ func (n *Node) presentPass(ctx context.Context, p peer.ID) error {
 		return fmt.Errorf("%s refused the follower pass: %s", p, res.Error)
 	}
 	n.passes.mark(p, now)
+	if res.Own != "" && !n.isMemberPeer(p) {
+		// p is a follower too, and proved it: admit it, to fetch from it
+		// and to serve it. Its pass must be its own, signed by a member
+		// of the configuration this node knows, like any presented here.
+		if _, err := verifyPass(res.Own, p, now, n.isMemberID); err == nil {
+			n.gate.admitFollower(p, followerAdmission)
+		} else {
+			n.log.Debug("a follower answered with a pass this node refuses", "peer", p, "err", err)
+		}
+	}
 	if res.Pass != "" {
 		if _, err := verifyPass(res.Pass, n.host.ID(), now, func(id string) bool { return id == p.String() }); err == nil {
 			if err := n.passes.add(res.Pass); err != nil {

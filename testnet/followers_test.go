@@ -453,3 +453,44 @@ func TestMemberLostForGoodIsReplacedByFollower(t *testing.T) {
 	}
 	testnet.AssertAgree(t, live, 15*time.Second, repo)
 }
+
+// TestFollowerFetchesFromFollower: a blob that only one follower of the
+// metadata holds (--replicas 1, pushed through it) is served to another
+// follower, which has never met it: the DHT names the holder, and the two
+// admit each other by exchanging their passes before the bytes move. A
+// follower that kept only the holders it had met (the members) found
+// none, and in a fan-out left the members to serve every follower.
+func TestFollowerFetchesFromFollower(t *testing.T) {
+	testnet.RequireProcess(t)
+	nodes := startBounded(t, 5, []string{"--voters", "3", "--max-raft-members", "0", "--replicas", "1"}, nil)
+	sts := waitRoles(t, nodes, roleCounts{3, 0, 2}, 60*time.Second)
+	followers := withRole(sts, nodes, "follower")
+	holder, puller := followers[0], followers[1]
+	ctx := t.Context()
+	const repo = "e2e/follower-to-follower"
+	blob := []byte(strings.Repeat("held by one follower only\n", 40000)) // ~1 MiB
+	d, err := testnet.NewClient(holder.URL()).PushBytes(ctx, repo, blob)
+	if err != nil {
+		t.Fatalf("push through follower %s: %v", holder.Host(), err)
+	}
+	// Bounded retries: the link reaches the puller through its tail, and
+	// the holder's provider record the DHT, a moment after the push.
+	var last error
+	if !testnet.Eventually(20*time.Second, func() bool {
+		last = testnet.NewClient(puller.URL()).VerifyBlob(ctx, repo, d, int64(len(blob)))
+		return last == nil
+	}) {
+		t.Fatalf("follower %s could not get %s, held only by follower %s: %v", puller.Host(), d, holder.Host(), last)
+	}
+	// The premise: no member holds it (--replicas 1), so the bytes came
+	// from the holder.
+	for _, n := range withRole(sts, nodes, "voter") {
+		st, err := n.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Blobs.Count != 0 {
+			t.Errorf("member %s holds %d blobs, want none (only the follower that took the push)", n.Host(), st.Blobs.Count)
+		}
+	}
+}
