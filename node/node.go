@@ -51,6 +51,9 @@ type Node struct {
 	gate *peerGate
 	// wasRemoved is set once the node logged that it was removed.
 	wasRemoved atomic.Bool
+	// passLostWarned is set once a follower without --join logged that no
+	// member accepts its passes (rejoinWithoutPass).
+	passLostWarned atomic.Bool
 	// passes is this node's follower pass, when it follows the metadata
 	// (followpass.go).
 	passes *passBook

@@ -26,6 +26,12 @@ import (
 // zones is not nil). It does not wait for the roles to settle (waitRoles).
 func startBounded(t *testing.T, size int, args []string, zones []string) []*testnet.Node {
 	t.Helper()
+	return startBoundedEnv(t, size, args, zones, nil)
+}
+
+// startBoundedEnv is startBounded with env (KEY=VALUE) for every node.
+func startBoundedEnv(t *testing.T, size int, args []string, zones []string, env []string) []*testnet.Node {
+	t.Helper()
 	zoneArgs := func(i int) []string {
 		if zones == nil {
 			return nil
@@ -33,12 +39,12 @@ func startBounded(t *testing.T, size int, args []string, zones []string) []*test
 		return []string{"--zone", zones[i]}
 	}
 	base := append([]string{"--stabilization-time", testnet.HarnessStabilization.String()}, args...)
-	first := testnet.StartNode(t, testnet.Options{Args: append(append([]string{}, base...), zoneArgs(0)...)})
+	first := testnet.StartNode(t, testnet.Options{Args: append(append([]string{}, base...), zoneArgs(0)...), Env: env})
 	nodes := []*testnet.Node{first}
 	join := []string{"--join", first.URL(), "--join-token", testnet.JoinToken(t, first, time.Hour)}
 	for i := 1; i < size; i++ {
 		a := append(append(append([]string{}, base...), join...), zoneArgs(i)...)
-		nodes = append(nodes, testnet.StartNode(t, testnet.Options{Args: a}))
+		nodes = append(nodes, testnet.StartNode(t, testnet.Options{Args: a, Env: env}))
 	}
 	return nodes
 }
@@ -492,5 +498,55 @@ func TestFollowerFetchesFromFollower(t *testing.T) {
 		if st.Blobs.Count != 0 {
 			t.Errorf("member %s holds %d blobs, want none (only the follower that took the push)", n.Host(), st.Blobs.Count)
 		}
+	}
+}
+
+// TestFollowerWithExpiredPassesJoinsAgain: a follower stopped for longer
+// than its passes are valid (seconds here, through serve's test-only
+// MESHREG_TEST_FOLLOWER_PASS_TTL; 7 days otherwise) would be refused by
+// every member for good: restarted, it says so and joins again through
+// --join as a new node, and follows with a fresh pass.
+func TestFollowerWithExpiredPassesJoinsAgain(t *testing.T) {
+	testnet.RequireProcess(t)
+	const ttl = 8 * time.Second
+	nodes := startBoundedEnv(t, 4, []string{"--voters", "3", "--max-raft-members", "0"}, nil,
+		[]string{"MESHREG_TEST_FOLLOWER_PASS_TTL=" + ttl.String()})
+	sts := waitRoles(t, nodes, roleCounts{3, 0, 1}, 60*time.Second)
+	f := withRole(sts, nodes, "follower")[0]
+	f.Stop()
+	time.Sleep(ttl + 2*time.Second)
+	// Written while it was down: it must learn it after joining again.
+	ctx := t.Context()
+	const repo = "e2e/expired-passes"
+	c := testnet.NewClient(withRole(sts, nodes, "voter")[0].URL())
+	tagged, err := c.PutManifest(ctx, repo, "v1", ocispec.MediaTypeImageManifest, smallImage(t, c, repo)("1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Restart()
+	var st testnet.NodeStatus
+	if !testnet.Eventually(30*time.Second, func() bool {
+		st, err = f.Status(ctx)
+		return err == nil && st.Role == "follower" && st.Follower.Source != ""
+	}) {
+		t.Fatalf("the restarted follower: role %q, tail source %q (err %v), want a follower again", st.Role, st.Follower.Source, err)
+	}
+	if !testnet.Eventually(10*time.Second, func() bool { s, d := readStatus(ctx, f, repo, "v1"); return s == 200 && d == tagged.String() }) {
+		s, d := readStatus(ctx, f, repo, "v1")
+		t.Errorf("the follower that joined again reads %s:v1 %d %q, want 200 %s", repo, s, d, tagged)
+	}
+	log, _, err := testnet.TailFile(f.LogPath(), 200000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := strings.LastIndex(log, "passes expired while it was down")
+	if i < 0 {
+		t.Fatalf("the restarted follower did not say its passes expired: %s", log[max(0, len(log)-3000):])
+	}
+	if !strings.Contains(log[i:], `"rejoined_after_lost_passes":true`) || !strings.Contains(log[i:], "following the metadata") {
+		t.Errorf("after its passes expired, the follower did not join again and follow: %s", log[i:min(len(log), i+5000)])
+	}
+	if strings.Contains(log[i:], "resumed following the metadata") {
+		t.Error("the follower resumed following with expired passes")
 	}
 }
