@@ -276,7 +276,7 @@ func (s *seeker) Run(ctx context.Context) error {
 	defer t.Stop()
 	lastPresent := time.Time{}
 	var lost passWatch
-	doubt := false // the last round found no member admitting the pass
+	doubt := false // the last round found members refusing the pass, none admitting it
 	for {
 		select {
 		case <-ctx.Done():
@@ -295,11 +295,13 @@ func (s *seeker) Run(ctx context.Context) error {
 		if doubt || time.Since(lastPresent) >= passRefresh/3 {
 			// presentPass skips the members presented to lately: this
 			// reaches a new member within a third of passRefresh. While
-			// no member admits the pass, every round asks again (only
-			// those that refused or did not answer).
+			// members refuse the pass and none admits it, every round
+			// asks again (those not admitting it), to decide within
+			// passLostRounds rounds; members that do not answer are only
+			// asked at the usual pace.
 			accepted, refused := s.n.presentPassToAll(ctx, members)
 			lastPresent = time.Now()
-			doubt = accepted == 0
+			doubt = accepted == 0 && refused > 0
 			if lost.observe(s.n.passes.valid(time.Now()), accepted, refused) {
 				s.n.rejoinWithoutPass(ctx, refused)
 				lost.reset()
