@@ -29,10 +29,13 @@ func (n *Node) serveBlob(ctx context.Context, from peer.ID, req p2p.BlobRequest)
 	if d.Validate() != nil || req.Offset < 0 {
 		return p2p.BlobAnswer{Status: p2p.BlobRefused, Message: "bad digest or offset"}, nil
 	}
-	if !req.NoRedirect {
-		if others := n.servingTo(d, from); len(others) >= servePerBlob {
-			return p2p.BlobAnswer{Status: p2p.BlobBusy, Redirect: others}, nil
-		}
+	// The slot is taken before the blob is opened (which may hash it
+	// whole first, see openForPeer): askers arriving together at the start
+	// of a fan-out would otherwise all find it free and all be served,
+	// instead of forming a chain.
+	stop, others := n.claimServing(d, from, !req.NoRedirect)
+	if stop == nil {
+		return p2p.BlobAnswer{Status: p2p.BlobBusy, Redirect: others}, nil
 	}
 	var (
 		body  io.ReadSeekCloser
@@ -44,13 +47,16 @@ func (n *Node) serveBlob(ctx context.Context, from peer.ID, req p2p.BlobRequest)
 	} else if r, sz, dep := n.inFlight(d, from, req.CompleteOnly); r != nil {
 		body, size, depth = r, sz, dep
 	} else {
+		stop()
 		return p2p.BlobAnswer{Status: p2p.BlobNotFound}, nil
 	}
 	if req.Offset > size {
+		stop()
 		body.Close()
 		return p2p.BlobAnswer{Status: p2p.BlobRefused, Message: "offset past the end"}, nil
 	}
 	if _, err := body.Seek(req.Offset, io.SeekStart); err != nil {
+		stop()
 		body.Close()
 		return p2p.BlobAnswer{Status: p2p.BlobNotFound, Message: err.Error()}, nil
 	}
@@ -59,7 +65,6 @@ func (n *Node) serveBlob(ctx context.Context, from peer.ID, req p2p.BlobRequest)
 	// file keeps its inode).
 	unpin := n.pinBlob(d)
 	n.noteRead(d, nil)
-	stop := n.startServing(d, from)
 	release := func() { stop(); unpin() }
 	var r io.Reader = body
 	if n.opts.serveFault != nil {
@@ -108,22 +113,29 @@ func (n *Node) inFlight(d digest.Digest, from peer.ID, completeOnly bool) (io.Re
 	return n.fetches.Reader(d, from)
 }
 
-// servingTo lists the peers other than asker that this node is sending d to.
-func (n *Node) servingTo(d digest.Digest, asker peer.ID) []string {
+// claimServing records that this node serves d to asker, unless limit is
+// set and it already serves d to servePerBlob other peers: then it returns
+// a nil release and those peers (for a redirect). The check and the record
+// are one step, so concurrent askers cannot all pass the check.
+func (n *Node) claimServing(d digest.Digest, asker peer.ID, limit bool) (release func(), others []string) {
 	n.fetchMu.Lock()
 	defer n.fetchMu.Unlock()
-	var out []string
-	for p := range n.serving[d] {
-		if p != asker {
-			out = append(out, p.String())
+	if limit {
+		for p := range n.serving[d] {
+			if p != asker {
+				others = append(others, p.String())
+			}
+		}
+		if len(others) >= servePerBlob {
+			return nil, others
 		}
 	}
-	return out
+	return n.startServingLocked(d, asker), nil
 }
 
-func (n *Node) startServing(d digest.Digest, to peer.ID) (release func()) {
-	n.fetchMu.Lock()
-	defer n.fetchMu.Unlock()
+// startServingLocked records that this node serves d to to, until the
+// release; n.fetchMu is held.
+func (n *Node) startServingLocked(d digest.Digest, to peer.ID) (release func()) {
 	if n.serving[d] == nil {
 		n.serving[d] = map[peer.ID]int{}
 	}
