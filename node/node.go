@@ -97,8 +97,9 @@ type Node struct {
 	reads        recency
 	evictMetrics evictMetrics
 
-	fetchMu         sync.Mutex                        // guards serving
+	fetchMu         sync.Mutex                        // guards serving and served
 	serving         map[digest.Digest]map[peer.ID]int // peers this node sends each blob to
+	served          map[digest.Digest][]servedTo      // peers it sent each blob to lately (serve.go)
 	underReplicated atomic.Int64                      // after the last repair sweep
 
 	mu      sync.Mutex

@@ -118,7 +118,7 @@ func TestMeshAsksABoundedSampleInTurn(t *testing.T) {
 // hashed); an insisting asker is served anyway; a released slot is free.
 func TestClaimServingIsOneStep(t *testing.T) {
 	t.Parallel()
-	n := &Node{serving: map[digest.Digest]map[peer.ID]int{}}
+	n := &Node{serving: map[digest.Digest]map[peer.ID]int{}, peers: newPeerBook(peerLabels{})}
 	d := digest.FromString("a blob")
 	_, a := newTestIdentity(t)
 	_, b := newTestIdentity(t)
@@ -144,5 +144,36 @@ func TestClaimServingIsOneStep(t *testing.T) {
 	releaseB()
 	if len(n.serving) != 0 {
 		t.Errorf("serving records left after every release: %v", n.serving)
+	}
+	// a was sent the whole blob: for servedLately, askers are redirected
+	// to it rather than served, unless they insist.
+	n.noteServed(d, a)
+	if release, others := n.claimServing(d, b, true); release != nil || len(others) != 1 || others[0] != a.String() {
+		t.Errorf("after a was sent it whole: claimed %v, redirected to %v; want a redirect to %s", release != nil, others, a)
+	}
+	if release, _ := n.claimServing(d, a, true); release == nil {
+		t.Error("a, asking again (it dropped its copy), was redirected to itself")
+	} else {
+		release()
+	}
+	if release, _ := n.claimServing(d, b, false); release == nil {
+		t.Error("an insisting asker was refused")
+	} else {
+		release()
+	}
+	// Not to a peer known to be in another zone than the asker.
+	n.peers.place(a, peerLabels{Zone: "z1"})
+	n.peers.place(b, peerLabels{Zone: "z2"})
+	if release, _ := n.claimServing(d, b, true); release == nil {
+		t.Error("an asker was redirected to a peer in another zone")
+	} else {
+		release()
+	}
+	for range 2 * maxServedPeers {
+		_, p := newTestIdentity(t)
+		n.noteServed(d, p)
+	}
+	if got := len(n.served[d]); got != maxServedPeers {
+		t.Errorf("%d peers remembered for one blob, want at most %d", got, maxServedPeers)
 	}
 }
