@@ -147,6 +147,10 @@ type memberResult struct {
 	Follow  bool               `json:"follow,omitempty"`
 	Members []consensus.Member `json:"members,omitempty"`
 	Pass    string             `json:"pass,omitempty"`
+	// Own answers a "pass" presented to a follower: the follower's own
+	// pass, so that the two admit each other in one round trip (a
+	// follower fetching a blob from another, see peerView.Admit).
+	Own string `json:"own,omitempty"`
 }
 
 // serveMember applies a membership request when this node leads, or
@@ -325,10 +329,14 @@ func (n *Node) joinOnce(ctx context.Context) {
 // ends, backing off between rounds (joinstate.go) and telling in the join
 // status what it waits for.
 func (n *Node) joinThrough(ctx context.Context, targets []string) {
-	if n.join.removedWhileDown() {
+	switch {
+	case n.join.removedWhileDown():
 		n.join.wait("this node was removed from the cluster while it was down or unreachable (longer than the leader's " +
 			"--dead-server-timeout) or by `meshreg cluster remove`; rejoining through " + strings.Join(targets, ", ") + " as a non-voter")
-	} else {
+	case n.join.passesLost():
+		n.join.wait("this follower of the metadata holds no pass a member accepts (expired, or their issuers left the cluster); " +
+			"joining again through " + strings.Join(targets, ", ") + " as a new node")
+	default:
 		n.join.wait("waiting to join the cluster through " + strings.Join(targets, ", "))
 	}
 	type failure struct {
@@ -343,7 +351,7 @@ func (n *Node) joinThrough(ctx context.Context, targets []string) {
 			err := n.joinVia(ctx, target)
 			if err == nil {
 				n.log.Info("joined the cluster", "via", target, "attempt", attempt,
-					"rejoined_after_removal", n.join.removedWhileDown())
+					"rejoined_after_removal", n.join.removedWhileDown(), "rejoined_after_lost_passes", n.join.passesLost())
 				n.join.setRemovedWhileDown(false)
 				n.join.done()
 				return

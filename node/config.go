@@ -91,6 +91,11 @@ type Config struct {
 	// PeerIdleTimeout is how long a blob transfer between peers may move
 	// no bytes before it is abandoned (the fetcher tries the next holder).
 	PeerIdleTimeout time.Duration
+	// FollowerPassTTL is how long the follower passes this node issues
+	// are valid (followpass.go); 0: passTTL (7 days). Tests only: no flag
+	// sets it, serve reads MESHREG_TEST_FOLLOWER_PASS_TTL, so that a
+	// testnet test can let a follower's passes expire.
+	FollowerPassTTL time.Duration
 	// MinFreeDisk is the free space (bytes) the node keeps on its data
 	// dir's filesystem: below it, blob uploads and metadata writes are
 	// refused with 507 (see disk.go). 0 turns the early refusal off.
@@ -172,6 +177,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.DataDir == "":
 		return errors.New("node: data dir is empty: pass --data-dir")
+	case c.FollowerPassTTL != 0 && (c.FollowerPassTTL < time.Second || c.FollowerPassTTL > passTTL):
+		return fmt.Errorf("node: follower pass validity %v: want 1s to %v", c.FollowerPassTTL, passTTL)
 	case c.BootstrapExpect > 1 && len(c.Join) == 0:
 		return errors.New("node: --bootstrap-expect needs --join to name the other nodes")
 	case c.BootstrapExpect > 1 && len(c.P2P.PrivateNetworkKey) == 0 && len(c.JoinToken) < minHelloSecretLen:

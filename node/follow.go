@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -222,28 +223,49 @@ func (n *Node) becomeFollower(ctx context.Context, from peer.ID, res memberResul
 
 // presentPassToAll presents this node's pass to every member (those not
 // presented to within passRefresh), in parallel, each bounded by
-// checkTimeout.
-func (n *Node) presentPassToAll(ctx context.Context, members []consensus.Member) {
-	var wg sync.WaitGroup
+// checkTimeout. It counts the members that admitted the pass (now or
+// within passRefresh) and those that answered with a refusal.
+func (n *Node) presentPassToAll(ctx context.Context, members []consensus.Member) (accepted, refused int) {
+	var (
+		wg sync.WaitGroup
+		mu sync.Mutex
+	)
 	for _, m := range members {
 		id, err := peerOf(n.host, consensus.Server{ID: m.ID, Address: m.Address})
 		if err != nil || id == n.host.ID() {
 			continue
 		}
 		wg.Go(func() {
-			if err := n.presentPass(ctx, id); err != nil {
+			err := n.presentPass(ctx, id)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				accepted++
+			case errors.Is(err, errPassRefused) || errors.Is(err, errNoPass):
+				refused++
+			}
+			if err != nil {
 				n.log.Debug("presenting the follower pass failed", "member", id, "err", err)
 			}
 		})
 	}
 	wg.Wait()
+	return accepted, refused
 }
 
 // resumeFollowing resumes following after a restart, if this node
 // followed before and is not a member: it reports whether it did.
 func (n *Node) resumeFollowing(ctx context.Context) bool {
 	f, ok := n.followers()
-	if !ok || !f.FollowedBefore() || n.isMember() || !n.passes.any() {
+	if !ok || !f.FollowedBefore() || n.isMember() {
+		return false
+	}
+	if !n.passes.valid(time.Now()) {
+		// Stopped longer than passTTL: no member would admit it.
+		n.join.setPassesLost(true)
+		n.log.Warn("this follower's passes expired while it was down: joining the cluster again through --join as a new node "+
+			"(a join token or the cluster key admits it; it gets a member slot or a fresh pass)", "join", n.cfg.Join)
 		return false
 	}
 	if members, err := n.meta.Members(); err == nil {
@@ -285,6 +307,8 @@ func (s *seeker) Run(ctx context.Context) error {
 	t := time.NewTicker(seekEvery)
 	defer t.Stop()
 	lastPresent := time.Time{}
+	var lost passWatch
+	doubt := false // the last round found members refusing the pass, none admitting it
 	for {
 		select {
 		case <-ctx.Done():
@@ -293,20 +317,56 @@ func (s *seeker) Run(ctx context.Context) error {
 		}
 		if !s.n.following() {
 			s.free = time.Time{}
+			lost.reset()
 			continue
 		}
 		members, err := s.n.meta.Members()
 		if err != nil || len(members) == 0 {
 			continue
 		}
-		if time.Since(lastPresent) >= passRefresh/3 {
+		if doubt || time.Since(lastPresent) >= passRefresh/3 {
 			// presentPass skips the members presented to lately: this
-			// reaches a new member within a third of passRefresh.
-			s.n.presentPassToAll(ctx, members)
+			// reaches a new member within a third of passRefresh. While
+			// members refuse the pass and none admits it, every round
+			// asks again (those not admitting it), to decide within
+			// passLostRounds rounds; members that do not answer are only
+			// asked at the usual pace.
+			accepted, refused := s.n.presentPassToAll(ctx, members)
 			lastPresent = time.Now()
+			doubt = accepted == 0 && refused > 0
+			if lost.observe(s.n.passes.valid(time.Now()), accepted, refused) {
+				s.n.rejoinWithoutPass(ctx, refused)
+				lost.reset()
+				doubt = false
+				continue
+			}
 		}
 		s.step(ctx, members)
 	}
+}
+
+// rejoinWithoutPass makes a follower whose passes no member accepts any
+// more (passWatch) join again through --join as a new node: it stops its
+// tail (refused for good) and joins; the answer makes it a member or a
+// follower again, with a fresh pass. Without --join it can only say so.
+func (n *Node) rejoinWithoutPass(ctx context.Context, refusedBy int) {
+	const why = "this follower holds no pass a member of the cluster accepts (expired: it was stopped longer than their validity; " +
+		"or every member that issued one has left the cluster)"
+	if len(n.cfg.Join) == 0 {
+		if n.passLostWarned.CompareAndSwap(false, true) {
+			n.join.wait(why + ": restart it with --join <a member> to join again")
+			n.log.Warn(why+": it cannot tail the metadata any more; restart it with --join <a member> to join again", "refused_by", refusedBy)
+		}
+		return
+	}
+	n.log.Warn(why+": joining the cluster again through --join as a new node", "join", n.cfg.Join, "refused_by", refusedBy)
+	f, ok := n.followers()
+	if !ok {
+		return
+	}
+	n.join.setPassesLost(true)
+	f.StopFollowing()
+	n.joinThrough(ctx, n.cfg.Join)
 }
 
 // step asks for a member slot once one has been free long enough.

@@ -136,7 +136,7 @@ func TestPassBookKeepsOnePassPerMember(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	b := newPassBook(dir)
-	if b.any() {
+	if b.valid(time.Now()) {
 		t.Fatal("a new data dir has a pass")
 	}
 	_, follower := newTestIdentity(t)
@@ -184,6 +184,79 @@ func TestPassBookKeepsOnePassPerMember(t *testing.T) {
 	b.mark(p, now)
 	if b.due(p, now.Add(passRefresh/2)) || !b.due(p, now.Add(passRefresh)) {
 		t.Error("a pass presented is due again before passRefresh, or not after")
+	}
+}
+
+// TestPassBookExpiredPasses: a pass file of expired passes (a follower
+// stopped longer than their validity) holds no pass to present, and says
+// so.
+func TestPassBookExpiredPasses(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	_, follower := newTestIdentity(t)
+	key, issuer := newTestIdentity(t)
+	now := time.Now()
+	soon, _ := issuePass(key, issuer, follower, now.Add(2*time.Second))
+	b := newPassBook(dir)
+	if err := b.add(soon); err != nil {
+		t.Fatal(err)
+	}
+	all := func(string) bool { return true }
+	if !b.valid(now) || b.get(all) != soon {
+		t.Fatal("a pass valid for 2 more seconds is not held")
+	}
+	// Restarted after the pass expired: the file still has it.
+	later := newPassBook(dir)
+	if later.valid(now.Add(3 * time.Second)) {
+		t.Error("a pass expired at the time asked counts as valid")
+	}
+	if !later.valid(now) {
+		t.Error("the pass kept in the data dir was not read back")
+	}
+}
+
+// TestPassWatchDecidesLostPasses: when a follower counts its passes lost
+// and joins again (rejoinWithoutPass), round after round of presentations.
+func TestPassWatchDecidesLostPasses(t *testing.T) {
+	t.Parallel()
+	type round struct {
+		valid             bool
+		accepted, refused int
+	}
+	tests := []struct {
+		name   string
+		rounds []round
+		want   []bool // observe's answer after each round
+	}{
+		{name: "expired: lost at once", rounds: []round{{false, 0, 0}}, want: []bool{true}},
+		{name: "expired, even if a member took it lately", rounds: []round{{false, 2, 0}}, want: []bool{true}},
+		{name: "accepted", rounds: []round{{true, 3, 0}, {true, 3, 0}, {true, 3, 0}, {true, 3, 0}}, want: []bool{false, false, false, false}},
+		{name: "every member refuses, round after round",
+			rounds: []round{{true, 0, 3}, {true, 0, 3}, {true, 0, 3}}, want: []bool{false, false, true}},
+		{name: "one member refuses while another admits: not lost",
+			rounds: []round{{true, 1, 2}, {true, 1, 2}, {true, 1, 2}, {true, 1, 2}}, want: []bool{false, false, false, false}},
+		{name: "no member answers: no refusal, not lost (cut off, not refused)",
+			rounds: []round{{true, 0, 0}, {true, 0, 0}, {true, 0, 0}, {true, 0, 0}}, want: []bool{false, false, false, false}},
+		{name: "silence neither counts nor resets the refusals",
+			rounds: []round{{true, 0, 3}, {true, 0, 0}, {true, 0, 3}, {true, 0, 3}}, want: []bool{false, false, false, true}},
+		{name: "an acceptance in between starts the count again",
+			rounds: []round{{true, 0, 3}, {true, 0, 3}, {true, 1, 0}, {true, 0, 3}, {true, 0, 3}, {true, 0, 3}},
+			want:   []bool{false, false, false, false, false, true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var w passWatch
+			for i, r := range tt.rounds {
+				if got := w.observe(r.valid, r.accepted, r.refused); got != tt.want[i] {
+					t.Errorf("round %d %+v: lost = %v, want %v", i, r, got, tt.want[i])
+				}
+			}
+			w.reset()
+			if w.observe(true, 0, 1) {
+				t.Error("lost right after a reset")
+			}
+		})
 	}
 }
 

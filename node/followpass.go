@@ -181,14 +181,15 @@ func newPassBook(dataDir string) *passBook {
 // get returns the pass, among those issued by a member (isMember), that
 // expires last; if no issuer is a member as far as this node knows (it
 // has not learned the configuration yet), the one that expires last; ""
-// if it holds none.
+// if it holds none that has not expired.
 func (b *passBook) get(isMember func(id string) bool) string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	now := time.Now().Unix()
 	best, bestExp, anyPass, anyExp := "", int64(0), "", int64(0)
 	for issuer, pass := range b.passes {
 		c, ok := passClaimsOf(pass)
-		if !ok {
+		if !ok || c.Expires <= now {
 			continue
 		}
 		if isMember(issuer) && c.Expires > bestExp {
@@ -201,11 +202,17 @@ func (b *passBook) get(isMember func(id string) bool) string {
 	return cmp.Or(best, anyPass)
 }
 
-// any reports whether this node holds a pass at all.
-func (b *passBook) any() bool {
+// valid reports whether this node holds a pass that has not expired at
+// now (whether its issuer is still a member, only the members can tell).
+func (b *passBook) valid(now time.Time) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return len(b.passes) > 0
+	for _, pass := range b.passes {
+		if c, ok := passClaimsOf(pass); ok && c.Expires > now.Unix() {
+			return true
+		}
+	}
+	return false
 }
 
 // add keeps a pass (replacing its issuer's older one, dropping expired
@@ -278,14 +285,18 @@ func (n *Node) issuePassTo(subject peer.ID) (string, error) {
 	if key == nil {
 		return "", errors.New("this node's identity key is not available to sign a follower pass")
 	}
-	return issuePass(key, n.host.ID(), subject, time.Now().Add(passTTL).Truncate(time.Second))
+	return issuePass(key, n.host.ID(), subject, time.Now().Add(n.passTTL()).Truncate(time.Second))
 }
+
+// passTTL is how long the passes this node issues are valid: passTTL,
+// unless a test shortened it (Config.FollowerPassTTL).
+func (n *Node) passTTL() time.Duration { return cmp.Or(n.cfg.FollowerPassTTL, passTTL) }
 
 // servePass is a member's side of memberProtocol "pass": it admits the
 // follower that presents a valid pass, and answers a pass past half its
 // life, or issued by another member, with one of its own. A follower
-// admits another follower too (to fetch blobs from it), without a pass of
-// its own.
+// admits another follower too (to fetch blobs from it), and answers with
+// the pass it holds (Own), so that each admits the other.
 func (n *Node) servePass(from peer.ID, req memberRequest) []byte {
 	res := memberResult{}
 	exp, err := verifyPass(req.Pass, from, time.Now(), n.isMemberID)
@@ -297,13 +308,16 @@ func (n *Node) servePass(from peer.ID, req memberRequest) []byte {
 		res.Error = "this node is neither a member of the cluster nor a follower: present the pass to a member"
 	case !n.isMember():
 		// A follower admits another to fetch blobs from it (passingNet),
-		// and issues no pass: the members would not take it.
+		// and issues no pass: the members would not take it. It answers
+		// with its own pass instead, so the asker admits it in turn (it
+		// may be asking in order to fetch from this node: peerView.Admit).
 		n.gate.admitFollower(from, followerAdmission)
+		res.Own = n.passes.get(n.isMemberID)
 	default:
 		n.gate.admitFollower(from, followerAdmission)
 		// The follower keeps a pass of each member (passBook): one of
 		// this node's own, renewed past half its life.
-		if c, _ := passClaimsOf(req.Pass); c.Issuer != n.host.ID().String() || time.Until(exp) < passTTL/2 {
+		if c, _ := passClaimsOf(req.Pass); c.Issuer != n.host.ID().String() || time.Until(exp) < n.passTTL()/2 {
 			if fresh, err := n.issuePassTo(from); err == nil {
 				res.Pass = fresh
 			}
@@ -314,12 +328,14 @@ func (n *Node) servePass(from peer.ID, req memberRequest) []byte {
 	return out
 }
 
-// presentPass presents this node's pass to member p, unless it did within
-// passRefresh, and keeps the new pass p may answer with.
+// presentPass presents this node's pass to p (a member, or a follower it
+// fetches from), unless it did within passRefresh, and keeps the new pass
+// a member may answer with; a follower answers with its own pass, and is
+// admitted here once that pass checks out.
 func (n *Node) presentPass(ctx context.Context, p peer.ID) error {
 	pass := n.passes.get(n.isMemberID)
 	if pass == "" {
-		return errors.New("this node holds no follower pass: it must join through --join again")
+		return errNoPass
 	}
 	now := time.Now()
 	if !n.passes.due(p, now) {
@@ -337,9 +353,19 @@ func (n *Node) presentPass(ctx context.Context, p peer.ID) error {
 		return fmt.Errorf("presenting the follower pass to %s: bad answer: %w", p, err)
 	}
 	if res.Error != "" {
-		return fmt.Errorf("%s refused the follower pass: %s", p, res.Error)
+		return fmt.Errorf("%s %w: %s", p, errPassRefused, res.Error)
 	}
 	n.passes.mark(p, now)
+	if res.Own != "" && !n.isMemberPeer(p) {
+		// p is a follower too, and proved it: admit it, to fetch from it
+		// and to serve it. Its pass must be its own, signed by a member
+		// of the configuration this node knows, like any presented here.
+		if _, err := verifyPass(res.Own, p, now, n.isMemberID); err == nil {
+			n.gate.admitFollower(p, followerAdmission)
+		} else {
+			n.log.Debug("a follower answered with a pass this node refuses", "peer", p, "err", err)
+		}
+	}
 	if res.Pass != "" {
 		if _, err := verifyPass(res.Pass, n.host.ID(), now, func(id string) bool { return id == p.String() }); err == nil {
 			if err := n.passes.add(res.Pass); err != nil {
@@ -349,3 +375,54 @@ func (n *Node) presentPass(ctx context.Context, p peer.ID) error {
 	}
 	return nil
 }
+
+// errPassRefused: a peer answered a presented pass with a refusal
+// (expired, issued by a peer it does not count as a member, forged).
+// errNoPass: this node holds no pass that has not expired.
+var (
+	errPassRefused = errors.New("refused the follower pass")
+	errNoPass      = errors.New("this node holds no follower pass that has not expired: it must join through --join again")
+)
+
+// Lost passes. A follower holds passes of the members that issued them; it
+// loses them all when it was stopped longer than passTTL, or when every
+// member that issued one left the cluster while it could not get a new one
+// (stopped, or cut off). Then no member admits it: its tail and its
+// presentations are refused for good. passWatch tells that apart from a
+// member that cannot be reached (no answer is no refusal) and from one
+// member refusing while others accept; the seeker (follow.go) then joins
+// again through --join, as a new node: a join token or the cluster key
+// admits it, and the leader gives it a member slot or a fresh pass.
+
+// passLostRounds is how many presentation rounds in a row (seekEvery
+// apart) every member that answered must have refused the pass before the
+// follower counts it lost: one round could meet a member that has just
+// restarted and not learned its configuration yet.
+const passLostRounds = 3
+
+// passWatch counts the presentation rounds in a row that found the pass
+// refused. Not safe for concurrent use: the seeker owns it.
+type passWatch struct {
+	refused int
+}
+
+// observe records one round of presentations to the members (accepted:
+// members that admitted the pass, now or lately; refused: members that
+// answered with a refusal; members that did not answer count for neither)
+// and reports whether the follower's passes are lost: it holds none that
+// has not expired (valid false), or every member that answered refused
+// it for passLostRounds rounds in a row.
+func (w *passWatch) observe(valid bool, accepted, refused int) bool {
+	switch {
+	case !valid:
+		return true
+	case accepted > 0:
+		w.refused = 0
+	case refused > 0:
+		w.refused++
+	}
+	return w.refused >= passLostRounds
+}
+
+// reset forgets the rounds counted (the follower joined again).
+func (w *passWatch) reset() { w.refused = 0 }

@@ -220,9 +220,10 @@ func (g *peerGate) isFollower(p peer.ID) bool {
 // removed reports whether this node knows a Raft configuration that does
 // not name it: it was a member and was removed. A follower of the metadata
 // (follow.go) knows a configuration without itself too, by design: it is
-// not removed.
+// not removed; nor is one that joins again because no member accepts its
+// passes any more (rejoinWithoutPass).
 func (n *Node) removed() bool {
-	return n.gate.configured() && !n.isMember() && !n.following()
+	return n.gate.configured() && !n.isMember() && !n.following() && !n.join.passesLost()
 }
 
 // noteRemoved logs, once, that this node was removed from the cluster.

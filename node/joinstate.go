@@ -42,6 +42,10 @@ type JoinStatus struct {
 	// RemovedWhileDown is true when the cluster removed this node while it
 	// was down (--dead-server-timeout): it rejoins as a non-voter.
 	RemovedWhileDown bool `json:"removed_while_down,omitempty"`
+	// PassesLost is true when this node followed the metadata and no
+	// member accepts its passes any more (expired, or their issuers left):
+	// it joins again as a new node (followpass.go).
+	PassesLost bool `json:"passes_lost,omitempty"`
 }
 
 // joinState is a node's JoinStatus, safe for concurrent use.
@@ -62,8 +66,8 @@ func (j *joinState) wait(what string) {
 	if j.active && j.st.Waiting == what {
 		return
 	}
-	removed := j.st.RemovedWhileDown
-	j.st = JoinStatus{Waiting: what, RemovedWhileDown: removed}
+	removed, lost := j.st.RemovedWhileDown, j.st.PassesLost
+	j.st = JoinStatus{Waiting: what, RemovedWhileDown: removed, PassesLost: lost}
 	j.active = true
 }
 
@@ -87,6 +91,19 @@ func (j *joinState) removedWhileDown() bool {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	return j.st.RemovedWhileDown
+}
+
+// setPassesLost marks a follower whose passes no member accepts.
+func (j *joinState) setPassesLost(v bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.st.PassesLost = v
+}
+
+func (j *joinState) passesLost() bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.st.PassesLost
 }
 
 // failed records a failed attempt through target, to be retried at next,
@@ -126,7 +143,7 @@ func (j *joinState) done() {
 func (j *joinState) status() *JoinStatus {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if !j.active && !j.st.RemovedWhileDown {
+	if !j.active && !j.st.RemovedWhileDown && !j.st.PassesLost {
 		return nil
 	}
 	st := j.st
@@ -168,7 +185,7 @@ func (b *backoff) step() time.Duration {
 // membership (removed, or not joined yet), "" if it is a member or just
 // started.
 func (n *Node) membershipProblem() string {
-	if n.join.removedWhileDown() {
+	if n.join.removedWhileDown() || n.join.passesLost() {
 		return n.join.describe()
 	}
 	if n.removed() {

@@ -51,6 +51,9 @@ type Node struct {
 	gate *peerGate
 	// wasRemoved is set once the node logged that it was removed.
 	wasRemoved atomic.Bool
+	// passLostWarned is set once a follower without --join logged that no
+	// member accepts its passes (rejoinWithoutPass).
+	passLostWarned atomic.Bool
 	// passes is this node's follower pass, when it follows the metadata
 	// (followpass.go).
 	passes *passBook
@@ -94,8 +97,9 @@ type Node struct {
 	reads        recency
 	evictMetrics evictMetrics
 
-	fetchMu         sync.Mutex                        // guards serving
+	fetchMu         sync.Mutex                        // guards serving and served
 	serving         map[digest.Digest]map[peer.ID]int // peers this node sends each blob to
+	served          map[digest.Digest][]servedTo      // peers it sent each blob to lately (serve.go)
 	underReplicated atomic.Int64                      // after the last repair sweep
 
 	mu      sync.Mutex

@@ -435,6 +435,16 @@ func (b *peerBook) spreadFirst(peers []peer.ID) {
 	})
 }
 
+// apart reports whether p and q are known to run in different places
+// (region or zone).
+func (b *peerBook) apart(p, q peer.ID) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	lp, okp := b.labels[p]
+	lq, okq := b.labels[q]
+	return okp && okq && lp != lq
+}
+
 // sameZone is 1 for a peer known to share this node's region and zone.
 func (b *peerBook) sameZone(p peer.ID) int {
 	if l, ok := b.labels[p]; ok && l == b.self {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/opencontainers/go-digest"
 )
 
 func TestNearestFirstOrdersByZoneRegionThenRoundTrip(t *testing.T) {
@@ -108,5 +109,71 @@ func TestMeshAsksABoundedSampleInTurn(t *testing.T) {
 	}
 	if w := small.window(); w != 3*meshEvery {
 		t.Errorf("5 members: live window %v, want %v", w, 3*meshEvery)
+	}
+}
+
+// TestClaimServingIsOneStep: of two peers asking for a blob at once, one
+// takes the serving slot and the other is redirected to it, even while the
+// first has not been sent a byte yet (the blob is being opened and
+// hashed); an insisting asker is served anyway; a released slot is free.
+func TestClaimServingIsOneStep(t *testing.T) {
+	t.Parallel()
+	n := &Node{serving: map[digest.Digest]map[peer.ID]int{}, peers: newPeerBook(peerLabels{})}
+	d := digest.FromString("a blob")
+	_, a := newTestIdentity(t)
+	_, b := newTestIdentity(t)
+	_, c := newTestIdentity(t)
+	releaseA, _ := n.claimServing(d, a, true)
+	if releaseA == nil {
+		t.Fatal("the first asker was refused the free slot")
+	}
+	releaseB, others := n.claimServing(d, b, true)
+	if releaseB != nil || len(others) != 1 || others[0] != a.String() {
+		t.Fatalf("the second asker: claimed %v, redirected to %v; want a redirect to %s", releaseB != nil, others, a)
+	}
+	releaseC, _ := n.claimServing(d, c, false)
+	if releaseC == nil {
+		t.Fatal("an insisting asker (NoRedirect) was refused")
+	}
+	releaseA()
+	releaseC()
+	releaseB, _ = n.claimServing(d, b, true)
+	if releaseB == nil {
+		t.Fatal("the slot is still taken after its release")
+	}
+	releaseB()
+	if len(n.serving) != 0 {
+		t.Errorf("serving records left after every release: %v", n.serving)
+	}
+	// a was sent the whole blob: for servedLately, askers are redirected
+	// to it rather than served, unless they insist.
+	n.noteServed(d, a)
+	if release, others := n.claimServing(d, b, true); release != nil || len(others) != 1 || others[0] != a.String() {
+		t.Errorf("after a was sent it whole: claimed %v, redirected to %v; want a redirect to %s", release != nil, others, a)
+	}
+	if release, _ := n.claimServing(d, a, true); release == nil {
+		t.Error("a, asking again (it dropped its copy), was redirected to itself")
+	} else {
+		release()
+	}
+	if release, _ := n.claimServing(d, b, false); release == nil {
+		t.Error("an insisting asker was refused")
+	} else {
+		release()
+	}
+	// Not to a peer known to be in another zone than the asker.
+	n.peers.place(a, peerLabels{Zone: "z1"})
+	n.peers.place(b, peerLabels{Zone: "z2"})
+	if release, _ := n.claimServing(d, b, true); release == nil {
+		t.Error("an asker was redirected to a peer in another zone")
+	} else {
+		release()
+	}
+	for range 2 * maxServedPeers {
+		_, p := newTestIdentity(t)
+		n.noteServed(d, p)
+	}
+	if got := len(n.served[d]); got != maxServedPeers {
+		t.Errorf("%d peers remembered for one blob, want at most %d", got, maxServedPeers)
 	}
 }

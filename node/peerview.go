@@ -24,6 +24,29 @@ var (
 func (v peerView) IsMember(p peer.ID) bool { return v.n.isClusterPeer(p) }
 func (v peerView) Live() []peer.ID         { return v.n.livePeers() }
 
+// Admit is fetch.Cluster's check before a peer is asked for a blob:
+// members, and followers admitted here. A member has met every follower
+// (each presents its pass to all members, follow.go), but a follower has
+// met only the followers that fetched from it: one named by the DHT or a
+// redirect that it has not met proves itself by the exchange of passes
+// (presentPass: this node presents its own, the other answers with its
+// own, which this node checks against the members it knows). A peer that
+// cannot is refused, as before.
+func (v peerView) Admit(ctx context.Context, p peer.ID) bool {
+	n := v.n
+	if n.isClusterPeer(p) {
+		return true
+	}
+	if !n.following() {
+		return false
+	}
+	if err := n.presentPass(ctx, p); err != nil {
+		n.log.Debug("a peer named as a holder did not prove it is a follower of this cluster", "peer", p, "err", err)
+		return false
+	}
+	return n.isClusterPeer(p)
+}
+
 func (v peerView) Holders(ctx context.Context, peers []peer.ID, digests []digest.Digest) map[digest.Digest][]peer.ID {
 	return v.n.replicas.Holders(ctx, peers, digests)
 }

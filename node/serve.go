@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -29,10 +30,13 @@ func (n *Node) serveBlob(ctx context.Context, from peer.ID, req p2p.BlobRequest)
 	if d.Validate() != nil || req.Offset < 0 {
 		return p2p.BlobAnswer{Status: p2p.BlobRefused, Message: "bad digest or offset"}, nil
 	}
-	if !req.NoRedirect {
-		if others := n.servingTo(d, from); len(others) >= servePerBlob {
-			return p2p.BlobAnswer{Status: p2p.BlobBusy, Redirect: others}, nil
-		}
+	// The slot is taken before the blob is opened (which may hash it
+	// whole first, see openForPeer): askers arriving together at the start
+	// of a fan-out would otherwise all find it free and all be served,
+	// instead of forming a chain.
+	stop, others := n.claimServing(d, from, !req.NoRedirect)
+	if stop == nil {
+		return p2p.BlobAnswer{Status: p2p.BlobBusy, Redirect: others}, nil
 	}
 	var (
 		body  io.ReadSeekCloser
@@ -44,13 +48,16 @@ func (n *Node) serveBlob(ctx context.Context, from peer.ID, req p2p.BlobRequest)
 	} else if r, sz, dep := n.inFlight(d, from, req.CompleteOnly); r != nil {
 		body, size, depth = r, sz, dep
 	} else {
+		stop()
 		return p2p.BlobAnswer{Status: p2p.BlobNotFound}, nil
 	}
 	if req.Offset > size {
+		stop()
 		body.Close()
 		return p2p.BlobAnswer{Status: p2p.BlobRefused, Message: "offset past the end"}, nil
 	}
 	if _, err := body.Seek(req.Offset, io.SeekStart); err != nil {
+		stop()
 		body.Close()
 		return p2p.BlobAnswer{Status: p2p.BlobNotFound, Message: err.Error()}, nil
 	}
@@ -59,14 +66,13 @@ func (n *Node) serveBlob(ctx context.Context, from peer.ID, req p2p.BlobRequest)
 	// file keeps its inode).
 	unpin := n.pinBlob(d)
 	n.noteRead(d, nil)
-	stop := n.startServing(d, from)
 	release := func() { stop(); unpin() }
 	var r io.Reader = body
 	if n.opts.serveFault != nil {
 		r = n.opts.serveFault(d, r)
 	}
 	return p2p.BlobAnswer{Status: p2p.BlobOK, Size: size, Depth: depth},
-		&servedBlob{Reader: r, c: body, n: n, release: release}
+		&servedBlob{Reader: r, c: body, n: n, release: release, d: d, to: from}
 }
 
 // peerVerifyFirst is the largest blob not verified since the start that is
@@ -108,22 +114,79 @@ func (n *Node) inFlight(d digest.Digest, from peer.ID, completeOnly bool) (io.Re
 	return n.fetches.Reader(d, from)
 }
 
-// servingTo lists the peers other than asker that this node is sending d to.
-func (n *Node) servingTo(d digest.Digest, asker peer.ID) []string {
+// claimServing records that this node serves d to asker, unless limit is
+// set and it already serves d to servePerBlob other peers, or sent it
+// whole to others within servedLately: then it returns a nil release and
+// those peers (for a redirect). The check and the record are one step, so
+// concurrent askers cannot all pass the check.
+//
+// The peers served lately matter in a fan-out: the first copy from the
+// pusher ends before most askers come to it, and each one that found it
+// idle would get a copy of its own, from the one node that had the blob,
+// while peers that hold it complete now are idle. Only those not known to
+// be in another zone than the asker are named: the asker chose this node
+// as its nearest holder.
+func (n *Node) claimServing(d digest.Digest, asker peer.ID, limit bool) (release func(), others []string) {
 	n.fetchMu.Lock()
 	defer n.fetchMu.Unlock()
-	var out []string
-	for p := range n.serving[d] {
-		if p != asker {
-			out = append(out, p.String())
+	if limit {
+		for p := range n.serving[d] {
+			if p != asker {
+				others = append(others, p.String())
+			}
+		}
+		if len(others) < servePerBlob {
+			now := time.Now()
+			for _, s := range n.served[d] {
+				if s.to != asker && now.Sub(s.at) < servedLately && !slices.Contains(others, s.to.String()) &&
+					(n.peers == nil || !n.peers.apart(s.to, asker)) {
+					others = append(others, s.to.String())
+				}
+			}
+		}
+		if len(others) >= servePerBlob {
+			return nil, others
 		}
 	}
-	return out
+	return n.startServingLocked(d, asker), nil
 }
 
-func (n *Node) startServing(d digest.Digest, to peer.ID) (release func()) {
+// servedTo is a peer this node sent a blob to, whole, and when.
+type servedTo struct {
+	to peer.ID
+	at time.Time
+}
+
+const (
+	// servedLately is how long a peer sent a whole blob is named in
+	// redirects (claimServing): long enough for a fan-out to find it, short
+	// enough that a peer that dropped the blob since is rarely named.
+	servedLately = 30 * time.Second
+	// maxServedPeers bounds the peers remembered per blob, maxServedBlobs
+	// the blobs (past it, all are forgotten).
+	maxServedPeers = 4
+	maxServedBlobs = 1024
+)
+
+// noteServed remembers that this node sent d whole to p (see
+// claimServing).
+func (n *Node) noteServed(d digest.Digest, p peer.ID) {
 	n.fetchMu.Lock()
 	defer n.fetchMu.Unlock()
+	if n.served == nil || len(n.served) >= maxServedBlobs {
+		n.served = map[digest.Digest][]servedTo{}
+	}
+	now := time.Now()
+	kept := slices.DeleteFunc(n.served[d], func(s servedTo) bool { return s.to == p || now.Sub(s.at) >= servedLately })
+	if len(kept) >= maxServedPeers {
+		kept = kept[1:]
+	}
+	n.served[d] = append(kept, servedTo{to: p, at: now})
+}
+
+// startServingLocked records that this node serves d to to, until the
+// release; n.fetchMu is held.
+func (n *Node) startServingLocked(d digest.Digest, to peer.ID) (release func()) {
 	if n.serving[d] == nil {
 		n.serving[d] = map[peer.ID]int{}
 	}
@@ -146,16 +209,27 @@ type servedBlob struct {
 	c       io.Closer
 	n       *Node
 	release func()
+	// d and to name the transfer; whole is set once the reader reached
+	// its end (the peer was sent every byte: noteServed).
+	d     digest.Digest
+	to    peer.ID
+	whole bool
 }
 
 func (s *servedBlob) Read(p []byte) (int, error) {
 	m, err := s.Reader.Read(p)
 	s.n.metrics.bytesServed.Add(float64(m))
 	s.n.load.add(m, time.Now())
+	if errors.Is(err, io.EOF) {
+		s.whole = true
+	}
 	return m, err
 }
 
 func (s *servedBlob) Close() error {
+	if s.whole {
+		s.n.noteServed(s.d, s.to)
+	}
 	s.release()
 	err := s.c.Close()
 	if errors.Is(err, os.ErrClosed) {

@@ -11,6 +11,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -68,6 +69,14 @@ type BlobAnswer struct {
 	Size     int64      `json:"size,omitempty"` // the whole blob's size
 	Message  string     `json:"message,omitempty"`
 	Redirect []string   `json:"redirect,omitempty"` // peer ids to ask instead
+	// RedirectAddrs are addresses of the peers in Redirect (multiaddrs
+	// ending in /p2p/<id>), filled in by the host that answers from its
+	// peerstore: the asker may never have met them (a follower of the
+	// metadata knows the members' addresses from the configuration, not
+	// other followers'), and a peer id alone cannot be dialled. The
+	// fetcher keeps those of peers named in Redirect for redirectAddrTTL;
+	// a wrong one only fails its dial (libp2p checks the peer's identity).
+	RedirectAddrs []string `json:"redirect_addrs,omitempty"`
 	// Depth is 0 when the peer serves a complete copy, else how many hops
 	// its bytes are away from one (it is fetching from a peer of depth
 	// Depth-1). A fetcher's own depth is its source's plus one, which keeps
@@ -99,6 +108,9 @@ func (h *Host) ServeBlobs(idle time.Duration, fn BlobServer) {
 		answer, body := fn(ctx, s.Conn().RemotePeer(), req)
 		if body != nil {
 			defer body.Close()
+		}
+		if answer.Status == BlobBusy {
+			answer.RedirectAddrs = h.redirectAddrs(answer.Redirect)
 		}
 		w := &idleWriter{s: s, idle: idle}
 		head, _ := json.Marshal(answer)
@@ -152,11 +164,80 @@ func (h *Host) FetchBlob(ctx context.Context, from peer.ID, req BlobRequest, idl
 		body.abort()
 		return fail(fmt.Errorf("reading the answer: %w", err))
 	}
+	if answer.Status == BlobBusy {
+		h.keepRedirectAddrs(answer)
+	}
 	if answer.Status != BlobOK {
 		body.Close()
 		return answer, nil, nil
 	}
 	return answer, body, nil
+}
+
+const (
+	// maxRedirectPeers and maxAddrsPerRedirect bound the addresses a busy
+	// answer carries, and those a fetcher keeps from one.
+	maxRedirectPeers    = 16
+	maxAddrsPerRedirect = 4
+	// maxRedirectAddrLen bounds one address a fetcher parses.
+	maxRedirectAddrLen = 256
+	// redirectAddrTTL is how long a fetcher keeps an address learned from
+	// a redirect: long enough to dial it for this fetch.
+	redirectAddrTTL = 2 * time.Minute
+)
+
+// redirectAddrs are the addresses this host knows of the peers in ids,
+// as multiaddrs with /p2p/<id>, at most maxAddrsPerRedirect for each of
+// the first maxRedirectPeers.
+func (h *Host) redirectAddrs(ids []string) []string {
+	var out []string
+	for _, s := range ids[:min(len(ids), maxRedirectPeers)] {
+		id, err := peer.Decode(s)
+		if err != nil {
+			continue
+		}
+		addrs := h.h.Peerstore().Addrs(id)
+		infos, err := peer.AddrInfoToP2pAddrs(&peer.AddrInfo{ID: id, Addrs: addrs[:min(len(addrs), maxAddrsPerRedirect)]})
+		if err != nil {
+			continue
+		}
+		for _, a := range infos {
+			out = append(out, a.String())
+		}
+	}
+	return out
+}
+
+// keepRedirectAddrs keeps, for redirectAddrTTL, the addresses a busy
+// answer gives for the peers it names in Redirect, so that the fetcher can
+// dial them; addresses of other peers, past the bounds or unreadable are
+// dropped.
+func (h *Host) keepRedirectAddrs(answer BlobAnswer) {
+	named := map[peer.ID]int{}
+	for _, s := range answer.Redirect[:min(len(answer.Redirect), maxRedirectPeers)] {
+		if id, err := peer.Decode(s); err == nil && id != h.h.ID() {
+			named[id] = 0
+		}
+	}
+	for _, s := range answer.RedirectAddrs[:min(len(answer.RedirectAddrs), maxRedirectPeers*maxAddrsPerRedirect)] {
+		if len(s) > maxRedirectAddrLen {
+			continue
+		}
+		m, err := ma.NewMultiaddr(s)
+		if err != nil {
+			continue
+		}
+		info, err := peer.AddrInfoFromP2pAddr(m)
+		if err != nil {
+			continue
+		}
+		count, ok := named[info.ID]
+		if !ok || count >= maxAddrsPerRedirect {
+			continue
+		}
+		named[info.ID] = count + len(info.Addrs)
+		h.h.Peerstore().AddAddrs(info.ID, info.Addrs, redirectAddrTTL)
+	}
 }
 
 // blobBody is the byte stream of an answer.

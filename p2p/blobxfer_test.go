@@ -56,6 +56,52 @@ func TestFetchBlobFromAnOffset(t *testing.T) {
 	}
 }
 
+// TestBusyRedirectCarriesAddresses: a busy holder names the peer it is
+// serving and that peer's addresses, so a fetcher that never met it (a
+// follower of the metadata meeting another) can dial it; addresses given
+// for a peer the answer does not name are not kept.
+func TestBusyRedirectCarriesAddresses(t *testing.T) {
+	t.Parallel()
+	busy, relay, fetcher, other := newTestHost(t, nil), newTestHost(t, nil), newTestHost(t, nil), newTestHost(t, nil)
+	blob := make([]byte, 64<<10)
+	rand.Read(blob)
+	d := serveBytes(relay, blob)
+	otherAddr := addrOf(t, other, ma.P_TCP)
+	busy.ServeBlobs(5*time.Second, func(ctx context.Context, from peer.ID, req BlobRequest) (BlobAnswer, io.ReadCloser) {
+		return BlobAnswer{Status: BlobBusy, Redirect: []string{relay.ID().String()}}, nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// busy knows relay (it serves it); fetcher knows only busy.
+	if err := relay.Connect(ctx, addrOf(t, busy, ma.P_TCP)); err != nil {
+		t.Fatal(err)
+	}
+	if err := fetcher.Connect(ctx, addrOf(t, busy, ma.P_TCP)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := fetcher.FetchBlob(ctx, relay.ID(), BlobRequest{Digest: d}, 5*time.Second); err == nil {
+		t.Fatal("the fetcher dialled a peer it knows no address of: the test proves nothing")
+	}
+	answer, _, err := fetcher.FetchBlob(ctx, busy.ID(), BlobRequest{Digest: d}, 5*time.Second)
+	if err != nil || answer.Status != BlobBusy || len(answer.RedirectAddrs) == 0 {
+		t.Fatalf("FetchBlob from the busy holder = %+v, %v; want busy with the relay's addresses", answer, err)
+	}
+	answer, body, err := fetcher.FetchBlob(ctx, relay.ID(), BlobRequest{Digest: d}, 5*time.Second)
+	if err != nil || answer.Status != BlobOK {
+		t.Fatalf("FetchBlob from the relay named by the redirect = %+v, %v", answer, err)
+	}
+	got, err := io.ReadAll(body)
+	body.Close()
+	if err != nil || !bytes.Equal(got, blob) {
+		t.Fatalf("read %d bytes, %v; want the blob", len(got), err)
+	}
+	// A hostile answer cannot plant addresses for peers it does not name.
+	fetcher.keepRedirectAddrs(BlobAnswer{Status: BlobBusy, Redirect: []string{relay.ID().String()}, RedirectAddrs: []string{otherAddr}})
+	if addrs := fetcher.h.Peerstore().Addrs(other.ID()); len(addrs) != 0 {
+		t.Errorf("kept %v for a peer the redirect does not name", addrs)
+	}
+}
+
 func TestFindProvidersThroughTheDHT(t *testing.T) {
 	t.Parallel()
 	a, b, c := newTestHost(t, nil), newTestHost(t, nil), newTestHost(t, nil)

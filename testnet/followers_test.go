@@ -26,6 +26,12 @@ import (
 // zones is not nil). It does not wait for the roles to settle (waitRoles).
 func startBounded(t *testing.T, size int, args []string, zones []string) []*testnet.Node {
 	t.Helper()
+	return startBoundedEnv(t, size, args, zones, nil)
+}
+
+// startBoundedEnv is startBounded with env (KEY=VALUE) for every node.
+func startBoundedEnv(t *testing.T, size int, args []string, zones []string, env []string) []*testnet.Node {
+	t.Helper()
 	zoneArgs := func(i int) []string {
 		if zones == nil {
 			return nil
@@ -33,12 +39,12 @@ func startBounded(t *testing.T, size int, args []string, zones []string) []*test
 		return []string{"--zone", zones[i]}
 	}
 	base := append([]string{"--stabilization-time", testnet.HarnessStabilization.String()}, args...)
-	first := testnet.StartNode(t, testnet.Options{Args: append(append([]string{}, base...), zoneArgs(0)...)})
+	first := testnet.StartNode(t, testnet.Options{Args: append(append([]string{}, base...), zoneArgs(0)...), Env: env})
 	nodes := []*testnet.Node{first}
 	join := []string{"--join", first.URL(), "--join-token", testnet.JoinToken(t, first, time.Hour)}
 	for i := 1; i < size; i++ {
 		a := append(append(append([]string{}, base...), join...), zoneArgs(i)...)
-		nodes = append(nodes, testnet.StartNode(t, testnet.Options{Args: a}))
+		nodes = append(nodes, testnet.StartNode(t, testnet.Options{Args: a, Env: env}))
 	}
 	return nodes
 }
@@ -484,5 +490,96 @@ func TestRegionWithoutMemberGetsASeat(t *testing.T) {
 	sts = waitRoles(t, nodes, roleCounts{3, 1, 2}, 60*time.Second)
 	if got := sts[second].Role; got != "follower" {
 		t.Errorf("the second node of region us is a %s, want a follower (its region has a member)", got)
+	}
+}
+
+// TestFollowerFetchesFromFollower: a blob that only one follower of the
+// metadata holds (--replicas 1, pushed through it) is served to another
+// follower, which has never met it: the DHT names the holder, and the two
+// admit each other by exchanging their passes before the bytes move. A
+// follower that kept only the holders it had met (the members) found
+// none, and in a fan-out left the members to serve every follower.
+func TestFollowerFetchesFromFollower(t *testing.T) {
+	testnet.RequireProcess(t)
+	nodes := startBounded(t, 5, []string{"--voters", "3", "--max-raft-members", "0", "--replicas", "1"}, nil)
+	sts := waitRoles(t, nodes, roleCounts{3, 0, 2}, 60*time.Second)
+	followers := withRole(sts, nodes, "follower")
+	holder, puller := followers[0], followers[1]
+	ctx := t.Context()
+	const repo = "e2e/follower-to-follower"
+	blob := []byte(strings.Repeat("held by one follower only\n", 40000)) // ~1 MiB
+	d, err := testnet.NewClient(holder.URL()).PushBytes(ctx, repo, blob)
+	if err != nil {
+		t.Fatalf("push through follower %s: %v", holder.Host(), err)
+	}
+	// Bounded retries: the link reaches the puller through its tail, and
+	// the holder's provider record the DHT, a moment after the push.
+	var last error
+	if !testnet.Eventually(20*time.Second, func() bool {
+		last = testnet.NewClient(puller.URL()).VerifyBlob(ctx, repo, d, int64(len(blob)))
+		return last == nil
+	}) {
+		t.Fatalf("follower %s could not get %s, held only by follower %s: %v", puller.Host(), d, holder.Host(), last)
+	}
+	// The premise: no member holds it (--replicas 1), so the bytes came
+	// from the holder.
+	for _, n := range withRole(sts, nodes, "voter") {
+		st, err := n.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Blobs.Count != 0 {
+			t.Errorf("member %s holds %d blobs, want none (only the follower that took the push)", n.Host(), st.Blobs.Count)
+		}
+	}
+}
+
+// TestFollowerWithExpiredPassesJoinsAgain: a follower stopped for longer
+// than its passes are valid (seconds here, through serve's test-only
+// MESHREG_TEST_FOLLOWER_PASS_TTL; 7 days otherwise) would be refused by
+// every member for good: restarted, it says so and joins again through
+// --join as a new node, and follows with a fresh pass.
+func TestFollowerWithExpiredPassesJoinsAgain(t *testing.T) {
+	testnet.RequireProcess(t)
+	const ttl = 8 * time.Second
+	nodes := startBoundedEnv(t, 4, []string{"--voters", "3", "--max-raft-members", "0"}, nil,
+		[]string{"MESHREG_TEST_FOLLOWER_PASS_TTL=" + ttl.String()})
+	sts := waitRoles(t, nodes, roleCounts{3, 0, 1}, 60*time.Second)
+	f := withRole(sts, nodes, "follower")[0]
+	f.Stop()
+	time.Sleep(ttl + 2*time.Second)
+	// Written while it was down: it must learn it after joining again.
+	ctx := t.Context()
+	const repo = "e2e/expired-passes"
+	c := testnet.NewClient(withRole(sts, nodes, "voter")[0].URL())
+	tagged, err := c.PutManifest(ctx, repo, "v1", ocispec.MediaTypeImageManifest, smallImage(t, c, repo)("1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Restart()
+	var st testnet.NodeStatus
+	if !testnet.Eventually(30*time.Second, func() bool {
+		st, err = f.Status(ctx)
+		return err == nil && st.Role == "follower" && st.Follower.Source != ""
+	}) {
+		t.Fatalf("the restarted follower: role %q, tail source %q (err %v), want a follower again", st.Role, st.Follower.Source, err)
+	}
+	if !testnet.Eventually(10*time.Second, func() bool { s, d := readStatus(ctx, f, repo, "v1"); return s == 200 && d == tagged.String() }) {
+		s, d := readStatus(ctx, f, repo, "v1")
+		t.Errorf("the follower that joined again reads %s:v1 %d %q, want 200 %s", repo, s, d, tagged)
+	}
+	log, _, err := testnet.TailFile(f.LogPath(), 200000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := strings.LastIndex(log, "passes expired while it was down")
+	if i < 0 {
+		t.Fatalf("the restarted follower did not say its passes expired: %s", log[max(0, len(log)-3000):])
+	}
+	if !strings.Contains(log[i:], `"rejoined_after_lost_passes":true`) || !strings.Contains(log[i:], "following the metadata") {
+		t.Errorf("after its passes expired, the follower did not join again and follow: %s", log[i:min(len(log), i+5000)])
+	}
+	if strings.Contains(log[i:], "resumed following the metadata") {
+		t.Error("the follower resumed following with expired passes")
 	}
 }

@@ -242,7 +242,7 @@ func kindName(n *yaml.Node) string {
 // Variables close to none are left alone: Kubernetes sets
 // MESHREG_SERVICE_HOST and the like for a Service named meshreg.
 func warnMisspeltEnv(w io.Writer, environ []string, flags []cli.Flag) {
-	known := map[string]bool{"MESHREG_NODE": true} // the cluster and token commands'
+	known := map[string]bool{"MESHREG_NODE": true, envTestPassTTL: true} // the cluster and token commands'; serve's test-only knob
 	var names []string
 	for _, f := range flags {
 		if df, ok := f.(cli.DocGenerationFlag); ok {

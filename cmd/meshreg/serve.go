@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -44,12 +45,26 @@ func newLogger(cfg serveConfig, w io.Writer) (*slog.Logger, *logrepeat.Handler) 
 // serve runs a node until ctx ends, then shuts down gracefully: the
 // listener closes, in-flight requests finish (up to the shutdown timeout),
 // background loops stop, and the stores close.
+// envTestPassTTL shortens the validity of the follower passes this node
+// issues (node.Config.FollowerPassTTL), for tests only: a testnet test
+// lets a follower's passes expire in seconds, not days. Deliberately not a
+// flag, nor in the config file or the README.
+const envTestPassTTL = "MESHREG_TEST_FOLLOWER_PASS_TTL"
+
 func serve(ctx context.Context, cfg serveConfig) (err error) {
 	log, repeats := newLogger(cfg, os.Stderr)
 	repeatsCtx, stopRepeats := context.WithCancel(context.Background())
 	repeatsDone := make(chan struct{})
 	go func() { defer close(repeatsDone); repeats.Run(repeatsCtx) }()
 	defer func() { stopRepeats(); <-repeatsDone }() // last: writes what is pending
+	if v := os.Getenv(envTestPassTTL); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("%s=%q: %w", envTestPassTTL, v, err)
+		}
+		cfg.Node.FollowerPassTTL = d // node.Open validates it
+		log.Warn("follower passes are valid for "+d.String()+" only ("+envTestPassTTL+"): for tests, never in production", "ttl", d)
+	}
 	n, err := node.Open(cfg.Node, log)
 	if err != nil {
 		return err

@@ -27,6 +27,8 @@ const (
 	// its way, a record the lookup did not reach before it settled), so
 	// the nearest holder is not skipped for a farther one.
 	askAllLimit = 32
+	// maxRedirect bounds the peers one busy answer may add to the queue.
+	maxRedirect = 16
 )
 
 // ErrNoProvider is a fetch's failure when no peer served the blob.
@@ -44,9 +46,13 @@ type Network interface {
 // Cluster is what the peer source knows of the other members. Its methods
 // may be called concurrently.
 type Cluster interface {
-	// IsMember reports whether p is in the cluster: only members are
-	// trusted to serve.
-	IsMember(p peer.ID) bool
+	// Admit reports whether p is a peer of the cluster, the only peers
+	// trusted to serve, and lets p know this node is one too, so that it
+	// serves it. A peer this node has not met yet (a follower of the
+	// metadata, named by the DHT or by a busy peer's redirect) may have
+	// to prove it first: a round trip, bounded by ctx. A stranger is
+	// never admitted.
+	Admit(ctx context.Context, p peer.ID) bool
 	// Live are the members that can serve copies right now.
 	Live() []peer.ID
 	// Holders asks peers which of digests they hold complete.
@@ -84,7 +90,7 @@ var _ Source = (*Peers)(nil)
 
 // NewPeers returns the peer source.
 func NewPeers(cfg PeersConfig) *Peers {
-	return &Peers{cfg: cfg, providers: newProviderCache(cfg.Providers, cfg.Cluster.IsMember, cfg.Lookup, cfg.Log)}
+	return &Peers{cfg: cfg, providers: newProviderCache(cfg.Providers, cfg.Lookup, cfg.Log)}
 }
 
 // Name is the source's name in errors.
@@ -156,6 +162,18 @@ func (s *Peers) fetchFrom(ctx context.Context, f *Fetch, queue []peer.ID) (done 
 			continue
 		}
 		tried[p] = true
+		// Trust is checked here, when a peer is about to be asked, not
+		// when the DHT or a redirect names it: a follower of the metadata
+		// meets most other followers only through a fetch, and a check up
+		// front would drop every one it has not met yet, leaving the
+		// members (and so the pusher) to serve them all.
+		if !s.cfg.Cluster.Admit(ctx, p) {
+			s.providers.drop(f.d, p)
+			if errors.Is(err, ErrNoProvider) {
+				err = fmt.Errorf("peer %s is not a peer of this cluster", p)
+			}
+			continue
+		}
 		part := f.Current()
 		written := part.Written()
 		req := p2p.BlobRequest{Digest: f.d, Offset: written, NoRedirect: noRedirect,
@@ -172,7 +190,8 @@ func (s *Peers) fetchFrom(ctx context.Context, f *Fetch, queue []peer.ID) (done 
 			busy = append(busy, p)
 			var redirect []peer.ID
 			for _, r := range answer.Redirect {
-				if id, derr := peer.Decode(r); derr == nil && !tried[id] && s.cfg.Cluster.IsMember(id) {
+				// Admitted (or not) when asked, like every candidate.
+				if id, derr := peer.Decode(r); derr == nil && !tried[id] && len(redirect) < maxRedirect {
 					redirect = append(redirect, id)
 				}
 			}

@@ -31,6 +31,7 @@ type fakeNet struct {
 
 	mu        sync.Mutex
 	asked     []peer.ID
+	admitted  []peer.ID // asked to Admit, in order
 	requests  []p2p.BlobRequest
 	penalised []peer.ID
 }
@@ -52,8 +53,16 @@ func (n *fakeNet) FindProviders(context.Context, digest.Digest, int) ([]peer.ID,
 	return slices.Clone(n.providers), nil
 }
 
-func (n *fakeNet) IsMember(p peer.ID) bool { _, ok := n.peers[p]; return ok }
-func (n *fakeNet) Live() []peer.ID         { return nil }
+// Admit: the peers of the net; those in proves only once asked (a
+// follower met through a fetch).
+func (n *fakeNet) Admit(_ context.Context, p peer.ID) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.admitted = append(n.admitted, p)
+	_, ok := n.peers[p]
+	return ok
+}
+func (n *fakeNet) Live() []peer.ID { return nil }
 func (n *fakeNet) Holders(context.Context, []peer.ID, []digest.Digest) map[digest.Digest][]peer.ID {
 	return nil
 }
@@ -109,6 +118,7 @@ func TestPeersFailOver(t *testing.T) {
 	blob := bytes.Repeat([]byte("0123456789"), 1000)
 	d := digest.FromBytes(blob)
 	a, b, c := ptest.RandPeerIDFatal(t), ptest.RandPeerIDFatal(t), ptest.RandPeerIDFatal(t)
+	stranger := ptest.RandPeerIDFatal(t) // in no net: Admit refuses it
 	tests := []struct {
 		name      string
 		peers     map[peer.ID]fakePeer
@@ -127,6 +137,10 @@ func TestPeersFailOver(t *testing.T) {
 			providers: []peer.ID{a, b}, wantAsked: []peer.ID{a, b}, wantOffsets: []int64{0, 4000}},
 		{name: "busy: its redirect is asked first", peers: map[peer.ID]fakePeer{a: busyPointingTo(c), b: holds(blob, nil), c: holds(blob, nil)},
 			providers: []peer.ID{a, b}, wantAsked: []peer.ID{a, c}, wantOffsets: []int64{0, 0}},
+		{name: "busy: a stranger it redirects to is never asked", peers: map[peer.ID]fakePeer{a: busyPointingTo(stranger, c), b: holds(blob, nil), c: holds(blob, nil)},
+			providers: []peer.ID{a, b}, wantAsked: []peer.ID{a, c}, wantOffsets: []int64{0, 0}},
+		{name: "a stranger the DHT names is never asked", peers: map[peer.ID]fakePeer{b: holds(blob, nil)},
+			providers: []peer.ID{stranger, b}, wantAsked: []peer.ID{b}, wantOffsets: []int64{0}},
 		{name: "hint before the providers", peers: map[peer.ID]fakePeer{a: holds(blob, nil), b: holds(blob, nil)},
 			providers: []peer.ID{a}, hint: []peer.ID{b}, wantAsked: []peer.ID{b}, wantOffsets: []int64{0}},
 	}
@@ -149,6 +163,11 @@ func TestPeersFailOver(t *testing.T) {
 			defer net.mu.Unlock()
 			if !slices.Equal(net.asked, tc.wantAsked) {
 				t.Errorf("asked %v, want %v", net.asked, tc.wantAsked)
+			}
+			for _, p := range net.asked {
+				if !slices.Contains(net.admitted, p) {
+					t.Errorf("asked %s without admitting it first", p)
+				}
 			}
 			var offsets []int64
 			for _, r := range net.requests {

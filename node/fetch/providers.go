@@ -3,7 +3,6 @@ package fetch
 import (
 	"context"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
 
@@ -33,10 +32,9 @@ type ProviderFinder interface {
 // providerCache is the DHT's providers of recent blobs, reused for
 // providerTTL.
 type providerCache struct {
-	finder   ProviderFinder
-	isMember func(peer.ID) bool
-	lookup   prometheus.Observer // nil: not observed
-	log      *slog.Logger
+	finder ProviderFinder
+	lookup prometheus.Observer // nil: not observed
+	log    *slog.Logger
 
 	mu      sync.Mutex
 	entries map[digest.Digest]providerEntry
@@ -47,12 +45,14 @@ type providerEntry struct {
 	expires time.Time
 }
 
-func newProviderCache(finder ProviderFinder, isMember func(peer.ID) bool, lookup prometheus.Observer, log *slog.Logger) *providerCache {
-	return &providerCache{finder: finder, isMember: isMember, lookup: lookup, log: log, entries: map[digest.Digest]providerEntry{}}
+func newProviderCache(finder ProviderFinder, lookup prometheus.Observer, log *slog.Logger) *providerCache {
+	return &providerCache{finder: finder, lookup: lookup, log: log, entries: map[digest.Digest]providerEntry{}}
 }
 
-// find returns the DHT's providers of d that are members, from the cache
-// while its answer is fresh.
+// find returns the DHT's providers of d, from the cache while its answer
+// is fresh. A provider record names a peer, it does not prove that the
+// peer is one of ours: the caller admits each one before asking it
+// (Cluster.Admit).
 func (c *providerCache) find(ctx context.Context, d digest.Digest) []peer.ID {
 	c.mu.Lock()
 	e, ok := c.entries[d]
@@ -70,9 +70,9 @@ func (c *providerCache) find(ctx context.Context, d digest.Digest) []peer.ID {
 	if err != nil {
 		c.log.Debug("provider lookup failed", "digest", d, "err", err)
 	}
-	// A provider record names a peer; only members are trusted to serve
-	// (and only members can store records here, see p2p.NewRouting).
-	found = slices.DeleteFunc(found, func(p peer.ID) bool { return !c.isMember(p) })
+	if len(found) > maxProviders {
+		found = found[:maxProviders]
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.entries) > maxCachedLookups {

@@ -34,10 +34,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -67,8 +69,13 @@ type scaleResult struct {
 	FanoutSeconds      float64 `json:"fanout_seconds"`
 	PusherEgressImages float64 `json:"pusher_egress_images"`
 	// PusherEgressAll counts the push's replica copies too.
-	PusherEgressAll float64  `json:"pusher_egress_images_with_push"`
-	Notes           []string `json:"notes,omitempty"`
+	PusherEgressAll float64 `json:"pusher_egress_images_with_push"`
+	// FanoutServedByRole is every node's peer egress during the pulls ÷
+	// the image size, summed by role ("pusher", then the status role of
+	// the others: "leader", "voter", "non-voter", "follower"): where the
+	// copies came from.
+	FanoutServedByRole map[string]float64 `json:"fanout_served_by_role,omitempty"`
+	Notes              []string           `json:"notes,omitempty"`
 	// Failed is why this size stopped early ("" if it ran to the end);
 	// the figures measured before are kept.
 	Failed string `json:"failed,omitempty"`
@@ -413,6 +420,7 @@ func scaleFanout(ctx context.Context, c config, cl *cluster, r *scaleResult) err
 	if err != nil {
 		return err
 	}
+	roles, servedBefore := rolesAndServed(ctx, cl.nodes)
 	sem := make(chan struct{}, c.scalePullers)
 	errs := make([]error, len(cl.nodes))
 	var wg sync.WaitGroup
@@ -438,7 +446,50 @@ func scaleFanout(ctx context.Context, c config, cl *cluster, r *scaleResult) err
 	r.FanoutImageBytes = img.size
 	r.PusherEgressImages = (after.served - before.served) / float64(img.size)
 	r.PusherEgressAll = (after.served - c0.served) / float64(img.size)
+	_, servedAfter := rolesAndServed(ctx, cl.nodes)
+	r.FanoutServedByRole = map[string]float64{}
+	for i := range cl.nodes {
+		role := roles[i]
+		if i == 0 {
+			role = "pusher"
+		}
+		if servedBefore[i] < 0 || servedAfter[i] < 0 {
+			role = "unknown (metrics unread)"
+		}
+		r.FanoutServedByRole[role] += (servedAfter[i] - servedBefore[i]) / float64(img.size)
+	}
+	keys := slices.Sorted(maps.Keys(r.FanoutServedByRole))
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s %.2f×", k, r.FanoutServedByRole[k]))
+	}
+	r.Notes = append(r.Notes, "fan-out: peer egress during the pulls ÷ image, by role: "+strings.Join(parts, ", "))
 	return nil
+}
+
+// rolesAndServed reads each node's role (its status) and peer egress
+// counter, in parallel; a node whose counter cannot be read gets -1.
+func rolesAndServed(ctx context.Context, nodes []*server) ([]string, []float64) {
+	roles := make([]string, len(nodes))
+	served := make([]float64, len(nodes))
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for i, s := range nodes {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			roles[i] = "?"
+			if st, err := nodeStatus(ctx, s); err == nil {
+				roles[i] = st.Role
+			}
+			served[i] = -1
+			if c, err := readCounters(ctx, s); err == nil {
+				served[i] = c.served
+			}
+		})
+	}
+	wg.Wait()
+	return roles, served
 }
 
 func scaleTable(c config, rows []scaleResult) string {
