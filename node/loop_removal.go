@@ -25,7 +25,8 @@ type stateWatcher interface {
 
 // removalWatch runs, once this node is a member, until ctx ends: when it
 // has had no leader for after, it asks whether it is still a member (check,
-// again every every), and joins again if it is not (rejoin).
+// again every every), and joins again if it is not (rejoin). A member that
+// learns its removal while leaderless keeps asking and joins again too.
 //
 // It follows the store's events (a leader lost or found, a membership
 // change); its only timer runs while this node is a leaderless member,
@@ -50,15 +51,42 @@ func (w *removalWatch) Run(ctx context.Context) error {
 	timer := time.NewTimer(w.after)
 	timer.Stop() // armed only while leaderless
 	defer timer.Stop()
-	var leaderless, asked time.Time
+	// healed is when this member last found a leader after a stretch
+	// without one; toldRemoved that it learned its removal as a cut
+	// healed (and asked at once).
+	var leaderless, asked, healed time.Time
+	var toldRemoved bool
 	for {
 		var wake <-chan time.Time
-		if now := time.Now(); !w.isMember() || st.LeaderID != "" {
-			// Not a member (removed: noteRemoved says so), or following.
+		member := w.isMember()
+		now := time.Now()
+		if member && st.LeaderID != "" && !leaderless.IsZero() {
+			healed = now
+		}
+		// Removed while leaderless, or just as it found a leader again
+		// after a stretch without one: cut off past the leader's
+		// --dead-server-timeout, and told so by the leader's last
+		// AppendEntries (raft sends a removed server one, which names the
+		// leader just before the configuration without this node). The
+		// check finds that removal as it would have without the message,
+		// and it joins again.
+		cutOff := !member && (!leaderless.IsZero() || !healed.IsZero() && now.Sub(healed) < w.after)
+		if member {
+			toldRemoved = false
+		}
+		if (member && st.LeaderID != "") || (!member && !cutOff) {
+			// Following, or removed while in touch with the leader (by
+			// an operator: noteRemoved says so).
 			leaderless = time.Time{}
 		} else {
+			// A leaderless member, or one removed as its cut healed.
+			healed = time.Time{}
 			if leaderless.IsZero() {
 				leaderless = now
+			}
+			if cutOff && !toldRemoved {
+				toldRemoved = true
+				leaderless = now.Add(-w.after) // ask at once
 			}
 			due := later(leaderless.Add(w.after), asked.Add(w.every))
 			if !now.Before(due) {
