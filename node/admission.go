@@ -80,6 +80,8 @@ type joinTokenClaims struct {
 	Nonce   string `json:"n"`   // 16 random bytes, hex
 }
 
+func (c *joinTokenClaims) issuerID() string { return c.Issuer }
+
 // issueJoinToken makes a token signed by key (whose peer id is issuer) that
 // expires at exp.
 func issueJoinToken(key crypto.PrivKey, issuer peer.ID, exp time.Time) (string, error) {
@@ -87,16 +89,56 @@ func issueJoinToken(key crypto.PrivKey, issuer peer.ID, exp time.Time) (string, 
 	if _, err := rand.Read(nonce); err != nil {
 		return "", err
 	}
-	payload, err := json.Marshal(joinTokenClaims{Issuer: issuer.String(), Expires: exp.Unix(), Nonce: hex.EncodeToString(nonce)})
+	t, err := seal(key, joinTokenPrefix, joinTokenDomain, joinTokenClaims{Issuer: issuer.String(), Expires: exp.Unix(), Nonce: hex.EncodeToString(nonce)})
+	if err != nil {
+		return "", fmt.Errorf("signing the join token: %w", err)
+	}
+	return t, nil
+}
+
+// seal makes a signed credential (join tokens, follower passes):
+// prefix, the base64url JSON of claims, ".", the base64url signature by
+// key of domain followed by that payload.
+func seal(key crypto.PrivKey, prefix, domain string, claims any) (string, error) {
+	payload, err := json.Marshal(claims)
 	if err != nil {
 		return "", err
 	}
 	p := base64.RawURLEncoding.EncodeToString(payload)
-	sig, err := key.Sign([]byte(joinTokenDomain + p))
+	sig, err := key.Sign([]byte(domain + p))
 	if err != nil {
-		return "", fmt.Errorf("signing the join token: %w", err)
+		return "", err
 	}
-	return joinTokenPrefix + p + "." + base64.RawURLEncoding.EncodeToString(sig), nil
+	return prefix + p + "." + base64.RawURLEncoding.EncodeToString(sig), nil
+}
+
+// unseal checks a credential seal made, past its prefix (rest): its
+// encoding and the signature by the identity key of the peer its claims
+// name as issuer, and decodes the claims into claims. why says what is
+// wrong ("" when nothing is); the caller checks the prefix before and the
+// claims after.
+func unseal(rest, domain string, claims interface{ issuerID() string }) (why string) {
+	p, s, ok := strings.Cut(rest, ".")
+	if !ok {
+		return "is malformed (no signature)"
+	}
+	payload, err1 := base64.RawURLEncoding.DecodeString(p)
+	sig, err2 := base64.RawURLEncoding.DecodeString(s)
+	if err1 != nil || err2 != nil || json.Unmarshal(payload, claims) != nil {
+		return "is malformed (bad encoding)"
+	}
+	issuer, err := peer.Decode(claims.issuerID())
+	if err != nil {
+		return "names no valid issuer"
+	}
+	pub, err := issuer.ExtractPublicKey()
+	if err != nil {
+		return "names an issuer whose peer id holds no public key"
+	}
+	if ok, err := pub.Verify([]byte(domain+p), sig); err != nil || !ok {
+		return "has an invalid signature (forged or altered)"
+	}
+	return ""
 }
 
 // verifyJoinToken checks token at time now: well formed, signed by its
@@ -113,26 +155,9 @@ func verifyJoinToken(token string, now time.Time, isMember func(id string) bool)
 	if !ok {
 		return bad("is not a meshreg join token (it must start with " + joinTokenPrefix + ")")
 	}
-	p, s, ok := strings.Cut(rest, ".")
-	if !ok {
-		return bad("is malformed (no signature)")
-	}
-	payload, err1 := base64.RawURLEncoding.DecodeString(p)
-	sig, err2 := base64.RawURLEncoding.DecodeString(s)
 	var c joinTokenClaims
-	if err1 != nil || err2 != nil || json.Unmarshal(payload, &c) != nil {
-		return bad("is malformed (bad encoding)")
-	}
-	issuer, err := peer.Decode(c.Issuer)
-	if err != nil {
-		return bad("names no valid issuer")
-	}
-	pub, err := issuer.ExtractPublicKey()
-	if err != nil {
-		return bad("names an issuer whose peer id holds no public key")
-	}
-	if ok, err := pub.Verify([]byte(joinTokenDomain+p), sig); err != nil || !ok {
-		return bad("has an invalid signature (forged or altered)")
+	if why := unseal(rest, joinTokenDomain, &c); why != "" {
+		return bad(why)
 	}
 	exp := time.Unix(c.Expires, 0)
 	switch {

@@ -64,6 +64,8 @@ type passClaims struct {
 	Nonce   string `json:"n"`
 }
 
+func (c *passClaims) issuerID() string { return c.Issuer }
+
 // issuePass makes a pass for subject signed by key (whose peer id is
 // issuer), valid until exp.
 func issuePass(key crypto.PrivKey, issuer, subject peer.ID, exp time.Time) (string, error) {
@@ -71,16 +73,11 @@ func issuePass(key crypto.PrivKey, issuer, subject peer.ID, exp time.Time) (stri
 	if _, err := rand.Read(nonce); err != nil {
 		return "", err
 	}
-	payload, err := json.Marshal(passClaims{Issuer: issuer.String(), Subject: subject.String(), Expires: exp.Unix(), Nonce: hex.EncodeToString(nonce)})
-	if err != nil {
-		return "", err
-	}
-	p := base64.RawURLEncoding.EncodeToString(payload)
-	sig, err := key.Sign([]byte(passDomain + p))
+	p, err := seal(key, passPrefix, passDomain, passClaims{Issuer: issuer.String(), Subject: subject.String(), Expires: exp.Unix(), Nonce: hex.EncodeToString(nonce)})
 	if err != nil {
 		return "", fmt.Errorf("signing the follower pass: %w", err)
 	}
-	return passPrefix + p + "." + base64.RawURLEncoding.EncodeToString(sig), nil
+	return p, nil
 }
 
 // verifyPass checks that pass is valid at now for subject: well formed,
@@ -97,26 +94,9 @@ func verifyPass(pass string, subject peer.ID, now time.Time, isMember func(id st
 	if !ok {
 		return bad("is not a meshreg follower pass")
 	}
-	p, s, ok := strings.Cut(rest, ".")
-	if !ok {
-		return bad("is malformed (no signature)")
-	}
-	payload, err1 := base64.RawURLEncoding.DecodeString(p)
-	sig, err2 := base64.RawURLEncoding.DecodeString(s)
 	var c passClaims
-	if err1 != nil || err2 != nil || json.Unmarshal(payload, &c) != nil {
-		return bad("is malformed (bad encoding)")
-	}
-	issuer, err := peer.Decode(c.Issuer)
-	if err != nil {
-		return bad("names no valid issuer")
-	}
-	pub, err := issuer.ExtractPublicKey()
-	if err != nil {
-		return bad("names an issuer whose peer id holds no public key")
-	}
-	if ok, err := pub.Verify([]byte(passDomain+p), sig); err != nil || !ok {
-		return bad("has an invalid signature (forged or altered)")
+	if why := unseal(rest, passDomain, &c); why != "" {
+		return bad(why)
 	}
 	exp := time.Unix(c.Expires, 0)
 	switch {
