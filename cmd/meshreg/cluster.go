@@ -46,24 +46,6 @@ func clusterCommand() *cli.Command {
 }
 
 func clusterMembers(c *cli.Context) error {
-	base, err := nodeURL(c.String("node"))
-	if err != nil {
-		return err
-	}
-	url := base + "/_meshreg/v1/status"
-	req, err := http.NewRequestWithContext(c.Context, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := nodeDo(c, req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("reading %s: %s", url, apiErrorText(resp.StatusCode, msg))
-	}
 	var st struct {
 		NodeID   string `json:"node_id"`
 		Role     string `json:"role"`
@@ -80,8 +62,8 @@ func clusterMembers(c *cli.Context) error {
 			} `json:"members"`
 		} `json:"raft"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return fmt.Errorf("reading %s: %w", url, err)
+	if err := nodeGetJSON(c, "/_meshreg/v1/status", &st); err != nil {
+		return err
 	}
 	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PEER ID\tSUFFRAGE\tLEADER\tRAFT ADDRESS")
@@ -107,24 +89,6 @@ func clusterMembers(c *cli.Context) error {
 // clusterNodes prints GET /_meshreg/v1/nodes as a table, then the members
 // that could not be asked for their followers.
 func clusterNodes(c *cli.Context) error {
-	base, err := nodeURL(c.String("node"))
-	if err != nil {
-		return err
-	}
-	url := base + "/_meshreg/v1/nodes"
-	req, err := http.NewRequestWithContext(c.Context, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := nodeDo(c, req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("reading %s: %s", url, apiErrorText(resp.StatusCode, msg))
-	}
 	var fleet struct {
 		LeaderIndex uint64 `json:"leader_index"`
 		Nodes       []struct {
@@ -134,8 +98,8 @@ func clusterNodes(c *cli.Context) error {
 		Unreachable map[string]string `json:"unreachable"`
 		Partial     bool              `json:"partial"`
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&fleet); err != nil {
-		return fmt.Errorf("reading %s: %w", url, err)
+	if err := nodeGetJSON(c, "/_meshreg/v1/nodes", &fleet); err != nil {
+		return err
 	}
 	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PEER ID\tROLE\tVERSION\tREGION/ZONE\tAPPLIED\tLAG\tTAILS FROM")
@@ -187,5 +151,33 @@ func clusterRemove(c *cli.Context) error {
 		return errors.New(apiErrorText(resp.StatusCode, msg)) // the node's message names the member
 	}
 	fmt.Fprintf(c.App.Writer, "removed %s from the cluster\n", id)
+	return nil
+}
+
+// nodeGetJSON reads GET path on the --node as JSON into v (at most 64 MiB:
+// a fleet of thousands of nodes fits), with the node's error when it
+// answers anything but 200.
+func nodeGetJSON(c *cli.Context, path string, v any) error {
+	base, err := nodeURL(c.String("node"))
+	if err != nil {
+		return err
+	}
+	url := base + path
+	req, err := http.NewRequestWithContext(c.Context, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := nodeDo(c, req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("reading %s: %s", url, apiErrorText(resp.StatusCode, msg))
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(v); err != nil {
+		return fmt.Errorf("reading %s: %w", url, err)
+	}
 	return nil
 }
