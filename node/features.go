@@ -68,13 +68,9 @@ func (n *Node) membersApplySetting(name string) error {
 	if !slices.Contains(newerSettings, name) {
 		return nil
 	}
-	members, err := n.meta.Members()
+	ids, err := n.memberIDs()
 	if err != nil {
-		return fmt.Errorf("reading the cluster's members: %w", err)
-	}
-	ids := make([]string, len(members))
-	for i, m := range members {
-		ids[i] = m.ID
+		return err
 	}
 	if err := membersApplySetting(n.host, ids, name); err != nil {
 		return err
@@ -126,13 +122,9 @@ func (n *Node) membersApply(op state.Op) error {
 	if op <= state.OpUnlinkBlob {
 		return nil
 	}
-	members, err := n.meta.Members()
+	ids, err := n.memberIDs()
 	if err != nil {
-		return fmt.Errorf("reading the cluster's members: %w", err)
-	}
-	ids := make([]string, len(members))
-	for i, m := range members {
-		ids[i] = m.ID
+		return err
 	}
 	if err := membersApply(n.host, ids, op); err != nil {
 		return err
@@ -198,4 +190,17 @@ func membersApply(a agents, members []string, op state.Op) error {
 			"upgrade every member (or remove the old one) first", id, runs)
 	}
 	return nil
+}
+
+// memberIDs are the ids of the Raft configuration's members.
+func (n *Node) memberIDs() ([]string, error) {
+	members, err := n.meta.Members()
+	if err != nil {
+		return nil, fmt.Errorf("reading the cluster's members: %w", err)
+	}
+	ids := make([]string, len(members))
+	for i, m := range members {
+		ids[i] = m.ID
+	}
+	return ids, nil
 }
