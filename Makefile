@@ -106,8 +106,12 @@ E2E_BUILD := $(if $(MESHREG_E2E_REGISTRY),,build)
 # container scenarios (testnet/scenario) each load the machine's CPUs; run
 # together on two cores, a Raft leader starved of CPU misses its lease now
 # and then and a test sees an election it did not cause.
+# make e2e E2E_PKGS=./testnet E2E_RUN='^TestTokensAcrossTheCluster$$' runs
+# a part of them (.ci/run reruns a failed test so).
+E2E_PKGS ?= ./testnet/...
+E2E_RUN  ?=
 e2e: $(E2E_BUILD) tools
-	MESHREG_E2E_BIN=$(CURDIR)/$(BIN) $(GO) test -p 1 -count=1 -timeout $(E2E_TIMEOUT) -v ./testnet/...
+	MESHREG_E2E_BIN=$(CURDIR)/$(BIN) $(GO) test -p 1 -count=1 -timeout $(E2E_TIMEOUT) -v $(if $(E2E_RUN),-run '$(E2E_RUN)') $(E2E_PKGS)
 
 conformance: $(E2E_BUILD) $(CONFORMANCE_STAMP)
 	MESHREG_E2E_BIN=$(CURDIR)/$(BIN) MESHREG_E2E_OCI_VERSION=$(OCI_VERSION) \
