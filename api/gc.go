@@ -52,7 +52,8 @@ type GCResult struct {
 	// failed (a write raced them) and are left to the next collection.
 	Retention        []RetentionDeletion `json:"retention,omitempty"`
 	RetentionSkipped int                 `json:"retentionSkipped,omitempty"`
-	// Nodes is what each member freed on its disk.
+	// Nodes is what each member, and each follower of the metadata its
+	// member could ask, freed on its disk.
 	Nodes    []GCNodeReport `json:"nodes,omitempty"`
 	Duration string         `json:"duration"`
 }
@@ -80,12 +81,15 @@ type GCCandidate struct {
 	Repos  []string `json:"repositories"`
 }
 
-// GCNodeReport is what one member freed: collected blobs and leftovers
+// GCNodeReport is what one node freed: collected blobs and leftovers
 // (files nothing links or references), and collected blobs it kept (in
-// use, or written since the collection began). Error says why a member
-// did not report.
+// use, or written since the collection began). Error says why a node did
+// not report. Role is "member" or "follower" (a follower of the metadata,
+// asked through Via, the member it tails from).
 type GCNodeReport struct {
 	Node          string `json:"node"`
+	Role          string `json:"role,omitempty"`
+	Via           string `json:"via,omitempty"`
 	Blobs         int    `json:"blobs"`
 	Bytes         int64  `json:"bytes"`
 	LeftoverBlobs int    `json:"leftoverBlobs"`

@@ -46,12 +46,25 @@ const gcReportProtocol = "/meshreg/gc-report/1.0.0"
 const (
 	gcReportTimeout = 60 * time.Second
 	gcProgressEvery = 10 * time.Second
+	// gcReportSlack is how much longer than gcReportTimeout a member's
+	// answer, which waits for its followers' within gcReportTimeout, may
+	// take to arrive; the handler's own bound (node.go) adds it too.
+	gcReportSlack = 10 * time.Second
+	// gcFollowerAsks bounds the followers a member asks at a time.
+	gcFollowerAsks = 32
+	// maxGCAnswerLen bounds an answer on gcReportProtocol: a report per
+	// follower a member serves (at most maxTailClients, about 250 bytes
+	// each) and its own.
+	maxGCAnswerLen = 1 << 20
 )
 
 type gcReportRequest struct {
 	Mark    uint64 `json:"mark"`
 	Through uint64 `json:"through"`
 	Cutoff  int64  `json:"cutoff"`
+	// Followers asks a member for the reports of the followers of the
+	// metadata it serves a tail to, too (older releases ignore it).
+	Followers bool `json:"followers,omitempty"`
 }
 
 // gcMeta is what garbage collection needs of the metadata store beyond
@@ -269,14 +282,7 @@ func (n *Node) CollectGarbage(ctx context.Context, req api.GCRequest, progress f
 		}
 	}
 	tick.Stop()
-	for _, r := range res.Nodes {
-		if r.Error != "" {
-			progress(fmt.Sprintf("node %s: no report: %s", r.Node, r.Error))
-			continue
-		}
-		progress(fmt.Sprintf("node %s: freed %d blobs (%d bytes), %d leftovers (%d bytes), kept %d in use or newer",
-			r.Node, r.Blobs, r.Bytes, r.LeftoverBlobs, r.LeftoverBytes, r.Kept))
-	}
+	gcProgressReports(res.Nodes, progress)
 	result = "ok"
 	res.Duration = time.Since(began).Round(time.Millisecond).String()
 	n.log.Info("garbage collection done", "mark", plan.MarkIndex, "blobs", len(plan.Blobs), "bytes", plan.Bytes,
@@ -284,15 +290,60 @@ func (n *Node) CollectGarbage(ctx context.Context, req api.GCRequest, progress f
 	return res, nil
 }
 
-// gcReports asks every member (this node too) for its report, at once.
-// Followers of the metadata sweep as members do (their sweeper follows the
-// applied sweeps), but the leader does not know them: no report of theirs.
+// gcProgressReports says what each node freed: a line per member, and per
+// follower when there are few of them; past gcFollowersListed, one line
+// for all the followers and one for each follower without a report (at
+// most gcFollowersListed of those).
+func gcProgressReports(reports []api.GCNodeReport, progress func(string)) {
+	var followers, failed, blobs int
+	var bytes int64
+	for _, r := range reports {
+		if r.Role == "follower" {
+			followers++
+		}
+	}
+	listAll := followers <= gcFollowersListed
+	for _, r := range reports {
+		name := "node " + r.Node
+		if r.Role == "follower" {
+			name = "follower " + r.Node
+			if r.Error == "" {
+				blobs, bytes = blobs+r.Blobs, bytes+r.Bytes
+			} else if failed++; !listAll && failed > gcFollowersListed {
+				continue
+			}
+			if !listAll && r.Error == "" {
+				continue
+			}
+		}
+		if r.Error != "" {
+			progress(fmt.Sprintf("%s: no report: %s", name, r.Error))
+			continue
+		}
+		progress(fmt.Sprintf("%s: freed %d blobs (%d bytes), %d leftovers (%d bytes), kept %d in use or newer",
+			name, r.Blobs, r.Bytes, r.LeftoverBlobs, r.LeftoverBytes, r.Kept))
+	}
+	if !listAll {
+		progress(fmt.Sprintf("%d followers: %d reported, freeing %d blobs (%d bytes) in all; %d without a report",
+			followers, followers-failed, blobs, bytes, failed))
+	}
+}
+
+// gcFollowersListed is how many followers the progress lines list one by
+// one (the result lists them all).
+const gcFollowersListed = 20
+
+// gcReports asks every member (this node too) for its report, at once,
+// and each member for those of the followers of the metadata it serves a
+// tail to (the leader does not know them; their member is connected to
+// them): the reports go down a tree of depth two, never all-pairs.
 func (n *Node) gcReports(ctx context.Context, rq gcReportRequest) []api.GCNodeReport {
 	members, err := n.meta.Members()
 	if err != nil {
-		return []api.GCNodeReport{{Node: n.host.ID().String(), Error: "listing members: " + err.Error()}}
+		return []api.GCNodeReport{{Node: n.host.ID().String(), Role: "member", Error: "listing members: " + err.Error()}}
 	}
-	out := make([]api.GCNodeReport, len(members))
+	rq.Followers = true
+	out := make([][]api.GCNodeReport, len(members))
 	var g errgroup.Group
 	for i, m := range members {
 		g.Go(func() error {
@@ -301,44 +352,129 @@ func (n *Node) gcReports(ctx context.Context, rq gcReportRequest) []api.GCNodeRe
 		})
 	}
 	_ = g.Wait()
-	return out
+	var all []api.GCNodeReport
+	for _, r := range out {
+		all = append(all, r...)
+	}
+	return all
 }
 
-func (n *Node) gcReportOf(ctx context.Context, m consensus.Member, rq gcReportRequest) api.GCNodeReport {
-	rep := api.GCNodeReport{Node: m.ID}
-	ctx, cancel := context.WithTimeout(ctx, gcReportTimeout)
+// gcReportOf is member m's report, then its followers' when rq asks.
+func (n *Node) gcReportOf(ctx context.Context, m consensus.Member, rq gcReportRequest) []api.GCNodeReport {
+	rep := api.GCNodeReport{Node: m.ID, Role: "member"}
+	// A member asks its followers within gcReportTimeout: its answer
+	// gets a little longer to arrive.
+	ctx, cancel := context.WithTimeout(ctx, gcReportTimeout+gcReportSlack)
 	defer cancel()
-	var r gc.Report
 	if m.ID == n.host.ID().String() {
-		var err error
-		if r, err = n.gcReport(ctx, rq); err != nil {
-			rep.Error = err.Error()
-			return rep
-		}
-	} else {
-		p, err := peerOf(n.host, consensus.Server{ID: m.ID, Address: m.Address})
-		if err != nil {
-			rep.Error = err.Error()
-			return rep
-		}
-		b, _ := json.Marshal(rq)
-		resp, err := n.host.Request(ctx, p, gcReportProtocol, b, maxControlLen)
-		if err != nil {
-			rep.Error = "asking for its report: " + err.Error() + " (it sweeps when it applies the collection)"
-			return rep
-		}
-		var ans struct {
-			gc.Report
-			Error string `json:"error"`
-		}
-		if err := json.Unmarshal(resp, &ans); err != nil || ans.Error != "" {
-			rep.Error = fmt.Sprintf("bad report: %v %s", err, ans.Error)
-			return rep
-		}
-		r = ans.Report
+		ans := n.gcAnswer(ctx, rq)
+		return append([]api.GCNodeReport{ans.of(rep)}, ans.Followers...)
 	}
+	p, err := peerOf(n.host, consensus.Server{ID: m.ID, Address: m.Address})
+	if err != nil {
+		rep.Error = err.Error()
+		return []api.GCNodeReport{rep}
+	}
+	ans, err := n.askGCReport(ctx, p, rq)
+	if err != nil {
+		rep.Error = err.Error()
+		return []api.GCNodeReport{rep}
+	}
+	// A member of an older release ignores rq.Followers: no follower
+	// reports then. At most what one member may serve.
+	fs := ans.Followers[:min(len(ans.Followers), maxTailClients)]
+	for i := range fs {
+		fs[i].Role, fs[i].Via = "follower", m.ID
+	}
+	return append([]api.GCNodeReport{ans.of(rep)}, fs...)
+}
+
+// askGCReport asks peer p for its gcAnswer.
+func (n *Node) askGCReport(ctx context.Context, p peer.ID, rq gcReportRequest) (gcAnswer, error) {
+	b, _ := json.Marshal(rq)
+	resp, err := n.host.Request(ctx, p, gcReportProtocol, b, maxGCAnswerLen)
+	if err != nil {
+		return gcAnswer{}, fmt.Errorf("asking for its report: %w (it sweeps when it applies the collection)", err)
+	}
+	var ans gcAnswer
+	if err := json.Unmarshal(resp, &ans); err != nil {
+		return gcAnswer{}, fmt.Errorf("bad report: %w", err)
+	}
+	if ans.Error != "" {
+		return gcAnswer{}, fmt.Errorf("bad report: %s", ans.Error)
+	}
+	return ans, nil
+}
+
+// gcAnswer is the answer on gcReportProtocol: the node's own report (or
+// why it has none), and its followers' when the request asked.
+type gcAnswer struct {
+	gc.Report
+	Error     string             `json:"error,omitempty"`
+	Followers []api.GCNodeReport `json:"followers,omitempty"`
+}
+
+// of fills rep with the answer's own report, or its error.
+func (a gcAnswer) of(rep api.GCNodeReport) api.GCNodeReport {
+	if a.Error != "" {
+		rep.Error = a.Error
+		return rep
+	}
+	r := a.Report
 	rep.Blobs, rep.Bytes, rep.LeftoverBlobs, rep.LeftoverBytes, rep.Kept = r.Blobs, r.Bytes, r.LeftoverBlobs, r.LeftoverBytes, r.Kept
 	return rep
+}
+
+// gcAnswer is this node's answer to rq: its report and, when rq asks,
+// those of the followers it serves a tail to, asked at once (at most
+// gcFollowerAsks at a time); all within gcReportTimeout, so the answer
+// leaves before its asker (who waits gcReportSlack more) gives up.
+func (n *Node) gcAnswer(ctx context.Context, rq gcReportRequest) gcAnswer {
+	ctx, cancel := context.WithTimeout(ctx, gcReportTimeout)
+	defer cancel()
+	var ans gcAnswer
+	var followers []api.GCNodeReport
+	var g errgroup.Group
+	if rq.Followers {
+		g.Go(func() error {
+			followers = n.followerGCReports(ctx, gcReportRequest{Mark: rq.Mark, Through: rq.Through, Cutoff: rq.Cutoff})
+			return nil
+		})
+	}
+	r, err := n.gcReport(ctx, rq)
+	if err != nil {
+		ans.Error = err.Error()
+	} else {
+		ans.Report = r
+	}
+	_ = g.Wait()
+	ans.Followers = followers
+	return ans
+}
+
+// followerGCReports asks each follower this node serves for its report.
+func (n *Node) followerGCReports(ctx context.Context, rq gcReportRequest) []api.GCNodeReport {
+	tails := n.tails.list()
+	tails = tails[:min(len(tails), maxTailClients)]
+	out := make([]api.GCNodeReport, len(tails))
+	self := n.host.ID().String()
+	var g errgroup.Group
+	g.SetLimit(gcFollowerAsks)
+	for i, tc := range tails {
+		g.Go(func() error {
+			rep := api.GCNodeReport{Node: tc.peer.String(), Role: "follower", Via: self}
+			ans, err := n.askGCReport(ctx, tc.peer, rq)
+			if err != nil {
+				rep.Error = err.Error()
+			} else {
+				rep = ans.of(rep)
+			}
+			out[i] = rep
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return out
 }
 
 // gcReport is this node's report of one collection, once it applied it.
@@ -360,14 +496,11 @@ func (n *Node) gcReport(ctx context.Context, rq gcReportRequest) (gc.Report, err
 // serveGCReport answers gcReportProtocol.
 func (n *Node) serveGCReport(ctx context.Context, _ peer.ID, req []byte) []byte {
 	var rq gcReportRequest
-	var ans struct {
-		gc.Report
-		Error string `json:"error,omitempty"`
-	}
+	var ans gcAnswer
 	if err := json.Unmarshal(req, &rq); err != nil {
 		ans.Error = "bad request: " + err.Error()
-	} else if ans.Report, err = n.gcReport(ctx, rq); err != nil {
-		ans.Error = err.Error()
+	} else {
+		ans = n.gcAnswer(ctx, rq)
 	}
 	b, _ := json.Marshal(ans)
 	return b

@@ -272,7 +272,7 @@ func (n *Node) serveProtocols(s ProtocolServer) {
 	s.HandleRequests(vouchProtocol, maxControlLen, rpcTimeout, n.serveVouch)
 	s.HandleRequests(mirrorProtocol, maxControlLen, rpcTimeout, n.serveMirror)
 	s.HandleRequests(originProtocol, maxControlLen, rpcTimeout, n.serveOriginFetch)
-	s.HandleRequests(gcReportProtocol, maxControlLen, gcReportTimeout, n.serveGCReport)
+	s.HandleRequests(gcReportProtocol, maxControlLen, gcReportTimeout+gcReportSlack, n.serveGCReport)
 	s.HandleRequests(fleetProtocol, maxControlLen, rpcTimeout, n.serveFleet)
 	s.ServeBlobs(n.cfg.PeerIdleTimeout, n.serveBlob)
 	n.serveTailStreams(s) // tail.go

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -338,5 +339,54 @@ func TestGCRacingAManifestPut(t *testing.T) {
 	}
 	for _, n := range nodes {
 		cImg.pullsInFull(t, n.Node)
+	}
+}
+
+// TestGCReportsFollowers: followers of the metadata are no Raft members,
+// so the leader does not know them, yet they sweep their disks like
+// members. `meshreg gc` lists each of them (asked through the member it
+// tails from) with what it freed: here the only copy of an image pushed
+// through a follower (--replicas 1), freed on its disk.
+func TestGCReportsFollowers(t *testing.T) {
+	testnet.RequireProcess(t)
+	nodes := startBounded(t, 4, []string{"--voters", "3", "--max-raft-members", "0", "--replicas", "1"}, nil)
+	sts := waitRoles(t, nodes, roleCounts{3, 0, 1}, 60*time.Second)
+	follower := withRole(sts, nodes, "follower")[0]
+	member := withRole(sts, nodes, "voter")[0]
+	img := newGCImage(testnet.UniqueRepo("e2e/gc-follower"), []byte(`{"architecture":"amd64","os":"linux","f":1}`),
+		testnet.RandomBytes(64<<10), testnet.RandomBytes(64<<10))
+	c := testnet.NewClient(follower.URL())
+	img.pushBlobs(t, c)
+	if err := img.putManifest(c); err != nil {
+		t.Fatalf("pushing through follower %s: %v", follower.Host(), err)
+	}
+	for _, b := range img.blobs {
+		if !holds(follower, digest.FromBytes(b)) {
+			t.Fatalf("premise: follower %s does not hold %s after the push through it", follower.Host(), digest.FromBytes(b))
+		}
+	}
+	deleteManifest(t, follower, img.repo, img.digest)
+
+	meshreg := testnet.Runner{T: t, Path: testnet.Binary(t), Dir: t.TempDir()}
+	out := string(meshreg.Run("gc", "--node", member.URL(), "--grace", "0s"))
+	t.Logf("meshreg gc:\n%s", out)
+	id := sts[follower].NodeID
+	var row []string
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == id {
+			row = f
+		}
+	}
+	if row == nil || row[1] != "follower" {
+		t.Fatalf("meshreg gc has no row for follower %s (want its role and what it freed):\n%s", id, out)
+	}
+	if freed, err := strconv.Atoi(row[2]); err != nil || freed < len(img.blobs) {
+		t.Errorf("follower %s freed %q blobs, want at least %d (the image's config and layers)", id, row[2], len(img.blobs))
+	}
+	for _, b := range img.blobs {
+		d := digest.FromBytes(b)
+		if !testnet.Eventually(10*time.Second, func() bool { return !holds(follower, d) }) {
+			t.Errorf("follower %s still holds %s after the collection", follower.Host(), d)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -97,13 +98,14 @@ func printGC(w io.Writer, r api.GCResult) {
 	}
 	fmt.Fprintf(w, "collected at index %d (grace %s) in %s: %d blobs (%d bytes) unlinked, %d unreferenced kept\n",
 		r.MarkIndex, r.Grace, r.Duration, r.Blobs, r.Bytes, r.Kept)
-	fmt.Fprintf(w, "NODE\tBLOBS FREED\tBYTES FREED\tLEFTOVERS\tLEFTOVER BYTES\tKEPT\n")
+	fmt.Fprintf(w, "NODE\tROLE\tBLOBS FREED\tBYTES FREED\tLEFTOVERS\tLEFTOVER BYTES\tKEPT\n")
 	for _, n := range r.Nodes {
+		role := cmp.Or(n.Role, "member")
 		if n.Error != "" {
-			fmt.Fprintf(w, "%s\t-\t-\t-\t-\t-\t(%s)\n", n.Node, n.Error)
+			fmt.Fprintf(w, "%s\t%s\t-\t-\t-\t-\t-\t(%s)\n", n.Node, role, n.Error)
 			continue
 		}
-		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\n", n.Node, n.Blobs, n.Bytes, n.LeftoverBlobs, n.LeftoverBytes, n.Kept)
+		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%d\t%d\t%d\n", n.Node, role, n.Blobs, n.Bytes, n.LeftoverBlobs, n.LeftoverBytes, n.Kept)
 	}
 }
 
