@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"crypto/sha256"
 	"os"
 	"sync"
 	"time"
@@ -11,9 +12,19 @@ import (
 // notices it).
 const ReloadInterval = time.Second
 
+// settleTime is how old a file's modification must be before it is read:
+// a file rewritten in place (truncated, then written) may be caught empty
+// or half written, which for an htpasswd file means locking users out
+// until the next check. A younger file is looked at again by the next
+// request instead.
+const settleTime = 50 * time.Millisecond
+
 // Watched holds the value parsed from a file and parses it again when the
-// file's modification time or size changes. Reading it from concurrent
-// requests is safe; a stat runs at most once per ReloadInterval.
+// file's contents change. Reading it from concurrent requests is safe; the
+// file is read at most once per ReloadInterval. Contents, not the
+// modification time and size, say whether it changed: two writes of the
+// same size within one tick of the file system's clock (a few
+// milliseconds) leave both alike.
 //
 // A file that changes into something that does not parse keeps the last
 // good value in effect, and OnReload is told the error (so a typo in the
@@ -24,10 +35,16 @@ type Watched[T any] struct {
 	parse    func(data []byte) (T, error)
 	OnReload func(err error)
 
-	mu      sync.Mutex
-	val     T
+	mu  sync.Mutex
+	val T
+	sum [sha256.Size]byte // of the contents val was parsed from
+	// mod and size are the file's as last read, at readAt: while they
+	// stay the same and mod was well before readAt, the contents did not
+	// change (a later write would have a later modification time), and
+	// the file is not read again.
 	mod     time.Time
 	size    int64
+	readAt  time.Time
 	checked time.Time
 	lastErr string // the error last told to OnReload, "" after a good reload
 	now     func() time.Time
@@ -48,7 +65,8 @@ func Watch[T any](path string, parse func(data []byte) (T, error)) (*Watched[T],
 	if err != nil {
 		return nil, err
 	}
-	w.val, w.mod, w.size, w.checked = v, fi.ModTime(), fi.Size(), w.now()
+	w.val, w.sum = v, sha256.Sum256(data)
+	w.mod, w.size, w.readAt, w.checked = fi.ModTime(), fi.Size(), w.now(), w.now()
 	return w, nil
 }
 
@@ -60,13 +78,17 @@ func (w *Watched[T]) Get() T {
 	if now.Sub(w.checked) < ReloadInterval {
 		return w.val
 	}
-	w.checked = now
 	fi, err := os.Stat(w.path)
 	if err != nil {
+		w.checked = now
 		w.fail(err)
 		return w.val
 	}
-	if fi.ModTime().Equal(w.mod) && fi.Size() == w.size {
+	if age := now.Sub(fi.ModTime()); age >= 0 && age < settleTime {
+		return w.val // being written, perhaps: the next request looks again
+	}
+	w.checked = now
+	if fi.ModTime().Equal(w.mod) && fi.Size() == w.size && w.readAt.Sub(w.mod) > ReloadInterval {
 		return w.val
 	}
 	data, err := os.ReadFile(w.path)
@@ -74,12 +96,17 @@ func (w *Watched[T]) Get() T {
 		w.fail(err)
 		return w.val
 	}
+	w.mod, w.size, w.readAt = fi.ModTime(), fi.Size(), now
+	sum := sha256.Sum256(data)
+	if sum == w.sum {
+		return w.val
+	}
 	v, err := w.parse(data)
 	if err != nil {
 		w.fail(err)
 		return w.val
 	}
-	w.val, w.mod, w.size = v, fi.ModTime(), fi.Size()
+	w.val, w.sum = v, sum
 	w.fail(nil)
 	return w.val
 }
