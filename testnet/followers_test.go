@@ -441,6 +441,9 @@ func TestMemberLostForGoodIsReplacedByFollower(t *testing.T) {
 	victim := withRole(sts, nodes, "non-voter")[0]
 	lostZone := sts[victim].Zone
 	t.Logf("the non-voter %s is in zone %s", victim.Host(), lostZone)
+	if lostZone != "zA" {
+		t.Fatalf("the non-voter slot went to a node of zone %s, want one of zA (the only zone without a member)", lostZone)
+	}
 	var live []*testnet.Node
 	for _, n := range nodes {
 		if n != victim {
@@ -452,7 +455,7 @@ func TestMemberLostForGoodIsReplacedByFollower(t *testing.T) {
 	sts = waitRoles(t, live, roleCounts{3, 1, 2}, 60*time.Second)
 	replacement := withRole(sts, live, "non-voter")[0]
 	t.Logf("follower %s (zone %s) took the slot %v after the kill", replacement.Host(), sts[replacement].Zone, time.Since(killed).Round(time.Millisecond))
-	if lostZone == "zA" && sts[replacement].Zone != lostZone {
+	if sts[replacement].Zone != lostZone {
 		t.Errorf("the slot of the member lost in zone %s went to a follower in zone %s, want one in the same zone", lostZone, sts[replacement].Zone)
 	}
 	// The cluster still takes writes, through the new member too.
