@@ -635,9 +635,16 @@ func (f *follower) restore(r io.Reader, h tailSnapshot, watchdog *time.Timer, si
 	if _, err := file.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
-	stateIdx, err := snapshotApplied(file)
+	stateIdx, unknown, err := snapshotApplied(file)
 	if err != nil {
 		return fmt.Errorf("%w: snapshot at %d: %w", errTailProtocol, h.Index, err)
+	}
+	if unknown != "" {
+		// As for an entry (knows): restoring it would keep records this
+		// release applies no rules to, and part its state from the
+		// cluster's.
+		return &olderError{fmt.Sprintf("this node (version %s) is older than the cluster: the snapshot at index %d holds %s it does not know; upgrade it",
+			cmp.Or(f.s.cfg.Version, "unknown"), h.Index, unknown)}
 	}
 	cur, err := f.s.fsm.appliedIndex()
 	if err != nil {
@@ -699,14 +706,18 @@ func receiveSnapshot(r io.Reader, w io.Writer, alive func() bool) error {
 }
 
 // snapshotApplied reads a whole snapshot stream (fsm.go's format, with its
-// bounds) and returns the applied index of the state it holds.
-func snapshotApplied(r io.Reader) (uint64, error) {
-	var idx uint64
-	_, err := readSnapshot(bufio.NewReaderSize(r, 1<<20), func(k, v []byte) error {
+// bounds) and returns the applied index of the state it holds, and the
+// first of its keys this release does not know (state.UnknownKey; "" if
+// none).
+func snapshotApplied(r io.Reader) (idx uint64, unknown string, err error) {
+	_, err = readSnapshot(bufio.NewReaderSize(r, 1<<20), func(k, v []byte) error {
 		if string(k) == state.KeyApplied {
 			idx = state.DecodeUint64(v)
 		}
+		if unknown == "" {
+			unknown = state.UnknownKey(k)
+		}
 		return nil
 	})
-	return idx, err
+	return idx, unknown, err
 }

@@ -2,6 +2,7 @@ package consensus
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -111,5 +112,70 @@ func TestTailRefusal(t *testing.T) {
 			strings.Contains(err.Error(), want+"x") {
 			t.Errorf("session with a refusing member: progress %v, err %v", progress, err)
 		}
+	}
+}
+
+// TestTailStopsAtASnapshotNewerThanItsRelease: a snapshot sent to catch a
+// follower up is checked like an entry. One whose state holds a setting,
+// or records of a kind, the follower's release does not know was written
+// by a newer release: the follower restores nothing of it, says why, and
+// stops (its state stays what it had applied).
+func TestTailStopsAtASnapshotNewerThanItsRelease(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 3, nil)
+	h := newTailHarness(t, c)
+	putN(t, c.leader(), "r", 0, 3)
+
+	// A snapshot stream of a state at index 5000 (ahead of the
+	// follower), with one more pair before its end marker (the stream
+	// ends with uvarint(0)).
+	withPair := func(key, value string) []byte {
+		s := snapshotOf(t, 5000)
+		s = s[:len(s)-1]
+		s = binary.AppendUvarint(s, uint64(len(key)))
+		s = append(s, key...)
+		s = binary.AppendUvarint(s, uint64(len(value)))
+		s = append(s, value...)
+		return binary.AppendUvarint(s, 0)
+	}
+	cases := []struct {
+		name     string
+		snapshot []byte
+		want     string
+	}{
+		{"newer setting", withPair("sfrom.the.future", "x"), `the setting "from.the.future"`},
+		{"newer kind of record", withPair("Zrepo\x00thing", "x"), `records of kind "Z"`},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &hostileDialer{h: h, behave: func(w io.Writer, req tailRequest) error {
+				return writeSnapshotFrames(w, tailSnapshot{Index: req.After + 5000, Term: 1}, tc.snapshot, uint64(len(tc.snapshot)))
+			}}
+			id := fmt.Sprintf("oldsnap%d", i)
+			f := h.open(id, func(cfg *Config) { cfg.TailDialer, cfg.TailPrefer, cfg.Version = d, evilFirst, "v0.9.0" })
+			defer h.stop(id)
+			if err := f.Follow(h.members()); err != nil {
+				t.Fatal(err)
+			}
+			h.caughtUp(f)
+			f.StopFollowing()
+			before := f.AppliedIndex()
+			if err := f.Follow(append([]Server{{ID: "evil", Address: "evil"}}, h.members()...)); err != nil {
+				t.Fatal(err)
+			}
+			c.eventually(10*time.Second, "the tail stops", func() bool { return f.TailStatus().Stopped != "" })
+			st := f.TailStatus()
+			for _, w := range []string{"this node (version v0.9.0) is older than the cluster", "the snapshot at index", tc.want, "upgrade it"} {
+				if !strings.Contains(st.Stopped, w) {
+					t.Errorf("stopped = %q, want it to say %q", st.Stopped, w)
+				}
+			}
+			if got := f.AppliedIndex(); got != before || st.Snapshots != 0 {
+				t.Errorf("after the newer snapshot: applied %d (want %d, unchanged), %d snapshots restored (want 0)", got, before, st.Snapshots)
+			}
+			if _, err := f.ResolveTag("evil", "pwned"); err == nil {
+				t.Error("the follower restored the newer snapshot")
+			}
+		})
 	}
 }

@@ -148,6 +148,13 @@ func TestFSMSnapshotRestore(t *testing.T) {
 	if !slices.ContainsFunc(slices.Collect(maps.Keys(want)), func(k string) bool { return strings.HasPrefix(k, "x") }) {
 		t.Fatal("the collection left no tombstone to snapshot")
 	}
+	// A follower refuses a snapshot with a key its release does not know
+	// (follow.go): every key this release writes is one it knows.
+	for k := range want {
+		if what := state.UnknownKey([]byte(k)); what != "" {
+			t.Errorf("key %q of this release's state is unknown to it: %s", k, what)
+		}
+	}
 
 	snap, err := src.Snapshot()
 	if err != nil {

@@ -2,6 +2,7 @@ package state
 
 import (
 	"encoding/binary"
+	"fmt"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -129,4 +130,31 @@ func DecodeUint64(b []byte) uint64 {
 		return 0
 	}
 	return binary.BigEndian.Uint64(b)
+}
+
+// knownPrefixes are the prefixes of the layout above.
+var knownPrefixes = string([]byte{prefixBody, prefixRefCount, prefixRepo, prefixManifest, prefixTag, prefixTagByDig,
+	prefixBlobLink, prefixReferrer, prefixSetting, prefixTagPush, prefixUsage, prefixUsedBlob, prefixTouch, prefixTomb,
+	prefixTombLog, prefixMirror})
+
+// UnknownKey says what a key of a state's database is that this release
+// does not know ("" when it knows it): a key of a prefix outside the
+// layout above, or a setting not in the closed set. A state (a snapshot)
+// with one was written by a newer release, whose new records this one
+// would keep without applying their rules.
+func UnknownKey(k []byte) string {
+	switch {
+	case string(k) == KeyApplied || string(k) == KeyGCFloor:
+		return ""
+	case len(k) == 0:
+		return "an empty key"
+	case k[0] == prefixSetting:
+		if name := string(k[1:]); !KnownSetting(name) {
+			return fmt.Sprintf("the setting %q", truncate(name))
+		}
+		return ""
+	case strings.IndexByte(knownPrefixes, k[0]) >= 0:
+		return ""
+	}
+	return fmt.Sprintf("records of kind %q", k[:1])
 }
