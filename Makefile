@@ -33,6 +33,9 @@ E2E_TIMEOUT  ?= 30m
 OCI_VERSION  ?= 1.1
 # make bench BENCH_FLAGS='-blob-size 64MiB -layers 5 -layer-size 1MiB -duration 1s -runs 1'
 BENCH_FLAGS  ?=
+# Then the scale table (idle cost, tag visibility, fan-out as the cluster
+# grows: minutes, and most of the machine); make bench SCALE_SIZES= skips it.
+SCALE_SIZES  ?= 3,25,50,100
 
 .PHONY: all build run test lint unit e2e conformance bench tools image testnet fuzz clean
 
@@ -119,6 +122,7 @@ conformance: $(E2E_BUILD) $(CONFORMANCE_STAMP)
 
 bench: build $(REGISTRY_STAMP)
 	$(GO) run ./testnet/bench -meshreg $(BIN) -distribution .tools/bin/registry $(BENCH_FLAGS)
+	$(if $(SCALE_SIZES),$(GO) run ./testnet/bench -meshreg $(BIN) -distribution .tools/bin/registry -scale -scale-sizes $(SCALE_SIZES) -scale-image-size 64MiB)
 
 tools: $(CRANE_STAMP) $(ORAS_STAMP) $(CONFORMANCE_STAMP) $(HELM_STAMP) $(REGISTRY_STAMP)
 
