@@ -45,19 +45,7 @@ func TestTailStopsAtAnEntryNewerThanItsRelease(t *testing.T) {
 				at = req.After + 1
 				return writeFrame(w, frameEntries, encodeEntries([]tailEntry{{Index: req.After + 1, Term: 1, Type: raft.LogCommand, Data: tc.data}}))
 			}}
-			id := fmt.Sprintf("old%d", i)
-			f := h.open(id, func(cfg *Config) { cfg.TailDialer, cfg.TailPrefer, cfg.Version = d, evilFirst, "v0.9.0" })
-			defer h.stop(id)
-			if err := f.Follow(h.members()); err != nil {
-				t.Fatal(err)
-			}
-			h.caughtUp(f)
-			f.StopFollowing()
-			before := f.AppliedIndex()
-			if err := f.Follow(append([]Server{{ID: "evil", Address: "evil"}}, h.members()...)); err != nil {
-				t.Fatal(err)
-			}
-			c.eventually(10*time.Second, "the tail stops", func() bool { return f.TailStatus().Stopped != "" })
+			f, before := stoppedOldFollower(t, c, h, fmt.Sprintf("old%d", i), d)
 			st := f.TailStatus()
 			for _, w := range []string{"this node (version v0.9.0) is older than the cluster", fmt.Sprintf("entry %d has", before+1), tc.want, "upgrade it"} {
 				if !strings.Contains(st.Stopped, w) {
@@ -151,19 +139,7 @@ func TestTailStopsAtASnapshotNewerThanItsRelease(t *testing.T) {
 			d := &hostileDialer{h: h, behave: func(w io.Writer, req tailRequest) error {
 				return writeSnapshotFrames(w, tailSnapshot{Index: req.After + 5000, Term: 1}, tc.snapshot, uint64(len(tc.snapshot)))
 			}}
-			id := fmt.Sprintf("oldsnap%d", i)
-			f := h.open(id, func(cfg *Config) { cfg.TailDialer, cfg.TailPrefer, cfg.Version = d, evilFirst, "v0.9.0" })
-			defer h.stop(id)
-			if err := f.Follow(h.members()); err != nil {
-				t.Fatal(err)
-			}
-			h.caughtUp(f)
-			f.StopFollowing()
-			before := f.AppliedIndex()
-			if err := f.Follow(append([]Server{{ID: "evil", Address: "evil"}}, h.members()...)); err != nil {
-				t.Fatal(err)
-			}
-			c.eventually(10*time.Second, "the tail stops", func() bool { return f.TailStatus().Stopped != "" })
+			f, before := stoppedOldFollower(t, c, h, fmt.Sprintf("oldsnap%d", i), d)
 			st := f.TailStatus()
 			for _, w := range []string{"this node (version v0.9.0) is older than the cluster", "the snapshot at index", tc.want, "upgrade it"} {
 				if !strings.Contains(st.Stopped, w) {
@@ -178,4 +154,24 @@ func TestTailStopsAtASnapshotNewerThanItsRelease(t *testing.T) {
 			}
 		})
 	}
+}
+
+// stoppedOldFollower opens a follower of release v0.9.0, lets it catch up
+// from the members, then has it tail d first (evilFirst), and waits until
+// its tail stops; before is what it had applied then.
+func stoppedOldFollower(t *testing.T, c *testCluster, h *tailHarness, id string, d TailDialer) (f *Store, before uint64) {
+	t.Helper()
+	f = h.open(id, func(cfg *Config) { cfg.TailDialer, cfg.TailPrefer, cfg.Version = d, evilFirst, "v0.9.0" })
+	t.Cleanup(func() { h.stop(id) })
+	if err := f.Follow(h.members()); err != nil {
+		t.Fatal(err)
+	}
+	h.caughtUp(f)
+	f.StopFollowing()
+	before = f.AppliedIndex()
+	if err := f.Follow(append([]Server{{ID: "evil", Address: "evil"}}, h.members()...)); err != nil {
+		t.Fatal(err)
+	}
+	c.eventually(10*time.Second, "the tail stops", func() bool { return f.TailStatus().Stopped != "" })
+	return f, before
 }
