@@ -660,6 +660,11 @@ func TestRevokedFollowerIsCutOff(t *testing.T) {
 			time.Sleep(300 * time.Millisecond)
 		}
 	}
+	// The control: the blob is there to fetch, for a member (which then
+	// holds it too: B must not get it from there either).
+	if !testnet.Eventually(10*time.Second, func() bool { return mc.VerifyBlob(ctx, repo, held, int64(len(blob))) == nil }) {
+		t.Fatalf("member %s cannot fetch blob %s from follower A", members[0].Host(), held)
+	}
 	noneOnB("running")
 
 	// The fleet view does not list B any more.
