@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
+	"github.com/meshreg/meshreg/api"
 	"github.com/meshreg/meshreg/consensus/state"
 	"github.com/meshreg/meshreg/p2p"
 )
@@ -153,5 +155,72 @@ func TestRevokedNodeStops(t *testing.T) {
 	again.loadRevokedSelf()
 	if again.revokedSelf() == nil {
 		t.Error("the revocation does not survive a restart")
+	}
+}
+
+// TestConcurrentRevocationsAreAllKept: on a real one-node cluster (badger,
+// Raft), revocations asked at once are each written (the leader reads,
+// adds and writes one at a time: none lost to another's write), a second
+// revocation of an id is refused as already revoked, and the list is the
+// replicated setting, in its documented format.
+func TestConcurrentRevocationsAreAllKept(t *testing.T) {
+	n := openTestNode(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+		if err := n.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	}()
+	waitReady(t, n)
+
+	const count = 16
+	ids := make([]peer.ID, count)
+	for i := range ids {
+		_, ids[i] = newTestIdentity(t)
+	}
+	errs := make(chan error, count)
+	for _, id := range ids {
+		go func() {
+			did, err := n.RemoveMember(t.Context(), id.String(), "alice")
+			if err == nil && did != api.RevokedFollower {
+				err = fmt.Errorf("RemoveMember(%s) did %q, want revoked", id, did)
+			}
+			errs <- err
+		}()
+	}
+	for range ids {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	body, list, err := n.revocationList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Revoked) != count {
+		t.Fatalf("the list holds %d revocations after %d at once, want all: %s", len(list.Revoked), count, body)
+	}
+	for _, id := range ids {
+		if r, ok := list.Find(id.String()); !ok || r.By != "alice" || r.At == 0 {
+			t.Errorf("revocation of %s: %+v %v", id, r, ok)
+		}
+		if !n.gate.isRevoked(id) {
+			t.Errorf("the gate does not know %s is revoked", id)
+		}
+	}
+	if _, err := n.RemoveMember(t.Context(), ids[0].String(), "bob"); !errors.Is(err, api.ErrAlreadyRevoked) {
+		t.Errorf("a second revocation: %v, want ErrAlreadyRevoked", err)
+	}
+	if _, err := n.RemoveMember(t.Context(), "not-a-peer-id", "bob"); !errors.Is(err, api.ErrNotMember) {
+		t.Errorf("a bad id: %v, want ErrNotMember", err)
+	}
+	// This node is the only voter: it is removed (refused: it would leave
+	// no member), never revoked.
+	if did, err := n.RemoveMember(t.Context(), n.host.ID().String(), "bob"); err == nil || did == api.RevokedFollower || n.revokedSelf() != nil {
+		t.Errorf("removing the only voter: %q, %v; want refused, not revoked", did, err)
 	}
 }
