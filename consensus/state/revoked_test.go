@@ -1,8 +1,10 @@
 package state
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -113,4 +115,34 @@ func TestRevokedFollowersFitsAtItsBound(t *testing.T) {
 	if err := (Command{Op: OpPutSetting, Name: SettingRevokedFollowers, Body: body}).Validate(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// FuzzParseRevokedFollowers: any body parses or is refused, never panics;
+// a list it takes is within the bounds, and written back it parses to the
+// same list (what the leader does when it adds an id).
+func FuzzParseRevokedFollowers(f *testing.F) {
+	f.Add([]byte(`{"revoked":[]}`))
+	f.Add([]byte(`{"revoked":[{"id":"12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo","at":1,"by":"alice"}]}`))
+	f.Add([]byte(`{"revoked":[{"id":"QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N","at":0}]}`))
+	f.Add([]byte(`{"revoked":null}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		l, err := ParseRevokedFollowers(body)
+		if err != nil {
+			return
+		}
+		if len(l.Revoked) > MaxRevokedFollowers {
+			t.Fatalf("%d entries taken, at most %d", len(l.Revoked), MaxRevokedFollowers)
+		}
+		again, err := json.Marshal(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l2, err := ParseRevokedFollowers(again)
+		if err != nil && len(again) <= MaxSettingBytes {
+			t.Fatalf("a list taken, written back, is refused: %v\n%s", err, again)
+		}
+		if err == nil && !reflect.DeepEqual(l, l2) {
+			t.Fatalf("written back, the list changed: %+v, then %+v", l, l2)
+		}
+	})
 }
