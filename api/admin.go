@@ -15,9 +15,16 @@ import (
 // and the API answers 404 MEMBER_UNKNOWN.
 var ErrNotMember = errors.New("not a member of the cluster")
 
+// ErrAlreadyRevoked marks a revocation of a follower revoked before: the
+// API answers 409 ALREADY_REVOKED.
+var ErrAlreadyRevoked = errors.New("already revoked")
+
 // memberUnknown is meshreg's own error code (in the OCI error format) for a
 // member the admin API does not know.
 var memberUnknown = oci.Code{Name: "MEMBER_UNKNOWN", Status: http.StatusNotFound, Message: "cluster member unknown"}
+
+// alreadyRevoked is meshreg's own error code for a follower revoked before.
+var alreadyRevoked = oci.Code{Name: "ALREADY_REVOKED", Status: http.StatusConflict, Message: "follower already revoked"}
 
 // loopbackOnly serves fn only to requests whose TCP peer is a loopback
 // address (127.0.0.0/8 or ::1), and answers every other one 403 DENIED.

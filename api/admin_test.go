@@ -18,9 +18,9 @@ type memberNode struct{ removed []string }
 
 func (m *memberNode) Ready(context.Context) error { return nil }
 func (m *memberNode) Status(context.Context) any  { return struct{}{} }
-func (m *memberNode) RemoveMember(_ context.Context, id string) error {
+func (m *memberNode) RemoveMember(_ context.Context, id, _ string) (api.Removal, error) {
 	m.removed = append(m.removed, id)
-	return nil
+	return api.RemovedMember, nil
 }
 
 // TestAdminEndpointsLoopbackOnly: removing a member is refused, with an OCI

@@ -128,13 +128,24 @@ func TestAuditLog(t *testing.T) {
 	expectLines(t, "alice's delete", auditLines(t, logs), map[string]any{
 		"msg": "tag deleted", "user": "alice", "repository": "team/app", "reference": "v1", "result": "ok"})
 
-	// Admin: a member removal by alice (an unknown member: the answer
-	// is an error, and the line says so), bob's attempt, a join token.
+	// Admin: a removal by alice of a peer id that is no member revokes it
+	// as a follower (the line names the revocation, the second time is an
+	// error and the line says so), a removal of what is no peer id,
+	// bob's attempt, a join token.
 	resp, body = alice.do("DELETE", "/_meshreg/v1/members/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA", nil)
+	expect(t, resp, body, 200, "")
+	expectLines(t, "alice's revocation", auditLines(t, logs), map[string]any{
+		"msg": "admin follower revocation", "audit": true, "user": "alice", "action": "admin", "op": "revoke", "method": "DELETE",
+		"path": "/_meshreg/v1/members/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA", "client": client, "result": "ok"})
+	resp, body = alice.do("DELETE", "/_meshreg/v1/members/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA", nil)
+	expect(t, resp, body, 409, "ALREADY_REVOKED")
+	expectLines(t, "alice's second revocation", auditLines(t, logs), map[string]any{
+		"msg": "admin follower revocation", "user": "alice", "op": "revoke", "result": "error", "status": 409})
+	resp, body = alice.do("DELETE", "/_meshreg/v1/members/not-a-peer-id", nil)
 	expect(t, resp, body, 404, "MEMBER_UNKNOWN")
 	expectLines(t, "alice's member removal", auditLines(t, logs), map[string]any{
 		"msg": "admin member removal", "audit": true, "user": "alice", "action": "admin", "method": "DELETE",
-		"path": "/_meshreg/v1/members/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA", "client": client, "result": "error", "status": 404})
+		"path": "/_meshreg/v1/members/not-a-peer-id", "client": client, "result": "error", "status": 404})
 	resp, body = bob.do("DELETE", "/_meshreg/v1/members/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA", nil)
 	expect(t, resp, body, 403, "DENIED")
 	expectLines(t, "bob's member removal", auditLines(t, logs), map[string]any{

@@ -180,8 +180,11 @@ func adminAttrs(r *http.Request) []slog.Attr {
 func (h *Handler) auditAdmin(fn http.HandlerFunc, id auth.Identity) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
-		fn(rec, r)
+		fn(rec, r.WithContext(context.WithValue(r.Context(), identityKey{}, id)))
 		attrs := []slog.Attr{slog.String("user", id.String()), slog.String("action", string(auth.Admin))}
+		if rec.op != "" {
+			attrs = append(attrs, slog.String("op", rec.op))
+		}
 		attrs = append(attrs, adminAttrs(r)...)
 		attrs = append(attrs, slog.String("client", clientAddr(r)))
 		if rec.status/100 == 2 {
@@ -189,7 +192,11 @@ func (h *Handler) auditAdmin(fn http.HandlerFunc, id auth.Identity) http.Handler
 		} else {
 			attrs = append(attrs, slog.String("result", "error"), slog.Int("status", rec.status))
 		}
-		audit(r.Context(), h.log, "admin "+adminWhat(r), attrs...)
+		what := adminWhat(r)
+		if rec.op == "revoke" {
+			what = "follower revocation"
+		}
+		audit(r.Context(), h.log, "admin "+what, attrs...)
 	}
 }
 
@@ -212,6 +219,9 @@ func adminWhat(r *http.Request) string {
 type statusRecorder struct {
 	http.ResponseWriter
 	status int
+	// op is what an admin handler did, when one request may do either of
+	// two things (a member removed or a follower revoked).
+	op string
 }
 
 func (s *statusRecorder) WriteHeader(code int) {

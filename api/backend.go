@@ -85,9 +85,23 @@ type Node interface {
 	// Status is the JSON document served at /_meshreg/v1/status.
 	Status(ctx context.Context) any
 	// RemoveMember removes a member (by peer id) from the cluster for good;
-	// an error wrapping ErrNotMember if id is no member.
-	RemoveMember(ctx context.Context, id string) error
+	// when id is no member, it revokes id as a follower of the metadata
+	// for good (by names who asked, for the record). It returns which it
+	// did; an error wrapping ErrAlreadyRevoked if id was revoked before.
+	RemoveMember(ctx context.Context, id, by string) (Removal, error)
 }
+
+// Removal is what RemoveMember did.
+type Removal string
+
+const (
+	// RemovedMember: id was a member, and was removed from the Raft
+	// configuration.
+	RemovedMember Removal = "removed"
+	// RevokedFollower: id was no member, and is revoked as a follower of
+	// the metadata: no member serves it or admits it again.
+	RevokedFollower Removal = "revoked"
+)
 
 // Barrier is an optional ability of a Registry whose reads are local and may
 // lag: Barrier returns once the local state holds every write acknowledged

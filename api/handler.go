@@ -303,18 +303,36 @@ func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, r, http.StatusOK, "application/json", h.node.Status(r.Context()))
 }
 
-// removeMember removes a cluster member for good (`meshreg cluster remove`).
+// removeMember removes a cluster member for good, or revokes a follower
+// of the metadata for good (`meshreg cluster remove`): 204 for a member
+// removed, 200 with "revoked follower ID" for a follower revoked.
 func (h *Handler) removeMember(w http.ResponseWriter, r *http.Request) {
-	err := h.node.RemoveMember(r.Context(), r.PathValue("id"))
-	if errors.Is(err, ErrNotMember) {
+	id := r.PathValue("id")
+	did, err := h.node.RemoveMember(r.Context(), id, identityFrom(r.Context()).String())
+	if errors.Is(err, ErrAlreadyRevoked) {
+		did = RevokedFollower
+	}
+	if rec, ok := w.(*statusRecorder); ok && did != "" {
+		// The audit line names what was done.
+		rec.op = map[Removal]string{RemovedMember: "remove", RevokedFollower: "revoke"}[did]
+	}
+	switch {
+	case errors.Is(err, ErrNotMember):
 		h.writeError(w, r, oci.Wrap(memberUnknown, err, err.Error()))
 		return
-	}
-	if err != nil {
-		h.log.Warn("removing a cluster member failed", "member", r.PathValue("id"), "err", err)
+	case errors.Is(err, ErrAlreadyRevoked):
+		h.writeError(w, r, oci.Wrap(alreadyRevoked, err, err.Error()))
+		return
+	case err != nil:
+		h.log.Warn("removing a cluster member failed", "member", id, "err", err)
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(http.StatusConflict)
-		_, _ = fmt.Fprintf(w, "removing member %s: %v\n", r.PathValue("id"), err)
+		_, _ = fmt.Fprintf(w, "removing %s: %v\n", id, err)
+		return
+	case did == RevokedFollower:
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusOK)
+		_, _ = fmt.Fprintf(w, "revoked follower %s\n", id)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)

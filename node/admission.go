@@ -225,6 +225,13 @@ func (n *Node) isMemberID(id string) bool {
 // and must hold the cluster key or a valid join token, unless it is a
 // member already (recording a new address).
 func (n *Node) admitJoin(from peer.ID, req memberRequest) error {
+	// A revoked identity never comes back (revoke.go), whatever it holds.
+	if err := n.refuseRevoked(req.ID); err != nil {
+		return err
+	}
+	if err := n.refuseRevoked(from.String()); err != nil {
+		return err
+	}
 	if from != n.host.ID() && !n.isMemberID(from.String()) && !n.gate.isFollower(from) {
 		if req.ID != from.String() {
 			return fmt.Errorf("%w: peer %s asked to add %q: a node can only ask to join as itself", ErrNotAdmitted, from, req.ID)

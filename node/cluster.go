@@ -129,6 +129,9 @@ type memberRequest struct {
 	// Region is the joiner's --region (join): the leader gives a region
 	// without a member a seat past --max-raft-members (follow.go).
 	Region string `json:"region,omitempty"`
+	// By is who asked for a revocation ("revoke", revoke.go), for the
+	// record.
+	By string `json:"by,omitempty"`
 }
 
 type memberResult struct {
@@ -151,6 +154,12 @@ type memberResult struct {
 	// pass, so that the two admit each other in one round trip (a
 	// follower fetching a blob from another, see peerView.Admit).
 	Own string `json:"own,omitempty"`
+	// Revoked says the asker (a pass, a join) was revoked as a follower
+	// (revoke.go): it must stop, and come back only with a new identity.
+	// AlreadyRevoked answers a "revoke" of a follower revoked before: when
+	// and by whom, as the list records it.
+	Revoked        bool   `json:"revoked,omitempty"`
+	AlreadyRevoked string `json:"already_revoked,omitempty"`
 }
 
 // serveMember applies a membership request when this node leads, or
@@ -186,7 +195,7 @@ func (n *Node) serveMember(ctx context.Context, from peer.ID, b []byte) []byte {
 		res, err = n.changeMembership(ctx, req)
 	}
 	if err != nil {
-		res = memberResult{Error: err.Error()}
+		res = memberResult{Error: err.Error(), Revoked: errors.Is(err, errRevoked)}
 	} else if res.Leader == "" {
 		res.Leader = n.meta.Status().LeaderID
 	}
@@ -195,21 +204,26 @@ func (n *Node) serveMember(ctx context.Context, from peer.ID, b []byte) []byte {
 }
 
 // RemoveMember removes a member from the cluster for good, through the
-// leader wherever it is asked.
-func (n *Node) RemoveMember(ctx context.Context, id string) error {
-	if _, err := peer.Decode(id); err != nil {
-		return fmt.Errorf("member id %q is not a peer id: %w", id, err)
+// leader wherever it is asked; a peer id that is no member is revoked as a
+// follower of the metadata instead (revoke.go), whether it runs or not.
+func (n *Node) RemoveMember(ctx context.Context, id, by string) (api.Removal, error) {
+	pid, err := peer.Decode(id)
+	if err != nil {
+		return "", fmt.Errorf("%q is %w, nor a follower: it is not a peer id (meshreg cluster nodes lists the members and followers)", id, api.ErrNotMember)
 	}
 	// The configuration is replicated: any member knows who is one.
 	members, err := n.meta.Members()
 	if err != nil {
-		return fmt.Errorf("reading the members: %w", err)
+		return "", fmt.Errorf("reading the members: %w", err)
 	}
 	if !slices.ContainsFunc(members, func(m consensus.Member) bool { return m.ID == id }) {
-		return fmt.Errorf("%s is %w (meshreg cluster members lists the members)", id, api.ErrNotMember)
+		return n.revokeFollower(ctx, pid, by)
 	}
 	_, err = n.changeMembership(ctx, memberRequest{Op: "remove", ID: id})
-	return err
+	if err != nil {
+		return "", err
+	}
+	return api.RemovedMember, nil
 }
 
 // changeMembership makes the change req asks for when this node leads (a
@@ -240,6 +254,9 @@ func (n *Node) changeMembership(ctx context.Context, req memberRequest) (memberR
 	case req.ID == "":
 		return memberResult{}, errors.New("membership request without a member id")
 	case req.Op == "join" && req.Address != "":
+		if err := n.refuseRevoked(req.ID); err != nil {
+			return memberResult{Revoked: true}, err
+		}
 		if n.meta.Status().State == consensus.Leader {
 			res, err = n.placeJoiner(ctx, req) // follow.go
 		} else {
@@ -247,6 +264,12 @@ func (n *Node) changeMembership(ctx context.Context, req memberRequest) (memberR
 		}
 	case req.Op == "remove":
 		err = n.meta.RemoveServer(ctx, req.ID)
+	case req.Op == "revoke":
+		if n.meta.Status().State == consensus.Leader {
+			res, err = n.revokeAsLeader(ctx, req) // revoke.go
+		} else {
+			err = consensus.ErrNotLeader
+		}
 	default:
 		return memberResult{}, fmt.Errorf("unknown membership request %q (join needs an address)", req.Op)
 	}
@@ -269,6 +292,9 @@ func (n *Node) changeMembership(ctx context.Context, req memberRequest) (memberR
 	}
 	if err := json.Unmarshal(resp, &res); err != nil {
 		return memberResult{}, fmt.Errorf("leader %s: bad membership answer: %w", id, err)
+	}
+	if res.Error != "" && res.Revoked {
+		return memberResult{Revoked: true}, revokedError{"leader: " + res.Error}
 	}
 	if res.Error != "" {
 		return memberResult{}, errors.New("leader: " + res.Error)
@@ -300,6 +326,9 @@ func (n *Node) memberAddress() (string, bool) {
 // joinOnce asks the --join targets to add this node, unless it already is
 // a member at the same address and still in the cluster (see joiner).
 func (n *Node) joinOnce(ctx context.Context) {
+	if n.stayRevoked() {
+		return
+	}
 	// A follower of the metadata is not in the configuration it knows, by
 	// design: it resumes following (follow.go) rather than join again.
 	if n.resumeFollowing(ctx) {
@@ -329,6 +358,9 @@ func (n *Node) joinOnce(ctx context.Context) {
 // ends, backing off between rounds (joinstate.go) and telling in the join
 // status what it waits for.
 func (n *Node) joinThrough(ctx context.Context, targets []string) {
+	if n.stayRevoked() {
+		return
+	}
 	switch {
 	case n.join.removedWhileDown():
 		n.join.wait("this node was removed from the cluster while it was down or unreachable (longer than the leader's " +
@@ -361,6 +393,12 @@ func (n *Node) joinThrough(ctx context.Context, targets []string) {
 			}
 			if errors.Is(err, errJoinSelf) {
 				continue // a --join list that names every node names this one too
+			}
+			if errors.Is(err, errRevoked) {
+				// For good: asking again would only be refused again.
+				n.markRevoked(err.Error())
+				n.stayRevoked()
+				return
 			}
 			refused = refused || strings.Contains(err.Error(), ErrNotAdmitted.Error())
 			failures = append(failures, failure{target, err})
@@ -432,6 +470,9 @@ func (n *Node) requestJoin(ctx context.Context, id peer.ID, pass string) (member
 	var res memberResult
 	if err := json.Unmarshal(resp, &res); err != nil {
 		return memberResult{}, fmt.Errorf("bad join answer from %s: %w", id, err)
+	}
+	if res.Error != "" && res.Revoked {
+		return memberResult{}, revokedError{res.Error}
 	}
 	if res.Error != "" {
 		return memberResult{}, errors.New(res.Error)

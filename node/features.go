@@ -38,7 +38,7 @@ const agentSettings = " settings/"
 // newerSettings are the settings this release applies that the first
 // releases with OpPutSetting did not: proposed only when every member
 // says it applies them.
-var newerSettings = []string{state.SettingPolicy}
+var newerSettings = []string{state.SettingPolicy, state.SettingRevokedFollowers}
 
 // userAgent is what this node tells its peers it runs.
 func userAgent(version string) string {

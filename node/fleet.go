@@ -135,6 +135,8 @@ type tailClient struct {
 	peer  peer.ID
 	since time.Time
 	sent  atomic.Uint64 // the raft index sent through
+	// stop ends the tail (its follower was revoked, revoke.go).
+	stop context.CancelFunc
 }
 
 // tailClients are the tails a member serves now (node/tail.go adds and
@@ -144,8 +146,9 @@ type tailClients struct {
 	m  map[*tailClient]struct{}
 }
 
-// add records a new tail to p; ok false when maxTailClients are served.
-func (c *tailClients) add(p peer.ID, now time.Time) (tc *tailClient, ok bool) {
+// add records a new tail to p, ended by stop; ok false when
+// maxTailClients are served.
+func (c *tailClients) add(p peer.ID, now time.Time, stop context.CancelFunc) (tc *tailClient, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.m) >= maxTailClients {
@@ -154,7 +157,7 @@ func (c *tailClients) add(p peer.ID, now time.Time) (tc *tailClient, ok bool) {
 	if c.m == nil {
 		c.m = map[*tailClient]struct{}{}
 	}
-	tc = &tailClient{peer: p, since: now}
+	tc = &tailClient{peer: p, since: now, stop: stop}
 	c.m[tc] = struct{}{}
 	return tc, true
 }
@@ -163,6 +166,23 @@ func (c *tailClients) remove(tc *tailClient) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.m, tc)
+}
+
+// cut ends the tails to the peers in revoked and returns those peers.
+func (c *tailClients) cut(revoked map[peer.ID]bool) []peer.ID {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []peer.ID
+	for tc := range c.m {
+		if revoked[tc.peer] {
+			if tc.stop != nil {
+				tc.stop()
+			}
+			delete(c.m, tc)
+			out = append(out, tc.peer)
+		}
+	}
+	return out
 }
 
 // list returns one tail per follower (its newest: a follower that
@@ -219,7 +239,9 @@ func (n *Node) servedFollowers() []FleetNode {
 
 // fleetAnswerOf is this node's fleetAnswer.
 func (n *Node) fleetAnswerOf() fleetAnswer {
-	a := fleetAnswer{Self: n.selfNode(), Followers: n.servedFollowers()}
+	a := fleetAnswer{Self: n.selfNode(), Followers: slices.DeleteFunc(n.servedFollowers(), func(f FleetNode) bool {
+		return n.refuseRevoked(f.ID) != nil
+	})}
 	served := make(map[string]bool, len(a.Followers))
 	for _, f := range a.Followers {
 		served[f.ID] = true
@@ -328,7 +350,11 @@ func (n *Node) takeFleet(ctx context.Context) (Fleet, error) {
 		wg.Go(func() { answers[i], errs[i] = n.askFleet(ctx, m) })
 	}
 	wg.Wait()
-	return mergeFleet(members, answers, errs, n.host, n.peers.labelsOf, time.Now()), nil
+	f := mergeFleet(members, answers, errs, n.host, n.peers.labelsOf, time.Now())
+	// A member that has not applied a revocation yet may still list the
+	// follower revoked.
+	f.Nodes = slices.DeleteFunc(f.Nodes, func(nd FleetNode) bool { return nd.Role == "follower" && n.refuseRevoked(nd.ID) != nil })
+	return f, nil
 }
 
 // mergeFleet builds the view from the members' answers (errs[i] set for

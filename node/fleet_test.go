@@ -40,7 +40,7 @@ func TestTailClientsBound(t *testing.T) {
 	now := time.Now()
 	var first *tailClient
 	for i := range maxTailClients {
-		tc, ok := c.add(ps[i%2].ID(), now.Add(time.Duration(i)))
+		tc, ok := c.add(ps[i%2].ID(), now.Add(time.Duration(i)), nil)
 		if !ok {
 			t.Fatalf("tail %d refused below the bound", i)
 		}
@@ -49,11 +49,11 @@ func TestTailClientsBound(t *testing.T) {
 		}
 		tc.sent.Store(uint64(i))
 	}
-	if _, ok := c.add(ps[0].ID(), now); ok {
+	if _, ok := c.add(ps[0].ID(), now, nil); ok {
 		t.Fatalf("tail %d accepted above the bound %d", maxTailClients+1, maxTailClients)
 	}
 	c.remove(first)
-	if _, ok := c.add(ps[0].ID(), now); !ok {
+	if _, ok := c.add(ps[0].ID(), now, nil); !ok {
 		t.Fatal("a place freed by a closed tail is refused")
 	}
 	list := c.list()
@@ -283,7 +283,7 @@ func TestUpgradeGateAsksTheMembersForTheirFollowers(t *testing.T) {
 		t.Fatal(err)
 	}
 	follower.SetAgent("meshreg/v0.8.0 ops/5")
-	tc, ok := b.tails.add(follower.ID(), time.Now())
+	tc, ok := b.tails.add(follower.ID(), time.Now(), nil)
 	if !ok {
 		t.Fatal("the member refused its first follower")
 	}

@@ -214,6 +214,9 @@ func (n *Node) becomeFollower(ctx context.Context, from peer.ID, res memberResul
 		return err
 	}
 	n.presentPassToAll(ctx, res.Members)
+	if rev := n.revokedSelf(); rev != nil {
+		return revokedError{rev.Reason}
+	}
 	if err := f.Follow(servers(res.Members)); err != nil {
 		return fmt.Errorf("following the metadata: %w", err)
 	}
@@ -260,6 +263,9 @@ func (n *Node) resumeFollowing(ctx context.Context) bool {
 	f, ok := n.followers()
 	if !ok || !f.FollowedBefore() || n.isMember() {
 		return false
+	}
+	if n.revokedSelf() != nil {
+		return false // joinOnce stays put
 	}
 	if !n.passes.valid(time.Now()) {
 		// Stopped longer than passTTL: no member would admit it.
@@ -315,7 +321,7 @@ func (s *seeker) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
-		if !s.n.following() {
+		if !s.n.following() || s.n.revokedSelf() != nil {
 			s.free = time.Time{}
 			lost.reset()
 			continue
@@ -455,6 +461,9 @@ func (n *Node) askForSlot(ctx context.Context, members []consensus.Member) {
 	// lost): then raft applies from now on, and the tail must not.
 	if n.addedAfterAll(ctx, members) {
 		n.log.Info("took a free member slot (the leader's answer was lost): this node is a Raft non-voter now")
+		return
+	}
+	if n.revokedSelf() != nil {
 		return
 	}
 	n.log.Warn("asking for a free member slot failed: following again", "err", err)

@@ -242,6 +242,13 @@ func (b *passBook) add(pass string) error {
 	return nil
 }
 
+// forget makes the next presentation to p happen at once.
+func (b *passBook) forget(p peer.ID) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.presented, p)
+}
+
 // due reports whether a pass should be presented to p again.
 func (b *passBook) due(p peer.ID, now time.Time) bool {
 	b.mu.Lock()
@@ -279,6 +286,13 @@ func (n *Node) passTTL() time.Duration { return cmp.Or(n.cfg.FollowerPassTTL, pa
 // the pass it holds (Own), so that each admits the other.
 func (n *Node) servePass(from peer.ID, req memberRequest) []byte {
 	res := memberResult{}
+	if err := n.refuseRevoked(from.String()); err != nil {
+		// Neither a member nor a follower serves or admits it again
+		// (revoke.go): it is told so, and stops.
+		n.log.Debug("refused the pass of a revoked follower", "from", from)
+		out, _ := json.Marshal(memberResult{Error: err.Error(), Revoked: true})
+		return out
+	}
 	exp, err := verifyPass(req.Pass, from, time.Now(), n.isMemberID)
 	switch {
 	case err != nil:
@@ -331,6 +345,12 @@ func (n *Node) presentPass(ctx context.Context, p peer.ID) error {
 	var res memberResult
 	if err := json.Unmarshal(resp, &res); err != nil {
 		return fmt.Errorf("presenting the follower pass to %s: bad answer: %w", p, err)
+	}
+	if res.Revoked && n.isMemberPeer(p) {
+		// Only a member's word counts: a follower that applied the list
+		// says the same, but any peer could claim it.
+		n.markRevoked(res.Error)
+		return fmt.Errorf("%s %w: %w", p, errPassRefused, revokedError{res.Error})
 	}
 	if res.Error != "" {
 		return fmt.Errorf("%s %w: %s", p, errPassRefused, res.Error)

@@ -44,7 +44,10 @@ import (
 // accept before it knows the configuration), and the peers it bootstraps
 // with under --bootstrap-expect. And a peer that opens a Raft stream while
 // outside this node's configuration is admitted once a member vouches for
-// it (voucher): this node's configuration may be out of date.
+// it (voucher): this node's configuration may be out of date. A follower
+// an operator revoked (revoke.go) passes on memberProtocol only, where its
+// every request is refused saying why: not as a member, an admitted peer
+// or a follower, whatever it presents.
 type peerGate struct {
 	// meta is the metadata store once it is open; until then only
 	// admitted peers pass.
@@ -62,6 +65,10 @@ type peerGate struct {
 	// followers are the followers of the metadata that presented a valid
 	// pass (followpass.go), until when: many more than the admitted.
 	followers map[peer.ID]time.Time
+	// revoked are the followers an operator revoked (revoke.go), from the
+	// replicated list: never admitted, on any protocol but memberProtocol
+	// (where they hear why).
+	revoked map[peer.ID]bool
 }
 
 // maxFollowers bounds the admitted followers: a pass costs its holder a
@@ -85,6 +92,11 @@ func (g *peerGate) allow(p peer.ID, proto protocol.ID) bool {
 	switch proto {
 	case memberProtocol:
 		return true
+	}
+	if g.isRevoked(p) {
+		return false
+	}
+	switch proto {
 	case helloProtocol:
 		if g.helloOpen || !g.configured() {
 			return true
@@ -147,6 +159,9 @@ func (g *peerGate) admit(p peer.ID, ttl time.Duration) {
 	now := time.Now()
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.revoked[p] {
+		return
+	}
 	if len(g.admitted) >= maxAdmitted {
 		for q, until := range g.admitted {
 			if now.After(until) {
@@ -178,6 +193,9 @@ func (g *peerGate) admitFollower(p peer.ID, ttl time.Duration) {
 	now := time.Now()
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.revoked[p] {
+		return
+	}
 	if _, known := g.followers[p]; !known && len(g.followers) >= maxFollowers {
 		for q, until := range g.followers {
 			if now.After(until) {
@@ -217,13 +235,32 @@ func (g *peerGate) isFollower(p peer.ID) bool {
 	return ok
 }
 
+// setRevoked replaces the revoked followers and drops at once whatever
+// admission they held (a pass presented, a join or bootstrap admission).
+func (g *peerGate) setRevoked(revoked map[peer.ID]bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.revoked = revoked
+	for p := range revoked {
+		delete(g.followers, p)
+		delete(g.admitted, p)
+	}
+}
+
+// isRevoked reports whether p is a revoked follower.
+func (g *peerGate) isRevoked(p peer.ID) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.revoked[p]
+}
+
 // removed reports whether this node knows a Raft configuration that does
 // not name it: it was a member and was removed. A follower of the metadata
 // (follow.go) knows a configuration without itself too, by design: it is
 // not removed; nor is one that joins again because no member accepts its
 // passes any more (rejoinWithoutPass).
 func (n *Node) removed() bool {
-	return n.gate.configured() && !n.isMember() && !n.following() && !n.join.passesLost()
+	return n.gate.configured() && !n.isMember() && !n.following() && !n.join.passesLost() && n.revokedSelf() == nil
 }
 
 // noteRemoved logs, once, that this node was removed from the cluster.

@@ -117,6 +117,12 @@ type Node struct {
 
 	tails tailClients // the followers this member serves (fleet.go)
 	fleet fleetCache  // the last fleet view (fleet.go)
+
+	// revoked is the revoked followers list this node applied, and its
+	// own revocation; revokeMu makes a leader's revocations one at a time
+	// (revoke.go).
+	revoked  revocations
+	revokeMu sync.Mutex
 }
 
 var (
@@ -253,6 +259,9 @@ func New(cfg Config, parts Parts, log *slog.Logger, opts ...Option) *Node {
 	n.gate.helloOpen = n.privateNetwork() || n.sharedSecret() != ""
 	var members Membership = meta
 	n.gate.meta.Store(&members)
+	// The revoked followers before the first stream is let in.
+	n.loadRevokedSelf()
+	n.refreshRevocations()
 	host.SetAuthorizer(n.gate.allow)
 	blobs.SetUploadLimits(blobstore.UploadLimits{PerStore: cfg.MaxUploads, PerOwner: cfg.MaxUploadsPerClient})
 	n.serveProtocols(host)
@@ -293,7 +302,8 @@ func (n *Node) Run(ctx context.Context) error {
 		replicate.NewRepairer(n.cfg.RepairInterval, n.replicas.Sweep, &n.underReplicated, n.log),
 		newReprovider(n.blobs, n.routing, n.provide, n.cfg.ReprovideInterval, n.log),
 		n.joining(),
-		&seeker{n: n}, // follow.go
+		&seeker{n: n},         // follow.go
+		revocationWatch{n: n}, // revoke.go
 		newMembership(n.meta, n.host.ID().String(), n.connected, n.checkHealth, n.peers.labelsOf, n.noteMembership,
 			upkeepRules{DeadServerTimeout: n.cfg.DeadServerTimeout, StabilizationTime: n.cfg.StabilizationTime, Voters: n.cfg.Voters}, n.log),
 		newUploadExpiry(n.blobs, n.cfg.UploadIdleTimeout, n.forgetExpiredUploads, n.log),

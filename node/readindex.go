@@ -180,6 +180,10 @@ func (n *Node) Barrier(ctx context.Context) error { return n.catchUp(ctx) }
 // answers, for at most readCatchUpTimeout. It fails with an UNAVAILABLE
 // OCI error (503, Retry-After) that wraps consensus.ErrNotLeader.
 func (n *Node) catchUp(ctx context.Context) error {
+	if rev := n.revokedSelf(); rev != nil {
+		// No member answers it any more (revoke.go): say so at once.
+		return oci.Wrap(oci.Unavailable, errRevoked, rev.problem())
+	}
 	ctx, cancel := context.WithTimeout(ctx, readCatchUpTimeout)
 	defer cancel()
 	backoff := 10 * time.Millisecond

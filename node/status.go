@@ -15,6 +15,9 @@ import (
 
 // Ready returns nil when the node can take writes.
 func (n *Node) Ready(ctx context.Context) error {
+	if rev := n.revokedSelf(); rev != nil {
+		return errors.New(rev.problem())
+	}
 	if st := n.meta.Status(); st.Following && st.Tail.Stopped != "" {
 		return errors.New(st.Tail.Stopped) // an older release: upgrade it
 	}
@@ -43,9 +46,13 @@ type Status struct {
 	Raft        consensus.Status `json:"raft"`
 	// Role is this node's place in the cluster: "leader", "voter" or
 	// "non-voter" (members of the Raft configuration), "follower" (it
-	// follows the metadata without being a member, see Follower), or ""
+	// follows the metadata without being a member, see Follower),
+	// "revoked" (an operator revoked it as a follower, see Revoked), or ""
 	// while it is none of them (joining, removed).
 	Role string `json:"role,omitempty"`
+	// Revoked says why, when this node was revoked as a follower of the
+	// metadata (Role "revoked", revoke.go).
+	Revoked string `json:"revoked,omitempty"`
 	// Follower is a follower's tail: the member it tails from, how far it
 	// applied, the leader's applied index as last asked, and the lag
 	// between the two; absent on a member.
@@ -133,6 +140,7 @@ func (n *Node) Status(ctx context.Context) any {
 		Raft:        raft,
 		Role:        n.role(raft),
 		Follower:    n.followerStatus(ctx, raft),
+		Revoked:     revokedReason(n.revokedSelf()),
 
 		FollowersServed: n.tails.count(),
 		Followers:       n.recentFollowers(),
@@ -169,6 +177,9 @@ type FollowerStatus struct {
 
 // role names this node's place in the cluster (Status.Role).
 func (n *Node) role(st consensus.Status) string {
+	if n.revokedSelf() != nil {
+		return "revoked"
+	}
 	if st.State == consensus.Leader {
 		return "leader"
 	}

@@ -52,7 +52,17 @@ func (n *Node) serveTail(from peer.ID, s io.ReadWriteCloser) {
 		_ = s.Close()
 		return
 	}
-	tc, ok := n.tails.add(from, time.Now())
+	if err := n.refuseRevoked(from.String()); err != nil {
+		// The gate lets no revoked peer in; one revoked since is told why.
+		n.log.Info("refused the tail stream of a revoked follower", "from", from)
+		if err := consensus.RefuseTail(s, err.Error()); err != nil {
+			n.log.Debug("refusing a revoked follower", "from", from, "err", err)
+		}
+		return
+	}
+	ctx, cancel := context.WithCancel(n.ctx)
+	defer cancel()
+	tc, ok := n.tails.add(from, time.Now(), cancel)
 	if !ok {
 		n.log.Warn("refused a follower: this member serves as many as it may", "from", from, "max", maxTailClients)
 		reason := fmt.Sprintf("member %s serves %d followers, its most: tail another member", n.host.ID(), maxTailClients)
@@ -62,8 +72,9 @@ func (n *Node) serveTail(from peer.ID, s io.ReadWriteCloser) {
 		return
 	}
 	defer n.tails.remove(tc)
-	ctx, cancel := context.WithCancel(n.ctx)
-	defer cancel()
+	if n.refuseRevoked(from.String()) != nil {
+		return // revoked while it was being added: cut missed it
+	}
 	if n.peers.labelsOf(from.String()) == (peerLabels{}) {
 		go n.learnFollowerPlace(ctx, from)
 	}
@@ -120,8 +131,15 @@ func (d *tailDialer) DialTail(ctx context.Context, member consensus.Server) (io.
 	if id == n.host.ID() {
 		return nil, errors.New("a node does not tail itself")
 	}
+	if rev := n.revokedSelf(); rev != nil {
+		return nil, revokedError{rev.Reason}
+	}
 	// The member admits this follower once it saw its pass; a member new
-	// since the last presentation has not.
+	// since the last presentation has not. Presented at every dial: a
+	// dial follows a tail that ended, perhaps because the member no
+	// longer admits this node (revoke.go), which only its answer to a
+	// pass tells (its gate just resets the stream).
+	n.passes.forget(id)
 	if err := n.presentPass(ctx, id); err != nil {
 		return nil, fmt.Errorf("tailing from %s: %w", id, err)
 	}

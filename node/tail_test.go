@@ -92,7 +92,7 @@ func TestMemberServesBoundedFollowers(t *testing.T) {
 
 	// Full: the others of the bound are fakes.
 	for range maxTailClients - 1 {
-		if _, ok := n.tails.add(f.ID(), time.Now()); !ok {
+		if _, ok := n.tails.add(f.ID(), time.Now(), nil); !ok {
 			t.Fatal("refused below the bound")
 		}
 	}

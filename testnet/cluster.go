@@ -18,8 +18,11 @@ type NodeStatus struct {
 	// Removed is true once the node was removed from the cluster.
 	Removed bool `json:"removed"`
 	// Role is "leader", "voter", "non-voter", "follower" (it follows the
-	// metadata without being a Raft member) or "".
+	// metadata without being a Raft member), "revoked" (an operator
+	// revoked it as a follower) or "".
 	Role string `json:"role"`
+	// Revoked says why the node was revoked ("" if it was not).
+	Revoked string `json:"revoked"`
 	// Follower is a follower's tail ("" fields on a member).
 	Follower struct {
 		Source      string `json:"source"`

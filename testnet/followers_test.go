@@ -586,3 +586,114 @@ func TestFollowerWithExpiredPassesJoinsAgain(t *testing.T) {
 		t.Error("the follower resumed following with expired passes")
 	}
 }
+
+// TestRevokedFollowerIsCutOff: `meshreg cluster remove` of a follower of
+// the metadata (no Raft member) revokes it for good: it says so and stops
+// (/readyz 503, role "revoked"), a tag written after the revocation
+// reaches the other follower but never it, it cannot fetch a blob from any
+// node, a restart does not bring it back, and `meshreg cluster nodes` no
+// longer lists it. Before, the command answered "not a member" and the
+// follower kept renewing its passes forever.
+func TestRevokedFollowerIsCutOff(t *testing.T) {
+	testnet.RequireProcess(t)
+	nodes := startBounded(t, 5, []string{"--voters", "3", "--max-raft-members", "0", "--replicas", "1"}, nil)
+	sts := waitRoles(t, nodes, roleCounts{3, 0, 2}, 60*time.Second)
+	followers, members := withRole(sts, nodes, "follower"), withRole(sts, nodes, "voter")
+	a, b := followers[0], followers[1]
+	bID := sts[b].NodeID
+	ctx := t.Context()
+	cli := testnet.Runner{T: t, Path: testnet.Binary(t), Dir: t.TempDir()}
+
+	// A blob only follower A holds (--replicas 1), linked before the
+	// revocation, so that B's metadata knows it: B would fetch it from A.
+	const repo = "e2e/revoked"
+	blob := []byte(strings.Repeat("held by follower A only\n", 20000))
+	held, err := testnet.NewClient(a.URL()).PushBytes(ctx, repo, blob)
+	if err != nil {
+		t.Fatalf("push through follower %s: %v", a.Host(), err)
+	}
+	mc := testnet.NewClient(members[0].URL())
+	manifest := smallImage(t, mc, repo)
+	if _, err := mc.PutManifest(ctx, repo, "before", ocispec.MediaTypeImageManifest, manifest("before")); err != nil {
+		t.Fatal(err)
+	}
+	if !testnet.Eventually(10*time.Second, func() bool { s, _ := readStatus(ctx, b, repo, "before"); return s == 200 }) {
+		t.Fatalf("follower B did not follow before the revocation")
+	}
+
+	revoked := time.Now()
+	out := strings.TrimSpace(string(cli.Run("cluster", "remove", "--node", members[1].URL(), bID)))
+	if out != "revoked follower "+bID {
+		t.Errorf("cluster remove of follower B says %q, want %q", out, "revoked follower "+bID)
+	}
+	if res := cli.Try("cluster", "remove", "--node", members[2].URL(), bID); res.Err == nil || !strings.Contains(string(res.Stderr), "already revoked") {
+		t.Errorf("a second revocation of B: %v %s, want a clear 'already revoked'", res.Err, res.Stderr)
+	}
+
+	// B learns it and stops: /readyz 503, role "revoked", one ERROR line.
+	var st testnet.NodeStatus
+	if !testnet.Eventually(15*time.Second, func() bool {
+		code, _, _ := b.Ready(ctx)
+		st, err = b.Status(ctx)
+		return code == http.StatusServiceUnavailable && err == nil && st.Role == "revoked" && st.Revoked != ""
+	}) {
+		code, body, _ := b.Ready(ctx)
+		t.Fatalf("follower B after its revocation: /readyz %d %q, role %q, revoked %q (err %v); want 503 and revoked", code, body, st.Role, st.Revoked, err)
+	}
+	t.Logf("follower B stopped %v after the revocation: %s", time.Since(revoked).Round(time.Millisecond), st.Revoked)
+
+	// A tag written now reaches A, never B.
+	if _, err := mc.PutManifest(ctx, repo, "after", ocispec.MediaTypeImageManifest, manifest("after")); err != nil {
+		t.Fatal(err)
+	}
+	if !testnet.Eventually(10*time.Second, func() bool { s, _ := readStatus(ctx, a, repo, "after"); return s == 200 }) {
+		t.Errorf("follower A does not read the tag written after B's revocation")
+	}
+	noneOnB := func(what string) {
+		t.Helper()
+		start := time.Now()
+		defer func() { t.Logf("%s: B read nothing new in %v", what, time.Since(start).Round(time.Millisecond)) }()
+		for range 5 {
+			if s, _ := readStatus(ctx, b, repo, "after"); s == 200 {
+				t.Fatalf("%s: the revoked follower B reads a tag written after its revocation", what)
+			}
+			if err := testnet.NewClient(b.URL()).VerifyBlob(ctx, repo, held, int64(len(blob))); err == nil {
+				t.Fatalf("%s: the revoked follower B fetched blob %s, held by follower A only", what, held)
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+	}
+	// The control: the blob is there to fetch, for a member (which then
+	// holds it too: B must not get it from there either).
+	if !testnet.Eventually(10*time.Second, func() bool { return mc.VerifyBlob(ctx, repo, held, int64(len(blob))) == nil }) {
+		t.Fatalf("member %s cannot fetch blob %s from follower A", members[0].Host(), held)
+	}
+	noneOnB("running")
+
+	// The fleet view does not list B any more.
+	var nodesOut string
+	if !testnet.Eventually(10*time.Second, func() bool {
+		nodesOut = string(cli.Run("cluster", "nodes", "--node", members[0].URL()))
+		return !strings.Contains(nodesOut, bID) && strings.Contains(nodesOut, "1 followers")
+	}) {
+		t.Errorf("cluster nodes still lists the revoked follower %s:\n%s", bID, nodesOut)
+	}
+
+	// A restart does not bring it back.
+	b.RestartAlive()
+	if !testnet.Eventually(15*time.Second, func() bool {
+		code, _, _ := b.Ready(ctx)
+		st, err = b.Status(ctx)
+		return code == http.StatusServiceUnavailable && err == nil && st.Role == "revoked"
+	}) {
+		t.Fatalf("follower B after a restart: role %q (err %v), want still revoked", st.Role, err)
+	}
+	noneOnB("restarted")
+	log, _, err := testnet.TailFile(b.LogPath(), 200000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(log, "this node was revoked by an operator") || !strings.Contains(log, "new identity") {
+		t.Errorf("follower B's log does not say it was revoked and what to do")
+	}
+}

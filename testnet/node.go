@@ -170,7 +170,10 @@ func (n *Node) PID() int {
 	return n.proc.PID()
 }
 
-func (n *Node) start(bin string) error {
+func (n *Node) start(bin string) error { return n.startWaiting(bin, readyPath()) }
+
+// startWaiting starts the node and waits until path answers 200.
+func (n *Node) startWaiting(bin, path string) error {
 	args := []string{"serve", "--listen", n.host, "--data-dir", n.dataDir, "--log-format", "json"}
 	if !slices.Contains(n.opts.Args, "--p2p-listen") {
 		// The same libp2p port on every start, so that peers that know this
@@ -191,7 +194,7 @@ func (n *Node) start(bin string) error {
 	n.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), n.opts.ReadyTimeout)
 	defer cancel()
-	if err := p.WaitHTTPWith(ctx, n.HTTPClient(), n.URL()+readyPath(), http.StatusOK); err != nil {
+	if err := p.WaitHTTPWith(ctx, n.HTTPClient(), n.URL()+path, http.StatusOK); err != nil {
 		p.Kill()
 		return err
 	}
@@ -251,13 +254,25 @@ func (n *Node) Kill() {
 // the same port with the same data dir, then waits until it is ready.
 func (n *Node) Restart() {
 	n.t.Helper()
+	n.restartWaiting(readyPath())
+}
+
+// RestartAlive is Restart for a node that is not to be ready (a revoked
+// one): it waits until /healthz answers 200 only.
+func (n *Node) RestartAlive() {
+	n.t.Helper()
+	n.restartWaiting("/healthz")
+}
+
+func (n *Node) restartWaiting(path string) {
+	n.t.Helper()
 	n.requireProcess("restart")
 	n.Stop()
 	var err error
 	// The old listener's port is free once the process is gone; retry a
 	// little in case the kernel is slow to release it.
 	for i := 0; i < 3; i++ {
-		if err = n.start(Binary(n.t)); err == nil || !n.portTaken() {
+		if err = n.startWaiting(Binary(n.t), path); err == nil || !n.portTaken() {
 			break
 		}
 		time.Sleep(500 * time.Millisecond)

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
@@ -36,7 +37,7 @@ func clusterCommand() *cli.Command {
 			},
 			{
 				Name:      "remove",
-				Usage:     "remove a member (by peer id) from the cluster for good",
+				Usage:     "remove a member (by peer id) from the cluster for good; a peer id that is no member is revoked as a follower of the metadata for good",
 				ArgsUsage: "PEER_ID",
 				Flags:     append([]cli.Flag{nodeFlag}, nodeClientFlags()...),
 				Action:    clusterRemove,
@@ -146,11 +147,17 @@ func clusterRemove(c *cli.Context) error {
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	switch resp.StatusCode {
+	case http.StatusNoContent:
+		fmt.Fprintf(c.App.Writer, "removed %s from the cluster\n", id)
+	case http.StatusOK:
+		// A peer id that is no member was revoked as a follower: the node
+		// says so ("revoked follower ID").
+		fmt.Fprintf(c.App.Writer, "%s\n", strings.TrimSpace(string(msg)))
+	default:
 		return errors.New(apiErrorText(resp.StatusCode, msg)) // the node's message names the member
 	}
-	fmt.Fprintf(c.App.Writer, "removed %s from the cluster\n", id)
 	return nil
 }
 

@@ -130,25 +130,35 @@ func TestClusterCommandsAgainstANode(t *testing.T) {
 		t.Errorf("token create --node %s: %v\n%s", addr, err, out)
 	}
 
+	// A valid peer id that is no member is revoked as a follower, whether
+	// it ever ran or not; twice is a clear refusal.
 	const stranger = "12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo" // a valid peer id, never a member
 	out, err := runMeshreg(t, "cluster", "remove", "--node", addr, stranger)
-	if err == nil {
-		t.Fatalf("cluster remove of a non-member succeeded:\n%s", out)
+	if err != nil || strings.TrimSpace(out) != "revoked follower "+stranger {
+		t.Fatalf("cluster remove of a non-member: %v\n%s; want it revoked as a follower", err, out)
 	}
-	if !strings.Contains(err.Error(), stranger+" is not a member") || strings.Contains(err.Error(), `{"errors"`) || strings.Contains(out, "removed") {
-		t.Errorf("cluster remove of a non-member: %v\n%s", err, out)
+	out, err = runMeshreg(t, "cluster", "remove", "--node", addr, stranger)
+	if err == nil || !strings.Contains(err.Error(), stranger+" is already revoked") || strings.Contains(err.Error(), `{"errors"`) {
+		t.Errorf("cluster remove of a revoked follower: %v\n%s", err, out)
+	}
+	out, err = runMeshreg(t, "cluster", "remove", "--node", addr, "not-a-peer-id")
+	if err == nil || !strings.Contains(err.Error(), "not a member") || strings.Contains(out, "removed") {
+		t.Errorf("cluster remove of a bad id: %v\n%s", err, out)
 	}
 
-	// The API answers 404 with an OCI-style JSON error.
-	req, _ := http.NewRequest(http.MethodDelete, "http://"+addr+"/_meshreg/v1/members/"+stranger, nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusNotFound || resp.Header.Get("Content-Type") != "application/json" || !bytes.Contains(body, []byte(`"code":"MEMBER_UNKNOWN"`)) {
-		t.Errorf("DELETE a non-member: %s %s %s", resp.Status, resp.Header.Get("Content-Type"), body)
+	// The API answers 404 with an OCI-style JSON error for what is no peer
+	// id, 409 ALREADY_REVOKED for a follower revoked before.
+	for id, want := range map[string]string{"not-a-peer-id": "MEMBER_UNKNOWN", stranger: "ALREADY_REVOKED"} {
+		req, _ := http.NewRequest(http.MethodDelete, "http://"+addr+"/_meshreg/v1/members/"+id, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.Header.Get("Content-Type") != "application/json" || !bytes.Contains(body, []byte(`"code":"`+want+`"`)) {
+			t.Errorf("DELETE %s: %s %s %s, want %s", id, resp.Status, resp.Header.Get("Content-Type"), body, want)
+		}
 	}
 
 	var ue interface{ Error() string }
@@ -203,7 +213,7 @@ func TestClusterCommandsWithAuth(t *testing.T) {
 	}
 	t.Setenv("MESHREG_USERNAME", "alice")
 	t.Setenv("MESHREG_PASSWORD", "alice-pw")
-	if _, err := runMeshreg(t, "cluster", "remove", "--node", addr, stranger); err == nil || !strings.Contains(err.Error(), "is not a member") {
-		t.Errorf("cluster remove as alice (from the environment): %v, want the node's 'not a member'", err)
+	if out, err := runMeshreg(t, "cluster", "remove", "--node", addr, stranger); err != nil || !strings.Contains(out, "revoked follower "+stranger) {
+		t.Errorf("cluster remove as alice (from the environment): %v\n%s, want the follower revoked", err, out)
 	}
 }

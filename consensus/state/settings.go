@@ -22,12 +22,16 @@ const (
 	// SettingPolicy is the content policy: retention, immutable tags and
 	// quotas (YAML, see package policy). Apply enforces it (policy.go).
 	SettingPolicy = "policy"
+	// SettingRevokedFollowers is the list of revoked followers of the
+	// metadata (JSON, see RevokedFollowers): peer ids the members refuse
+	// passes, tails, blobs and joins to, for good.
+	SettingRevokedFollowers = "followers.revoked"
 	// MaxSettingBytes bounds one setting's body.
 	MaxSettingBytes = 64 << 10
 )
 
 // settingNames is the closed set of setting names.
-var settingNames = []string{SettingAuthTokenKeys, SettingPolicy}
+var settingNames = []string{SettingAuthTokenKeys, SettingPolicy, SettingRevokedFollowers}
 
 // KnownSetting reports whether name is a setting the state stores.
 func KnownSetting(name string) bool { return slices.Contains(settingNames, name) }
@@ -45,6 +49,11 @@ func checkSetting(name string, body []byte) error {
 		// Checked at apply too: a member that stores a policy every node
 		// parses alike, or none.
 		if _, err := policy.Parse(body); err != nil {
+			return err
+		}
+	case name == SettingRevokedFollowers:
+		// Checked at apply too: every node enforces the same list.
+		if _, err := ParseRevokedFollowers(body); err != nil {
 			return err
 		}
 	}
