@@ -28,6 +28,7 @@ func (n *Node) newFetches() *fetch.Engine {
 		Partials: fetchPartials{n: n},
 		Sources:  []fetch.Source{peers, n.origins},
 		Room:     func() error { return n.disk.checkBlob() },
+		Held:     n.blobs.Held,
 		Go: func(fn func(context.Context)) error {
 			if !n.bg.Go(func() { fn(n.bg.Context()) }) {
 				return errShuttingDown

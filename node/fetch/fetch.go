@@ -79,6 +79,15 @@ type Config struct {
 	// Room refuses a fetch before it starts when this node cannot store
 	// the blob (the disk nearly full); nil: never.
 	Room func() error
+	// Held reports whether this node stores a complete copy of blob d;
+	// nil: never. A fetch that may go to an origin (Request.Origin), asked
+	// for a blob held already, ends at once without a byte moved: the
+	// asker checked its store before asking (or asked another node), but
+	// a fetch of the same blob may have committed in between, and the
+	// origin would serve the cluster a blob twice. (Other fetches are not
+	// checked: one replacing a copy of the wrong size starts before that
+	// copy is moved aside.)
+	Held func(d digest.Digest) bool
 	// Go runs fn on a goroutine its owner waits for on shutdown, under a
 	// context that ends then; it returns an error, and does nothing, once
 	// the owner began to close.
@@ -169,6 +178,12 @@ func (e *Engine) Start(req Request) (*Fetch, error) {
 			o := *req.Origin
 			f.origin = &o
 		}
+		return f, nil
+	}
+	if req.Origin != nil && e.cfg.Held != nil && e.cfg.Held(req.Digest) {
+		f := &Fetch{e: e, d: req.Digest, size: req.Size, flowing: make(chan struct{}), done: make(chan struct{})}
+		close(f.flowing)
+		close(f.done)
 		return f, nil
 	}
 	if e.cfg.Room != nil {

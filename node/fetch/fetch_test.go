@@ -299,3 +299,53 @@ func TestReaderServesPartialBytesOnlyFromASource(t *testing.T) {
 		t.Fatal("a finished fetch still serves")
 	}
 }
+
+// TestAFetchFromAnOriginOfABlobHeldEndsAtOnce: the asker of a fetch that
+// may go to an origin checked its store before asking, but a fetch of the
+// same blob may have committed in between; starting another would have
+// the origin serve the cluster the blob twice (seen: the chosen node, asked
+// by a slower peer just after its own fetch committed, fetched again).
+func TestAFetchFromAnOriginOfABlobHeldEndsAtOnce(t *testing.T) {
+	t.Parallel()
+	store := newStore(t)
+	owner := newTestOwner(t)
+	blob := []byte("fetched from the origin once")
+	d := digest.FromBytes(blob)
+	release := make(chan struct{})
+	close(release)
+	var calls int32mu
+	e := New(Config{Partials: store, Sources: []Source{serving(blob, release, &calls)}, Go: owner.Go, Held: store.Held, Log: testLog(t)})
+	origin := &Origin{Name: "docker.io", Repo: "library/app"}
+
+	first, err := e.Start(Request{Digest: d, Size: int64(len(blob)), Origin: origin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait(t, first)
+	if err := first.Err(); err != nil || calls.get() != 1 {
+		t.Fatalf("first fetch: %v, %d source calls; want it fetched once", err, calls.get())
+	}
+	// Committed and gone from the fetches in progress: the next asker.
+	again, err := e.Start(Request{Digest: d, Size: int64(len(blob)), Origin: origin, Delegated: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-again.Done():
+	default:
+		t.Fatal("a fetch of a blob held here did not end at once")
+	}
+	if err := again.Err(); err != nil || calls.get() != 1 {
+		t.Fatalf("second fetch: %v, %d source calls; want done with no call to the source", err, calls.get())
+	}
+	// A fetch that goes to no origin is not checked (one replacing a copy
+	// of the wrong size starts before that copy is moved aside).
+	plain, err := e.Start(Request{Digest: d, Size: int64(len(blob))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait(t, plain)
+	if calls.get() != 2 {
+		t.Errorf("a fetch with no origin: %d source calls, want 2 (it ran)", calls.get())
+	}
+}
