@@ -133,12 +133,7 @@ func clusterRemove(c *cli.Context) error {
 	if id == "" || c.Args().Len() != 1 {
 		return fmt.Errorf("usage: meshreg cluster remove [--node ADDR] PEER_ID")
 	}
-	base, err := nodeURL(c.String("node"))
-	if err != nil {
-		return err
-	}
-	url := base + "/_meshreg/v1/members/" + id
-	req, err := http.NewRequestWithContext(c.Context, http.MethodDelete, url, nil)
+	req, err := nodeRequest(c, http.MethodDelete, "/_meshreg/v1/members/"+id, nil)
 	if err != nil {
 		return err
 	}
@@ -165,12 +160,7 @@ func clusterRemove(c *cli.Context) error {
 // a fleet of thousands of nodes fits), with the node's error when it
 // answers anything but 200.
 func nodeGetJSON(c *cli.Context, path string, v any) error {
-	base, err := nodeURL(c.String("node"))
-	if err != nil {
-		return err
-	}
-	url := base + path
-	req, err := http.NewRequestWithContext(c.Context, http.MethodGet, url, nil)
+	req, err := nodeRequest(c, http.MethodGet, path, nil)
 	if err != nil {
 		return err
 	}
@@ -181,10 +171,10 @@ func nodeGetJSON(c *cli.Context, path string, v any) error {
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("reading %s: %s", url, apiErrorText(resp.StatusCode, msg))
+		return fmt.Errorf("reading %s: %s", req.URL, apiErrorText(resp.StatusCode, msg))
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(v); err != nil {
-		return fmt.Errorf("reading %s: %w", url, err)
+		return fmt.Errorf("reading %s: %w", req.URL, err)
 	}
 	return nil
 }

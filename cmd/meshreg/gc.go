@@ -35,16 +35,11 @@ func gcRun(c *cli.Context) error {
 	if c.Args().Len() > 0 {
 		return fmt.Errorf("meshreg gc takes no arguments (got %q)", c.Args().First())
 	}
-	base, err := nodeURL(c.String("node"))
-	if err != nil {
-		return err
-	}
 	q := url.Values{"grace": {c.Duration("grace").String()}}
 	if c.Bool("dry-run") {
 		q.Set("dry_run", "1")
 	}
-	u := base + "/_meshreg/v1/gc?" + q.Encode()
-	req, err := http.NewRequestWithContext(c.Context, http.MethodPost, u, nil)
+	req, err := nodeRequest(c, http.MethodPost, "/_meshreg/v1/gc?"+q.Encode(), nil)
 	if err != nil {
 		return err
 	}
@@ -65,7 +60,7 @@ func gcRun(c *cli.Context) error {
 	for sc.Scan() {
 		var l api.GCLine
 		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
-			return fmt.Errorf("garbage collection: bad answer line from %s: %w", u, err)
+			return fmt.Errorf("garbage collection: bad answer line from %s: %w", req.URL, err)
 		}
 		switch {
 		case l.Progress != "":

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -102,6 +103,16 @@ func nodeTLSFiles(c *cli.Context) tlsconf.ClientFiles {
 // whole exchange must end within 30 s.
 func nodeDo(c *cli.Context, req *http.Request) (*http.Response, error) {
 	return nodeDoWithin(c, req, 30*time.Second)
+}
+
+// nodeRequest is a request of method for path (with its query) on the
+// node --node names.
+func nodeRequest(c *cli.Context, method, path string, body io.Reader) (*http.Request, error) {
+	base, err := nodeURL(c.String("node"))
+	if err != nil {
+		return nil, err
+	}
+	return http.NewRequestWithContext(c.Context, method, base+path, body)
 }
 
 // nodeDoWithin is nodeDo for an answer that may take longer (0: no bound,

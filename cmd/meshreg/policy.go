@@ -57,11 +57,7 @@ func policySet(c *cli.Context) error {
 	if _, err := policy.Parse(doc); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
-	base, err := nodeURL(c.String("node"))
-	if err != nil {
-		return err
-	}
-	req, err := http.NewRequestWithContext(c.Context, http.MethodPut, base+"/_meshreg/v1/policy", bytes.NewReader(doc))
+	req, err := nodeRequest(c, http.MethodPut, "/_meshreg/v1/policy", bytes.NewReader(doc))
 	if err != nil {
 		return err
 	}
@@ -83,15 +79,11 @@ func policyShow(c *cli.Context) error {
 	if c.Args().Len() > 0 {
 		return fmt.Errorf("meshreg policy show takes no arguments (got %q)", c.Args().First())
 	}
-	base, err := nodeURL(c.String("node"))
-	if err != nil {
-		return err
-	}
 	path := "/_meshreg/v1/policy"
 	if c.Bool("usage") {
 		path += "/usage"
 	}
-	req, err := http.NewRequestWithContext(c.Context, http.MethodGet, base+path, nil)
+	req, err := nodeRequest(c, http.MethodGet, path, nil)
 	if err != nil {
 		return err
 	}
