@@ -60,8 +60,10 @@ func agentAppliesSetting(agent, name string) bool {
 }
 
 // membersApplySetting is membersApply for a write of the setting name:
-// every member must also apply that setting.
-func (n *Node) membersApplySetting(name string) error {
+// every member must also apply that setting, and every follower but the
+// ones in except (a follower being revoked: one of an older release stops
+// at the entry, which is what the revocation is for).
+func (n *Node) membersApplySetting(name string, except ...peer.ID) error {
 	if err := n.membersApply(state.OpPutSetting); err != nil {
 		return err
 	}
@@ -75,7 +77,7 @@ func (n *Node) membersApplySetting(name string) error {
 	if err := membersApplySetting(n.host, ids, name); err != nil {
 		return err
 	}
-	return n.followersApply("the "+name+" setting", func(agent string) bool { return agentAppliesSetting(agent, name) })
+	return n.followersApply("the "+name+" setting", func(agent string) bool { return agentAppliesSetting(agent, name) }, except...)
 }
 
 func membersApplySetting(a agents, members []string, name string) error {
@@ -134,13 +136,16 @@ func (n *Node) membersApply(op state.Op) error {
 
 // followersApply checks the followers of the fleet view (reused for
 // fleetTTL) with applies.
-func (n *Node) followersApply(what string, applies func(agent string) bool) error {
+func (n *Node) followersApply(what string, applies func(agent string) bool, except ...peer.ID) error {
 	ctx, cancel := context.WithTimeout(n.ctx, fleetAskTimeout+time.Second)
 	defer cancel()
 	view, err := n.Fleet(ctx)
 	if err != nil {
 		return fmt.Errorf("listing the followers of the metadata: %w", err)
 	}
+	view.Nodes = slices.DeleteFunc(slices.Clone(view.Nodes), func(nd FleetNode) bool {
+		return slices.ContainsFunc(except, func(p peer.ID) bool { return p.String() == nd.ID })
+	})
 	return fleetApplies(view, what, applies)
 }
 

@@ -259,7 +259,7 @@ func (n *Node) revokeAsLeader(ctx context.Context, req memberRequest) (memberRes
 	}
 	n.revokeMu.Lock()
 	defer n.revokeMu.Unlock()
-	if err := n.membersApplyRevocation(id); err != nil {
+	if err := n.membersApplySetting(state.SettingRevokedFollowers, id); err != nil {
 		return memberResult{}, fmt.Errorf("the revocation cannot be stored now: %w", err)
 	}
 	if err := n.catchUp(ctx); err != nil {
@@ -307,31 +307,6 @@ func printableOr(s string) string {
 		}
 	}
 	return s
-}
-
-// membersApplyRevocation is membersApplySetting for the revocation list,
-// leaving out the follower revoked: one of an older release stops at the
-// entry (consensus.ErrOlderThanCluster), which is what it is for.
-func (n *Node) membersApplyRevocation(id peer.ID) error {
-	name := state.SettingRevokedFollowers
-	if err := n.membersApply(state.OpPutSetting); err != nil {
-		return err
-	}
-	ids, err := n.memberIDs()
-	if err != nil {
-		return err
-	}
-	if err := membersApplySetting(n.host, ids, name); err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(n.ctx, fleetAskTimeout+time.Second)
-	defer cancel()
-	view, err := n.Fleet(ctx)
-	if err != nil {
-		return fmt.Errorf("listing the followers of the metadata: %w", err)
-	}
-	view.Nodes = slices.DeleteFunc(slices.Clone(view.Nodes), func(nd FleetNode) bool { return nd.ID == id.String() })
-	return fleetApplies(view, "the "+name+" setting", func(agent string) bool { return agentAppliesSetting(agent, name) })
 }
 
 // markRevoked makes this node stop for good as a follower (reason: the
