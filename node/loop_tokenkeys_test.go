@@ -98,16 +98,7 @@ func TestTokenKeysThroughRaft(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-		if err := n.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	}()
+	running(t, n)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		if b, err := n.TokenKeys(); err == nil && b != nil {
@@ -130,7 +121,7 @@ func TestTokenKeysThroughRaft(t *testing.T) {
 
 	r := n.tokenKeys().(*tokenKeyRotator)
 	r.now = func() time.Time { return time.Now().Add(cfg.TokenKeyRotation) }
-	if _, err := r.round(ctx); err != nil {
+	if _, err := r.round(t.Context()); err != nil {
 		t.Fatalf("rotation: %v", err)
 	}
 	b, _ := n.TokenKeys()

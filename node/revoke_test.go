@@ -165,16 +165,7 @@ func TestRevokedNodeStops(t *testing.T) {
 // replicated setting, in its documented format.
 func TestConcurrentRevocationsAreAllKept(t *testing.T) {
 	n := openTestNode(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-		if err := n.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-	}()
+	running(t, n)
 	waitReady(t, n)
 
 	const count = 16

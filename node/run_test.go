@@ -55,6 +55,21 @@ func TestRunStopsOnStorageFailure(t *testing.T) {
 	}
 }
 
+// running runs n until the test ends, then stops and closes it.
+func running(t *testing.T, n *Node) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		if err := n.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+}
+
 // TestRunEndsWithContext: Run returns nil once ctx ends, after every loop
 // stopped.
 func TestRunEndsWithContext(t *testing.T) {
